@@ -1,0 +1,29 @@
+"""The analytic roofline cost model, from the figures in each target's spec.
+
+An op takes its launch overhead plus the longer of its compute time (FLOPs over
+derated peak for its dtype) and its memory time (bytes over derated bandwidth).
+Views and bookkeeping nodes cost nothing. Transfers use the links in the specs.
+"""
+
+from __future__ import annotations
+
+from partitioner.graph import NodeKind, OpNode
+from targets.spec import Link, Target, TargetSet
+
+
+class RooflineCostModel:
+    """Roofline estimates: no measurements needed, right to within the efficiency guesses."""
+
+    name = "roofline"
+
+    def compute_seconds(self, node: OpNode, target: Target) -> float:
+        if node.kind is not NodeKind.COMPUTE:
+            return 0.0
+        compute = node.flops / (target.peak_for(node.compute_dtype) * target.compute_efficiency)
+        memory = (node.bytes_read + node.bytes_written) / (
+            target.memory_bandwidth_bytes_per_second * target.memory_efficiency
+        )
+        return target.launch_overhead_seconds + max(compute, memory)
+
+    def link(self, targets: TargetSet, source: str, destination: str) -> Link:
+        return targets.link(source, destination)

@@ -1,0 +1,14 @@
+"""BERT-base (random weights) in float16 on one 128-token sequence.
+
+    partitioner compile examples/bert_base.py --objective cost -o out/bert
+"""
+
+import torch
+from transformers import BertConfig, BertModel
+
+
+def build():
+    torch.manual_seed(0)
+    model = BertModel(BertConfig()).to(torch.float16).eval()
+    input_ids = torch.randint(0, 30522, (1, 128))
+    return model, {"input_ids": input_ids}

@@ -1,0 +1,13 @@
+"""ResNet-50 (transformers' ResNet, random weights) in float16 on a 224x224 image.
+
+    partitioner compile examples/resnet50.py --targets npu-example,dsp-example,cuda-h100 -o out/resnet50
+"""
+
+import torch
+from transformers import ResNetConfig, ResNetForImageClassification
+
+
+def build():
+    torch.manual_seed(0)
+    model = ResNetForImageClassification(ResNetConfig()).to(torch.float16).eval()
+    return model, (torch.randn(1, 3, 224, 224, dtype=torch.float16),)

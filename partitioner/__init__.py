@@ -1,0 +1,29 @@
+"""partitioner: place the operators of a PyTorch model on heterogeneous accelerators.
+
+    plan = partitioner.compile(model, example_inputs, targets=["npu-example", "cuda-h100"])
+    plan.save("plan.json"); print(plan.summary())
+
+Names are loaded on first use, so that `targets` and `cost_models` can import
+`partitioner.errors` without pulling in the whole pipeline.
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "compile": "partitioner.compiler",
+    "compile_captured": "partitioner.compiler",
+    "capture": "partitioner.capture",
+    "Plan": "partitioner.plan",
+    "PartitionerError": "partitioner.errors",
+    "load_targets": "targets.loader",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'partitioner' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

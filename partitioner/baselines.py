@@ -1,0 +1,93 @@
+"""The simple placement rules the solver must beat, computed on the same problem.
+
+`fallback` puts everything on the fallback target. `priority` is the common
+rule of thumb: targets, in the order given, claim every op they support (while
+their memory lasts); the rest falls back. Both also seed the solver as hints.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from partitioner.graph import NodeKind
+from partitioner.problem import PlacementProblem, check_assignment
+
+Assignment = dict[str, str]
+
+
+def fallback_placement(problem: PlacementProblem) -> Assignment:
+    """Every node on the fallback target."""
+    assignment = {node.name: problem.fallback for node in problem.nodes}
+    check_assignment(problem, assignment)
+    return assignment
+
+
+def priority_placement(problem: PlacementProblem) -> Assignment:
+    """Each node on the first target (in priority order) that supports it and has memory left.
+
+    Views and bookkeeping nodes go where their input is, so they never cause a
+    cut on their own; views of model inputs or weights go where their first user is.
+    """
+    producers = _first_producers(problem)
+    assignment: Assignment = {}
+    used = {t.name: 0 for t in problem.targets}
+    resident: dict[str, set[str]] = {t.name: set() for t in problem.targets}
+    pending_views = []
+    for node in problem.nodes:
+        anchor = node.follows or (producers.get(node.name) if node.kind is not NodeKind.COMPUTE else None)
+        if anchor is not None and assignment.get(anchor) in node.compute_seconds:
+            assignment[node.name] = assignment[anchor]
+        elif node.kind is NodeKind.VIEW:
+            pending_views.append(node.name)
+            continue
+        else:
+            assignment[node.name] = _first_with_room(problem, node.name, used, resident)
+        _make_resident(problem, node.name, assignment[node.name], used, resident)
+    for name in reversed(pending_views):
+        assignment[name] = _first_user_target(problem, name, assignment)
+        _make_resident(problem, name, assignment[name], used, resident)
+    check_assignment(problem, assignment)
+    return assignment
+
+
+BASELINES: dict[str, Callable[[PlacementProblem], Assignment]] = {
+    "fallback": fallback_placement,
+    "priority": priority_placement,
+}
+
+
+def _first_with_room(problem: PlacementProblem, name: str, used: dict[str, int],
+                     resident: dict[str, set[str]]) -> str:
+    node = problem.node(name)
+    for target in node.supported:
+        extra = sum(problem.parameter_bytes[p] for p in node.parameters if p not in resident[target])
+        if target == problem.fallback or used[target] + extra <= problem.target(target).memory_bytes:
+            return target
+    return problem.fallback
+
+
+def _make_resident(problem: PlacementProblem, name: str, target: str, used: dict[str, int],
+                   resident: dict[str, set[str]]) -> None:
+    for parameter in problem.node(name).parameters:
+        if parameter not in resident[target]:
+            resident[target].add(parameter)
+            used[target] += problem.parameter_bytes[parameter]
+
+
+def _first_producers(problem: PlacementProblem) -> dict[str, str]:
+    """For each node, the producer of the first value it reads."""
+    producers: dict[str, str] = {}
+    for value in problem.values:
+        for consumer in value.consumers:
+            producers.setdefault(consumer, value.producer)
+    return producers
+
+
+def _first_user_target(problem: PlacementProblem, name: str, assignment: Assignment) -> str:
+    node = problem.node(name)
+    for value in problem.values:
+        if value.producer == name:
+            for consumer in value.consumers:
+                if assignment.get(consumer) in node.compute_seconds:
+                    return assignment[consumer]
+    return problem.fallback if problem.fallback in node.compute_seconds else node.supported[0]

@@ -1,0 +1,184 @@
+"""Capture: from a model and example inputs (or a model file) to an ExportedProgram.
+
+This is the first pass of the pipeline. It uses `torch.export.export` in
+non-strict mode, which works on models whose weights live on the `meta`
+device, so a 7B model is captured without allocating its weights. Failures
+become one `PartitionerError` that says what failed and where in the user's code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.export import ExportedProgram
+
+from partitioner.errors import PartitionerError
+
+_LIBRARY_MARKERS = ("site-packages", "dist-packages", "/torch/", "/partitioner/", "<frozen")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """Where a model came from, so later commands can rebuild it.
+
+    `kind` is "python" (a file with a builder function) or "exported_program"
+    (a `.pt2` file); `function` names the builder for Python files.
+    """
+
+    kind: str
+    path: str
+    function: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.function}" if self.function else self.path
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "path": self.path, "function": self.function}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelSource:
+        return cls(data["kind"], data["path"], data.get("function"))
+
+
+@dataclass(frozen=True, slots=True)
+class CapturedModel:
+    """A captured model: its ExportedProgram, a display name and its source if known."""
+
+    program: ExportedProgram
+    name: str
+    source: ModelSource | None
+
+
+def capture(model: torch.nn.Module, example_inputs: Any, name: str | None = None,
+            source: ModelSource | None = None) -> CapturedModel:
+    """Export `model` called on `example_inputs` into an ExportedProgram.
+
+    `example_inputs` is a tuple of positional inputs, a dict of keyword inputs,
+    a `(args_tuple, kwargs_dict)` pair, or a single tensor.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise PartitionerError(
+            f"expected a torch.nn.Module to capture, got {type(model).__name__}. "
+            "Fix: pass the model object itself (or return it from build())."
+        )
+    args, kwargs = _split_inputs(example_inputs)
+    try:
+        program = torch.export.export(model, args, kwargs=kwargs, strict=False)
+    except Exception as error:  # torch raises many types here; all mean "this model did not trace"
+        raise PartitionerError(_capture_failure(model, error)) from error
+    return CapturedModel(program, name or type(model).__name__, source)
+
+
+def load_model_file(spec: str) -> CapturedModel:
+    """Capture the model named by a CLI argument.
+
+    `spec` is `file.py` (calls `build()`), `file.py:function`, or a saved
+    ExportedProgram `file.pt2`.
+    """
+    path_text, _, function = spec.partition(":")
+    if path_text.endswith(".pt2") and not function:
+        return _load_exported_program(Path(path_text))
+    path = Path(path_text)
+    function = function or "build"
+    if path.suffix != ".py":
+        raise PartitionerError(
+            f"cannot read a model from {spec!r}. Fix: give a Python file with a build() function "
+            "(file.py or file.py:function) or a saved ExportedProgram (file.pt2)."
+        )
+    module = _import_file(path)
+    builder = getattr(module, function, None)
+    if not callable(builder):
+        raise PartitionerError(
+            f"{path} has no function {function}(). Fix: define {function}() returning (model, example_inputs), "
+            "or name another function with file.py:function."
+        )
+    try:
+        built = builder()
+    except Exception as error:
+        raise PartitionerError(f"{path}:{function}() failed: {_describe(error)}. Fix: make it run on its own.") from error
+    if not (isinstance(built, tuple) and len(built) == 2):
+        raise PartitionerError(
+            f"{path}:{function}() returned {type(built).__name__}, not (model, example_inputs). "
+            "Fix: return a pair such as `return model, (input_tensor,)`."
+        )
+    model, example_inputs = built
+    source = ModelSource("python", str(path.resolve()), function)
+    return capture(model, example_inputs, name=f"{path.stem}", source=source)
+
+
+def _load_exported_program(path: Path) -> CapturedModel:
+    if not path.is_file():
+        raise PartitionerError(f"model file {str(path)!r} does not exist. Fix: check the path.")
+    try:
+        program = torch.export.load(path)
+    except Exception as error:
+        raise PartitionerError(
+            f"{path} is not a loadable ExportedProgram ({_describe(error)}). "
+            "Fix: save one with torch.export.save(torch.export.export(model, args), path)."
+        ) from error
+    return CapturedModel(program, path.stem, ModelSource("exported_program", str(path.resolve())))
+
+
+def _import_file(path: Path):
+    if not path.is_file():
+        raise PartitionerError(f"model file {str(path)!r} does not exist. Fix: check the path.")
+    module_name = f"_partitioner_model_{abs(hash(str(path.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.path.insert(0, str(path.parent.resolve()))
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as error:
+        raise PartitionerError(f"importing {path} failed: {_describe(error)}. Fix: make the file importable.") from error
+    finally:
+        sys.path.pop(0)
+    return module
+
+
+def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    if (isinstance(example_inputs, tuple) and len(example_inputs) == 2
+            and isinstance(example_inputs[0], tuple) and isinstance(example_inputs[1], dict)):
+        return example_inputs[0], dict(example_inputs[1])
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    raise PartitionerError(
+        f"example inputs of type {type(example_inputs).__name__} are not understood. "
+        "Fix: pass a tuple of positional inputs, a dict of keyword inputs, or (args, kwargs)."
+    )
+
+
+def _capture_failure(model: torch.nn.Module, error: Exception) -> str:
+    location = _user_frame(error)
+    where = f" at {location}" if location else ""
+    return (
+        f"torch.export could not capture {type(model).__name__}{where}: {_describe(error)}. "
+        "Fix: make that code traceable (no data-dependent Python control flow, no unsupported calls), "
+        "or export the model yourself and pass the .pt2 file."
+    )
+
+
+def _user_frame(error: BaseException) -> str | None:
+    """The innermost frame of the traceback that is the user's code, as `file:line`."""
+    frames = traceback.extract_tb(error.__traceback__)
+    cause = error.__cause__ or error.__context__
+    if cause is not None:
+        frames = frames + traceback.extract_tb(cause.__traceback__)
+    for frame in reversed(frames):
+        if not any(marker in frame.filename for marker in _LIBRARY_MARKERS):
+            return f"{frame.filename}:{frame.lineno}"
+    return None
+
+
+def _describe(error: BaseException) -> str:
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__

@@ -1,0 +1,101 @@
+"""`compile`: the whole planning pipeline as one call, shared by the Python API and the CLI.
+
+capture -> annotate -> tag -> cost -> baselines -> solve -> Plan. Each step
+is a pass of its own module; this module only composes them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from cost_models.base import CostModel
+from cost_models.roofline import RooflineCostModel
+from partitioner.baselines import BASELINES
+from partitioner.capture import CapturedModel, capture
+from partitioner.graph import OpGraph, annotate
+from partitioner.plan import ModelInfo, NodeRecord, Plan, TargetRecord
+from partitioner.problem import build_problem, check_objective
+from partitioner.solver import SolverOptions, solve
+from partitioner.tagging import Tagging, tag
+from targets.loader import DEFAULT_TARGET_NAMES, load_targets
+from targets.spec import TargetSet
+
+
+def compile(  # noqa: A001 - the public name users asked for: partitioner.compile(...)
+    model: torch.nn.Module,
+    example_inputs: Any,
+    targets: Sequence[str] | TargetSet | None = None,
+    objective: str = "latency",
+    *,
+    fallback: str | None = None,
+    time_limit_seconds: float = 30.0,
+    workers: int = 0,
+    seed: int = 0,
+    cost_model: CostModel | None = None,
+    name: str | None = None,
+) -> Plan:
+    """Plan where each op of `model` runs: the cheapest placement on `targets` for `objective`.
+
+    `targets` are built-in names or spec paths in priority order (default:
+    npu-example and cuda-h100); `objective` is "latency" or "cost" (money per
+    request). The model may live on the `meta` device: planning needs no weights.
+    """
+    captured = capture(model, example_inputs, name=name)
+    return compile_captured(captured, targets, objective, fallback=fallback, time_limit_seconds=time_limit_seconds,
+                            workers=workers, seed=seed, cost_model=cost_model)
+
+
+def compile_captured(
+    captured: CapturedModel,
+    targets: Sequence[str] | TargetSet | None = None,
+    objective: str = "latency",
+    *,
+    fallback: str | None = None,
+    time_limit_seconds: float = 30.0,
+    workers: int = 0,
+    seed: int = 0,
+    cost_model: CostModel | None = None,
+) -> Plan:
+    """`compile` for a model that is already captured (e.g. loaded from a file by the CLI)."""
+    check_objective(objective)
+    target_set = targets if isinstance(targets, TargetSet) else load_targets(targets or DEFAULT_TARGET_NAMES, fallback)
+    cost_model = cost_model or RooflineCostModel()
+    graph = annotate(captured.program)
+    tagging = tag(graph, target_set)
+    problem = build_problem(graph, tagging, target_set, cost_model)
+    baselines = {name: strategy(problem) for name, strategy in BASELINES.items()}
+    options = SolverOptions(time_limit_seconds=time_limit_seconds, workers=workers, seed=seed)
+    placement = solve(problem, objective, options, hints=baselines)
+    return Plan(
+        model=ModelInfo(captured.name, captured.source, graph.fingerprint(), len(graph),
+                        sum(graph.parameter_bytes.values()), graph.total_flops),
+        targets=tuple(TargetRecord(t.name, t.kind, t.description, t.torch_device, t.onnx_execution_provider,
+                                   t.spec_path) for t in target_set),
+        objective=objective,
+        cost_model=cost_model.name,
+        problem=problem,
+        nodes=_node_records(graph, tagging),
+        placement=placement.assignment,
+        solver=placement.report,
+        baselines=baselines,
+    )
+
+
+def _node_records(graph: OpGraph, tagging: Tagging) -> tuple[NodeRecord, ...]:
+    return tuple(
+        NodeRecord(
+            name=node.name,
+            op=node.op,
+            module_path=node.module_path,
+            output_shapes=tuple(t.shape for t in node.output_tensors),
+            dtypes=tuple(dict.fromkeys(t.dtype for t in node.input_tensors + node.output_tensors)),
+            flops=node.flops,
+            bytes_read=node.bytes_read,
+            bytes_written=node.bytes_written,
+            parameter_bytes=node.parameter_bytes,
+            refusals=tagging.refusals[node.name],
+        )
+        for node in graph
+    )

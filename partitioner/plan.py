@@ -1,0 +1,194 @@
+"""The plan: a placement with everything needed to trust, re-score and rebuild it.
+
+A `Plan` holds the model's identity and source, the targets, the per-node
+facts and refusals, the placement problem it was solved on (cost table,
+tensors, links, prices, memory), the placement, the solver's report and the
+baselines' scores. It saves as versioned JSON that `Plan.load` round-trips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from partitioner.capture import ModelSource
+from partitioner.errors import PartitionerError
+from partitioner.problem import PlacementProblem, Score, score
+from partitioner.solver import SolverReport
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """Which model a plan is for; `fingerprint` changes when its graph or input shapes change."""
+
+    name: str
+    source: ModelSource | None
+    fingerprint: str
+    node_count: int
+    parameter_bytes: int
+    total_flops: int
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "source": self.source.to_dict() if self.source else None,
+                "fingerprint": self.fingerprint, "node_count": self.node_count,
+                "parameter_bytes": self.parameter_bytes, "total_flops": self.total_flops}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ModelInfo:
+        source = ModelSource.from_dict(data["source"]) if data.get("source") else None
+        return cls(data["name"], source, data["fingerprint"], data["node_count"], data["parameter_bytes"],
+                   data["total_flops"])
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRecord:
+    """A target as the plan's consumers need it: how to run it, and which spec described it."""
+
+    name: str
+    kind: str
+    description: str
+    torch_device: str
+    onnx_execution_provider: str
+    spec_path: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "description": self.description,
+                "torch_device": self.torch_device, "onnx_execution_provider": self.onnx_execution_provider,
+                "spec_path": self.spec_path}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """What a person needs to see why a node sits where it sits."""
+
+    name: str
+    op: str
+    module_path: str
+    output_shapes: tuple[tuple[int | None, ...], ...]
+    dtypes: tuple[str, ...]
+    flops: int
+    bytes_read: int
+    bytes_written: int
+    parameter_bytes: int
+    refusals: Mapping[str, str]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "op": self.op, "module_path": self.module_path,
+                "output_shapes": [list(s) for s in self.output_shapes], "dtypes": list(self.dtypes),
+                "flops": self.flops, "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
+                "parameter_bytes": self.parameter_bytes, "refusals": dict(self.refusals)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> NodeRecord:
+        return cls(data["name"], data["op"], data["module_path"], tuple(tuple(s) for s in data["output_shapes"]),
+                   tuple(data["dtypes"]), data["flops"], data["bytes_read"], data["bytes_written"],
+                   data["parameter_bytes"], dict(data["refusals"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A solved placement of one model on one target set."""
+
+    model: ModelInfo
+    targets: tuple[TargetRecord, ...]
+    objective: str
+    cost_model: str
+    problem: PlacementProblem
+    nodes: tuple[NodeRecord, ...]
+    placement: Mapping[str, str]
+    solver: SolverReport
+    baselines: Mapping[str, Mapping[str, str]]
+
+    @property
+    def fallback(self) -> str:
+        return self.problem.fallback
+
+    def score(self) -> Score:
+        """The plan's latency, money and memory, re-scored from the stored problem."""
+        return score(self.problem, self.placement)
+
+    def baseline_scores(self) -> dict[str, Score]:
+        return {name: score(self.problem, assignment) for name, assignment in self.baselines.items()}
+
+    def summary(self) -> str:
+        """A short human-readable report: where the model went and what it costs against the baselines."""
+        from partitioner.summary import format_summary
+
+        return format_summary(self)
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model.to_dict(),
+            "targets": [t.to_dict() for t in self.targets],
+            "fallback": self.fallback,
+            "objective": self.objective,
+            "cost_model": self.cost_model,
+            "solver": self.solver.to_dict(),
+            "score": self.score().to_dict(),
+            "baselines": {
+                name: {"score": result.to_dict(), "placement": dict(self.baselines[name])}
+                for name, result in self.baseline_scores().items()
+            },
+            "placement": dict(self.placement),
+            "nodes": [n.to_dict() for n in self.nodes],
+            "problem": self.problem.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Plan:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            newer = isinstance(version, int) and version > SCHEMA_VERSION
+            fix = "upgrade partitioner" if newer else "compile the model again with this version"
+            raise PartitionerError(f"plan schema version {version!r} is not {SCHEMA_VERSION}. Fix: {fix}.")
+        return cls(
+            model=ModelInfo.from_dict(data["model"]),
+            targets=tuple(TargetRecord(**t) for t in data["targets"]),
+            objective=data["objective"],
+            cost_model=data["cost_model"],
+            problem=PlacementProblem.from_dict(data["problem"]),
+            nodes=tuple(NodeRecord.from_dict(n) for n in data["nodes"]),
+            placement=dict(data["placement"]),
+            solver=SolverReport.from_dict(data["solver"]),
+            baselines={name: dict(entry["placement"]) for name, entry in data["baselines"].items()},
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the plan as JSON; the file appears complete or not at all."""
+        path = Path(path)
+        write_atomically(path, json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise PartitionerError(f"plan file {str(path)!r} does not exist. Fix: check the path.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise PartitionerError(f"{path} is not a plan file (not JSON: {error}). Fix: give plan.json.") from None
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError) as error:
+            raise PartitionerError(f"{path} is not a valid plan file (bad field {error}). Fix: compile again.") from None
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise

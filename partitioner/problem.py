@@ -1,0 +1,271 @@
+"""The placement problem as data, and the one scoring function every strategy shares.
+
+`build_problem` turns an op graph, its tagging and a cost model into plain
+numbers: compute seconds per (node, supporting target), tensors with their
+consumers and bytes, links between targets, prices and memory capacities. The
+solver, the baselines and anyone re-reading a plan file score placements with
+`score` on this same data, so their figures are comparable by construction.
+
+Model inputs and outputs are delivered and collected by the serving system and
+are not costed; parameters must be resident on every target that uses them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+from cost_models.base import CostModel
+from partitioner.errors import PartitionerError
+from partitioner.graph import NodeKind, OpGraph
+from partitioner.tagging import Tagging
+from targets.spec import Link, TargetSet
+
+OBJECTIVES = ("latency", "cost")
+
+
+def check_objective(objective: str) -> None:
+    """Reject an objective no strategy optimises, before any work is done."""
+    if objective not in OBJECTIVES:
+        raise PartitionerError(f"unknown objective {objective!r}. Fix: use one of {', '.join(OBJECTIVES)}.")
+
+
+@dataclass(frozen=True, slots=True)
+class TargetTerms:
+    """What the problem needs of a target: its price and its memory capacity."""
+
+    name: str
+    price_per_hour: float
+    memory_bytes: int
+
+    @property
+    def price_per_second(self) -> float:
+        return self.price_per_hour / 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemNode:
+    """A node to place: its compute time on each target that supports it (priority order).
+
+    A node that `follows` another must sit on the same target (e.g. `getitem`
+    of a multi-output op); `parameters` are the weights it needs resident.
+    """
+
+    name: str
+    kind: NodeKind
+    compute_seconds: Mapping[str, float]
+    parameters: tuple[str, ...] = ()
+    follows: str | None = None
+
+    @property
+    def supported(self) -> tuple[str, ...]:
+        return tuple(self.compute_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemValue:
+    """A tensor produced by one node and read by others; it crosses to each other device once."""
+
+    producer: str
+    consumers: tuple[str, ...]
+    num_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementProblem:
+    """Everything needed to choose and score a placement, with no torch objects inside."""
+
+    targets: tuple[TargetTerms, ...]
+    fallback: str
+    nodes: tuple[ProblemNode, ...]
+    values: tuple[ProblemValue, ...]
+    parameter_bytes: Mapping[str, int]
+    links: Mapping[tuple[str, str], Link]
+    _node_index: dict[str, ProblemNode] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._node_index.update({node.name: node for node in self.nodes})
+
+    def node(self, name: str) -> ProblemNode:
+        return self._node_index[name]
+
+    def target(self, name: str) -> TargetTerms:
+        return next(t for t in self.targets if t.name == name)
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.targets)
+
+    def transfer_seconds(self, num_bytes: int, source: str, destination: str) -> float:
+        return self.links[(source, destination)].seconds(num_bytes)
+
+    def to_dict(self) -> dict:
+        return {
+            "targets": [
+                {"name": t.name, "price_per_hour": t.price_per_hour, "memory_bytes": t.memory_bytes}
+                for t in self.targets
+            ],
+            "fallback": self.fallback,
+            "nodes": [
+                {"name": n.name, "kind": n.kind.value, "compute_seconds": dict(n.compute_seconds),
+                 "parameters": list(n.parameters), "follows": n.follows}
+                for n in self.nodes
+            ],
+            "values": [
+                {"producer": v.producer, "consumers": list(v.consumers), "bytes": v.num_bytes} for v in self.values
+            ],
+            "parameter_bytes": dict(self.parameter_bytes),
+            "links": [
+                {"source": s, "destination": d, **link.to_dict()} for (s, d), link in self.links.items()
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> PlacementProblem:
+        return cls(
+            targets=tuple(TargetTerms(t["name"], t["price_per_hour"], t["memory_bytes"]) for t in data["targets"]),
+            fallback=data["fallback"],
+            nodes=tuple(
+                ProblemNode(n["name"], NodeKind(n["kind"]), dict(n["compute_seconds"]), tuple(n["parameters"]),
+                            n["follows"])
+                for n in data["nodes"]
+            ),
+            values=tuple(ProblemValue(v["producer"], tuple(v["consumers"]), v["bytes"]) for v in data["values"]),
+            parameter_bytes=dict(data["parameter_bytes"]),
+            links={(item["source"], item["destination"]): Link.from_dict(item) for item in data["links"]},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """One tensor crossing from the device of its producer to another device."""
+
+    producer: str
+    source: str
+    destination: str
+    num_bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """What a placement costs: sequential latency, money per request and their parts.
+
+    A device is busy while it computes and while it sends or receives a
+    transfer; money per request is each device's busy seconds times its price.
+    """
+
+    latency_seconds: float
+    cost_per_request: float
+    compute_seconds: Mapping[str, float]
+    busy_seconds: Mapping[str, float]
+    memory_bytes: Mapping[str, int]
+    over_capacity_bytes: Mapping[str, int]
+    transfer_count: int
+    transfer_bytes: int
+    transfer_seconds: float
+
+    @property
+    def fits_memory(self) -> bool:
+        return not self.over_capacity_bytes
+
+    def objective(self, name: str) -> float:
+        return self.latency_seconds if name == "latency" else self.cost_per_request
+
+    def to_dict(self) -> dict:
+        return {
+            "latency_seconds": self.latency_seconds,
+            "cost_per_request": self.cost_per_request,
+            "compute_seconds": dict(self.compute_seconds),
+            "busy_seconds": dict(self.busy_seconds),
+            "memory_bytes": dict(self.memory_bytes),
+            "over_capacity_bytes": dict(self.over_capacity_bytes),
+            "transfer_count": self.transfer_count,
+            "transfer_bytes": self.transfer_bytes,
+            "transfer_seconds": self.transfer_seconds,
+        }
+
+
+def build_problem(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_model: CostModel) -> PlacementProblem:
+    """Cost every (node, supporting target) pair and every link of the target set."""
+    target_by_name = {t.name: t for t in targets}
+    nodes = []
+    for node in graph:
+        follows = node.inputs[0] if node.kind is NodeKind.BOOKKEEPING and node.inputs else None
+        supported = tagging.supported[node.name]
+        if follows is not None:
+            supported = tuple(n for n in supported if n in tagging.supported[follows])
+        elif node.kind is NodeKind.BOOKKEEPING:
+            supported = (targets.fallback,)  # e.g. an assert on a model input: free, so keep it out of the way
+        compute = {name: cost_model.compute_seconds(node, target_by_name[name]) for name in supported}
+        nodes.append(ProblemNode(node.name, node.kind, compute, node.parameters, follows))
+    users = graph.users()
+    values = tuple(
+        ProblemValue(node.name, tuple(users[node.name]), node.output_bytes)
+        for node in graph
+        if users[node.name] and node.output_bytes > 0
+    )
+    links = {
+        (source, destination): cost_model.link(targets, source, destination)
+        for source in targets.names
+        for destination in targets.names
+        if source != destination
+    }
+    terms = tuple(TargetTerms(t.name, t.price_per_hour, t.memory_bytes) for t in targets)
+    return PlacementProblem(terms, targets.fallback, tuple(nodes), values, dict(graph.parameter_bytes), links)
+
+
+def transfers(problem: PlacementProblem, assignment: Mapping[str, str]) -> Iterator[Transfer]:
+    """Every tensor move a placement implies: once per (tensor, destination device)."""
+    for value in problem.values:
+        source = assignment[value.producer]
+        for destination in dict.fromkeys(assignment[c] for c in value.consumers):
+            if destination != source:
+                seconds = problem.transfer_seconds(value.num_bytes, source, destination)
+                yield Transfer(value.producer, source, destination, value.num_bytes, seconds)
+
+
+def resident_parameters(problem: PlacementProblem, assignment: Mapping[str, str]) -> dict[str, set[str]]:
+    """For each target, the parameters that must live in its memory."""
+    resident: dict[str, set[str]] = defaultdict(set)
+    for node in problem.nodes:
+        resident[assignment[node.name]].update(node.parameters)
+    return resident
+
+
+def score(problem: PlacementProblem, assignment: Mapping[str, str]) -> Score:
+    """Latency, money and memory of `assignment` (node name -> target name)."""
+    names = problem.target_names
+    compute = dict.fromkeys(names, 0.0)
+    for node in problem.nodes:
+        compute[assignment[node.name]] += node.compute_seconds[assignment[node.name]]
+    busy = dict(compute)
+    moves = list(transfers(problem, assignment))
+    for move in moves:
+        busy[move.source] += move.seconds
+        busy[move.destination] += move.seconds
+    resident = resident_parameters(problem, assignment)
+    memory = {name: sum(problem.parameter_bytes[p] for p in resident.get(name, ())) for name in names}
+    over = {t.name: memory[t.name] - t.memory_bytes for t in problem.targets if memory[t.name] > t.memory_bytes}
+    transfer_seconds = sum(move.seconds for move in moves)
+    return Score(
+        latency_seconds=sum(compute.values()) + transfer_seconds,
+        cost_per_request=sum(busy[t.name] * t.price_per_second for t in problem.targets),
+        compute_seconds=compute,
+        busy_seconds=busy,
+        memory_bytes=memory,
+        over_capacity_bytes=over,
+        transfer_count=len(moves),
+        transfer_bytes=sum(move.num_bytes for move in moves),
+        transfer_seconds=transfer_seconds,
+    )
+
+
+def check_assignment(problem: PlacementProblem, assignment: Mapping[str, str]) -> None:
+    """Postcondition of every placement strategy: a bug, not a user error, if it fails."""
+    for node in problem.nodes:
+        target = assignment.get(node.name)
+        assert target in node.compute_seconds, f"{node.name} placed on {target}, which does not support it"
+        if node.follows is not None:
+            assert target == assignment[node.follows], f"{node.name} must sit with {node.follows}"

@@ -1,0 +1,294 @@
+"""Load and validate target spec files (TOML) into `Target` values.
+
+A vendor adds a device by writing one spec file; everything here exists so that
+a mistake in that file is reported with the file, the field and the fix, at
+load time, never as a wrong plan later. Built-in specs live in `builtin/`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from partitioner.errors import PartitionerError
+from targets.spec import Link, OpLimit, SupportRules, Target, TargetSet
+
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+DEFAULT_TARGET_NAMES = ("npu-example", "cuda-h100")
+
+_GIB = 1024**3
+_GB = 1e9
+_MICRO = 1e-6
+_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_TOP_LEVEL_FIELDS = {
+    "name", "kind", "description", "torch_device", "onnx_execution_provider",
+    "price_per_hour", "memory_gib", "memory_bandwidth_gb_per_second",
+    "launch_overhead_microseconds", "compute_efficiency", "memory_efficiency",
+    "peak_tflops", "host_link", "links", "support",
+}
+_LINK_FIELDS = {"bandwidth_gb_per_second", "latency_microseconds"}
+_SUPPORT_FIELDS = {"ops", "dtypes", "max_rank", "static_shapes_only", "limits"}
+_LIMIT_FIELDS = {"op", "argument", "max", "min", "allowed", "dims"}
+TORCH_DTYPE_NAMES = frozenset(
+    str(value).removeprefix("torch.") for value in vars(torch).values() if isinstance(value, torch.dtype)
+)
+
+
+def builtin_target_names() -> list[str]:
+    """Names of the target specs shipped with the package."""
+    return sorted(path.stem for path in BUILTIN_DIR.glob("*.toml"))
+
+
+def load_target(name_or_path: str | Path) -> Target:
+    """Load one target: a built-in name (`cuda-h100`) or a path to a `.toml` spec."""
+    path = _resolve_spec_path(str(name_or_path))
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise PartitionerError(f"{path}: not valid TOML ({error}). Fix the syntax at that line.") from None
+    return _SpecReader(path, data).target()
+
+
+def load_targets(names_or_paths: Iterable[str | Path], fallback: str | None = None) -> TargetSet:
+    """Load a target set in priority order and choose its fallback.
+
+    The fallback is `fallback` if given, else the first CUDA target that
+    supports every op, else the first target that supports every op.
+    """
+    targets = tuple(load_target(item) for item in names_or_paths)
+    if not targets:
+        raise PartitionerError("no targets given. Fix: name at least one, e.g. --targets npu-example,cuda-h100.")
+    names = [t.name for t in targets]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise PartitionerError(f"target {duplicates[0]!r} is listed twice. Fix: list each target once.")
+    return TargetSet(targets, _choose_fallback(targets, fallback))
+
+
+def _choose_fallback(targets: tuple[Target, ...], requested: str | None) -> str:
+    universal = [t for t in targets if t.support.supports_all_ops]
+    if requested is not None:
+        match = [t for t in targets if t.name == requested]
+        if not match:
+            raise PartitionerError(
+                f"fallback {requested!r} is not in the target set {[t.name for t in targets]}. "
+                "Fix: add it to --targets or name one of those."
+            )
+        if match[0] not in universal:
+            raise PartitionerError(
+                f"fallback {requested!r} does not support every op (its spec restricts ops, dtypes, rank or "
+                "arguments). Fix: choose a target whose spec has support.ops = \"all\" and no other limits."
+            )
+        return requested
+    if not universal:
+        raise PartitionerError(
+            f"no target in {[t.name for t in targets]} supports every op, so unsupported ops would have "
+            "nowhere to run. Fix: add a fallback such as cuda-h100 to --targets."
+        )
+    cuda = [t for t in universal if t.torch_device.startswith("cuda")]
+    return (cuda or universal)[0].name
+
+
+def _resolve_spec_path(name_or_path: str) -> Path:
+    if name_or_path.endswith(".toml") or "/" in name_or_path:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise PartitionerError(f"target spec file {name_or_path!r} does not exist. Fix: check the path.")
+        return path
+    path = BUILTIN_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = builtin_target_names()
+        close = difflib.get_close_matches(name_or_path, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise PartitionerError(
+            f"unknown target {name_or_path!r}: {hint}built-in targets are {', '.join(known)}; "
+            "or give the path of a .toml spec file."
+        )
+    return path
+
+
+class _SpecReader:
+    """Reads one parsed spec, checking each field as it goes."""
+
+    def __init__(self, path: Path, data: dict[str, Any]):
+        self.path = path
+        self.data = data
+
+    def fail(self, field: str, problem: str, fix: str) -> PartitionerError:
+        return PartitionerError(f"{self.path}: field '{field}': {problem}. Fix: {fix}.")
+
+    def target(self) -> Target:
+        self.check_known_fields(self.data, _TOP_LEVEL_FIELDS, "")
+        name = self.string("name")
+        if not _NAME_PATTERN.match(name):
+            raise self.fail("name", f"{name!r} is not a valid target name", "use lowercase letters, digits, '-' and '_'")
+        return Target(
+            name=name,
+            kind=self.string("kind"),
+            description=self.string("description", default=""),
+            torch_device=self.torch_device(),
+            onnx_execution_provider=self.string("onnx_execution_provider"),
+            price_per_hour=self.number("price_per_hour", minimum=0.0),
+            memory_bytes=int(self.number("memory_gib", exclusive_minimum=0.0) * _GIB),
+            memory_bandwidth_bytes_per_second=self.number("memory_bandwidth_gb_per_second", exclusive_minimum=0.0)
+            * _GB,
+            peak_flops_per_second=self.peak_flops(),
+            compute_efficiency=self.number("compute_efficiency", exclusive_minimum=0.0, maximum=1.0),
+            memory_efficiency=self.number("memory_efficiency", exclusive_minimum=0.0, maximum=1.0),
+            launch_overhead_seconds=self.number("launch_overhead_microseconds", minimum=0.0) * _MICRO,
+            host_link=self.link(self.table("host_link"), "host_link"),
+            links={
+                peer: self.link(value, f"links.{peer}") for peer, value in self.table("links", default={}).items()
+            },
+            support=self.support(),
+            spec_path=str(self.path),
+        )
+
+    def check_known_fields(self, table: dict, known: set[str], prefix: str) -> None:
+        for key in table:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                fix = f"did you mean '{prefix}{close[0]}'" if close else f"remove it; known fields are {sorted(known)}"
+                raise self.fail(prefix + key, "unknown field", fix)
+
+    def value(self, field: str, table: dict | None = None, default: Any = ...) -> Any:
+        table = self.data if table is None else table
+        if field not in table:
+            if default is ...:
+                raise self.fail(field, "missing", f"add '{field} = ...' to the spec")
+            return default
+        return table[field]
+
+    def string(self, field: str, default: Any = ...) -> str:
+        value = self.value(field, default=default)
+        if not isinstance(value, str) or (default is ... and not value):
+            raise self.fail(field, f"expected a non-empty string, got {value!r}", "quote the value")
+        return value
+
+    def number(self, field: str, table: dict | None = None, prefix: str = "", *, minimum: float | None = None,
+               exclusive_minimum: float | None = None, maximum: float | None = None) -> float:
+        value = self.value(field, table)
+        name = prefix + field
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(name, f"expected a number, got {value!r}", "write a plain number without quotes")
+        if minimum is not None and value < minimum:
+            raise self.fail(name, f"{value} is below {minimum}", f"use a value of at least {minimum}")
+        if exclusive_minimum is not None and value <= exclusive_minimum:
+            raise self.fail(name, f"{value} must be greater than {exclusive_minimum}", "use a positive value")
+        if maximum is not None and value > maximum:
+            raise self.fail(name, f"{value} is above {maximum}", f"use a value of at most {maximum}")
+        return float(value)
+
+    def table(self, field: str, default: Any = ...) -> dict:
+        value = self.value(field, default=default)
+        if not isinstance(value, dict):
+            raise self.fail(field, f"expected a table, got {value!r}", f"write it as a [{field}] section")
+        return value
+
+    def torch_device(self) -> str:
+        value = self.string("torch_device")
+        try:
+            torch.device(value)
+        except RuntimeError:
+            raise self.fail("torch_device", f"{value!r} is not a torch device", "use e.g. 'cpu' or 'cuda'") from None
+        return value
+
+    def peak_flops(self) -> dict[str, float]:
+        table = self.table("peak_tflops")
+        for dtype in table:
+            self.check_dtype(dtype, "peak_tflops")
+        if "float32" not in table:
+            raise self.fail("peak_tflops.float32", "missing", "add the float32 peak; other dtypes default to it")
+        return {
+            dtype: self.number(dtype, table, "peak_tflops.", exclusive_minimum=0.0) * 1e12 for dtype in table
+        }
+
+    def link(self, table: Any, field: str) -> Link:
+        if not isinstance(table, dict):
+            raise self.fail(field, f"expected a table, got {table!r}", f"write it as a [{field}] section")
+        self.check_known_fields(table, _LINK_FIELDS, field + ".")
+        return Link(
+            latency_seconds=self.number("latency_microseconds", table, field + ".", minimum=0.0) * _MICRO,
+            bandwidth_bytes_per_second=self.number("bandwidth_gb_per_second", table, field + ".",
+                                                   exclusive_minimum=0.0) * _GB,
+        )
+
+    def check_dtype(self, dtype: Any, field: str) -> str:
+        if dtype not in TORCH_DTYPE_NAMES:
+            close = difflib.get_close_matches(str(dtype), TORCH_DTYPE_NAMES, n=1)
+            fix = f"did you mean {close[0]!r}" if close else "use torch dtype names such as 'float16'"
+            raise self.fail(field, f"{dtype!r} is not a torch dtype", fix)
+        return dtype
+
+    def check_op(self, op: Any, field: str) -> str:
+        if not isinstance(op, str) or not resolve_op(op):
+            raise self.fail(field, f"{op!r} is not a known op key",
+                            "write ops as namespace.name.overload, e.g. 'aten.linear.default'")
+        return op
+
+    def support(self) -> SupportRules:
+        table = self.table("support")
+        self.check_known_fields(table, _SUPPORT_FIELDS, "support.")
+        ops = self.value("ops", table)
+        if ops == "all":
+            op_set = None
+        elif isinstance(ops, list):
+            op_set = frozenset(self.check_op(op, "support.ops") for op in ops)
+        else:
+            raise self.fail("support.ops", f"expected \"all\" or a list of op keys, got {ops!r}",
+                            "write ops = \"all\" or ops = [\"aten.linear.default\", ...]")
+        dtypes = self.value("dtypes", table, default=None)
+        if dtypes is not None:
+            if not isinstance(dtypes, list):
+                raise self.fail("support.dtypes", f"expected a list, got {dtypes!r}", "write dtypes = [\"float16\"]")
+            dtypes = frozenset(self.check_dtype(d, "support.dtypes") for d in dtypes)
+        max_rank = self.value("max_rank", table, default=None)
+        if max_rank is not None and (isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 0):
+            raise self.fail("support.max_rank", f"expected a non-negative integer, got {max_rank!r}", "write e.g. 4")
+        static = self.value("static_shapes_only", table, default=False)
+        if not isinstance(static, bool):
+            raise self.fail("support.static_shapes_only", f"expected true or false, got {static!r}", "write true")
+        limits = self.value("limits", table, default=[])
+        if not isinstance(limits, list):
+            raise self.fail("support.limits", "expected an array of tables", "write each as a [[support.limits]] section")
+        return SupportRules(op_set, dtypes, max_rank, static, tuple(self.limit(item) for item in limits))
+
+    def limit(self, table: Any) -> OpLimit:
+        field = "support.limits"
+        if not isinstance(table, dict):
+            raise self.fail(field, f"expected a table, got {table!r}", "write each as a [[support.limits]] section")
+        self.check_known_fields(table, _LIMIT_FIELDS, field + ".")
+        op = self.check_op(self.value("op", table), field + ".op")
+        argument = self.value("argument", table)
+        schema_arguments = [a.name for a in resolve_op(op)._schema.arguments]
+        if argument not in schema_arguments:
+            raise self.fail(field + ".argument", f"{op} has no argument {argument!r}",
+                            f"use one of {schema_arguments}")
+        bounds = {key: table.get(key) for key in ("max", "min")}
+        for key, bound in bounds.items():
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))):
+                raise self.fail(f"{field}.{key}", f"expected a number, got {bound!r}", "write a plain number")
+        allowed = table.get("allowed", [])
+        dims = table.get("dims", [])
+        if not isinstance(allowed, list) or not isinstance(dims, list) or not all(isinstance(d, int) for d in dims):
+            raise self.fail(field, "'allowed' and 'dims' must be lists", "write e.g. dims = [2, 3]")
+        if bounds["max"] is None and bounds["min"] is None and not allowed:
+            raise self.fail(field, f"the limit on {op} {argument} bounds nothing", "add max, min or allowed")
+        return OpLimit(op, argument, bounds["max"], bounds["min"], tuple(allowed), tuple(dims))
+
+
+def resolve_op(op_key: str):
+    """The torch OpOverload for a key like `aten.linear.default`, or None if there is none."""
+    parts = op_key.split(".")
+    if len(parts) != 3:
+        return None
+    namespace, name, overload = parts
+    try:
+        return getattr(getattr(getattr(torch.ops, namespace), name), overload)
+    except (AttributeError, RuntimeError):
+        return None

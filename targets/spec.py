@@ -1,0 +1,143 @@
+"""What a target device is: the validated, typed form of a target spec file.
+
+Specs are data (TOML files, see `loader.py`); these frozen values are what the
+rest of the pipeline reads: tagging reads `SupportRules`, cost models read the
+throughput, bandwidth and link figures, the solver reads price and memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A data path between two devices: a fixed latency plus bytes over bandwidth."""
+
+    latency_seconds: float
+    bandwidth_bytes_per_second: float
+
+    def seconds(self, num_bytes: int) -> float:
+        """Time to move `num_bytes` over this link; nothing to move costs nothing."""
+        if num_bytes <= 0:
+            return 0.0
+        return self.latency_seconds + num_bytes / self.bandwidth_bytes_per_second
+
+    def then(self, other: Link) -> Link:
+        """The store-and-forward path over this link and then `other` (e.g. via host memory)."""
+        return Link(
+            latency_seconds=self.latency_seconds + other.latency_seconds,
+            bandwidth_bytes_per_second=1.0
+            / (1.0 / self.bandwidth_bytes_per_second + 1.0 / other.bandwidth_bytes_per_second),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "latency_seconds": self.latency_seconds,
+            "bandwidth_bytes_per_second": self.bandwidth_bytes_per_second,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Link:
+        return cls(float(data["latency_seconds"]), float(data["bandwidth_bytes_per_second"]))
+
+
+@dataclass(frozen=True, slots=True)
+class OpLimit:
+    """A bound on one argument of one op, e.g. conv2d `groups` at most 1.
+
+    For a tensor argument the bound applies to its sizes along `dims` (all dims
+    when empty); for a list argument, to every element; for a scalar, to itself.
+    """
+
+    op: str
+    argument: str
+    max: float | None = None
+    min: float | None = None
+    allowed: tuple = ()
+    dims: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SupportRules:
+    """Which nodes a target can run. `ops=None` means every op (a fallback device)."""
+
+    ops: frozenset[str] | None
+    dtypes: frozenset[str] | None = None
+    max_rank: int | None = None
+    static_shapes_only: bool = False
+    limits: tuple[OpLimit, ...] = ()
+
+    @property
+    def supports_all_ops(self) -> bool:
+        return self.ops is None and self.dtypes is None and self.max_rank is None and not self.limits
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One device kind that can run part of a model, as described by its spec file."""
+
+    name: str
+    kind: str
+    description: str
+    torch_device: str
+    onnx_execution_provider: str
+    price_per_hour: float
+    memory_bytes: int
+    memory_bandwidth_bytes_per_second: float
+    peak_flops_per_second: Mapping[str, float]
+    compute_efficiency: float
+    memory_efficiency: float
+    launch_overhead_seconds: float
+    host_link: Link
+    support: SupportRules
+    links: Mapping[str, Link] = field(default_factory=dict)
+    spec_path: str = ""
+
+    @property
+    def price_per_second(self) -> float:
+        return self.price_per_hour / 3600.0
+
+    def peak_for(self, dtype: str) -> float:
+        """Peak FLOP/s for `dtype`; dtypes the spec does not list run at the float32 rate."""
+        return self.peak_flops_per_second.get(dtype, self.peak_flops_per_second["float32"])
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSet:
+    """The targets a plan may use, in priority order, and which one is the fallback.
+
+    The fallback runs whatever no other target supports, so it must support every op.
+    """
+
+    targets: tuple[Target, ...]
+    fallback: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.targets)
+
+    def __getitem__(self, name: str) -> Target:
+        for target in self.targets:
+            if target.name == name:
+                return target
+        raise KeyError(name)
+
+    def __iter__(self):
+        return iter(self.targets)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def link(self, source: str, destination: str) -> Link:
+        """The path data takes from `source` to `destination`.
+
+        A direct link declared by either side wins; otherwise data goes through
+        host memory over each device's host link.
+        """
+        src, dst = self[source], self[destination]
+        direct = src.links.get(destination) or dst.links.get(source)
+        if direct is not None:
+            return direct
+        return src.host_link.then(dst.host_link)
