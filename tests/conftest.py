@@ -1,0 +1,30 @@
+"""Shared test helpers: capture small models and build placement problems from them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cost_models.roofline import RooflineCostModel
+from partitioner.capture import capture
+from partitioner.graph import OpGraph, annotate
+from partitioner.problem import PlacementProblem, build_problem
+from partitioner.tagging import tag
+from targets.loader import load_targets
+
+
+def op_graph_of(model: torch.nn.Module, example_inputs) -> OpGraph:
+    """The annotated op graph of `model` called on `example_inputs`."""
+    return annotate(capture(model, example_inputs).program)
+
+
+def problem_of(model: torch.nn.Module, example_inputs, targets=("npu-example", "cuda-h100")) -> PlacementProblem:
+    """The placement problem of `model` on built-in `targets`, with roofline costs."""
+    target_set = load_targets(targets)
+    graph = op_graph_of(model, example_inputs)
+    return build_problem(graph, tag(graph, target_set), target_set, RooflineCostModel())
+
+
+@pytest.fixture
+def default_targets():
+    return load_targets(["npu-example", "cuda-h100"])
