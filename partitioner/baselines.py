@@ -32,19 +32,24 @@ def priority_placement(problem: PlacementProblem) -> Assignment:
     assignment: Assignment = {}
     used = {t.name: 0 for t in problem.targets}
     resident: dict[str, set[str]] = {t.name: set() for t in problem.targets}
-    pending_views = []
+    pending = []  # views placed by their users, and the nodes that follow them
     for node in problem.nodes:
         anchor = node.follows or (producers.get(node.name) if node.kind is not NodeKind.COMPUTE else None)
         if anchor is not None and assignment.get(anchor) in node.compute_seconds:
             assignment[node.name] = assignment[anchor]
-        elif node.kind is NodeKind.VIEW:
-            pending_views.append(node.name)
+        elif node.kind is NodeKind.VIEW or node.follows in pending:
+            pending.append(node.name)
             continue
         else:
             assignment[node.name] = _first_with_room(problem, node.name, used, resident)
         _make_resident(problem, node.name, assignment[node.name], used, resident)
-    for name in reversed(pending_views):
+    for name in reversed(pending):
+        # A follower's tentative place lets the view it follows see past it to its users.
         assignment[name] = _first_user_target(problem, name, assignment)
+    for name in pending:
+        follows = problem.node(name).follows
+        if follows is not None:
+            assignment[name] = assignment[follows]
         _make_resident(problem, name, assignment[name], used, resident)
     check_assignment(problem, assignment)
     return assignment

@@ -15,6 +15,7 @@ from partitioner.capture import load_model_file
 from partitioner.compiler import compile_captured
 from partitioner.errors import PartitionerError
 from partitioner.problem import OBJECTIVES
+from partitioner.solver import SolverOptions
 from targets.loader import DEFAULT_TARGET_NAMES, builtin_target_names, load_target
 
 
@@ -66,8 +67,8 @@ def _compile(args: argparse.Namespace) -> int:
         raise PartitionerError(f"output {str(output)!r} is a file, not a folder. Fix: give a folder with -o.")
     captured = load_model_file(args.model)
     targets = [item.strip() for item in args.targets.split(",") if item.strip()]
-    plan = compile_captured(captured, targets, args.objective, fallback=args.fallback,
-                            time_limit_seconds=args.time_limit, workers=args.workers, seed=args.seed)
+    options = SolverOptions(time_limit_seconds=args.time_limit, workers=args.workers, seed=args.seed)
+    plan = compile_captured(captured, targets, args.objective, fallback=args.fallback, solver_options=options)
     path = plan.save(output / "plan.json")
     print(plan.summary())
     print(f"\nwrote {path}")

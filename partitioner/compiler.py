@@ -43,8 +43,9 @@ def compile(  # noqa: A001 - the public name users asked for: partitioner.compil
     request). The model may live on the `meta` device: planning needs no weights.
     """
     captured = capture(model, example_inputs, name=name)
-    return compile_captured(captured, targets, objective, fallback=fallback, time_limit_seconds=time_limit_seconds,
-                            workers=workers, seed=seed, cost_model=cost_model)
+    options = SolverOptions(time_limit_seconds=time_limit_seconds, workers=workers, seed=seed)
+    return compile_captured(captured, targets, objective, fallback=fallback, solver_options=options,
+                            cost_model=cost_model)
 
 
 def compile_captured(
@@ -53,9 +54,7 @@ def compile_captured(
     objective: str = "latency",
     *,
     fallback: str | None = None,
-    time_limit_seconds: float = 30.0,
-    workers: int = 0,
-    seed: int = 0,
+    solver_options: SolverOptions = SolverOptions(),
     cost_model: CostModel | None = None,
 ) -> Plan:
     """`compile` for a model that is already captured (e.g. loaded from a file by the CLI)."""
@@ -66,8 +65,7 @@ def compile_captured(
     tagging = tag(graph, target_set)
     problem = build_problem(graph, tagging, target_set, cost_model)
     baselines = {name: strategy(problem) for name, strategy in BASELINES.items()}
-    options = SolverOptions(time_limit_seconds=time_limit_seconds, workers=workers, seed=seed)
-    placement = solve(problem, objective, options, hints=baselines)
+    placement = solve(problem, objective, solver_options, hints=baselines)
     return Plan(
         model=ModelInfo(captured.name, captured.source, graph.fingerprint(), len(graph),
                         sum(graph.parameter_bytes.values()), graph.total_flops),

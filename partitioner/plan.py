@@ -177,7 +177,8 @@ class Plan:
             raise PartitionerError(f"{path} is not a plan file (not JSON: {error}). Fix: give plan.json.") from None
         try:
             return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError) as error:
+        # AttributeError: a JSON array or string where an object belongs (`.get` on a list)
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
             raise PartitionerError(f"{path} is not a valid plan file (bad field {error}). Fix: compile again.") from None
 
 
@@ -188,6 +189,9 @@ def write_atomically(path: Path, text: str) -> None:
     try:
         with os.fdopen(handle, "w") as file:
             file.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes files private; plans are ordinary files
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)

@@ -100,6 +100,15 @@ class PlacementProblem:
     def transfer_seconds(self, num_bytes: int, source: str, destination: str) -> float:
         return self.links[(source, destination)].seconds(num_bytes)
 
+    def objective_rate(self, objective: str, *busy_targets: str) -> float:
+        """What one second of work that keeps `busy_targets` busy adds to `objective`.
+
+        For latency a second is a second; for cost it is the targets' price per second.
+        """
+        if objective == "latency":
+            return 1.0
+        return sum(self.target(name).price_per_second for name in busy_targets)
+
     def to_dict(self) -> dict:
         return {
             "targets": [

@@ -144,11 +144,6 @@ class _PlacementModel:
         self._memory_limits()
         self.model.minimize(sum(coefficient * var for var, coefficient in self.terms))
 
-    def _price(self, *targets: str) -> float:
-        if self.objective == "latency":
-            return 1.0
-        return sum(self.problem.target(t).price_per_second for t in targets)
-
     def _add_term(self, var: cp_model.IntVar, value: float) -> None:
         coefficient = round(value * self.scale)
         if coefficient > 0:
@@ -160,7 +155,7 @@ class _PlacementModel:
             for target, seconds in node.compute_seconds.items():
                 var = self.model.new_bool_var(f"on[{node.name},{target}]")
                 on[node.name, target] = var
-                self._add_term(var, seconds * self._price(target))
+                self._add_term(var, seconds * self.problem.objective_rate(self.objective, target))
             self.model.add_exactly_one(on[node.name, t] for t in node.compute_seconds)
             if node.follows is not None:
                 for target in node.compute_seconds:
@@ -180,7 +175,7 @@ class _PlacementModel:
                     moved = self.model.new_bool_var(f"move[{value.producer},{source},{destination}]")
                     self.model.add_bool_or([self.on[value.producer, source].Not(), needed.Not(), moved])
                     seconds = self.problem.transfer_seconds(value.num_bytes, source, destination)
-                    self._add_term(moved, seconds * self._price(source, destination))
+                    self._add_term(moved, seconds * self.problem.objective_rate(self.objective, source, destination))
                     moves.append(moved)
                 # Redundant but much tighter in the LP relaxation (a min-cut inequality):
                 # if the tensor is needed on `destination` and not produced there, it moves there.
@@ -231,12 +226,16 @@ class _PlacementModel:
 
 
 def _upper_estimate(problem: PlacementProblem, objective: str) -> float:
-    """A rough scale for the objective when no hint is available: the costliest target per node."""
+    """A rough scale for the objective when no hint is available: the costliest target per node
+    and the dearest link per tensor (without it, a graph of free views would round every move to 0)."""
     total = 0.0
     for node in problem.nodes:
+        total += max(seconds * problem.objective_rate(objective, t) for t, seconds in node.compute_seconds.items())
+    for value in problem.values:
         total += max(
-            seconds * (problem.target(t).price_per_second if objective == "cost" else 1.0)
-            for t, seconds in node.compute_seconds.items()
+            (problem.transfer_seconds(value.num_bytes, s, d) * problem.objective_rate(objective, s, d)
+             for s, d in problem.links),
+            default=0.0,
         )
     return total
 

@@ -81,7 +81,7 @@ def _choose_fallback(targets: tuple[Target, ...], requested: str | None) -> str:
             )
         if match[0] not in universal:
             raise PartitionerError(
-                f"fallback {requested!r} does not support every op (its spec restricts ops, dtypes, rank or "
+                f"fallback {requested!r} does not support every op (its spec restricts ops, dtypes, rank, shapes or "
                 "arguments). Fix: choose a target whose spec has support.ops = \"all\" and no other limits."
             )
         return requested
@@ -156,11 +156,13 @@ class _SpecReader:
                 fix = f"did you mean '{prefix}{close[0]}'" if close else f"remove it; known fields are {sorted(known)}"
                 raise self.fail(prefix + key, "unknown field", fix)
 
-    def value(self, field: str, table: dict | None = None, default: Any = ...) -> Any:
+    def value(self, field: str, table: dict | None = None, default: Any = ..., prefix: str = "") -> Any:
         table = self.data if table is None else table
         if field not in table:
             if default is ...:
-                raise self.fail(field, "missing", f"add '{field} = ...' to the spec")
+                # `prefix` names the enclosing table so a missing nested field is found.
+                where = f"the [{prefix.rstrip('.')}] table" if prefix else "the spec"
+                raise self.fail(prefix + field, "missing", f"add '{field} = ...' to {where}")
             return default
         return table[field]
 
@@ -172,7 +174,7 @@ class _SpecReader:
 
     def number(self, field: str, table: dict | None = None, prefix: str = "", *, minimum: float | None = None,
                exclusive_minimum: float | None = None, maximum: float | None = None) -> float:
-        value = self.value(field, table)
+        value = self.value(field, table, prefix=prefix)
         name = prefix + field
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(name, f"expected a number, got {value!r}", "write a plain number without quotes")
@@ -234,7 +236,7 @@ class _SpecReader:
     def support(self) -> SupportRules:
         table = self.table("support")
         self.check_known_fields(table, _SUPPORT_FIELDS, "support.")
-        ops = self.value("ops", table)
+        ops = self.value("ops", table, prefix="support.")
         if ops == "all":
             op_set = None
         elif isinstance(ops, list):
@@ -263,8 +265,8 @@ class _SpecReader:
         if not isinstance(table, dict):
             raise self.fail(field, f"expected a table, got {table!r}", "write each as a [[support.limits]] section")
         self.check_known_fields(table, _LIMIT_FIELDS, field + ".")
-        op = self.check_op(self.value("op", table), field + ".op")
-        argument = self.value("argument", table)
+        op = self.check_op(self.value("op", table, prefix=field + "."), field + ".op")
+        argument = self.value("argument", table, prefix=field + ".")
         schema_arguments = [a.name for a in resolve_op(op)._schema.arguments]
         if argument not in schema_arguments:
             raise self.fail(field + ".argument", f"{op} has no argument {argument!r}",

@@ -71,7 +71,8 @@ class SupportRules:
 
     @property
     def supports_all_ops(self) -> bool:
-        return self.ops is None and self.dtypes is None and self.max_rank is None and not self.limits
+        return (self.ops is None and self.dtypes is None and self.max_rank is None
+                and not self.static_shapes_only and not self.limits)
 
 
 @dataclass(frozen=True, slots=True)
