@@ -52,11 +52,17 @@ class ModelSource:
 
 @dataclass(frozen=True, slots=True)
 class CapturedModel:
-    """A captured model: its ExportedProgram, a display name and its source if known."""
+    """A captured model: its ExportedProgram, a display name and its source if known.
+
+    `model` and `example_inputs` are what was captured, kept so the placed
+    model can be checked against the original (absent for a `.pt2` file).
+    """
 
     program: ExportedProgram
     name: str
     source: ModelSource | None
+    model: torch.nn.Module | None = None
+    example_inputs: Any = None
 
 
 def capture(model: torch.nn.Module, example_inputs: Any, name: str | None = None,
@@ -77,7 +83,7 @@ def capture(model: torch.nn.Module, example_inputs: Any, name: str | None = None
             program = torch.export.export(model, args, kwargs=kwargs, strict=False)
     except Exception as error:  # torch raises many types here; all mean "this model did not trace"
         raise PartitionerError(_capture_failure(model, error)) from error
-    return CapturedModel(program, name or type(model).__name__, source)
+    return CapturedModel(program, name or type(model).__name__, source, model, example_inputs)
 
 
 @contextlib.contextmanager
@@ -95,6 +101,11 @@ def _held_back_torch_output():
     finally:
         logging.disable(previous_disable)
     sys.stderr.write(printed.getvalue())
+
+
+def load_model_source(source: ModelSource) -> CapturedModel:
+    """Capture the model again from where a plan says it came from."""
+    return load_model_file(str(source) if source.kind == "python" else source.path)
 
 
 def load_model_file(spec: str) -> CapturedModel:

@@ -18,6 +18,7 @@ from partitioner.graph import OpGraph, annotate
 from partitioner.plan import ModelInfo, NodeRecord, Plan, TargetRecord
 from partitioner.problem import build_problem, check_objective
 from partitioner.solver import SolverOptions, solve
+from partitioner.split import split
 from partitioner.tagging import Tagging, tag
 from targets.loader import DEFAULT_TARGET_NAMES, load_targets
 from targets.spec import TargetSet
@@ -78,6 +79,8 @@ def compile_captured(
         placement=placement.assignment,
         solver=placement.report,
         baselines=baselines,
+        partitions=split(graph, placement.assignment),
+        captured=captured,
     )
 
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
-from partitioner.capture import ModelSource
+from partitioner.capture import CapturedModel, ModelSource, capture, load_model_source
 from partitioner.errors import PartitionerError
+from partitioner.graph import annotate
 from partitioner.problem import PlacementProblem, Score, score
+from partitioner.runtime import PartitionedModule, build_partitioned_module, resolve_devices
 from partitioner.solver import SolverReport
+from partitioner.split import Partition
 
 SCHEMA_VERSION = 1
 
@@ -104,10 +107,45 @@ class Plan:
     placement: Mapping[str, str]
     solver: SolverReport
     baselines: Mapping[str, Mapping[str, str]]
+    partitions: tuple[Partition, ...]
+    captured: CapturedModel | None = field(default=None, compare=False, repr=False)
 
     @property
     def fallback(self) -> str:
         return self.problem.fallback
+
+    def module(self, device_map: Mapping[str, str] | None = None) -> PartitionedModule:
+        """The model as placed, runnable: one submodule per partition, each on its target's device.
+
+        `device_map` says which torch device runs each target (e.g. {"npu-example": "cpu",
+        "cuda-h100": "cuda:0"}); targets without a device here are emulated on the CPU.
+        """
+        devices = resolve_devices({t.name: t.torch_device for t in self.targets}, device_map)
+        return build_partitioned_module(self.captured_model().program, self.partitions, devices)
+
+    def with_model(self, model: Any, example_inputs: Any) -> Plan:
+        """This plan bound to `model`, after checking it is the model the plan was compiled for."""
+        return replace(self, captured=self._checked(capture(model, example_inputs, name=self.model.name)))
+
+    def captured_model(self) -> CapturedModel:
+        """The captured model: kept from `compile`, or captured again from the recorded source."""
+        if self.captured is not None:
+            return self.captured
+        if self.model.source is None:
+            raise PartitionerError(
+                "this plan does not record where its model came from (it was compiled from a Python object). "
+                "Fix: bind the model with plan.with_model(model, example_inputs)."
+            )
+        return self._checked(load_model_source(self.model.source))
+
+    def _checked(self, captured: CapturedModel) -> CapturedModel:
+        fingerprint = annotate(captured.program).fingerprint()
+        if fingerprint != self.model.fingerprint:
+            raise PartitionerError(
+                f"the model {captured.name} no longer matches this plan (graph fingerprint {fingerprint}, plan "
+                f"{self.model.fingerprint}): its code, configuration or input shapes changed. Fix: compile again."
+            )
+        return captured
 
     def score(self) -> Score:
         """The plan's latency, money and memory, re-scored from the stored problem."""
@@ -137,6 +175,7 @@ class Plan:
                 for name, result in self.baseline_scores().items()
             },
             "placement": dict(self.placement),
+            "partitions": [p.to_dict() for p in self.partitions],
             "nodes": [n.to_dict() for n in self.nodes],
             "problem": self.problem.to_dict(),
         }
@@ -158,6 +197,7 @@ class Plan:
             placement=dict(data["placement"]),
             solver=SolverReport.from_dict(data["solver"]),
             baselines={name: dict(entry["placement"]) for name, entry in data["baselines"].items()},
+            partitions=tuple(Partition.from_dict(p) for p in data["partitions"]),
         )
 
     def save(self, path: str | Path) -> Path:
