@@ -10,6 +10,7 @@ Names are loaded on first use, so that `targets` and `cost_models` can import
 from importlib import import_module
 
 _EXPORTS = {
+    "backend": "partitioner.backend",
     "compile": "partitioner.compiler",
     "compile_captured": "partitioner.compiler",
     "capture": "partitioner.capture",

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from partitioner.capture import load_model_file
+from partitioner.capture import ModelSource, load_model_file
+from partitioner.check import PlanRun, describe_outputs, run_plan
 from partitioner.compiler import compile_captured
 from partitioner.errors import PartitionerError
+from partitioner.plan import Plan
 from partitioner.problem import OBJECTIVES
 from partitioner.solver import SolverOptions
 from targets.loader import DEFAULT_TARGET_NAMES, builtin_target_names, load_target
@@ -56,6 +59,20 @@ def _parser() -> argparse.ArgumentParser:
     compile_parser.add_argument("-o", "--output", default="out", help="output folder for plan.json (default: out)")
     compile_parser.set_defaults(command=_compile)
 
+    run_parser = commands.add_parser("run", help="run a plan's partitioned model once; with --check, compare it "
+                                                 "with the original model")
+    run_parser.add_argument("plan", help="plan.json written by compile")
+    run_parser.add_argument("--check", action="store_true",
+                            help="compare every output with the original model's; exit 1 if one differs")
+    run_parser.add_argument("--model", help="the model again (file.py, file.py:function or .pt2), if the plan's "
+                                            "recorded source moved")
+    run_parser.add_argument("--device-map", default="", metavar="TARGET=DEVICE,...",
+                            help="the torch device that runs each target, e.g. npu-example=cpu,cuda-h100=cuda:0 "
+                                 "(default: each spec's device, or the CPU where it is absent)")
+    run_parser.add_argument("--rtol", type=float, help="relative tolerance (default: torch.testing's for the dtype)")
+    run_parser.add_argument("--atol", type=float, help="absolute tolerance (default: torch.testing's for the dtype)")
+    run_parser.set_defaults(command=_run)
+
     targets_parser = commands.add_parser("targets", help="list the built-in targets")
     targets_parser.set_defaults(command=_list_targets)
     return parser
@@ -73,6 +90,56 @@ def _compile(args: argparse.Namespace) -> int:
     print(plan.summary())
     print(f"\nwrote {path}")
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    plan = Plan.load(args.plan)
+    if args.model:
+        plan = replace(plan, model=replace(plan.model, source=_model_source(args.model)))
+    result = run_plan(plan, _device_map(args.device_map), check=args.check, rtol=args.rtol, atol=args.atol)
+    _print_run(args.plan, result)
+    return 0 if result.check is None or result.check.passed else 1
+
+
+def _print_run(plan_path: str, result: PlanRun) -> None:
+    targets = result.partition_targets
+    order = " -> ".join(targets[:6]) + (" -> ..." if len(targets) > 6 else "")
+    print(f"plan        {plan_path}: {result.model_name}, {len(targets)} partitions ({order})")
+    print(f"devices     {', '.join(f'{name}: {device}' for name, device in result.devices.items())}")
+    print(f"outputs     {describe_outputs(result.partitioned.outputs)}")
+    wall = f"{result.partitioned.seconds * 1e3:.1f} ms partitioned"
+    if result.original is not None:
+        wall += f", {result.original.seconds * 1e3:.1f} ms original"
+    print(f"wall time   {wall} (one run, not a benchmark)")
+    check = result.check
+    if check is None:
+        return
+    tolerances = ", ".join(f"{dtype} rtol {t.rtol:g} atol {t.atol:g}" for dtype, t in check.tolerances.items())
+    print(f"max abs error {check.max_abs_error:.3g}")
+    print(f"max rel error {check.max_rel_error:.3g}")
+    print(f"tolerance   {tolerances or 'exact'}")
+    for mismatch in check.mismatches:
+        print(f"mismatch    {mismatch}")
+    print("PASS" if check.passed else "FAIL")
+
+
+def _model_source(spec: str) -> ModelSource:
+    """Where `--model` says the model is, in the form a plan records (see `load_model_file`)."""
+    path, _, function = spec.partition(":")
+    if path.endswith(".pt2") and not function:
+        return ModelSource("exported_program", path)
+    return ModelSource("python", path, function or None)
+
+
+def _device_map(text: str) -> dict[str, str]:
+    device_map = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        target, equals, device = (part.strip() for part in item.partition("="))
+        if not (equals and target and device):
+            raise PartitionerError(f"--device-map item {item!r} is not TARGET=DEVICE. "
+                                   "Fix: write e.g. npu-example=cpu,cuda-h100=cuda:0.")
+        device_map[target] = device
+    return device_map
 
 
 def _list_targets(args: argparse.Namespace) -> int:

@@ -19,6 +19,8 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 from torch.utils.flop_counter import FlopCounterMode
 
+from partitioner.mutation import MutationFacts, mutation_facts
+
 # Ops that only rename, reshape or re-view a tensor: they run where their data is
 # and cost nothing, so they never justify a cut on their own.
 _IDENTITY_OPS = {"aten.alias.default", "aten.detach.default", "aten.clone.default"}
@@ -61,7 +63,9 @@ class OpNode:
     `inputs` names the producing op nodes (model inputs and parameters are not
     op nodes); `parameters` names the parameters and buffers the node reads.
     `arguments` holds the op's arguments by schema name: tensors as `TensorMeta`,
-    other values as they are.
+    other values as they are. An in-place op `writes` the value of another op
+    node (see `mutation.py`); `after` names nodes it must run after without
+    reading their outputs.
     """
 
     name: str
@@ -75,6 +79,8 @@ class OpNode:
     flops: int
     parameter_bytes: int
     module_path: str = ""
+    writes: str | None = None
+    after: tuple[str, ...] = ()
 
     @property
     def bytes_read(self) -> int:
@@ -139,7 +145,7 @@ class OpGraph:
         """A hash of ops, shapes and wiring: equal for the same model and inputs, different if either changed."""
         digest = hashlib.sha256()
         for node in self.nodes:
-            digest.update(repr((node.name, node.op, node.inputs, node.parameters,
+            digest.update(repr((node.name, node.op, node.inputs, node.after, node.parameters,
                                 [t.to_dict() for t in node.output_tensors])).encode())
         return digest.hexdigest()[:16]
 
@@ -153,8 +159,9 @@ def annotate(program: ExportedProgram) -> OpGraph:
         if (name := parameter_names.get(node.name)) is not None
     }
     flop_cache: dict[Any, int] = {}
+    mutations = mutation_facts(program.graph)
     nodes = tuple(
-        _op_node(node, parameter_names, parameter_bytes, flop_cache)
+        _op_node(node, parameter_names, parameter_bytes, flop_cache, mutations.get(node.name, MutationFacts()))
         for node in program.graph.nodes
         if node.op == "call_function"
     )
@@ -184,7 +191,7 @@ def _parameter_placeholders(program: ExportedProgram) -> dict[str, str]:
 
 
 def _op_node(node: torch.fx.Node, parameter_names: Mapping[str, str], parameter_bytes: Mapping[str, int],
-             flop_cache: dict[Any, int]) -> OpNode:
+             flop_cache: dict[Any, int], mutation: MutationFacts) -> OpNode:
     key = op_key(node.target)
     inputs = tuple(dict.fromkeys(n.name for n in node.all_input_nodes if n.op == "call_function"))
     parameters = tuple(dict.fromkeys(
@@ -207,6 +214,8 @@ def _op_node(node: torch.fx.Node, parameter_names: Mapping[str, str], parameter_
         flops=_count_flops(node, flop_cache) if kind is NodeKind.COMPUTE else 0,
         parameter_bytes=sum(parameter_bytes[p] for p in parameters),
         module_path=_module_path(node),
+        writes=mutation.writes,
+        after=mutation.after,
     )
 
 

@@ -199,16 +199,13 @@ class Score:
 def build_problem(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_model: CostModel) -> PlacementProblem:
     """Cost every (node, supporting target) pair and every link of the target set."""
     target_by_name = {t.name: t for t in targets}
+    leaders, supported = _colocated_groups(graph, tagging, targets.fallback)
     nodes = []
     for node in graph:
-        follows = node.inputs[0] if node.kind is NodeKind.BOOKKEEPING and node.inputs else None
-        supported = tagging.supported[node.name]
-        if follows is not None:
-            supported = tuple(n for n in supported if n in tagging.supported[follows])
-        elif node.kind is NodeKind.BOOKKEEPING:
-            supported = (targets.fallback,)  # e.g. an assert on a model input: free, so keep it out of the way
-        compute = {name: cost_model.compute_seconds(node, target_by_name[name]) for name in supported}
-        nodes.append(ProblemNode(node.name, node.kind, compute, node.parameters, follows))
+        leader = leaders[node.name]
+        compute = {name: cost_model.compute_seconds(node, target_by_name[name]) for name in supported[leader]}
+        nodes.append(ProblemNode(node.name, node.kind, compute, node.parameters,
+                                 leader if leader != node.name else None))
     users = graph.users()
     values = tuple(
         ProblemValue(node.name, tuple(users[node.name]), node.output_bytes)
@@ -223,6 +220,26 @@ def build_problem(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_mod
     }
     terms = tuple(TargetTerms(t.name, t.price_per_hour, t.memory_bytes) for t in targets)
     return PlacementProblem(terms, targets.fallback, tuple(nodes), values, dict(graph.parameter_bytes), links)
+
+
+def _colocated_groups(graph: OpGraph, tagging: Tagging, fallback: str) -> tuple[dict[str, str], dict[str, tuple]]:
+    """Nodes that must share a target, each mapped to its group's first node, and each group's targets.
+
+    A `getitem` sits with the op whose outputs it picks; an in-place op sits
+    with the value it writes, so every later reader sees the write. A group
+    may use only the targets every member supports (the fallback supports all).
+    """
+    leaders: dict[str, str] = {}
+    supported: dict[str, tuple[str, ...]] = {}
+    for node in graph:
+        anchor = node.inputs[0] if node.kind is NodeKind.BOOKKEEPING and node.inputs else node.writes
+        leader = leaders[anchor] if anchor is not None else node.name
+        leaders[node.name] = leader
+        own = tagging.supported[node.name]
+        if node.kind is NodeKind.BOOKKEEPING and anchor is None:
+            own = (fallback,)  # e.g. an assert on a model input: free, so keep it out of the way
+        supported[leader] = tuple(t for t in supported.get(leader, own) if t in own)
+    return leaders, supported
 
 
 def transfers(problem: PlacementProblem, assignment: Mapping[str, str]) -> Iterator[Transfer]:

@@ -39,6 +39,14 @@ class PartitionedModule(torch.nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.graph_module(*args, **kwargs)
 
+    def train(self, mode: bool = True) -> PartitionedModule:
+        """Only sets the flag: dropout and batch-norm behaviour were fixed when the model was captured.
+
+        (The captured module itself refuses train()/eval(); training loops call them.)
+        """
+        self.training = mode
+        return self
+
     def submodule(self, partition: Partition) -> torch.fx.GraphModule:
         """The GraphModule that runs `partition`."""
         return self.graph_module.get_submodule(f"{_PARTITION_PREFIX}{partition.index}")
@@ -82,14 +90,61 @@ def build_partitioned_module(program: ExportedProgram, partitions: Sequence[Part
         )
     groups = [dict.fromkeys(nodes[name] for name in p.nodes) for p in partitions]
     _give_each_partition_its_weights(graph_module, groups)
+    # fuse_by_partitions keeps the given order among independent nodes: in graph order, an in-place update stays
+    # after the reads the model makes before it (with weight reads listed last, it could overtake them).
+    position = {node: index for index, node in enumerate(graph_module.graph.nodes)}
+    groups = [dict.fromkeys(sorted(group, key=position.__getitem__)) for group in groups]
     fused = fuse_by_partitions(graph_module, groups, prefix=_PARTITION_PREFIX)
     partition_devices = {p.index: devices[p.target] for p in partitions}
     for index, device in partition_devices.items():
-        fused.get_submodule(f"{_PARTITION_PREFIX}{index}").to(device)
+        _move(fused.get_submodule(f"{_PARTITION_PREFIX}{index}"), device)
+    _run_in_partition_order(fused)
     _insert_transfers(fused, partition_devices)
     fused.delete_all_unused_submodules()
     fused.recompile()
     return PartitionedModule(fused, partitions, devices)
+
+
+def _move(submodule: torch.nn.Module, device: torch.device) -> None:
+    """Move a partition's weights to `device` as new tensors: the caller's model keeps its own.
+
+    (By default `Module.to` swaps the data of the very Parameter objects the
+    original model holds, which would move the user's model too.)
+    """
+    tensors = list(submodule.parameters()) + list(submodule.buffers())
+    if all(_same_device(tensor.device, device) for tensor in tensors):
+        return
+    previous = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        submodule.to(device)
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(previous)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """True when moving between `a` and `b` copies nothing (`cpu` and `cpu:0` are one memory)."""
+    return a.type == b.type and (a.type == "cpu" or a.index is None or b.index is None or a.index == b.index)
+
+
+def _run_in_partition_order(fused: torch.fx.GraphModule) -> None:
+    """Call the partitions in the split's order, which also honours in-place writes, not only data edges."""
+    calls = sorted((node for node in fused.graph.nodes if _partition_index(node) is not None), key=_partition_index)
+    if not calls:
+        return
+    anchor = calls[0].prev
+    for call in calls:
+        anchor.append(call)
+        anchor = call
+        for item in [user for user in fused.graph.nodes if user.op == "call_function" and user.args[:1] == (call,)]:
+            anchor.append(item)
+            anchor = item
+
+
+def _partition_index(node: torch.fx.Node) -> int | None:
+    if node.op == "call_module" and node.target.startswith(_PARTITION_PREFIX):
+        return int(node.target.removeprefix(_PARTITION_PREFIX))
+    return None
 
 
 def to_device(value: Any, device: torch.device) -> Any:
@@ -115,10 +170,13 @@ def _give_each_partition_its_weights(graph_module: torch.fx.GraphModule, groups:
 
 
 def _insert_transfers(fused: torch.fx.GraphModule, partition_devices: Mapping[int, torch.device]) -> None:
-    """Before each partition call, move inputs from other devices; each value moves to a device once."""
+    """Move inputs from other devices to each partition, once per (value, device).
+
+    A value moves right before the first partition on that device that reads
+    it, so the copy sees every in-place write made to it before that point.
+    """
     graph = fused.graph
-    calls = {node: int(node.target.removeprefix(_PARTITION_PREFIX))
-             for node in graph.nodes if node.op == "call_module" and node.target.startswith(_PARTITION_PREFIX)}
+    calls = {node: _partition_index(node) for node in graph.nodes if _partition_index(node) is not None}
     device_of = _value_devices(graph, calls, partition_devices)
     moved: dict[tuple[torch.fx.Node, torch.device], torch.fx.Node] = {}
     for call, index in calls.items():
@@ -127,7 +185,7 @@ def _insert_transfers(fused: torch.fx.GraphModule, partition_devices: Mapping[in
             if device_of.get(value) == device:
                 continue
             if (value, device) not in moved:
-                with graph.inserting_after(value):
+                with graph.inserting_before(call):
                     moved[value, device] = graph.call_function(to_device, (value, device))
             call.replace_input_with(value, moved[value, device])
 

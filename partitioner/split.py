@@ -12,7 +12,7 @@ from typing import Mapping
 
 import networkx as nx
 
-from partitioner.graph import OpGraph
+from partitioner.graph import OpGraph, OpNode
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,7 @@ def split(graph: OpGraph, assignment: Mapping[str, str]) -> tuple[Partition, ...
     upstream", which can never form a cycle; neighbouring groups on the same
     target are then merged wherever that keeps the DAG.
     """
+    _check_writes_stay_home(graph, assignment)
     groups = _acyclic_groups(graph, assignment)
     dag = _contracted(graph, groups)
     _merge_neighbours(dag, groups, assignment)
@@ -71,7 +72,7 @@ def _acyclic_groups(graph: OpGraph, assignment: Mapping[str, str]) -> dict[str, 
     depth: dict[str, int] = {}
     for node in graph:
         depth[node.name] = max(
-            (depth[u] + (assignment[u] != assignment[node.name]) for u in node.inputs), default=0
+            (depth[u] + (assignment[u] != assignment[node.name]) for u in _predecessors(node)), default=0
         )
     parents = {node.name: node.name for node in graph}
     for node in graph:
@@ -83,13 +84,19 @@ def _acyclic_groups(graph: OpGraph, assignment: Mapping[str, str]) -> dict[str, 
 
 def _contracted(graph: OpGraph, groups: dict[str, str]) -> nx.DiGraph:
     dag = nx.DiGraph()
-    dag.add_nodes_from({_find(groups, node.name) for node in graph})
+    # In graph order, not set order: merges try groups in node order, and string hashing differs per process.
+    dag.add_nodes_from(dict.fromkeys(_find(groups, node.name) for node in graph))
     for node in graph:
-        for producer in node.inputs:
+        for producer in _predecessors(node):
             a, b = _find(groups, producer), _find(groups, node.name)
             if a != b:
                 dag.add_edge(a, b)
     return dag
+
+
+def _predecessors(node: OpNode) -> tuple[str, ...]:
+    """The nodes that must run before `node`: those it reads, and those an in-place write orders it after."""
+    return node.inputs + node.after
 
 
 def _merge_neighbours(dag: nx.DiGraph, groups: dict[str, str], assignment: Mapping[str, str]) -> None:
@@ -138,11 +145,20 @@ def _describe(graph: OpGraph, node_lists: list[list[str]], assignment: Mapping[s
 
 
 def _check_acyclic(graph: OpGraph, partitions: tuple[Partition, ...]) -> None:
-    """Postcondition: every value flows from an earlier partition to a later one."""
+    """Postcondition: every value flows, and every in-place write is ordered, from an earlier partition to a later one."""
     home = {name: p.index for p in partitions for name in p.nodes}
     for node in graph:
-        for producer in node.inputs:
+        for producer in _predecessors(node):
             assert home[producer] <= home[node.name], f"{producer} -> {node.name} goes backwards between partitions"
+
+
+def _check_writes_stay_home(graph: OpGraph, assignment: Mapping[str, str]) -> None:
+    """Precondition: an in-place op sits with the value it writes (placement guarantees it)."""
+    for node in graph:
+        if node.writes is not None:
+            assert assignment[node.name] == assignment[node.writes], (
+                f"{node.name} writes {node.writes} in place but is placed on another target"
+            )
 
 
 def _find(parents: dict[str, str], name: str) -> str:

@@ -40,6 +40,8 @@ def format_summary(plan: Plan) -> str:
         )
     lines += [
         "",
+        f"partitions  {len(plan.partitions)} (run in order: "
+        f"{' -> '.join(p.target for p in plan.partitions[:6])}{' -> ...' if len(plan.partitions) > 6 else ''})",
         f"cut tensors {result.transfer_count} ({format_bytes(result.transfer_bytes)}, "
         f"{format_seconds(result.transfer_seconds)})",
         "",
