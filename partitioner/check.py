@@ -84,8 +84,8 @@ def run_plan(plan: Plan, device_map: Mapping[str, str] | None = None, *, check: 
 
     Every input is validated before anything runs: the device map, the model
     (rebuilt from the plan's source and matched against its fingerprint), its
-    weights. The original model runs first because the partitioned module
-    shares its weights and moves them to the partitions' devices.
+    weights. Inputs are copied for each run, so a model that writes to its
+    inputs cannot change what the other run sees.
     """
     devices, emulated = _devices(plan, device_map)
     captured = plan.captured_model()
