@@ -25,7 +25,7 @@ from transformers import BertConfig, BertModel, ResNetConfig, ResNetForImageClas
 
 from cost_models.roofline import RooflineCostModel
 from partitioner.baselines import priority_placement
-from partitioner.capture import _split_inputs, capture
+from partitioner.capture import split_inputs, capture
 from partitioner.check import compare_outputs
 from partitioner.graph import annotate
 from partitioner.problem import build_problem
@@ -90,7 +90,7 @@ def measure(name: str, build: Callable, device: torch.device, repeats: int, warm
     exported = program.module()  # shares the model's weights, as the partitioned module does
     partitioned = build_partitioned_module(program, partitions, {target: device for target in TARGETS})
     modules = {"original": model, "exported": exported, "partitioned": partitioned}
-    args, kwargs = _split_inputs(inputs)
+    args, kwargs = split_inputs(inputs)
     with torch.inference_mode():
         error = compare_outputs(model(*args, **kwargs), partitioned(*args, **kwargs)).max_abs_error
         times = interleaved_seconds(modules, args, kwargs, device, repeats, warmup)

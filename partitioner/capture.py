@@ -77,7 +77,7 @@ def capture(model: torch.nn.Module, example_inputs: Any, name: str | None = None
             f"expected a torch.nn.Module to capture, got {type(model).__name__}. "
             "Fix: pass the model object itself (or return it from build())."
         )
-    args, kwargs = _split_inputs(example_inputs)
+    args, kwargs = split_inputs(example_inputs)
     try:
         with _held_back_torch_output():
             program = torch.export.export(model, args, kwargs=kwargs, strict=False)
@@ -174,7 +174,8 @@ def _import_file(path: Path):
     return module
 
 
-def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    """Positional and keyword inputs from any accepted form of example inputs (see `capture`)."""
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,), {}
     if isinstance(example_inputs, dict):

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch.utils import _pytree as pytree
 
-from partitioner.capture import CapturedModel, _split_inputs
+from partitioner.capture import CapturedModel, split_inputs
 from partitioner.errors import PartitionerError
 from partitioner.plan import Plan
 from partitioner.runtime import build_partitioned_module, resolve_devices
@@ -118,7 +118,7 @@ def check_partitioned(original: Callable, partitioned: Callable, example_inputs:
 
 def run_timed(module: Callable, example_inputs: Any) -> TimedRun:
     """Call `module` once on a copy of `example_inputs` in inference mode; time it, device work included."""
-    args, kwargs = pytree.tree_map_only(torch.Tensor, torch.clone, _split_inputs(example_inputs))
+    args, kwargs = pytree.tree_map_only(torch.Tensor, torch.clone, split_inputs(example_inputs))
     with torch.inference_mode():
         start = time.perf_counter()
         outputs = module(*args, **kwargs)
