@@ -104,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
 def _print_run(plan_path: str, result: PlanRun) -> None:
     targets = result.partition_targets
     order = " -> ".join(targets[:6]) + (" -> ..." if len(targets) > 6 else "")
-    print(f"plan        {plan_path}: {result.model_name}, {len(targets)} partition{"s" if len(targets) != 1 else ""} ({order})")
+    print(f"plan        {plan_path}: {result.model_name}, {len(targets)} partition{'s' if len(targets) != 1 else ''} ({order})")
     print(f"devices     {', '.join(f'{name}: {device}' for name, device in result.devices.items())}")
     print(f"outputs     {describe_outputs(result.partitioned.outputs)}")
     wall = f"{result.partitioned.seconds * 1e3:.1f} ms partitioned"
