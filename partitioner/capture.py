@@ -42,6 +42,14 @@ class ModelSource:
     def __str__(self) -> str:
         return f"{self.path}:{self.function}" if self.function else self.path
 
+    @classmethod
+    def parse(cls, spec: str) -> ModelSource:
+        """The source a CLI argument names: `file.py`, `file.py:function` or `file.pt2`."""
+        path, _, function = spec.partition(":")
+        if path.endswith(".pt2") and not function:
+            return cls("exported_program", path)
+        return cls("python", path, function or None)
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "path": self.path, "function": self.function}
 
@@ -114,11 +122,11 @@ def load_model_file(spec: str) -> CapturedModel:
     `spec` is `file.py` (calls `build()`), `file.py:function`, or a saved
     ExportedProgram `file.pt2`.
     """
-    path_text, _, function = spec.partition(":")
-    if path_text.endswith(".pt2") and not function:
-        return _load_exported_program(Path(path_text))
-    path = Path(path_text)
-    function = function or "build"
+    named = ModelSource.parse(spec)
+    if named.kind == "exported_program":
+        return _load_exported_program(Path(named.path))
+    path = Path(named.path)
+    function = named.function or "build"
     if path.suffix != ".py":
         raise PartitionerError(
             f"cannot read a model from {spec!r}. Fix: give a Python file with a build() function "

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from partitioner.capture import ModelSource, load_model_file
+from partitioner.capture import load_model_file
 from partitioner.check import PlanRun, describe_outputs, run_plan
 from partitioner.compiler import compile_captured
 from partitioner.errors import PartitionerError
+from partitioner.onnx_export import MANIFEST_NAME, export_plan
+from partitioner.onnx_runtime import ChainedOnnxModel, check_manifest
 from partitioner.plan import Plan
 from partitioner.problem import OBJECTIVES
 from partitioner.solver import SolverOptions
@@ -73,6 +74,22 @@ def _parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--atol", type=float, help="absolute tolerance (default: torch.testing's for the dtype)")
     run_parser.set_defaults(command=_run)
 
+    export_parser = commands.add_parser("export", help="write one ONNX file per partition and a manifest")
+    export_parser.add_argument("plan", help="plan.json written by compile")
+    export_parser.add_argument("-o", "--output", required=True, help="output folder (new, empty or an earlier export)")
+    export_parser.add_argument("--whole", action="store_true", help="also export the unpartitioned model")
+    export_parser.add_argument("--model", help="the model again, if the plan's recorded source moved")
+    export_parser.set_defaults(command=_export)
+
+    onnx_parser = commands.add_parser("run-onnx", help="run exported partitions chained in ONNX Runtime")
+    onnx_parser.add_argument("manifest", help="manifest.json written by export (or its folder)")
+    onnx_parser.add_argument("--check", action="store_true",
+                             help="compare every output with the original model's; exit 1 if one differs")
+    onnx_parser.add_argument("--model", help="the model again, if the plan's recorded source moved")
+    onnx_parser.add_argument("--rtol", type=float, help="relative tolerance (default: torch.testing's for the dtype)")
+    onnx_parser.add_argument("--atol", type=float, help="absolute tolerance (default: torch.testing's for the dtype)")
+    onnx_parser.set_defaults(command=_run_onnx)
+
     targets_parser = commands.add_parser("targets", help="list the built-in targets")
     targets_parser.set_defaults(command=_list_targets)
     return parser
@@ -95,10 +112,38 @@ def _compile(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     plan = Plan.load(args.plan)
     if args.model:
-        plan = replace(plan, model=replace(plan.model, source=_model_source(args.model)))
+        plan = plan.with_source(args.model)
     result = run_plan(plan, _device_map(args.device_map), check=args.check, rtol=args.rtol, atol=args.atol)
     _print_run(args.plan, result)
     return 0 if result.check is None or result.check.passed else 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    plan = Plan.load(args.plan)
+    if args.model:
+        plan = plan.with_source(args.model)
+    manifest = export_plan(plan, args.output, whole=args.whole, plan_path=args.plan)
+    for partition in manifest.partitions:
+        print(f"{partition.file:<28}{partition.execution_provider:<26}{len(partition.inputs)} in, "
+              f"{len(partition.outputs)} out")
+    if manifest.whole_model_file:
+        print(f"{manifest.whole_model_file:<28}the unpartitioned model")
+    print(f"\nwrote {Path(args.output) / MANIFEST_NAME} (opset {manifest.opset}, every file passed the full checker)")
+    return 0
+
+
+def _run_onnx(args: argparse.Namespace) -> int:
+    if not args.check:
+        manifest = ChainedOnnxModel(args.manifest).manifest
+        print(f"{manifest.model_name}: {len(manifest.partitions)} files load; use --check to run and compare them")
+        return 0
+    result = check_manifest(args.manifest, args.model, rtol=args.rtol, atol=args.atol)
+    print(f"max abs error {result.max_abs_error:.3g}")
+    print(f"max rel error {result.max_rel_error:.3g}")
+    for mismatch in result.mismatches:
+        print(f"mismatch    {mismatch}")
+    print("PASS" if result.passed else "FAIL")
+    return 0 if result.passed else 1
 
 
 def _print_run(plan_path: str, result: PlanRun) -> None:
@@ -121,14 +166,6 @@ def _print_run(plan_path: str, result: PlanRun) -> None:
     for mismatch in check.mismatches:
         print(f"mismatch    {mismatch}")
     print("PASS" if check.passed else "FAIL")
-
-
-def _model_source(spec: str) -> ModelSource:
-    """Where `--model` says the model is, in the form a plan records (see `load_model_file`)."""
-    path, _, function = spec.partition(":")
-    if path.endswith(".pt2") and not function:
-        return ModelSource("exported_program", path)
-    return ModelSource("python", path, function or None)
 
 
 def _device_map(text: str) -> dict[str, str]:

@@ -127,6 +127,10 @@ class Plan:
         """This plan bound to `model`, after checking it is the model the plan was compiled for."""
         return replace(self, captured=self._checked(capture(model, example_inputs, name=self.model.name)))
 
+    def with_source(self, spec: str) -> Plan:
+        """This plan with its model rebuilt from `spec` (file.py[:function] or .pt2), e.g. after the file moved."""
+        return replace(self, model=replace(self.model, source=ModelSource.parse(spec)), captured=None)
+
     def captured_model(self) -> CapturedModel:
         """The captured model: kept from `compile`, or captured again from the recorded source."""
         if self.captured is not None:
