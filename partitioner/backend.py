@@ -21,7 +21,7 @@ from partitioner.plan import Plan
 from partitioner.problem import check_objective
 from partitioner.runtime import resolve_devices
 from partitioner.solver import SolverOptions
-from targets.loader import DEFAULT_TARGET_NAMES, load_targets
+from targets.loader import as_target_set
 from targets.spec import TargetSet
 
 CompiledGraph = Callable[..., Any]
@@ -78,7 +78,7 @@ def backend(
     so a mistake raises a `PartitionerError` now rather than inside Dynamo.
     """
     check_objective(objective)
-    target_set = targets if isinstance(targets, TargetSet) else load_targets(targets or DEFAULT_TARGET_NAMES, fallback)
+    target_set = as_target_set(targets, fallback)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # emulation warnings come again, once per graph, from Plan.module
         resolve_devices({t.name: t.torch_device for t in target_set}, device_map)

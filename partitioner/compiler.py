@@ -20,7 +20,7 @@ from partitioner.problem import build_problem, check_objective
 from partitioner.solver import SolverOptions, solve
 from partitioner.split import split
 from partitioner.tagging import Tagging, tag
-from targets.loader import DEFAULT_TARGET_NAMES, load_targets
+from targets.loader import as_target_set
 from targets.spec import TargetSet
 
 
@@ -60,7 +60,7 @@ def compile_captured(
 ) -> Plan:
     """`compile` for a model that is already captured (e.g. loaded from a file by the CLI)."""
     check_objective(objective)
-    target_set = targets if isinstance(targets, TargetSet) else load_targets(targets or DEFAULT_TARGET_NAMES, fallback)
+    target_set = as_target_set(targets, fallback)
     cost_model = cost_model or RooflineCostModel()
     graph = annotate(captured.program)
     tagging = tag(graph, target_set)

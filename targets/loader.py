@@ -70,6 +70,13 @@ def load_targets(names_or_paths: Iterable[str | Path], fallback: str | None = No
     return TargetSet(targets, _choose_fallback(targets, fallback))
 
 
+def as_target_set(targets: Iterable[str | Path] | TargetSet | None, fallback: str | None = None) -> TargetSet:
+    """`targets` as a TargetSet: given as one, loaded from names or paths, or the default set when None."""
+    if isinstance(targets, TargetSet):
+        return targets
+    return load_targets(targets or DEFAULT_TARGET_NAMES, fallback)
+
+
 def _choose_fallback(targets: tuple[Target, ...], requested: str | None) -> str:
     universal = [t for t in targets if t.support.supports_all_ops]
     if requested is not None:
