@@ -167,7 +167,8 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
         if whole:
             whole_file = WHOLE_MODEL_FILE
             _export(captured.program.module(), args, [t.name for t in model_inputs],
-                    [t.name for t in model_outputs], staging / whole_file, opset, "the whole model", kwargs=kwargs)
+                    _distinct_names([t.name for t in model_outputs], [t.name for t in model_inputs]),
+                    staging / whole_file, opset, "the whole model", kwargs=kwargs)
         manifest = Manifest(plan.model.name, plan.model.fingerprint,
                             str(Path(plan_path).resolve()) if plan_path else None, opset, model_inputs,
                             tuple(exported), model_outputs, whole_file)
@@ -228,8 +229,10 @@ class _Wiring:
         return [self.source(arg) for arg in self.calls[index].args]
 
     def model_inputs(self, args: tuple, kwargs: dict) -> list[tuple[str, torch.Tensor]]:
+        """The tensor inputs: flags such as `use_cache=False` were fixed when the model was captured."""
         placeholders = [n.name for n in self.graph.nodes if n.op == "placeholder"]
-        return list(zip(placeholders, pytree.tree_leaves((args, kwargs))))
+        return [(name, value) for name, value in zip(placeholders, pytree.tree_leaves((args, kwargs)))
+                if isinstance(value, torch.Tensor)]
 
     def model_outputs(self, module: PartitionedModule, args: tuple, kwargs: dict) -> tuple[TensorSpec, ...]:
         with torch.inference_mode():
@@ -274,9 +277,11 @@ def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output
         onnx.checker.check_model(str(path), full_check=True)
         onnx.shape_inference.infer_shapes_path(str(path), str(path), check_type=True, strict_mode=True)
     except Exception as error:
+        cause = _root_cause(error)
         raise PartitionerError(
-            f"cannot export {what} to ONNX: {type(error).__name__}: {_first_line(error)}. "
-            "Fix: place the op it names on another target, or report the op if torch.onnx should support it."
+            f"cannot export {what} to ONNX: {type(cause).__name__}: {_first_line(cause)}. "
+            "Fix: every partition goes to ONNX whatever its target, so rewrite that op in the model with "
+            "exportable ones, or give torch.onnx a translation for it (custom_translation_table)."
         ) from error
 
 
@@ -313,6 +318,24 @@ def _replace_folder(staging: Path, output_dir: Path) -> None:
     if output_dir.exists():
         shutil.rmtree(output_dir)
     staging.rename(output_dir)
+
+
+def _distinct_names(names: list[str], taken: list[str]) -> list[str]:
+    """Output names for one ONNX graph, where each needs its own: a value the model returns again, or a model
+    input it returns as is, gets its output position appended (e.g. `p000.linear.5`)."""
+    used = set(taken)
+    distinct = []
+    for position, name in enumerate(names):
+        distinct.append(name if name not in used else f"{name}.{position}")
+        used.add(distinct[-1])
+    return distinct
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost cause: torch.onnx wraps the error that names the op and the reason in general advice."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
 
 
 def _first_line(error: BaseException) -> str:

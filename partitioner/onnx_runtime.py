@@ -94,6 +94,7 @@ def check_manifest(manifest_path: str | Path, model_source: str | None = None, *
     require_real_weights(captured)
     expected = run_timed(captured.model or captured.program.module(), captured.example_inputs).outputs
     args, kwargs = split_inputs(captured.example_inputs)
-    inputs = [t.detach().cpu().numpy() for t in pytree.tree_leaves((args, kwargs))]
+    # Flags such as use_cache=False were fixed at capture: the files take the tensors only.
+    inputs = [t.detach().cpu().numpy() for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
     actual = [torch.from_numpy(value) for value in chain.run(inputs)]
     return compare_outputs(pytree.tree_leaves(expected), actual, rtol, atol)
