@@ -33,6 +33,7 @@ from partitioner.plan import Plan
 from partitioner.split import split
 from tests.partitioner.test_cli import assert_one_line_error
 from tests.partitioner.test_cli_run import FREE_CONV_SPEC, SMALL_MODEL
+from tests.zoo import ZOO
 
 TARGETS = ("npu-example", "cuda-h100")
 PROVIDERS = {"npu-example": "CPUExecutionProvider", "cuda-h100": "CUDAExecutionProvider"}
@@ -341,27 +342,6 @@ def test_weights_of_a_large_partition_go_to_a_side_file_the_runner_loads(tmp_pat
 # --- zoo: transformers models with random weights in float32 ---------------------------------------------------------
 
 
-def _resnet50():
-    from transformers import ResNetConfig, ResNetForImageClassification
-
-    return ResNetForImageClassification(ResNetConfig()).eval(), (torch.randn(1, 3, 64, 64),)
-
-
-def _bert_base():
-    from transformers import BertConfig, BertModel
-
-    return BertModel(BertConfig()).eval(), {"input_ids": torch.randint(0, 30522, (1, 16))}
-
-
-def _small_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=256, max_position_embeddings=64)
-    return LlamaForCausalLM(config).eval(), {"input_ids": torch.randint(0, 256, (1, 12)), "use_cache": False}
-
-
-ZOO = {"resnet50": _resnet50, "bert-base": _bert_base, "small-llama": _small_llama}
 
 
 @pytest.mark.parametrize("model_name", ZOO)

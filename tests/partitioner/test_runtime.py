@@ -25,6 +25,7 @@ from partitioner.runtime import PartitionedModule, build_partitioned_module, res
 from partitioner.solver import SolverOptions
 from partitioner.split import Partition, split
 from tests.conftest import problem_of
+from tests.zoo import ZOO
 
 CPU = torch.device("cpu")
 TWO_TARGETS_ON_THE_CPU = {"npu": CPU, "cuda": CPU}
@@ -307,27 +308,6 @@ def test_write_through_a_view_is_seen_by_later_readers_in_other_partitions():
 # --- zoo: transformers models with random weights in float32 ---------------------------------------------------------
 
 
-def _resnet50():
-    from transformers import ResNetConfig, ResNetForImageClassification
-
-    return ResNetForImageClassification(ResNetConfig()).eval(), (torch.randn(1, 3, 64, 64),)
-
-
-def _bert_base():
-    from transformers import BertConfig, BertModel
-
-    return BertModel(BertConfig()).eval(), {"input_ids": torch.randint(0, 30522, (1, 16))}
-
-
-def _small_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=256, max_position_embeddings=64)
-    return LlamaForCausalLM(config).eval(), {"input_ids": torch.randint(0, 256, (1, 12)), "use_cache": False}
-
-
-ZOO = {"resnet50": _resnet50, "bert-base": _bert_base, "small-llama": _small_llama}
 
 
 @pytest.mark.parametrize("model_name", ZOO)
