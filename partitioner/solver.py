@@ -82,10 +82,11 @@ def solve(problem: PlacementProblem, objective: str, options: SolverOptions = So
     """
     check_objective(objective)
     started = time.perf_counter()
+    hint_scores = {name: (assignment, score(problem, assignment)) for name, assignment in (hints or {}).items()}
     feasible_hints = {
-        name: (assignment, score(problem, assignment).objective(objective))
-        for name, assignment in (hints or {}).items()
-        if score(problem, assignment).fits_memory
+        name: (assignment, result.objective(objective))
+        for name, (assignment, result) in hint_scores.items()
+        if result.fits_memory
     }
     best_hint = min(feasible_hints.items(), key=lambda item: item[1][1], default=None)
     reference = best_hint[1][1] if best_hint else _upper_estimate(problem, objective)
