@@ -63,11 +63,12 @@ def format_summary(plan: Plan) -> str:
 def _strategy_line(name: str, strategy: Score, plan: Score | None, objective: str) -> str:
     line = (f"{name:<12}{format_seconds(strategy.latency_seconds):>12}{format_money(strategy.cost_per_request):>16}"
             f"{format_money(strategy.cost_per_request * 1e6):>12}")
+    if not strategy.fits_memory:
+        over = ", ".join(f"{name} by {format_bytes(extra)}" for name, extra in strategy.over_capacity_bytes.items())
+        return line + f"   infeasible: exceeds memory on {over}"
     if plan is not None:
         saving = 1 - plan.objective(objective) / strategy.objective(objective) if strategy.objective(objective) else 0
         line += f"   plan saves {100 * saving:.1f}% {objective}"
-    if not strategy.fits_memory:
-        line += f"   (exceeds memory on {', '.join(strategy.over_capacity_bytes)})"
     return line
 
 
