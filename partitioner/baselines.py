@@ -3,14 +3,22 @@
 `fallback` puts everything on the fallback target. `priority` is the common
 rule of thumb: targets, in the order given, claim every op they support (while
 their memory lasts); the rest falls back. Both also seed the solver as hints.
+`capability_placement` is torch.fx's CapabilityBasedPartitioner delegating to
+one accelerator; it needs the fx graph, so it is not one of `BASELINES`.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Callable
+
+import torch
+from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
+from torch.fx.passes.operator_support import create_op_support
 
 from partitioner.graph import NodeKind
 from partitioner.problem import PlacementProblem, check_assignment
+from partitioner.tagging import Tagging
 
 Assignment = dict[str, str]
 
@@ -51,6 +59,35 @@ def priority_placement(problem: PlacementProblem) -> Assignment:
         if follows is not None:
             assignment[name] = assignment[follows]
         _make_resident(problem, name, assignment[name], used, resident)
+    check_assignment(problem, assignment)
+    return assignment
+
+
+def capability_placement(problem: PlacementProblem, graph_module: torch.fx.GraphModule,
+                         tagging: Tagging) -> Assignment:
+    """torch.fx's CapabilityBasedPartitioner plan: its partitions on the first accelerator, the rest on the fallback.
+
+    The accelerator is the first non-fallback target in priority order; a node
+    is supported when the tagging says that target runs it. This is how a
+    single-delegate backend would split the model, memory unchecked; a group of
+    nodes that must share a target goes there only if the partitioner claimed
+    all of it. `graph_module` is the captured program's, whose node names the problem uses.
+    """
+    accelerator = next((name for name in problem.target_names if name != problem.fallback), None)
+    if accelerator is None:
+        return fallback_placement(problem)
+    support = create_op_support(
+        lambda submodules, node: node.op == "call_function" and accelerator in tagging.supported.get(node.name, ())
+    )
+    partitions = CapabilityBasedPartitioner(graph_module, support).propose_partitions()
+    claimed = {node.name for partition in partitions for node in partition.nodes}
+    groups: dict[str, list[str]] = defaultdict(list)
+    for node in problem.nodes:
+        groups[node.follows or node.name].append(node.name)
+    assignment: Assignment = {}
+    for leader, members in groups.items():
+        runs_there = accelerator in problem.node(leader).compute_seconds and claimed.issuperset(members)
+        assignment.update(dict.fromkeys(members, accelerator if runs_there else problem.fallback))
     check_assignment(problem, assignment)
     return assignment
 

@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
                                                    "target that supports every op)")
     compile_parser.add_argument("--objective", choices=OBJECTIVES, default="latency",
                                 help="minimise latency per request or money per request (default: latency)")
+    compile_parser.add_argument("--max-latency", type=_duration, metavar="TIME",
+                                help="latency limit per request, e.g. 50ms, 2.5ms, 800us or 0.05 (seconds); "
+                                     "with --objective cost, the cheapest plan within it")
     compile_parser.add_argument("--time-limit", type=_positive_float, default=30.0, metavar="SECONDS",
                                 help="solver time limit (default: 30)")
     compile_parser.add_argument("--workers", type=int, default=0, help="solver search workers (default: 8)")
@@ -102,7 +105,8 @@ def _compile(args: argparse.Namespace) -> int:
     captured = load_model_file(args.model)
     targets = [item.strip() for item in args.targets.split(",") if item.strip()]
     options = SolverOptions(time_limit_seconds=args.time_limit, workers=args.workers, seed=args.seed)
-    plan = compile_captured(captured, targets, args.objective, fallback=args.fallback, solver_options=options)
+    plan = compile_captured(captured, targets, args.objective, max_latency_seconds=args.max_latency,
+                            fallback=args.fallback, solver_options=options)
     path = plan.save(output / "plan.json")
     print(plan.summary())
     print(f"\nwrote {path}")
@@ -186,6 +190,21 @@ def _list_targets(args: argparse.Namespace) -> int:
         print(f"{name:<14}{target.kind:<6}{target.price_per_hour:>7.2f} $/h  {target.memory_bytes / 1024**3:>5.0f} GiB"
               f"  {support:<9}  {target.description}")
     return 0
+
+
+_TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def _duration(text: str) -> float:
+    """Seconds from `50ms`, `800us`, `1.5s` or a bare number of seconds."""
+    unit = next((u for u in ("us", "ms", "s") if text.endswith(u)), "")
+    try:
+        value = float(text.removesuffix(unit)) * _TIME_UNITS.get(unit, 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time; write e.g. 50ms, 800us or 0.05") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
 
 def _positive_float(text: str) -> float:

@@ -30,6 +30,7 @@ def compile(  # noqa: A001 - the public name users asked for: partitioner.compil
     targets: Sequence[str] | TargetSet | None = None,
     objective: str = "latency",
     *,
+    max_latency_seconds: float | None = None,
     fallback: str | None = None,
     time_limit_seconds: float = 30.0,
     workers: int = 0,
@@ -41,12 +42,13 @@ def compile(  # noqa: A001 - the public name users asked for: partitioner.compil
 
     `targets` are built-in names or spec paths in priority order (default:
     npu-example and cuda-h100); `objective` is "latency" or "cost" (money per
-    request). The model may live on the `meta` device: planning needs no weights.
+    request); `max_latency_seconds` adds a latency limit (an SLO), typically to
+    `cost`. The model may live on the `meta` device: planning needs no weights.
     """
     captured = capture(model, example_inputs, name=name)
     options = SolverOptions(time_limit_seconds=time_limit_seconds, workers=workers, seed=seed)
-    return compile_captured(captured, targets, objective, fallback=fallback, solver_options=options,
-                            cost_model=cost_model)
+    return compile_captured(captured, targets, objective, max_latency_seconds=max_latency_seconds, fallback=fallback,
+                            solver_options=options, cost_model=cost_model)
 
 
 def compile_captured(
@@ -54,6 +56,7 @@ def compile_captured(
     targets: Sequence[str] | TargetSet | None = None,
     objective: str = "latency",
     *,
+    max_latency_seconds: float | None = None,
     fallback: str | None = None,
     solver_options: SolverOptions = SolverOptions(),
     cost_model: CostModel | None = None,
@@ -66,7 +69,7 @@ def compile_captured(
     tagging = tag(graph, target_set)
     problem = build_problem(graph, tagging, target_set, cost_model)
     baselines = {name: strategy(problem) for name, strategy in BASELINES.items()}
-    placement = solve(problem, objective, solver_options, hints=baselines)
+    placement = solve(problem, objective, solver_options, hints=baselines, max_latency_seconds=max_latency_seconds)
     return Plan(
         model=ModelInfo(captured.name, captured.source, graph.fingerprint(), len(graph),
                         sum(graph.parameter_bytes.values()), graph.total_flops),
@@ -80,6 +83,7 @@ def compile_captured(
         solver=placement.report,
         baselines=baselines,
         partitions=split(graph, placement.assignment),
+        max_latency_seconds=max_latency_seconds,
         captured=captured,
     )
 

@@ -108,6 +108,7 @@ class Plan:
     solver: SolverReport
     baselines: Mapping[str, Mapping[str, str]]
     partitions: tuple[Partition, ...]
+    max_latency_seconds: float | None = None
     captured: CapturedModel | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -171,6 +172,7 @@ class Plan:
             "targets": [t.to_dict() for t in self.targets],
             "fallback": self.fallback,
             "objective": self.objective,
+            "max_latency_seconds": self.max_latency_seconds,
             "cost_model": self.cost_model,
             "solver": self.solver.to_dict(),
             "score": self.score().to_dict(),
@@ -202,6 +204,7 @@ class Plan:
             solver=SolverReport.from_dict(data["solver"]),
             baselines={name: dict(entry["placement"]) for name, entry in data["baselines"].items()},
             partitions=tuple(Partition.from_dict(p) for p in data["partitions"]),
+            max_latency_seconds=data.get("max_latency_seconds"),
         )
 
     def save(self, path: str | Path) -> Path:

@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 from ortools.sat.python import cp_model
 
 from partitioner.errors import PartitionerError
-from partitioner.problem import PlacementProblem, check_assignment, check_objective, score
+from partitioner.problem import PlacementProblem, Score, check_assignment, check_objective, score
 
 # Objective coefficients are integers: costs are scaled so that the reference
 # plan (the best hint) is worth this many units, which keeps rounding far
@@ -74,25 +74,35 @@ class Placement:
 
 
 def solve(problem: PlacementProblem, objective: str, options: SolverOptions = SolverOptions(),
-          hints: Mapping[str, Mapping[str, str]] | None = None) -> Placement:
+          hints: Mapping[str, Mapping[str, str]] | None = None,
+          max_latency_seconds: float | None = None) -> Placement:
     """Minimise `objective` ("latency" or "cost") over placements that fit every target's memory.
 
+    `max_latency_seconds` is a latency limit (an SLO), typically with "cost".
     `hints` maps a baseline's name to its assignment; the best one that fits
-    memory seeds the search and is returned if the solver finds nothing better.
+    memory (and the limit) seeds the search and is returned if the solver finds nothing better.
     """
     check_objective(objective)
+    if max_latency_seconds is not None and max_latency_seconds <= 0:
+        raise PartitionerError(f"latency limit {max_latency_seconds} s is not positive. Fix: give a positive limit.")
     started = time.perf_counter()
+
+    def allowed(result: Score) -> bool:
+        return result.fits_memory and (max_latency_seconds is None or result.latency_seconds <= max_latency_seconds)
+
     hint_scores = {name: (assignment, score(problem, assignment)) for name, assignment in (hints or {}).items()}
     feasible_hints = {
         name: (assignment, result.objective(objective))
         for name, (assignment, result) in hint_scores.items()
-        if result.fits_memory
+        if allowed(result)
     }
     best_hint = min(feasible_hints.items(), key=lambda item: item[1][1], default=None)
     reference = best_hint[1][1] if best_hint else _upper_estimate(problem, objective)
     scale = _OBJECTIVE_UNITS / reference if reference > 0 else 1.0
 
     model = _PlacementModel(problem, objective, scale)
+    if max_latency_seconds is not None:
+        model.limit_latency(max_latency_seconds)
     if best_hint is not None:
         model.hint(best_hint[1][0])
     solver = cp_model.CpSolver()
@@ -104,14 +114,17 @@ def solve(problem: PlacementProblem, objective: str, options: SolverOptions = So
     status = solver.solve(model.model)
 
     if status == cp_model.INFEASIBLE:
-        raise PartitionerError(explain_infeasible(problem))
+        raise PartitionerError(explain_infeasible(problem, max_latency_seconds, hint_scores))
     candidates = dict(feasible_hints)
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         found = model.read_assignment(solver)
-        candidates["cp-sat"] = (found, score(problem, found).objective(objective))
+        result = score(problem, found)
+        if allowed(result):
+            candidates["cp-sat"] = (found, result.objective(objective))
     if not candidates:
         raise PartitionerError(
-            f"no placement found within {options.time_limit_seconds:g} s and no baseline fits in memory. "
+            f"no placement found within {options.time_limit_seconds:g} s and no baseline fits in memory"
+            f"{' and the latency limit' if max_latency_seconds is not None else ''}. "
             "Fix: raise the time limit (--time-limit) or add memory (a larger target)."
         )
     # Prefer the solver's plan on ties: it is the one the bound speaks for.
@@ -138,6 +151,7 @@ class _PlacementModel:
         self.problem = problem
         self.model = cp_model.CpModel()
         self.terms: list[tuple[cp_model.IntVar, int]] = []
+        self.seconds: list[tuple[cp_model.IntVar, float]] = []
         self.scale = scale
         self.objective = objective
         self.on = self._placement_variables()
@@ -145,10 +159,22 @@ class _PlacementModel:
         self._memory_limits()
         self.model.minimize(sum(coefficient * var for var, coefficient in self.terms))
 
-    def _add_term(self, var: cp_model.IntVar, value: float) -> None:
-        coefficient = round(value * self.scale)
+    def _add_term(self, var: cp_model.IntVar, seconds: float, *busy_targets: str) -> None:
+        """`var` being true costs `seconds` of latency, keeping `busy_targets` busy."""
+        self.seconds.append((var, seconds))
+        coefficient = round(seconds * self.problem.objective_rate(self.objective, *busy_targets) * self.scale)
         if coefficient > 0:
             self.terms.append((var, coefficient))
+
+    def limit_latency(self, max_latency_seconds: float) -> None:
+        """Keep the sequential latency (compute plus transfers) within `max_latency_seconds`.
+
+        Seconds are scaled so the limit is 10^9 units and rounded down per term,
+        so the model may admit a plan up to ~1e-9 per term over; callers re-check with `score`.
+        """
+        units = _OBJECTIVE_UNITS / max_latency_seconds
+        self.model.add(sum(int(seconds * units) * var for var, seconds in self.seconds if seconds > 0)
+                       <= int(_OBJECTIVE_UNITS))
 
     def _placement_variables(self) -> dict[tuple[str, str], cp_model.IntVar]:
         on: dict[tuple[str, str], cp_model.IntVar] = {}
@@ -156,7 +182,7 @@ class _PlacementModel:
             for target, seconds in node.compute_seconds.items():
                 var = self.model.new_bool_var(f"on[{node.name},{target}]")
                 on[node.name, target] = var
-                self._add_term(var, seconds * self.problem.objective_rate(self.objective, target))
+                self._add_term(var, seconds, target)
             self.model.add_exactly_one(on[node.name, t] for t in node.compute_seconds)
             if node.follows is not None:
                 for target in node.compute_seconds:
@@ -176,7 +202,7 @@ class _PlacementModel:
                     moved = self.model.new_bool_var(f"move[{value.producer},{source},{destination}]")
                     self.model.add_bool_or([self.on[value.producer, source].Not(), needed.Not(), moved])
                     seconds = self.problem.transfer_seconds(value.num_bytes, source, destination)
-                    self._add_term(moved, seconds * self.problem.objective_rate(self.objective, source, destination))
+                    self._add_term(moved, seconds, source, destination)
                     moves.append(moved)
                 # Redundant but much tighter in the LP relaxation (a min-cut inequality):
                 # if the tensor is needed on `destination` and not produced there, it moves there.
@@ -241,8 +267,17 @@ def _upper_estimate(problem: PlacementProblem, objective: str) -> float:
     return total
 
 
-def explain_infeasible(problem: PlacementProblem) -> str:
-    """Name the memory limit that rules out every placement, as precisely as the data allows."""
+def explain_infeasible(problem: PlacementProblem, max_latency_seconds: float | None = None,
+                       hint_scores: Mapping[str, tuple[Mapping[str, str], Score]] | None = None) -> str:
+    """Name the limit (memory or latency) that rules out every placement, as precisely as the data allows."""
+    fitting = [result for _, result in (hint_scores or {}).values() if result.fits_memory]
+    if max_latency_seconds is not None and fitting:
+        fastest = min(result.latency_seconds for result in fitting)
+        return (
+            f"latency: no placement that fits in memory meets the limit of {_milliseconds(max_latency_seconds)} "
+            f"(the fastest baseline takes {_milliseconds(fastest)}). "
+            "Fix: raise --max-latency, or add faster targets."
+        )
     forced: dict[str, set[str]] = {t.name: set() for t in problem.targets}
     example_op: dict[str, str] = {}
     for node in problem.nodes:
@@ -265,6 +300,10 @@ def explain_infeasible(problem: PlacementProblem) -> str:
         f"({', '.join(f'{t.name} {_gib(t.memory_bytes)}' for t in problem.targets)}; {_gib(capacity)} in all). "
         "Fix: add a target with more memory or lower the precision of the weights."
     )
+
+
+def _milliseconds(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms"
 
 
 def _gib(num_bytes: int) -> str:

@@ -27,7 +27,9 @@ def format_summary(plan: Plan) -> str:
         f"model      {model.name}: {model.node_count} ops, {format_bytes(model.parameter_bytes)} of parameters, "
         f"{model.total_flops / 1e9:.3g} GFLOP",
         f"targets    {', '.join(t.name + (' (fallback)' if t.name == plan.fallback else '') for t in plan.targets)}"
-        f"; objective {plan.objective}; cost model {plan.cost_model}",
+        f"; objective {plan.objective}"
+        f"{f' within {format_seconds(plan.max_latency_seconds)}' if plan.max_latency_seconds else ''}"
+        f"; cost model {plan.cost_model}",
         "",
         f"{'target':<16}{'ops':>7}{'FLOPs':>9}{'busy':>12}{'memory':>24}",
     ]
@@ -49,7 +51,7 @@ def format_summary(plan: Plan) -> str:
         _strategy_line("plan", result, None, plan.objective),
     ]
     for name, baseline in plan.baseline_scores().items():
-        lines.append(_strategy_line(name, baseline, result, plan.objective))
+        lines.append(_strategy_line(name, baseline, result, plan.objective, plan.max_latency_seconds))
     report = plan.solver
     unit = format_seconds if plan.objective == "latency" else format_money
     lines += [
@@ -60,12 +62,15 @@ def format_summary(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def _strategy_line(name: str, strategy: Score, plan: Score | None, objective: str) -> str:
+def _strategy_line(name: str, strategy: Score, plan: Score | None, objective: str,
+                   max_latency_seconds: float | None = None) -> str:
     line = (f"{name:<12}{format_seconds(strategy.latency_seconds):>12}{format_money(strategy.cost_per_request):>16}"
             f"{format_money(strategy.cost_per_request * 1e6):>12}")
     if not strategy.fits_memory:
         over = ", ".join(f"{name} by {format_bytes(extra)}" for name, extra in strategy.over_capacity_bytes.items())
         return line + f"   infeasible: exceeds memory on {over}"
+    if max_latency_seconds is not None and strategy.latency_seconds > max_latency_seconds:
+        return line + f"   infeasible: over the {format_seconds(max_latency_seconds)} latency limit"
     if plan is not None:
         saving = 1 - plan.objective(objective) / strategy.objective(objective) if strategy.objective(objective) else 0
         line += f"   plan saves {100 * saving:.1f}% {objective}"

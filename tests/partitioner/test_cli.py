@@ -260,3 +260,23 @@ def test_installed_console_script_prints_only_one_line_when_torch_export_fails(t
     assert finished.stderr.startswith(f"partitioner: error: torch.export could not capture Branchy at {model_file}:6")
     assert finished.stdout == ""
     assert_nothing_written(output)
+
+
+def test_compile_with_a_latency_limit_records_it_and_marks_baselines_over_it(tmp_path, capsys):
+    exit_code = main(["compile", VISION_CLASSIFIER, "--objective", "cost", "--max-latency", "2ms",
+                      "--time-limit", "5", "-o", str(tmp_path)])
+
+    assert exit_code == 0
+    assert json.loads((tmp_path / "plan.json").read_text())["max_latency_seconds"] == pytest.approx(0.002)
+    summary = capsys.readouterr().out
+    assert "objective cost within 2 ms" in summary
+    assert "priority" in summary and "over the 2 ms latency limit" in summary
+
+
+def test_a_latency_limit_no_plan_meets_exits_2_and_writes_nothing(tmp_path, capsys):
+    exit_code = main(["compile", VISION_CLASSIFIER, "--objective", "cost", "--max-latency", "500us",
+                      "--time-limit", "5", "-o", str(tmp_path / "out")])
+
+    assert exit_code == 2
+    assert "latency: no placement" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

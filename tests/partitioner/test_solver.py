@@ -349,3 +349,42 @@ def test_solver_without_hints_finds_the_brute_force_optimum_on_small_dags(proble
     assert placement.report.objective == score(problem, placement.assignment).objective(objective)
     assert placement.report.objective == pytest.approx(
         brute_force_optimum(problem, objective), rel=1e-9, abs=ROUNDING * objective_scale(problem, objective))
+
+
+def test_cost_under_a_latency_limit_takes_the_cheapest_plan_that_meets_the_limit():
+    # Two independent ops, each 2 s at 0.001/s on the npu or 1 s at 0.01/s on cuda.
+    # Unlimited: both on the npu (4 s, 0.004). Within 3 s: one moves to cuda (3 s, 0.012).
+    # Within 2 s: both on cuda (2 s, 0.02).
+    problem = make_problem(nodes=[node("a", npu=2.0, cuda=1.0), node("b", npu=2.0, cuda=1.0)])
+
+    unlimited = solve(problem, "cost", FAST)
+    within_three = solve(problem, "cost", FAST, max_latency_seconds=3.0)
+    within_two = solve(problem, "cost", FAST, max_latency_seconds=2.0)
+
+    assert_proven_optimal(unlimited, 0.004)
+    assert sorted(within_three.assignment.values()) == ["cuda", "npu"]
+    assert_proven_optimal(within_three, 2.0 * 0.001 + 1.0 * 0.01)
+    assert within_two.assignment == {"a": "cuda", "b": "cuda"}
+    assert_proven_optimal(within_two, 0.02)
+
+
+def test_a_latency_limit_counts_transfers():
+    # a on the npu saves money but its 0.5 s move to b on cuda makes 2.5 s: over a 2.2 s limit.
+    problem = make_problem(nodes=[node("a", npu=1.0, cuda=1.0), node("b", cuda=1.0)],
+                           values=[value("a", "b", num_bytes=TENSOR_BYTES)], links=Link(0.45, 1e9))
+
+    assert solve(problem, "cost", FAST).assignment == {"a": "npu", "b": "cuda"}
+    assert solve(problem, "cost", FAST, max_latency_seconds=2.2).assignment == {"a": "cuda", "b": "cuda"}
+
+
+def test_a_latency_limit_no_plan_can_meet_names_the_limit_and_the_fastest_plan():
+    problem = make_problem(nodes=[node("a", npu=2.0, cuda=1.0), node("b", cuda=1.0)])
+    hints = {name: strategy(problem) for name, strategy in BASELINES.items()}
+
+    with pytest.raises(PartitionerError, match=r"latency: .* limit of 1\.5e\+03 ms .*fastest baseline takes 2e\+03 ms"):
+        solve(problem, "cost", FAST, hints=hints, max_latency_seconds=1.5)
+
+
+def test_a_latency_limit_must_be_positive():
+    with pytest.raises(PartitionerError, match="not positive"):
+        solve(make_problem(nodes=[node("a", cuda=1.0)]), "cost", FAST, max_latency_seconds=0)
