@@ -29,7 +29,7 @@ from partitioner.capture import split_inputs
 from partitioner.check import require_real_weights
 from partitioner.errors import PartitionerError
 from partitioner.plan import Plan
-from partitioner.runtime import PartitionedModule, build_partitioned_module, to_device
+from partitioner.runtime import PartitionedModule, build_partitioned_module, partition_index, to_device
 
 OPSET = 18
 MANIFEST_SCHEMA_VERSION = 1
@@ -194,8 +194,7 @@ class _Wiring:
     def __init__(self, module: PartitionedModule):
         self.graph = module.graph_module.graph
         self.partitions = {p.index: p for p in module.partitions}
-        self.calls = {int(n.target.removeprefix("partition_")): n for n in self.graph.nodes
-                      if n.op == "call_module" and n.target.startswith("partition_")}
+        self.calls = {partition_index(n): n for n in self.graph.nodes if partition_index(n) is not None}
         self.index_of = {node: index for index, node in self.calls.items()}
         self.submodules = {index: module.graph_module.get_submodule(node.target) for index, node in self.calls.items()}
 

@@ -148,7 +148,7 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 
 def _run_in_partition_order(fused: torch.fx.GraphModule) -> None:
     """Call the partitions in the split's order, which also honours in-place writes, not only data edges."""
-    calls = sorted((node for node in fused.graph.nodes if _partition_index(node) is not None), key=_partition_index)
+    calls = sorted((node for node in fused.graph.nodes if partition_index(node) is not None), key=partition_index)
     if not calls:
         return
     anchor = calls[0].prev
@@ -160,7 +160,8 @@ def _run_in_partition_order(fused: torch.fx.GraphModule) -> None:
             anchor = item
 
 
-def _partition_index(node: torch.fx.Node) -> int | None:
+def partition_index(node: torch.fx.Node) -> int | None:
+    """The index of the partition a top-level node of a partitioned module calls, or None for other nodes."""
     if node.op == "call_module" and node.target.startswith(_PARTITION_PREFIX):
         return int(node.target.removeprefix(_PARTITION_PREFIX))
     return None
@@ -195,7 +196,7 @@ def _insert_transfers(fused: torch.fx.GraphModule, partition_devices: Mapping[in
     it, so the copy sees every in-place write made to it before that point.
     """
     graph = fused.graph
-    calls = {node: _partition_index(node) for node in graph.nodes if _partition_index(node) is not None}
+    calls = {node: partition_index(node) for node in graph.nodes if partition_index(node) is not None}
     device_of = _value_devices(graph, calls, partition_devices)
     moved: dict[tuple[torch.fx.Node, torch.device], torch.fx.Node] = {}
     for call, index in calls.items():
