@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from partitioner.baselines import BASELINES, fallback_placement, priority_placement
+import torch
+
+from cost_models.roofline import RooflineCostModel
+from partitioner.baselines import BASELINES, capability_placement, fallback_placement, priority_placement
+from partitioner.capture import capture
+from partitioner.graph import annotate
+from partitioner.problem import build_problem
+from partitioner.tagging import tag
+from targets.loader import load_targets
 from partitioner.graph import NodeKind
 from partitioner.problem import TargetTerms, score
 from tests.partitioner.problem_builders import CUDA, DSP, NPU, make_problem, node, value
@@ -143,3 +151,33 @@ def test_memory_full_on_the_first_choice_moves_the_op_to_the_next_target_with_ro
 
 def test_baselines_are_registered_by_name():
     assert BASELINES == {"fallback": fallback_placement, "priority": priority_placement}
+
+
+class _TwoBlocksAroundSoftmax(torch.nn.Module):
+    """linear-relu-linear, softmax (not on the npu), linear-relu-linear, softmax, one lone linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(5))
+
+    def forward(self, x):
+        x = self.layers[1](torch.relu(self.layers[0](x))).softmax(-1)
+        x = self.layers[3](torch.relu(self.layers[2](x))).softmax(-1)
+        return self.layers[4](x)
+
+
+def test_capability_puts_the_fx_partitioners_multi_op_partitions_on_the_first_accelerator():
+    captured = capture(_TwoBlocksAroundSoftmax().to(torch.float16), (torch.randn(2, 8, dtype=torch.float16),))
+    graph = annotate(captured.program)
+    targets = load_targets(["npu-example", "cuda-h100"])
+    tagging = tag(graph, targets)
+    problem = build_problem(graph, tagging, targets, RooflineCostModel())
+
+    placement = capability_placement(problem, captured.program.graph_module, tagging)
+
+    ops = [(node.op.removeprefix("aten.").removesuffix(".default"), placement[node.name]) for node in graph]
+    assert ops == [("linear", "npu-example"), ("relu", "npu-example"), ("linear", "npu-example"),
+                   ("softmax.int", "cuda-h100"),
+                   ("linear", "npu-example"), ("relu", "npu-example"), ("linear", "npu-example"),
+                   ("softmax.int", "cuda-h100"),
+                   ("linear", "cuda-h100")]  # torch.fx drops single-op partitions

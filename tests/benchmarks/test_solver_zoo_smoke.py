@@ -1,0 +1,45 @@
+"""A smoke-size run of `benchmarks/solver_zoo.py`: tiny zoo models, 1 s solver limit, outputs checked."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "solver_zoo.py"
+MODELS = ("resnet50", "llama-70b")
+
+
+@pytest.fixture(scope="module")
+def solver_zoo():
+    spec = importlib.util.spec_from_file_location("solver_zoo", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_smoke_run_writes_one_row_per_model_objective_and_strategy_and_the_solver_beats_every_baseline(
+        solver_zoo, tmp_path, capsys):
+    assert solver_zoo.main(["--smoke", "--models", ",".join(MODELS), "--out", str(tmp_path)]) == 0
+
+    markdown = (tmp_path / "solver_zoo.md").read_text()
+    rows = json.loads((tmp_path / "solver_zoo.json").read_text())["rows"]
+    strategies = ("fallback", "priority", "capability", "cp-sat")
+    keys = [(r["model"], r["objective"], r["strategy"]) for r in rows]
+    assert sorted(keys) == sorted((m, o, s) for m in MODELS for o in ("latency", "cost") for s in strategies)
+    assert markdown.removeprefix("# Solver zoo benchmark\n\n") in capsys.readouterr().out
+    assert sum(line.startswith(f"| {m} |") for line in markdown.splitlines() for m in MODELS) == len(rows)
+    for model in MODELS:
+        for objective in ("latency", "cost"):
+            group = {r["strategy"]: r for r in rows if (r["model"], r["objective"]) == (model, objective)}
+            solver = group["cp-sat"]
+            assert solver["fits_memory"] and solver["bound"] <= solver["value"] * (1 + 1e-9)
+            assert solver["ops"] == solver["reduced_ops"] > 0
+            for name in strategies[:-1]:
+                if group[name]["fits_memory"]:
+                    assert solver["value"] <= group[name]["value"] * (1 + 1e-9), (model, objective, name)
