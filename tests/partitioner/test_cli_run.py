@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,10 +75,8 @@ META_MODEL = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    """A model file and its plan (several partitions), compiled once for the tests that only read them."""
-    folder = tmp_path_factory.mktemp("compiled")
+def compile_small_model(folder: Path) -> tuple[Path, Path]:
+    """Write SMALL_MODEL into `folder` and compile it with the CLI into several partitions: (model file, plan)."""
     model_file = folder / "small.py"
     model_file.write_text(SMALL_MODEL)
     spec = folder / "free-conv.toml"
@@ -85,6 +84,12 @@ def compiled(tmp_path_factory):
     assert main(["compile", str(model_file), "--targets", f"{spec},cuda-h100", "--objective", "cost",
                  "-o", str(folder / "out")]) == 0
     return model_file, folder / "out" / "plan.json"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """A model file and its plan (several partitions), compiled once for the tests that only read them."""
+    return compile_small_model(tmp_path_factory.mktemp("compiled"))
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from partitioner.onnx_runtime import ChainedOnnxModel
 from partitioner.plan import Plan
 from partitioner.split import split
 from tests.partitioner.test_cli import assert_one_line_error
-from tests.partitioner.test_cli_run import FREE_CONV_SPEC, SMALL_MODEL
+from tests.partitioner.test_cli_run import compile_small_model
 from tests.zoo import ZOO
 
 TARGETS = ("npu-example", "cuda-h100")
@@ -522,13 +522,7 @@ def test_runner_refuses_an_export_with_a_file_missing(small_plan, tmp_path):
 def cli_export(tmp_path_factory) -> tuple[Path, Path]:
     """A plan compiled from a model file (so it records its source), exported by the CLI: (plan, export folder)."""
     folder = tmp_path_factory.mktemp("cli")
-    model_file = folder / "small.py"
-    model_file.write_text(SMALL_MODEL)
-    spec = folder / "free-conv.toml"
-    spec.write_text(FREE_CONV_SPEC)
-    assert main(["compile", str(model_file), "--targets", f"{spec},cuda-h100", "--objective", "cost",
-                 "-o", str(folder / "out")]) == 0
-    plan_path = folder / "out" / "plan.json"
+    _, plan_path = compile_small_model(folder)
     assert main(["export", str(plan_path), "-o", str(folder / "onnx")]) == 0
     return plan_path, folder / "onnx"
 
