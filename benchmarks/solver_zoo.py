@@ -8,7 +8,7 @@ delegating to the first accelerator (`capability`) and the CP-SAT solver, which
 gets the `BASELINES` as hints exactly as `partitioner.compile` does. Not a
 test; writes Markdown and JSON and prints the Markdown.
 
-    python benchmarks/solver_zoo.py [--models resnet50,bert-base] [--time-limit 60] [--out benchmarks/results]
+    python benchmarks/solver_zoo.py [--models resnet50,bert-base] [--time-limit 30] [--out benchmarks/results]
     python benchmarks/solver_zoo.py --smoke   # tiny configs, 1 s limit
 """
 
@@ -36,14 +36,15 @@ from partitioner.baselines import BASELINES, capability_placement  # noqa: E402
 from partitioner.capture import capture  # noqa: E402
 from partitioner.graph import OpGraph, annotate  # noqa: E402
 from partitioner.problem import OBJECTIVES, PlacementProblem, build_problem, score  # noqa: E402
-from partitioner.solver import DEFAULT_WORKERS, SolverOptions, solve  # noqa: E402
+from partitioner.solver import DEFAULT_WORKERS, SolverOptions, SolverReport, solve  # noqa: E402
 from partitioner.split import split  # noqa: E402
 from partitioner.tagging import tag  # noqa: E402
 from targets.loader import load_targets  # noqa: E402
 
 TARGETS = ("npu-example", "dsp-example", "cpu-x86", "cuda-h100")
 SOLVER = "cp-sat"
-REDUCED_OPS_NOTE = "reduced ops = ops: no graph reduction exists yet, the solver sees every op."
+REDUCED_OPS_NOTE = ("reduced ops: the nodes CP-SAT places after exact graph reduction (followers merged with their "
+                    "leader, views with their producer where provably lossless); makespan is solved unreduced.")
 SCHEMA_VERSION = 1
 
 
@@ -68,6 +69,7 @@ class Row:
     value: float
     latency_seconds: float
     cost_per_request: float
+    makespan_seconds: float
     bound: float | None
     gap: float | None
     seconds: float
@@ -178,12 +180,12 @@ def benchmark_model(entry: ZooModel, smoke: bool, options: SolverOptions) -> tup
     rows = []
     for objective in OBJECTIVES:
         for name, (assignment, seconds) in placements.items():
-            rows.append(_row(entry.name, objective, name, problem, graph, assignment, seconds, None, None, "-"))
+            rows.append(_row(entry.name, objective, name, problem, graph, assignment, seconds))
         placement = solve(problem, objective, options, hints=hints)
         report = placement.report
         status = report.status if report.origin == SOLVER else f"{report.status} ({report.origin})"
         rows.append(_row(entry.name, objective, SOLVER, problem, graph, placement.assignment, report.wall_seconds,
-                         report.bound, report.gap, status))
+                         report, status, placement.order))
         print(f"  {entry.name} {objective}: {status}, gap {100 * report.gap:.2f}%, {report.wall_seconds:.1f} s",
               file=sys.stderr, flush=True)
     info = {"model": entry.name, "description": entry.description, "ops": len(graph),
@@ -193,12 +195,14 @@ def benchmark_model(entry: ZooModel, smoke: bool, options: SolverOptions) -> tup
 
 
 def _row(model: str, objective: str, strategy: str, problem: PlacementProblem, graph: OpGraph,
-         assignment: dict[str, str], seconds: float, bound: float | None, gap: float | None, status: str) -> Row:
-    result = score(problem, assignment)
+         assignment: dict[str, str], seconds: float, report: SolverReport | None = None, status: str = "-",
+         order: Sequence[str] = ()) -> Row:
+    result = score(problem, assignment, order or None)
     return Row(model=model, objective=objective, strategy=strategy, ops=len(problem.nodes),
-               reduced_ops=len(problem.nodes), value=result.objective(objective),
-               latency_seconds=result.latency_seconds, cost_per_request=result.cost_per_request, bound=bound,
-               gap=gap, seconds=seconds, cuts=result.transfer_count, partitions=len(split(graph, assignment)),
+               reduced_ops=report.solved_nodes if report else len(problem.nodes), value=result.objective(objective),
+               latency_seconds=result.latency_seconds, cost_per_request=result.cost_per_request,
+               makespan_seconds=result.makespan_seconds, bound=report.bound if report else None,
+               gap=report.gap if report else None, seconds=seconds, cuts=result.transfer_count, partitions=len(split(graph, assignment)),
                fits_memory=result.fits_memory, status=status)
 
 
@@ -206,7 +210,7 @@ def markdown(rows: Sequence[Row], settings: dict) -> str:
     """The results table: latency in ms, cost in dollars per million requests."""
     lines = [
         f"Targets {', '.join(TARGETS)} (fallback {settings['fallback']}), roofline costs; CP-SAT "
-        f"{settings['time_limit_seconds']:g} s limit, {settings['workers']} workers, seed {settings['seed']}, "
+        f"{settings['time_limit_seconds']:g} s limit, {settings['workers']}, seed {settings['seed']}, "
         f"{settings['cpu_count']} CPU cores; ortools {settings['ortools']}, torch {settings['torch']}.",
         "",
         "| model | ops | reduced ops¹ | objective | strategy | value | vs cp-sat | bound | gap | seconds | cuts "
@@ -230,7 +234,7 @@ def markdown(rows: Sequence[Row], settings: dict) -> str:
         )
     lines += [
         "",
-        "Latency in ms per request; cost in dollars per million requests. 'vs cp-sat': how much worse the "
+        "Latency and makespan in ms per request; cost in dollars per million requests. 'vs cp-sat': how much worse the "
         "baseline is than the solver's plan ('over memory': the baseline does not fit, so it is no rival). "
         "'seconds': time to compute the placement (the solver's includes building its model). 'cuts': tensor "
         "transfers between devices. 'status' names the baseline the solver returned when it found nothing "
@@ -242,7 +246,7 @@ def markdown(rows: Sequence[Row], settings: dict) -> str:
 
 
 def _unit(objective: str) -> Callable[[float], str]:
-    if objective == "latency":
+    if objective != "cost":
         return lambda seconds: f"{seconds * 1e3:.5g} ms"
     return lambda dollars: f"${dollars * 1e6:.5g}/1M"
 
@@ -264,8 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(ZOO), help=f"comma list from {', '.join(ZOO)} (default: all)")
     parser.add_argument("--time-limit", type=float, default=None,
-                        help="CP-SAT seconds per model and objective (default: 60, or 1 with --smoke)")
-    parser.add_argument("--workers", type=int, default=0, help=f"CP-SAT workers (default: {DEFAULT_WORKERS})")
+                        help="CP-SAT seconds per model and objective (default: 30, or 1 with --smoke)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help=f"CP-SAT workers (default: 1, then {DEFAULT_WORKERS} unless optimality is proven)")
     parser.add_argument("--seed", type=int, default=0, help="CP-SAT random seed (default: 0)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results",
                         help="folder for solver_zoo.md and solver_zoo.json (default: benchmarks/results)")
@@ -275,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [name for name in names if name not in ZOO]
     if unknown or not names:
         parser.error(f"unknown model {', '.join(unknown) or '(none given)'}; choose from {', '.join(ZOO)}")
-    time_limit = args.time_limit if args.time_limit is not None else (1.0 if args.smoke else 60.0)
+    time_limit = args.time_limit if args.time_limit is not None else (1.0 if args.smoke else 30.0)
     options = SolverOptions(time_limit_seconds=time_limit, workers=args.workers, seed=args.seed)
 
     models, rows = [], []
@@ -286,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += model_rows
     settings = {
         "targets": list(TARGETS), "fallback": models[0]["fallback"], "cost_model": "roofline",
-        "time_limit_seconds": time_limit, "workers": args.workers or DEFAULT_WORKERS, "seed": args.seed,
+        "time_limit_seconds": time_limit, "workers": f"{args.workers} workers" if args.workers else f"1 worker then {DEFAULT_WORKERS} workers", "seed": args.seed,
         "smoke": args.smoke, "solver_hints": sorted(BASELINES), "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "ortools": ortools.__version__, "python": platform.python_version(),
         "reduced_ops_note": REDUCED_OPS_NOTE,

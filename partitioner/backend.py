@@ -68,6 +68,7 @@ def backend(
     time_limit_seconds: float = 30.0,
     workers: int = 0,
     seed: int = 0,
+    deterministic: bool = False,
     cost_model: CostModel | None = None,
     device_map: Mapping[str, str] | None = None,
 ) -> PartitioningBackend:
@@ -82,7 +83,8 @@ def backend(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # emulation warnings come again, once per graph, from Plan.module
         resolve_devices({t.name: t.torch_device for t in target_set}, device_map)
-    options = SolverOptions(time_limit_seconds=time_limit_seconds, workers=workers, seed=seed)
+    options = SolverOptions(time_limit_seconds=time_limit_seconds, workers=workers, seed=seed,
+                            deterministic=deterministic)
     return PartitioningBackend(target_set, objective, options, cost_model, device_map)
 
 

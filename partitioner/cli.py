@@ -52,14 +52,18 @@ def _parser() -> argparse.ArgumentParser:
     compile_parser.add_argument("--fallback", help="the target that runs unsupported ops (default: the first CUDA "
                                                    "target that supports every op)")
     compile_parser.add_argument("--objective", choices=OBJECTIVES, default="latency",
-                                help="minimise latency per request or money per request (default: latency)")
+                                help="minimise latency per request (ops one after another), money per request, "
+                                     "or makespan (devices run concurrently) (default: latency)")
     compile_parser.add_argument("--max-latency", type=_duration, metavar="TIME",
                                 help="latency limit per request, e.g. 50ms, 2.5ms, 800us or 0.05 (seconds); "
                                      "with --objective cost, the cheapest plan within it")
     compile_parser.add_argument("--time-limit", type=_positive_float, default=30.0, metavar="SECONDS",
                                 help="solver time limit (default: 30)")
-    compile_parser.add_argument("--workers", type=int, default=0, help="solver search workers (default: 8)")
+    compile_parser.add_argument("--workers", type=int, default=0, help="solver search workers (default: one, then 8 if that has not proven optimality)")
     compile_parser.add_argument("--seed", type=int, default=0, help="solver random seed (default: 0)")
+    compile_parser.add_argument("--deterministic", action="store_true",
+                                help="one solver worker and a time limit counted in work, not wall time: "
+                                     "the same plan on every run and machine")
     compile_parser.add_argument("-o", "--output", default="out", help="output folder for plan.json (default: out)")
     compile_parser.set_defaults(command=_compile)
 
@@ -104,7 +108,8 @@ def _compile(args: argparse.Namespace) -> int:
         raise PartitionerError(f"output {str(output)!r} is a file, not a folder. Fix: give a folder with -o.")
     captured = load_model_file(args.model)
     targets = [item.strip() for item in args.targets.split(",") if item.strip()]
-    options = SolverOptions(time_limit_seconds=args.time_limit, workers=args.workers, seed=args.seed)
+    options = SolverOptions(time_limit_seconds=args.time_limit, workers=args.workers, seed=args.seed,
+                            deterministic=args.deterministic)
     plan = compile_captured(captured, targets, args.objective, max_latency_seconds=args.max_latency,
                             fallback=args.fallback, solver_options=options)
     path = plan.save(output / "plan.json")

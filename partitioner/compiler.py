@@ -35,18 +35,21 @@ def compile(  # noqa: A001 - the public name users asked for: partitioner.compil
     time_limit_seconds: float = 30.0,
     workers: int = 0,
     seed: int = 0,
+    deterministic: bool = False,
     cost_model: CostModel | None = None,
     name: str | None = None,
 ) -> Plan:
     """Plan where each op of `model` runs: the cheapest placement on `targets` for `objective`.
 
     `targets` are built-in names or spec paths in priority order (default:
-    npu-example and cuda-h100); `objective` is "latency" or "cost" (money per
-    request); `max_latency_seconds` adds a latency limit (an SLO), typically to
-    `cost`. The model may live on the `meta` device: planning needs no weights.
+    npu-example and cuda-h100); `objective` is "latency" (ops one after
+    another), "cost" (money per request) or "makespan" (devices run
+    concurrently); `max_latency_seconds` adds a latency limit (an SLO) to
+    "latency" or "cost". The model may live on the `meta` device: planning needs no weights.
     """
     captured = capture(model, example_inputs, name=name)
-    options = SolverOptions(time_limit_seconds=time_limit_seconds, workers=workers, seed=seed)
+    options = SolverOptions(time_limit_seconds=time_limit_seconds, workers=workers, seed=seed,
+                            deterministic=deterministic)
     return compile_captured(captured, targets, objective, max_latency_seconds=max_latency_seconds, fallback=fallback,
                             solver_options=options, cost_model=cost_model)
 
@@ -84,6 +87,7 @@ def compile_captured(
         baselines=baselines,
         partitions=split(graph, placement.assignment),
         max_latency_seconds=max_latency_seconds,
+        order=placement.order,
         captured=captured,
     )
 

@@ -109,6 +109,7 @@ class Plan:
     baselines: Mapping[str, Mapping[str, str]]
     partitions: tuple[Partition, ...]
     max_latency_seconds: float | None = None
+    order: tuple[str, ...] = ()
     captured: CapturedModel | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -154,7 +155,7 @@ class Plan:
 
     def score(self) -> Score:
         """The plan's latency, money and memory, re-scored from the stored problem."""
-        return score(self.problem, self.placement)
+        return score(self.problem, self.placement, self.order or None)
 
     def baseline_scores(self) -> dict[str, Score]:
         return {name: score(self.problem, assignment) for name, assignment in self.baselines.items()}
@@ -181,6 +182,7 @@ class Plan:
                 for name, result in self.baseline_scores().items()
             },
             "placement": dict(self.placement),
+            "order": list(self.order),
             "partitions": [p.to_dict() for p in self.partitions],
             "nodes": [n.to_dict() for n in self.nodes],
             "problem": self.problem.to_dict(),
@@ -205,6 +207,7 @@ class Plan:
             baselines={name: dict(entry["placement"]) for name, entry in data["baselines"].items()},
             partitions=tuple(Partition.from_dict(p) for p in data["partitions"]),
             max_latency_seconds=data.get("max_latency_seconds"),
+            order=tuple(data.get("order", ())),
         )
 
     def save(self, path: str | Path) -> Path:

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 from cost_models.base import CostModel
 from partitioner.errors import PartitionerError
 from partitioner.graph import NodeKind, OpGraph
+from partitioner.schedule import makespan_seconds
 from partitioner.tagging import Tagging
 from targets.spec import Link, TargetSet
 
-OBJECTIVES = ("latency", "cost")
+# latency: every op and transfer one after another; cost: money per request;
+# makespan: devices run concurrently (see partitioner.schedule).
+OBJECTIVES = ("latency", "cost", "makespan")
 
 
 def check_objective(objective: str) -> None:
@@ -105,7 +108,7 @@ class PlacementProblem:
 
         For latency a second is a second; for cost it is the targets' price per second.
         """
-        if objective == "latency":
+        if objective != "cost":
             return 1.0
         return sum(self.target(name).price_per_second for name in busy_targets)
 
@@ -159,14 +162,16 @@ class Transfer:
 
 @dataclass(frozen=True, slots=True)
 class Score:
-    """What a placement costs: sequential latency, money per request and their parts.
+    """What a placement costs: sequential latency, money per request, makespan and their parts.
 
     A device is busy while it computes and while it sends or receives a
     transfer; money per request is each device's busy seconds times its price.
+    The makespan is the latency when devices run concurrently.
     """
 
     latency_seconds: float
     cost_per_request: float
+    makespan_seconds: float
     compute_seconds: Mapping[str, float]
     busy_seconds: Mapping[str, float]
     memory_bytes: Mapping[str, int]
@@ -180,12 +185,14 @@ class Score:
         return not self.over_capacity_bytes
 
     def objective(self, name: str) -> float:
-        return self.latency_seconds if name == "latency" else self.cost_per_request
+        return {"latency": self.latency_seconds, "cost": self.cost_per_request,
+                "makespan": self.makespan_seconds}[name]
 
     def to_dict(self) -> dict:
         return {
             "latency_seconds": self.latency_seconds,
             "cost_per_request": self.cost_per_request,
+            "makespan_seconds": self.makespan_seconds,
             "compute_seconds": dict(self.compute_seconds),
             "busy_seconds": dict(self.busy_seconds),
             "memory_bytes": dict(self.memory_bytes),
@@ -260,8 +267,11 @@ def resident_parameters(problem: PlacementProblem, assignment: Mapping[str, str]
     return resident
 
 
-def score(problem: PlacementProblem, assignment: Mapping[str, str]) -> Score:
-    """Latency, money and memory of `assignment` (node name -> target name)."""
+def score(problem: PlacementProblem, assignment: Mapping[str, str], order: Sequence[str] | None = None) -> Score:
+    """Latency, money, makespan and memory of `assignment` (node name -> target name).
+
+    `order` is the order the nodes run in for the makespan (default: the problem's).
+    """
     names = problem.target_names
     compute = dict.fromkeys(names, 0.0)
     for node in problem.nodes:
@@ -278,6 +288,7 @@ def score(problem: PlacementProblem, assignment: Mapping[str, str]) -> Score:
     return Score(
         latency_seconds=sum(compute.values()) + transfer_seconds,
         cost_per_request=sum(busy[t.name] * t.price_per_second for t in problem.targets),
+        makespan_seconds=makespan_seconds(problem, assignment, order),
         compute_seconds=compute,
         busy_seconds=busy,
         memory_bytes=memory,

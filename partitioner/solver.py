@@ -12,31 +12,41 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from ortools.sat.python import cp_model
 
 from partitioner.errors import PartitionerError
 from partitioner.problem import PlacementProblem, Score, check_assignment, check_objective, score
+from partitioner.reduction import Reduction, reduce_problem
+from partitioner.schedule import Schedule, makespan_lower_bound
 
 # Objective coefficients are integers: costs are scaled so that the reference
 # plan (the best hint) is worth this many units, which keeps rounding far
 # below any difference worth reporting.
 _OBJECTIVE_UNITS = 1e9
-# CP-SAT's portfolio with 2 workers (one LP search and one local search) was
-# measured to stall far from the bound on transformer graphs where 1 or 8
-# workers prove optimality in seconds; 8 workers time-share fine on 2 cores.
+# Workers of the parallel phase (see `_phases`). On 2 cores, 2 or 4 workers were
+# measured to stall far from the bound on transformer graphs where 1 or 8 do
+# better; 8 workers time-share fine on 2 cores.
 DEFAULT_WORKERS = 8
 
 
 @dataclass(frozen=True, slots=True)
 class SolverOptions:
-    """Search limits. `workers=0` means DEFAULT_WORKERS; results are reproducible for one seed and one worker."""
+    """Search limits. `workers=0` means the default two phases: one worker, then DEFAULT_WORKERS.
+
+    `deterministic` searches with one worker and measures the time limit in
+    CP-SAT's deterministic seconds (counted work, not the clock), so one seed
+    gives the same plan on any machine under any load; the wall clock stops
+    it only at 4 times the limit. Otherwise parallel workers race and results
+    may differ from run to run when the limit is reached before a proof.
+    """
 
     time_limit_seconds: float = 30.0
     workers: int = 0
     seed: int = 0
     log_search: bool = False
+    deterministic: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +55,7 @@ class SolverReport:
 
     `gap` is (objective - bound) / objective; 0 means proven optimal. `origin` is
     "cp-sat", or the baseline's name when no solver plan beat it in time.
+    `solved_nodes` is how many nodes the solver placed after exact graph reduction.
     """
 
     status: str
@@ -53,24 +64,29 @@ class SolverReport:
     gap: float
     wall_seconds: float
     origin: str
+    solved_nodes: int = 0
 
     def to_dict(self) -> dict:
         return {"status": self.status, "objective": self.objective, "bound": self.bound, "gap": self.gap,
-                "wall_seconds": self.wall_seconds, "origin": self.origin}
+                "wall_seconds": self.wall_seconds, "origin": self.origin, "solved_nodes": self.solved_nodes}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> SolverReport:
         return cls(data["status"], data["objective"], data["bound"], data["gap"], data["wall_seconds"],
-                   data["origin"])
+                   data["origin"], data.get("solved_nodes", 0))
 
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """A target for every node, the objective it was chosen for, and the solver's report."""
+    """A target for every node, the objective it was chosen for, and the solver's report.
+
+    `order` is the order the nodes run in when the objective is makespan (else empty: the graph's order).
+    """
 
     assignment: Mapping[str, str]
     objective: str
     report: SolverReport
+    order: tuple[str, ...] = ()
 
 
 def solve(problem: PlacementProblem, objective: str, options: SolverOptions = SolverOptions(),
@@ -85,63 +101,113 @@ def solve(problem: PlacementProblem, objective: str, options: SolverOptions = So
     check_objective(objective)
     if max_latency_seconds is not None and max_latency_seconds <= 0:
         raise PartitionerError(f"latency limit {max_latency_seconds} s is not positive. Fix: give a positive limit.")
+    if max_latency_seconds is not None and objective == "makespan":
+        raise PartitionerError("a latency limit bounds the sequential latency, which makespan does not measure. "
+                               "Fix: drop --max-latency, or use it with --objective cost.")
     started = time.perf_counter()
 
     def allowed(result: Score) -> bool:
         return result.fits_memory and (max_latency_seconds is None or result.latency_seconds <= max_latency_seconds)
 
     hint_scores = {name: (assignment, score(problem, assignment)) for name, assignment in (hints or {}).items()}
-    feasible_hints = {
-        name: (assignment, result.objective(objective))
-        for name, (assignment, result) in hint_scores.items()
-        if allowed(result)
-    }
-    best_hint = min(feasible_hints.items(), key=lambda item: item[1][1], default=None)
-    reference = best_hint[1][1] if best_hint else _upper_estimate(problem, objective)
+    candidates = {name: entry for name, entry in hint_scores.items() if allowed(entry[1])}
+    best_hint = _best(candidates, objective)
+    reference = candidates[best_hint][1].objective(objective) if best_hint else _upper_estimate(problem, objective)
     scale = _OBJECTIVE_UNITS / reference if reference > 0 else 1.0
 
-    model = _PlacementModel(problem, objective, scale)
+    # The makespan model schedules every op itself, so it sees the whole graph.
+    reduction = Reduction.identity(problem) if objective == "makespan" else reduce_problem(problem, objective)
+    model = _PlacementModel(reduction.problem, objective, scale)
     if max_latency_seconds is not None:
         model.limit_latency(max_latency_seconds)
     if best_hint is not None:
-        model.hint(best_hint[1][0])
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = options.time_limit_seconds
-    solver.parameters.num_workers = options.workers or DEFAULT_WORKERS
-    solver.parameters.random_seed = options.seed
-    solver.parameters.log_search_progress = options.log_search
-    solver.parameters.linearization_level = 2
-    status = solver.solve(model.model)
-
-    if status == cp_model.INFEASIBLE:
-        raise PartitionerError(explain_infeasible(problem, max_latency_seconds, hint_scores))
-    candidates = dict(feasible_hints)
-    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        found = model.read_assignment(solver)
-        result = score(problem, found)
-        if allowed(result):
-            candidates["cp-sat"] = (found, result.objective(objective))
-    if not candidates:
+        model.hint(reduction.restrict(candidates[best_hint][0]))
+    # Where the search ends before bounding the makespan (large graphs), the dependency bound still holds.
+    floor = makespan_lower_bound(problem) * scale if objective == "makespan" else 0.0
+    proven, bound_units, order = False, floor, ()
+    for phase in _phases(options):
+        solver = _configured_solver(phase, options)
+        status = solver.solve(model.model)
+        if status == cp_model.INFEASIBLE:
+            raise PartitionerError(explain_infeasible(problem, max_latency_seconds, hint_scores))
+        bound_units = max(bound_units, solver.best_objective_bound)
+        if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            found = reduction.expand(model.read_assignment(solver))
+            result = score(problem, found, model.read_order(solver) or None)
+            if allowed(result) and ("cp-sat" not in candidates or _best(
+                    {"cp-sat": (found, result), "earlier": candidates["cp-sat"]}, objective) == "cp-sat"):
+                candidates["cp-sat"], order = (found, result), model.read_order(solver)
+        if status == cp_model.OPTIMAL:
+            proven = True
+            break
+        best_so_far = _best(candidates, objective)
+        if best_so_far is not None:
+            model.hint(reduction.restrict(candidates[best_so_far][0]))
+    origin = _best(candidates, objective)
+    if origin is None:
         raise PartitionerError(
             f"no placement found within {options.time_limit_seconds:g} s and no baseline fits in memory"
             f"{' and the latency limit' if max_latency_seconds is not None else ''}. "
             "Fix: raise the time limit (--time-limit) or add memory (a larger target)."
         )
-    # Prefer the solver's plan on ties: it is the one the bound speaks for.
-    origin, (assignment, value) = min(candidates.items(), key=lambda item: (item[1][1], item[0] != "cp-sat"))
+    assignment, value = candidates[origin][0], candidates[origin][1].objective(objective)
     check_assignment(problem, assignment)
-    bound = max(0.0, min(solver.best_objective_bound / scale, value))
-    proven = status == cp_model.OPTIMAL and origin == "cp-sat"
-    gap = 0.0 if proven or value <= 0 else max(0.0, (value - bound) / value)
+    # A baseline chosen over a proven optimum ties with it, so it is proven optimal too.
+    bound = value if proven else max(0.0, min(bound_units / scale, value))
     report = SolverReport(
-        status=solver.status_name(status) if origin == "cp-sat" else "FEASIBLE",
+        status="OPTIMAL" if proven else "FEASIBLE",
         objective=value,
-        bound=value if proven else bound,
-        gap=gap,
+        bound=bound,
+        gap=0.0 if proven or value <= 0 else max(0.0, (value - bound) / value),
         wall_seconds=time.perf_counter() - started,
         origin=origin,
+        solved_nodes=len(reduction.problem.nodes),
     )
-    return Placement(dict(assignment), objective, report)
+    return Placement(dict(assignment), objective, report, order if origin == "cp-sat" else ())
+
+
+def _best(candidates: Mapping[str, tuple[Mapping[str, str], Score]], objective: str) -> str | None:
+    """The candidate with the best objective; ties (to 1e-9) go to the lower latency, then to the solver's plan,
+    the one the bound speaks for. A makespan tie, e.g., goes to the plan that adds no needless moves."""
+    def key(name: str) -> tuple[float, float, bool]:
+        result = candidates[name][1]
+        return float(f"{result.objective(objective):.9e}"), result.latency_seconds, name != "cp-sat"
+
+    return min(candidates, key=key, default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Phase:
+    """One CP-SAT run: how many workers, for how long, and whether the limit counts work or wall time."""
+
+    workers: int
+    seconds: float
+    deterministic: bool = False
+
+
+def _phases(options: SolverOptions) -> tuple[_Phase, ...]:
+    """The runs one solve makes. By default a single worker first (its LP-guided search proves the zoo's
+    optima fastest and is reproducible), then, unless that proved optimality, a parallel portfolio whose
+    local search finds better plans on large memory-bound graphs, starting from the best plan so far."""
+    if options.deterministic:
+        return (_Phase(1, options.time_limit_seconds, deterministic=True),)
+    if options.workers:
+        return (_Phase(options.workers, options.time_limit_seconds),)
+    return (_Phase(1, options.time_limit_seconds * 2 / 3), _Phase(DEFAULT_WORKERS, options.time_limit_seconds / 3))
+
+
+def _configured_solver(phase: _Phase, options: SolverOptions) -> cp_model.CpSolver:
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = phase.workers
+    if phase.deterministic:
+        solver.parameters.max_deterministic_time = phase.seconds
+        solver.parameters.max_time_in_seconds = 4 * phase.seconds
+    else:
+        solver.parameters.max_time_in_seconds = phase.seconds
+    solver.parameters.random_seed = options.seed
+    solver.parameters.log_search_progress = options.log_search
+    solver.parameters.linearization_level = 2
+    return solver
 
 
 class _PlacementModel:
@@ -154,10 +220,17 @@ class _PlacementModel:
         self.seconds: list[tuple[cp_model.IntVar, float]] = []
         self.scale = scale
         self.objective = objective
+        # Auxiliary booleans and what they equal for a given assignment, so hints can be complete.
+        self.derived: list[tuple[cp_model.IntVar, Callable[[Mapping[str, str]], bool]]] = []
         self.on = self._placement_variables()
-        self._transfer_terms()
         self._memory_limits()
-        self.model.minimize(sum(coefficient * var for var, coefficient in self.terms))
+        self.schedule: Schedule | None = None
+        if objective == "makespan":
+            self.schedule = Schedule(self.model, problem, self.on, units_per_second=scale)
+            self.model.minimize(self.schedule.makespan)
+        else:
+            self._transfer_terms()
+            self.model.minimize(sum(coefficient * var for var, coefficient in self.terms))
 
     def _add_term(self, var: cp_model.IntVar, seconds: float, *busy_targets: str) -> None:
         """`var` being true costs `seconds` of latency, keeping `busy_targets` busy."""
@@ -201,6 +274,8 @@ class _PlacementModel:
                         continue
                     moved = self.model.new_bool_var(f"move[{value.producer},{source},{destination}]")
                     self.model.add_bool_or([self.on[value.producer, source].Not(), needed.Not(), moved])
+                    self.derived.append((moved, lambda a, v=value, s=source, d=destination:
+                                         a[v.producer] == s and any(a[c] == d for c in v.consumers)))
                     seconds = self.problem.transfer_seconds(value.num_bytes, source, destination)
                     self._add_term(moved, seconds, source, destination)
                     moves.append(moved)
@@ -223,6 +298,7 @@ class _PlacementModel:
             var = self.model.new_bool_var("")
             for on in placed:
                 self.model.add_implication(on, var)
+            self.derived.append((var, lambda a, t=target: any(a[c] == t for c in consumers)))
             needed[target] = var
         return needed
 
@@ -230,10 +306,12 @@ class _PlacementModel:
         """Parameters used on a target are resident there; their bytes must fit its memory."""
         for target in self.problem.targets:
             users: dict[str, list[cp_model.IntVar]] = {}
+            user_names: dict[str, list[str]] = {}
             for node in self.problem.nodes:
                 if target.name in node.compute_seconds:
                     for parameter in node.parameters:
                         users.setdefault(parameter, []).append(self.on[node.name, target.name])
+                        user_names.setdefault(parameter, []).append(node.name)
             if sum(self.problem.parameter_bytes[p] for p in users) <= target.memory_bytes:
                 continue  # this limit cannot bind
             resident_terms = []
@@ -241,15 +319,24 @@ class _PlacementModel:
                 resident = self.model.new_bool_var(f"resident[{parameter},{target.name}]")
                 for on in placed:
                     self.model.add_implication(on, resident)
+                self.derived.append((resident, lambda a, n=user_names[parameter], t=target.name:
+                                     any(a[name] == t for name in n)))
                 resident_terms.append(self.problem.parameter_bytes[parameter] * resident)
             self.model.add(sum(resident_terms) <= target.memory_bytes)
 
     def hint(self, assignment: Mapping[str, str]) -> None:
+        """Suggest `assignment`, with every auxiliary boolean set to match, so the solver starts from it."""
+        self.model.clear_hints()
         for (node, target), var in self.on.items():
             self.model.add_hint(var, assignment[node] == target)
+        for var, value_for in self.derived:
+            self.model.add_hint(var, value_for(assignment))
 
     def read_assignment(self, solver: cp_model.CpSolver) -> dict[str, str]:
         return {node: target for (node, target), var in self.on.items() if solver.boolean_value(var)}
+
+    def read_order(self, solver: cp_model.CpSolver) -> tuple[str, ...]:
+        return self.schedule.order(solver, self.problem) if self.schedule is not None else ()
 
 
 def _upper_estimate(problem: PlacementProblem, objective: str) -> float:

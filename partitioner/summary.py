@@ -47,13 +47,14 @@ def format_summary(plan: Plan) -> str:
         f"cut tensors {result.transfer_count} ({format_bytes(result.transfer_bytes)}, "
         f"{format_seconds(result.transfer_seconds)})",
         "",
-        f"{'strategy':<12}{'latency':>12}{'cost/request':>16}{'per 1M req':>12}   vs plan",
+        f"{'strategy':<12}{'latency':>12}{'cost/request':>16}{'per 1M req':>12}"
+        + (f"{'makespan':>12}" if plan.objective == "makespan" else "") + "   vs plan",
         _strategy_line("plan", result, None, plan.objective),
     ]
     for name, baseline in plan.baseline_scores().items():
         lines.append(_strategy_line(name, baseline, result, plan.objective, plan.max_latency_seconds))
     report = plan.solver
-    unit = format_seconds if plan.objective == "latency" else format_money
+    unit = format_money if plan.objective == "cost" else format_seconds
     lines += [
         "",
         f"solver     {report.status} ({report.origin}); objective {unit(report.objective)}, "
@@ -66,6 +67,8 @@ def _strategy_line(name: str, strategy: Score, plan: Score | None, objective: st
                    max_latency_seconds: float | None = None) -> str:
     line = (f"{name:<12}{format_seconds(strategy.latency_seconds):>12}{format_money(strategy.cost_per_request):>16}"
             f"{format_money(strategy.cost_per_request * 1e6):>12}")
+    if objective == "makespan":
+        line += f"{format_seconds(strategy.makespan_seconds):>12}"
     if not strategy.fits_memory:
         over = ", ".join(f"{name} by {format_bytes(extra)}" for name, extra in strategy.over_capacity_bytes.items())
         return line + f"   infeasible: exceeds memory on {over}"

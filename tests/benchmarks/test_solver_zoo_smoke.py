@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from partitioner.problem import OBJECTIVES
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "solver_zoo.py"
 MODELS = ("resnet50", "llama-70b")
 
@@ -31,15 +33,15 @@ def test_smoke_run_writes_one_row_per_model_objective_and_strategy_and_the_solve
     rows = json.loads((tmp_path / "solver_zoo.json").read_text())["rows"]
     strategies = ("fallback", "priority", "capability", "cp-sat")
     keys = [(r["model"], r["objective"], r["strategy"]) for r in rows]
-    assert sorted(keys) == sorted((m, o, s) for m in MODELS for o in ("latency", "cost") for s in strategies)
+    assert sorted(keys) == sorted((m, o, s) for m in MODELS for o in OBJECTIVES for s in strategies)
     assert markdown.removeprefix("# Solver zoo benchmark\n\n") in capsys.readouterr().out
     assert sum(line.startswith(f"| {m} |") for line in markdown.splitlines() for m in MODELS) == len(rows)
     for model in MODELS:
-        for objective in ("latency", "cost"):
+        for objective in OBJECTIVES:
             group = {r["strategy"]: r for r in rows if (r["model"], r["objective"]) == (model, objective)}
             solver = group["cp-sat"]
             assert solver["fits_memory"] and solver["bound"] <= solver["value"] * (1 + 1e-9)
-            assert solver["ops"] == solver["reduced_ops"] > 0
+            assert 0 < solver["reduced_ops"] <= solver["ops"]
             for name in strategies[:-1]:
                 if group[name]["fits_memory"]:
                     assert solver["value"] <= group[name]["value"] * (1 + 1e-9), (model, objective, name)

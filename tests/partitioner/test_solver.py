@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -11,10 +9,11 @@ from hypothesis import strategies as st
 from partitioner.baselines import BASELINES, fallback_placement, priority_placement
 from partitioner.errors import PartitionerError
 from partitioner.graph import NodeKind
-from partitioner.problem import PlacementProblem, ProblemNode, ProblemValue, TargetTerms, check_assignment, score
+from partitioner.problem import PlacementProblem, TargetTerms, check_assignment, score
 from partitioner.solver import SolverOptions, solve
 from targets.spec import Link
-from tests.partitioner.problem_builders import CUDA, DSP, GIB, NPU, make_problem, node, value
+from tests.partitioner.problem_builders import (CUDA, DSP, GIB, NPU, brute_force_optimum, make_problem, node,
+                                                random_problems, value)
 
 FAST = SolverOptions(time_limit_seconds=10.0, workers=1)
 TENSOR_BYTES = 50_000_000
@@ -241,53 +240,6 @@ def test_unknown_objective_is_a_user_error():
 
 # --- Random DAGs -------------------------------------------------------------------------------------------
 
-TARGET_SETS = ((NPU, CUDA), (NPU, DSP, CUDA))
-
-
-@st.composite
-def random_problems(draw, max_nodes: int = 25) -> PlacementProblem:
-    """A random DAG in topological order on 2 or 3 targets; the fallback (cuda) supports every node
-    and has room for every parameter, so at least one placement always fits."""
-    base = draw(st.sampled_from(TARGET_SETS))
-    names = tuple(t.name for t in base)
-    seconds = st.floats(0.001, 10.0)
-    parameter_bytes = {f"w{i}": draw(st.integers(1, 4 * GIB)) for i in range(draw(st.integers(0, 4)))}
-    nodes: list[ProblemNode] = []
-    inputs: dict[str, list[str]] = {}
-    for i in range(draw(st.integers(3, max_nodes))):
-        name = f"n{i}"
-        earlier = [n.name for n in nodes]
-        kind = draw(st.sampled_from([NodeKind.COMPUTE] * 4 + [NodeKind.VIEW, NodeKind.BOOKKEEPING]))
-        if kind is NodeKind.BOOKKEEPING and earlier:
-            followed = problem_node(nodes, draw(st.sampled_from(earlier)))
-            nodes.append(ProblemNode(name, kind, {t: 0.0 for t in followed.supported}, (), followed.name))
-            inputs[name] = [followed.name]
-            continue
-        supported = [t for t in names[:-1] if draw(st.booleans())] + [names[-1]]
-        compute = {t: 0.0 if kind is NodeKind.VIEW else draw(seconds) for t in supported}
-        parameters = tuple(draw(st.lists(st.sampled_from(sorted(parameter_bytes)), max_size=2, unique=True))) \
-            if parameter_bytes else ()
-        nodes.append(ProblemNode(name, kind, compute, parameters))
-        inputs[name] = draw(st.lists(st.sampled_from(earlier), max_size=3, unique=True)) if earlier else []
-    values = []
-    for producer in nodes:
-        consumers = tuple(n for n, reads in inputs.items() if producer.name in reads)
-        if consumers:
-            values.append(ProblemValue(producer.name, consumers, draw(st.integers(0, 10**9))))
-    targets = tuple(
-        TargetTerms(t.name, draw(st.floats(0.1, 50.0)),
-                    sum(parameter_bytes.values()) if t.name == "cuda" else draw(st.integers(0, 8 * GIB)))
-        for t in base
-    )
-    links = {(s, d): Link(draw(st.floats(0.0, 0.01)), draw(st.floats(1e8, 1e11)))
-             for s in names for d in names if s != d}
-    return PlacementProblem(targets, "cuda", tuple(nodes), tuple(values), parameter_bytes, links)
-
-
-def problem_node(nodes: list[ProblemNode], name: str) -> ProblemNode:
-    return next(n for n in nodes if n.name == name)
-
-
 # CP-SAT sees integer costs, each rounded to about 1e-9 of the objective's scale; a few dozen such
 # roundings stay far below this fraction of it.
 ROUNDING = 1e-7
@@ -302,19 +254,6 @@ def objective_scale(problem: PlacementProblem, objective: str) -> float:
     moves = sum(max(problem.transfer_seconds(v.num_bytes, s, d) * price(s, d) for s, d in problem.links)
                 for v in problem.values)
     return compute + moves
-
-
-def brute_force_optimum(problem: PlacementProblem, objective: str) -> float:
-    """The best objective over every placement that respects supports, followers and memory."""
-    best = float("inf")
-    for targets in itertools.product(*(n.supported for n in problem.nodes)):
-        assignment = dict(zip((n.name for n in problem.nodes), targets))
-        if any(n.follows and assignment[n.name] != assignment[n.follows] for n in problem.nodes):
-            continue
-        result = score(problem, assignment)
-        if result.fits_memory:
-            best = min(best, result.objective(objective))
-    return best
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -388,3 +327,30 @@ def test_a_latency_limit_no_plan_can_meet_names_the_limit_and_the_fastest_plan()
 def test_a_latency_limit_must_be_positive():
     with pytest.raises(PartitionerError, match="not positive"):
         solve(make_problem(nodes=[node("a", cuda=1.0)]), "cost", FAST, max_latency_seconds=0)
+
+
+def test_a_deterministic_search_stopped_early_returns_the_same_plan_every_time():
+    # 60 nodes on 3 targets with a tiny work budget: stopped by the limit, not by a proof.
+    problem = _wide_problem()
+    options = SolverOptions(time_limit_seconds=0.05, seed=3, deterministic=True)
+
+    first, second = (solve(problem, "cost", options) for _ in range(2))
+
+    assert first.assignment == second.assignment
+    assert first.report.objective == second.report.objective
+    assert first.report.bound == second.report.bound
+
+
+def _wide_problem() -> PlacementProblem:
+    """Ten interleaved chains of six ops whose tensors also feed the next chain: many near-equal plans."""
+    nodes, values = [], []
+    for chain_index in range(10):
+        for step in range(6):
+            name = f"c{chain_index}s{step}"
+            nodes.append(node(name, npu=1.0 + 0.01 * step, dsp=1.2 - 0.01 * chain_index, cuda=0.5))
+            readers = [f"c{chain_index}s{step + 1}"] if step < 5 else []
+            if chain_index < 9:
+                readers.append(f"c{chain_index + 1}s{step}")
+            if readers:
+                values.append(value(name, *readers, num_bytes=40_000_000 + 1_000_000 * step))
+    return make_problem(nodes=nodes, values=values, targets=(NPU, DSP, CUDA), links=Link(0.02, 1e9))
