@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence
 
 from cost_models.base import CostModel
+from partitioner.blocks import repeated_blocks
 from partitioner.errors import PartitionerError
 from partitioner.graph import NodeKind, OpGraph
 from partitioner.schedule import makespan_seconds
@@ -77,7 +78,11 @@ class ProblemValue:
 
 @dataclass(frozen=True, slots=True)
 class PlacementProblem:
-    """Everything needed to choose and score a placement, with no torch objects inside."""
+    """Everything needed to choose and score a placement, with no torch objects inside.
+
+    `blocks` are families of repeated blocks (see partitioner.blocks): a hint
+    of structure for the solver's search, never a constraint on the plan.
+    """
 
     targets: tuple[TargetTerms, ...]
     fallback: str
@@ -85,6 +90,7 @@ class PlacementProblem:
     values: tuple[ProblemValue, ...]
     parameter_bytes: Mapping[str, int]
     links: Mapping[tuple[str, str], Link]
+    blocks: tuple[tuple[tuple[str, ...], ...], ...] = ()
     _node_index: dict[str, ProblemNode] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -131,6 +137,7 @@ class PlacementProblem:
             "links": [
                 {"source": s, "destination": d, **link.to_dict()} for (s, d), link in self.links.items()
             ],
+            "blocks": [[list(block) for block in family] for family in self.blocks],
         }
 
     @classmethod
@@ -146,6 +153,7 @@ class PlacementProblem:
             values=tuple(ProblemValue(v["producer"], tuple(v["consumers"]), v["bytes"]) for v in data["values"]),
             parameter_bytes=dict(data["parameter_bytes"]),
             links={(item["source"], item["destination"]): Link.from_dict(item) for item in data["links"]},
+            blocks=tuple(tuple(tuple(block) for block in family) for family in data.get("blocks", ())),
         )
 
 
@@ -226,7 +234,8 @@ def build_problem(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_mod
         if source != destination
     }
     terms = tuple(TargetTerms(t.name, t.price_per_hour, t.memory_bytes) for t in targets)
-    return PlacementProblem(terms, targets.fallback, tuple(nodes), values, dict(graph.parameter_bytes), links)
+    return PlacementProblem(terms, targets.fallback, tuple(nodes), values, dict(graph.parameter_bytes), links,
+                            repeated_blocks(graph))
 
 
 def _colocated_groups(graph: OpGraph, tagging: Tagging, fallback: str) -> tuple[dict[str, str], dict[str, tuple]]:

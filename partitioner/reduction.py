@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from partitioner.problem import PlacementProblem, ProblemNode, ProblemValue
 
@@ -33,14 +33,16 @@ class Reduction:
     problem: PlacementProblem
     representative: Mapping[str, str]
 
-    @classmethod
-    def identity(cls, problem: PlacementProblem) -> Reduction:
-        """No reduction: every node stands for itself."""
-        return cls(problem, {node.name: node.name for node in problem.nodes})
-
     def expand(self, assignment: Mapping[str, str]) -> dict[str, str]:
         """The original placement that a placement of the reduced problem stands for."""
         return {node: assignment[group] for node, group in self.representative.items()}
+
+    def expand_order(self, order: Sequence[str]) -> tuple[str, ...]:
+        """The original nodes in the order of their reduced nodes, each group's members in graph order."""
+        members: dict[str, list[str]] = {}
+        for node, group in self.representative.items():
+            members.setdefault(group, []).append(node)
+        return tuple(node for group in order for node in members[group])
 
     def restrict(self, assignment: Mapping[str, str]) -> dict[str, str]:
         """A placement of the reduced problem that puts each group where its first node sits."""
@@ -48,10 +50,14 @@ class Reduction:
 
 
 def reduce_problem(problem: PlacementProblem, objective: str) -> Reduction:
-    """Merge nodes that an optimal placement for `objective` (and for latency) can always keep together."""
+    """Merge nodes that an optimal placement for `objective` (and for latency) can always keep together.
+
+    For makespan, followers keep their own node (a merged in-place op would
+    wait for all of its group's inputs) and only free nodes merge.
+    """
     groups = _Groups(problem)
     for node in problem.nodes:
-        if node.follows is not None:
+        if node.follows is not None and objective != "makespan":
             groups.merge(node.name, into=node.follows)
     for node in problem.nodes:
         if groups.leader(node.name) == node.name and groups.is_free(node.name):
@@ -157,6 +163,15 @@ class _Groups:
         return [v for m in self.members[group] for v in self.writes[m]
                 if any(self.leader(c) != group for c in v.consumers)]
 
+    def _blocks(self, representative: Mapping[str, str]) -> tuple[tuple[tuple[str, ...], ...], ...]:
+        """The repeated blocks, keeping only positions whose node in every block stands for itself."""
+        families = []
+        for family in self.problem.blocks:
+            kept = [position for position in range(len(family[0]))
+                    if all(representative[block[position]] == block[position] for block in family)]
+            families.append(tuple(tuple(block[p] for p in kept) for block in family))
+        return tuple(families)
+
     def reduction(self) -> Reduction:
         representative = {node.name: self.leader(node.name) for node in self.problem.nodes}
         nodes = []
@@ -166,7 +181,8 @@ class _Groups:
             members = [self.problem.node(m) for m in self.members[node.name]]
             compute = {t: sum(m.compute_seconds[t] for m in members) for t in self.supported(node.name)}
             parameters = tuple(dict.fromkeys(p for m in members for p in m.parameters))
-            nodes.append(ProblemNode(node.name, node.kind, compute, parameters))
+            follows = representative[node.follows] if node.follows is not None else None
+            nodes.append(ProblemNode(node.name, node.kind, compute, parameters, follows))
         values = []
         for value in self.problem.values:
             producer = representative[value.producer]
@@ -175,5 +191,5 @@ class _Groups:
             if consumers:
                 values.append(ProblemValue(producer, consumers, value.num_bytes))
         reduced = PlacementProblem(self.problem.targets, self.problem.fallback, tuple(nodes), tuple(values),
-                                   self.problem.parameter_bytes, self.problem.links)
+                                   self.problem.parameter_bytes, self.problem.links, self._blocks(representative))
         return Reduction(reduced, representative)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def makespan_seconds(problem: PlacementProblem, assignment: Mapping[str, str],
                      order: Sequence[str] | None = None) -> float:
     """When the last op ends if each op, in `order` (topological; default the problem's), starts as soon as
-    its inputs have arrived and its device has finished the ops before it."""
+    its inputs have arrived and its device has finished the ops before it; free ops occupy no device."""
     inputs = _inputs_by_consumer(problem)
     end: dict[str, float] = {}
     device_free: dict[str, float] = defaultdict(float)
@@ -33,8 +33,11 @@ def makespan_seconds(problem: PlacementProblem, assignment: Mapping[str, str],
             source = assignment[producer]
             delay = problem.transfer_seconds(num_bytes, source, target) if source != target else 0.0
             ready = max(ready, end[producer] + delay)
-        start = max(ready, device_free[target])
-        end[name] = device_free[target] = start + problem.node(name).compute_seconds[target]
+        duration = problem.node(name).compute_seconds[target]
+        if duration == 0:  # a free op (a view) occupies no device, so it waits for none
+            end[name] = ready
+            continue
+        end[name] = device_free[target] = max(ready, device_free[target]) + duration
     return max(end.values(), default=0.0)
 
 

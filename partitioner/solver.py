@@ -18,7 +18,7 @@ from ortools.sat.python import cp_model
 
 from partitioner.errors import PartitionerError
 from partitioner.problem import PlacementProblem, Score, check_assignment, check_objective, score
-from partitioner.reduction import Reduction, reduce_problem
+from partitioner.reduction import reduce_problem
 from partitioner.schedule import Schedule, makespan_lower_bound
 
 # Objective coefficients are integers: costs are scaled so that the reference
@@ -29,6 +29,10 @@ _OBJECTIVE_UNITS = 1e9
 # measured to stall far from the bound on transformer graphs where 1 or 8 do
 # better; 8 workers time-share fine on 2 cores.
 DEFAULT_WORKERS = 8
+# Share of the time limit for the search with repeated blocks tied (see `_phases`).
+TIED_SHARE = 0.25
+# Repeated blocks are tied in this many runs of neighbouring blocks.
+TIED_GROUPS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,34 +119,40 @@ def solve(problem: PlacementProblem, objective: str, options: SolverOptions = So
     reference = candidates[best_hint][1].objective(objective) if best_hint else _upper_estimate(problem, objective)
     scale = _OBJECTIVE_UNITS / reference if reference > 0 else 1.0
 
-    # The makespan model schedules every op itself, so it sees the whole graph.
-    reduction = Reduction.identity(problem) if objective == "makespan" else reduce_problem(problem, objective)
-    model = _PlacementModel(reduction.problem, objective, scale)
-    if max_latency_seconds is not None:
-        model.limit_latency(max_latency_seconds)
-    if best_hint is not None:
-        model.hint(reduction.restrict(candidates[best_hint][0]))
+    reduction = reduce_problem(problem, objective)
+
+    def build(tied: bool) -> _PlacementModel:
+        model = _PlacementModel(reduction.problem, objective, scale, tied)
+        if max_latency_seconds is not None:
+            model.limit_latency(max_latency_seconds)
+        return model
+
     # Where the search ends before bounding the makespan (large graphs), the dependency bound still holds.
     floor = makespan_lower_bound(problem) * scale if objective == "makespan" else 0.0
     proven, bound_units, order = False, floor, ()
-    for phase in _phases(options):
+    untied: _PlacementModel | None = None
+    for phase in _phases(options, has_blocks=_worth_tying(reduction.problem)):
+        model = build(tied=True) if phase.tied else (untied := untied or build(tied=False))
+        model.model.clear_hints()
+        best_so_far = _best(candidates, objective)
+        if best_so_far is not None and phase.workers > 1:
+            model.hint(reduction.restrict(candidates[best_so_far][0]))
         solver = _configured_solver(phase, options)
         status = solver.solve(model.model)
-        if status == cp_model.INFEASIBLE:
+        if status == cp_model.INFEASIBLE and not phase.tied:
             raise PartitionerError(explain_infeasible(problem, max_latency_seconds, hint_scores))
-        bound_units = max(bound_units, solver.best_objective_bound)
         if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             found = reduction.expand(model.read_assignment(solver))
-            result = score(problem, found, model.read_order(solver) or None)
+            found_order = reduction.expand_order(model.read_order(solver))
+            result = score(problem, found, found_order or None)
             if allowed(result) and ("cp-sat" not in candidates or _best(
                     {"cp-sat": (found, result), "earlier": candidates["cp-sat"]}, objective) == "cp-sat"):
-                candidates["cp-sat"], order = (found, result), model.read_order(solver)
-        if status == cp_model.OPTIMAL:
-            proven = True
-            break
-        best_so_far = _best(candidates, objective)
-        if best_so_far is not None:
-            model.hint(reduction.restrict(candidates[best_so_far][0]))
+                candidates["cp-sat"], order = (found, result), found_order
+        if not phase.tied:  # a tied search bounds only the tied plans
+            bound_units = max(bound_units, solver.best_objective_bound)
+            if status == cp_model.OPTIMAL:
+                proven = True
+                break
     origin = _best(candidates, objective)
     if origin is None:
         raise PartitionerError(
@@ -183,17 +193,27 @@ class _Phase:
     workers: int
     seconds: float
     deterministic: bool = False
+    tied: bool = False
 
 
-def _phases(options: SolverOptions) -> tuple[_Phase, ...]:
-    """The runs one solve makes. By default a single worker first (its LP-guided search proves the zoo's
-    optima fastest and is reproducible), then, unless that proved optimality, a parallel portfolio whose
-    local search finds better plans on large memory-bound graphs, starting from the best plan so far."""
+def _worth_tying(problem: PlacementProblem) -> bool:
+    """Whether some family of repeated blocks is long enough for tied runs to shrink the search."""
+    return any(len(family) >= 2 * TIED_GROUPS for family in problem.blocks)
+
+
+def _phases(options: SolverOptions, has_blocks: bool) -> tuple[_Phase, ...]:
+    """The runs one solve makes, each starting from the best plan so far. By default: with repeated blocks,
+    a first run with neighbouring blocks tied together (a much smaller search whose plan is a strong start);
+    then a single worker (its LP-guided search proves the zoo's optima fastest and is reproducible); then,
+    unless optimality is proven, a parallel portfolio whose local search improves large memory-bound plans."""
+    limit = options.time_limit_seconds
     if options.deterministic:
-        return (_Phase(1, options.time_limit_seconds, deterministic=True),)
+        return (_Phase(1, limit, deterministic=True),)
     if options.workers:
-        return (_Phase(options.workers, options.time_limit_seconds),)
-    return (_Phase(1, options.time_limit_seconds * 2 / 3), _Phase(DEFAULT_WORKERS, options.time_limit_seconds / 3))
+        return (_Phase(options.workers, limit),)
+    tied = (_Phase(1, limit * TIED_SHARE, tied=True),) if has_blocks else ()
+    untied = limit * (1 - TIED_SHARE) if has_blocks else limit
+    return tied + (_Phase(1, untied * 2 / 3), _Phase(DEFAULT_WORKERS, untied / 3))
 
 
 def _configured_solver(phase: _Phase, options: SolverOptions) -> cp_model.CpSolver:
@@ -213,7 +233,7 @@ def _configured_solver(phase: _Phase, options: SolverOptions) -> cp_model.CpSolv
 class _PlacementModel:
     """The CP-SAT model of one placement problem, kept apart from the problem data."""
 
-    def __init__(self, problem: PlacementProblem, objective: str, scale: float):
+    def __init__(self, problem: PlacementProblem, objective: str, scale: float, tied: bool = False):
         self.problem = problem
         self.model = cp_model.CpModel()
         self.terms: list[tuple[cp_model.IntVar, int]] = []
@@ -223,6 +243,8 @@ class _PlacementModel:
         # Auxiliary booleans and what they equal for a given assignment, so hints can be complete.
         self.derived: list[tuple[cp_model.IntVar, Callable[[Mapping[str, str]], bool]]] = []
         self.on = self._placement_variables()
+        if tied:
+            self._tie_blocks()
         self._memory_limits()
         self.schedule: Schedule | None = None
         if objective == "makespan":
@@ -323,6 +345,22 @@ class _PlacementModel:
                                      any(a[name] == t for name in n)))
                 resident_terms.append(self.problem.parameter_bytes[parameter] * resident)
             self.model.add(sum(resident_terms) <= target.memory_bytes)
+
+    def _tie_blocks(self) -> None:
+        """Put corresponding nodes of neighbouring repeated blocks on one target, the blocks of each family
+        cut into TIED_GROUPS runs: a restriction that presolve shrinks to the size of a few blocks."""
+        for family in self.problem.blocks:
+            run_length = -(-len(family) // TIED_GROUPS)
+            for index in range(1, len(family)):
+                if index % run_length:
+                    self._tie_pair(family[index - 1], family[index])
+
+    def _tie_pair(self, first: Sequence[str], second: Sequence[str]) -> None:
+        for a, b in zip(first, second):
+            targets = self.problem.node(a).supported
+            if targets == self.problem.node(b).supported:
+                for target in targets:
+                    self.model.add(self.on[a, target] == self.on[b, target])
 
     def hint(self, assignment: Mapping[str, str]) -> None:
         """Suggest `assignment`, with every auxiliary boolean set to match, so the solver starts from it."""
