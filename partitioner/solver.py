@@ -17,7 +17,8 @@ from typing import Callable, Mapping, Sequence
 from ortools.sat.python import cp_model
 
 from partitioner.errors import PartitionerError
-from partitioner.problem import PlacementProblem, Score, check_assignment, check_objective, score
+from partitioner.infeasibility import explain_infeasible
+from partitioner.problem import PlacementProblem, Score, TargetTerms, check_assignment, check_objective, score
 from partitioner.reduction import reduce_problem
 from partitioner.schedule import Schedule, makespan_lower_bound
 
@@ -96,7 +97,7 @@ class Placement:
 def solve(problem: PlacementProblem, objective: str, options: SolverOptions = SolverOptions(),
           hints: Mapping[str, Mapping[str, str]] | None = None,
           max_latency_seconds: float | None = None) -> Placement:
-    """Minimise `objective` ("latency" or "cost") over placements that fit every target's memory.
+    """Minimise `objective` ("latency", "cost" or "makespan") over placements that fit every target's memory.
 
     `max_latency_seconds` is a latency limit (an SLO), typically with "cost".
     `hints` maps a baseline's name to its assignment; the best one that fits
@@ -197,8 +198,20 @@ class _Phase:
 
 
 def _worth_tying(problem: PlacementProblem) -> bool:
-    """Whether some family of repeated blocks is long enough for tied runs to shrink the search."""
-    return any(len(family) >= 2 * TIED_GROUPS for family in problem.blocks)
+    """Whether some family of repeated blocks is long enough for tied runs to shrink the search, and memory
+    may force blocks apart (without a binding limit the untied search is fast on its own)."""
+    return any(len(family) >= 2 * TIED_GROUPS for family in problem.blocks) and bool(
+        _targets_whose_memory_can_bind(problem))
+
+
+def _targets_whose_memory_can_bind(problem: PlacementProblem) -> list[TargetTerms]:
+    """Targets that could not hold every parameter of every node they support."""
+    binding = []
+    for target in problem.targets:
+        parameters = {p for node in problem.nodes if target.name in node.compute_seconds for p in node.parameters}
+        if sum(problem.parameter_bytes[p] for p in parameters) > target.memory_bytes:
+            binding.append(target)
+    return binding
 
 
 def _phases(options: SolverOptions, has_blocks: bool) -> tuple[_Phase, ...]:
@@ -326,23 +339,18 @@ class _PlacementModel:
 
     def _memory_limits(self) -> None:
         """Parameters used on a target are resident there; their bytes must fit its memory."""
-        for target in self.problem.targets:
-            users: dict[str, list[cp_model.IntVar]] = {}
+        for target in _targets_whose_memory_can_bind(self.problem):
             user_names: dict[str, list[str]] = {}
             for node in self.problem.nodes:
                 if target.name in node.compute_seconds:
                     for parameter in node.parameters:
-                        users.setdefault(parameter, []).append(self.on[node.name, target.name])
                         user_names.setdefault(parameter, []).append(node.name)
-            if sum(self.problem.parameter_bytes[p] for p in users) <= target.memory_bytes:
-                continue  # this limit cannot bind
             resident_terms = []
-            for parameter, placed in users.items():
+            for parameter, names in user_names.items():
                 resident = self.model.new_bool_var(f"resident[{parameter},{target.name}]")
-                for on in placed:
-                    self.model.add_implication(on, resident)
-                self.derived.append((resident, lambda a, n=user_names[parameter], t=target.name:
-                                     any(a[name] == t for name in n)))
+                for name in names:
+                    self.model.add_implication(self.on[name, target.name], resident)
+                self.derived.append((resident, lambda a, n=names, t=target.name: any(a[name] == t for name in n)))
                 resident_terms.append(self.problem.parameter_bytes[parameter] * resident)
             self.model.add(sum(resident_terms) <= target.memory_bytes)
 
@@ -390,46 +398,3 @@ def _upper_estimate(problem: PlacementProblem, objective: str) -> float:
             default=0.0,
         )
     return total
-
-
-def explain_infeasible(problem: PlacementProblem, max_latency_seconds: float | None = None,
-                       hint_scores: Mapping[str, tuple[Mapping[str, str], Score]] | None = None) -> str:
-    """Name the limit (memory or latency) that rules out every placement, as precisely as the data allows."""
-    fitting = [result for _, result in (hint_scores or {}).values() if result.fits_memory]
-    if max_latency_seconds is not None and fitting:
-        fastest = min(result.latency_seconds for result in fitting)
-        return (
-            f"latency: no placement that fits in memory meets the limit of {_milliseconds(max_latency_seconds)} "
-            f"(the fastest baseline takes {_milliseconds(fastest)}). "
-            "Fix: raise --max-latency, or add faster targets."
-        )
-    forced: dict[str, set[str]] = {t.name: set() for t in problem.targets}
-    example_op: dict[str, str] = {}
-    for node in problem.nodes:
-        if len(node.supported) == 1 and node.parameters:
-            forced[node.supported[0]].update(node.parameters)
-            example_op.setdefault(node.supported[0], node.name)
-    for target in problem.targets:
-        needed = sum(problem.parameter_bytes[p] for p in forced[target.name])
-        if needed > target.memory_bytes:
-            return (
-                f"memory: {target.name} must hold {_gib(needed)} of parameters for ops only it supports "
-                f"(e.g. {example_op[target.name]}) but has {_gib(target.memory_bytes)}, "
-                f"{_gib(needed - target.memory_bytes)} short. Fix: use a target with more memory, "
-                "lower the precision of the weights, or add targets that support those ops."
-            )
-    total = sum(problem.parameter_bytes.values())
-    capacity = sum(t.memory_bytes for t in problem.targets)
-    return (
-        f"memory: no placement fits the parameters ({_gib(total)}) into the targets' memory "
-        f"({', '.join(f'{t.name} {_gib(t.memory_bytes)}' for t in problem.targets)}; {_gib(capacity)} in all). "
-        "Fix: add a target with more memory or lower the precision of the weights."
-    )
-
-
-def _milliseconds(seconds: float) -> str:
-    return f"{seconds * 1e3:.3g} ms"
-
-
-def _gib(num_bytes: int) -> str:
-    return f"{num_bytes / 1024**3:.1f} GiB"

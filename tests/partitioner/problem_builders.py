@@ -44,7 +44,8 @@ def every_link(names: Iterable[str], link: Link) -> dict[tuple[str, str], Link]:
 def make_problem(nodes: Iterable[ProblemNode], values: Iterable[ProblemValue] = (),
                  targets: Iterable[TargetTerms] = (NPU, CUDA), fallback: str = "cuda",
                  parameter_bytes: Mapping[str, int] | None = None,
-                 links: Mapping[tuple[str, str], Link] | Link = Link(0.001, 1e9)) -> PlacementProblem:
+                 links: Mapping[tuple[str, str], Link] | Link = Link(0.001, 1e9),
+                 blocks: tuple[tuple[tuple[str, ...], ...], ...] = ()) -> PlacementProblem:
     """A placement problem; a single `Link` is used for every ordered pair of targets."""
     targets = tuple(targets)
     if isinstance(links, Link):
@@ -56,6 +57,7 @@ def make_problem(nodes: Iterable[ProblemNode], values: Iterable[ProblemValue] = 
         values=tuple(values),
         parameter_bytes=dict(parameter_bytes or {}),
         links=dict(links),
+        blocks=blocks,
     )
 
 

@@ -33,6 +33,17 @@ def test_a_chain_of_views_joins_the_op_that_produced_their_input():
         "mm": "npu", "view": "npu", "transpose": "npu", "softmax": "cuda"}
 
 
+def test_repeated_blocks_keep_only_the_nodes_that_still_stand_for_themselves():
+    problem = make_problem(
+        nodes=[node("mm0", npu=1.0, cuda=2.0), node("view0", VIEW, npu=0.0, cuda=0.0),
+               node("mm1", npu=1.0, cuda=2.0), node("view1", VIEW, npu=0.0, cuda=0.0), node("softmax", cuda=1.0)],
+        values=[value("mm0", "view0"), value("view0", "mm1"), value("mm1", "view1"), value("view1", "softmax")],
+        blocks=((("mm0", "view0"), ("mm1", "view1")),),
+    )
+
+    assert reduce_problem(problem, "latency").problem.blocks == ((("mm0",), ("mm1",)),)
+
+
 def test_a_view_of_a_tensor_that_others_also_read_is_left_to_the_solver():
     # If the add sits on cuda, the view may be better off there too, sharing mm's move.
     problem = make_problem(
