@@ -202,7 +202,8 @@ def _row(model: str, objective: str, strategy: str, problem: PlacementProblem, g
                reduced_ops=report.solved_nodes if report else len(problem.nodes), value=result.objective(objective),
                latency_seconds=result.latency_seconds, cost_per_request=result.cost_per_request,
                makespan_seconds=result.makespan_seconds, bound=report.bound if report else None,
-               gap=report.gap if report else None, seconds=seconds, cuts=result.transfer_count, partitions=len(split(graph, assignment)),
+               gap=report.gap if report else None, seconds=seconds, cuts=result.transfer_count,
+               partitions=len(split(graph, assignment)),
                fits_memory=result.fits_memory, status=status)
 
 
@@ -291,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += model_rows
     settings = {
         "targets": list(TARGETS), "fallback": models[0]["fallback"], "cost_model": "roofline",
-        "time_limit_seconds": time_limit, "workers": f"{args.workers} workers" if args.workers else f"1 worker then {DEFAULT_WORKERS} workers", "seed": args.seed,
+        "time_limit_seconds": time_limit, "seed": args.seed,
+        "workers": f"{args.workers} workers" if args.workers else f"1 worker then {DEFAULT_WORKERS} workers",
         "smoke": args.smoke, "solver_hints": sorted(BASELINES), "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "ortools": ortools.__version__, "python": platform.python_version(),
         "reduced_ops_note": REDUCED_OPS_NOTE,

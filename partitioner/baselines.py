@@ -17,7 +17,7 @@ from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
 from torch.fx.passes.operator_support import create_op_support
 
 from partitioner.graph import NodeKind
-from partitioner.problem import PlacementProblem, check_assignment
+from partitioner.problem import PlacementProblem, activation_arena_bytes, check_assignment
 from partitioner.tagging import Tagging
 
 Assignment = dict[str, str]
@@ -39,6 +39,7 @@ def priority_placement(problem: PlacementProblem) -> Assignment:
     producers = _first_producers(problem)
     assignment: Assignment = {}
     used = {t.name: 0 for t in problem.targets}
+    arena = {t.name: activation_arena_bytes(problem, t.name) for t in problem.targets}
     resident: dict[str, set[str]] = {t.name: set() for t in problem.targets}
     pending = []  # views placed by their users, and the nodes that follow them
     for node in problem.nodes:
@@ -49,7 +50,7 @@ def priority_placement(problem: PlacementProblem) -> Assignment:
             pending.append(node.name)
             continue
         else:
-            assignment[node.name] = _first_with_room(problem, node.name, used, resident)
+            assignment[node.name] = _first_with_room(problem, node.name, used, resident, arena)
         _make_resident(problem, node.name, assignment[node.name], used, resident)
     for name in reversed(pending):
         # A follower's tentative place lets the view it follows see past it to its users.
@@ -99,11 +100,15 @@ BASELINES: dict[str, Callable[[PlacementProblem], Assignment]] = {
 
 
 def _first_with_room(problem: PlacementProblem, name: str, used: dict[str, int],
-                     resident: dict[str, set[str]]) -> str:
+                     resident: dict[str, set[str]], arena: dict[str, int]) -> str:
+    """The first supporting target with room for the node's weights beside what is already resident there
+    (`used` bytes) and its activation `arena`."""
     node = problem.node(name)
     for target in node.supported:
         extra = sum(problem.parameter_bytes[p] for p in node.parameters if p not in resident[target])
-        if target == problem.fallback or used[target] + extra <= problem.target(target).memory_bytes:
+        capacity = problem.target(target).memory_bytes
+        room = used[target] + extra + arena[target] <= capacity
+        if target == problem.fallback or (room and node.working_bytes <= capacity):
             return target
     return problem.fallback
 

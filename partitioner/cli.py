@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "with --objective cost, the cheapest plan within it")
     compile_parser.add_argument("--time-limit", type=_positive_float, default=30.0, metavar="SECONDS",
                                 help="solver time limit (default: 30)")
-    compile_parser.add_argument("--workers", type=int, default=0, help="solver search workers (default: one, then 8 if that has not proven optimality)")
+    compile_parser.add_argument("--workers", type=int, default=0,
+                                help="solver search workers (default: one, then 8 unless optimality is proven)")
     compile_parser.add_argument("--seed", type=int, default=0, help="solver random seed (default: 0)")
     compile_parser.add_argument("--deterministic", action="store_true",
                                 help="one solver worker and a time limit counted in work, not wall time: "

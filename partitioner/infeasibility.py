@@ -23,6 +23,14 @@ def explain_infeasible(problem: PlacementProblem, max_latency_seconds: float | N
             f"(the fastest baseline takes {_milliseconds(fastest)}). "
             "Fix: raise --max-latency, or add faster targets."
         )
+    for node in problem.nodes:
+        if all(node.working_bytes > problem.target(t).memory_bytes for t in node.supported):
+            return (
+                f"memory: {node.name} reads and writes {_gib(node.working_bytes)} of activations, more than any "
+                f"target that supports it has "
+                f"({', '.join(f'{t} {_gib(problem.target(t).memory_bytes)}' for t in node.supported)}). "
+                "Fix: use smaller inputs (batch or sequence length), or a target with more memory."
+            )
     forced: dict[str, set[str]] = {t.name: set() for t in problem.targets}
     example_op: dict[str, str] = {}
     for node in problem.nodes:

@@ -8,6 +8,11 @@ solver, the baselines and anyone re-reading a plan file score placements with
 
 Model inputs and outputs are delivered and collected by the serving system and
 are not costed; parameters must be resident on every target that uses them.
+Memory per target is its resident parameters plus an activation arena, when
+it runs anything: room for the largest working set (activation bytes read and
+written) of any op the target could run, since its ops run one at a time and
+the arena is sized before the plan is known. Tensors kept alive across many
+ops (a residual stream, a KV cache) are not counted beyond that.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ class ProblemNode:
     """A node to place: its compute time on each target that supports it (priority order).
 
     A node that `follows` another must sit on the same target (e.g. `getitem`
-    of a multi-output op); `parameters` are the weights it needs resident.
+    of a multi-output op); `parameters` are the weights it needs resident;
+    `working_bytes` are the activation bytes it reads and writes.
     """
 
     name: str
@@ -61,6 +67,7 @@ class ProblemNode:
     compute_seconds: Mapping[str, float]
     parameters: tuple[str, ...] = ()
     follows: str | None = None
+    working_bytes: int = 0
 
     @property
     def supported(self) -> tuple[str, ...]:
@@ -127,7 +134,7 @@ class PlacementProblem:
             "fallback": self.fallback,
             "nodes": [
                 {"name": n.name, "kind": n.kind.value, "compute_seconds": dict(n.compute_seconds),
-                 "parameters": list(n.parameters), "follows": n.follows}
+                 "parameters": list(n.parameters), "follows": n.follows, "working_bytes": n.working_bytes}
                 for n in self.nodes
             ],
             "values": [
@@ -147,7 +154,7 @@ class PlacementProblem:
             fallback=data["fallback"],
             nodes=tuple(
                 ProblemNode(n["name"], NodeKind(n["kind"]), dict(n["compute_seconds"]), tuple(n["parameters"]),
-                            n["follows"])
+                            n["follows"], n.get("working_bytes", 0))
                 for n in data["nodes"]
             ),
             values=tuple(ProblemValue(v["producer"], tuple(v["consumers"]), v["bytes"]) for v in data["values"]),
@@ -219,8 +226,9 @@ def build_problem(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_mod
     for node in graph:
         leader = leaders[node.name]
         compute = {name: cost_model.compute_seconds(node, target_by_name[name]) for name in supported[leader]}
+        working = node.bytes_read + node.bytes_written - node.parameter_bytes if node.kind is NodeKind.COMPUTE else 0
         nodes.append(ProblemNode(node.name, node.kind, compute, node.parameters,
-                                 leader if leader != node.name else None))
+                                 leader if leader != node.name else None, max(0, working)))
     users = graph.users()
     values = tuple(
         ProblemValue(node.name, tuple(users[node.name]), node.output_bytes)
@@ -291,7 +299,12 @@ def score(problem: PlacementProblem, assignment: Mapping[str, str], order: Seque
         busy[move.source] += move.seconds
         busy[move.destination] += move.seconds
     resident = resident_parameters(problem, assignment)
-    memory = {name: sum(problem.parameter_bytes[p] for p in resident.get(name, ())) for name in names}
+    arena = {name: activation_arena_bytes(problem, name) for name in names}
+    working = dict.fromkeys(names, 0)
+    for node in problem.nodes:
+        target = assignment[node.name]
+        working[target] = max(working[target], arena[target], node.working_bytes)
+    memory = {name: sum(problem.parameter_bytes[p] for p in resident.get(name, ())) + working[name] for name in names}
     over = {t.name: memory[t.name] - t.memory_bytes for t in problem.targets if memory[t.name] > t.memory_bytes}
     transfer_seconds = sum(move.seconds for move in moves)
     return Score(
@@ -306,6 +319,14 @@ def score(problem: PlacementProblem, assignment: Mapping[str, str], order: Seque
         transfer_bytes=sum(move.num_bytes for move in moves),
         transfer_seconds=transfer_seconds,
     )
+
+
+def activation_arena_bytes(problem: PlacementProblem, target: str) -> int:
+    """The activation memory `target` reserves when it runs anything: the largest working set among the ops it
+    supports that fit in its memory at all (an op that does not fit can never run there)."""
+    capacity = problem.target(target).memory_bytes
+    return max((node.working_bytes for node in problem.nodes
+                if target in node.compute_seconds and node.working_bytes <= capacity), default=0)
 
 
 def check_assignment(problem: PlacementProblem, assignment: Mapping[str, str]) -> None:

@@ -182,7 +182,8 @@ class _Groups:
             compute = {t: sum(m.compute_seconds[t] for m in members) for t in self.supported(node.name)}
             parameters = tuple(dict.fromkeys(p for m in members for p in m.parameters))
             follows = representative[node.follows] if node.follows is not None else None
-            nodes.append(ProblemNode(node.name, node.kind, compute, parameters, follows))
+            working = max(m.working_bytes for m in members)
+            nodes.append(ProblemNode(node.name, node.kind, compute, parameters, follows, working))
         values = []
         for value in self.problem.values:
             producer = representative[value.producer]

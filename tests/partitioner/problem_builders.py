@@ -25,9 +25,9 @@ DSP = TargetTerms("dsp", price_per_hour=7.2, memory_bytes=4 * GIB)     # 0.002 p
 
 
 def node(name: str, kind: NodeKind = NodeKind.COMPUTE, parameters: Iterable[str] = (), follows: str | None = None,
-         **compute_seconds: float) -> ProblemNode:
+         working_bytes: int = 0, **compute_seconds: float) -> ProblemNode:
     """A node with its compute seconds per supporting target, in priority order (keyword order)."""
-    return ProblemNode(name, kind, dict(compute_seconds), tuple(parameters), follows)
+    return ProblemNode(name, kind, dict(compute_seconds), tuple(parameters), follows, working_bytes)
 
 
 def value(producer: str, *consumers: str, num_bytes: int = 1_000_000) -> ProblemValue:
@@ -89,7 +89,8 @@ def random_problems(draw, max_nodes: int = 25) -> PlacementProblem:
         compute = {t: 0.0 if kind is NodeKind.VIEW else draw(seconds) for t in supported}
         parameters = tuple(draw(st.lists(st.sampled_from(sorted(parameter_bytes)), max_size=2, unique=True))) \
             if parameter_bytes else ()
-        nodes.append(ProblemNode(name, kind, compute, parameters))
+        working = 0 if kind is NodeKind.VIEW else draw(st.integers(0, GIB))
+        nodes.append(ProblemNode(name, kind, compute, parameters, working_bytes=working))
         inputs[name] = draw(st.lists(st.sampled_from(earlier), max_size=3, unique=True)) if earlier else []
     values = []
     for producer in nodes:
@@ -98,7 +99,8 @@ def random_problems(draw, max_nodes: int = 25) -> PlacementProblem:
             values.append(ProblemValue(producer.name, consumers, draw(st.integers(0, 10**9))))
     targets = tuple(
         TargetTerms(t.name, draw(st.floats(0.1, 50.0)),
-                    sum(parameter_bytes.values()) if t.name == "cuda" else draw(st.integers(0, 8 * GIB)))
+                    sum(parameter_bytes.values()) + max(n.working_bytes for n in nodes) if t.name == "cuda"
+                    else draw(st.integers(0, 8 * GIB)))
         for t in base
     )
     links = {(s, d): Link(draw(st.floats(0.0, 0.01)), draw(st.floats(1e8, 1e11)))

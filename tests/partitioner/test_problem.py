@@ -163,9 +163,39 @@ def test_parameters_exactly_filling_memory_fit():
     assert result.fits_memory
 
 
+def test_a_target_that_runs_anything_reserves_room_for_the_largest_working_set_it_could_run():
+    # The npu (8 GiB) could run mm (3 GiB of activations) but not huge (9 GiB), so its arena is 3 GiB.
+    problem = make_problem(
+        nodes=[node("mm", parameters=["w"], working_bytes=3 * GIB, npu=1.0, cuda=1.0),
+               node("add", working_bytes=2 * GIB, npu=1.0, cuda=1.0),
+               node("huge", working_bytes=9 * GIB, npu=1.0, cuda=1.0)],
+        parameter_bytes={"w": 4 * GIB},
+    )
+
+    everything_on_cuda = score(problem, {"mm": "cuda", "add": "cuda", "huge": "cuda"})
+    add_on_the_npu = score(problem, {"mm": "cuda", "add": "npu", "huge": "cuda"})
+    huge_on_the_npu = score(problem, {"mm": "cuda", "add": "cuda", "huge": "npu"})
+
+    assert everything_on_cuda.memory_bytes == {"npu": 0, "cuda": 4 * GIB + 9 * GIB}
+    assert add_on_the_npu.memory_bytes == {"npu": 3 * GIB, "cuda": 4 * GIB + 9 * GIB}
+    assert huge_on_the_npu.over_capacity_bytes == {"npu": 1 * GIB}
+
+
+def test_an_op_working_set_is_its_activations_in_and_out_without_its_weights():
+    import torch
+
+    from tests.conftest import problem_of
+
+    problem = problem_of(torch.nn.Linear(256, 512, dtype=torch.float16).eval(),
+                         (torch.zeros(8, 256, dtype=torch.float16),))
+
+    (linear,) = [n for n in problem.nodes if n.parameters]
+    assert linear.working_bytes == (8 * 256 + 8 * 512) * 2
+
+
 def test_problem_survives_a_round_trip_through_json():
     problem = make_problem(
-        nodes=[node("mm", parameters=["w"], npu=1.5, cuda=2.5),
+        nodes=[node("mm", parameters=["w"], working_bytes=64, npu=1.5, cuda=2.5),
                node("split", npu=0.1, cuda=0.2),
                node("first", NodeKind.BOOKKEEPING, follows="split", npu=0.0, cuda=0.0),
                node("flat", NodeKind.VIEW, cuda=0.0, npu=0.0)],

@@ -119,6 +119,7 @@ def test_reduction_keeps_the_brute_force_optimum_and_every_score(problem, object
     assert brute_force_optimum(reduction.problem, objective) == pytest.approx(
         brute_force_optimum(problem, objective), rel=1e-9)
     everything_on_cuda = {n.name: "cuda" for n in reduction.problem.nodes}
-    original, reduced = score(problem, reduction.expand(everything_on_cuda)), score(reduction.problem, everything_on_cuda)
+    original = score(problem, reduction.expand(everything_on_cuda))
+    reduced = score(reduction.problem, everything_on_cuda)
     assert original.objective(objective) == pytest.approx(reduced.objective(objective), rel=1e-12)
     assert (original.transfer_count, original.memory_bytes) == (reduced.transfer_count, reduced.memory_bytes)

@@ -42,8 +42,9 @@ def test_a_transfer_delays_its_consumer_by_the_link_time():
     problem = fork_and_join()
 
     # source 0-1; left waits for the move (1.5-4.5), right runs on cuda 1-4; join waits for left's move: 5-6.
-    assert makespan_seconds(problem, {"source": "cuda", "left": "npu", "right": "cuda", "join": "cuda"}) == pytest.approx(6.0)
-    assert makespan_seconds(problem, {"source": "cuda", "left": "cuda", "right": "cuda", "join": "cuda"}) == pytest.approx(8.0)
+    split_branches = {"source": "cuda", "left": "npu", "right": "cuda", "join": "cuda"}
+    assert makespan_seconds(problem, split_branches) == pytest.approx(6.0)
+    assert makespan_seconds(problem, dict.fromkeys(split_branches, "cuda")) == pytest.approx(8.0)
 
 
 def test_makespan_runs_branches_concurrently_where_latency_keeps_them_together():

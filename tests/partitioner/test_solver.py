@@ -120,6 +120,29 @@ def test_parameter_too_large_for_the_npu_forces_its_user_to_cuda():
     assert score(problem, placement.assignment).fits_memory
 
 
+def test_an_op_whose_activations_do_not_fit_the_npu_runs_on_cuda():
+    npu = TargetTerms("npu", NPU.price_per_hour, memory_bytes=1 * GIB)
+    problem = make_problem(
+        nodes=[node("small", working_bytes=GIB // 2, npu=1.0, cuda=2.0),
+               node("wide", working_bytes=2 * GIB, npu=1.0, cuda=2.0)],
+        values=[value("small", "wide", num_bytes=0)],
+        targets=(npu, CUDA),
+    )
+
+    placement = solve(problem, "latency", FAST)
+
+    assert placement.assignment == {"small": "npu", "wide": "cuda"}
+    assert_proven_optimal(placement, 1.0 + 2.0)
+
+
+def test_activations_too_large_for_every_target_that_runs_the_op_are_named():
+    problem = make_problem(nodes=[node("attention", working_bytes=100 * GIB, cuda=1.0)])
+
+    with pytest.raises(PartitionerError, match=r"attention reads and writes 100.0 GiB of activations.*Fix: use "
+                                               r"smaller inputs"):
+        solve(problem, "latency", FAST)
+
+
 def test_parameters_that_fit_only_one_at_a_time_are_split_between_targets():
     npu = TargetTerms("npu", NPU.price_per_hour, memory_bytes=3 * GIB)
     problem = make_problem(
