@@ -21,10 +21,11 @@ from typing import Sequence
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.solver_zoo import TARGETS, _llama, write_atomically  # noqa: E402
+from benchmarks.solver_zoo import TARGETS, _llama  # noqa: E402
 from cost_models.roofline import RooflineCostModel  # noqa: E402
 from partitioner.baselines import BASELINES  # noqa: E402
 from partitioner.capture import capture  # noqa: E402
+from partitioner.files import write_atomically  # noqa: E402
 from partitioner.graph import annotate  # noqa: E402
 from partitioner.problem import build_problem  # noqa: E402
 from partitioner.solver import SolverOptions, solve  # noqa: E402

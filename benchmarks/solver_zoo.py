@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 from cost_models.roofline import RooflineCostModel  # noqa: E402
 from partitioner.baselines import BASELINES, capability_placement  # noqa: E402
 from partitioner.capture import capture  # noqa: E402
+from partitioner.files import write_atomically  # noqa: E402
 from partitioner.graph import OpGraph, annotate  # noqa: E402
 from partitioner.problem import OBJECTIVES, PlacementProblem, build_problem, score  # noqa: E402
 from partitioner.solver import DEFAULT_WORKERS, SolverOptions, SolverReport, solve  # noqa: E402
@@ -254,15 +254,6 @@ def _unit(objective: str) -> Callable[[float], str]:
 
 def _percent(gap: float | None) -> str:
     return "-" if gap is None else f"{100 * gap:.2f}%"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file, so a crash never leaves half a file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as file:
-        file.write(text)
-    os.chmod(temporary, 0o644)  # mkstemp makes it private; results are for sharing
-    os.replace(temporary, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,7 @@
-"""BERT-base (random weights) in float16 on one 128-token sequence.
+"""BERT-base (random weights) in float16 on one 128-token sequence; `build_float32` for CPU profiling.
 
     partitioner compile examples/bert_base.py --objective cost -o out/bert
+    partitioner profile examples/bert_base.py:build_float32 --device cpu --report
 """
 
 import torch
@@ -12,3 +13,8 @@ def build():
     model = BertModel(BertConfig()).to(torch.float16).eval()
     input_ids = torch.randint(0, 30522, (1, 128))
     return model, {"input_ids": input_ids}
+
+
+def build_float32():
+    model, inputs = build()
+    return model.float(), inputs

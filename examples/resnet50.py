@@ -1,6 +1,7 @@
-"""ResNet-50 (transformers' ResNet, random weights) in float16 on a 224x224 image.
+"""ResNet-50 (transformers' ResNet, random weights) in float16 on a 224x224 image; `build_float32` for CPUs.
 
     partitioner compile examples/resnet50.py --targets npu-example,dsp-example,cuda-h100 -o out/resnet50
+    partitioner profile examples/resnet50.py:build_float32 --device cpu --report
 """
 
 import torch
@@ -11,3 +12,8 @@ def build():
     torch.manual_seed(0)
     model = ResNetForImageClassification(ResNetConfig()).to(torch.float16).eval()
     return model, (torch.randn(1, 3, 224, 224, dtype=torch.float16),)
+
+
+def build_float32():
+    model, (image,) = build()
+    return model.float(), (image.float(),)

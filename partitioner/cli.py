@@ -11,14 +11,20 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from cost_models.base import CostModel
+from cost_models.calibration import calibrate, write_calibrated_spec
+from cost_models.measured import MeasuredCostModel
+from cost_models.profile import load_profiles
+from cost_models.roofline import RooflineCostModel
 from partitioner.capture import load_model_file
-from partitioner.check import PlanRun, describe_outputs, run_plan
+from partitioner.check import PlanRun, describe_outputs, require_real_weights, run_plan
 from partitioner.compiler import compile_captured
 from partitioner.errors import PartitionerError
 from partitioner.onnx_export import MANIFEST_NAME, export_plan
 from partitioner.onnx_runtime import ChainedOnnxModel, check_manifest
 from partitioner.plan import Plan
 from partitioner.problem import OBJECTIVES
+from partitioner.profiling import accuracy_report, format_accuracy, profile_model
 from partitioner.solver import SolverOptions
 from targets.loader import DEFAULT_TARGET_NAMES, builtin_target_names, load_target
 
@@ -65,8 +71,33 @@ def _parser() -> argparse.ArgumentParser:
     compile_parser.add_argument("--deterministic", action="store_true",
                                 help="one solver worker and a time limit counted in work, not wall time: "
                                      "the same plan on every run and machine")
+    compile_parser.add_argument("--cost-model", default="roofline", metavar="roofline|measured:FOLDER",
+                                help="roofline estimates from the specs (default), or measured:profiles/ for times "
+                                     "measured by `partitioner profile` (the roofline covers the rest)")
     compile_parser.add_argument("-o", "--output", default="out", help="output folder for plan.json (default: out)")
     compile_parser.set_defaults(command=_compile)
+
+    profile_parser = commands.add_parser("profile", help="time a model's ops on real devices into a profile folder")
+    profile_parser.add_argument("model", help="file.py (with build() and real weights), file.py:function, or .pt2")
+    profile_parser.add_argument("--device", action="append", default=[], metavar="DEVICE",
+                                help="a torch device to profile, e.g. cpu or cuda:0; repeat for several "
+                                     "(default: cpu)")
+    profile_parser.add_argument("-o", "--output", default="profiles", help="profile folder, reused across models "
+                                                                          "(default: profiles)")
+    profile_parser.add_argument("--min-run-time", type=_positive_float, default=0.05, metavar="SECONDS",
+                                help="least time spent timing each op (default: 0.05)")
+    profile_parser.add_argument("--report", action="store_true",
+                                help="also print predicted against measured time, per op and for the whole model")
+    profile_parser.add_argument("--target", action="append", default=[], metavar="NAME",
+                                help="the spec whose roofline the report judges, per device in order "
+                                     "(default: cpu-x86 for cpu, cuda-h100 for cuda)")
+    profile_parser.set_defaults(command=_profile)
+
+    calibrate_parser = commands.add_parser("calibrate", help="fit a target spec's roofline constants to a profile")
+    calibrate_parser.add_argument("profiles", help="profile folder written by profile")
+    calibrate_parser.add_argument("--target", required=True, help="built-in target name or .toml spec to calibrate")
+    calibrate_parser.add_argument("-o", "--output", required=True, help="the calibrated spec to write (.toml)")
+    calibrate_parser.set_defaults(command=_calibrate)
 
     run_parser = commands.add_parser("run", help="run a plan's partitioned model once; with --check, compare it "
                                                  "with the original model")
@@ -112,10 +143,59 @@ def _compile(args: argparse.Namespace) -> int:
     options = SolverOptions(time_limit_seconds=args.time_limit, workers=args.workers, seed=args.seed,
                             deterministic=args.deterministic)
     plan = compile_captured(captured, targets, args.objective, max_latency_seconds=args.max_latency,
-                            fallback=args.fallback, solver_options=options)
+                            fallback=args.fallback, solver_options=options, cost_model=_cost_model(args.cost_model))
     path = plan.save(output / "plan.json")
     print(plan.summary())
     print(f"\nwrote {path}")
+    return 0
+
+
+def _cost_model(spec: str) -> CostModel:
+    if spec == "roofline":
+        return RooflineCostModel()
+    if spec.startswith("measured:") and spec.removeprefix("measured:"):
+        return MeasuredCostModel(load_profiles(Path(spec.removeprefix("measured:"))))
+    raise PartitionerError(f"unknown cost model {spec!r}. Fix: use roofline or measured:FOLDER (a folder written by "
+                           "partitioner profile).")
+
+
+def _profile(args: argparse.Namespace) -> int:
+    devices = args.device or ["cpu"]
+    if len(args.target) > len(devices):
+        raise PartitionerError(f"{len(args.target)} --target for {len(devices)} --device. Fix: give at most one "
+                               "target per device, in the same order.")
+    captured = load_model_file(args.model)
+    if args.report:
+        require_real_weights(captured)  # before minutes of timing, not after
+
+    def progress(device: str, done: int, total: int) -> None:
+        print(f"\r{device}: timed {done}/{total} op signatures", end="" if done < total else "\n",
+              file=sys.stderr, flush=True)
+
+    runs = profile_model(captured, devices, Path(args.output), args.min_run_time, on_progress=progress)
+    for index, (device, run) in enumerate(zip(devices, runs)):
+        print(f"{device}: {run.profile.identity.describe()}: {run.measured} op signatures measured, {run.reused} "
+              f"from the cache, {run.left_to_roofline} left to the roofline -> {run.path}")
+        if args.report:
+            default = "cuda-h100" if run.profile.identity.device_type == "cuda" else "cpu-x86"
+            target = load_target(args.target[index] if index < len(args.target) else default)
+            print(format_accuracy(accuracy_report(captured, run.profile, target, device), target))
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    target = load_target(args.target)
+    device_type = {"cpu": "cpu", "gpu": "cuda"}.get(target.kind)
+    profile = next((p for p in load_profiles(Path(args.profiles)) if p.identity.device_type == device_type), None)
+    if profile is None:
+        raise PartitionerError(f"{args.profiles} holds no profile of a {device_type or target.kind} device for "
+                               f"{target.name}. Fix: run partitioner profile MODEL --device "
+                               f"{device_type or 'cpu'} -o {args.profiles}.")
+    calibration = calibrate(profile, target)
+    path = write_calibrated_spec(target, calibration, profile, Path(args.output))
+    print(f"{target.name} on {profile.identity.describe()}: launch overhead "
+          f"{calibration.launch_overhead_seconds * 1e6:.3g} us, compute efficiency {calibration.compute_efficiency:.3g}"
+          f", memory efficiency {calibration.memory_efficiency:.3g} -> {path}")
     return 0
 
 

@@ -81,7 +81,7 @@ def compile_captured(
         objective=objective,
         cost_model=cost_model.name,
         problem=problem,
-        nodes=_node_records(graph, tagging),
+        nodes=_node_records(graph, tagging, target_set, cost_model),
         placement=placement.assignment,
         solver=placement.report,
         baselines=baselines,
@@ -92,7 +92,9 @@ def compile_captured(
     )
 
 
-def _node_records(graph: OpGraph, tagging: Tagging) -> tuple[NodeRecord, ...]:
+def _node_records(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_model: CostModel
+                  ) -> tuple[NodeRecord, ...]:
+    measured = getattr(cost_model, "measured", None)  # only cost models that measure can say what they measured
     return tuple(
         NodeRecord(
             name=node.name,
@@ -105,6 +107,7 @@ def _node_records(graph: OpGraph, tagging: Tagging) -> tuple[NodeRecord, ...]:
             bytes_written=node.bytes_written,
             parameter_bytes=node.parameter_bytes,
             refusals=tagging.refusals[node.name],
+            measured_on=tuple(t.name for t in targets if measured and measured(node, t)),
         )
         for node in graph
     )

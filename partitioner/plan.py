@@ -9,14 +9,13 @@ baselines' scores. It saves as versioned JSON that `Plan.load` round-trips.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from partitioner.capture import CapturedModel, ModelSource, capture, load_model_source
 from partitioner.errors import PartitionerError
+from partitioner.files import write_atomically
 from partitioner.graph import annotate
 from partitioner.problem import PlacementProblem, Score, score
 from partitioner.runtime import PartitionedModule, build_partitioned_module, resolve_devices
@@ -80,18 +79,20 @@ class NodeRecord:
     bytes_written: int
     parameter_bytes: int
     refusals: Mapping[str, str]
+    measured_on: tuple[str, ...] = ()  # targets whose cost for this node was measured, not estimated
 
     def to_dict(self) -> dict:
         return {"name": self.name, "op": self.op, "module_path": self.module_path,
                 "output_shapes": [list(s) for s in self.output_shapes], "dtypes": list(self.dtypes),
                 "flops": self.flops, "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
-                "parameter_bytes": self.parameter_bytes, "refusals": dict(self.refusals)}
+                "parameter_bytes": self.parameter_bytes, "refusals": dict(self.refusals),
+                "measured_on": list(self.measured_on)}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> NodeRecord:
         return cls(data["name"], data["op"], data["module_path"], tuple(tuple(s) for s in data["output_shapes"]),
                    tuple(data["dtypes"]), data["flops"], data["bytes_read"], data["bytes_written"],
-                   data["parameter_bytes"], dict(data["refusals"]))
+                   data["parameter_bytes"], dict(data["refusals"]), tuple(data.get("measured_on", ())))
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,19 +231,3 @@ class Plan:
         # AttributeError: a JSON array or string where an object belongs (`.get` on a list)
         except (AttributeError, KeyError, TypeError, ValueError) as error:
             raise PartitionerError(f"{path} is not a valid plan file (bad field {error}). Fix: compile again.") from None
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes files private; plans are ordinary files
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise

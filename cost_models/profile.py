@@ -1,0 +1,159 @@
+"""Profiles: measured op and transfer times of one real device, kept in a file keyed by its identity.
+
+`partitioner profile` fills them (see cost_models/measured.py); the measured
+cost model reads them. A profile names the device it was measured on (model
+name, torch version, thread count), so timings from different machines never
+mix: each identity has its own file in a profile folder, and a folder is a
+cache reused across models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from partitioner.errors import PartitionerError
+from partitioner.files import write_atomically
+from targets.spec import Link
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """What makes timings comparable: the device type and model, the torch version and the CPU threads."""
+
+    device_type: str
+    name: str
+    torch_version: str
+    threads: int
+
+    @classmethod
+    def of(cls, device: str) -> DeviceIdentity:
+        """The identity of `device` ("cpu", "cuda", "cuda:1") on this machine."""
+        torch_device = torch.device(device)
+        if torch_device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise PartitionerError(f"device {device!r}: this machine has no CUDA device. Fix: profile CUDA on "
+                                       "a machine that has one, or pass --device cpu.")
+            name = torch.cuda.get_device_name(torch_device)
+        elif torch_device.type == "cpu":
+            name = _cpu_name()
+        else:
+            raise PartitionerError(f"device {device!r} cannot be profiled. Fix: use cpu or cuda[:N].")
+        return cls(torch_device.type, name, torch.__version__, torch.get_num_threads())
+
+    @property
+    def key(self) -> str:
+        """A short stable name for this identity, used in profile file names."""
+        text = json.dumps([self.device_type, self.name, self.torch_version, self.threads])
+        return f"{self.device_type}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.device_type}, torch {self.torch_version}, {self.threads} threads)"
+
+
+@dataclass(frozen=True, slots=True)
+class OpMeasurement:
+    """One op signature's median time, with the work the roofline sees in it (for calibration)."""
+
+    seconds: float
+    flops: int
+    num_bytes: int
+    dtype: str
+
+    def to_dict(self) -> dict:
+        return {"seconds": self.seconds, "flops": self.flops, "bytes": self.num_bytes, "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> OpMeasurement:
+        measurement = cls(float(data["seconds"]), int(data["flops"]), int(data["bytes"]), str(data["dtype"]))
+        if not measurement.seconds > 0:
+            raise ValueError(f"op time {measurement.seconds} is not positive")
+        return measurement
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Measurements per op signature and fitted links (`host_to_device`, `device_to_host`) of one device."""
+
+    identity: DeviceIdentity
+    ops: Mapping[str, OpMeasurement] = field(default_factory=dict)
+    links: Mapping[str, Link] = field(default_factory=dict)
+
+    def with_ops(self, measured: Mapping[str, OpMeasurement]) -> Profile:
+        return replace(self, ops={**self.ops, **measured})
+
+    def with_links(self, links: Mapping[str, Link]) -> Profile:
+        return replace(self, links={**self.links, **links})
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "identity": {"device_type": self.identity.device_type, "name": self.identity.name,
+                         "torch_version": self.identity.torch_version, "threads": self.identity.threads},
+            "ops": {signature: self.ops[signature].to_dict() for signature in sorted(self.ops)},
+            "links": {name: link.to_dict() for name, link in self.links.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Profile:
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"schema version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
+        identity = DeviceIdentity(**data["identity"])
+        ops = {str(signature): OpMeasurement.from_dict(entry) for signature, entry in data["ops"].items()}
+        links = {name: Link.from_dict(link) for name, link in data["links"].items()}
+        return cls(identity, ops, links)
+
+    def save(self, folder: Path) -> Path:
+        """Write this profile into `folder` under its identity's name; the file appears complete or not at all."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.identity.key}.json"
+        write_atomically(path, json.dumps(self.to_dict(), indent=1))
+        return path
+
+
+def load_profile(path: Path) -> Profile:
+    """Read one profile file; a damaged or foreign file is a user error that names it and the fix."""
+    try:
+        return Profile.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise PartitionerError(f"{path}: not a readable profile ({error}). Fix: delete it and run "
+                               "partitioner profile again.") from None
+
+
+def load_profiles(folder: Path) -> list[Profile]:
+    """Every profile in `folder` (one per device identity)."""
+    if not folder.is_dir():
+        raise PartitionerError(f"{folder}: no such profile folder. Fix: run partitioner profile MODEL -o {folder}.")
+    profiles = [load_profile(path) for path in sorted(folder.glob("*.json"))]
+    if not profiles:
+        raise PartitionerError(f"{folder}: holds no profiles. Fix: run partitioner profile MODEL -o {folder}.")
+    return profiles
+
+
+def cached_profile(folder: Path, identity: DeviceIdentity) -> Profile:
+    """The profile of `identity` in `folder`, or an empty one: a profile of another identity is never reused."""
+    path = folder / f"{identity.key}.json"
+    if not path.exists():
+        return Profile(identity)
+    profile = load_profile(path)
+    if profile.identity != identity:  # a hash collision or a hand-edited file
+        return Profile(identity)
+    return profile
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,92 @@
+"""`partitioner profile`, `compile --cost-model measured:` and `calibrate`, end to end on this machine's CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from partitioner.cli import main
+from targets.loader import load_target
+from tests.partitioner.test_cli import assert_one_line_error
+from tests.partitioner.test_cli_run import META_MODEL, SMALL_MODEL
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory) -> tuple[Path, Path]:
+    """The small model and a profile folder of it on the CPU: (model file, profile folder)."""
+    folder = tmp_path_factory.mktemp("profiled")
+    model_file = folder / "small.py"
+    model_file.write_text(SMALL_MODEL)
+    assert main(["profile", str(model_file), "--device", "cpu", "--min-run-time", "0.001",
+                 "-o", str(folder / "profiles")]) == 0
+    return model_file, folder / "profiles"
+
+
+def test_profile_writes_one_file_per_device_and_reuses_it_for_the_next_run(profiled, capsys):
+    model_file, profiles = profiled
+
+    assert main(["profile", str(model_file), "--min-run-time", "0.001", "-o", str(profiles)]) == 0
+
+    (profile_file,) = profiles.glob("*.json")
+    assert profile_file.name.startswith("cpu-")
+    assert json.loads(profile_file.read_text())["ops"]
+    assert "0 op signatures measured" in capsys.readouterr().out
+
+
+def test_a_plan_compiled_with_measured_costs_records_which_costs_were_measured(profiled, tmp_path):
+    model_file, profiles = profiled
+
+    assert main(["compile", str(model_file), "--targets", "cpu-x86,cuda-h100", "--cost-model",
+                 f"measured:{profiles}", "-o", str(tmp_path)]) == 0
+
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["cost_model"] == "measured"
+    measured_on = {node["op"]: node["measured_on"] for node in plan["nodes"]}
+    assert measured_on["aten.conv2d.default"] == ["cpu-x86"]  # cuda-h100 is estimated: no CUDA profile
+
+
+def test_calibrate_writes_a_spec_that_loads(profiled, tmp_path, capsys):
+    _, profiles = profiled
+
+    assert main(["calibrate", str(profiles), "--target", "cpu-x86", "-o", str(tmp_path / "this-cpu.toml")]) == 0
+
+    target = load_target(tmp_path / "this-cpu.toml")
+    assert target.name == "this-cpu"
+    assert 0 < target.compute_efficiency <= 1 and 0 < target.memory_efficiency <= 1
+    assert "compute efficiency" in capsys.readouterr().out
+
+
+def test_profile_report_compares_each_cost_model_with_the_measured_run(profiled, capsys):
+    model_file, profiles = profiled
+
+    assert main(["profile", str(model_file), "--min-run-time", "0.001", "-o", str(profiles), "--report"]) == 0
+
+    report = capsys.readouterr().out
+    for label in ("roofline (cpu-x86)", "calibrated roofline", "measured", "measured run"):
+        assert label in report
+
+
+def test_an_unknown_cost_model_is_refused_with_the_fix(profiled, tmp_path, capsys):
+    model_file, _ = profiled
+
+    assert main(["compile", str(model_file), "--cost-model", "guess", "-o", str(tmp_path)]) == 2
+    assert_one_line_error(capsys, "unknown cost model 'guess'", "Fix: use roofline or measured:FOLDER")
+
+
+def test_a_missing_profile_folder_is_refused_with_the_fix(profiled, tmp_path, capsys):
+    model_file, _ = profiled
+
+    assert main(["compile", str(model_file), "--cost-model", f"measured:{tmp_path / 'none'}",
+                 "-o", str(tmp_path)]) == 2
+    assert_one_line_error(capsys, "no such profile folder", "Fix: run partitioner profile")
+
+
+def test_a_report_on_a_model_without_weights_is_refused_before_any_timing(tmp_path, capsys):
+    model_file = tmp_path / "meta.py"
+    model_file.write_text(META_MODEL)
+
+    assert main(["profile", str(model_file), "--report", "-o", str(tmp_path / "profiles")]) == 2
+    assert_one_line_error(capsys, "meta device", "Fix:")
+    assert not (tmp_path / "profiles").exists()
