@@ -4,49 +4,80 @@ The roofline predicts launch overhead plus the longer of FLOPs over derated
 peak and bytes over derated bandwidth. From measured ops we fit the launch
 overhead (the time of the quickest ops), the compute efficiency (from ops the
 roofline calls compute-bound) and the memory efficiency (from memory-bound
-ones), each a median so a few odd ops do not drag it.
+ones), each a median so a few odd ops do not drag it, overall and for each op
+class (matmul, convolution, ...) that enough measured ops inform.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 from cost_models.profile import OpMeasurement, Profile
 from partitioner.errors import PartitionerError
 from partitioner.files import write_atomically
-from targets.spec import Target
+from targets.op_classes import OP_CLASSES, op_class
+from targets.spec import RooflineConstants, Target
 
 # Ops must take this many launch overheads to say anything about throughput.
 _INFORMATIVE_LAUNCHES = 2.0
+# An op class gets its own efficiencies from this many informative ops.
+MIN_CLASS_OPS = 3
 _LOWEST_EFFICIENCY = 1e-4
 
 
 @dataclass(frozen=True, slots=True)
 class Calibration:
-    """Fitted roofline constants and how many measured ops each rests on."""
+    """Fitted roofline constants, overall and per op class, and how many measured ops each rests on."""
 
     launch_overhead_seconds: float
     compute_efficiency: float
     memory_efficiency: float
     compute_bound_ops: int
     memory_bound_ops: int
+    op_classes: Mapping[str, RooflineConstants] = field(default_factory=dict)
 
     def applied_to(self, target: Target) -> Target:
         return replace(target, launch_overhead_seconds=self.launch_overhead_seconds,
-                       compute_efficiency=self.compute_efficiency, memory_efficiency=self.memory_efficiency)
+                       compute_efficiency=self.compute_efficiency, memory_efficiency=self.memory_efficiency,
+                       op_classes=dict(self.op_classes))
 
 
 def calibrate(profile: Profile, target: Target) -> Calibration:
-    """The roofline constants of `target` that best explain the op times in `profile`."""
+    """The roofline constants of `target` that best explain the op times in `profile`: one launch overhead
+    (the quickest ops' time), and compute and memory efficiencies overall and for each op class with at
+    least MIN_CLASS_OPS informative ops."""
     ops = list(profile.ops.values())
     if len(ops) < 3:
         raise PartitionerError(f"a profile with {len(ops)} measured ops cannot calibrate {target.name}. Fix: profile "
                                "a model with more ops (e.g. examples/bert_base.py).")
     launch = float(np.percentile([op.seconds for op in ops], 10))
+    overall = _efficiencies(ops, target, launch)
+    classes = {}
+    for name in OP_CLASSES:
+        fitted = _efficiencies([op for op in ops if op_class(op.op) == name], target, launch, overall)
+        if len(fitted.compute_ratios) + len(fitted.memory_ratios) >= MIN_CLASS_OPS:
+            classes[name] = RooflineConstants(fitted.compute, fitted.memory, launch)
+    return Calibration(launch, overall.compute, overall.memory, len(overall.compute_ratios),
+                       len(overall.memory_ratios), classes)
+
+
+@dataclass(frozen=True, slots=True)
+class _Efficiencies:
+    compute: float
+    memory: float
+    compute_ratios: list[float]
+    memory_ratios: list[float]
+
+
+def _efficiencies(ops: list[OpMeasurement], target: Target, launch: float,
+                  otherwise: _Efficiencies | None = None) -> _Efficiencies:
+    """Median efficiencies of compute-bound and memory-bound ops (as the spec's roofline classes them), each
+    falling back to `otherwise` (or the spec) where no op informs it."""
     compute_ratios, memory_ratios = [], []
     for op in ops:
         busy = op.seconds - launch
@@ -57,13 +88,10 @@ def calibrate(profile: Profile, target: Target) -> Calibration:
             compute_ratios.append(compute / busy)
         else:
             memory_ratios.append(memory / busy)
-    return Calibration(
-        launch_overhead_seconds=launch,
-        compute_efficiency=_median_efficiency(compute_ratios, target.compute_efficiency),
-        memory_efficiency=_median_efficiency(memory_ratios, target.memory_efficiency),
-        compute_bound_ops=len(compute_ratios),
-        memory_bound_ops=len(memory_ratios),
-    )
+    return _Efficiencies(
+        _median_efficiency(compute_ratios, otherwise.compute if otherwise else target.compute_efficiency),
+        _median_efficiency(memory_ratios, otherwise.memory if otherwise else target.memory_efficiency),
+        compute_ratios, memory_ratios)
 
 
 def _ideal_seconds(op: OpMeasurement, target: Target) -> tuple[float, float]:
@@ -72,7 +100,7 @@ def _ideal_seconds(op: OpMeasurement, target: Target) -> tuple[float, float]:
 
 
 def _median_efficiency(ratios: list[float], unchanged: float) -> float:
-    """The median efficiency, within the spec's range (0, 1]; the spec's own value where no op informs it."""
+    """The median efficiency, within the spec's range (0, 1]; `unchanged` where no op informs it."""
     if not ratios:
         return unchanged
     return float(min(1.0, max(_LOWEST_EFFICIENCY, np.median(ratios))))
@@ -94,9 +122,25 @@ def write_calibrated_spec(target: Target, calibration: Calibration, profile: Pro
         text, count = re.subn(rf"(?m)^{field_name}\s*=.*$", f"{field_name} = {value}", text, count=1)
         if count != 1:
             raise PartitionerError(f"{target.spec_path}: no top-level {field_name} to replace. Fix: add it.")
+    text = _without_op_class_tables(text).rstrip() + "\n"
+    for name, constants in calibration.op_classes.items():
+        text += (f"\n[op_classes.{name}]\ncompute_efficiency = {constants.compute_efficiency:.4g}\n"
+                 f"memory_efficiency = {constants.memory_efficiency:.4g}\n"
+                 f"launch_overhead_microseconds = {constants.launch_overhead_seconds * 1e6:.4g}\n")
     header = (f"# Calibrated from a profile of {profile.identity.describe()}: launch overhead, compute and\n"
               f"# memory efficiency fitted to {len(profile.ops)} measured ops "
               f"({calibration.compute_bound_ops} compute-bound, {calibration.memory_bound_ops} memory-bound)\n"
               f"# by `partitioner calibrate`; every other figure is from {Path(target.spec_path).name}.\n")
     write_atomically(path, header + text)
     return path
+
+
+def _without_op_class_tables(text: str) -> str:
+    """The spec text without its [op_classes.*] tables (a calibrated spec being calibrated again)."""
+    kept, skipping = [], False
+    for line in text.splitlines():
+        if line.strip().startswith("["):
+            skipping = line.strip().startswith("[op_classes")
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept) + "\n"

@@ -57,7 +57,7 @@ def measure_ops(program: ExportedProgram, graph: OpGraph, device: str, known: It
         seconds = _time_op(fx_nodes[node.name], torch.device(device), min_run_seconds)
         if seconds is not None:
             measured[signature] = OpMeasurement(seconds, node.flops, node.bytes_read + node.bytes_written,
-                                                node.compute_dtype)
+                                                node.compute_dtype, node.op)
         if on_progress is not None:
             on_progress(index + 1, len(pending))
     return measured

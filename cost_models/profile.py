@@ -67,13 +67,16 @@ class OpMeasurement:
     flops: int
     num_bytes: int
     dtype: str
+    op: str = ""
 
     def to_dict(self) -> dict:
-        return {"seconds": self.seconds, "flops": self.flops, "bytes": self.num_bytes, "dtype": self.dtype}
+        return {"seconds": self.seconds, "flops": self.flops, "bytes": self.num_bytes, "dtype": self.dtype,
+                "op": self.op}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> OpMeasurement:
-        measurement = cls(float(data["seconds"]), int(data["flops"]), int(data["bytes"]), str(data["dtype"]))
+        measurement = cls(float(data["seconds"]), int(data["flops"]), int(data["bytes"]), str(data["dtype"]),
+                          str(data.get("op", "")))
         if not measurement.seconds > 0:
             raise ValueError(f"op time {measurement.seconds} is not positive")
         return measurement

@@ -1,13 +1,15 @@
 """The analytic roofline cost model, from the figures in each target's spec.
 
 An op takes its launch overhead plus the longer of its compute time (FLOPs over
-derated peak for its dtype) and its memory time (bytes over derated bandwidth).
+derated peak for its dtype) and its memory time (bytes over derated bandwidth),
+with the efficiencies and overhead of its op class where the spec gives them.
 Views and bookkeeping nodes cost nothing. Transfers use the links in the specs.
 """
 
 from __future__ import annotations
 
 from partitioner.graph import NodeKind, OpNode
+from targets.op_classes import op_class
 from targets.spec import Link, Target, TargetSet
 
 
@@ -19,11 +21,12 @@ class RooflineCostModel:
     def compute_seconds(self, node: OpNode, target: Target) -> float:
         if node.kind is not NodeKind.COMPUTE:
             return 0.0
-        compute = node.flops / (target.peak_for(node.compute_dtype) * target.compute_efficiency)
+        constants = target.constants_for(op_class(node.op))
+        compute = node.flops / (target.peak_for(node.compute_dtype) * constants.compute_efficiency)
         memory = (node.bytes_read + node.bytes_written) / (
-            target.memory_bandwidth_bytes_per_second * target.memory_efficiency
+            target.memory_bandwidth_bytes_per_second * constants.memory_efficiency
         )
-        return target.launch_overhead_seconds + max(compute, memory)
+        return constants.launch_overhead_seconds + max(compute, memory)
 
     def link(self, targets: TargetSet, source: str, destination: str) -> Link:
         return targets.link(source, destination)

@@ -16,7 +16,8 @@ from typing import Any, Iterable
 import torch
 
 from partitioner.errors import PartitionerError
-from targets.spec import Link, OpLimit, SupportRules, Target, TargetSet
+from targets.op_classes import OP_CLASSES
+from targets.spec import Link, OpLimit, RooflineConstants, SupportRules, Target, TargetSet
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 DEFAULT_TARGET_NAMES = ("npu-example", "cuda-h100")
@@ -29,8 +30,9 @@ _TOP_LEVEL_FIELDS = {
     "name", "kind", "description", "torch_device", "onnx_execution_provider",
     "price_per_hour", "memory_gib", "memory_bandwidth_gb_per_second",
     "launch_overhead_microseconds", "compute_efficiency", "memory_efficiency",
-    "peak_tflops", "host_link", "links", "support",
+    "peak_tflops", "host_link", "links", "support", "op_classes",
 }
+_OP_CLASS_FIELDS = {"compute_efficiency", "memory_efficiency", "launch_overhead_microseconds"}
 _LINK_FIELDS = {"bandwidth_gb_per_second", "latency_microseconds"}
 _SUPPORT_FIELDS = {"ops", "dtypes", "max_rank", "static_shapes_only", "limits"}
 _LIMIT_FIELDS = {"op", "argument", "max", "min", "allowed", "dims"}
@@ -154,7 +156,32 @@ class _SpecReader:
             },
             support=self.support(),
             spec_path=str(self.path),
+            op_classes=self.op_classes(),
         )
+
+    def op_classes(self) -> dict[str, RooflineConstants]:
+        """Per-class roofline constants; a field a class table leaves out takes the spec's top-level value."""
+        classes = {}
+        for name, table in self.table("op_classes", default={}).items():
+            prefix = f"op_classes.{name}."
+            if name not in OP_CLASSES:
+                close = difflib.get_close_matches(name, OP_CLASSES, n=1)
+                raise self.fail(f"op_classes.{name}", "unknown op class",
+                                f"did you mean '{close[0]}'" if close else f"use one of {', '.join(OP_CLASSES)}")
+            if not isinstance(table, dict):
+                raise self.fail(f"op_classes.{name}", f"expected a table, got {table!r}",
+                                f"write it as an [op_classes.{name}] section")
+            self.check_known_fields(table, _OP_CLASS_FIELDS, prefix)
+            merged = {**{field: self.data.get(field) for field in _OP_CLASS_FIELDS}, **table}
+            classes[name] = RooflineConstants(
+                compute_efficiency=self.number("compute_efficiency", merged, prefix, exclusive_minimum=0.0,
+                                               maximum=1.0),
+                memory_efficiency=self.number("memory_efficiency", merged, prefix, exclusive_minimum=0.0,
+                                              maximum=1.0),
+                launch_overhead_seconds=self.number("launch_overhead_microseconds", merged, prefix,
+                                                    minimum=0.0) * _MICRO,
+            )
+        return classes
 
     def check_known_fields(self, table: dict, known: set[str], prefix: str) -> None:
         for key in table:

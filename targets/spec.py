@@ -76,6 +76,15 @@ class SupportRules:
 
 
 @dataclass(frozen=True, slots=True)
+class RooflineConstants:
+    """The fractions of peak compute and bandwidth an op class reaches, and its launch overhead."""
+
+    compute_efficiency: float
+    memory_efficiency: float
+    launch_overhead_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     """One device kind that can run part of a model, as described by its spec file."""
 
@@ -95,10 +104,16 @@ class Target:
     support: SupportRules
     links: Mapping[str, Link] = field(default_factory=dict)
     spec_path: str = ""
+    op_classes: Mapping[str, RooflineConstants] = field(default_factory=dict)
 
     @property
     def price_per_second(self) -> float:
         return self.price_per_hour / 3600.0
+
+    def constants_for(self, op_class: str) -> RooflineConstants:
+        """The roofline constants of an op class: its own table in the spec, else the spec's top-level ones."""
+        return self.op_classes.get(op_class) or RooflineConstants(
+            self.compute_efficiency, self.memory_efficiency, self.launch_overhead_seconds)
 
     def peak_for(self, dtype: str) -> float:
         """Peak FLOP/s for `dtype`; dtypes the spec does not list run at the float32 rate."""

@@ -63,3 +63,26 @@ def test_a_profile_too_small_to_calibrate_is_refused():
 
     with pytest.raises(PartitionerError, match="cannot calibrate cpu-x86. Fix: profile a model with more ops"):
         calibrate(profile, target)
+
+
+def test_each_op_class_gets_its_own_efficiency_when_enough_ops_inform_it(tmp_path):
+    # Matmuls reach 30% of peak, convolutions 20%: one overall figure would misjudge both.
+    target = load_target("cpu-x86")
+    peak = target.peak_for("float32")
+    ops = {f"tiny{i}": OpMeasurement(5e-6, 10, 10, "float32", "aten.add.Tensor") for i in range(10)}
+    for i in range(5):
+        flops = 10**9 * (i + 1)
+        ops[f"mm{i}"] = OpMeasurement(5e-6 + flops / (peak * 0.3), flops, 10**5, "float32", "aten.mm.default")
+        ops[f"conv{i}"] = OpMeasurement(5e-6 + flops / (peak * 0.2), flops, 10**5, "float32", "aten.conv2d.default")
+    profile = Profile(DeviceIdentity("cpu", "Test CPU", "2.13.0", 2), ops)
+
+    fitted = calibrate(profile, target)
+    path = write_calibrated_spec(target, fitted, profile, tmp_path / "per-class.toml")
+
+    assert fitted.op_classes["matmul"].compute_efficiency == pytest.approx(0.3, rel=1e-6)
+    assert fitted.op_classes["convolution"].compute_efficiency == pytest.approx(0.2, rel=1e-6)
+    calibrated = load_target(path)
+    assert calibrated.constants_for("matmul").compute_efficiency == pytest.approx(0.3, rel=1e-3)
+    assert calibrated.constants_for("convolution").compute_efficiency == pytest.approx(0.2, rel=1e-3)
+    again = write_calibrated_spec(calibrated, fitted, profile, tmp_path / "again.toml")
+    assert again.read_text().count("[op_classes.matmul]") == 1

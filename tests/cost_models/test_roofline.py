@@ -10,6 +10,7 @@ import torch
 from cost_models.roofline import RooflineCostModel
 from partitioner.graph import NodeKind, OpNode, TensorMeta
 from targets.loader import load_target, load_targets
+from targets.spec import RooflineConstants
 from tests.conftest import op_graph_of
 
 MODEL = RooflineCostModel()
@@ -134,3 +135,19 @@ def test_tensor_bytes_follow_the_dtype_size():
     assert TensorMeta((3, 4), "float16").num_bytes == 24
     assert TensorMeta((3, 4), "int8").num_bytes == 12
     assert TensorMeta((), "float32").num_bytes == 4
+
+
+def test_an_op_class_with_its_own_efficiency_is_costed_with_it():
+    target = load_target("cpu-x86")
+    slow_matmuls = dataclasses.replace(target, op_classes={"matmul": RooflineConstants(target.compute_efficiency / 2,
+                                                                           target.memory_efficiency,
+                                                                           target.launch_overhead_seconds)})
+    big = TensorMeta((4096, 4096), "float32")
+    matmul = OpNode(name="mm", op="aten.mm.default", kind=NodeKind.COMPUTE, inputs=(), parameters=(),
+                    input_tensors=(big, big), output_tensors=(big,), arguments={}, flops=2 * 4096**3,
+                    parameter_bytes=0)
+    model = RooflineCostModel()
+
+    busy = model.compute_seconds(matmul, target) - target.launch_overhead_seconds
+    slow_busy = model.compute_seconds(matmul, slow_matmuls) - target.launch_overhead_seconds
+    assert slow_busy == pytest.approx(2 * busy)

@@ -369,3 +369,31 @@ def test_link_round_trips_through_dict():
     link = Link(latency_seconds=1e-5, bandwidth_bytes_per_second=1e9)
 
     assert Link.from_dict(link.to_dict()) == link
+
+
+# --- per-op-class roofline constants ------------------------------------------------------------
+
+def test_an_op_class_table_overrides_only_the_fields_it_gives(tmp_path):
+    path = write_spec(tmp_path, MINIMAL_SPEC + "\n[op_classes.matmul]\ncompute_efficiency = 0.25\n")
+
+    target = load_target(path)
+
+    matmul = target.constants_for("matmul")
+    assert (matmul.compute_efficiency, matmul.memory_efficiency) == (0.25, 0.5)
+    assert matmul.launch_overhead_seconds == pytest.approx(5e-6)
+    assert target.constants_for("elementwise").compute_efficiency == 0.5
+
+
+def test_an_unknown_op_class_names_the_field_and_a_close_class(tmp_path):
+    path = write_spec(tmp_path, MINIMAL_SPEC + "\n[op_classes.matmull]\ncompute_efficiency = 0.25\n")
+
+    with pytest.raises(PartitionerError, match=r"field 'op_classes.matmull': unknown op class. Fix: did you mean "
+                                               r"'matmul'"):
+        load_target(path)
+
+
+def test_an_op_class_efficiency_above_one_is_refused(tmp_path):
+    path = write_spec(tmp_path, MINIMAL_SPEC + "\n[op_classes.convolution]\nmemory_efficiency = 1.5\n")
+
+    with pytest.raises(PartitionerError, match=r"field 'op_classes.convolution.memory_efficiency': 1.5 is above 1.0"):
+        load_target(path)
