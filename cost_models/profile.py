@@ -68,15 +68,16 @@ class OpMeasurement:
     num_bytes: int
     dtype: str
     op: str = ""
+    method: str = "isolated"  # or "in_model": timed inside whole runs of a model
 
     def to_dict(self) -> dict:
         return {"seconds": self.seconds, "flops": self.flops, "bytes": self.num_bytes, "dtype": self.dtype,
-                "op": self.op}
+                "op": self.op, "method": self.method}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> OpMeasurement:
         measurement = cls(float(data["seconds"]), int(data["flops"]), int(data["bytes"]), str(data["dtype"]),
-                          str(data.get("op", "")))
+                          str(data.get("op", "")), str(data.get("method", "isolated")))
         if not measurement.seconds > 0:
             raise ValueError(f"op time {measurement.seconds} is not positive")
         return measurement

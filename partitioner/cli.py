@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                                                                           "(default: profiles)")
     profile_parser.add_argument("--min-run-time", type=_positive_float, default=0.05, metavar="SECONDS",
                                 help="least time spent timing each op (default: 0.05)")
+    profile_parser.add_argument("--in-model", action="store_true",
+                                help="time each op inside whole runs of the model (real caches and layouts) "
+                                     "instead of in isolation")
     profile_parser.add_argument("--report", action="store_true",
                                 help="also print predicted against measured time, per op and for the whole model")
     profile_parser.add_argument("--target", action="append", default=[], metavar="NAME",
@@ -165,14 +168,15 @@ def _profile(args: argparse.Namespace) -> int:
         raise PartitionerError(f"{len(args.target)} --target for {len(devices)} --device. Fix: give at most one "
                                "target per device, in the same order.")
     captured = load_model_file(args.model)
-    if args.report:
+    if args.report or args.in_model:
         require_real_weights(captured)  # before minutes of timing, not after
 
     def progress(device: str, done: int, total: int) -> None:
         print(f"\r{device}: timed {done}/{total} op signatures", end="" if done < total else "\n",
               file=sys.stderr, flush=True)
 
-    runs = profile_model(captured, devices, Path(args.output), args.min_run_time, on_progress=progress)
+    runs = profile_model(captured, devices, Path(args.output), args.min_run_time, on_progress=progress,
+                         in_model=args.in_model)
     for index, (device, run) in enumerate(zip(devices, runs)):
         print(f"{device}: {run.profile.identity.describe()}: {run.measured} op signatures measured, {run.reused} "
               f"from the cache, {run.left_to_roofline} left to the roofline -> {run.path}")

@@ -17,7 +17,7 @@ import torch
 from torch.utils import benchmark
 
 from cost_models.calibration import Calibration, calibrate
-from cost_models.measured import MeasuredCostModel, measure_ops, op_signature, probe_links
+from cost_models.measured import MeasuredCostModel, measure_ops, measure_ops_in_model, op_signature, probe_links
 from cost_models.profile import DeviceIdentity, Profile, cached_profile
 from cost_models.roofline import RooflineCostModel
 from partitioner.capture import CapturedModel, split_inputs
@@ -38,8 +38,13 @@ class ProfileRun:
 
 
 def profile_model(captured: CapturedModel, devices: Sequence[str], folder: Path, min_run_seconds: float = 0.05,
-                  on_progress: Callable[[str, int, int], None] | None = None) -> list[ProfileRun]:
-    """Time every op signature of the model not yet in `folder`'s profile of each device, and probe its links."""
+                  on_progress: Callable[[str, int, int], None] | None = None, in_model: bool = False
+                  ) -> list[ProfileRun]:
+    """Time every op signature of the model not yet in `folder`'s profile of each device, and probe its links.
+
+    With `in_model`, every op is timed inside whole runs of the model instead (see `measure_ops_in_model`),
+    replacing what the profile had for the model's signatures.
+    """
     graph = annotate(captured.program)
     identities = [DeviceIdentity.of(device) for device in devices]  # fail on a missing device before any work
     runs = []
@@ -48,8 +53,12 @@ def profile_model(captured: CapturedModel, devices: Sequence[str], folder: Path,
         signatures = {op_signature(node) for node in graph if node.kind is NodeKind.COMPUTE}
         reused = len(signatures & set(profile.ops))
         progress = (lambda done, total, d=device: on_progress(d, done, total)) if on_progress else None
-        measured = measure_ops(captured.program, graph, device, known=profile.ops, min_run_seconds=min_run_seconds,
-                               on_progress=progress)
+        if in_model:
+            require_real_weights(captured)
+            measured, reused = measure_ops_in_model(captured.program, graph, captured.example_inputs, device), 0
+        else:
+            measured = measure_ops(captured.program, graph, device, known=profile.ops,
+                                   min_run_seconds=min_run_seconds, on_progress=progress)
         profile = profile.with_ops(measured)
         if not profile.links:
             profile = profile.with_links(probe_links(device))

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from cost_models.measured import MeasuredCostModel, fit_link, measure_ops, op_signature
+from cost_models.measured import MeasuredCostModel, fit_link, measure_ops, measure_ops_in_model, op_signature
 from cost_models.profile import DeviceIdentity, OpMeasurement, Profile, cached_profile, load_profile, load_profiles
 from cost_models.roofline import RooflineCostModel
+from partitioner.capture import capture
 from partitioner.errors import PartitionerError
 from partitioner.graph import NodeKind, annotate
-from partitioner.capture import capture
 from targets.loader import load_target
 
 
@@ -57,6 +57,15 @@ def test_each_signature_is_timed_once_and_known_ones_are_skipped(captured):
     assert 0 < measured[op_signature(first)].seconds < 1
     assert measured[op_signature(wide)].flops == wide.flops
     assert again == {}
+
+
+def test_timing_inside_a_model_run_measures_every_signature_as_in_model(captured):
+    graph = annotate(captured.program)
+
+    measured = measure_ops_in_model(captured.program, graph, captured.example_inputs, "cpu", runs=2)
+
+    assert set(measured) == {op_signature(n) for n in graph if n.kind is NodeKind.COMPUTE}
+    assert all(m.method == "in_model" and 0 < m.seconds < 1 for m in measured.values())
 
 
 def test_a_profile_round_trips_through_its_file_and_is_named_after_its_identity(tmp_path):

@@ -68,6 +68,16 @@ def test_profile_report_compares_each_cost_model_with_the_measured_run(profiled,
         assert label in report
 
 
+def test_profiling_inside_model_runs_marks_the_times_so(profiled, tmp_path):
+    model_file, _ = profiled
+
+    assert main(["profile", str(model_file), "--in-model", "-o", str(tmp_path)]) == 0
+
+    (profile_file,) = tmp_path.glob("*.json")
+    methods = {entry["method"] for entry in json.loads(profile_file.read_text())["ops"].values()}
+    assert methods == {"in_model"}
+
+
 def test_an_unknown_cost_model_is_refused_with_the_fix(profiled, tmp_path, capsys):
     model_file, _ = profiled
 
