@@ -66,10 +66,11 @@ def markdown(rows: Sequence[dict]) -> str:
             per_op = ("-", "-") if name == "measured" else (f"{r['op_factor_median'][name]:.2f}x",
                                                             f"{r['op_factor_p90'][name]:.2f}x")
             error = predicted / r["measured_run_seconds"] - 1
-            lines.append(f"| {r['model']} | {r['timing']} | {name} | {per_op[0]} | {per_op[1]} | {predicted * 1e3:.3g} ms "
-                         f"| {r['measured_run_seconds'] * 1e3:.3g} ms | {100 * error:+.1f}% |")
+            lines.append(f"| {r['model']} | {r['timing']} | {name} | {per_op[0]} | {per_op[1]} "
+                         f"| {predicted * 1e3:.3g} ms | {r['measured_run_seconds'] * 1e3:.3g} ms | {100 * error:+.1f}% |")
         error = r["plan_predicted_seconds"] / r["partitioned_run_seconds"] - 1
-        lines.append(f"| {r['model']} | {r['timing']} | measured, plan vs partitioned run ({r['partitions']} partitions) | - | - "
+        lines.append(f"| {r['model']} | {r['timing']} | measured, plan vs partitioned run "
+                     f"({r['partitions']} partitions) | - | - "
                      f"| {r['plan_predicted_seconds'] * 1e3:.3g} ms | {r['partitioned_run_seconds'] * 1e3:.3g} ms "
                      f"| {100 * error:+.1f}% |")
     lines += ["", "Factor off: max(predicted / measured, measured / predicted) per op signature. Whole-model "

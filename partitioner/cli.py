@@ -7,6 +7,7 @@ code 2; outputs are written only once everything they depend on succeeded.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -20,11 +21,14 @@ from partitioner.capture import load_model_file
 from partitioner.check import PlanRun, describe_outputs, require_real_weights, run_plan
 from partitioner.compiler import compile_captured
 from partitioner.errors import PartitionerError
+from partitioner.explain import explain_node
 from partitioner.onnx_export import MANIFEST_NAME, export_plan
 from partitioner.onnx_runtime import ChainedOnnxModel, check_manifest
 from partitioner.plan import Plan
 from partitioner.problem import OBJECTIVES
 from partitioner.profiling import accuracy_report, format_accuracy, profile_model
+from partitioner.progress import Progress
+from partitioner.report import print_report
 from partitioner.solver import SolverOptions
 from targets.loader import DEFAULT_TARGET_NAMES, builtin_target_names, load_target
 
@@ -75,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
                                 help="roofline estimates from the specs (default), or measured:profiles/ for times "
                                      "measured by `partitioner profile` (the roofline covers the rest)")
     compile_parser.add_argument("-o", "--output", default="out", help="output folder for plan.json (default: out)")
+    shown = compile_parser.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    shown.add_argument("--json", action="store_true", help="progress as JSON lines on stderr, and the result as "
+                                                          "one JSON object on stdout instead of the summary")
     compile_parser.set_defaults(command=_compile)
 
     profile_parser = commands.add_parser("profile", help="time a model's ops on real devices into a profile folder")
@@ -132,6 +140,17 @@ def _parser() -> argparse.ArgumentParser:
     onnx_parser.add_argument("--atol", type=float, help="absolute tolerance (default: torch.testing's for the dtype)")
     onnx_parser.set_defaults(command=_run_onnx)
 
+    report_parser = commands.add_parser("report", help="print a plan's report: targets, baselines, solver, and the "
+                                                       "ops only the fallback runs")
+    report_parser.add_argument("plan", help="plan.json written by compile")
+    report_parser.set_defaults(command=_report)
+
+    explain_parser = commands.add_parser("explain", help="why a node sits where it does: its costs on every "
+                                                         "target, refusals, and what moving it would change")
+    explain_parser.add_argument("plan", help="plan.json written by compile")
+    explain_parser.add_argument("node", help="the node's name, as in plan.json")
+    explain_parser.set_defaults(command=_explain)
+
     targets_parser = commands.add_parser("targets", help="list the built-in targets")
     targets_parser.set_defaults(command=_list_targets)
     return parser
@@ -141,13 +160,26 @@ def _compile(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise PartitionerError(f"output {str(output)!r} is a file, not a folder. Fix: give a folder with -o.")
-    captured = load_model_file(args.model)
+    progress = Progress("quiet" if args.quiet else "json" if args.json else "live")
+    cost_model = _cost_model(args.cost_model)
+    with progress.step(f"capturing {args.model}"):
+        captured = load_model_file(args.model)
     targets = [item.strip() for item in args.targets.split(",") if item.strip()]
+    unit = "dollars" if args.objective == "cost" else "seconds"
     options = SolverOptions(time_limit_seconds=args.time_limit, workers=args.workers, seed=args.seed,
-                            deterministic=args.deterministic)
-    plan = compile_captured(captured, targets, args.objective, max_latency_seconds=args.max_latency,
-                            fallback=args.fallback, solver_options=options, cost_model=_cost_model(args.cost_model))
+                            deterministic=args.deterministic,
+                            on_progress=lambda best, bound: progress.solver_update(best, bound, unit))
+    with progress.step("planning"):
+        plan = compile_captured(captured, targets, args.objective, max_latency_seconds=args.max_latency,
+                                fallback=args.fallback, solver_options=options, cost_model=cost_model)
     path = plan.save(output / "plan.json")
+    if args.json:
+        result, report = plan.score(), plan.solver
+        print(json.dumps({"plan": str(path), "objective": plan.objective, "value": report.objective,
+                          "bound": report.bound, "gap": report.gap, "status": report.status,
+                          "latency_seconds": result.latency_seconds, "cost_per_request": result.cost_per_request,
+                          "makespan_seconds": result.makespan_seconds, "partitions": len(plan.partitions)}))
+        return 0
     print(plan.summary())
     print(f"\nwrote {path}")
     return 0
@@ -200,6 +232,16 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(f"{target.name} on {profile.identity.describe()}: launch overhead "
           f"{calibration.launch_overhead_seconds * 1e6:.3g} us, compute efficiency {calibration.compute_efficiency:.3g}"
           f", memory efficiency {calibration.memory_efficiency:.3g} -> {path}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    print_report(Plan.load(args.plan))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    print(explain_node(Plan.load(args.plan), args.node))
     return 0
 
 

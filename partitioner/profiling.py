@@ -93,7 +93,8 @@ def accuracy_report(captured: CapturedModel, profile: Profile, target: Target, d
     }
     measured_ops = [(node, profile.ops[op_signature(node)]) for node in graph
                     if node.kind is NodeKind.COMPUTE and op_signature(node) in profile.ops]
-    factors = {name: [_factor(predict(node), m.seconds) for node, m in measured_ops] for name, predict in models.items()}
+    factors = {name: [_factor(predict(node), measurement.seconds) for node, measurement in measured_ops]
+               for name, predict in models.items()}
     return Accuracy(
         model_seconds=time_model(captured, device, repeats_seconds),
         predicted_model_seconds={name: _predicted_total(graph, predict) for name, predict in models.items()},

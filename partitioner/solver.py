@@ -11,7 +11,7 @@ the best baseline that fits in memory.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from ortools.sat.python import cp_model
@@ -53,6 +53,8 @@ class SolverOptions:
     seed: int = 0
     log_search: bool = False
     deterministic: bool = False
+    # Called with (best objective or None, proven bound or None) as the search improves them.
+    on_progress: Callable[[float | None, float | None], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +142,8 @@ def solve(problem: PlacementProblem, objective: str, options: SolverOptions = So
         if best_so_far is not None and phase.workers > 1:
             model.hint(reduction.restrict(candidates[best_so_far][0]))
         solver = _configured_solver(phase, options)
-        status = solver.solve(model.model)
+        watcher = _progress_watcher(solver, options.on_progress, scale, phase.tied) if options.on_progress else None
+        status = solver.solve(model.model, watcher)
         if status == cp_model.INFEASIBLE and not phase.tied:
             raise PartitionerError(explain_infeasible(problem, max_latency_seconds, hint_scores))
         if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -236,6 +239,27 @@ def _phases(options: SolverOptions, objective: str, has_blocks: bool) -> tuple[_
     tied = (_Phase(1, limit * TIED_SHARE, tied=True),) if has_blocks else ()
     untied = limit * (1 - TIED_SHARE) if has_blocks else limit
     return tied + (_Phase(1, untied * 2 / 3), _Phase(DEFAULT_WORKERS, untied / 3))
+
+
+def _progress_watcher(solver: cp_model.CpSolver, report: Callable[[float | None, float | None], None],
+                      scale: float, tied: bool) -> cp_model.CpSolverSolutionCallback:
+    """A solution callback (and a bound callback on `solver`) passing improvements on in the objective's unit;
+    a tied search's bound is not the problem's, so it is not passed on."""
+    state: dict[str, float | None] = {"objective": None, "bound": None}
+
+    def improved(objective: float | None = None, bound: float | None = None) -> None:
+        if objective is not None:
+            state["objective"] = objective / scale
+        if bound is not None and not tied:
+            state["bound"] = max(0.0, bound / scale)
+        report(state["objective"], state["bound"])
+
+    class _Solutions(cp_model.CpSolverSolutionCallback):
+        def on_solution_callback(self) -> None:
+            improved(objective=self.objective_value)
+
+    solver.best_bound_callback = lambda bound: improved(bound=bound)
+    return _Solutions()
 
 
 def _configured_solver(phase: _Phase, options: SolverOptions) -> cp_model.CpSolver:
