@@ -20,6 +20,12 @@ _NUMBERED = re.compile(r"^(?P<container>(?:[^.]+\.)*?[^.]+)\.(?P<index>\d+)(?:\.
 Block = tuple[str, ...]
 
 
+def numbered_block(module_path: str) -> str | None:
+    """The outermost numbered submodule a module path lies in ("model.layers.17"), or None."""
+    match = _NUMBERED.match(module_path)
+    return f"{match['container']}.{match['index']}" if match else None
+
+
 def repeated_blocks(graph: OpGraph, minimum_family_size: int = 2) -> tuple[tuple[Block, ...], ...]:
     """Families of identical blocks, each family in module order, each block's nodes in graph order."""
     blocks: dict[tuple[str, int], list[OpNode]] = defaultdict(list)

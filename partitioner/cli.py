@@ -22,6 +22,7 @@ from partitioner.check import PlanRun, describe_outputs, require_real_weights, r
 from partitioner.compiler import compile_captured
 from partitioner.errors import PartitionerError
 from partitioner.explain import explain_node
+from partitioner.html_report import write_html_report
 from partitioner.onnx_export import MANIFEST_NAME, export_plan
 from partitioner.onnx_runtime import ChainedOnnxModel, check_manifest
 from partitioner.plan import Plan
@@ -99,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
                                      "instead of in isolation")
     profile_parser.add_argument("--report", action="store_true",
                                 help="also print predicted against measured time, per op and for the whole model")
+    shown = profile_parser.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    shown.add_argument("--json", action="store_true", help="progress as JSON lines on stderr")
     profile_parser.add_argument("--target", action="append", default=[], metavar="NAME",
                                 help="the spec whose roofline the report judges, per device in order "
                                      "(default: cpu-x86 for cpu, cuda-h100 for cuda)")
@@ -173,6 +177,7 @@ def _compile(args: argparse.Namespace) -> int:
         plan = compile_captured(captured, targets, args.objective, max_latency_seconds=args.max_latency,
                                 fallback=args.fallback, solver_options=options, cost_model=cost_model)
     path = plan.save(output / "plan.json")
+    write_html_report(plan, output / "report.html")
     if args.json:
         result, report = plan.score(), plan.solver
         print(json.dumps({"plan": str(path), "objective": plan.objective, "value": report.objective,
@@ -181,7 +186,7 @@ def _compile(args: argparse.Namespace) -> int:
                           "makespan_seconds": result.makespan_seconds, "partitions": len(plan.partitions)}))
         return 0
     print(plan.summary())
-    print(f"\nwrote {path}")
+    print(f"\nwrote {path} and {output / 'report.html'}")
     return 0
 
 
@@ -199,16 +204,15 @@ def _profile(args: argparse.Namespace) -> int:
     if len(args.target) > len(devices):
         raise PartitionerError(f"{len(args.target)} --target for {len(devices)} --device. Fix: give at most one "
                                "target per device, in the same order.")
-    captured = load_model_file(args.model)
+    progress = Progress("quiet" if args.quiet else "json" if args.json else "live")
+    with progress.step(f"capturing {args.model}"):
+        captured = load_model_file(args.model)
     if args.report or args.in_model:
         require_real_weights(captured)  # before minutes of timing, not after
-
-    def progress(device: str, done: int, total: int) -> None:
-        print(f"\r{device}: timed {done}/{total} op signatures", end="" if done < total else "\n",
-              file=sys.stderr, flush=True)
-
-    runs = profile_model(captured, devices, Path(args.output), args.min_run_time, on_progress=progress,
-                         in_model=args.in_model)
+    with progress.step(f"profiling on {', '.join(devices)}"):
+        runs = profile_model(captured, devices, Path(args.output), args.min_run_time, in_model=args.in_model,
+                             on_progress=lambda device, done, total: progress.counted(done, total,
+                                                                                      f"op signatures on {device}"))
     for index, (device, run) in enumerate(zip(devices, runs)):
         print(f"{device}: {run.profile.identity.describe()}: {run.measured} op signatures measured, {run.reused} "
               f"from the cache, {run.left_to_roofline} left to the roofline -> {run.path}")

@@ -53,6 +53,12 @@ class Progress:
                    f"{self.step_name}: {elapsed:.1f} s, best {_value(objective, unit)}, bound {_value(bound, unit)}"
                    + (f", gap {100 * gap:.2f}%" if gap is not None else ""))
 
+    def counted(self, done: int, total: int, what: str) -> None:
+        """`done` of `total` items of the current step (e.g. op signatures timed)."""
+        elapsed = time.perf_counter() - self.step_started
+        self._emit({"event": "count", "step": self.step_name, "done": done, "total": total, "what": what,
+                    "seconds": round(elapsed, 3)}, f"{self.step_name}: {done}/{total} {what}, {elapsed:.1f} s")
+
     def _emit(self, event: dict, line: str, final: bool = False) -> None:
         if self.mode == "json":
             print(json.dumps(event), file=self.stream, flush=True)

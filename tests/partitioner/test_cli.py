@@ -85,7 +85,7 @@ def test_compile_writes_plan_json_and_prints_a_summary(tmp_path, capsys):
     code = main(["compile", VISION_CLASSIFIER, "-o", str(output)])
 
     assert code == 0
-    assert [p.name for p in output.iterdir()] == ["plan.json"]
+    assert sorted(p.name for p in output.iterdir()) == ["plan.json", "report.html"]
     plan = Plan.load(output / "plan.json")
     assert [t.name for t in plan.targets] == ["npu-example", "cuda-h100"]
     assert plan.objective == "latency"
@@ -93,7 +93,7 @@ def test_compile_writes_plan_json_and_prints_a_summary(tmp_path, capsys):
     printed = capsys.readouterr()
     assert printed.out.startswith("model      vision_classifier:")
     assert "gap" in printed.out and "priority" in printed.out and "fallback" in printed.out
-    assert printed.out.rstrip().endswith(f"wrote {output / 'plan.json'}")
+    assert printed.out.rstrip().endswith(f"wrote {output / 'plan.json'} and {output / 'report.html'}")
     assert printed.err == ""
 
 
