@@ -329,6 +329,20 @@ def activation_arena_bytes(problem: PlacementProblem, target: str) -> int:
                 if target in node.compute_seconds and node.working_bytes <= capacity), default=0)
 
 
+def targets_whose_memory_can_bind(problem: PlacementProblem) -> list[TargetTerms]:
+    """Targets that could not hold every parameter of every node they support plus their activation arena,
+    or that support an op whose working set alone does not fit."""
+    binding = []
+    for target in problem.targets:
+        supported = [node for node in problem.nodes if target.name in node.compute_seconds]
+        parameters = {p for node in supported for p in node.parameters}
+        needed = sum(problem.parameter_bytes[p] for p in parameters) + max(
+            (node.working_bytes for node in supported), default=0)
+        if needed > target.memory_bytes:
+            binding.append(target)
+    return binding
+
+
 def check_assignment(problem: PlacementProblem, assignment: Mapping[str, str]) -> None:
     """Postcondition of every placement strategy: a bug, not a user error, if it fails."""
     for node in problem.nodes:

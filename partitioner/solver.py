@@ -11,50 +11,26 @@ the best baseline that fits in memory.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from ortools.sat.python import cp_model
 
 from partitioner.errors import PartitionerError
 from partitioner.infeasibility import explain_infeasible
-from partitioner.problem import (PlacementProblem, Score, TargetTerms, activation_arena_bytes, check_assignment,
-                                 check_objective, score)
+from partitioner.problem import (PlacementProblem, Score, activation_arena_bytes, check_assignment, check_objective,
+                                 score, targets_whose_memory_can_bind)
 from partitioner.reduction import reduce_problem
 from partitioner.schedule import Schedule, makespan_lower_bound
+from partitioner.search import (DEFAULT_WORKERS, SolverOptions, configured_solver, phases,  # noqa: F401 - re-exported
+                                progress_watcher)
 
 # Objective coefficients are integers: costs are scaled so that the reference
 # plan (the best hint) is worth this many units, which keeps rounding far
 # below any difference worth reporting.
 _OBJECTIVE_UNITS = 1e9
-# Workers of the parallel phase (see `_phases`). On 2 cores, 2 or 4 workers were
-# measured to stall far from the bound on transformer graphs where 1 or 8 do
-# better; 8 workers time-share fine on 2 cores.
-DEFAULT_WORKERS = 8
-# Share of the time limit for the search with repeated blocks tied (see `_phases`).
-TIED_SHARE = 0.25
 # Repeated blocks are tied in this many runs of neighbouring blocks.
 TIED_GROUPS = 8
-
-
-@dataclass(frozen=True, slots=True)
-class SolverOptions:
-    """Search limits. `workers=0` means the default two phases: one worker, then DEFAULT_WORKERS.
-
-    `deterministic` searches with one worker and measures the time limit in
-    CP-SAT's deterministic seconds (counted work, not the clock), so one seed
-    gives the same plan on any machine under any load; the wall clock stops
-    it only at 4 times the limit. Otherwise parallel workers race and results
-    may differ from run to run when the limit is reached before a proof.
-    """
-
-    time_limit_seconds: float = 30.0
-    workers: int = 0
-    seed: int = 0
-    log_search: bool = False
-    deterministic: bool = False
-    # Called with (best objective or None, proven bound or None) as the search improves them.
-    on_progress: Callable[[float | None, float | None], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,14 +111,14 @@ def solve(problem: PlacementProblem, objective: str, options: SolverOptions = So
     floor = makespan_lower_bound(problem) * scale if objective == "makespan" else 0.0
     proven, bound_units, order = False, floor, ()
     untied: _PlacementModel | None = None
-    for phase in _phases(options, objective, has_blocks=_worth_tying(reduction.problem)):
+    for phase in phases(options, objective, has_blocks=_worth_tying(reduction.problem)):
         model = build(tied=True) if phase.tied else (untied := untied or build(tied=False))
         model.model.clear_hints()
         best_so_far = _best(candidates, objective)
         if best_so_far is not None and phase.workers > 1:
             model.hint(reduction.restrict(candidates[best_so_far][0]))
-        solver = _configured_solver(phase, options)
-        watcher = _progress_watcher(solver, options.on_progress, scale, phase.tied) if options.on_progress else None
+        solver = configured_solver(phase, options)
+        watcher = progress_watcher(solver, options.on_progress, scale, phase.tied) if options.on_progress else None
         status = solver.solve(model.model, watcher)
         if status == cp_model.INFEASIBLE and not phase.tied:
             raise PartitionerError(explain_infeasible(problem, max_latency_seconds, hint_scores))
@@ -191,89 +167,11 @@ def _best(candidates: Mapping[str, tuple[Mapping[str, str], Score]], objective: 
     return min(candidates, key=key, default=None)
 
 
-@dataclass(frozen=True, slots=True)
-class _Phase:
-    """One CP-SAT run: how many workers, for how long, and whether the limit counts work or wall time."""
-
-    workers: int
-    seconds: float
-    deterministic: bool = False
-    tied: bool = False
-
-
 def _worth_tying(problem: PlacementProblem) -> bool:
     """Whether some family of repeated blocks is long enough for tied runs to shrink the search, and memory
     may force blocks apart (without a binding limit the untied search is fast on its own)."""
     return any(len(family) >= 2 * TIED_GROUPS for family in problem.blocks) and bool(
-        _targets_whose_memory_can_bind(problem))
-
-
-def _targets_whose_memory_can_bind(problem: PlacementProblem) -> list[TargetTerms]:
-    """Targets that could not hold every parameter of every node they support plus their activation arena,
-    or that support an op whose working set alone does not fit."""
-    binding = []
-    for target in problem.targets:
-        supported = [node for node in problem.nodes if target.name in node.compute_seconds]
-        parameters = {p for node in supported for p in node.parameters}
-        needed = sum(problem.parameter_bytes[p] for p in parameters) + max(
-            (node.working_bytes for node in supported), default=0)
-        if needed > target.memory_bytes:
-            binding.append(target)
-    return binding
-
-
-def _phases(options: SolverOptions, objective: str, has_blocks: bool) -> tuple[_Phase, ...]:
-    """The runs one solve makes, each starting from the best plan so far. By default: with repeated blocks,
-    a first run with neighbouring blocks tied together (a much smaller search whose plan is a strong start);
-    then a single worker (its LP-guided search proves the zoo's optima fastest and is reproducible); then,
-    unless optimality is proven, a parallel portfolio whose local search improves large memory-bound plans.
-    Makespan, a scheduling problem, gets the portfolio throughout: its interval strategies prove optima
-    that one LP-guided worker does not (ResNet-50: 0.9 s against 21 s)."""
-    limit = options.time_limit_seconds
-    if options.deterministic:
-        return (_Phase(1, limit, deterministic=True),)
-    if options.workers:
-        return (_Phase(options.workers, limit),)
-    if objective == "makespan":
-        return (_Phase(DEFAULT_WORKERS, limit),)
-    tied = (_Phase(1, limit * TIED_SHARE, tied=True),) if has_blocks else ()
-    untied = limit * (1 - TIED_SHARE) if has_blocks else limit
-    return tied + (_Phase(1, untied * 2 / 3), _Phase(DEFAULT_WORKERS, untied / 3))
-
-
-def _progress_watcher(solver: cp_model.CpSolver, report: Callable[[float | None, float | None], None],
-                      scale: float, tied: bool) -> cp_model.CpSolverSolutionCallback:
-    """A solution callback (and a bound callback on `solver`) passing improvements on in the objective's unit;
-    a tied search's bound is not the problem's, so it is not passed on."""
-    state: dict[str, float | None] = {"objective": None, "bound": None}
-
-    def improved(objective: float | None = None, bound: float | None = None) -> None:
-        if objective is not None:
-            state["objective"] = objective / scale
-        if bound is not None and not tied:
-            state["bound"] = max(0.0, bound / scale)
-        report(state["objective"], state["bound"])
-
-    class _Solutions(cp_model.CpSolverSolutionCallback):
-        def on_solution_callback(self) -> None:
-            improved(objective=self.objective_value)
-
-    solver.best_bound_callback = lambda bound: improved(bound=bound)
-    return _Solutions()
-
-
-def _configured_solver(phase: _Phase, options: SolverOptions) -> cp_model.CpSolver:
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = phase.workers
-    if phase.deterministic:
-        solver.parameters.max_deterministic_time = phase.seconds
-        solver.parameters.max_time_in_seconds = 4 * phase.seconds
-    else:
-        solver.parameters.max_time_in_seconds = phase.seconds
-    solver.parameters.random_seed = options.seed
-    solver.parameters.log_search_progress = options.log_search
-    solver.parameters.linearization_level = 2
-    return solver
+        targets_whose_memory_can_bind(problem))
 
 
 class _PlacementModel:
@@ -373,7 +271,7 @@ class _PlacementModel:
     def _memory_limits(self) -> None:
         """Parameters used on a target are resident there; with its activation arena, their bytes must fit
         its memory. An op whose working set alone exceeds the memory cannot run there."""
-        for target in _targets_whose_memory_can_bind(self.problem):
+        for target in targets_whose_memory_can_bind(self.problem):
             user_names: dict[str, list[str]] = {}
             for node in self.problem.nodes:
                 if target.name in node.compute_seconds:
