@@ -23,6 +23,7 @@ from torch.utils import benchmark
 from cost_models.base import CostModel
 from cost_models.profile import OpMeasurement, Profile
 from cost_models.roofline import RooflineCostModel
+from partitioner.errors import PartitionerError
 from partitioner.capture import split_inputs
 from partitioner.graph import NodeKind, OpGraph, OpNode
 from targets.spec import Link, Target, TargetSet
@@ -182,11 +183,20 @@ class MeasuredCostModel:
     for testing) are never costed with the CPU's times.
     """
 
-    name = "measured"
-
     def __init__(self, profiles: Sequence[Profile], estimate: CostModel | None = None):
+        by_type: dict[str, list[Profile]] = {}
+        for profile in profiles:
+            by_type.setdefault(profile.identity.device_type, []).append(profile)
+        for device_type, same in by_type.items():
+            if len(same) > 1:
+                raise PartitionerError(
+                    f"{len(same)} {device_type} profiles ({'; '.join(p.identity.describe() for p in same)}) could "
+                    f"each cost the {device_type} targets. Fix: keep one profile per device type in the folder "
+                    "(a folder per machine).")
         self.profiles = tuple(profiles)
         self.estimate = estimate or RooflineCostModel()
+        # The plan records which devices the measurements came from.
+        self.name = f"measured ({'; '.join(p.identity.describe() for p in self.profiles)})"
 
     def profile_for(self, target: Target) -> Profile | None:
         wanted = {"cpu": "cpu", "gpu": "cuda"}.get(target.kind)

@@ -112,6 +112,14 @@ def test_measured_times_serve_the_cpu_target_and_never_an_emulated_npu(captured)
     assert model.compute_seconds(wide, cpu) == RooflineCostModel().compute_seconds(wide, cpu)
 
 
+def test_two_profiles_of_one_device_type_are_refused_rather_than_one_picked():
+    first = Profile(DeviceIdentity("cpu", "Laptop CPU", "2.13.0", 8))
+    second = Profile(DeviceIdentity("cpu", "Server CPU", "2.13.0", 64))
+
+    with pytest.raises(PartitionerError, match=r"2 cpu profiles \(Laptop CPU.*Server CPU.*Fix: keep one profile"):
+        MeasuredCostModel([first, second])
+
+
 def test_a_link_fit_recovers_latency_and_bandwidth():
     sizes = [4096 * 4**i for i in range(6)]
     seconds = [10e-6 + size / 20e9 for size in sizes]

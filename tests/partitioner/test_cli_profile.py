@@ -42,7 +42,7 @@ def test_a_plan_compiled_with_measured_costs_records_which_costs_were_measured(p
                  f"measured:{profiles}", "-o", str(tmp_path)]) == 0
 
     plan = json.loads((tmp_path / "plan.json").read_text())
-    assert plan["cost_model"] == "measured"
+    assert plan["cost_model"].startswith("measured (") and "torch" in plan["cost_model"]
     measured_on = {node["op"]: node["measured_on"] for node in plan["nodes"]}
     assert measured_on["aten.conv2d.default"] == ["cpu-x86"]  # cuda-h100 is estimated: no CUDA profile
 
