@@ -37,7 +37,10 @@ class DeviceIdentity:
     @classmethod
     def of(cls, device: str) -> DeviceIdentity:
         """The identity of `device` ("cpu", "cuda", "cuda:1") on this machine."""
-        torch_device = torch.device(device)
+        try:
+            torch_device = torch.device(device)
+        except RuntimeError:
+            raise PartitionerError(f"device {device!r} is not a torch device. Fix: use cpu or cuda[:N].") from None
         if torch_device.type == "cuda":
             if not torch.cuda.is_available():
                 raise PartitionerError(f"device {device!r}: this machine has no CUDA device. Fix: profile CUDA on "

@@ -176,6 +176,10 @@ def _compile(args: argparse.Namespace) -> int:
     with progress.step("planning"):
         plan = compile_captured(captured, targets, args.objective, max_latency_seconds=args.max_latency,
                                 fallback=args.fallback, solver_options=options, cost_model=cost_model)
+    if isinstance(cost_model, MeasuredCostModel) and not any(node.measured_on for node in plan.nodes):
+        print(f"partitioner: warning: no op of this model is in {args.cost_model.removeprefix('measured:')} for any "
+              "of the targets, so every cost is the roofline's. Fix: profile this model on the devices of your "
+              "cpu or gpu targets.", file=sys.stderr)
     path = plan.save(output / "plan.json")
     write_html_report(plan, output / "report.html")
     if args.json:
@@ -226,11 +230,14 @@ def _profile(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     target = load_target(args.target)
     device_type = {"cpu": "cpu", "gpu": "cuda"}.get(target.kind)
+    if device_type is None:
+        raise PartitionerError(f"{target.name} is a {target.kind} target; profiles measure CPUs (kind cpu) and CUDA "
+                               "GPUs (kind gpu) only. Fix: calibrate a cpu or gpu target, or measure this device "
+                               "with its vendor's tools and edit its spec's figures.")
     profile = next((p for p in load_profiles(Path(args.profiles)) if p.identity.device_type == device_type), None)
     if profile is None:
-        raise PartitionerError(f"{args.profiles} holds no profile of a {device_type or target.kind} device for "
-                               f"{target.name}. Fix: run partitioner profile MODEL --device "
-                               f"{device_type or 'cpu'} -o {args.profiles}.")
+        raise PartitionerError(f"{args.profiles} holds no profile of a {device_type} device for {target.name}. Fix: "
+                               f"run partitioner profile MODEL --device {device_type} -o {args.profiles}.")
     calibration = calibrate(profile, target)
     path = write_calibrated_spec(target, calibration, profile, Path(args.output))
     print(f"{target.name} on {profile.identity.describe()}: launch overhead "

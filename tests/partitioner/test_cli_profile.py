@@ -47,6 +47,15 @@ def test_a_plan_compiled_with_measured_costs_records_which_costs_were_measured(p
     assert measured_on["aten.conv2d.default"] == ["cpu-x86"]  # cuda-h100 is estimated: no CUDA profile
 
 
+def test_measured_costs_that_match_no_target_are_a_warning_not_silence(profiled, tmp_path, capsys):
+    model_file, profiles = profiled
+
+    assert main(["compile", str(model_file), "--targets", "npu-example,cuda-h100", "--cost-model",
+                 f"measured:{profiles}", "-o", str(tmp_path)]) == 0
+
+    assert "warning: no op of this model is in" in capsys.readouterr().err
+
+
 def test_calibrate_writes_a_spec_that_loads(profiled, tmp_path, capsys):
     _, profiles = profiled
 
@@ -91,6 +100,21 @@ def test_a_missing_profile_folder_is_refused_with_the_fix(profiled, tmp_path, ca
     assert main(["compile", str(model_file), "--cost-model", f"measured:{tmp_path / 'none'}",
                  "-o", str(tmp_path)]) == 2
     assert_one_line_error(capsys, "no such profile folder", "Fix: run partitioner profile")
+
+
+def test_a_device_torch_does_not_know_is_refused_with_the_fix(profiled, tmp_path, capsys):
+    model_file, _ = profiled
+
+    assert main(["profile", str(model_file), "--device", "tpu0", "-o", str(tmp_path)]) == 2
+    assert_one_line_error(capsys, "device 'tpu0' is not a torch device", "Fix: use cpu or cuda[:N]")
+
+
+def test_calibrating_a_target_no_profile_can_measure_is_refused_with_the_fix(profiled, tmp_path, capsys):
+    _, profiles = profiled
+
+    assert main(["calibrate", str(profiles), "--target", "npu-example", "-o", str(tmp_path / "npu.toml")]) == 2
+    assert_one_line_error(capsys, "npu-example is a npu target", "Fix: calibrate a cpu or gpu target")
+    assert not (tmp_path / "npu.toml").exists()
 
 
 def test_a_report_on_a_model_without_weights_is_refused_before_any_timing(tmp_path, capsys):
