@@ -19,10 +19,11 @@ import networkx as nx
 from partitioner.blocks import numbered_block
 from partitioner.explain import unsupported_ops
 from partitioner.files import write_atomically
-from partitioner.summary import format_bytes, format_money, format_seconds
+from partitioner.summary import TargetUse, format_bytes, format_money, format_seconds, target_uses, versus_plan
 
 if TYPE_CHECKING:
     from partitioner.plan import Plan
+    from partitioner.problem import Score
 
 # Graphs with more nodes than this are drawn as their partitions.
 MOST_NODES_DRAWN = 150
@@ -40,6 +41,7 @@ def write_html_report(plan: Plan, path: str | Path) -> Path:
 def render_html_report(plan: Plan) -> str:
     colours = {target.name: _PALETTE[i % len(_PALETTE)] for i, target in enumerate(plan.problem.targets)}
     result = plan.score()
+    uses = target_uses(plan, result)
     report = plan.solver
     unit = format_money if plan.objective == "cost" else format_seconds
     legend = " ".join(f'<span class="key" style="background:{c}"></span>{html.escape(t)}' for t, c in colours.items())
@@ -52,9 +54,9 @@ def render_html_report(plan: Plan) -> str:
         f"Transfers: {result.transfer_count} tensors, {format_bytes(result.transfer_bytes)}, "
         f"{format_seconds(result.transfer_seconds)}; {len(plan.partitions)} partitions.</p>",
         f"<p class='legend'>{legend} <span class='key' style='background:{_CUT}'></span>cut edge</p>",
-        "<h2>Where the model runs</h2>", _targets_table(plan),
-        "<h2>The plan against the baselines</h2>", _strategies_table(plan),
-        "<h2>Busy time and money per target</h2>", _bars(plan, colours),
+        "<h2>Where the model runs</h2>", _targets_table(uses),
+        "<h2>The plan against the baselines</h2>", _strategies_table(plan, result),
+        "<h2>Busy time and money per target</h2>", _bars(uses, colours),
         "<h2>The graph</h2>", _graph_picture(plan, colours),
         "<h2>Layers</h2>", _layer_strip(plan, colours),
         "<h2>Ops only the fallback runs</h2>", _unsupported_table(plan),
@@ -80,34 +82,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _targets_table(plan: Plan) -> str:
-    result = plan.score()
-    ops, flops = defaultdict(int), defaultdict(int)
-    for node in plan.nodes:
-        ops[plan.placement[node.name]] += 1
-        flops[plan.placement[node.name]] += node.flops
-    total = sum(flops.values()) or 1
-    rows = []
-    for target in plan.problem.targets:
-        money = result.busy_seconds[target.name] * target.price_per_second
-        rows.append([target.name + (" (fallback)" if target.name == plan.fallback else ""), str(ops[target.name]),
-                     f"{100 * flops[target.name] / total:.1f}%", format_seconds(result.busy_seconds[target.name]),
-                     f"{format_bytes(result.memory_bytes[target.name])} / {format_bytes(target.memory_bytes)}",
-                     format_money(money), format_money(money * 1e6)])
+def _targets_table(uses: Sequence[TargetUse]) -> str:
+    rows = [[use.name + (" (fallback)" if use.is_fallback else ""), str(use.ops), f"{100 * use.flops_share:.1f}%",
+             format_seconds(use.busy_seconds), f"{format_bytes(use.memory_bytes)} / {format_bytes(use.capacity_bytes)}",
+             format_money(use.cost_per_request), format_money(use.cost_per_request * 1e6)] for use in uses]
     return _table(["target", "ops", "FLOPs", "busy", "memory used / capacity", "cost / request", "per 1M"], rows)
 
 
-def _strategies_table(plan: Plan) -> str:
-    plan_score = plan.score()
-    rows = []
-    for name, result in {"plan": plan_score, **plan.baseline_scores()}.items():
-        value = result.objective(plan.objective)
-        saving = "-" if name == "plan" or not value else (
-            "does not fit memory" if not result.fits_memory else
-            f"{100 * (1 - plan_score.objective(plan.objective) / value):.1f}%")
-        rows.append([name, format_seconds(result.latency_seconds), format_money(result.cost_per_request),
-                     format_seconds(result.makespan_seconds), saving])
-    return _table(["strategy", "latency", "cost / request", "makespan", f"plan saves ({plan.objective})"], rows)
+def _strategies_table(plan: Plan, result: Score) -> str:
+    rows = [[name, format_seconds(strategy.latency_seconds), format_money(strategy.cost_per_request),
+             format_seconds(strategy.makespan_seconds), "-" if name == "plan" else versus_plan(plan, strategy, result)]
+            for name, strategy in {"plan": result, **plan.baseline_scores()}.items()]
+    return _table(["strategy", "latency", "cost / request", "makespan", "vs plan"], rows)
 
 
 def _unsupported_table(plan: Plan) -> str:
@@ -119,21 +105,19 @@ def _unsupported_table(plan: Plan) -> str:
                   [[o.op, str(o.count), f"{100 * o.flops / total:.1f}%", o.example_reason] for o in ops])
 
 
-def _bars(plan: Plan, colours: Mapping[str, str]) -> str:
-    result = plan.score()
-    money = {t.name: result.busy_seconds[t.name] * t.price_per_second for t in plan.problem.targets}
+def _bars(uses: Sequence[TargetUse], colours: Mapping[str, str]) -> str:
     charts = []
-    for title, values, label in (("busy time", result.busy_seconds, format_seconds),
-                                 ("cost per request", money, format_money)):
-        largest = max(values.values()) or 1.0
+    for title, value_of, label in (("busy time", lambda use: use.busy_seconds, format_seconds),
+                                   ("cost per request", lambda use: use.cost_per_request, format_money)):
+        largest = max(value_of(use) for use in uses) or 1.0
         bars = []
-        for row, (target, value) in enumerate(values.items()):
-            width = 300 * value / largest
-            bars.append(f'<text x="0" y="{row * 22 + 15}">{html.escape(target)}</text>'
-                        f'<rect x="130" y="{row * 22 + 4}" width="{width:.1f}" height="16" fill="{colours[target]}"/>'
-                        f'<text x="{136 + width:.1f}" y="{row * 22 + 15}">{label(value)}</text>')
-        charts.append(f'<svg class="bars" width="520" height="{len(values) * 22 + 8}" '
-                      f'viewBox="0 0 520 {len(values) * 22 + 8}" role="img" '
+        for row, use in enumerate(uses):
+            width = 300 * value_of(use) / largest
+            bars.append(f'<text x="0" y="{row * 22 + 15}">{html.escape(use.name)}</text>'
+                        f'<rect x="130" y="{row * 22 + 4}" width="{width:.1f}" height="16" fill="{colours[use.name]}"/>'
+                        f'<text x="{136 + width:.1f}" y="{row * 22 + 15}">{label(value_of(use))}</text>')
+        charts.append(f'<svg class="bars" width="520" height="{len(uses) * 22 + 8}" '
+                      f'viewBox="0 0 520 {len(uses) * 22 + 8}" role="img" '
                       f'aria-label="{title} per target"><title>{title}</title>{"".join(bars)}</svg>')
     return "".join(charts)
 

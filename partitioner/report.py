@@ -8,17 +8,17 @@ force there. Everything is re-scored from the plan file alone.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from partitioner.explain import unsupported_ops
-from partitioner.summary import format_bytes, format_money, format_seconds
+from partitioner.summary import format_bytes, format_money, format_seconds, target_uses, versus_plan
 
 if TYPE_CHECKING:
     from partitioner.plan import Plan
+    from partitioner.problem import Score
 
 
 def print_report(plan: Plan, console: Console | None = None) -> None:
@@ -29,10 +29,10 @@ def print_report(plan: Plan, console: Console | None = None) -> None:
     console.print(f"[bold]{model.name}[/bold]: {model.node_count} ops, {format_bytes(model.parameter_bytes)} of "
                   f"parameters, {model.total_flops / 1e9:.3g} GFLOP; objective {plan.objective}, cost model "
                   f"{plan.cost_model}")
-    console.print(_targets_table(plan))
+    console.print(_targets_table(plan, result))
     console.print(f"transfers: {result.transfer_count} tensors, {format_bytes(result.transfer_bytes)}, "
                   f"{format_seconds(result.transfer_seconds)}; {len(plan.partitions)} partitions")
-    console.print(_strategies_table(plan))
+    console.print(_strategies_table(plan, result))
     report = plan.solver
     unit = format_money if plan.objective == "cost" else format_seconds
     console.print(f"solver: {report.status} ({report.origin}), objective {unit(report.objective)}, bound "
@@ -42,42 +42,26 @@ def print_report(plan: Plan, console: Console | None = None) -> None:
         console.print(unsupported)
 
 
-def _targets_table(plan: Plan) -> Table:
-    result = plan.score()
-    ops: Counter[str] = Counter(plan.placement[node.name] for node in plan.nodes)
-    flops: Counter[str] = Counter()
-    for node in plan.nodes:
-        flops[plan.placement[node.name]] += node.flops
-    total_flops = sum(flops.values()) or 1
+def _targets_table(plan: Plan, result: Score) -> Table:
     table = Table(title="where the model runs")
     for column in ("target", "ops", "FLOPs", "busy", "memory used / capacity", "cost / request", "per 1M"):
         table.add_column(column, justify="left" if column == "target" else "right")
-    for target in plan.problem.targets:
-        money = result.busy_seconds[target.name] * target.price_per_second
-        name = target.name + (" (fallback)" if target.name == plan.fallback else "")
-        table.add_row(name, str(ops[target.name]), f"{100 * flops[target.name] / total_flops:.1f}%",
-                      format_seconds(result.busy_seconds[target.name]),
-                      f"{format_bytes(result.memory_bytes[target.name])} / {format_bytes(target.memory_bytes)}",
-                      format_money(money), format_money(money * 1e6))
+    for use in target_uses(plan, result):
+        table.add_row(use.name + (" (fallback)" if use.is_fallback else ""), str(use.ops),
+                      f"{100 * use.flops_share:.1f}%", format_seconds(use.busy_seconds),
+                      f"{format_bytes(use.memory_bytes)} / {format_bytes(use.capacity_bytes)}",
+                      format_money(use.cost_per_request), format_money(use.cost_per_request * 1e6))
     return table
 
 
-def _strategies_table(plan: Plan) -> Table:
-    plan_score = plan.score()
+def _strategies_table(plan: Plan, result: Score) -> Table:
     table = Table(title="the plan against the baselines")
-    for column in ("strategy", "latency", "cost / request", "per 1M", "makespan", f"plan saves ({plan.objective})"):
+    for column in ("strategy", "latency", "cost / request", "per 1M", "makespan", "vs plan"):
         table.add_column(column, justify="left" if column == "strategy" else "right")
-    for name, result in {"plan": plan_score, **plan.baseline_scores()}.items():
-        if name == "plan":
-            saving = "-"
-        elif not result.fits_memory:
-            saving = "does not fit memory"
-        elif result.objective(plan.objective):
-            saving = f"{100 * (1 - plan_score.objective(plan.objective) / result.objective(plan.objective)):.1f}%"
-        else:
-            saving = "-"
-        table.add_row(name, format_seconds(result.latency_seconds), format_money(result.cost_per_request),
-                      format_money(result.cost_per_request * 1e6), format_seconds(result.makespan_seconds), saving)
+    for name, strategy in {"plan": result, **plan.baseline_scores()}.items():
+        table.add_row(name, format_seconds(strategy.latency_seconds), format_money(strategy.cost_per_request),
+                      format_money(strategy.cost_per_request * 1e6), format_seconds(strategy.makespan_seconds),
+                      "-" if name == "plan" else versus_plan(plan, strategy, result))
     return table
 
 

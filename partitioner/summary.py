@@ -1,12 +1,14 @@
-"""The plan summary printed by `partitioner compile` and `Plan.summary()`.
+"""The plan summary printed by `partitioner compile` and `Plan.summary()`, and the figures all reports share.
 
 Ops and FLOPs per target, predicted latency and money per request beside the
 `fallback` and `priority` baselines, cut tensors, and the solver's proof.
+`target_uses` and `versus_plan` also feed `partitioner report` and report.html.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -14,14 +16,50 @@ if TYPE_CHECKING:
     from partitioner.problem import Score
 
 
+@dataclass(frozen=True, slots=True)
+class TargetUse:
+    """One target's share of a plan: what runs there, how long it is busy, what it holds and costs."""
+
+    name: str
+    is_fallback: bool
+    ops: int
+    flops_share: float
+    busy_seconds: float
+    memory_bytes: int
+    capacity_bytes: int
+    cost_per_request: float
+
+
+def target_uses(plan: Plan, result: Score) -> list[TargetUse]:
+    """Per target of `plan` (scored as `result`), in priority order: the figures every report shows."""
+    flops: Counter[str] = Counter()
+    ops: Counter[str] = Counter()
+    for node in plan.nodes:
+        flops[plan.placement[node.name]] += node.flops
+        ops[plan.placement[node.name]] += 1
+    total_flops = sum(flops.values()) or 1
+    return [TargetUse(t.name, t.name == plan.fallback, ops[t.name], flops[t.name] / total_flops,
+                      result.busy_seconds[t.name], result.memory_bytes[t.name], t.memory_bytes,
+                      result.busy_seconds[t.name] * t.price_per_second)
+            for t in plan.problem.targets]
+
+
+def versus_plan(plan: Plan, strategy: Score, result: Score) -> str:
+    """How the plan (scored as `result`) compares with another strategy: its saving in the plan's objective,
+    or why that strategy is no rival (it does not fit in memory, or misses the latency limit)."""
+    if not strategy.fits_memory:
+        over = ", ".join(f"{name} by {format_bytes(extra)}" for name, extra in strategy.over_capacity_bytes.items())
+        return f"infeasible: exceeds memory on {over}"
+    limit = plan.max_latency_seconds
+    if limit is not None and strategy.latency_seconds > limit:
+        return f"infeasible: over the {format_seconds(limit)} latency limit"
+    theirs = strategy.objective(plan.objective)
+    saving = 1 - result.objective(plan.objective) / theirs if theirs else 0
+    return f"plan saves {100 * saving:.1f}% {plan.objective}"
+
+
 def format_summary(plan: Plan) -> str:
     result = plan.score()
-    flops_by_target: Counter[str] = Counter()
-    ops_by_target: Counter[str] = Counter()
-    for node in plan.nodes:
-        flops_by_target[plan.placement[node.name]] += node.flops
-        ops_by_target[plan.placement[node.name]] += 1
-    total_flops = sum(flops_by_target.values()) or 1
     model = plan.model
     lines = [
         f"model      {model.name}: {model.node_count} ops, {format_bytes(model.parameter_bytes)} of parameters, "
@@ -33,13 +71,10 @@ def format_summary(plan: Plan) -> str:
         "",
         f"{'target':<16}{'ops':>7}{'FLOPs':>9}{'busy':>12}{'memory':>24}",
     ]
-    for target in plan.problem.targets:
-        memory = f"{format_bytes(result.memory_bytes[target.name])} / {format_bytes(target.memory_bytes)}"
-        lines.append(
-            f"{target.name:<16}{ops_by_target[target.name]:>7}"
-            f"{100 * flops_by_target[target.name] / total_flops:>8.1f}%"
-            f"{format_seconds(result.busy_seconds[target.name]):>12}{memory:>24}"
-        )
+    for use in target_uses(plan, result):
+        memory = f"{format_bytes(use.memory_bytes)} / {format_bytes(use.capacity_bytes)}"
+        lines.append(f"{use.name:<16}{use.ops:>7}{100 * use.flops_share:>8.1f}%"
+                     f"{format_seconds(use.busy_seconds):>12}{memory:>24}")
     lines += [
         "",
         f"partitions  {len(plan.partitions)} (run in order: "
@@ -49,10 +84,10 @@ def format_summary(plan: Plan) -> str:
         "",
         f"{'strategy':<12}{'latency':>12}{'cost/request':>16}{'per 1M req':>12}"
         + (f"{'makespan':>12}" if plan.objective == "makespan" else "") + "   vs plan",
-        _strategy_line("plan", result, None, plan.objective),
+        _strategy_line("plan", result, plan.objective),
     ]
     for name, baseline in plan.baseline_scores().items():
-        lines.append(_strategy_line(name, baseline, result, plan.objective, plan.max_latency_seconds))
+        lines.append(f"{_strategy_line(name, baseline, plan.objective)}   {versus_plan(plan, baseline, result)}")
     report = plan.solver
     unit = format_money if plan.objective == "cost" else format_seconds
     lines += [
@@ -63,20 +98,11 @@ def format_summary(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def _strategy_line(name: str, strategy: Score, plan: Score | None, objective: str,
-                   max_latency_seconds: float | None = None) -> str:
+def _strategy_line(name: str, strategy: Score, objective: str) -> str:
     line = (f"{name:<12}{format_seconds(strategy.latency_seconds):>12}{format_money(strategy.cost_per_request):>16}"
             f"{format_money(strategy.cost_per_request * 1e6):>12}")
     if objective == "makespan":
         line += f"{format_seconds(strategy.makespan_seconds):>12}"
-    if not strategy.fits_memory:
-        over = ", ".join(f"{name} by {format_bytes(extra)}" for name, extra in strategy.over_capacity_bytes.items())
-        return line + f"   infeasible: exceeds memory on {over}"
-    if max_latency_seconds is not None and strategy.latency_seconds > max_latency_seconds:
-        return line + f"   infeasible: over the {format_seconds(max_latency_seconds)} latency limit"
-    if plan is not None:
-        saving = 1 - plan.objective(objective) / strategy.objective(objective) if strategy.objective(objective) else 0
-        line += f"   plan saves {100 * saving:.1f}% {objective}"
     return line
 
 
