@@ -31,6 +31,7 @@ from partitioner.onnx_export import MANIFEST_NAME, OPSET, WHOLE_MODEL_FILE, Mani
 from partitioner.onnx_runtime import ChainedOnnxModel
 from partitioner.plan import Plan
 from partitioner.split import split
+from tests.partitioner.hand_made_models import Branches, random_inputs
 from tests.partitioner.test_cli import assert_one_line_error
 from tests.partitioner.test_cli_run import compile_small_model
 from tests.zoo import ZOO
@@ -125,22 +126,6 @@ def export_case(model: nn.Module, inputs, place: Callable[[Plan], Plan], folder:
 # --- hand-made models ------------------------------------------------------------------------------------------------
 
 
-class Branches(nn.Module):
-    """Three branches from one input, gated and merged."""
-
-    def __init__(self):
-        super().__init__()
-        self.left = nn.Linear(16, 16)
-        self.right = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
-        self.gate = nn.Linear(16, 16)
-
-    def forward(self, x):
-        left = torch.tanh(self.left(x))
-        right = self.right(x)
-        mixed = left * torch.sigmoid(self.gate(x)) + right
-        return torch.cat([mixed, left - right], dim=-1)
-
-
 class TupleAndDictOutputs(nn.Module):
     """Outputs nested in a dict and a tuple: an integer output, one value returned twice, an input returned as is."""
 
@@ -167,11 +152,6 @@ class SharedValue(nn.Module):
 
 
 SHARED_VALUE_PLACEMENT = {"linear": "npu-example", "sin": "cuda-h100", "cos": "npu-example", "add": "npu-example"}
-
-
-def random_inputs(*shapes):
-    generator = torch.Generator().manual_seed(0)
-    return tuple(torch.randn(shape, generator=generator) for shape in shapes)
 
 
 HAND_MADE = {

@@ -25,6 +25,7 @@ from partitioner.runtime import PartitionedModule, build_partitioned_module, res
 from partitioner.solver import SolverOptions
 from partitioner.split import Partition, split
 from tests.conftest import problem_of
+from tests.partitioner.hand_made_models import BranchesThenReduced, random_inputs
 from tests.zoo import ZOO
 
 CPU = torch.device("cpu")
@@ -86,22 +87,6 @@ def transfers(module: PartitionedModule) -> list[torch.fx.Node]:
 
 
 # --- hand-made models ------------------------------------------------------------------------------------------------
-
-
-class Branches(nn.Module):
-    """Three branches from one input, gated and merged, then a reduction."""
-
-    def __init__(self):
-        super().__init__()
-        self.left = nn.Linear(16, 16)
-        self.right = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
-        self.gate = nn.Linear(16, 16)
-
-    def forward(self, x):
-        left = torch.tanh(self.left(x))
-        right = self.right(x)
-        mixed = left * torch.sigmoid(self.gate(x)) + right
-        return torch.cat([mixed, left - right], dim=-1).softmax(-1).sum(-1)
 
 
 class ManyOutputs(nn.Module):
@@ -227,14 +212,9 @@ class Fan(nn.Module):
         return a.sin() + x, a.cos() * x
 
 
-def random_inputs(*shapes):
-    generator = torch.Generator().manual_seed(0)
-    return tuple(torch.randn(shape, generator=generator) for shape in shapes)
-
-
 def test_model_with_branches_matches_the_original_under_random_placements():
     torch.manual_seed(0)
-    assert_matches_original_under_random_placements(Branches(), random_inputs((4, 16)))
+    assert_matches_original_under_random_placements(BranchesThenReduced(), random_inputs((4, 16)))
 
 
 def test_nested_and_repeated_outputs_and_multi_output_ops_match_the_original_under_random_placements():
@@ -502,7 +482,7 @@ def test_each_partition_holds_exactly_the_weights_its_nodes_read(model_class):
 
 def test_submodule_of_a_partition_is_the_module_that_runs_it():
     torch.manual_seed(0)
-    model, inputs = Branches(), random_inputs((4, 16))
+    model, inputs = BranchesThenReduced(), random_inputs((4, 16))
     captured = capture(model, inputs)
     graph = annotate(captured.program)
     module = build_partitioned_module(captured.program, split(graph, random_assignment(graph, 0)),
