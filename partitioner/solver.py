@@ -122,17 +122,19 @@ def solve(problem: PlacementProblem, objective: str, options: SolverOptions = So
         status = solver.solve(model.model, watcher)
         if status == cp_model.INFEASIBLE and not phase.tied:
             raise PartitionerError(explain_infeasible(problem, max_latency_seconds, hint_scores))
+        accepted = False
         if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             found = reduction.expand(model.read_assignment(solver))
             found_order = reduction.expand_order(model.read_order(solver))
             result = score(problem, found, found_order or None)
-            if allowed(result) and ("cp-sat" not in candidates or _best(
-                    {"cp-sat": (found, result), "earlier": candidates["cp-sat"]}, objective) == "cp-sat"):
+            accepted = allowed(result)  # CP-SAT's rounded costs may admit a plan a hair over the latency limit
+            if accepted and ("cp-sat" not in candidates or
+                             _rank("cp-sat", result, objective) < _rank("cp-sat", candidates["cp-sat"][1], objective)):
                 candidates["cp-sat"], order = (found, result), found_order
         if not phase.tied:  # a tied search bounds only the tied plans
             bound_units = max(bound_units, solver.best_objective_bound)
             if status == cp_model.OPTIMAL:
-                proven = True
+                proven = accepted  # only a plan we keep can carry the proof
                 break
     origin = _best(candidates, objective)
     if origin is None:
@@ -157,14 +159,15 @@ def solve(problem: PlacementProblem, objective: str, options: SolverOptions = So
     return Placement(dict(assignment), objective, report, order if origin == "cp-sat" else ())
 
 
-def _best(candidates: Mapping[str, tuple[Mapping[str, str], Score]], objective: str) -> str | None:
-    """The candidate with the best objective; ties (to 1e-9) go to the lower latency, then to the solver's plan,
-    the one the bound speaks for. A makespan tie, e.g., goes to the plan that adds no needless moves."""
-    def key(name: str) -> tuple[float, float, bool]:
-        result = candidates[name][1]
-        return float(f"{result.objective(objective):.9e}"), result.latency_seconds, name != "cp-sat"
+def _rank(name: str, result: Score, objective: str) -> tuple[float, float, bool]:
+    """Lower is better: the objective; on ties (to 1e-9) the lower latency, then the solver's plan, the one the
+    bound speaks for. A makespan tie, e.g., goes to the plan that adds no needless moves."""
+    return float(f"{result.objective(objective):.9e}"), result.latency_seconds, name != "cp-sat"
 
-    return min(candidates, key=key, default=None)
+
+def _best(candidates: Mapping[str, tuple[Mapping[str, str], Score]], objective: str) -> str | None:
+    """The name of the best candidate (see `_rank`), or None when there is none."""
+    return min(candidates, key=lambda name: _rank(name, candidates[name][1], objective), default=None)
 
 
 def _worth_tying(problem: PlacementProblem) -> bool:
