@@ -59,8 +59,7 @@ def measure_ops(program: ExportedProgram, graph: OpGraph, device: str, known: It
     for index, (signature, node) in enumerate(pending.items()):
         seconds = _time_op(fx_nodes[node.name], torch.device(device), min_run_seconds)
         if seconds is not None:
-            measured[signature] = OpMeasurement(seconds, node.flops, node.bytes_read + node.bytes_written,
-                                                node.compute_dtype, node.op)
+            measured[signature] = _measurement(node, seconds, "isolated")
         if on_progress is not None:
             on_progress(index + 1, len(pending))
     return measured
@@ -87,10 +86,14 @@ def measure_ops_in_model(program: ExportedProgram, graph: OpGraph, example_input
             signature = op_signature(node)
             by_signature.setdefault(signature, []).append(float(np.median(timer.seconds[node.name])))
             nodes.setdefault(signature, node)
-    return {signature: OpMeasurement(float(np.median(times)), nodes[signature].flops,
-                                     nodes[signature].bytes_read + nodes[signature].bytes_written,
-                                     nodes[signature].compute_dtype, nodes[signature].op, "in_model")
+    return {signature: _measurement(nodes[signature], float(np.median(times)), "in_model")
             for signature, times in by_signature.items()}
+
+
+def _measurement(node: OpNode, seconds: float, method: str) -> OpMeasurement:
+    """A time for `node`'s signature, with the work the roofline sees in it (for calibration)."""
+    return OpMeasurement(seconds, node.flops, node.bytes_read + node.bytes_written, node.compute_dtype, node.op,
+                         method)
 
 
 class _NodeTimer(torch.fx.Interpreter):
@@ -115,12 +118,15 @@ class _NodeTimer(torch.fx.Interpreter):
 
 
 def _time_op(node: torch.fx.Node, device: torch.device, min_run_seconds: float) -> float | None:
+    def fresh_inputs():
+        return torch.fx.node.map_aggregate((node.args, node.kwargs), lambda a: _real_input(a, device))
+
     try:
-        inputs = [torch.fx.node.map_aggregate((node.args, node.kwargs), lambda a: _real_input(a, device))]
+        inputs = [fresh_inputs()]
         footprint = sum(t.untyped_storage().nbytes() for t in torch.utils._pytree.tree_leaves(inputs[0])
                         if isinstance(t, torch.Tensor))
         while len(inputs) < _MOST_COPIES and len(inputs) * footprint < COLD_CACHE_BYTES:
-            inputs.append(torch.fx.node.map_aggregate((node.args, node.kwargs), lambda a: _real_input(a, device)))
+            inputs.append(fresh_inputs())
         target, turn = node.target, itertools.count()
 
         def run() -> None:
@@ -175,6 +181,12 @@ def fit_link(sizes: Sequence[int], seconds: Sequence[float]) -> Link:
     return Link(latency_seconds=max(float(intercept), 0.0), bandwidth_bytes_per_second=1.0 / slope)
 
 
+def profiled_device_type(target: Target) -> str | None:
+    """The torch device type whose profile measures `target` ("cpu" for kind cpu, "cuda" for kind gpu), or None
+    for a device no profile measures (an NPU, which this machine can only emulate)."""
+    return {"cpu": "cpu", "gpu": "cuda"}.get(target.kind)
+
+
 class MeasuredCostModel:
     """Measured times where a profile of the target's real device has them, the roofline elsewhere.
 
@@ -199,7 +211,7 @@ class MeasuredCostModel:
         self.name = f"measured ({'; '.join(p.identity.describe() for p in self.profiles)})"
 
     def profile_for(self, target: Target) -> Profile | None:
-        wanted = {"cpu": "cpu", "gpu": "cuda"}.get(target.kind)
+        wanted = profiled_device_type(target)
         return next((p for p in self.profiles if p.identity.device_type == wanted), None)
 
     def measured(self, node: OpNode, target: Target) -> OpMeasurement | None:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from cost_models.base import CostModel
 from cost_models.calibration import calibrate, write_calibrated_spec
-from cost_models.measured import MeasuredCostModel
+from cost_models.measured import MeasuredCostModel, profiled_device_type
 from cost_models.profile import load_profiles
 from cost_models.roofline import RooflineCostModel
 from partitioner.capture import load_model_file
@@ -229,7 +229,7 @@ def _profile(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     target = load_target(args.target)
-    device_type = {"cpu": "cpu", "gpu": "cuda"}.get(target.kind)
+    device_type = profiled_device_type(target)
     if device_type is None:
         raise PartitionerError(f"{target.name} is a {target.kind} target; profiles measure CPUs (kind cpu) and CUDA "
                                "GPUs (kind gpu) only. Fix: calibrate a cpu or gpu target, or measure this device "

@@ -86,10 +86,11 @@ def accuracy_report(captured: CapturedModel, profile: Profile, target: Target, d
     require_real_weights(captured)
     graph = annotate(captured.program)
     calibration = calibrate(profile, target)
+    roofline, calibrated, measured = RooflineCostModel(), calibration.applied_to(target), MeasuredCostModel([profile])
     models = {
-        "roofline": lambda node: RooflineCostModel().compute_seconds(node, target),
-        "calibrated": lambda node: RooflineCostModel().compute_seconds(node, calibration.applied_to(target)),
-        "measured": lambda node: MeasuredCostModel([profile]).compute_seconds(node, target),
+        "roofline": lambda node: roofline.compute_seconds(node, target),
+        "calibrated": lambda node: roofline.compute_seconds(node, calibrated),
+        "measured": lambda node: measured.compute_seconds(node, target),
     }
     measured_ops = [(node, profile.ops[op_signature(node)]) for node in graph
                     if node.kind is NodeKind.COMPUTE and op_signature(node) in profile.ops]
