@@ -21,7 +21,7 @@ from typing import Sequence
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.solver_zoo import TARGETS, _llama  # noqa: E402
+from benchmarks.solver_zoo import TARGETS, llama  # noqa: E402
 from cost_models.roofline import RooflineCostModel  # noqa: E402
 from partitioner.baselines import BASELINES  # noqa: E402
 from partitioner.capture import capture  # noqa: E402
@@ -38,7 +38,7 @@ OBJECTIVES = ("latency", "cost")
 
 def measure(width: str, layers: int, options: SolverOptions) -> list[dict]:
     hidden, intermediate, heads, kv_heads = WIDTHS[width]
-    model, inputs = _llama(False, hidden, layers, intermediate, heads, kv_heads)
+    model, inputs = llama(False, hidden, layers, intermediate, heads, kv_heads)
     graph = annotate(capture(model, inputs, name=f"llama-{width}-{layers}").program)
     target_set = load_targets(TARGETS)
     problem = build_problem(graph, tag(graph, target_set), target_set, RooflineCostModel())

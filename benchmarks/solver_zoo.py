@@ -131,7 +131,7 @@ def gpt2(smoke: bool):
                           {"input_ids": torch.zeros(1, length, dtype=torch.long), "use_cache": False}))
 
 
-def _llama(smoke: bool, hidden: int, layers: int, intermediate: int, heads: int, kv_heads: int):
+def llama(smoke: bool, hidden: int, layers: int, intermediate: int, heads: int, kv_heads: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if smoke:
@@ -151,9 +151,9 @@ ZOO = {model.name: model for model in (
     ZooModel("bert-base", "BERT-base, fp16, seq 128", bert_base),
     ZooModel("gpt2", "GPT-2 (124M) LM head, fp16, seq 128", gpt2),
     ZooModel("llama-7b", "Llama 7B shape (4096 x 32 layers), bf16, seq 512",
-             lambda smoke: _llama(smoke, 4096, 32, 11008, 32, 32)),
+             lambda smoke: llama(smoke, 4096, 32, 11008, 32, 32)),
     ZooModel("llama-70b", "Llama 70B shape (8192 x 80 layers, 8 KV heads), bf16, seq 512",
-             lambda smoke: _llama(smoke, 8192, 80, 28672, 64, 8)),
+             lambda smoke: llama(smoke, 8192, 80, 28672, 64, 8)),
 )}
 
 

@@ -26,6 +26,7 @@ from cost_models.roofline import RooflineCostModel
 from partitioner.errors import PartitionerError
 from partitioner.capture import split_inputs
 from partitioner.graph import NodeKind, OpGraph, OpNode
+from partitioner.runtime import to_device
 from targets.spec import Link, Target, TargetSet
 
 # Copy sizes for link probing: 4 KiB to 256 MiB.
@@ -71,8 +72,8 @@ def measure_ops_in_model(program: ExportedProgram, graph: OpGraph, example_input
     each signature's median over its ops. Costs then carry the caches and layouts of a real run, which
     isolated timing misses (about 10% on this repository's CPU), but fit only models run this way."""
     module = program.module().to(device)
-    inputs = [t.to(device) if isinstance(t, torch.Tensor) else t
-              for t in torch.utils._pytree.tree_leaves(split_inputs(example_inputs))]
+    inputs = [to_device(value, torch.device(device))
+              for value in torch.utils._pytree.tree_leaves(split_inputs(example_inputs))]
     timer = _NodeTimer(module, synchronize=torch.device(device).type == "cuda")
     with torch.no_grad():
         timer.run(*inputs)  # warm-up

@@ -211,8 +211,8 @@ def _profile(args: argparse.Namespace) -> int:
     progress = Progress("quiet" if args.quiet else "json" if args.json else "live")
     with progress.step(f"capturing {args.model}"):
         captured = load_model_file(args.model)
-    if args.report or args.in_model:
-        require_real_weights(captured)  # before minutes of timing, not after
+    if args.report:
+        require_real_weights(captured)  # before minutes of timing, not after (profile_model checks --in-model)
     with progress.step(f"profiling on {', '.join(devices)}"):
         runs = profile_model(captured, devices, Path(args.output), args.min_run_time, in_model=args.in_model,
                              on_progress=lambda device, done, total: progress.counted(done, total,

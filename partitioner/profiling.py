@@ -23,6 +23,7 @@ from cost_models.roofline import RooflineCostModel
 from partitioner.capture import CapturedModel, split_inputs
 from partitioner.check import require_real_weights
 from partitioner.graph import NodeKind, OpGraph, annotate
+from partitioner.runtime import to_device
 from targets.spec import Target
 
 
@@ -120,7 +121,7 @@ def time_model(captured: CapturedModel, device: str, repeats_seconds: float = 2.
     `device`, after a warm-up call."""
     module = module if module is not None else captured.program.module().to(device)
     args, kwargs = split_inputs(captured.example_inputs)
-    args, kwargs = torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.to(device), (args, kwargs))
+    args, kwargs = torch.utils._pytree.tree_map(lambda value: to_device(value, torch.device(device)), (args, kwargs))
 
     def run() -> None:
         with torch.no_grad():
