@@ -25,11 +25,12 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cost_models.accuracy import accuracy_report, time_model  # noqa: E402
 from cost_models.measured import MeasuredCostModel  # noqa: E402
-from partitioner.capture import load_model_file  # noqa: E402
+from cost_models.profiling import profile_model  # noqa: E402
 from partitioner.compiler import compile_captured  # noqa: E402
 from partitioner.files import write_atomically  # noqa: E402
-from partitioner.profiling import accuracy_report, profile_model, time_model  # noqa: E402
+from partitioner.frontend.capture import load_model_file  # noqa: E402
 from targets.loader import load_target  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

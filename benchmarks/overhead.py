@@ -24,14 +24,14 @@ from torch.utils import _pytree as pytree
 from transformers import BertConfig, BertModel, ResNetConfig, ResNetForImageClassification
 
 from cost_models.roofline import RooflineCostModel
-from partitioner.baselines import priority_placement
-from partitioner.capture import split_inputs, capture
-from partitioner.check import compare_outputs
-from partitioner.graph import annotate
-from partitioner.problem import build_problem
-from partitioner.runtime import build_partitioned_module
-from partitioner.split import split
-from partitioner.tagging import tag
+from partitioner.execution.check import compare_outputs
+from partitioner.execution.partitioned_module import build_partitioned_module
+from partitioner.execution.split import split
+from partitioner.frontend.capture import capture, split_inputs
+from partitioner.frontend.op_graph import annotate
+from partitioner.placement.baselines import priority_placement
+from partitioner.placement.problem import build_problem
+from partitioner.placement.tagging import tag
 from targets.loader import load_targets
 
 TARGETS = ("dsp-example", "npu-example", "cuda-h100")
@@ -142,7 +142,7 @@ def main() -> None:
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, float32, batch 1, "
           f"median of {args.repeats} interleaved calls after {args.warmup} warm-up calls each")
     print(f"partitions: the `priority` baseline's placement of the float16 copy on {', '.join(TARGETS)}, "
-          "built with partitioner.split.split + runtime.build_partitioned_module; every target on "
+          "built with partitioner.execution.split.split + partitioned_module.build_partitioned_module; every target on "
           f"{device}. 'exported' is the unpartitioned ExportedProgram.module().\n")
     print(markdown(rows))
 

@@ -23,17 +23,18 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 
 from benchmarks.solver_zoo import TARGETS, llama  # noqa: E402
 from cost_models.roofline import RooflineCostModel  # noqa: E402
-from partitioner.baselines import BASELINES  # noqa: E402
-from partitioner.capture import capture  # noqa: E402
 from partitioner.files import write_atomically  # noqa: E402
-from partitioner.graph import annotate  # noqa: E402
-from partitioner.problem import build_problem  # noqa: E402
-from partitioner.solver import SolverOptions, solve  # noqa: E402
-from partitioner.tagging import tag  # noqa: E402
+from partitioner.frontend.capture import capture  # noqa: E402
+from partitioner.frontend.op_graph import annotate  # noqa: E402
+from partitioner.placement.baselines import BASELINES  # noqa: E402
+from partitioner.placement.objectives import COST, LATENCY  # noqa: E402
+from partitioner.placement.problem import build_problem  # noqa: E402
+from partitioner.placement.solver import SolverOptions, solve  # noqa: E402
+from partitioner.placement.tagging import tag  # noqa: E402
 from targets.loader import load_targets  # noqa: E402
 
 WIDTHS = {"7b-width": (4096, 11008, 32, 32), "70b-width": (8192, 28672, 64, 8)}
-OBJECTIVES = ("latency", "cost")
+OBJECTIVES = (LATENCY, COST)
 
 
 def measure(width: str, layers: int, options: SolverOptions) -> list[dict]:
@@ -47,9 +48,9 @@ def measure(width: str, layers: int, options: SolverOptions) -> list[dict]:
     for objective in OBJECTIVES:
         report = solve(problem, objective, options, hints=hints).report
         rows.append({"width": width, "layers": layers, "ops": len(graph), "solved_nodes": report.solved_nodes,
-                     "parameter_gib": sum(graph.parameter_bytes.values()) / 1024**3, "objective": objective,
+                     "parameter_gib": sum(graph.parameter_bytes.values()) / 1024**3, "objective": objective.name,
                      "status": report.status, "gap": report.gap, "seconds": report.wall_seconds})
-        print(f"  {width} x {layers}: {objective} {report.status}, gap {100 * report.gap:.2f}%, "
+        print(f"  {width} x {layers}: {objective.name} {report.status}, gap {100 * report.gap:.2f}%, "
               f"{report.wall_seconds:.1f} s", file=sys.stderr, flush=True)
     return rows
 

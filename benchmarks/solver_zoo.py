@@ -31,14 +31,17 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cost_models.roofline import RooflineCostModel  # noqa: E402
-from partitioner.baselines import BASELINES, capability_placement  # noqa: E402
-from partitioner.capture import capture  # noqa: E402
+from partitioner.execution.split import split  # noqa: E402
 from partitioner.files import write_atomically  # noqa: E402
-from partitioner.graph import OpGraph, annotate  # noqa: E402
-from partitioner.problem import OBJECTIVES, PlacementProblem, build_problem, score  # noqa: E402
-from partitioner.solver import DEFAULT_WORKERS, SolverOptions, SolverReport, solve  # noqa: E402
-from partitioner.split import split  # noqa: E402
-from partitioner.tagging import tag  # noqa: E402
+from partitioner.frontend.capture import capture  # noqa: E402
+from partitioner.frontend.op_graph import OpGraph, annotate  # noqa: E402
+from partitioner.placement.baselines import BASELINES, capability_placement  # noqa: E402
+from partitioner.placement.objectives import Objective, objective_named, registered_objectives  # noqa: E402
+from partitioner.placement.problem import PlacementProblem, build_problem  # noqa: E402
+from partitioner.placement.scoring import score  # noqa: E402
+from partitioner.placement.solver import DEFAULT_WORKERS, SolverOptions, SolverReport, solve  # noqa: E402
+from partitioner.placement.tagging import tag  # noqa: E402
+from partitioner.units import DOLLARS  # noqa: E402
 from targets.loader import load_targets  # noqa: E402
 
 TARGETS = ("npu-example", "dsp-example", "cpu-x86", "cuda-h100")
@@ -178,7 +181,7 @@ def benchmark_model(entry: ZooModel, smoke: bool, options: SolverOptions) -> tup
     hints = {name: placements[name][0] for name in BASELINES}  # what partitioner.compile seeds the solver with
 
     rows = []
-    for objective in OBJECTIVES:
+    for objective in registered_objectives():
         for name, (assignment, seconds) in placements.items():
             rows.append(_row(entry.name, objective, name, problem, graph, assignment, seconds))
         placement = solve(problem, objective, options, hints=hints)
@@ -186,7 +189,7 @@ def benchmark_model(entry: ZooModel, smoke: bool, options: SolverOptions) -> tup
         status = report.status if report.origin == SOLVER else f"{report.status} ({report.origin})"
         rows.append(_row(entry.name, objective, SOLVER, problem, graph, placement.assignment, report.wall_seconds,
                          report, status, placement.order))
-        print(f"  {entry.name} {objective}: {status}, gap {100 * report.gap:.2f}%, {report.wall_seconds:.1f} s",
+        print(f"  {entry.name} {objective.name}: {status}, gap {100 * report.gap:.2f}%, {report.wall_seconds:.1f} s",
               file=sys.stderr, flush=True)
     info = {"model": entry.name, "description": entry.description, "ops": len(graph),
             "parameter_bytes": sum(graph.parameter_bytes.values()), "flops": graph.total_flops,
@@ -194,12 +197,12 @@ def benchmark_model(entry: ZooModel, smoke: bool, options: SolverOptions) -> tup
     return info, rows
 
 
-def _row(model: str, objective: str, strategy: str, problem: PlacementProblem, graph: OpGraph,
+def _row(model: str, objective: Objective, strategy: str, problem: PlacementProblem, graph: OpGraph,
          assignment: dict[str, str], seconds: float, report: SolverReport | None = None, status: str = "-",
          order: Sequence[str] = ()) -> Row:
     result = score(problem, assignment, order or None)
-    return Row(model=model, objective=objective, strategy=strategy, ops=len(problem.nodes),
-               reduced_ops=report.solved_nodes if report else len(problem.nodes), value=result.objective(objective),
+    return Row(model=model, objective=objective.name, strategy=strategy, ops=len(problem.nodes),
+               reduced_ops=report.solved_nodes if report else len(problem.nodes), value=objective.value(result),
                latency_seconds=result.latency_seconds, cost_per_request=result.cost_per_request,
                makespan_seconds=result.makespan_seconds, bound=report.bound if report else None,
                gap=report.gap if report else None, seconds=seconds, cuts=result.transfer_count,
@@ -220,7 +223,7 @@ def markdown(rows: Sequence[Row], settings: dict) -> str:
     ]
     solver_value = {(r.model, r.objective): r.value for r in rows if r.strategy == SOLVER}
     for r in rows:
-        unit = _unit(r.objective)
+        unit = _unit(objective_named(r.objective))
         reference = solver_value.get((r.model, r.objective))
         if r.strategy == SOLVER or not reference:
             versus = "-"
@@ -246,10 +249,10 @@ def markdown(rows: Sequence[Row], settings: dict) -> str:
     return "\n".join(lines)
 
 
-def _unit(objective: str) -> Callable[[float], str]:
-    if objective != "cost":
-        return lambda seconds: f"{seconds * 1e3:.5g} ms"
-    return lambda dollars: f"${dollars * 1e6:.5g}/1M"
+def _unit(objective: Objective) -> Callable[[float], str]:
+    if objective.unit is DOLLARS:
+        return lambda dollars: f"${dollars * 1e6:.5g}/1M"
+    return lambda seconds: f"{seconds * 1e3:.5g} ms"
 
 
 def _percent(gap: float | None) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from partitioner.graph import OpNode
+from partitioner.frontend.op_graph import OpNode
 from targets.spec import Link, Target, TargetSet
 
 

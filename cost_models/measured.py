@@ -24,9 +24,9 @@ from cost_models.base import CostModel
 from cost_models.profile import OpMeasurement, Profile
 from cost_models.roofline import RooflineCostModel
 from partitioner.errors import PartitionerError
-from partitioner.capture import split_inputs
-from partitioner.graph import NodeKind, OpGraph, OpNode
-from partitioner.runtime import to_device
+from partitioner.execution.partitioned_module import to_device
+from partitioner.frontend.capture import split_inputs
+from partitioner.frontend.op_graph import NodeKind, OpGraph, OpNode
 from targets.spec import Link, Target, TargetSet
 
 # Copy sizes for link probing: 4 KiB to 256 MiB.

@@ -8,7 +8,7 @@ Views and bookkeeping nodes cost nothing. Transfers use the links in the specs.
 
 from __future__ import annotations
 
-from partitioner.graph import NodeKind, OpNode
+from partitioner.frontend.op_graph import NodeKind, OpNode
 from targets.op_classes import op_class
 from targets.spec import Link, Target, TargetSet
 

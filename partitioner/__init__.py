@@ -10,10 +10,10 @@ Names are loaded on first use, so that `targets` and `cost_models` can import
 from importlib import import_module
 
 _EXPORTS = {
-    "backend": "partitioner.backend",
+    "backend": "partitioner.execution.torch_compile_backend",
     "compile": "partitioner.compiler",
     "compile_captured": "partitioner.compiler",
-    "capture": "partitioner.capture",
+    "capture": "partitioner.frontend.capture",
     "Plan": "partitioner.plan",
     "PartitionerError": "partitioner.errors",
     "load_targets": "targets.loader",

@@ -12,25 +12,26 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from cost_models.accuracy import accuracy_report, format_accuracy
 from cost_models.base import CostModel
 from cost_models.calibration import calibrate, write_calibrated_spec
 from cost_models.measured import MeasuredCostModel, profiled_device_type
 from cost_models.profile import load_profiles
+from cost_models.profiling import profile_model
 from cost_models.roofline import RooflineCostModel
-from partitioner.capture import load_model_file
-from partitioner.check import PlanRun, describe_outputs, require_real_weights, run_plan
 from partitioner.compiler import compile_captured
 from partitioner.errors import PartitionerError
-from partitioner.explain import explain_node
-from partitioner.html_report import write_html_report
-from partitioner.onnx_export import MANIFEST_NAME, export_plan
-from partitioner.onnx_runtime import ChainedOnnxModel, check_manifest
+from partitioner.execution.check import PlanRun, describe_outputs, require_real_weights, run_plan
+from partitioner.frontend.capture import load_model_file
+from partitioner.onnx.chained_runner import ChainedOnnxModel, check_manifest
+from partitioner.onnx.export import MANIFEST_NAME, export_plan
+from partitioner.placement.objectives import objective_named, registered_objectives
+from partitioner.placement.solver import SolverOptions
 from partitioner.plan import Plan
-from partitioner.problem import OBJECTIVES
-from partitioner.profiling import accuracy_report, format_accuracy, profile_model
 from partitioner.progress import Progress
-from partitioner.report import print_report
-from partitioner.solver import SolverOptions
+from partitioner.reporting.explain import explain_node
+from partitioner.reporting.html_report import write_html_report
+from partitioner.reporting.tables import print_report
 from targets.loader import DEFAULT_TARGET_NAMES, builtin_target_names, load_target
 
 
@@ -62,9 +63,10 @@ def _parser() -> argparse.ArgumentParser:
              f"(default: {','.join(DEFAULT_TARGET_NAMES)})")
     compile_parser.add_argument("--fallback", help="the target that runs unsupported ops (default: the first CUDA "
                                                    "target that supports every op)")
-    compile_parser.add_argument("--objective", choices=OBJECTIVES, default="latency",
-                                help="minimise latency per request (ops one after another), money per request, "
-                                     "or makespan (devices run concurrently) (default: latency)")
+    compile_parser.add_argument("--objective", choices=[o.name for o in registered_objectives()], default="latency",
+                                help="what to minimise: " + ", ".join(f"{o.name} ({o.description})"
+                                                                     for o in registered_objectives())
+                                     + " (default: latency)")
     compile_parser.add_argument("--max-latency", type=_duration, metavar="TIME",
                                 help="latency limit per request, e.g. 50ms, 2.5ms, 800us or 0.05 (seconds); "
                                      "with --objective cost, the cheapest plan within it")
@@ -169,12 +171,12 @@ def _compile(args: argparse.Namespace) -> int:
     with progress.step(f"capturing {args.model}"):
         captured = load_model_file(args.model)
     targets = [item.strip() for item in args.targets.split(",") if item.strip()]
-    unit = "dollars" if args.objective == "cost" else "seconds"
+    objective = objective_named(args.objective)
     options = SolverOptions(time_limit_seconds=args.time_limit, workers=args.workers, seed=args.seed,
                             deterministic=args.deterministic,
-                            on_progress=lambda best, bound: progress.solver_update(best, bound, unit))
+                            on_progress=lambda best, bound: progress.solver_update(best, bound, objective.unit.name))
     with progress.step("planning"):
-        plan = compile_captured(captured, targets, args.objective, max_latency_seconds=args.max_latency,
+        plan = compile_captured(captured, targets, objective, max_latency_seconds=args.max_latency,
                                 fallback=args.fallback, solver_options=options, cost_model=cost_model)
     if isinstance(cost_model, MeasuredCostModel) and not any(node.measured_on for node in plan.nodes):
         print(f"partitioner: warning: no op of this model is in {args.cost_model.removeprefix('measured:')} for any "
@@ -184,7 +186,7 @@ def _compile(args: argparse.Namespace) -> int:
     write_html_report(plan, output / "report.html")
     if args.json:
         result, report = plan.score(), plan.solver
-        print(json.dumps({"plan": str(path), "objective": plan.objective, "value": report.objective,
+        print(json.dumps({"plan": str(path), "objective": plan.objective.name, "value": report.objective,
                           "bound": report.bound, "gap": report.gap, "status": report.status,
                           "latency_seconds": result.latency_seconds, "cost_per_request": result.cost_per_request,
                           "makespan_seconds": result.makespan_seconds, "partitions": len(plan.partitions)}))

@@ -12,14 +12,16 @@ import torch
 
 from cost_models.base import CostModel
 from cost_models.roofline import RooflineCostModel
-from partitioner.baselines import BASELINES
-from partitioner.capture import CapturedModel, capture
-from partitioner.graph import OpGraph, annotate
-from partitioner.plan import ModelInfo, NodeRecord, Plan, TargetRecord
-from partitioner.problem import build_problem, check_objective
-from partitioner.solver import SolverOptions, solve
-from partitioner.split import split
-from partitioner.tagging import Tagging, tag
+from partitioner.execution.split import split
+from partitioner.frontend.capture import CapturedModel, capture
+from partitioner.frontend.op_graph import OpGraph, annotate
+from partitioner.placement.baselines import BASELINES
+from partitioner.placement.objectives import Objective, objective_named
+from partitioner.placement.problem import build_problem
+from partitioner.placement.solver import SolverOptions, solve
+from partitioner.placement.tagging import Tagging, tag
+from partitioner.plan import Plan
+from partitioner.plan_records import ModelInfo, NodeRecord, TargetRecord
 from targets.loader import as_target_set
 from targets.spec import TargetSet
 
@@ -28,7 +30,7 @@ def compile(  # noqa: A001 - the public name users asked for: partitioner.compil
     model: torch.nn.Module,
     example_inputs: Any,
     targets: Sequence[str] | TargetSet | None = None,
-    objective: str = "latency",
+    objective: str | Objective = "latency",
     *,
     max_latency_seconds: float | None = None,
     fallback: str | None = None,
@@ -42,10 +44,10 @@ def compile(  # noqa: A001 - the public name users asked for: partitioner.compil
     """Plan where each op of `model` runs: the cheapest placement on `targets` for `objective`.
 
     `targets` are built-in names or spec paths in priority order (default:
-    npu-example and cuda-h100); `objective` is "latency" (ops one after
-    another), "cost" (money per request) or "makespan" (devices run
-    concurrently); `max_latency_seconds` adds a latency limit (an SLO) to
-    "latency" or "cost". The model may live on the `meta` device: planning needs no weights.
+    npu-example and cuda-h100); `objective` is a registered objective or its
+    name: "latency" (ops one after another), "cost" (money per request) or
+    "makespan" (devices run concurrently); `max_latency_seconds` adds a
+    latency limit (an SLO) to "latency" or "cost". The model may live on the `meta` device: planning needs no weights.
     """
     captured = capture(model, example_inputs, name=name)
     options = SolverOptions(time_limit_seconds=time_limit_seconds, workers=workers, seed=seed,
@@ -57,7 +59,7 @@ def compile(  # noqa: A001 - the public name users asked for: partitioner.compil
 def compile_captured(
     captured: CapturedModel,
     targets: Sequence[str] | TargetSet | None = None,
-    objective: str = "latency",
+    objective: str | Objective = "latency",
     *,
     max_latency_seconds: float | None = None,
     fallback: str | None = None,
@@ -65,7 +67,7 @@ def compile_captured(
     cost_model: CostModel | None = None,
 ) -> Plan:
     """`compile` for a model that is already captured (e.g. loaded from a file by the CLI)."""
-    check_objective(objective)
+    objective = objective_named(objective)
     target_set = as_target_set(targets, fallback)
     cost_model = cost_model or RooflineCostModel()
     graph = annotate(captured.program)

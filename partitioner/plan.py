@@ -13,86 +13,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from partitioner.capture import CapturedModel, ModelSource, capture, load_model_source
 from partitioner.errors import PartitionerError
+from partitioner.execution.partitioned_module import PartitionedModule, build_partitioned_module, resolve_devices
+from partitioner.execution.split import Partition
 from partitioner.files import write_atomically
-from partitioner.graph import annotate
-from partitioner.problem import PlacementProblem, Score, score
-from partitioner.runtime import PartitionedModule, build_partitioned_module, resolve_devices
-from partitioner.solver import SolverReport
-from partitioner.split import Partition
+from partitioner.frontend.capture import CapturedModel, ModelSource, capture, load_model_source
+from partitioner.frontend.op_graph import annotate
+from partitioner.placement.objectives import Objective, objective_named
+from partitioner.placement.problem import PlacementProblem
+from partitioner.placement.scoring import Score, score
+from partitioner.placement.solver import SolverReport
+from partitioner.plan_records import ModelInfo, NodeRecord, TargetRecord
+from partitioner.reporting.summary import format_summary
 
 SCHEMA_VERSION = 1
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    """Which model a plan is for; `fingerprint` changes when its graph or input shapes change."""
-
-    name: str
-    source: ModelSource | None
-    fingerprint: str
-    node_count: int
-    parameter_bytes: int
-    total_flops: int
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "source": self.source.to_dict() if self.source else None,
-                "fingerprint": self.fingerprint, "node_count": self.node_count,
-                "parameter_bytes": self.parameter_bytes, "total_flops": self.total_flops}
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> ModelInfo:
-        source = ModelSource.from_dict(data["source"]) if data.get("source") else None
-        return cls(data["name"], source, data["fingerprint"], data["node_count"], data["parameter_bytes"],
-                   data["total_flops"])
-
-
-@dataclass(frozen=True, slots=True)
-class TargetRecord:
-    """A target as the plan's consumers need it: how to run it, and which spec described it."""
-
-    name: str
-    kind: str
-    description: str
-    torch_device: str
-    onnx_execution_provider: str
-    spec_path: str
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "description": self.description,
-                "torch_device": self.torch_device, "onnx_execution_provider": self.onnx_execution_provider,
-                "spec_path": self.spec_path}
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRecord:
-    """What a person needs to see why a node sits where it sits."""
-
-    name: str
-    op: str
-    module_path: str
-    output_shapes: tuple[tuple[int | None, ...], ...]
-    dtypes: tuple[str, ...]
-    flops: int
-    bytes_read: int
-    bytes_written: int
-    parameter_bytes: int
-    refusals: Mapping[str, str]
-    measured_on: tuple[str, ...] = ()  # targets whose cost for this node was measured, not estimated
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "op": self.op, "module_path": self.module_path,
-                "output_shapes": [list(s) for s in self.output_shapes], "dtypes": list(self.dtypes),
-                "flops": self.flops, "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
-                "parameter_bytes": self.parameter_bytes, "refusals": dict(self.refusals),
-                "measured_on": list(self.measured_on)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> NodeRecord:
-        return cls(data["name"], data["op"], data["module_path"], tuple(tuple(s) for s in data["output_shapes"]),
-                   tuple(data["dtypes"]), data["flops"], data["bytes_read"], data["bytes_written"],
-                   data["parameter_bytes"], dict(data["refusals"]), tuple(data.get("measured_on", ())))
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +35,7 @@ class Plan:
 
     model: ModelInfo
     targets: tuple[TargetRecord, ...]
-    objective: str
+    objective: Objective
     cost_model: str
     problem: PlacementProblem
     nodes: tuple[NodeRecord, ...]
@@ -163,8 +97,6 @@ class Plan:
 
     def summary(self) -> str:
         """A short human-readable report: where the model went and what it costs against the baselines."""
-        from partitioner.summary import format_summary
-
         return format_summary(self)
 
     def to_dict(self) -> dict:
@@ -173,7 +105,7 @@ class Plan:
             "model": self.model.to_dict(),
             "targets": [t.to_dict() for t in self.targets],
             "fallback": self.fallback,
-            "objective": self.objective,
+            "objective": self.objective.name,
             "max_latency_seconds": self.max_latency_seconds,
             "cost_model": self.cost_model,
             "solver": self.solver.to_dict(),
@@ -199,7 +131,7 @@ class Plan:
         return cls(
             model=ModelInfo.from_dict(data["model"]),
             targets=tuple(TargetRecord(**t) for t in data["targets"]),
-            objective=data["objective"],
+            objective=_known_objective(data["objective"]),
             cost_model=data["cost_model"],
             problem=PlacementProblem.from_dict(data["problem"]),
             nodes=tuple(NodeRecord.from_dict(n) for n in data["nodes"]),
@@ -231,3 +163,11 @@ class Plan:
         # AttributeError: a JSON array or string where an object belongs (`.get` on a list)
         except (AttributeError, KeyError, TypeError, ValueError) as error:
             raise PartitionerError(f"{path} is not a valid plan file (bad field {error}). Fix: compile again.") from None
+
+
+def _known_objective(name: str) -> Objective:
+    try:
+        return objective_named(name)
+    except PartitionerError:
+        raise PartitionerError(f"this plan was solved for the objective {name!r}, which this version does not know. "
+                               "Fix: upgrade partitioner, or compile the model again.") from None

@@ -39,18 +39,18 @@ class Progress:
         self._emit({"event": "done", "step": name, "seconds": round(elapsed, 3)}, f"{name}: done in {elapsed:.1f} s",
                    final=True)
 
-    def solver_update(self, objective: float | None, bound: float | None, unit: str) -> None:
+    def solver_update(self, best: float | None, bound: float | None, unit: str) -> None:
         """The solver's best plan and proven bound so far (in the objective's unit), as they improve; at most
         one line per UPDATE_SECONDS, so a long search does not flood a log."""
         now = time.perf_counter()
-        if now - self.last_update < UPDATE_SECONDS and objective != bound:
+        if now - self.last_update < UPDATE_SECONDS and best != bound:
             return
         self.last_update = now
         elapsed = now - self.step_started
-        gap = (objective - bound) / objective if objective and bound is not None else None
-        self._emit({"event": "solver", "seconds": round(elapsed, 3), "objective": objective, "bound": bound,
+        gap = (best - bound) / best if best and bound is not None else None
+        self._emit({"event": "solver", "seconds": round(elapsed, 3), "objective": best, "bound": bound,
                     "gap": gap, "unit": unit},
-                   f"{self.step_name}: {elapsed:.1f} s, best {_value(objective, unit)}, bound {_value(bound, unit)}"
+                   f"{self.step_name}: {elapsed:.1f} s, best {_value(best, unit)}, bound {_value(bound, unit)}"
                    + (f", gap {100 * gap:.2f}%" if gap is not None else ""))
 
     def counted(self, done: int, total: int, what: str) -> None:

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from cost_models.roofline import RooflineCostModel
-from partitioner.capture import capture
-from partitioner.graph import OpGraph, annotate
-from partitioner.problem import PlacementProblem, build_problem
-from partitioner.tagging import tag
+from partitioner.frontend.capture import capture
+from partitioner.frontend.op_graph import OpGraph, annotate
+from partitioner.placement.problem import PlacementProblem, build_problem
+from partitioner.placement.tagging import tag
 from targets.loader import load_targets
 
 

@@ -10,9 +10,9 @@ import torch
 from cost_models.measured import MeasuredCostModel, fit_link, measure_ops, measure_ops_in_model, op_signature
 from cost_models.profile import DeviceIdentity, OpMeasurement, Profile, cached_profile, load_profile, load_profiles
 from cost_models.roofline import RooflineCostModel
-from partitioner.capture import capture
 from partitioner.errors import PartitionerError
-from partitioner.graph import NodeKind, annotate
+from partitioner.frontend.capture import capture
+from partitioner.frontend.op_graph import NodeKind, annotate
 from targets.loader import load_target
 
 

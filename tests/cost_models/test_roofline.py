@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cost_models.roofline import RooflineCostModel
-from partitioner.graph import NodeKind, OpNode, TensorMeta
+from partitioner.frontend.op_graph import NodeKind, OpNode, TensorMeta
 from targets.loader import load_target, load_targets
 from targets.spec import RooflineConstants
 from tests.conftest import op_graph_of

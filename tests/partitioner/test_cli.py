@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from partitioner.cli import main
+from partitioner.placement.objectives import LATENCY
 from partitioner.plan import Plan
 from targets.loader import builtin_target_names
 
@@ -88,7 +89,7 @@ def test_compile_writes_plan_json_and_prints_a_summary(tmp_path, capsys):
     assert sorted(p.name for p in output.iterdir()) == ["plan.json", "report.html"]
     plan = Plan.load(output / "plan.json")
     assert [t.name for t in plan.targets] == ["npu-example", "cuda-h100"]
-    assert plan.objective == "latency"
+    assert plan.objective is LATENCY
     assert plan.model.source is not None and plan.model.source.path == VISION_CLASSIFIER
     printed = capsys.readouterr()
     assert printed.out.startswith("model      vision_classifier:")

@@ -12,8 +12,8 @@ import torch
 from torch.utils import _pytree as pytree
 
 from partitioner.cli import main
+from partitioner.execution.partitioned_module import PartitionedModule
 from partitioner.plan import Plan
-from partitioner.runtime import PartitionedModule
 from tests.partitioner.test_cli import assert_one_line_error
 
 # A small float32 classifier: convolutions, then a norm and a softmax that only the fallback runs.

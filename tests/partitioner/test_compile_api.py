@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 import partitioner
-from partitioner.capture import ModelSource, load_model_file
 from partitioner.errors import PartitionerError
+from partitioner.frontend.capture import ModelSource, load_model_file
+from partitioner.placement.objectives import LATENCY, objective_named
+from partitioner.placement.problem import check_assignment
+from partitioner.placement.solver import SolverOptions
 from partitioner.plan import SCHEMA_VERSION, Plan
-from partitioner.problem import check_assignment
-from partitioner.solver import SolverOptions
 
 THREE_TARGETS = ["npu-example", "dsp-example", "cuda-h100"]
 OBJECTIVES = ("latency", "cost")
@@ -65,10 +66,10 @@ def assert_valid_and_never_worse_than_baselines(plan: Plan) -> None:
     for node in plan.nodes:
         assert plan.placement[node.name] not in node.refusals, f"{node.name} sits on a target that refused it"
     assert plan.score().fits_memory
-    result = plan.score().objective(plan.objective)
+    result = plan.objective.value(plan.score())
     for name, baseline in plan.baseline_scores().items():
         if baseline.fits_memory:
-            assert result <= baseline.objective(plan.objective) * (1 + 1e-9), f"{name} beats the plan"
+            assert result <= plan.objective.value(baseline) * (1 + 1e-9), f"{name} beats the plan"
     assert 0 <= plan.solver.bound <= plan.solver.objective * (1 + 1e-9)
     assert 0 <= plan.solver.gap <= 1
 
@@ -81,7 +82,7 @@ def test_compile_returns_a_plan_for_the_given_targets_and_objective(plans, objec
     plan = plans[objective]
 
     assert isinstance(plan, Plan)
-    assert plan.objective == objective
+    assert plan.objective is objective_named(objective)
     assert [t.name for t in plan.targets] == THREE_TARGETS
     assert plan.fallback == "cuda-h100"
     assert plan.model.name == "ConvClassifier"
@@ -117,7 +118,7 @@ def test_cost_objective_moves_convolutions_to_a_cheaper_accelerator(plans):
 def test_plan_score_equals_the_solver_objective(plans, objective):
     plan = plans[objective]
 
-    assert plan.score().objective(objective) == pytest.approx(plan.solver.objective, rel=1e-12)
+    assert plan.objective.value(plan.score()) == pytest.approx(plan.solver.objective, rel=1e-12)
 
 
 def test_summary_shows_each_target_the_baselines_and_the_gap(plans):
@@ -266,7 +267,7 @@ def test_default_targets_are_npu_example_with_cuda_h100_as_fallback():
 
     assert [t.name for t in plan.targets] == ["npu-example", "cuda-h100"]
     assert plan.fallback == "cuda-h100"
-    assert plan.objective == "latency"
+    assert plan.objective is LATENCY
 
 
 def test_unknown_objective_is_refused_with_the_choices():

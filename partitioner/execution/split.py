@@ -1,0 +1,175 @@
+"""Split: group placed nodes into partitions that, contracted, form a DAG.
+
+A partition is a connected region of nodes on one target. Runs after `solve`
+and before the runtime or export: both build one submodule per partition and
+run them in the order recorded here. Pure data in, pure data out (no torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import networkx as nx
+
+from partitioner.frontend.op_graph import OpGraph, OpNode
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """One submodule of the split model: its nodes (graph order) on one target.
+
+    `inputs` are the op nodes of other partitions whose values it reads;
+    `outputs` are its nodes whose values other partitions or the model's
+    outputs read. Model inputs and weights are not listed.
+    """
+
+    index: int
+    target: str
+    nodes: tuple[str, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:03d}_{self.target}"
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "target": self.target, "nodes": list(self.nodes), "inputs": list(self.inputs),
+                "outputs": list(self.outputs)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Partition:
+        return cls(data["index"], data["target"], tuple(data["nodes"]), tuple(data["inputs"]), tuple(data["outputs"]))
+
+
+def split(graph: OpGraph, assignment: Mapping[str, str]) -> tuple[Partition, ...]:
+    """Partitions of `graph` under `assignment`, in a topological order of their DAG.
+
+    Nodes are first grouped by target and by "how many device changes lie
+    upstream", which can never form a cycle; neighbouring groups on the same
+    target are then merged wherever that keeps the DAG.
+    """
+    _check_writes_stay_home(graph, assignment)
+    groups = _acyclic_groups(graph, assignment)
+    dag = _contracted(graph, groups)
+    _merge_neighbours(dag, groups, assignment)
+    members: dict[str, list[str]] = {}
+    for node in graph:  # graph order, so each member list starts with its earliest node
+        members.setdefault(_find(groups, node.name), []).append(node.name)
+    position = {node.name: i for i, node in enumerate(graph)}
+    order = nx.lexicographical_topological_sort(dag, key=lambda group: position[members[group][0]])
+    partitions = _describe(graph, [members[g] for g in order], assignment)
+    _check_acyclic(graph, partitions)
+    return partitions
+
+
+def _acyclic_groups(graph: OpGraph, assignment: Mapping[str, str]) -> dict[str, str]:
+    """Union-find parents: nodes joined when on one target at the same device-change depth.
+
+    Every edge between groups then strictly increases the depth, so the groups form a DAG.
+    """
+    depth: dict[str, int] = {}
+    for node in graph:
+        depth[node.name] = max(
+            (depth[u] + (assignment[u] != assignment[node.name]) for u in _predecessors(node)), default=0
+        )
+    parents = {node.name: node.name for node in graph}
+    for node in graph:
+        for producer in node.inputs:
+            if assignment[producer] == assignment[node.name] and depth[producer] == depth[node.name]:
+                _union(parents, producer, node.name)
+    return parents
+
+
+def _contracted(graph: OpGraph, groups: dict[str, str]) -> nx.DiGraph:
+    dag = nx.DiGraph()
+    # In graph order, not set order: merges try groups in node order, and string hashing differs per process.
+    dag.add_nodes_from(dict.fromkeys(_find(groups, node.name) for node in graph))
+    for node in graph:
+        for producer in _predecessors(node):
+            a, b = _find(groups, producer), _find(groups, node.name)
+            if a != b:
+                dag.add_edge(a, b)
+    return dag
+
+
+def _predecessors(node: OpNode) -> tuple[str, ...]:
+    """The nodes that must run before `node`: those it reads, and those an in-place write orders it after."""
+    return node.inputs + node.after
+
+
+def _merge_neighbours(dag: nx.DiGraph, groups: dict[str, str], assignment: Mapping[str, str]) -> None:
+    """Merge groups on one target while the DAG allows it.
+
+    Along an edge A -> B, A merges into B when no other path leads from A to B.
+    A group that reads only model inputs (e.g. a runtime check of an input)
+    merges into the first group on its target that it has no path to.
+    """
+    changed = True
+    while changed:
+        changed = False
+        for a, b in list(dag.edges):
+            if dag.has_edge(a, b) and assignment[a] == assignment[b] and _merge_if_acyclic(dag, groups, a, b):
+                changed = True
+    for a in [g for g in dag.nodes if dag.in_degree(g) == 0]:
+        for b in list(dag.nodes):
+            if b != a and assignment[a] == assignment[b] and _merge_if_acyclic(dag, groups, a, b):
+                break
+
+
+def _merge_if_acyclic(dag: nx.DiGraph, groups: dict[str, str], a: str, b: str) -> bool:
+    """Contract group `a` into group `b` unless a path through other groups leads from `a` to `b`."""
+    direct = dag.has_edge(a, b)
+    if direct:
+        dag.remove_edge(a, b)
+    if nx.has_path(dag, a, b):
+        if direct:
+            dag.add_edge(a, b)
+        return False
+    nx.contracted_nodes(dag, b, a, self_loops=False, copy=False)
+    _union(groups, a, b)
+    return True
+
+
+def _describe(graph: OpGraph, node_lists: list[list[str]], assignment: Mapping[str, str]) -> tuple[Partition, ...]:
+    home = {name: index for index, names in enumerate(node_lists) for name in names}
+    users = graph.users()
+    model_outputs = set(graph.outputs)
+    partitions = []
+    for index, names in enumerate(node_lists):
+        inputs = dict.fromkeys(u for n in names for u in graph[n].inputs if home[u] != index)
+        outputs = [n for n in names if n in model_outputs or any(home[user] != index for user in users[n])]
+        partitions.append(Partition(index, assignment[names[0]], tuple(names), tuple(inputs), tuple(outputs)))
+    return tuple(partitions)
+
+
+def _check_acyclic(graph: OpGraph, partitions: tuple[Partition, ...]) -> None:
+    """Postcondition: every value flows, and every in-place write is ordered, from an earlier partition to a later one."""
+    home = {name: p.index for p in partitions for name in p.nodes}
+    for node in graph:
+        for producer in _predecessors(node):
+            assert home[producer] <= home[node.name], f"{producer} -> {node.name} goes backwards between partitions"
+
+
+def _check_writes_stay_home(graph: OpGraph, assignment: Mapping[str, str]) -> None:
+    """Precondition: an in-place op sits with the value it writes (placement guarantees it)."""
+    for node in graph:
+        if node.writes is not None:
+            assert assignment[node.name] == assignment[node.writes], (
+                f"{node.name} writes {node.writes} in place but is placed on another target"
+            )
+
+
+def _find(parents: dict[str, str], name: str) -> str:
+    while parents[name] != name:
+        parents[name] = parents[parents[name]]
+        name = parents[name]
+    return name
+
+
+def _union(parents: dict[str, str], a: str, b: str) -> None:
+    """Join the sets of `a` and `b` under the root of `b`."""
+    root_a, root_b = _find(parents, a), _find(parents, b)
+    if root_a != root_b:
+        parents[root_a] = root_b

@@ -1,0 +1,308 @@
+"""The op graph: what the placement passes know about each node of a captured model.
+
+`annotate` turns an ExportedProgram into an `OpGraph`: per node the op key,
+tensor shapes and dtypes (from `node.meta["val"]`), FLOPs (counted by
+`torch.utils.flop_counter`), bytes moved and parameter bytes. It runs after
+capture and before tagging; nothing downstream touches torch.fx again.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind
+from torch.utils.flop_counter import FlopCounterMode
+
+from partitioner.frontend.mutation import MutationFacts, mutation_facts
+
+# Ops that only rename, reshape or re-view a tensor: they run where their data is
+# and cost nothing, so they never justify a cut on their own.
+_IDENTITY_OPS = {"aten.alias.default", "aten.detach.default", "aten.clone.default"}
+
+
+class NodeKind(str, enum.Enum):
+    """How a node is treated by costing and placement."""
+
+    COMPUTE = "compute"          # real work: costed per target
+    VIEW = "view"                # metadata only (view, reshape, eval dropout): free, any target
+    BOOKKEEPING = "bookkeeping"  # getitem of a multi-output op, runtime asserts: sits with its input
+
+
+@dataclass(frozen=True, slots=True)
+class TensorMeta:
+    """Shape and dtype of one tensor; `shape` entries are None where symbolic."""
+
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    @property
+    def is_static(self) -> bool:
+        return all(size is not None for size in self.shape)
+
+    @property
+    def num_bytes(self) -> int:
+        numel = 1
+        for size in self.shape:
+            numel *= size or 1
+        return numel * _itemsize(self.dtype)
+
+    def to_dict(self) -> dict:
+        return {"shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True, slots=True)
+class OpNode:
+    """One operator of the model with the facts tagging and costing need.
+
+    `inputs` names the producing op nodes (model inputs and parameters are not
+    op nodes); `parameters` names the parameters and buffers the node reads.
+    `arguments` holds the op's arguments by schema name: tensors as `TensorMeta`,
+    other values as they are. An in-place op `writes` the value of another op
+    node (see `mutation.py`); `after` names nodes it must run after without
+    reading their outputs.
+    """
+
+    name: str
+    op: str
+    kind: NodeKind
+    inputs: tuple[str, ...]
+    parameters: tuple[str, ...]
+    input_tensors: tuple[TensorMeta, ...]
+    output_tensors: tuple[TensorMeta, ...]
+    arguments: Mapping[str, Any]
+    flops: int
+    parameter_bytes: int
+    module_path: str = ""
+    writes: str | None = None
+    after: tuple[str, ...] = ()
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(t.num_bytes for t in self.input_tensors)
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(t.num_bytes for t in self.output_tensors)
+
+    @property
+    def output_bytes(self) -> int:
+        return self.bytes_written
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype whose peak throughput bounds this op: its first floating input, else its output."""
+        for tensor in self.input_tensors + self.output_tensors:
+            if getattr(torch, tensor.dtype).is_floating_point:
+                return tensor.dtype
+        tensors = self.output_tensors or self.input_tensors
+        return tensors[0].dtype if tensors else "float32"
+
+
+@dataclass(frozen=True, slots=True)
+class OpGraph:
+    """The op nodes of a model in topological order, plus its parameters.
+
+    `parameter_bytes` maps each parameter or buffer name to its size;
+    `outputs` names the op nodes whose values the model returns.
+    """
+
+    nodes: tuple[OpNode, ...]
+    parameter_bytes: Mapping[str, int]
+    outputs: tuple[str, ...]
+    _index: Mapping[str, OpNode] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._index.update({node.name: node for node in self.nodes})
+
+    def __getitem__(self, name: str) -> OpNode:
+        return self._index[name]
+
+    def __iter__(self) -> Iterator[OpNode]:
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def users(self) -> dict[str, list[str]]:
+        """For each node, the op nodes that read its output, in topological order."""
+        users: dict[str, list[str]] = {node.name: [] for node in self.nodes}
+        for node in self.nodes:
+            for producer in node.inputs:
+                users[producer].append(node.name)
+        return users
+
+    @property
+    def total_flops(self) -> int:
+        return sum(node.flops for node in self.nodes)
+
+    def fingerprint(self) -> str:
+        """A hash of ops, shapes and wiring: equal for the same model and inputs, different if either changed."""
+        digest = hashlib.sha256()
+        for node in self.nodes:
+            digest.update(repr((node.name, node.op, node.inputs, node.after, node.parameters,
+                                [t.to_dict() for t in node.output_tensors])).encode())
+        return digest.hexdigest()[:16]
+
+
+def annotate(program: ExportedProgram) -> OpGraph:
+    """Describe every call node of `program` as an `OpNode`, in graph order."""
+    parameter_names = _parameter_placeholders(program)
+    parameter_bytes = {
+        name: _tensor_meta(node.meta.get("val")).num_bytes
+        for node in program.graph.nodes
+        if (name := parameter_names.get(node.name)) is not None
+    }
+    flop_cache: dict[Any, int] = {}
+    mutations = mutation_facts(program.graph)
+    nodes = tuple(
+        _op_node(node, parameter_names, parameter_bytes, flop_cache, mutations.get(node.name, MutationFacts()))
+        for node in program.graph.nodes
+        if node.op == "call_function"
+    )
+    output_node = next(node for node in program.graph.nodes if node.op == "output")
+    outputs = tuple(
+        dict.fromkeys(n.name for n in output_node.all_input_nodes if n.op == "call_function")
+    )
+    return OpGraph(nodes, parameter_bytes, outputs)
+
+
+def op_key(target: Any) -> str:
+    """The stable name of an fx call target, e.g. `aten.linear.default` or `operator.getitem`."""
+    if isinstance(target, torch._ops.OpOverload):
+        return str(target)
+    module = getattr(target, "__module__", None) or "python"
+    return f"{module.removeprefix('_')}.{getattr(target, '__name__', repr(target))}"
+
+
+def _parameter_placeholders(program: ExportedProgram) -> dict[str, str]:
+    """Placeholder name -> parameter/buffer/constant name, for inputs that are weights, not data."""
+    weight_kinds = {InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR}
+    return {
+        spec.arg.name: spec.target or spec.arg.name
+        for spec in program.graph_signature.input_specs
+        if spec.kind in weight_kinds and hasattr(spec.arg, "name")
+    }
+
+
+def _op_node(node: torch.fx.Node, parameter_names: Mapping[str, str], parameter_bytes: Mapping[str, int],
+             flop_cache: dict[Any, int], mutation: MutationFacts) -> OpNode:
+    key = op_key(node.target)
+    inputs = tuple(dict.fromkeys(n.name for n in node.all_input_nodes if n.op == "call_function"))
+    parameters = tuple(dict.fromkeys(
+        parameter_names[n.name] for n in node.all_input_nodes if n.name in parameter_names
+    ))
+    input_tensors = tuple(
+        _tensor_meta(n.meta.get("val")) for n in node.all_input_nodes if isinstance(n.meta.get("val"), torch.Tensor)
+    )
+    output_tensors = tuple(_tensor_meta(v) for v in _flatten_values(node.meta.get("val")))
+    kind = _node_kind(node, key, input_tensors, output_tensors)
+    return OpNode(
+        name=node.name,
+        op=key,
+        kind=kind,
+        inputs=inputs,
+        parameters=parameters,
+        input_tensors=input_tensors,
+        output_tensors=output_tensors,
+        arguments=_named_arguments(node),
+        flops=_count_flops(node, flop_cache) if kind is NodeKind.COMPUTE else 0,
+        parameter_bytes=sum(parameter_bytes[p] for p in parameters),
+        module_path=_module_path(node),
+        writes=mutation.writes,
+        after=mutation.after,
+    )
+
+
+def _node_kind(node: torch.fx.Node, key: str, inputs: tuple[TensorMeta, ...],
+               outputs: tuple[TensorMeta, ...]) -> NodeKind:
+    if node.target is operator.getitem or not outputs:
+        return NodeKind.BOOKKEEPING
+    if key in _IDENTITY_OPS or (key == "aten.dropout.default" and not node.args[2]):
+        return NodeKind.VIEW
+    schema = getattr(node.target, "_schema", None)
+    aliases_input = schema is not None and any(
+        r.alias_info is not None and not r.alias_info.is_write for r in schema.returns
+    )
+    # Aliasing schemas also cover casts such as `to.dtype`, which do real work when the dtype changes.
+    same_dtype = bool(inputs) and all(o.dtype == inputs[0].dtype for o in outputs)
+    return NodeKind.VIEW if aliases_input and same_dtype else NodeKind.COMPUTE
+
+
+def _named_arguments(node: torch.fx.Node) -> dict[str, Any]:
+    """The node's arguments by schema name, with tensors replaced by their `TensorMeta`."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        return {}
+    values: dict[str, Any] = {}
+    for position, argument in enumerate(schema.arguments):
+        if position < len(node.args) and not argument.kwarg_only:
+            value = node.args[position]
+        elif argument.name in node.kwargs:
+            value = node.kwargs[argument.name]
+        elif argument.has_default_value():
+            value = argument.default_value
+        else:
+            continue
+        values[argument.name] = torch.fx.node.map_aggregate(
+            value, lambda v: _tensor_meta(v.meta.get("val")) if isinstance(v, torch.fx.Node) else v
+        )
+    return values
+
+
+def _count_flops(node: torch.fx.Node, cache: dict[Any, int]) -> int:
+    """FLOPs of one node, counted by running it on meta tensors under FlopCounterMode."""
+    args = torch.fx.node.map_aggregate(node.args, _as_meta_tensor)
+    kwargs = torch.fx.node.map_aggregate(node.kwargs, _as_meta_tensor)
+    signature = (node.target, repr(args), repr(kwargs))
+    if signature not in cache:
+        counter = FlopCounterMode(display=False)
+        try:
+            with counter:
+                node.target(*args, **kwargs)
+            cache[signature] = int(counter.get_total_flops())
+        except Exception:  # an op without a meta kernel: it still runs, we only lack its FLOPs
+            cache[signature] = 0
+    return cache[signature]
+
+
+def _as_meta_tensor(value: Any) -> Any:
+    if not isinstance(value, torch.fx.Node):
+        return value
+    val = value.meta.get("val")
+    if isinstance(val, torch.Tensor):
+        shape = [int(s) if isinstance(s, int) else 1 for s in val.shape]
+        return torch.empty(shape, dtype=val.dtype, device="meta")
+    return val
+
+
+def _flatten_values(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _flatten_values(item)]
+    return []
+
+
+def _tensor_meta(value: Any) -> TensorMeta:
+    if not isinstance(value, torch.Tensor):
+        return TensorMeta((), "float32")
+    shape = tuple(s if isinstance(s, int) else None for s in value.shape)
+    return TensorMeta(shape, str(value.dtype).removeprefix("torch."))
+
+
+def _module_path(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, _ = list(stack.values())[-1]
+    return path.removeprefix("L['self'].")
+
+
+def _itemsize(dtype: str) -> int:
+    return getattr(torch, dtype).itemsize

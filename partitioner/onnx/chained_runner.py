@@ -1,0 +1,100 @@
+"""Run exported partitions chained in ONNX Runtime, as the manifest connects them.
+
+The proof that the exported files compute the model: one InferenceSession per
+file, on the target's execution provider when this machine has it (otherwise
+on the CPU, with one warning per provider), tensors fed from model inputs and
+earlier partitions by name, model outputs collected in the model's order.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnxruntime
+import torch
+from torch.utils import _pytree as pytree
+
+from partitioner.errors import PartitionerError
+from partitioner.execution.check import CheckResult, compare_outputs, require_real_weights, run_timed
+from partitioner.frontend.capture import split_inputs
+from partitioner.onnx.export import MANIFEST_NAME, Manifest
+from partitioner.plan import Plan
+
+_CPU = "CPUExecutionProvider"
+
+
+class ChainedOnnxModel:
+    """The exported partitions of one plan, loaded and ready to run in order."""
+
+    def __init__(self, manifest_path: str | Path):
+        path = Path(manifest_path)
+        self.folder = path if path.is_dir() else path.parent
+        self.manifest = Manifest.load(path if not path.is_dir() else path / MANIFEST_NAME)
+        available = set(onnxruntime.get_available_providers())
+        self.sessions = []
+        for partition in self.manifest.partitions:
+            file = self.folder / partition.file
+            if not file.is_file():
+                raise PartitionerError(f"{file} is missing from the export. Fix: export the plan again.")
+            self.sessions.append(onnxruntime.InferenceSession(
+                str(file), providers=_providers(partition.execution_provider, partition.target, available)))
+
+    @property
+    def input_names(self) -> list[str]:
+        return [spec.name for spec in self.manifest.inputs]
+
+    def run(self, inputs: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The model's outputs, flat and in order, for its flat inputs (in manifest order, or by name)."""
+        values = dict(inputs) if isinstance(inputs, Mapping) else dict(zip(self.input_names, inputs))
+        missing = [name for name in self.input_names if name not in values]
+        if missing:
+            raise PartitionerError(f"input {missing[0]!r} is not given. Fix: pass every input of {self.input_names}.")
+        for session in self.sessions:
+            names = [item.name for item in session.get_inputs()]
+            outputs = session.run(None, {name: values[name] for name in names})
+            values.update(zip((item.name for item in session.get_outputs()), outputs))
+        return [values[spec.name] for spec in self.manifest.outputs]
+
+
+def _providers(wanted: str, target: str, available: set[str]) -> list[str]:
+    if wanted in available:
+        return [wanted] + ([_CPU] if wanted != _CPU else [])
+    if wanted not in _warned:
+        _warned.add(wanted)
+        warnings.warn(f"{wanted} (for {target}) is not available here; running on {_CPU}", stacklevel=3)
+    return [_CPU]
+
+
+_warned: set[str] = set()
+
+
+def check_manifest(manifest_path: str | Path, model_source: str | None = None, *,
+                   rtol: float | None = None, atol: float | None = None) -> CheckResult:
+    """Run the chained ONNX files on the model's example inputs and compare with the original model.
+
+    The model is rebuilt from the plan the manifest records (or `model_source`)
+    and must still match it; every output is compared under per-dtype tolerances.
+    """
+    chain = ChainedOnnxModel(manifest_path)
+    if chain.manifest.plan_path is None:
+        raise PartitionerError(
+            "the manifest records no plan, so the original model is unknown. "
+            "Fix: export with `partitioner export PLAN -o DIR`, which records it."
+        )
+    plan = Plan.load(chain.manifest.plan_path)
+    if model_source is not None:
+        plan = plan.with_source(model_source)
+    if plan.model.fingerprint != chain.manifest.fingerprint:
+        raise PartitionerError(f"the manifest was exported from another version of the plan at "
+                               f"{chain.manifest.plan_path}. Fix: export the plan again.")
+    captured = plan.captured_model()
+    require_real_weights(captured)
+    expected = run_timed(captured.model or captured.program.module(), captured.example_inputs).outputs
+    args, kwargs = split_inputs(captured.example_inputs)
+    # Flags such as use_cache=False were fixed at capture: the files take the tensors only.
+    inputs = [t.detach().cpu().numpy() for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+    actual = [torch.from_numpy(value) for value in chain.run(inputs)]
+    return compare_outputs(pytree.tree_leaves(expected), actual, rtol, atol)

@@ -1,0 +1,342 @@
+"""Export a plan as one ONNX file per partition, plus a manifest of how they connect.
+
+The last step for vendor toolchains (TensorRT, OpenVINO, QNN, ...), which take
+ONNX: each device gets exactly its share. Partitions are exported with
+`torch.onnx.export` (dynamo path) at a pinned opset, checked with the full
+ONNX checker and strict shape inference, and written into a temporary folder
+that replaces the output folder only once everything succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import onnx
+import torch
+from torch.utils import _pytree as pytree
+
+from partitioner.errors import PartitionerError
+from partitioner.execution.check import require_real_weights
+from partitioner.execution.partitioned_module import (PartitionedModule, build_partitioned_module, partition_index,
+                                                      to_device)
+from partitioner.frontend.capture import split_inputs
+from partitioner.plan import Plan
+
+OPSET = 18
+MANIFEST_SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+WHOLE_MODEL_FILE = "whole.onnx"
+# Above this a model's weights go to a side file: protobuf cannot hold 2 GiB.
+_EXTERNAL_DATA_BYTES = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A named tensor at a boundary: a model input, a partition's input or output, a model output.
+
+    `source` says where the value comes from: "input" (a model input) or the
+    index of the partition that produces it.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    source: str | int = "input"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> TensorSpec:
+        return cls(data["name"], tuple(data["shape"]), data["dtype"], data["source"])
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedPartition:
+    """One ONNX file: the partition it holds, where it should run, and its boundary tensors."""
+
+    index: int
+    target: str
+    execution_provider: str
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "target": self.target, "execution_provider": self.execution_provider,
+                "file": self.file, "inputs": [t.to_dict() for t in self.inputs],
+                "outputs": [t.to_dict() for t in self.outputs]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ExportedPartition:
+        return cls(data["index"], data["target"], data["execution_provider"], data["file"],
+                   tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
+                   tuple(TensorSpec.from_dict(t) for t in data["outputs"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """How the exported files connect: model inputs, files in run order, and model outputs by source."""
+
+    model_name: str
+    fingerprint: str
+    plan_path: str | None
+    opset: int
+    inputs: tuple[TensorSpec, ...]
+    partitions: tuple[ExportedPartition, ...]
+    outputs: tuple[TensorSpec, ...]
+    whole_model_file: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"schema_version": MANIFEST_SCHEMA_VERSION, "model": {"name": self.model_name,
+                "fingerprint": self.fingerprint}, "plan": self.plan_path, "opset": self.opset,
+                "inputs": [t.to_dict() for t in self.inputs], "partitions": [p.to_dict() for p in self.partitions],
+                "outputs": [t.to_dict() for t in self.outputs], "whole_model_file": self.whole_model_file}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Manifest:
+        if data.get("schema_version") != MANIFEST_SCHEMA_VERSION:
+            raise PartitionerError(
+                f"manifest schema version {data.get('schema_version')!r} is not {MANIFEST_SCHEMA_VERSION}. "
+                "Fix: export the plan again with this version of partitioner."
+            )
+        return cls(data["model"]["name"], data["model"]["fingerprint"], data["plan"], data["opset"],
+                   tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
+                   tuple(ExportedPartition.from_dict(p) for p in data["partitions"]),
+                   tuple(TensorSpec.from_dict(t) for t in data["outputs"]), data.get("whole_model_file"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Manifest:
+        path = Path(path)
+        if path.is_dir():
+            path = path / MANIFEST_NAME
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise PartitionerError(f"manifest {str(path)!r} does not exist. Fix: run partitioner export first.") from None
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise PartitionerError(f"{path} is not a partitioner manifest ({error}). Fix: export again.") from None
+
+
+def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan_path: str | Path | None = None,
+                opset: int = OPSET) -> Manifest:
+    """Write one checked ONNX file per partition of `plan` and `manifest.json` into `output_dir`.
+
+    `whole` also exports the unpartitioned model, so users can compare. The
+    folder appears complete or not at all.
+    """
+    output_dir = Path(output_dir)
+    _check_output_folder(output_dir)
+    captured = plan.captured_model()
+    require_real_weights(captured)
+    module = build_partitioned_module(captured.program, plan.partitions,
+                                      {t.name: torch.device("cpu") for t in plan.targets})
+    args, kwargs = split_inputs(captured.example_inputs if captured.example_inputs is not None
+                                else captured.program.example_inputs)
+    partition_inputs = _record_partition_inputs(module, args, kwargs)
+    wiring = _Wiring(module)
+    providers = {t.name: t.onnx_execution_provider for t in plan.targets}
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        exported = []
+        for partition in plan.partitions:
+            outputs = [boundary_name(value, partition.index) for value in wiring.outputs(partition.index)]
+            if not outputs:
+                continue  # only runtime checks (asserts): nothing for a device to run
+            inputs = tuple(_spec(name, value, source) for (name, source), value
+                           in zip(wiring.inputs(partition.index), partition_inputs[partition.index]))
+            file = f"{partition.name}.onnx"
+            _export(module.submodule(partition), partition_inputs[partition.index], [t.name for t in inputs],
+                    outputs, staging / file, opset, f"partition {partition.name}")
+            output_values = _run_outputs(module.submodule(partition), partition_inputs[partition.index])
+            exported.append(ExportedPartition(
+                partition.index, partition.target, providers[partition.target], file, inputs,
+                tuple(_spec(name, value, partition.index) for name, value in zip(outputs, output_values))))
+        model_inputs = tuple(_spec(name, value, "input") for name, value in wiring.model_inputs(args, kwargs))
+        model_outputs = wiring.model_outputs(module, args, kwargs)
+        whole_file = None
+        if whole:
+            whole_file = WHOLE_MODEL_FILE
+            _export(captured.program.module(), args, [t.name for t in model_inputs],
+                    _distinct_names([t.name for t in model_outputs], [t.name for t in model_inputs]),
+                    staging / whole_file, opset, "the whole model", kwargs=kwargs)
+        manifest = Manifest(plan.model.name, plan.model.fingerprint,
+                            str(Path(plan_path).resolve()) if plan_path else None, opset, model_inputs,
+                            tuple(exported), model_outputs, whole_file)
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=1))
+        _replace_folder(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def boundary_name(value: str, partition: int) -> str:
+    """The ONNX name of a value that partition `partition` hands on, e.g. `p004.transpose`.
+
+    The prefix keeps it apart from the names the exporter gives values inside a file.
+    """
+    return f"p{partition:03d}.{value}"
+
+
+class _Wiring:
+    """Reads the partitioned module's top-level graph: which value feeds each partition input and model output."""
+
+    def __init__(self, module: PartitionedModule):
+        self.graph = module.graph_module.graph
+        self.partitions = {p.index: p for p in module.partitions}
+        self.calls = {partition_index(n): n for n in self.graph.nodes if partition_index(n) is not None}
+        self.index_of = {node: index for index, node in self.calls.items()}
+        self.submodules = {index: module.graph_module.get_submodule(node.target) for index, node in self.calls.items()}
+
+    def outputs(self, index: int) -> list[str]:
+        """Names (in the model's graph) of the values partition `index` returns, in order.
+
+        The submodule's own node names can differ (fusing renames clashes), so the
+        split's record names them; both list a partition's outputs in graph order.
+        """
+        returned = self.submodules[index].graph.output_node().args[0]
+        count = len(returned) if isinstance(returned, (tuple, list)) else int(returned is not None)
+        names = list(self.partitions[index].outputs)
+        assert len(names) == count, f"partition {index} returns {count} values, its record names {len(names)}"
+        return names
+
+    def source(self, node: torch.fx.Node) -> tuple[str, str | int]:
+        """(value name, source) of a top-level node: a model input, or the output of a partition."""
+        while node.op == "call_function" and node.target is to_device:
+            node = node.args[0]
+        if node.op == "placeholder":
+            return node.name, "input"
+        if node.op == "call_function" and node.args and node.args[0] in self.index_of:  # getitem of outputs
+            index = self.index_of[node.args[0]]
+            return boundary_name(self.outputs(index)[node.args[1]], index), index
+        if node in self.index_of:
+            index = self.index_of[node]
+            return boundary_name(self.outputs(index)[0], index), index
+        raise AssertionError(f"unexpected top-level node {node.format_node()}")
+
+    def inputs(self, index: int) -> list[tuple[str, str | int]]:
+        return [self.source(arg) for arg in self.calls[index].args]
+
+    def model_inputs(self, args: tuple, kwargs: dict) -> list[tuple[str, torch.Tensor]]:
+        """The tensor inputs: flags such as `use_cache=False` were fixed when the model was captured."""
+        placeholders = [n.name for n in self.graph.nodes if n.op == "placeholder"]
+        return [(name, value) for name, value in zip(placeholders, pytree.tree_leaves((args, kwargs)))
+                if isinstance(value, torch.Tensor)]
+
+    def model_outputs(self, module: PartitionedModule, args: tuple, kwargs: dict) -> tuple[TensorSpec, ...]:
+        with torch.inference_mode():
+            values = pytree.tree_leaves(module(*args, **kwargs))
+        returned = pytree.tree_leaves(self.graph.output_node().args[0])
+        specs = []
+        for node, value in zip(returned, values):
+            name, source = self.source(node)
+            specs.append(_spec(name, value, source))
+        return tuple(specs)
+
+
+def _record_partition_inputs(module: PartitionedModule, args: tuple, kwargs: dict) -> dict[int, tuple]:
+    """Run the module once and keep each partition's actual inputs: the example inputs for its export."""
+    recorded: dict[int, tuple] = {}
+    hooks = [module.submodule(p).register_forward_pre_hook(
+        lambda _module, inputs, index=p.index: recorded.__setitem__(index, inputs)) for p in module.partitions]
+    try:
+        with torch.inference_mode():
+            module(*args, **kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return recorded
+
+
+def _run_outputs(submodule: torch.nn.Module, inputs: tuple) -> list[torch.Tensor]:
+    with torch.inference_mode():
+        return pytree.tree_leaves(submodule(*inputs))
+
+
+def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str], path: Path,
+            opset: int, what: str, kwargs: dict | None = None) -> None:
+    """Export one module to `path`, then run the full checker and strict shape inference on it."""
+    try:
+        with _quiet():
+            program = torch.onnx.export(module, args, kwargs=kwargs, dynamo=True, opset_version=opset,
+                                        input_names=input_names, output_names=output_names, verbose=False)
+        model = program.model_proto
+        large = model.ByteSize() > _EXTERNAL_DATA_BYTES
+        onnx.save_model(model, path, save_as_external_data=large, location=f"{path.name}.data" if large else None)
+        onnx.checker.check_model(str(path), full_check=True)
+        onnx.shape_inference.infer_shapes_path(str(path), str(path), check_type=True, strict_mode=True)
+    except Exception as error:
+        cause = _root_cause(error)
+        raise PartitionerError(
+            f"cannot export {what} to ONNX: {type(cause).__name__}: {_first_line(cause)}. "
+            "Fix: every partition goes to ONNX whatever its target, so rewrite that op in the model with "
+            "exportable ones, or give torch.onnx a translation for it (custom_translation_table)."
+        ) from error
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.onnx reports progress on stdout, warnings and logs; our error message replaces them."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _spec(name: str, value: Any, source: str | int) -> TensorSpec:
+    if not isinstance(value, torch.Tensor):
+        raise PartitionerError(f"value {name} is a {type(value).__name__}, not a tensor: ONNX boundaries carry "
+                               "tensors only. Fix: keep the op that makes it on the target of its readers.")
+    return TensorSpec(name, tuple(value.shape), str(value.dtype).removeprefix("torch."), source)
+
+
+def _check_output_folder(path: Path) -> None:
+    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / MANIFEST_NAME).exists())):
+        raise PartitionerError(f"{path} exists and is not an earlier export. Fix: give a new or empty folder with -o.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _replace_folder(staging: Path, output_dir: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes folders private; an export is an ordinary folder
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    staging.rename(output_dir)
+
+
+def _distinct_names(names: list[str], taken: list[str]) -> list[str]:
+    """Output names for one ONNX graph, where each needs its own: a value the model returns again, or a model
+    input it returns as is, gets its output position appended (e.g. `p000.linear.5`)."""
+    used = set(taken)
+    distinct = []
+    for position, name in enumerate(names):
+        distinct.append(name if name not in used else f"{name}.{position}")
+        used.add(distinct[-1])
+    return distinct
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost cause: torch.onnx wraps the error that names the op and the reason in general advice."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0]

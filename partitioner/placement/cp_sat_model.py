@@ -1,0 +1,170 @@
+"""The CP-SAT model of one placement problem, kept apart from the problem data.
+
+One boolean per (node, supporting target), a transfer boolean per (tensor,
+source, destination) that counts a tensor once per device it must reach, and a
+residency boolean per (parameter, target) for memory. Objectives pick the
+pieces they need (`add_transfers`, `priced_seconds`, `add_schedule`); the
+solver (partitioner/placement/solver.py) builds, hints, runs and reads it back.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+from ortools.sat.python import cp_model
+
+from partitioner.placement.memory import activation_arena_bytes, targets_whose_memory_can_bind
+from partitioner.placement.problem import PlacementProblem
+from partitioner.placement.schedule import Schedule
+
+# Objective coefficients are integers: costs are scaled so that the reference
+# plan (the best hint) is worth this many units, which keeps rounding far
+# below any difference worth reporting.
+OBJECTIVE_UNITS = 1e9
+# Repeated blocks are tied in this many runs of neighbouring blocks.
+TIED_GROUPS = 8
+
+
+class PlacementModel:
+    """Placement variables, memory limits and (optionally) tied blocks; objective pieces on request.
+
+    `scale` is how many integer units one unit of the objective is worth.
+    """
+
+    def __init__(self, problem: PlacementProblem, scale: float, tied: bool = False):
+        self.problem = problem
+        self.model = cp_model.CpModel()
+        self.scale = scale
+        # Every (boolean, seconds, targets it keeps busy): compute and, once added, transfers.
+        self.busy_terms: list[tuple[cp_model.IntVar, float, tuple[str, ...]]] = []
+        # Auxiliary variables and what they equal for a given assignment, so hints can be complete.
+        self.derived: list[tuple[cp_model.IntVar, Callable[[Mapping[str, str]], int]]] = []
+        self.schedule: Schedule | None = None
+        self.on = self._placement_variables()
+        if tied:
+            self._tie_blocks()
+        self._memory_limits()
+
+    def priced_seconds(self, rate: Callable[[tuple[str, ...]], float]) -> cp_model.LinearExpr:
+        """Every busy term at `rate` (what one second keeping those targets busy is worth), in integer units."""
+        terms = [(var, round(seconds * rate(busy) * self.scale)) for var, seconds, busy in self.busy_terms]
+        return cp_model.LinearExpr.weighted_sum([var for var, c in terms if c > 0], [c for _, c in terms if c > 0])
+
+    def limit_latency(self, max_latency_seconds: float) -> None:
+        """Keep the sequential latency (compute plus transfers) within `max_latency_seconds`.
+
+        Seconds are scaled so the limit is 10^9 units and rounded down per term,
+        so the model may admit a plan up to ~1e-9 per term over; callers re-check with `score`.
+        """
+        units = OBJECTIVE_UNITS / max_latency_seconds
+        self.model.add(sum(int(seconds * units) * var for var, seconds, _ in self.busy_terms if seconds > 0)
+                       <= int(OBJECTIVE_UNITS))
+
+    def add_transfers(self) -> None:
+        """For each tensor and each device it must reach, pay the move from wherever it was produced."""
+        for value in self.problem.values:
+            sources = self.problem.node(value.producer).supported
+            needed_on = self._needed_on(value.consumers)
+            for destination, needed in needed_on.items():
+                moves = []
+                for source in sources:
+                    if source == destination:
+                        continue
+                    moved = self.model.new_bool_var(f"move[{value.producer},{source},{destination}]")
+                    self.model.add_bool_or([self.on[value.producer, source].Not(), needed.Not(), moved])
+                    self.derived.append((moved, lambda a, v=value, s=source, d=destination:
+                                         a[v.producer] == s and any(a[c] == d for c in v.consumers)))
+                    seconds = self.problem.transfer_seconds(value.num_bytes, source, destination)
+                    self.busy_terms.append((moved, seconds, (source, destination)))
+                    moves.append(moved)
+                # Redundant but much tighter in the LP relaxation (a min-cut inequality):
+                # if the tensor is needed on `destination` and not produced there, it moves there.
+                produced_here = self.on.get((value.producer, destination), 0)
+                self.model.add(sum(moves) >= needed - produced_here)
+
+    def add_schedule(self) -> Schedule:
+        """Start times on every device at once (see partitioner.placement.schedule), read back as the order."""
+        self.schedule = Schedule(self.model, self.problem, self.on, units_per_second=self.scale)
+        return self.schedule
+
+    def _placement_variables(self) -> dict[tuple[str, str], cp_model.IntVar]:
+        on: dict[tuple[str, str], cp_model.IntVar] = {}
+        for node in self.problem.nodes:
+            for target, seconds in node.compute_seconds.items():
+                var = self.model.new_bool_var(f"on[{node.name},{target}]")
+                on[node.name, target] = var
+                self.busy_terms.append((var, seconds, (target,)))
+            self.model.add_exactly_one(on[node.name, t] for t in node.compute_seconds)
+            if node.follows is not None:
+                for target in node.compute_seconds:
+                    self.model.add(on[node.name, target] == on[node.follows, target])
+        return on
+
+    def _needed_on(self, consumers: Sequence[str]) -> dict[str, cp_model.IntVar]:
+        """Per target, a boolean that is true when some consumer sits there."""
+        by_target: dict[str, list[cp_model.IntVar]] = {}
+        for consumer in consumers:
+            for target in self.problem.node(consumer).supported:
+                by_target.setdefault(target, []).append(self.on[consumer, target])
+        needed = {}
+        for target, placed in by_target.items():
+            if len(placed) == 1:
+                needed[target] = placed[0]
+                continue
+            var = self.model.new_bool_var("")
+            for on in placed:
+                self.model.add_implication(on, var)
+            self.derived.append((var, lambda a, t=target: any(a[c] == t for c in consumers)))
+            needed[target] = var
+        return needed
+
+    def _memory_limits(self) -> None:
+        """Parameters used on a target are resident there; with its activation arena, their bytes must fit
+        its memory. An op whose working set alone exceeds the memory cannot run there."""
+        for target in targets_whose_memory_can_bind(self.problem):
+            user_names: dict[str, list[str]] = {}
+            for node in self.problem.nodes:
+                if target.name in node.compute_seconds:
+                    if node.working_bytes > target.memory_bytes:
+                        self.model.add(self.on[node.name, target.name] == 0)
+                    for parameter in node.parameters:
+                        user_names.setdefault(parameter, []).append(node.name)
+            resident_terms = []
+            for parameter, names in user_names.items():
+                resident = self.model.new_bool_var(f"resident[{parameter},{target.name}]")
+                for name in names:
+                    self.model.add_implication(self.on[name, target.name], resident)
+                self.derived.append((resident, lambda a, n=names, t=target.name: any(a[name] == t for name in n)))
+                resident_terms.append(self.problem.parameter_bytes[parameter] * resident)
+            arena = activation_arena_bytes(self.problem, target.name)
+            self.model.add(sum(resident_terms) <= target.memory_bytes - arena)
+
+    def _tie_blocks(self) -> None:
+        """Put corresponding nodes of neighbouring repeated blocks on one target, the blocks of each family
+        cut into TIED_GROUPS runs: a restriction that presolve shrinks to the size of a few blocks."""
+        for family in self.problem.blocks:
+            run_length = -(-len(family) // TIED_GROUPS)
+            for index in range(1, len(family)):
+                if index % run_length:
+                    self._tie_pair(family[index - 1], family[index])
+
+    def _tie_pair(self, first: Sequence[str], second: Sequence[str]) -> None:
+        for a, b in zip(first, second):
+            targets = self.problem.node(a).supported
+            if targets == self.problem.node(b).supported:
+                for target in targets:
+                    self.model.add(self.on[a, target] == self.on[b, target])
+
+    def hint(self, assignment: Mapping[str, str]) -> None:
+        """Suggest `assignment`, with every auxiliary boolean set to match, so the solver starts from it."""
+        self.model.clear_hints()
+        for (node, target), var in self.on.items():
+            self.model.add_hint(var, assignment[node] == target)
+        for var, value_for in self.derived:
+            self.model.add_hint(var, value_for(assignment))
+
+    def read_assignment(self, solver: cp_model.CpSolver) -> dict[str, str]:
+        return {node: target for (node, target), var in self.on.items() if solver.boolean_value(var)}
+
+    def read_order(self, solver: cp_model.CpSolver) -> tuple[str, ...]:
+        return self.schedule.order(solver, self.problem) if self.schedule is not None else ()

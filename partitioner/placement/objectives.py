@@ -1,0 +1,162 @@
+"""Objectives: what a placement is chosen to minimise, each one value, registered by name.
+
+An objective reads its figure from a `Score`, knows its unit, says what one
+busy second of a set of targets adds to it (how compute and transfers are
+priced), and adds what it needs to the CP-SAT placement model. The registry
+gives the CLI and the Python API their choices: a new objective is one
+subclass and one `register_objective` call, with no branch to edit elsewhere
+(a sum of priced busy seconds subclasses `BusySecondsObjective` and says only
+what its figure is and what a busy second is worth).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Sequence
+
+from ortools.sat.python import cp_model
+
+from partitioner.errors import PartitionerError
+from partitioner.placement.cp_sat_model import PlacementModel
+from partitioner.placement.problem import PlacementProblem
+from partitioner.placement.schedule import makespan_lower_bound
+from partitioner.placement.scoring import Score
+from partitioner.units import DOLLARS, SECONDS, Unit
+
+
+class Objective(ABC):
+    """One thing a placement can be optimised for; one instance each, shared by every plan that uses it.
+
+    `schedules_ops` is true when the figure depends on when each op runs, not
+    only where: the solver then decides start times too. `accepts_latency_limit`
+    says whether a sequential latency limit (an SLO) can be added to it.
+    `table_column` heads the summary's column for this figure where the
+    standard columns (latency, money per request) do not already show it.
+    """
+
+    __slots__ = ()
+    name: ClassVar[str]
+    description: ClassVar[str]
+    unit: ClassVar[Unit]
+    schedules_ops: ClassVar[bool] = False
+    accepts_latency_limit: ClassVar[bool] = True
+    table_column: ClassVar[str | None] = None
+
+    @abstractmethod
+    def value(self, result: Score) -> float:
+        """This objective's figure for a scored placement, in its unit."""
+
+    def format(self, value: float) -> str:
+        return self.unit.format(value)
+
+    def rate(self, problem: PlacementProblem, busy_targets: Sequence[str]) -> float:
+        """What one second of work that keeps `busy_targets` busy adds to the figure (a second, by default)."""
+        return 1.0
+
+    @abstractmethod
+    def add_to(self, model: PlacementModel) -> cp_model.LinearExprT:
+        """Add this objective's variables and constraints to `model`; return the expression to minimise."""
+
+    def lower_bound(self, problem: PlacementProblem) -> float:
+        """A bound no placement beats, known before any search (0 when nothing better is known)."""
+        return 0.0
+
+    def __repr__(self) -> str:
+        return f"<objective {self.name}>"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class BusySecondsObjective(Objective):
+    """An objective that is a sum over busy seconds, each at `rate`: every op's compute and every transfer,
+    one request at a time. A subclass says only what its figure is and what a busy second is worth."""
+
+    __slots__ = ()
+
+    def add_to(self, model: PlacementModel) -> cp_model.LinearExprT:
+        model.add_transfers()
+        return model.priced_seconds(lambda busy: self.rate(model.problem, busy))
+
+
+class Latency(BusySecondsObjective):
+    """Seconds per request with every op and transfer one after another."""
+
+    __slots__ = ()
+    name = "latency"
+    description = "seconds per request, ops one after another"
+    unit = SECONDS
+
+    def value(self, result: Score) -> float:
+        return result.latency_seconds
+
+
+class Cost(BusySecondsObjective):
+    """Money per request: each device's busy seconds (computing, sending, receiving) times its price."""
+
+    __slots__ = ()
+    name = "cost"
+    description = "money per request"
+    unit = DOLLARS
+
+    def value(self, result: Score) -> float:
+        return result.cost_per_request
+
+    def rate(self, problem: PlacementProblem, busy_targets: Sequence[str]) -> float:
+        return sum(problem.target(name).price_per_second for name in busy_targets)
+
+
+class Makespan(Objective):
+    """Seconds per request with every device running at once (see partitioner.placement.schedule)."""
+
+    __slots__ = ()
+    name = "makespan"
+    description = "seconds per request, devices running concurrently"
+    unit = SECONDS
+    schedules_ops = True
+    accepts_latency_limit = False
+    table_column = "makespan"
+
+    def value(self, result: Score) -> float:
+        return result.makespan_seconds
+
+    def add_to(self, model: PlacementModel) -> cp_model.LinearExprT:
+        return model.add_schedule().makespan
+
+    def lower_bound(self, problem: PlacementProblem) -> float:
+        return makespan_lower_bound(problem)
+
+
+_REGISTRY: dict[str, Objective] = {}
+
+
+def register_objective(objective: Objective) -> Objective:
+    """Make `objective` a choice of the CLI and the API under its name; returns it."""
+    if objective.name in _REGISTRY:
+        raise ValueError(f"an objective named {objective.name!r} is already registered")
+    _REGISTRY[objective.name] = objective
+    return objective
+
+
+LATENCY = register_objective(Latency())
+COST = register_objective(Cost())
+MAKESPAN = register_objective(Makespan())
+
+
+def objective_names() -> tuple[str, ...]:
+    """The registered objectives' names, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def registered_objectives() -> tuple[Objective, ...]:
+    return tuple(_REGISTRY.values())
+
+
+def objective_named(name: str | Objective) -> Objective:
+    """The registered objective called `name` (an `Objective` is returned as it is)."""
+    if isinstance(name, Objective):
+        return name
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise PartitionerError(f"unknown objective {name!r}. Fix: use one of {', '.join(_REGISTRY)}.") from None

@@ -1,0 +1,196 @@
+"""The placement problem as data: what every strategy chooses on, with no torch objects inside.
+
+`build_problem` turns an op graph, its tagging and a cost model into plain
+numbers: compute seconds per (node, supporting target), tensors with their
+consumers and bytes, links between targets, prices and memory capacities. The
+solver, the baselines and anyone re-reading a plan file score placements on
+this same data (partitioner/placement/scoring.py), so their figures are
+comparable by construction.
+
+Model inputs and outputs are delivered and collected by the serving system and
+are not costed; parameters must be resident on every target that uses them
+(partitioner/placement/memory.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from cost_models.base import CostModel
+from partitioner.frontend.op_graph import NodeKind, OpGraph
+from partitioner.placement.blocks import repeated_blocks
+from partitioner.placement.tagging import Tagging
+from targets.spec import Link, TargetSet
+
+
+@dataclass(frozen=True, slots=True)
+class TargetTerms:
+    """What the problem needs of a target: its price and its memory capacity."""
+
+    name: str
+    price_per_hour: float
+    memory_bytes: int
+
+    @property
+    def price_per_second(self) -> float:
+        return self.price_per_hour / 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemNode:
+    """A node to place: its compute time on each target that supports it (priority order).
+
+    A node that `follows` another must sit on the same target (e.g. `getitem`
+    of a multi-output op); `parameters` are the weights it needs resident;
+    `working_bytes` are the activation bytes it reads and writes.
+    """
+
+    name: str
+    kind: NodeKind
+    compute_seconds: Mapping[str, float]
+    parameters: tuple[str, ...] = ()
+    follows: str | None = None
+    working_bytes: int = 0
+
+    @property
+    def supported(self) -> tuple[str, ...]:
+        return tuple(self.compute_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemValue:
+    """A tensor produced by one node and read by others; it crosses to each other device once."""
+
+    producer: str
+    consumers: tuple[str, ...]
+    num_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementProblem:
+    """Everything needed to choose and score a placement, with no torch objects inside.
+
+    `blocks` are families of repeated blocks (see partitioner.placement.blocks): a hint
+    of structure for the solver's search, never a constraint on the plan.
+    """
+
+    targets: tuple[TargetTerms, ...]
+    fallback: str
+    nodes: tuple[ProblemNode, ...]
+    values: tuple[ProblemValue, ...]
+    parameter_bytes: Mapping[str, int]
+    links: Mapping[tuple[str, str], Link]
+    blocks: tuple[tuple[tuple[str, ...], ...], ...] = ()
+    _node_index: dict[str, ProblemNode] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._node_index.update({node.name: node for node in self.nodes})
+
+    def node(self, name: str) -> ProblemNode:
+        return self._node_index[name]
+
+    def target(self, name: str) -> TargetTerms:
+        return next(t for t in self.targets if t.name == name)
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.targets)
+
+    def transfer_seconds(self, num_bytes: int, source: str, destination: str) -> float:
+        return self.links[(source, destination)].seconds(num_bytes)
+
+    def to_dict(self) -> dict:
+        return {
+            "targets": [
+                {"name": t.name, "price_per_hour": t.price_per_hour, "memory_bytes": t.memory_bytes}
+                for t in self.targets
+            ],
+            "fallback": self.fallback,
+            "nodes": [
+                {"name": n.name, "kind": n.kind.value, "compute_seconds": dict(n.compute_seconds),
+                 "parameters": list(n.parameters), "follows": n.follows, "working_bytes": n.working_bytes}
+                for n in self.nodes
+            ],
+            "values": [
+                {"producer": v.producer, "consumers": list(v.consumers), "bytes": v.num_bytes} for v in self.values
+            ],
+            "parameter_bytes": dict(self.parameter_bytes),
+            "links": [
+                {"source": s, "destination": d, **link.to_dict()} for (s, d), link in self.links.items()
+            ],
+            "blocks": [[list(block) for block in family] for family in self.blocks],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> PlacementProblem:
+        return cls(
+            targets=tuple(TargetTerms(t["name"], t["price_per_hour"], t["memory_bytes"]) for t in data["targets"]),
+            fallback=data["fallback"],
+            nodes=tuple(
+                ProblemNode(n["name"], NodeKind(n["kind"]), dict(n["compute_seconds"]), tuple(n["parameters"]),
+                            n["follows"], n.get("working_bytes", 0))
+                for n in data["nodes"]
+            ),
+            values=tuple(ProblemValue(v["producer"], tuple(v["consumers"]), v["bytes"]) for v in data["values"]),
+            parameter_bytes=dict(data["parameter_bytes"]),
+            links={(item["source"], item["destination"]): Link.from_dict(item) for item in data["links"]},
+            blocks=tuple(tuple(tuple(block) for block in family) for family in data.get("blocks", ())),
+        )
+
+
+def build_problem(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_model: CostModel) -> PlacementProblem:
+    """Cost every (node, supporting target) pair and every link of the target set."""
+    target_by_name = {t.name: t for t in targets}
+    leaders, supported = _colocated_groups(graph, tagging, targets.fallback)
+    nodes = []
+    for node in graph:
+        leader = leaders[node.name]
+        compute = {name: cost_model.compute_seconds(node, target_by_name[name]) for name in supported[leader]}
+        working = node.bytes_read + node.bytes_written - node.parameter_bytes if node.kind is NodeKind.COMPUTE else 0
+        nodes.append(ProblemNode(node.name, node.kind, compute, node.parameters,
+                                 leader if leader != node.name else None, max(0, working)))
+    users = graph.users()
+    values = tuple(
+        ProblemValue(node.name, tuple(users[node.name]), node.output_bytes)
+        for node in graph
+        if users[node.name] and node.output_bytes > 0
+    )
+    links = {
+        (source, destination): cost_model.link(targets, source, destination)
+        for source in targets.names
+        for destination in targets.names
+        if source != destination
+    }
+    terms = tuple(TargetTerms(t.name, t.price_per_hour, t.memory_bytes) for t in targets)
+    return PlacementProblem(terms, targets.fallback, tuple(nodes), values, dict(graph.parameter_bytes), links,
+                            repeated_blocks(graph))
+
+
+def _colocated_groups(graph: OpGraph, tagging: Tagging, fallback: str) -> tuple[dict[str, str], dict[str, tuple]]:
+    """Nodes that must share a target, each mapped to its group's first node, and each group's targets.
+
+    A `getitem` sits with the op whose outputs it picks; an in-place op sits
+    with the value it writes, so every later reader sees the write. A group
+    may use only the targets every member supports (the fallback supports all).
+    """
+    leaders: dict[str, str] = {}
+    supported: dict[str, tuple[str, ...]] = {}
+    for node in graph:
+        anchor = node.inputs[0] if node.kind is NodeKind.BOOKKEEPING and node.inputs else node.writes
+        leader = leaders[anchor] if anchor is not None else node.name
+        leaders[node.name] = leader
+        own = tagging.supported[node.name]
+        if node.kind is NodeKind.BOOKKEEPING and anchor is None:
+            own = (fallback,)  # e.g. an assert on a model input: free, so keep it out of the way
+        supported[leader] = tuple(t for t in supported.get(leader, own) if t in own)
+    return leaders, supported
+
+
+def check_assignment(problem: PlacementProblem, assignment: Mapping[str, str]) -> None:
+    """Postcondition of every placement strategy: a bug, not a user error, if it fails."""
+    for node in problem.nodes:
+        target = assignment.get(node.name)
+        assert target in node.compute_seconds, f"{node.name} placed on {target}, which does not support it"
+        if node.follows is not None:
+            assert target == assignment[node.follows], f"{node.name} must sit with {node.follows}"

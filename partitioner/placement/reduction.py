@@ -1,0 +1,198 @@
+"""Exact graph reduction before solving: nodes that can only sit together become one node.
+
+Sits between `build_problem` and the solver. Two rules merge nodes into groups:
+
+- a node that `follows` another (a `getitem`, an in-place write) is always
+  placed with it, so it is merged outright;
+- a free node (no compute on any target, no parameters, e.g. a view) that reads
+  one tensor, which nothing else reads, and passes its result to one consumer
+  joins the producer of what it reads; a free node that reads no tensor joins
+  its one consumer. These moves are applied only where the problem's own
+  numbers prove them never worse: the view's output is no larger than its
+  input, and no transfer via the view's device beats the direct one.
+
+Every placement of the reduced problem maps back to one of the original with
+the same score, and an optimum of the reduced problem is an optimum of the
+original (for its objective and for latency, so a latency limit holds too).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from partitioner.placement.objectives import LATENCY, Objective
+from partitioner.placement.problem import PlacementProblem, ProblemNode, ProblemValue
+
+
+@dataclass(frozen=True, slots=True)
+class Reduction:
+    """A smaller problem and, for every original node, the reduced node that places it."""
+
+    problem: PlacementProblem
+    representative: Mapping[str, str]
+
+    def expand(self, assignment: Mapping[str, str]) -> dict[str, str]:
+        """The original placement that a placement of the reduced problem stands for."""
+        return {node: assignment[group] for node, group in self.representative.items()}
+
+    def expand_order(self, order: Sequence[str]) -> tuple[str, ...]:
+        """The original nodes in the order of their reduced nodes, each group's members in graph order."""
+        members: dict[str, list[str]] = {}
+        for node, group in self.representative.items():
+            members.setdefault(group, []).append(node)
+        return tuple(node for group in order for node in members[group])
+
+    def restrict(self, assignment: Mapping[str, str]) -> dict[str, str]:
+        """A placement of the reduced problem that puts each group where its first node sits."""
+        return {node.name: assignment[node.name] for node in self.problem.nodes}
+
+
+def reduce_problem(problem: PlacementProblem, objective: Objective) -> Reduction:
+    """Merge nodes that an optimal placement for `objective` (and for latency) can always keep together.
+
+    For an objective that schedules ops (makespan), followers keep their own
+    node (a merged in-place op would wait for all of its group's inputs) and
+    only free nodes merge.
+    """
+    groups = _Groups(problem)
+    for node in problem.nodes:
+        if node.follows is not None and not objective.schedules_ops:
+            groups.merge(node.name, into=node.follows)
+    for node in problem.nodes:
+        if groups.leader(node.name) == node.name and groups.is_free(node.name):
+            target_group = _free_group_destination(problem, groups, node.name, objective)
+            if target_group is not None:
+                groups.merge(node.name, into=target_group)
+    return groups.reduction()
+
+
+def _free_group_destination(problem: PlacementProblem, groups: _Groups, group: str, objective: Objective) -> str | None:
+    """The group a free group may join without loss, or None when no rule proves it safe."""
+    incoming = groups.incoming(group)
+    outgoing = groups.outgoing(group)
+    if len(outgoing) > 1:
+        return None
+    output = outgoing[0] if outgoing else None
+    consumer_groups = {groups.leader(c) for c in output.consumers} - {group} if output else set()
+    if len(consumer_groups) > 1:
+        return None
+    consumer = next(iter(consumer_groups), None)
+    if not incoming:  # a free source: it only ever saves a transfer to sit with its consumer
+        if consumer is not None and _supports_all(groups, group, consumer):
+            return consumer
+        return None
+    if len(incoming) != 1:
+        return None
+    source = incoming[0]
+    producer = groups.leader(source.producer)
+    if {groups.leader(c) for c in source.consumers} != {group} or not _supports_all(groups, group, producer):
+        return None
+    if output is not None and output.num_bytes > source.num_bytes:
+        return None
+    if consumer is not None and not _direct_never_worse(problem, groups, producer, group, consumer,
+                                                        source.num_bytes, output.num_bytes, objective):
+        return None
+    return producer
+
+
+def _supports_all(groups: _Groups, group: str, other: str) -> bool:
+    """Whether `group` may sit wherever `other` may."""
+    return set(groups.supported(other)) <= set(groups.supported(group))
+
+
+def _direct_never_worse(problem: PlacementProblem, groups: _Groups, producer: str, middle: str, consumer: str,
+                        input_bytes: int, output_bytes: int, objective: Objective) -> bool:
+    """Whether sending the output straight from the producer's device is never dearer than a detour
+    via the middle node's device (the input's move there plus the output's onward move)."""
+    for rate_of in dict.fromkeys((objective, LATENCY)):
+        def price(num_bytes: int, source: str, destination: str) -> float:
+            if source == destination:
+                return 0.0
+            rate = rate_of.rate(problem, (source, destination))
+            return problem.transfer_seconds(num_bytes, source, destination) * rate
+
+        for p, d, c in itertools.product(groups.supported(producer), groups.supported(middle),
+                                         groups.supported(consumer)):
+            if price(output_bytes, p, c) > price(input_bytes, p, d) + price(output_bytes, d, c) * (1 + 1e-12):
+                return False
+    return True
+
+
+class _Groups:
+    """Disjoint groups of nodes, each named by its leader, and the tensors that enter and leave them."""
+
+    def __init__(self, problem: PlacementProblem):
+        self.problem = problem
+        self.parent = {node.name: node.name for node in problem.nodes}
+        self.members: dict[str, list[str]] = {node.name: [node.name] for node in problem.nodes}
+        self.reads: dict[str, list[ProblemValue]] = defaultdict(list)
+        self.writes: dict[str, list[ProblemValue]] = defaultdict(list)
+        for value in problem.values:
+            self.writes[value.producer].append(value)
+            for consumer in dict.fromkeys(value.consumers):
+                self.reads[consumer].append(value)
+
+    def leader(self, name: str) -> str:
+        while self.parent[name] != name:
+            self.parent[name] = self.parent[self.parent[name]]
+            name = self.parent[name]
+        return name
+
+    def merge(self, name: str, into: str) -> None:
+        group, target = self.leader(name), self.leader(into)
+        if group != target:
+            self.parent[group] = target
+            self.members[target] += self.members.pop(group)
+
+    def supported(self, group: str) -> tuple[str, ...]:
+        """The targets every member supports, in the leader's priority order."""
+        member_nodes = [self.problem.node(m) for m in self.members[group]]
+        return tuple(t for t in member_nodes[0].supported if all(t in n.compute_seconds for n in member_nodes))
+
+    def is_free(self, group: str) -> bool:
+        nodes = [self.problem.node(m) for m in self.members[group]]
+        return all(not n.parameters and not any(n.compute_seconds.values()) for n in nodes)
+
+    def incoming(self, group: str) -> list[ProblemValue]:
+        """Tensors produced outside the group and read inside it."""
+        return [v for m in self.members[group] for v in self.reads[m] if self.leader(v.producer) != group]
+
+    def outgoing(self, group: str) -> list[ProblemValue]:
+        """Tensors produced inside the group and read outside it."""
+        return [v for m in self.members[group] for v in self.writes[m]
+                if any(self.leader(c) != group for c in v.consumers)]
+
+    def _blocks(self, representative: Mapping[str, str]) -> tuple[tuple[tuple[str, ...], ...], ...]:
+        """The repeated blocks, keeping only positions whose node in every block stands for itself."""
+        families = []
+        for family in self.problem.blocks:
+            kept = [position for position in range(len(family[0]))
+                    if all(representative[block[position]] == block[position] for block in family)]
+            families.append(tuple(tuple(block[p] for p in kept) for block in family))
+        return tuple(families)
+
+    def reduction(self) -> Reduction:
+        representative = {node.name: self.leader(node.name) for node in self.problem.nodes}
+        nodes = []
+        for node in self.problem.nodes:
+            if representative[node.name] != node.name:
+                continue
+            members = [self.problem.node(m) for m in self.members[node.name]]
+            compute = {t: sum(m.compute_seconds[t] for m in members) for t in self.supported(node.name)}
+            parameters = tuple(dict.fromkeys(p for m in members for p in m.parameters))
+            follows = representative[node.follows] if node.follows is not None else None
+            working = max(m.working_bytes for m in members)
+            nodes.append(ProblemNode(node.name, node.kind, compute, parameters, follows, working))
+        values = []
+        for value in self.problem.values:
+            producer = representative[value.producer]
+            consumers = tuple(dict.fromkeys(representative[c] for c in value.consumers if
+                                            representative[c] != producer))
+            if consumers:
+                values.append(ProblemValue(producer, consumers, value.num_bytes))
+        reduced = PlacementProblem(self.problem.targets, self.problem.fallback, tuple(nodes), tuple(values),
+                                   self.problem.parameter_bytes, self.problem.links, self._blocks(representative))
+        return Reduction(reduced, representative)

@@ -1,0 +1,82 @@
+"""What a plan file records beside the placement: the model's identity, each target as run, each node's facts.
+
+Plain values with `to_dict` / `from_dict`, read by the plan (partitioner/plan.py) and by every report, so
+that reports depend on these records rather than on the plan itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from partitioner.frontend.capture import ModelSource
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """Which model a plan is for; `fingerprint` changes when its graph or input shapes change."""
+
+    name: str
+    source: ModelSource | None
+    fingerprint: str
+    node_count: int
+    parameter_bytes: int
+    total_flops: int
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "source": self.source.to_dict() if self.source else None,
+                "fingerprint": self.fingerprint, "node_count": self.node_count,
+                "parameter_bytes": self.parameter_bytes, "total_flops": self.total_flops}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ModelInfo:
+        source = ModelSource.from_dict(data["source"]) if data.get("source") else None
+        return cls(data["name"], source, data["fingerprint"], data["node_count"], data["parameter_bytes"],
+                   data["total_flops"])
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRecord:
+    """A target as the plan's consumers need it: how to run it, and which spec described it."""
+
+    name: str
+    kind: str
+    description: str
+    torch_device: str
+    onnx_execution_provider: str
+    spec_path: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "description": self.description,
+                "torch_device": self.torch_device, "onnx_execution_provider": self.onnx_execution_provider,
+                "spec_path": self.spec_path}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """What a person needs to see why a node sits where it sits."""
+
+    name: str
+    op: str
+    module_path: str
+    output_shapes: tuple[tuple[int | None, ...], ...]
+    dtypes: tuple[str, ...]
+    flops: int
+    bytes_read: int
+    bytes_written: int
+    parameter_bytes: int
+    refusals: Mapping[str, str]
+    measured_on: tuple[str, ...] = ()  # targets whose cost for this node was measured, not estimated
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "op": self.op, "module_path": self.module_path,
+                "output_shapes": [list(s) for s in self.output_shapes], "dtypes": list(self.dtypes),
+                "flops": self.flops, "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
+                "parameter_bytes": self.parameter_bytes, "refusals": dict(self.refusals),
+                "measured_on": list(self.measured_on)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> NodeRecord:
+        return cls(data["name"], data["op"], data["module_path"], tuple(tuple(s) for s in data["output_shapes"]),
+                   tuple(data["dtypes"]), data["flops"], data["bytes_read"], data["bytes_written"],
+                   data["parameter_bytes"], dict(data["refusals"]), tuple(data.get("measured_on", ())))

@@ -1,0 +1,141 @@
+"""The plan summary printed by `partitioner compile` and `Plan.summary()`, and the figures all reports share.
+
+Ops and FLOPs per target, predicted latency and money per request beside the
+`fallback` and `priority` baselines, cut tensors, and the solver's proof.
+`target_uses` and `versus_plan` also feed `partitioner report` and report.html.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Mapping, Protocol
+
+from partitioner.execution.split import Partition
+from partitioner.placement.objectives import Objective
+from partitioner.placement.problem import PlacementProblem
+from partitioner.placement.scoring import Score
+from partitioner.placement.solver import SolverReport
+from partitioner.plan_records import ModelInfo, NodeRecord, TargetRecord
+from partitioner.units import format_bytes, format_money, format_seconds
+
+
+class ReportedPlan(Protocol):
+    """What the reports read of a plan; `partitioner.plan.Plan` is one. A protocol, so that a plan can print its
+    own summary (`Plan.summary()`) while this module stays below partitioner/plan.py."""
+
+    @property
+    def model(self) -> ModelInfo: ...
+    @property
+    def targets(self) -> tuple[TargetRecord, ...]: ...
+    @property
+    def objective(self) -> Objective: ...
+    @property
+    def cost_model(self) -> str: ...
+    @property
+    def problem(self) -> PlacementProblem: ...
+    @property
+    def nodes(self) -> tuple[NodeRecord, ...]: ...
+    @property
+    def placement(self) -> Mapping[str, str]: ...
+    @property
+    def solver(self) -> SolverReport: ...
+    @property
+    def partitions(self) -> tuple[Partition, ...]: ...
+    @property
+    def max_latency_seconds(self) -> float | None: ...
+    @property
+    def fallback(self) -> str: ...
+    def score(self) -> Score: ...
+    def baseline_scores(self) -> dict[str, Score]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TargetUse:
+    """One target's share of a plan: what runs there, how long it is busy, what it holds and costs."""
+
+    name: str
+    is_fallback: bool
+    ops: int
+    flops_share: float
+    busy_seconds: float
+    memory_bytes: int
+    capacity_bytes: int
+    cost_per_request: float
+
+
+def target_uses(plan: ReportedPlan, result: Score) -> list[TargetUse]:
+    """Per target of `plan` (scored as `result`), in priority order: the figures every report shows."""
+    flops: Counter[str] = Counter()
+    ops: Counter[str] = Counter()
+    for node in plan.nodes:
+        flops[plan.placement[node.name]] += node.flops
+        ops[plan.placement[node.name]] += 1
+    total_flops = sum(flops.values()) or 1
+    return [TargetUse(t.name, t.name == plan.fallback, ops[t.name], flops[t.name] / total_flops,
+                      result.busy_seconds[t.name], result.memory_bytes[t.name], t.memory_bytes,
+                      result.busy_seconds[t.name] * t.price_per_second)
+            for t in plan.problem.targets]
+
+
+def versus_plan(plan: ReportedPlan, strategy: Score, result: Score) -> str:
+    """How the plan (scored as `result`) compares with another strategy: its saving in the plan's objective,
+    or why that strategy is no rival (it does not fit in memory, or misses the latency limit)."""
+    if not strategy.fits_memory:
+        over = ", ".join(f"{name} by {format_bytes(extra)}" for name, extra in strategy.over_capacity_bytes.items())
+        return f"infeasible: exceeds memory on {over}"
+    limit = plan.max_latency_seconds
+    if limit is not None and strategy.latency_seconds > limit:
+        return f"infeasible: over the {format_seconds(limit)} latency limit"
+    objective = plan.objective
+    theirs = objective.value(strategy)
+    saving = 1 - objective.value(result) / theirs if theirs else 0
+    return f"plan saves {100 * saving:.1f}% {objective.name}"
+
+
+def format_summary(plan: ReportedPlan) -> str:
+    result = plan.score()
+    model = plan.model
+    lines = [
+        f"model      {model.name}: {model.node_count} ops, {format_bytes(model.parameter_bytes)} of parameters, "
+        f"{model.total_flops / 1e9:.3g} GFLOP",
+        f"targets    {', '.join(t.name + (' (fallback)' if t.name == plan.fallback else '') for t in plan.targets)}"
+        f"; objective {plan.objective.name}"
+        f"{f' within {format_seconds(plan.max_latency_seconds)}' if plan.max_latency_seconds else ''}"
+        f"; cost model {plan.cost_model}",
+        "",
+        f"{'target':<16}{'ops':>7}{'FLOPs':>9}{'busy':>12}{'memory':>24}",
+    ]
+    for use in target_uses(plan, result):
+        memory = f"{format_bytes(use.memory_bytes)} / {format_bytes(use.capacity_bytes)}"
+        lines.append(f"{use.name:<16}{use.ops:>7}{100 * use.flops_share:>8.1f}%"
+                     f"{format_seconds(use.busy_seconds):>12}{memory:>24}")
+    lines += [
+        "",
+        f"partitions  {len(plan.partitions)} (run in order: "
+        f"{' -> '.join(p.target for p in plan.partitions[:6])}{' -> ...' if len(plan.partitions) > 6 else ''})",
+        f"cut tensors {result.transfer_count} ({format_bytes(result.transfer_bytes)}, "
+        f"{format_seconds(result.transfer_seconds)})",
+        "",
+        f"{'strategy':<12}{'latency':>12}{'cost/request':>16}{'per 1M req':>12}"
+        + (f"{plan.objective.table_column:>12}" if plan.objective.table_column else "") + "   vs plan",
+        _strategy_line("plan", result, plan.objective),
+    ]
+    for name, baseline in plan.baseline_scores().items():
+        lines.append(f"{_strategy_line(name, baseline, plan.objective)}   {versus_plan(plan, baseline, result)}")
+    lines += ["", f"solver     {solver_line(plan.solver, plan.objective, '; ')}"]
+    return "\n".join(lines)
+
+
+def solver_line(report: SolverReport, objective: Objective, separator: str = ", ") -> str:
+    """How the solver did, in the objective's unit: status, origin, objective, bound, gap and time."""
+    return (f"{report.status} ({report.origin}){separator}objective {objective.format(report.objective)}, "
+            f"bound {objective.format(report.bound)}, gap {100 * report.gap:.2f}%, {report.wall_seconds:.2f} s")
+
+
+def _strategy_line(name: str, strategy: Score, objective: Objective) -> str:
+    line = (f"{name:<12}{format_seconds(strategy.latency_seconds):>12}{format_money(strategy.cost_per_request):>16}"
+            f"{format_money(strategy.cost_per_request * 1e6):>12}")
+    if objective.table_column:
+        line += f"{objective.format(objective.value(strategy)):>12}"
+    return line

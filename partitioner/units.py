@@ -1,0 +1,40 @@
+"""Units of the figures a plan reports (seconds, dollars, bytes) and how each is printed.
+
+Shared by the objectives (each has a unit), the summary, the tables, report.html and `explain`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.3g} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds * 1e6:.3g} us"
+
+
+def format_money(dollars: float) -> str:
+    return f"${dollars:.3g}"
+
+
+def format_bytes(num_bytes: int) -> str:
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if num_bytes >= size:
+            return f"{num_bytes / size:.1f} {unit}"
+    return f"{num_bytes} B"
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """What an objective's figure is measured in: its name (as progress events report it) and how it prints."""
+
+    name: str
+    format: Callable[[float], str]
+
+
+SECONDS = Unit("seconds", format_seconds)
+DOLLARS = Unit("dollars", format_money)

@@ -1,0 +1,230 @@
+"""Tagging: which targets accept each node, and the reason every refusal gives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from partitioner.frontend.op_graph import NodeKind, OpGraph, OpNode, TensorMeta
+from partitioner.placement.tagging import refusal_reason, tag
+from targets.loader import load_target, load_targets
+from tests.conftest import op_graph_of
+
+HALF = torch.float16
+
+
+@pytest.fixture(scope="module")
+def targets():
+    return load_targets(["npu-example", "dsp-example", "cuda-h100"])
+
+
+def only_node(graph: OpGraph, op: str) -> OpNode:
+    (node,) = [n for n in graph if n.op == op]
+    return node
+
+
+class Softmax(torch.nn.Module):
+    def forward(self, x):
+        return torch.softmax(x, dim=-1)
+
+
+class Relu(torch.nn.Module):
+    def forward(self, x):
+        return torch.relu(x)
+
+
+class Views(torch.nn.Module):
+    """Only re-views its input, then does one real op so the output is not an alias."""
+
+    def forward(self, x):
+        y = x.view(2, 3, 4, 5).transpose(1, 2).reshape(2, 60)
+        first, second = torch.split(y, 30, dim=1)
+        return torch.softmax(first, dim=-1) + second
+
+
+UNSUPPORTED_ON_NPU = {
+    "embedding": (torch.nn.Embedding(10, 8), torch.zeros(2, 3, dtype=torch.long), "aten.embedding.default"),
+    "layer_norm": (torch.nn.LayerNorm(8), torch.randn(2, 8, dtype=HALF), "aten.layer_norm.default"),
+    "softmax": (Softmax(), torch.randn(2, 8, dtype=HALF), "aten.softmax.int"),
+}
+
+
+@pytest.mark.parametrize("model, example, op", UNSUPPORTED_ON_NPU.values(), ids=UNSUPPORTED_ON_NPU.keys())
+def test_op_not_in_support_list_is_refused_and_goes_to_fallback(targets, model, example, op):
+    graph = op_graph_of(model.to(HALF), (example,))
+    node = only_node(graph, op)
+
+    tagging = tag(graph, targets)
+
+    assert tagging.refusals[node.name]["npu-example"] == f"{op}: op not in support list"
+    assert tagging.supported[node.name] == ("cuda-h100",)
+
+
+def test_supported_op_in_supported_dtype_is_accepted(targets):
+    graph = op_graph_of(torch.nn.Linear(8, 4).to(HALF), (torch.randn(2, 8, dtype=HALF),))
+    node = only_node(graph, "aten.linear.default")
+
+    tagging = tag(graph, targets)
+
+    assert tagging.supported[node.name] == ("npu-example", "dsp-example", "cuda-h100")
+    assert tagging.refusals[node.name] == {}
+
+
+def test_unsupported_dtype_is_refused_with_the_dtype_named(targets):
+    graph = op_graph_of(torch.nn.Linear(8, 4), (torch.randn(2, 8),))
+    node = only_node(graph, "aten.linear.default")
+
+    tagging = tag(graph, targets)
+
+    reason = tagging.refusals[node.name]["npu-example"]
+    assert reason.startswith("aten.linear.default: dtype float32 not supported")
+    assert "float16" in reason  # says what the target does take
+    assert tagging.supported[node.name] == ("cuda-h100",)
+
+
+def test_cast_to_an_unsupported_dtype_is_refused(targets):
+    class CastUp(torch.nn.Module):
+        def forward(self, x):
+            return (x + 1).to(torch.float32)
+
+    graph = op_graph_of(CastUp(), (torch.randn(2, 8, dtype=HALF),))
+    cast = only_node(graph, "aten.to.dtype")
+
+    reason = refusal_reason(cast, targets["npu-example"].support)
+
+    assert reason is not None and "dtype float32" in reason
+
+
+def test_fallback_supports_every_node_and_never_has_refusals(targets):
+    class Mixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 8)
+            self.norm = torch.nn.LayerNorm(8)
+            self.conv = torch.nn.Conv2d(8, 8, 5, groups=8)
+
+        def forward(self, ids):
+            x = self.norm(self.embed(ids))                      # ops no cheap target has
+            x = self.conv(x.reshape(1, 8, 6, 6).float().half())  # grouped 5x5 conv
+            return torch.softmax(x.float().reshape(1, 2, 2, 2, 2, 2), dim=-1)  # float32, rank 6
+
+    graph = op_graph_of(Mixed().to(HALF), (torch.zeros(4, 9, dtype=torch.long),))
+
+    tagging = tag(graph, targets)
+
+    assert any(tagging.refusals.values()), "the model must exercise some refusals"
+    for node in graph:
+        assert "cuda-h100" in tagging.supported[node.name]
+        assert "cuda-h100" not in tagging.refusals[node.name]
+
+
+def test_refused_targets_are_exactly_those_missing_from_supported(targets):
+    graph = op_graph_of(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)), (torch.randn(2, 8),))
+
+    tagging = tag(graph, targets)
+
+    for node in graph:
+        refused = set(tagging.refusals[node.name])
+        assert set(tagging.supported[node.name]) == set(targets.names) - refused
+
+
+def test_supported_targets_keep_the_target_set_priority_order():
+    targets = load_targets(["dsp-example", "cuda-h100", "npu-example"])
+    graph = op_graph_of(Relu(), (torch.randn(2, 8, dtype=HALF),))
+
+    tagging = tag(graph, targets)
+
+    assert tagging.supported[only_node(graph, "aten.relu.default").name] == (
+        "dsp-example", "cuda-h100", "npu-example",
+    )
+
+
+def test_view_ops_are_supported_by_every_target(targets):
+    # float32 and not in any cheap target's op list: only their view kind lets them through.
+    graph = op_graph_of(Views(), (torch.randn(120),))
+    views = [node for node in graph if node.kind is not NodeKind.COMPUTE]
+
+    tagging = tag(graph, targets)
+
+    assert {"aten.reshape.default", "aten.transpose.int", "aten.view.default"} <= {n.op for n in views}
+    for node in views:
+        assert tagging.supported[node.name] == targets.names
+        assert tagging.refusals[node.name] == {}
+    softmax = only_node(graph, "aten.softmax.int")
+    assert tagging.supported[softmax.name] == ("cuda-h100",)
+
+
+class GroupedConv(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(32, 32, 3, padding=1, groups=32)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def conv_graph(model: torch.nn.Module, in_channels: int) -> tuple[OpGraph, OpNode]:
+    graph = op_graph_of(model.to(HALF), (torch.randn(1, in_channels, 16, 16, dtype=HALF),))
+    return graph, only_node(graph, "aten.conv2d.default")
+
+
+def test_grouped_conv_is_refused_by_dsp_with_the_group_limit_named(targets):
+    graph, conv = conv_graph(GroupedConv(), 32)
+
+    tagging = tag(graph, targets)
+
+    assert "groups=32 > max 1" in tagging.refusals[conv.name]["dsp-example"]
+    assert tagging.supported[conv.name] == ("npu-example", "cuda-h100")
+
+
+@pytest.mark.parametrize(
+    "kernel, dsp_accepts, npu_accepts",
+    [(3, True, True), (5, False, True), (9, False, False)],
+)
+def test_conv_kernel_size_limits_differ_per_target(kernel, dsp_accepts, npu_accepts):
+    _, conv = conv_graph(torch.nn.Conv2d(4, 8, kernel, padding=kernel // 2), 4)
+
+    dsp_reason = refusal_reason(conv, load_target("dsp-example").support)
+    npu_reason = refusal_reason(conv, load_target("npu-example").support)
+
+    assert (dsp_reason is None) == dsp_accepts
+    assert (npu_reason is None) == npu_accepts
+    if not dsp_accepts:
+        assert dsp_reason == f"aten.conv2d.default: weight={kernel} > max 3"
+    if not npu_accepts:
+        assert npu_reason == f"aten.conv2d.default: weight={kernel} > max 7"
+
+
+@pytest.mark.parametrize("rank, dsp_accepts", [(4, True), (5, False)])
+def test_rank_limit_refuses_tensors_of_higher_rank(rank, dsp_accepts):
+    graph = op_graph_of(Relu(), (torch.randn((2,) * rank, dtype=HALF),))
+    relu = only_node(graph, "aten.relu.default")
+
+    reason = refusal_reason(relu, load_target("dsp-example").support)
+
+    assert reason == (None if dsp_accepts else "aten.relu.default: rank 5 > max 4")
+    assert refusal_reason(relu, load_target("npu-example").support) is None  # npu allows rank 5
+
+
+def test_dynamic_shape_is_refused_by_static_shape_target():
+    def relu_node(shape):
+        tensor = TensorMeta(shape, "float16")
+        return OpNode(name="relu", op="aten.relu.default", kind=NodeKind.COMPUTE, inputs=(), parameters=(),
+                      input_tensors=(tensor,), output_tensors=(tensor,), arguments={}, flops=0,
+                      parameter_bytes=0)
+
+    dsp = load_target("dsp-example").support
+
+    assert refusal_reason(relu_node((None, 8)), dsp) == (
+        "aten.relu.default: dynamic shape, target takes static shapes only"
+    )
+    assert refusal_reason(relu_node((4, 8)), dsp) is None
+
+
+def test_tagging_does_not_change_the_graph(targets):
+    graph = op_graph_of(torch.nn.Linear(8, 4), (torch.randn(2, 8),))
+    before = (graph.fingerprint(), graph.nodes)
+
+    tag(graph, targets)
+
+    assert (graph.fingerprint(), graph.nodes) == before
