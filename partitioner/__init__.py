@@ -15,6 +15,9 @@ _EXPORTS = {
     "compile_captured": "partitioner.compiler",
     "capture": "partitioner.frontend.capture",
     "Plan": "partitioner.plan",
+    "Objective": "partitioner.placement.objectives",
+    "BusySecondsObjective": "partitioner.placement.objectives",
+    "register_objective": "partitioner.placement.objectives",
     "PartitionerError": "partitioner.errors",
     "load_targets": "targets.loader",
 }
