@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -39,13 +41,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.command(args)
+        with warnings.catch_warnings():
+            warnings.formatwarning = _warning_line
+            return args.command(args)
     except PartitionerError as error:
         print(f"partitioner: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("partitioner: interrupted", file=sys.stderr)
         return 130
+
+
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  line: str | None = None) -> str:
+    """A warning as one line a person reads (`partitioner: warning: ...`), not Python's file, line and source."""
+    return f"partitioner: warning: {message}\n"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,9 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     compile_parser.add_argument("--max-latency", type=_duration, metavar="TIME",
                                 help="latency limit per request, e.g. 50ms, 2.5ms, 800us or 0.05 (seconds); "
                                      "with --objective cost, the cheapest plan within it")
-    compile_parser.add_argument("--time-limit", type=_positive_float, default=30.0, metavar="SECONDS",
+    compile_parser.add_argument("--time-limit", type=_time_limit, default=30.0, metavar="SECONDS",
                                 help="solver time limit (default: 30)")
-    compile_parser.add_argument("--workers", type=int, default=0,
+    compile_parser.add_argument("--workers", type=_workers, default=0,
                                 help="solver search workers (default: one, then 8 unless optimality is proven)")
     compile_parser.add_argument("--seed", type=int, default=0, help="solver random seed (default: 0)")
     compile_parser.add_argument("--deterministic", action="store_true",
@@ -126,8 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--device-map", default="", metavar="TARGET=DEVICE,...",
                             help="the torch device that runs each target, e.g. npu-example=cpu,cuda-h100=cuda:0 "
                                  "(default: each spec's device, or the CPU where it is absent)")
-    run_parser.add_argument("--rtol", type=float, help="relative tolerance (default: torch.testing's for the dtype)")
-    run_parser.add_argument("--atol", type=float, help="absolute tolerance (default: torch.testing's for the dtype)")
+    run_parser.add_argument("--rtol", type=_tolerance, help="relative tolerance (default: torch.testing's for the dtype)")
+    run_parser.add_argument("--atol", type=_tolerance, help="absolute tolerance (default: torch.testing's for the dtype)")
     run_parser.set_defaults(command=_run)
 
     export_parser = commands.add_parser("export", help="write one ONNX file per partition and a manifest")
@@ -142,8 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     onnx_parser.add_argument("--check", action="store_true",
                              help="compare every output with the original model's; exit 1 if one differs")
     onnx_parser.add_argument("--model", help="the model again, if the plan's recorded source moved")
-    onnx_parser.add_argument("--rtol", type=float, help="relative tolerance (default: torch.testing's for the dtype)")
-    onnx_parser.add_argument("--atol", type=float, help="absolute tolerance (default: torch.testing's for the dtype)")
+    onnx_parser.add_argument("--rtol", type=_tolerance, help="relative tolerance (default: torch.testing's for the dtype)")
+    onnx_parser.add_argument("--atol", type=_tolerance, help="absolute tolerance (default: torch.testing's for the dtype)")
     onnx_parser.set_defaults(command=_run_onnx)
 
     report_parser = commands.add_parser("report", help="print a plan's report: targets, baselines, solver, and the "
@@ -171,6 +181,9 @@ def _compile(args: argparse.Namespace) -> int:
     with progress.step(f"capturing {args.model}"):
         captured = load_model_file(args.model)
     targets = [item.strip() for item in args.targets.split(",") if item.strip()]
+    if not targets:
+        raise PartitionerError(f"--targets {args.targets!r} names no target. Fix: name at least one, e.g. "
+                               f"--targets {','.join(DEFAULT_TARGET_NAMES)}.")
     objective = objective_named(args.objective)
     options = SolverOptions(time_limit_seconds=args.time_limit, workers=args.workers, seed=args.seed,
                             deterministic=args.deterministic,
@@ -289,6 +302,8 @@ def _run_onnx(args: argparse.Namespace) -> int:
     result = check_manifest(args.manifest, args.model, rtol=args.rtol, atol=args.atol)
     print(f"max abs error {result.max_abs_error:.3g}")
     print(f"max rel error {result.max_rel_error:.3g}")
+    for note in result.notes:
+        print(f"accepted    {note}")
     for mismatch in result.mismatches:
         print(f"mismatch    {mismatch}")
     print("PASS" if result.passed else "FAIL")
@@ -338,6 +353,8 @@ def _list_targets(args: argparse.Namespace) -> int:
 
 
 _TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+# Below this CP-SAT does not get past building its model: the plan would silently be a baseline.
+MIN_TIME_LIMIT_SECONDS = 0.01
 
 
 def _duration(text: str) -> float:
@@ -347,15 +364,50 @@ def _duration(text: str) -> float:
         value = float(text.removesuffix(unit)) * _TIME_UNITS.get(unit, 1.0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a time; write e.g. 50ms, 800us or 0.05") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive time such as 50ms, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+def _time_limit(text: str) -> float:
+    value = _positive_float(text)
+    if value < MIN_TIME_LIMIT_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_TIME_LIMIT_SECONDS:g} s for the solver to run, "
+                                         f"got {text}")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
+    return value
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (the default search) or a positive number of workers, got {text}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 

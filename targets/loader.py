@@ -8,6 +8,7 @@ load time, never as a wrong plan later. Built-in specs live in `builtin/`.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -32,6 +33,17 @@ _TOP_LEVEL_FIELDS = {
     "launch_overhead_microseconds", "compute_efficiency", "memory_efficiency",
     "peak_tflops", "host_link", "links", "support", "op_classes",
 }
+# What no real device comes near, in each field's unit: a figure outside is a typo or a unit mix-up
+# (GB/s written as bytes/s, say), and would make a plan silently absurd.
+_PLAUSIBLE = {
+    "price_per_hour": (0.0, 1e4, "dollars per hour"),
+    "memory_gib": (1e-6, 1e6, "GiB"),
+    "memory_bandwidth_gb_per_second": (1e-3, 1e6, "GB/s"),
+    "bandwidth_gb_per_second": (1e-3, 1e6, "GB/s"),
+    "launch_overhead_microseconds": (0.0, 1e6, "microseconds"),
+    "latency_microseconds": (0.0, 1e7, "microseconds"),
+}
+_PLAUSIBLE_TFLOPS = (1e-6, 1e6, "TFLOP/s")
 _OP_CLASS_FIELDS = {"compute_efficiency", "memory_efficiency", "launch_overhead_microseconds"}
 _LINK_FIELDS = {"bandwidth_gb_per_second", "latency_microseconds"}
 _SUPPORT_FIELDS = {"ops", "dtypes", "max_rank", "static_shapes_only", "limits"}
@@ -212,6 +224,13 @@ class _SpecReader:
         name = prefix + field
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(name, f"expected a number, got {value!r}", "write a plain number without quotes")
+        if not math.isfinite(value):
+            raise self.fail(name, f"{value} is not a finite number", "write the figure as a plain finite number")
+        plausible = _PLAUSIBLE.get(field)
+        if plausible is not None and not plausible[0] <= value <= plausible[1]:
+            low, high, unit = plausible
+            raise self.fail(name, f"{value:g} {unit} is not a plausible figure for a device",
+                            f"give it in {unit}, between {low:g} and {high:g}")
         if minimum is not None and value < minimum:
             raise self.fail(name, f"{value} is below {minimum}", f"use a value of at least {minimum}")
         if exclusive_minimum is not None and value <= exclusive_minimum:
@@ -240,9 +259,13 @@ class _SpecReader:
             self.check_dtype(dtype, "peak_tflops")
         if "float32" not in table:
             raise self.fail("peak_tflops.float32", "missing", "add the float32 peak; other dtypes default to it")
-        return {
-            dtype: self.number(dtype, table, "peak_tflops.", exclusive_minimum=0.0) * 1e12 for dtype in table
-        }
+        peaks = {dtype: self.number(dtype, table, "peak_tflops.", exclusive_minimum=0.0) for dtype in table}
+        for dtype, tflops in peaks.items():
+            if not _PLAUSIBLE_TFLOPS[0] <= tflops <= _PLAUSIBLE_TFLOPS[1]:
+                low, high, unit = _PLAUSIBLE_TFLOPS
+                raise self.fail(f"peak_tflops.{dtype}", f"{tflops:g} {unit} is not a plausible figure for a device",
+                                f"give it in {unit}, between {low:g} and {high:g}")
+        return {dtype: tflops * 1e12 for dtype, tflops in peaks.items()}
 
     def link(self, table: Any, field: str) -> Link:
         if not isinstance(table, dict):

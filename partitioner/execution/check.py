@@ -11,7 +11,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch.utils import _pytree as pytree
@@ -29,6 +29,10 @@ class Tolerance:
     rtol: float
     atol: float
 
+
+REDUCED_PRECISION = (torch.float16, torch.bfloat16)
+# How much farther from a float32 run a reduced-precision output may be than the model's own output is.
+ERROR_FACTOR = 2.0
 
 # torch.testing.assert_close's documented defaults; dtypes not listed (integers, bool) must match exactly.
 _DEFAULT_TOLERANCES = {
@@ -48,7 +52,8 @@ class CheckResult:
 
     `max_rel_error` is taken over the elements whose expected value is not zero;
     `tolerances` holds the tolerance used for each dtype compared; `mismatches`
-    says, one line per output, which ones failed and how.
+    says, one line per output, which ones failed and how; `notes` names the
+    reduced-precision outputs accepted against a float32 reference instead.
     """
 
     max_abs_error: float
@@ -56,6 +61,7 @@ class CheckResult:
     passed: bool
     tolerances: Mapping[str, Tolerance]
     mismatches: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,15 +133,22 @@ def run_timed(module: Callable, example_inputs: Any) -> TimedRun:
     return TimedRun(outputs, seconds)
 
 
-def compare_outputs(expected: Any, actual: Any, rtol: float | None = None, atol: float | None = None) -> CheckResult:
-    """Compare two output structures leaf by leaf; `rtol`/`atol` override the per-dtype defaults."""
+def compare_outputs(expected: Any, actual: Any, rtol: float | None = None, atol: float | None = None,
+                    float32_reference: Sequence[Any] | None = None) -> CheckResult:
+    """Compare two output structures leaf by leaf; `rtol`/`atol` override the per-dtype defaults.
+
+    With `float32_reference` (the leaves of a float32 run of the model), a float16 or bfloat16 output
+    beyond its tolerance passes when it is no farther from the float32 result than ERROR_FACTOR times
+    the expected output's own distance from it: the two runs then differ by rounding, not by a mistake.
+    """
     expected_leaves = pytree.tree_flatten_with_path(expected)[0]
     actual_leaves = pytree.tree_leaves(actual)
     if len(expected_leaves) != len(actual_leaves):
         problem = f"the partitioned module returned {len(actual_leaves)} outputs, the model {len(expected_leaves)}"
         return CheckResult(math.inf, math.inf, False, {}, (problem,))
-    max_abs, max_rel, tolerances, mismatches = 0.0, 0.0, {}, []
-    for (path, want), got in zip(expected_leaves, actual_leaves):
+    references = list(float32_reference) if float32_reference is not None else [None] * len(expected_leaves)
+    max_abs, max_rel, tolerances, mismatches, notes = 0.0, 0.0, {}, [], []
+    for (path, want), got, exact in zip(expected_leaves, actual_leaves, references):
         name = pytree.keystr(path) or "output"
         if not isinstance(want, torch.Tensor):
             if want != got:
@@ -145,9 +158,29 @@ def compare_outputs(expected: Any, actual: Any, rtol: float | None = None, atol:
         tolerances[str(want.dtype).removeprefix("torch.")] = tolerance
         leaf_abs, leaf_rel, problem = _compare_tensor(name, want, got, tolerance)
         max_abs, max_rel = max(max_abs, leaf_abs), max(max_rel, leaf_rel)
+        if problem and exact is not None and want.dtype in REDUCED_PRECISION and math.isfinite(leaf_abs):
+            problem, note = _against_float32(name, want, got, exact)
+            notes += [note] if note else []
         if problem:
             mismatches.append(problem)
-    return CheckResult(max_abs, max_rel, not mismatches, tolerances, tuple(mismatches))
+    return CheckResult(max_abs, max_rel, not mismatches, tolerances, tuple(mismatches), tuple(notes))
+
+
+def _against_float32(name: str, want: torch.Tensor, got: torch.Tensor, exact: torch.Tensor
+                     ) -> tuple[str | None, str | None]:
+    """(problem, note) for a reduced-precision output judged by its distance from the float32 result."""
+    expected_error, actual_error = _max_abs_difference(want, exact), _max_abs_difference(got, exact)
+    described = f"{name} ({_describe(want)})"
+    if actual_error <= ERROR_FACTOR * expected_error:
+        return None, (f"{described}: {actual_error:.3g} from the float32 result, where the model's own "
+                      f"{_describe(want).split('[')[0]} is {expected_error:.3g}: rounding, not a wrong result")
+    return (f"{described}: {actual_error:.3g} from the float32 result, more than {ERROR_FACTOR:g} times the model's "
+            f"own {expected_error:.3g}"), None
+
+
+def _max_abs_difference(value: torch.Tensor, reference: torch.Tensor) -> float:
+    difference = (value.detach().cpu().double() - reference.detach().cpu().double()).abs()
+    return difference.nan_to_num(nan=math.inf).max().item() if difference.numel() else 0.0
 
 
 def describe_outputs(outputs: Any, limit: int = 6) -> str:

@@ -1,6 +1,7 @@
 """Split: group placed nodes into partitions that, contracted, form a DAG.
 
-A partition is a connected region of nodes on one target. Runs after `solve`
+A partition is a region of nodes on one target: connected, or several regions
+that nothing run elsewhere separates (they run back to back). Runs after `solve`
 and before the runtime or export: both build one submodule per partition and
 run them in the order recorded here. Pure data in, pure data out (no torch).
 """
@@ -53,7 +54,10 @@ def split(graph: OpGraph, assignment: Mapping[str, str]) -> tuple[Partition, ...
     _check_writes_stay_home(graph, assignment)
     groups = _acyclic_groups(graph, assignment)
     dag = _contracted(graph, groups)
-    _merge_neighbours(dag, groups, assignment)
+    first_node = {}
+    for index, node in enumerate(graph):
+        first_node.setdefault(_find(groups, node.name), index)
+    _merge_neighbours(dag, groups, assignment, first_node)
     members: dict[str, list[str]] = {}
     for node in graph:  # graph order, so each member list starts with its earliest node
         members.setdefault(_find(groups, node.name), []).append(node.name)
@@ -99,12 +103,16 @@ def _predecessors(node: OpNode) -> tuple[str, ...]:
     return node.inputs + node.after
 
 
-def _merge_neighbours(dag: nx.DiGraph, groups: dict[str, str], assignment: Mapping[str, str]) -> None:
+def _merge_neighbours(dag: nx.DiGraph, groups: dict[str, str], assignment: Mapping[str, str],
+                      position: Mapping[str, int]) -> None:
     """Merge groups on one target while the DAG allows it.
 
     Along an edge A -> B, A merges into B when no other path leads from A to B.
     A group that reads only model inputs (e.g. a runtime check of an input)
-    merges into the first group on its target that it has no path to.
+    merges into the first group on its target that it has no path to. Then, in
+    run order, each group merges into the last earlier group on its target that
+    no path through other groups separates from it (parallel branches after a
+    cut): partitions on one target that the DAG lets run together become one.
     """
     changed = True
     while changed:
@@ -116,16 +124,21 @@ def _merge_neighbours(dag: nx.DiGraph, groups: dict[str, str], assignment: Mappi
         for b in list(dag.nodes):
             if b != a and assignment[a] == assignment[b] and _merge_if_acyclic(dag, groups, a, b):
                 break
+    last_on: dict[str, str] = {}
+    for group in list(nx.lexicographical_topological_sort(dag, key=lambda g: position[g])):
+        target = assignment[group]
+        earlier = last_on.get(target)
+        if earlier is not None and _merge_if_acyclic(dag, groups, group, earlier):
+            continue
+        last_on[target] = group
 
 
 def _merge_if_acyclic(dag: nx.DiGraph, groups: dict[str, str], a: str, b: str) -> bool:
-    """Contract group `a` into group `b` unless a path through other groups leads from `a` to `b`."""
-    direct = dag.has_edge(a, b)
-    if direct:
-        dag.remove_edge(a, b)
-    if nx.has_path(dag, a, b):
-        if direct:
-            dag.add_edge(a, b)
+    """Contract group `a` into group `b` unless a path through other groups leads from one to the other."""
+    direct = [(u, v) for u, v in ((a, b), (b, a)) if dag.has_edge(u, v)]
+    dag.remove_edges_from(direct)
+    if nx.has_path(dag, a, b) or nx.has_path(dag, b, a):
+        dag.add_edges_from(direct)
         return False
     nx.contracted_nodes(dag, b, a, self_loops=False, copy=False)
     _union(groups, a, b)

@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import io
 import logging
+import re
 import sys
 import traceback
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import torch
 from torch.export import ExportedProgram
 
 from partitioner.errors import PartitionerError
+from partitioner.frontend.input_containers import register_input_containers
 
 # This package's own folder, not any folder named "partitioner" (a user's project may have one).
 _LIBRARY_MARKERS = ("site-packages", "dist-packages", "/torch/", str(Path(__file__).parent) + "/")
@@ -86,12 +88,21 @@ def capture(model: torch.nn.Module, example_inputs: Any, name: str | None = None
             "Fix: pass the model object itself (or return it from build())."
         )
     args, kwargs = split_inputs(example_inputs)
+    register_input_containers(model)
     try:
         with _held_back_torch_output():
             program = torch.export.export(model, args, kwargs=kwargs, strict=False)
     except Exception as error:  # torch raises many types here; all mean "this model did not trace"
         raise PartitionerError(_capture_failure(model, error)) from error
+    _remove_dead_code(program)
     return CapturedModel(program, name or type(model).__name__, source, model, example_inputs)
+
+
+def _remove_dead_code(program: ExportedProgram) -> None:
+    """Drop ops whose results nothing reads (torch.export keeps e.g. an unused `arange`), so no plan gives them
+    a partition of their own; asserts and in-place writes are impure and stay."""
+    if program.graph_module.graph.eliminate_dead_code():
+        program.graph_module.recompile()
 
 
 @contextlib.contextmanager
@@ -202,6 +213,14 @@ def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
 def _capture_failure(model: torch.nn.Module, error: Exception) -> str:
     location = _user_frame(error)
     where = f" at {location}" if location else ""
+    unsupported = re.search(r"Unsupported input type <class '([^']+)'>", str(error))
+    if unsupported:
+        return (
+            f"torch.export could not capture {type(model).__name__}: an example input is a {unsupported.group(1)}, "
+            "which torch.export cannot flatten into tensors. Fix: register that type before compiling "
+            "(torch.utils._pytree.register_pytree_node, or torch.export.register_dataclass for a dataclass), "
+            "or pass its tensors as plain inputs."
+        )
     return (
         f"torch.export could not capture {type(model).__name__}{where}: {_describe(error)}. "
         "Fix: make that code traceable (no data-dependent Python control flow, no unsupported calls), "

@@ -8,19 +8,22 @@ earlier partitions by name, model outputs collected in the model's order.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import onnxruntime
+from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedByRuntime
 import torch
 from torch.utils import _pytree as pytree
 
 from partitioner.errors import PartitionerError
 from partitioner.execution.check import CheckResult, compare_outputs, require_real_weights, run_timed
+from partitioner.execution.float32_reference import float32_outputs, has_reduced_precision
 from partitioner.frontend.capture import split_inputs
-from partitioner.onnx.export import MANIFEST_NAME, Manifest
+from partitioner.onnx.export import MANIFEST_NAME, ExportedPartition, Manifest
 from partitioner.plan import Plan
 
 _CPU = "CPUExecutionProvider"
@@ -34,13 +37,18 @@ class ChainedOnnxModel:
         self.folder = path if path.is_dir() else path.parent
         self.manifest = Manifest.load(path if not path.is_dir() else path / MANIFEST_NAME)
         available = set(onnxruntime.get_available_providers())
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only: ORT's optimizer notes are not the user's business
         self.sessions = []
         for partition in self.manifest.partitions:
             file = self.folder / partition.file
             if not file.is_file():
                 raise PartitionerError(f"{file} is missing from the export. Fix: export the plan again.")
-            self.sessions.append(onnxruntime.InferenceSession(
-                str(file), providers=_providers(partition.execution_provider, partition.target, available)))
+            providers = _providers(partition.execution_provider, partition.target, available)
+            try:
+                self.sessions.append(onnxruntime.InferenceSession(str(file), options, providers=providers))
+            except NotImplementedByRuntime as error:
+                raise PartitionerError(_no_kernel(partition, providers[0], error)) from None
 
     @property
     def input_names(self) -> list[str]:
@@ -57,6 +65,21 @@ class ChainedOnnxModel:
             outputs = session.run(None, {name: values[name] for name in names})
             values.update(zip((item.name for item in session.get_outputs()), outputs))
         return [values[spec.name] for spec in self.manifest.outputs]
+
+
+def _no_kernel(partition: ExportedPartition, provider: str, error: Exception) -> str:
+    """Why ONNX Runtime cannot run a file here: the op it lacks, and for bfloat16 the provider's known limit."""
+    missing = re.search(r"Could not find an implementation for (\S+)", str(error))
+    op = missing.group(1) if missing else "an op"
+    dtypes = {t.dtype for t in partition.inputs + partition.outputs}
+    if "bfloat16" in dtypes:
+        return (f"ONNX Runtime's {provider} has no bfloat16 kernel for {op} in {partition.file}: it runs bfloat16 for "
+                "few ops, so a bfloat16 export cannot run here. Fix: run it where the target's provider "
+                f"({partition.execution_provider}) is installed, or check the plan here in torch with "
+                "`partitioner run PLAN --check`, or compile and export a float32 build of the model to check the files.")
+    return (f"ONNX Runtime's {provider} has no kernel for {op} in {partition.file}. Fix: run it where the target's "
+            f"provider ({partition.execution_provider}) is installed, or check the plan in torch with "
+            "`partitioner run PLAN --check`.")
 
 
 def _providers(wanted: str, target: str, available: set[str]) -> list[str]:
@@ -77,6 +100,9 @@ def check_manifest(manifest_path: str | Path, model_source: str | None = None, *
 
     The model is rebuilt from the plan the manifest records (or `model_source`)
     and must still match it; every output is compared under per-dtype tolerances.
+    A float16 or bfloat16 output beyond them (ONNX Runtime's kernels round
+    differently from torch's) is judged against a float32 run of the model
+    instead, unless `rtol` or `atol` are given.
     """
     chain = ChainedOnnxModel(manifest_path)
     if chain.manifest.plan_path is None:
@@ -97,4 +123,9 @@ def check_manifest(manifest_path: str | Path, model_source: str | None = None, *
     # Flags such as use_cache=False were fixed at capture: the files take the tensors only.
     inputs = [t.detach().cpu().numpy() for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
     actual = [torch.from_numpy(value) for value in chain.run(inputs)]
-    return compare_outputs(pytree.tree_leaves(expected), actual, rtol, atol)
+    expected = pytree.tree_leaves(expected)
+    result = compare_outputs(expected, actual, rtol, atol)
+    if result.passed or rtol is not None or atol is not None or captured.model is None \
+            or not has_reduced_precision(expected):
+        return result
+    return compare_outputs(expected, actual, float32_reference=float32_outputs(captured.model, captured.example_inputs))

@@ -30,6 +30,7 @@ from partitioner.execution.check import require_real_weights
 from partitioner.execution.partitioned_module import (PartitionedModule, build_partitioned_module, partition_index,
                                                       to_device)
 from partitioner.frontend.capture import split_inputs
+from partitioner.onnx.translations import missing_translation, translation_table
 from partitioner.plan import Plan
 
 OPSET = 18
@@ -266,11 +267,16 @@ def _run_outputs(submodule: torch.nn.Module, inputs: tuple) -> list[torch.Tensor
 
 def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str], path: Path,
             opset: int, what: str, kwargs: dict | None = None) -> None:
-    """Export one module to `path`, then run the full checker and strict shape inference on it."""
+    """Export one module to `path`, then run the full checker and strict shape inference on it.
+
+    Autograd is off: with it on, decompositions keep views of tensors that need grad, and some of them
+    (e.g. T5's attention reshape) cannot be exported.
+    """
     try:
-        with _quiet():
+        with _quiet(), torch.no_grad():
             program = torch.onnx.export(module, args, kwargs=kwargs, dynamo=True, opset_version=opset,
-                                        input_names=input_names, output_names=output_names, verbose=False)
+                                        input_names=input_names, output_names=output_names, verbose=False,
+                                        custom_translation_table=translation_table())
         model = program.model_proto
         large = model.ByteSize() > _EXTERNAL_DATA_BYTES
         onnx.save_model(model, path, save_as_external_data=large, location=f"{path.name}.data" if large else None)
@@ -278,10 +284,17 @@ def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output
         onnx.shape_inference.infer_shapes_path(str(path), str(path), check_type=True, strict_mode=True)
     except Exception as error:
         cause = _root_cause(error)
+        op = missing_translation(cause)
+        if op is not None:
+            raise PartitionerError(
+                f"cannot export {what} to ONNX: torch.onnx has no translation for the op {op}. Fix: register "
+                f"an onnxscript function for it with partitioner.onnx.translations.register_translation("
+                f"torch.ops.{op}, function) before exporting, or rewrite that op in the model with exportable ones."
+            ) from error
         raise PartitionerError(
             f"cannot export {what} to ONNX: {type(cause).__name__}: {_first_line(cause)}. "
             "Fix: every partition goes to ONNX whatever its target, so rewrite that op in the model with "
-            "exportable ones, or give torch.onnx a translation for it (custom_translation_table)."
+            "exportable ones, or register an ONNX translation for it (partitioner.onnx.translations)."
         ) from error
 
 

@@ -32,6 +32,8 @@ class Objective(ABC):
     says whether a sequential latency limit (an SLO) can be added to it.
     `table_column` heads the summary's column for this figure where the
     standard columns (latency, money per request) do not already show it.
+    `seeded_by` names objectives (registered) whose optimal plans, found first
+    and fast, seed this one's harder search: the plan is then never worse than them.
     """
 
     __slots__ = ()
@@ -41,6 +43,7 @@ class Objective(ABC):
     schedules_ops: ClassVar[bool] = False
     accepts_latency_limit: ClassVar[bool] = True
     table_column: ClassVar[str | None] = None
+    seeded_by: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def value(self, result: Score) -> float:
@@ -116,6 +119,7 @@ class Makespan(Objective):
     schedules_ops = True
     accepts_latency_limit = False
     table_column = "makespan"
+    seeded_by = ("latency", "cost")
 
     def value(self, result: Score) -> float:
         return result.makespan_seconds

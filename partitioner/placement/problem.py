@@ -142,7 +142,7 @@ class PlacementProblem:
 def build_problem(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_model: CostModel) -> PlacementProblem:
     """Cost every (node, supporting target) pair and every link of the target set."""
     target_by_name = {t.name: t for t in targets}
-    leaders, supported = _colocated_groups(graph, tagging, targets.fallback)
+    leaders, supported = _colocated_groups(graph, tagging)
     nodes = []
     for node in graph:
         leader = leaders[node.name]
@@ -167,7 +167,7 @@ def build_problem(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_mod
                             repeated_blocks(graph))
 
 
-def _colocated_groups(graph: OpGraph, tagging: Tagging, fallback: str) -> tuple[dict[str, str], dict[str, tuple]]:
+def _colocated_groups(graph: OpGraph, tagging: Tagging) -> tuple[dict[str, str], dict[str, tuple]]:
     """Nodes that must share a target, each mapped to its group's first node, and each group's targets.
 
     A `getitem` sits with the op whose outputs it picks; an in-place op sits
@@ -180,9 +180,7 @@ def _colocated_groups(graph: OpGraph, tagging: Tagging, fallback: str) -> tuple[
         anchor = node.inputs[0] if node.kind is NodeKind.BOOKKEEPING and node.inputs else node.writes
         leader = leaders[anchor] if anchor is not None else node.name
         leaders[node.name] = leader
-        own = tagging.supported[node.name]
-        if node.kind is NodeKind.BOOKKEEPING and anchor is None:
-            own = (fallback,)  # e.g. an assert on a model input: free, so keep it out of the way
+        own = tagging.supported[node.name]  # an assert on a model input runs anywhere; `tidy` sets it down
         supported[leader] = tuple(t for t in supported.get(leader, own) if t in own)
     return leaders, supported
 

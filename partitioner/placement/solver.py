@@ -11,7 +11,7 @@ fits in memory.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 from ortools.sat.python import cp_model
@@ -20,10 +20,13 @@ from partitioner.errors import PartitionerError
 from partitioner.placement.cp_sat_model import OBJECTIVE_UNITS, TIED_GROUPS, PlacementModel
 from partitioner.placement.infeasibility import explain_infeasible
 from partitioner.placement.memory import targets_whose_memory_can_bind
-from partitioner.placement.objectives import LATENCY, Objective
+from partitioner.placement.objectives import LATENCY, Objective, objective_named
 from partitioner.placement.problem import PlacementProblem, check_assignment
 from partitioner.placement.reduction import reduce_problem
 from partitioner.placement.scoring import Score, score
+from partitioner.placement.tidy import tidy
+# Share of the time limit each seeding objective's solve may take (see `_seed_plans`).
+SEED_SHARE = 0.1
 # DEFAULT_WORKERS and SolverOptions are re-exported: callers configure a solve from here.
 from partitioner.placement.search import (DEFAULT_WORKERS, SolverOptions, configured_solver, phases,  # noqa: F401
                                           progress_watcher)
@@ -84,6 +87,9 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
         raise PartitionerError(f"a latency limit bounds the sequential latency, which {objective.name} does not "
                                "measure. Fix: drop --max-latency, or use it with --objective cost.")
     started = time.perf_counter()
+    seeds = _seed_plans(problem, objective, options, hints or {})
+    hints = {**(hints or {}), **seeds}
+    options = replace(options, time_limit_seconds=options.time_limit_seconds * (1 - SEED_SHARE * len(seeds)))
 
     def allowed(result: Score) -> bool:
         return result.fits_memory and (max_latency_seconds is None or result.latency_seconds <= max_latency_seconds)
@@ -138,7 +144,9 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
             f"{' and the latency limit' if max_latency_seconds is not None else ''}. "
             "Fix: raise the time limit (--time-limit) or add memory (a larger target)."
         )
-    assignment, value = candidates[origin][0], objective.value(candidates[origin][1])
+    order = order if origin == "cp-sat" else ()
+    assignment, result = tidy(problem, candidates[origin][0], objective, allowed, order)
+    value = objective.value(result)
     check_assignment(problem, assignment)
     # A baseline chosen over a proven optimum ties with it, so it is proven optimal too.
     bound = value if proven else max(0.0, min(bound_units / scale, value))
@@ -151,7 +159,19 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
         origin=origin,
         solved_nodes=len(reduction.problem.nodes),
     )
-    return Placement(dict(assignment), objective, report, order if origin == "cp-sat" else ())
+    return Placement(assignment, objective, report, order)
+
+
+def _seed_plans(problem: PlacementProblem, objective: Objective, options: SolverOptions,
+                hints: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
+    """The plans of the objectives that seed `objective`'s search (see `Objective.seeded_by`), each solved with
+    SEED_SHARE of the time limit; named like hints, e.g. "latency plan"."""
+    seeds = {}
+    for name in objective.seeded_by:
+        seed = objective_named(name)
+        seed_options = replace(options, time_limit_seconds=options.time_limit_seconds * SEED_SHARE, on_progress=None)
+        seeds[f"{seed.name} plan"] = dict(solve(problem, seed, seed_options, hints=hints).assignment)
+    return seeds
 
 
 def _rank(name: str, result: Score, objective: Objective) -> tuple[float, float, bool]:

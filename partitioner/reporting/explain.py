@@ -90,7 +90,8 @@ def _moves(plan: Plan, name: str) -> list[Move]:
     for target in plan.problem.target_names:
         if target not in shared or target == plan.placement[name]:
             continue
-        moved = score(plan.problem, {**plan.placement, **dict.fromkeys(group, target)})
+        # In the plan's order, as the current figure is: the move alone makes the difference.
+        moved = score(plan.problem, {**plan.placement, **dict.fromkeys(group, target)}, plan.order or None)
         moves.append(Move(target, plan.objective.value(moved) - current, moved.latency_seconds,
                           moved.cost_per_request, moved.fits_memory))
     return moves

@@ -305,3 +305,46 @@ def test_corrupt_exported_program_says_how_to_save_one(tmp_path):
 def test_model_source_round_trips_through_a_dict():
     for source in (ModelSource("python", "/models/m.py", "build"), ModelSource("exported_program", "/m.pt2")):
         assert ModelSource.from_dict(source.to_dict()) == source
+
+
+class Memory:
+    """A container torch.export has not been taught to flatten."""
+
+    def __init__(self, state: torch.Tensor):
+        self.state = state
+
+
+class ReadsMemory(nn.Module):
+    def forward(self, x, memory):
+        return x + memory.state
+
+
+def test_an_input_type_torch_export_cannot_flatten_is_named_with_how_to_register_it():
+    with pytest.raises(PartitionerError, match=r"an example input is a .*Memory, which torch.export cannot flatten "
+                                               r"into tensors\. Fix: register that type before compiling"):
+        capture(ReadsMemory(), (torch.randn(2), Memory(torch.randn(2))))
+
+
+def test_a_decode_step_with_a_transformers_dynamic_cache_captures():
+    from tests.zoo import qwen2_decode_step
+
+    model, inputs = qwen2_decode_step()
+
+    captured = capture(model, inputs)
+
+    tensors = [name for name in captured.program.graph_signature.user_inputs if isinstance(name, str)]
+    assert tensors == ["input_ids", "cache_0", "cache_1", "cache_2", "cache_3"]  # keys and values of both layers
+
+
+class ComputesSomethingUnused(nn.Module):
+    def forward(self, x):
+        positions = torch.arange(x.shape[-1]).unsqueeze(0)  # noqa: F841 - read by nothing
+        return x * 2
+
+
+def test_ops_whose_results_nothing_reads_are_not_captured():
+    captured = capture(ComputesSomethingUnused(), (torch.randn(2, 4),))
+
+    ops = [node.target for node in captured.program.graph.nodes if node.op == "call_function"]
+    assert ops == [torch.ops.aten.mul.Tensor]
+    torch.testing.assert_close(captured.program.module()(torch.ones(2, 4)), torch.full((2, 4), 2.0))

@@ -103,7 +103,7 @@ def onnx_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.onnx"))
 
 
-def assert_cut_into_several_partitions_on_both_targets(plan: Plan, at_least: int = 3) -> None:
+def assert_cut_into_several_partitions_on_both_targets(plan: Plan, at_least: int = 2) -> None:
     assert len(plan.partitions) >= at_least, "the placement did not cut the model, so the test says little"
     assert {p.target for p in plan.partitions} == set(TARGETS)
 
@@ -331,7 +331,7 @@ def test_zoo_model_exported_in_partitions_on_two_targets_matches_torch(model_nam
 
     case = export_case(model, inputs, lambda plan: in_blocks(plan, 4), tmp_path / "onnx")
 
-    assert_cut_into_several_partitions_on_both_targets(case.plan)
+    assert_cut_into_several_partitions_on_both_targets(case.plan, at_least=3)
     assert len(case.manifest.partitions) == len(case.plan.partitions)
     for file in onnx_files(case.folder):
         onnx.checker.check_model(str(file), full_check=True)
@@ -373,7 +373,8 @@ def test_partition_with_an_op_onnx_cannot_export_is_named_with_the_op_and_the_re
     message = str(caught.value)
     assert "partition 001_cuda-h100" in message
     assert "bessel_j0" in message
-    assert "No ONNX function found" in message
+    assert "torch.onnx has no translation for the op prims.bessel_j0.default" in message
+    assert "register_translation" in message
     assert "\n" not in message and "\x1b[" not in message
     assert list(tmp_path.iterdir()) == []
 
