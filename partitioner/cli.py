@@ -23,6 +23,7 @@ from cost_models.profiling import profile_model
 from cost_models.roofline import RooflineCostModel
 from partitioner.compiler import compile_captured
 from partitioner.errors import PartitionerError
+from partitioner.files import check_writable_folder
 from partitioner.execution.check import PlanRun, describe_outputs, require_real_weights, run_plan
 from partitioner.frontend.capture import load_model_file
 from partitioner.onnx.chained_runner import ChainedOnnxModel, check_manifest
@@ -46,6 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.command(args)
     except PartitionerError as error:
         print(f"partitioner: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the file system refused: a path that is a file, missing, unwritable, in /proc
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"partitioner: error: {where}{error.strerror or error}. Fix: check that the path exists, is a file or "
+              "folder as the command expects, and that you may write there.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("partitioner: interrupted", file=sys.stderr)
@@ -93,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "measured by `partitioner profile` (the roofline covers the rest)")
     compile_parser.add_argument("-o", "--output", default="out", help="output folder for plan.json (default: out)")
     shown = compile_parser.add_mutually_exclusive_group()
-    shown.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    shown.add_argument("--quiet", action="store_true", help="print nothing but errors (no progress, no summary)")
     shown.add_argument("--json", action="store_true", help="progress as JSON lines on stderr, and the result as "
                                                           "one JSON object on stdout instead of the summary")
     compile_parser.set_defaults(command=_compile)
@@ -136,8 +142,10 @@ def _parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--device-map", default="", metavar="TARGET=DEVICE,...",
                             help="the torch device that runs each target, e.g. npu-example=cpu,cuda-h100=cuda:0 "
                                  "(default: each spec's device, or the CPU where it is absent)")
-    run_parser.add_argument("--rtol", type=_tolerance, help="relative tolerance (default: torch.testing's for the dtype)")
-    run_parser.add_argument("--atol", type=_tolerance, help="absolute tolerance (default: torch.testing's for the dtype)")
+    run_parser.add_argument("--rtol", type=_tolerance,
+                            help="relative tolerance (default: torch.testing's for the dtype)")
+    run_parser.add_argument("--atol", type=_tolerance,
+                            help="absolute tolerance (default: torch.testing's for the dtype)")
     run_parser.set_defaults(command=_run)
 
     export_parser = commands.add_parser("export", help="write one ONNX file per partition and a manifest")
@@ -152,8 +160,11 @@ def _parser() -> argparse.ArgumentParser:
     onnx_parser.add_argument("--check", action="store_true",
                              help="compare every output with the original model's; exit 1 if one differs")
     onnx_parser.add_argument("--model", help="the model again, if the plan's recorded source moved")
-    onnx_parser.add_argument("--rtol", type=_tolerance, help="relative tolerance (default: torch.testing's for the dtype)")
-    onnx_parser.add_argument("--atol", type=_tolerance, help="absolute tolerance (default: torch.testing's for the dtype)")
+    onnx_parser.add_argument("--rtol", type=_tolerance,
+                             help="relative tolerance (default: torch.testing's for the dtype, or judged against "
+                                  "float32 for float16 and bfloat16)")
+    onnx_parser.add_argument("--atol", type=_tolerance,
+                             help="absolute tolerance (default: torch.testing's for the dtype)")
     onnx_parser.set_defaults(command=_run_onnx)
 
     report_parser = commands.add_parser("report", help="print a plan's report: targets, baselines, solver, and the "
@@ -176,6 +187,7 @@ def _compile(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise PartitionerError(f"output {str(output)!r} is a file, not a folder. Fix: give a folder with -o.")
+    check_writable_folder(output)
     progress = Progress("quiet" if args.quiet else "json" if args.json else "live")
     cost_model = _cost_model(args.cost_model)
     with progress.step(f"capturing {args.model}"):
@@ -204,8 +216,9 @@ def _compile(args: argparse.Namespace) -> int:
                           "latency_seconds": result.latency_seconds, "cost_per_request": result.cost_per_request,
                           "makespan_seconds": result.makespan_seconds, "partitions": len(plan.partitions)}))
         return 0
-    print(plan.summary())
-    print(f"\nwrote {path} and {output / 'report.html'}")
+    if not args.quiet:
+        print(plan.summary())
+        print(f"\nwrote {path} and {output / 'report.html'}")
     return 0
 
 
@@ -223,6 +236,7 @@ def _profile(args: argparse.Namespace) -> int:
     if len(args.target) > len(devices):
         raise PartitionerError(f"{len(args.target)} --target for {len(devices)} --device. Fix: give at most one "
                                "target per device, in the same order.")
+    check_writable_folder(Path(args.output))
     progress = Progress("quiet" if args.quiet else "json" if args.json else "live")
     with progress.step(f"capturing {args.model}"):
         captured = load_model_file(args.model)
@@ -243,6 +257,7 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    check_writable_folder(Path(args.output).parent)
     target = load_target(args.target)
     device_type = profiled_device_type(target)
     if device_type is None:
@@ -275,16 +290,20 @@ def _run(args: argparse.Namespace) -> int:
     plan = Plan.load(args.plan)
     if args.model:
         plan = plan.with_source(args.model)
-    result = run_plan(plan, _device_map(args.device_map), check=args.check, rtol=args.rtol, atol=args.atol)
+    with Progress("live").step("running the partitioned model" + (" and the original" if args.check else "")):
+        result = run_plan(plan, _device_map(args.device_map), check=args.check, rtol=args.rtol, atol=args.atol)
     _print_run(args.plan, result)
     return 0 if result.check is None or result.check.passed else 1
 
 
 def _export(args: argparse.Namespace) -> int:
+    check_writable_folder(Path(args.output).parent)
     plan = Plan.load(args.plan)
     if args.model:
         plan = plan.with_source(args.model)
-    manifest = export_plan(plan, args.output, whole=args.whole, plan_path=args.plan)
+    whole = " with the whole model" if args.whole else ""
+    with Progress("live").step(f"exporting {plan.model.name} to ONNX{whole}"):
+        manifest = export_plan(plan, args.output, whole=args.whole, plan_path=args.plan)
     for partition in manifest.partitions:
         print(f"{partition.file:<28}{partition.execution_provider:<26}{len(partition.inputs)} in, "
               f"{len(partition.outputs)} out")
@@ -299,7 +318,8 @@ def _run_onnx(args: argparse.Namespace) -> int:
         manifest = ChainedOnnxModel(args.manifest).manifest
         print(f"{manifest.model_name}: {len(manifest.partitions)} files load; use --check to run and compare them")
         return 0
-    result = check_manifest(args.manifest, args.model, rtol=args.rtol, atol=args.atol)
+    with Progress("live").step("running the ONNX files and the original model"):
+        result = check_manifest(args.manifest, args.model, rtol=args.rtol, atol=args.atol)
     print(f"max abs error {result.max_abs_error:.3g}")
     print(f"max rel error {result.max_rel_error:.3g}")
     for note in result.notes:

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from partitioner.errors import PartitionerError
+
 
 def write_atomically(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file, so readers never see half a file."""
@@ -21,3 +23,17 @@ def write_atomically(path: Path, text: str) -> None:
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+def check_writable_folder(path: Path, option: str = "-o") -> None:
+    """Refuse, before any long work, an output folder that cannot be made: under a file, or where the nearest
+    existing folder is not writable (the PartitionerError names the path and the fix)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise PartitionerError(f"{path} cannot be a folder: {existing} is a file. Fix: give another folder with "
+                               f"{option}.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PartitionerError(f"{path} cannot be written: {existing} is not writable for you. Fix: give a folder "
+                               f"you may write to with {option}.")

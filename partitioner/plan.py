@@ -128,7 +128,7 @@ class Plan:
             newer = isinstance(version, int) and version > SCHEMA_VERSION
             fix = "upgrade partitioner" if newer else "compile the model again with this version"
             raise PartitionerError(f"plan schema version {version!r} is not {SCHEMA_VERSION}. Fix: {fix}.")
-        return cls(
+        plan = cls(
             model=ModelInfo.from_dict(data["model"]),
             targets=tuple(TargetRecord(**t) for t in data["targets"]),
             objective=_known_objective(data["objective"]),
@@ -142,6 +142,11 @@ class Plan:
             max_latency_seconds=data.get("max_latency_seconds"),
             order=tuple(data.get("order", ())),
         )
+        problem = plan_inconsistency(plan)
+        if problem is not None:
+            raise PartitionerError(f"the plan is inconsistent with its own problem data: {problem}. Fix: compile "
+                                   "the model again (the file was edited or damaged).")
+        return plan
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as JSON; the file appears complete or not at all."""
@@ -171,3 +176,58 @@ def _known_objective(name: str) -> Objective:
     except PartitionerError:
         raise PartitionerError(f"this plan was solved for the objective {name!r}, which this version does not know. "
                                "Fix: upgrade partitioner, or compile the model again.") from None
+
+
+def plan_inconsistency(plan: Plan) -> str | None:
+    """What in `plan` contradicts its own problem data (supports, follows, partitions, the solver's figures),
+    or None: a plan file is checked once, on load, so no command acts on an edited or damaged one."""
+    problem = plan.problem
+    names = [node.name for node in problem.nodes]
+    if [t.name for t in plan.targets] != list(problem.target_names):
+        return "its targets differ from its problem's targets"
+    if {record.name for record in plan.nodes} != set(names):
+        return "its node records differ from its problem's nodes"
+    for label, assignment in {"placement": plan.placement, **{f"baseline {n}": a for n, a in plan.baselines.items()}
+                              }.items():
+        reason = _assignment_inconsistency(problem, assignment)
+        if reason is not None:
+            return f"the {label} {reason}"
+    home = {name: partition.index for partition in plan.partitions for name in partition.nodes}
+    if sorted(home) != sorted(names) or sum(len(p.nodes) for p in plan.partitions) != len(names):
+        return "its partitions do not hold every node exactly once"
+    for index, partition in enumerate(plan.partitions):
+        if partition.index != index or any(plan.placement[name] != partition.target for name in partition.nodes):
+            return f"partition {partition.name} is out of order or not on the target of its nodes"
+    backwards = next((value.producer for value in problem.values for consumer in value.consumers
+                      if home[value.producer] > home[consumer]), None)
+    if backwards is not None:
+        return f"the value of {backwards} flows back to an earlier partition"
+    if plan.order and sorted(plan.order) != sorted(names):
+        return "its order does not list every node once"
+    return _report_inconsistency(plan)
+
+
+def _assignment_inconsistency(problem: PlacementProblem, assignment: Mapping[str, str]) -> str | None:
+    if set(assignment) != {node.name for node in problem.nodes}:
+        return "does not place every node exactly once"
+    for node in problem.nodes:
+        target = assignment[node.name]
+        if target not in node.compute_seconds:
+            known = target in problem.target_names
+            return (f"puts {node.name} on {target}, which {'refuses it' if known else 'is not one of its targets'}")
+        if node.follows is not None and target != assignment[node.follows]:
+            return f"separates {node.name} from {node.follows}, which it must sit with"
+    return None
+
+
+def _report_inconsistency(plan: Plan) -> str | None:
+    report = plan.solver
+    if report.status not in ("OPTIMAL", "FEASIBLE"):
+        return f"its solver status {report.status!r} is neither OPTIMAL nor FEASIBLE"
+    if not 0 <= report.gap <= 1 or not 0 <= report.bound <= report.objective * (1 + 1e-9):
+        return f"its solver gap {report.gap:g} or bound {report.bound:g} is impossible"
+    rescored = plan.objective.value(plan.score())
+    if abs(rescored - report.objective) > 1e-9 * max(abs(rescored), abs(report.objective), 1e-30):
+        return (f"its solver objective {report.objective:g} is not what its placement scores on its cost table "
+                f"({rescored:g})")
+    return None

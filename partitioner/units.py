@@ -28,6 +28,18 @@ def format_bytes(num_bytes: int) -> str:
     return f"{num_bytes} B"
 
 
+def format_flops(flops: float) -> str:
+    for unit, size in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if flops >= size:
+            return f"{flops / size:.3g} {unit}"
+    return f"{flops:.3g} FLOP"
+
+
+def count(number: int, noun: str) -> str:
+    """`1 partition`, `3 partitions`: a number with its noun, singular or plural."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 @dataclass(frozen=True, slots=True)
 class Unit:
     """What an objective's figure is measured in: its name (as progress events report it) and how it prints."""

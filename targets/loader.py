@@ -53,6 +53,17 @@ TORCH_DTYPE_NAMES = frozenset(
 )
 
 
+# What a device is, in the words the runtime and the plan use (Ray resources, reports); a spec names one.
+TARGET_KINDS = frozenset({"cpu", "gpu", "npu", "dsp", "tpu", "hpu", "fpga", "asic"})
+
+
+def _execution_providers() -> list[str]:
+    """Every execution provider ONNX Runtime knows of, installed here or not."""
+    import onnxruntime  # only spec loading needs it
+
+    return onnxruntime.get_all_providers()
+
+
 def builtin_target_names() -> list[str]:
     """Names of the target specs shipped with the package."""
     return sorted(path.stem for path in BUILTIN_DIR.glob("*.toml"))
@@ -150,10 +161,10 @@ class _SpecReader:
             raise self.fail("name", f"{name!r} is not a valid target name", "use lowercase letters, digits, '-' and '_'")
         return Target(
             name=name,
-            kind=self.string("kind"),
+            kind=self.choice("kind", TARGET_KINDS),
             description=self.string("description", default=""),
             torch_device=self.torch_device(),
-            onnx_execution_provider=self.string("onnx_execution_provider"),
+            onnx_execution_provider=self.choice("onnx_execution_provider", _execution_providers()),
             price_per_hour=self.number("price_per_hour", minimum=0.0),
             memory_bytes=int(self.number("memory_gib", exclusive_minimum=0.0) * _GIB),
             memory_bandwidth_bytes_per_second=self.number("memory_bandwidth_gb_per_second", exclusive_minimum=0.0)
@@ -226,18 +237,27 @@ class _SpecReader:
             raise self.fail(name, f"expected a number, got {value!r}", "write a plain number without quotes")
         if not math.isfinite(value):
             raise self.fail(name, f"{value} is not a finite number", "write the figure as a plain finite number")
-        plausible = _PLAUSIBLE.get(field)
-        if plausible is not None and not plausible[0] <= value <= plausible[1]:
-            low, high, unit = plausible
-            raise self.fail(name, f"{value:g} {unit} is not a plausible figure for a device",
-                            f"give it in {unit}, between {low:g} and {high:g}")
         if minimum is not None and value < minimum:
             raise self.fail(name, f"{value} is below {minimum}", f"use a value of at least {minimum}")
         if exclusive_minimum is not None and value <= exclusive_minimum:
             raise self.fail(name, f"{value} must be greater than {exclusive_minimum}", "use a positive value")
         if maximum is not None and value > maximum:
             raise self.fail(name, f"{value} is above {maximum}", f"use a value of at most {maximum}")
+        plausible = _PLAUSIBLE.get(field)
+        if plausible is not None and not plausible[0] <= value <= plausible[1]:
+            low, high, unit = plausible
+            raise self.fail(name, f"{value:g} {unit} is not a plausible figure for a device",
+                            f"give it in {unit}, between {low:g} and {high:g}")
         return float(value)
+
+    def choice(self, field: str, choices: Iterable[str]) -> str:
+        value = self.string(field)
+        choices = sorted(choices)
+        if value not in choices:
+            close = difflib.get_close_matches(value, choices, n=1)
+            raise self.fail(field, f"{value!r} is not one of {', '.join(choices)}",
+                            f"did you mean {close[0]!r}" if close else "use one of those")
+        return value
 
     def table(self, field: str, default: Any = ...) -> dict:
         value = self.value(field, default=default)

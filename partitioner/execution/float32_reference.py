@@ -19,7 +19,8 @@ from partitioner.execution.check import REDUCED_PRECISION, run_timed
 
 def has_reduced_precision(outputs: Any) -> bool:
     """Whether any output leaf is float16 or bfloat16."""
-    return any(isinstance(leaf, torch.Tensor) and leaf.dtype in REDUCED_PRECISION for leaf in pytree.tree_leaves(outputs))
+    return any(isinstance(leaf, torch.Tensor) and leaf.dtype in REDUCED_PRECISION
+               for leaf in pytree.tree_leaves(outputs))
 
 
 def float32_outputs(model: torch.nn.Module, example_inputs: Any) -> list[Any]:

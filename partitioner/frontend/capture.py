@@ -152,6 +152,9 @@ def load_model_file(spec: str) -> CapturedModel:
         )
     try:
         built = builder()
+    except SystemExit as error:
+        raise PartitionerError(f"{path}:{function}() exited the program (sys.exit({error.code!r})) instead of "
+                               "returning. Fix: return (model, example_inputs) from it.") from None
     except Exception as error:
         raise PartitionerError(f"{path}:{function}() failed: {_describe(error)}. Fix: make it run on its own.") from error
     if not (isinstance(built, tuple) and len(built) == 2):
@@ -168,7 +171,8 @@ def _load_exported_program(path: Path) -> CapturedModel:
     if not path.is_file():
         raise PartitionerError(f"model file {str(path)!r} does not exist. Fix: check the path.")
     try:
-        program = torch.export.load(path)
+        with _held_back_torch_output():  # torch logs the whole traceback of a bad file before raising
+            program = torch.export.load(path)
     except Exception as error:
         raise PartitionerError(
             f"{path} is not a loadable ExportedProgram ({_describe(error)}). "
@@ -186,6 +190,9 @@ def _import_file(path: Path):
     sys.path.insert(0, str(path.parent.resolve()))
     try:
         module_spec.loader.exec_module(module)
+    except SystemExit as error:
+        raise PartitionerError(f"importing {path} exited the program (sys.exit({error.code!r})). Fix: keep "
+                               "script code under `if __name__ == \"__main__\":`.") from None
     except Exception as error:
         raise PartitionerError(f"importing {path} failed: {_describe(error)}. Fix: make the file importable.") from error
     finally:

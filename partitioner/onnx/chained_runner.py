@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import onnxruntime
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedByRuntime
 import torch
 from torch.utils import _pytree as pytree
@@ -27,6 +28,10 @@ from partitioner.onnx.export import MANIFEST_NAME, ExportedPartition, Manifest
 from partitioner.plan import Plan
 
 _CPU = "CPUExecutionProvider"
+# ONNX Runtime's names of tensor element types where they differ from torch's.
+_ONNX_TYPE_NAMES = {"float32": "float", "float64": "double", "bool": "bool", "complex64": "complex64"}
+_RUNTIME_ERRORS = tuple(getattr(_ort_state, name) for name in ("InvalidProtobuf", "Fail", "InvalidGraph",
+                                                               "InvalidArgument", "NoSuchFile", "RuntimeException"))
 
 
 class ChainedOnnxModel:
@@ -36,6 +41,9 @@ class ChainedOnnxModel:
         path = Path(manifest_path)
         self.folder = path if path.is_dir() else path.parent
         self.manifest = Manifest.load(path if not path.is_dir() else path / MANIFEST_NAME)
+        problem = _manifest_inconsistency(self.manifest)
+        if problem is not None:
+            raise PartitionerError(f"{self.folder / MANIFEST_NAME}: {problem}. Fix: export the plan again.")
         available = set(onnxruntime.get_available_providers())
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: ORT's optimizer notes are not the user's business
@@ -46,9 +54,16 @@ class ChainedOnnxModel:
                 raise PartitionerError(f"{file} is missing from the export. Fix: export the plan again.")
             providers = _providers(partition.execution_provider, partition.target, available)
             try:
-                self.sessions.append(onnxruntime.InferenceSession(str(file), options, providers=providers))
+                session = onnxruntime.InferenceSession(str(file), options, providers=providers)
             except NotImplementedByRuntime as error:
                 raise PartitionerError(_no_kernel(partition, providers[0], error)) from None
+            except _RUNTIME_ERRORS as error:
+                raise PartitionerError(f"{file} is not an ONNX file ONNX Runtime can load ({_first_line(error)}). "
+                                       "Fix: export the plan again.") from None
+            problem = _file_inconsistency(partition, session)
+            if problem is not None:
+                raise PartitionerError(f"{file} does not match the manifest: {problem}. Fix: export the plan again.")
+            self.sessions.append(session)
 
     @property
     def input_names(self) -> list[str]:
@@ -67,6 +82,43 @@ class ChainedOnnxModel:
         return [values[spec.name] for spec in self.manifest.outputs]
 
 
+def _manifest_inconsistency(manifest: Manifest) -> str | None:
+    """What in a manifest cannot be right: no files, a file outside its folder, an unknown execution provider,
+    a tensor read before any partition produces it."""
+    if not manifest.partitions:
+        return "it lists no partitions"
+    known_providers = set(onnxruntime.get_all_providers())
+    produced = {spec.name for spec in manifest.inputs}
+    for position, partition in enumerate(manifest.partitions):
+        if Path(partition.file).name != partition.file or not partition.file.endswith(".onnx"):
+            return f"file {partition.file!r} is not an .onnx file in the export folder"
+        if partition.execution_provider not in known_providers:
+            return f"{partition.execution_provider!r} is not an ONNX Runtime execution provider"
+        for spec in partition.inputs:
+            if spec.name not in produced or (spec.source != "input" and not
+                                             (isinstance(spec.source, int) and spec.source < partition.index)):
+                return f"{partition.file} reads {spec.name}, which no earlier file or model input provides"
+        produced.update(spec.name for spec in partition.outputs)
+    missing = next((spec.name for spec in manifest.outputs if spec.name not in produced), None)
+    return f"model output {missing} comes from no file" if missing else None
+
+
+def _file_inconsistency(partition: ExportedPartition, session: onnxruntime.InferenceSession) -> str | None:
+    """Where a file's inputs and outputs differ from the manifest's names, shapes or dtypes."""
+    for kind, specs, items in (("input", partition.inputs, session.get_inputs()),
+                               ("output", partition.outputs, session.get_outputs())):
+        found = [(item.name, tuple(item.shape), item.type) for item in items]
+        wanted = [(spec.name, spec.shape, f"tensor({_ONNX_TYPE_NAMES.get(spec.dtype, spec.dtype)})")
+                  for spec in specs]
+        if found != wanted:
+            return f"its {kind}s are {found}, the manifest says {wanted}"
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
+
+
 def _no_kernel(partition: ExportedPartition, provider: str, error: Exception) -> str:
     """Why ONNX Runtime cannot run a file here: the op it lacks, and for bfloat16 the provider's known limit."""
     missing = re.search(r"Could not find an implementation for (\S+)", str(error))
@@ -76,7 +128,8 @@ def _no_kernel(partition: ExportedPartition, provider: str, error: Exception) ->
         return (f"ONNX Runtime's {provider} has no bfloat16 kernel for {op} in {partition.file}: it runs bfloat16 for "
                 "few ops, so a bfloat16 export cannot run here. Fix: run it where the target's provider "
                 f"({partition.execution_provider}) is installed, or check the plan here in torch with "
-                "`partitioner run PLAN --check`, or compile and export a float32 build of the model to check the files.")
+                "`partitioner run PLAN --check`, or compile and export a float32 build of the model to check the "
+                "files.")
     return (f"ONNX Runtime's {provider} has no kernel for {op} in {partition.file}. Fix: run it where the target's "
             f"provider ({partition.execution_provider}) is installed, or check the plan in torch with "
             "`partitioner run PLAN --check`.")

@@ -11,6 +11,7 @@ from typing import Mapping
 
 from partitioner.placement.problem import PlacementProblem
 from partitioner.placement.scoring import Score
+from partitioner.units import format_bytes
 
 
 def explain_infeasible(problem: PlacementProblem, max_latency_seconds: float | None = None,
@@ -27,9 +28,9 @@ def explain_infeasible(problem: PlacementProblem, max_latency_seconds: float | N
     for node in problem.nodes:
         if all(node.working_bytes > problem.target(t).memory_bytes for t in node.supported):
             return (
-                f"memory: {node.name} reads and writes {_gib(node.working_bytes)} of activations, more than any "
+                f"memory: {node.name} reads and writes {format_bytes(node.working_bytes)} of activations, more than any "
                 f"target that supports it has "
-                f"({', '.join(f'{t} {_gib(problem.target(t).memory_bytes)}' for t in node.supported)}). "
+                f"({', '.join(f'{t} {format_bytes(problem.target(t).memory_bytes)}' for t in node.supported)}). "
                 "Fix: use smaller inputs (batch or sequence length), or a target with more memory."
             )
     forced: dict[str, set[str]] = {t.name: set() for t in problem.targets}
@@ -42,16 +43,16 @@ def explain_infeasible(problem: PlacementProblem, max_latency_seconds: float | N
         needed = sum(problem.parameter_bytes[p] for p in forced[target.name])
         if needed > target.memory_bytes:
             return (
-                f"memory: {target.name} must hold {_gib(needed)} of parameters for ops only it supports "
-                f"(e.g. {example_op[target.name]}) but has {_gib(target.memory_bytes)}, "
-                f"{_gib(needed - target.memory_bytes)} short. Fix: use a target with more memory, "
+                f"memory: {target.name} must hold {format_bytes(needed)} of parameters for ops only it supports "
+                f"(e.g. {example_op[target.name]}) but has {format_bytes(target.memory_bytes)}, "
+                f"{format_bytes(needed - target.memory_bytes)} short. Fix: use a target with more memory, "
                 "lower the precision of the weights, or add targets that support those ops."
             )
     total = sum(problem.parameter_bytes.values())
     capacity = sum(t.memory_bytes for t in problem.targets)
     return (
-        f"memory: no placement fits the parameters ({_gib(total)}) into the targets' memory "
-        f"({', '.join(f'{t.name} {_gib(t.memory_bytes)}' for t in problem.targets)}; {_gib(capacity)} in all). "
+        f"memory: no placement fits the parameters ({format_bytes(total)}) into the targets' memory "
+        f"({', '.join(f'{t.name} {format_bytes(t.memory_bytes)}' for t in problem.targets)}; {format_bytes(capacity)} in all). "
         "Fix: add a target with more memory or lower the precision of the weights."
     )
 
@@ -59,6 +60,3 @@ def explain_infeasible(problem: PlacementProblem, max_latency_seconds: float | N
 def _milliseconds(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms"
 
-
-def _gib(num_bytes: int) -> str:
-    return f"{num_bytes / 1024**3:.1f} GiB"

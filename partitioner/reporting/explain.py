@@ -18,7 +18,7 @@ from partitioner.errors import PartitionerError
 from partitioner.frontend.op_graph import NodeKind
 from partitioner.placement.scoring import score
 from partitioner.plan import Plan
-from partitioner.units import format_bytes, format_money, format_seconds
+from partitioner.units import format_bytes, format_flops, format_money, format_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ def explain_node(plan: Plan, name: str) -> str:
     lines = [
         f"node       {name}: {record.op}" + (f" in {record.module_path}" if record.module_path else ""),
         f"output     {', '.join(str(list(shape)) for shape in record.output_shapes)} ({', '.join(record.dtypes)})",
-        f"work       {record.flops / 1e6:.4g} MFLOP, {format_bytes(record.bytes_read)} read, "
+        f"work       {format_flops(record.flops)}, {format_bytes(record.bytes_read)} read, "
         f"{format_bytes(record.bytes_written)} written, {format_bytes(record.parameter_bytes)} of parameters",
         f"placed on  {here}" + (f" (with {_group_leader(plan, name)}, which it must follow)"
                                 if problem_node.follows else ""),

@@ -22,7 +22,7 @@ from partitioner.placement.scoring import Score
 from partitioner.plan import Plan
 from partitioner.reporting.explain import unsupported_ops
 from partitioner.reporting.summary import TargetUse, solver_line, target_uses, versus_plan
-from partitioner.units import format_bytes, format_money, format_seconds
+from partitioner.units import count, format_bytes, format_money, format_seconds
 
 # Graphs with more nodes than this are drawn as their partitions.
 MOST_NODES_DRAWN = 150
@@ -48,7 +48,7 @@ def render_html_report(plan: Plan) -> str:
         f"{plan.model.total_flops / 1e9:.3g} GFLOP; objective {plan.objective.name}; cost model {plan.cost_model}. "
         f"Solver: {html.escape(solver_line(plan.solver, plan.objective))}. "
         f"Transfers: {result.transfer_count} tensors, {format_bytes(result.transfer_bytes)}, "
-        f"{format_seconds(result.transfer_seconds)}; {len(plan.partitions)} partitions.</p>",
+        f"{format_seconds(result.transfer_seconds)}; {count(len(plan.partitions), 'partition')}.</p>",
         f"<p class='legend'>{legend} <span class='key' style='background:{_CUT}'></span>cut edge</p>",
         "<h2>Where the model runs</h2>", _targets_table(uses),
         "<h2>The plan against the baselines</h2>", _strategies_table(plan, result),

@@ -8,6 +8,8 @@ force there. Everything is re-scored from the plan file alone.
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
@@ -15,12 +17,13 @@ from partitioner.placement.scoring import Score
 from partitioner.plan import Plan
 from partitioner.reporting.explain import unsupported_ops
 from partitioner.reporting.summary import solver_line, target_uses, versus_plan
-from partitioner.units import format_bytes, format_money, format_seconds
+from partitioner.units import count, format_bytes, format_money, format_seconds
 
 
 def print_report(plan: Plan, console: Console | None = None) -> None:
     """Print the plan's report tables to `console` (default: standard output)."""
-    console = console or Console()
+    # Piped, rich would wrap at 80 columns and split cells; a file or a pager gets whole rows.
+    console = console or (Console() if sys.stdout.isatty() else Console(width=200))
     result = plan.score()
     model = plan.model
     console.print(f"[bold]{model.name}[/bold]: {model.node_count} ops, {format_bytes(model.parameter_bytes)} of "
@@ -28,7 +31,7 @@ def print_report(plan: Plan, console: Console | None = None) -> None:
                   f"{plan.cost_model}")
     console.print(_targets_table(plan, result))
     console.print(f"transfers: {result.transfer_count} tensors, {format_bytes(result.transfer_bytes)}, "
-                  f"{format_seconds(result.transfer_seconds)}; {len(plan.partitions)} partitions")
+                  f"{format_seconds(result.transfer_seconds)}; {count(len(plan.partitions), 'partition')}")
     console.print(_strategies_table(plan, result))
     console.print(f"solver: {solver_line(plan.solver, plan.objective)}")
     unsupported = _unsupported_table(plan)

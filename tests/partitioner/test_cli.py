@@ -281,3 +281,68 @@ def test_a_latency_limit_no_plan_meets_exits_2_and_writes_nothing(tmp_path, caps
     assert exit_code == 2
     assert "latency: no placement" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# --- files, folders and model files a careless or hostile user gives -------------------------------------------------
+
+
+def test_compile_into_a_folder_under_a_file_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+
+    code = main(["compile", VISION_CLASSIFIER, "-o", str(tmp_path / "a-file" / "out")])
+
+    assert code == 2
+    assert_one_line_error(capsys, "a-file is a file", "Fix: give another folder with -o")
+
+
+def test_report_on_a_folder_is_one_line(tmp_path, capsys):
+    code = main(["report", str(tmp_path)])
+
+    assert code == 2
+    assert_one_line_error(capsys, "Is a directory")
+
+
+def test_a_build_function_that_exits_is_an_error_not_a_silent_success(tmp_path, capsys):
+    model_file = tmp_path / "exits.py"
+    model_file.write_text("import sys\n\ndef build():\n    sys.exit(0)\n")
+
+    code = main(["compile", str(model_file), "-o", str(tmp_path / "out")])
+
+    assert code == 2
+    assert_one_line_error(capsys, "build() exited the program (sys.exit(0))", "Fix: return (model, example_inputs)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_garbage_exported_program_is_one_line_without_torch_logs(tmp_path, capsys):
+    (tmp_path / "model.pt2").write_bytes(b"not a zip file at all")
+
+    code = main(["compile", str(tmp_path / "model.pt2"), "-o", str(tmp_path / "out")])
+
+    assert code == 2
+    assert_one_line_error(capsys, "is not a loadable ExportedProgram")
+
+
+@pytest.mark.parametrize("option", [["--max-latency", "nan"], ["--time-limit", "nan"], ["--time-limit", "1e-9"],
+                                    ["--workers", "-3"]])
+def test_numbers_the_solver_cannot_use_are_usage_errors(option, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["compile", VISION_CLASSIFIER, *option, "-o", str(tmp_path / "out")])
+
+    assert exited.value.code == 2
+    assert f"argument {option[0]}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_negative_tolerance_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["run", str(tmp_path / "plan.json"), "--check", "--rtol", "-1"])
+
+    assert exited.value.code == 2
+    assert "argument --rtol: must be zero or positive" in capsys.readouterr().err
+
+
+def test_targets_naming_none_is_refused_not_read_as_the_defaults(tmp_path, capsys):
+    code = main(["compile", VISION_CLASSIFIER, "--targets", ",", "-o", str(tmp_path / "out")])
+
+    assert code == 2
+    assert_one_line_error(capsys, "--targets ',' names no target")

@@ -397,3 +397,38 @@ def test_an_op_class_efficiency_above_one_is_refused(tmp_path):
 
     with pytest.raises(PartitionerError, match=r"field 'op_classes.convolution.memory_efficiency': 1.5 is above 1.0"):
         load_target(path)
+
+
+@pytest.mark.parametrize("old, new, field, problem", [
+    ("price_per_hour = 0.5", "price_per_hour = inf", "price_per_hour", "inf is not a finite number"),
+    ("price_per_hour = 0.5", "price_per_hour = nan", "price_per_hour", "nan is not a finite number"),
+    ("price_per_hour = 0.5", "price_per_hour = 1e300", "price_per_hour", "not a plausible figure"),
+    ("memory_gib = 8", "memory_gib = 1e308", "memory_gib", "not a plausible figure"),
+    ("memory_gib = 8", "memory_gib = 99999999999999999999", "memory_gib", "not a plausible figure"),
+    ("memory_bandwidth_gb_per_second = 100", "memory_bandwidth_gb_per_second = nan",
+     "memory_bandwidth_gb_per_second", "nan is not a finite number"),
+    ("memory_bandwidth_gb_per_second = 100", "memory_bandwidth_gb_per_second = 1e-300",
+     "memory_bandwidth_gb_per_second", "not a plausible figure"),
+    ("launch_overhead_microseconds = 5", "launch_overhead_microseconds = nan", "launch_overhead_microseconds",
+     "nan is not a finite number"),
+    ("float16 = 4", "float16 = inf", "peak_tflops.float16", "inf is not a finite number"),
+    ("[host_link]\nbandwidth_gb_per_second = 10", "[host_link]\nbandwidth_gb_per_second = 1e-300",
+     "host_link.bandwidth_gb_per_second", "not a plausible figure"),
+])
+def test_a_number_no_device_has_is_refused_with_its_field(tmp_path, old, new, field, problem):
+    path = write_spec(tmp_path, spec_variant(old, new))
+
+    with pytest.raises(PartitionerError, match=re.escape(f"field '{field}': ")) as caught:
+        load_target(path)
+
+    assert problem in str(caught.value) and "Fix: " in str(caught.value)
+
+
+@pytest.mark.parametrize("old, new, field", [
+    ('kind = "npu"', 'kind = "toaster"', "kind"),
+    ('onnx_execution_provider = "CPUExecutionProvider"', 'onnx_execution_provider = "ToasterExecutionProvider"',
+     "onnx_execution_provider"),
+])
+def test_a_kind_or_execution_provider_nobody_knows_is_refused(tmp_path, old, new, field):
+    with pytest.raises(PartitionerError, match=re.escape(f"field '{field}': ") + ".* is not one of "):
+        load_target(write_spec(tmp_path, spec_variant(old, new)))

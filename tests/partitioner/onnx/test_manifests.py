@@ -1,0 +1,75 @@
+"""Edited or damaged exports are refused in one line before anything runs: the manifest is checked against
+itself and against the files it names."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from partitioner.cli import main
+from partitioner.onnx.export import MANIFEST_NAME
+from tests.partitioner.test_cli_run import compile_small_model
+
+pytestmark = [pytest.mark.filterwarnings("ignore:.*emulating it on the CPU:UserWarning"),
+              pytest.mark.filterwarnings("ignore:.*is not available here; running on CPUExecutionProvider")]
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("export")
+    _, plan_path = compile_small_model(folder)
+    assert main(["export", str(plan_path), "-o", str(folder / "onnx")]) == 0
+    return folder / "onnx"
+
+
+def edited_copy(export: Path, tmp_path: Path, edit) -> Path:
+    copy = tmp_path / "onnx"
+    shutil.copytree(export, copy)
+    data = json.loads((copy / MANIFEST_NAME).read_text())
+    edit(data, copy)
+    (copy / MANIFEST_NAME).write_text(json.dumps(data))
+    return copy
+
+
+def first_input(data: dict) -> dict:
+    return next(p for p in data["partitions"] if p["inputs"])["inputs"][0]
+
+
+def swap_files(data: dict, _folder: Path) -> None:
+    first, second = data["partitions"][0], data["partitions"][1]
+    first["file"], second["file"] = second["file"], first["file"]
+
+
+def garbage_file(data: dict, folder: Path) -> None:
+    (folder / data["partitions"][0]["file"]).write_bytes(b"not a model")
+
+
+EDITS = {
+    "a changed shape": (lambda d, _: first_input(d).update({"shape": [7, 7]}), "does not match the manifest"),
+    "a changed dtype": (lambda d, _: first_input(d).update({"dtype": "int8"}), "does not match the manifest"),
+    "a changed source": (lambda d, _: first_input(d).update({"source": 99}), "which no earlier file"),
+    "a path outside the folder": (lambda d, _: d["partitions"][0].update({"file": "../../etc/passwd.onnx"}),
+                                  "is not an .onnx file in the export folder"),
+    "a bogus execution provider": (lambda d, _: d["partitions"][0].update({"execution_provider": "ToasterEP"}),
+                                   "'ToasterEP' is not an ONNX Runtime execution provider"),
+    "no partitions": (lambda d, _: d.update({"partitions": []}), "it lists no partitions"),
+    "swapped files": (swap_files, "does not match the manifest"),
+    "a garbage file": (garbage_file, "is not an ONNX file ONNX Runtime can load"),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_run_onnx_of_an_edited_export_exits_2_with_one_line(edit, export, tmp_path, capsys):
+    change, expected = EDITS[edit]
+    folder = edited_copy(export, tmp_path, change)
+    capsys.readouterr()
+
+    code = main(["run-onnx", str(folder), "--check"])
+
+    errors = [line for line in capsys.readouterr().err.strip().splitlines() if "warning" not in line]
+    assert code == 2
+    assert len(errors) == 1 and errors[0].startswith("partitioner: error: ")
+    assert expected in errors[0] and errors[0].endswith("Fix: export the plan again.")
