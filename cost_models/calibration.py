@@ -20,6 +20,7 @@ import numpy as np
 from cost_models.profile import OpMeasurement, Profile
 from partitioner.errors import PartitionerError
 from partitioner.files import write_atomically
+from targets.loader import builtin_target_names
 from targets.op_classes import OP_CLASSES, op_class
 from targets.spec import RooflineConstants, Target
 
@@ -108,6 +109,9 @@ def _median_efficiency(ratios: list[float], unchanged: float) -> float:
 
 def write_calibrated_spec(target: Target, calibration: Calibration, profile: Profile, path: Path) -> Path:
     """A copy of `target`'s spec file named after `path`, with the fitted constants in place of its own."""
+    if path.stem in builtin_target_names():
+        raise PartitionerError(f"{path} would make a spec named {path.stem!r}, the name of a built-in target. Fix: "
+                               f"name the file after this device, e.g. {path.stem}-calibrated.toml.")
     if not target.spec_path:
         raise PartitionerError(f"target {target.name} has no spec file to copy. Fix: calibrate a target loaded "
                                "from a .toml spec.")

@@ -2,6 +2,8 @@
 
 User mistakes (a `PartitionerError`) print one line on stderr and exit with
 code 2; outputs are written only once everything they depend on succeeded.
+Each command imports what it runs (torch, ONNX, OR-Tools) when it runs, so
+`--help` and a usage error answer at once.
 """
 
 from __future__ import annotations
@@ -12,30 +14,17 @@ import math
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from cost_models.accuracy import accuracy_report, format_accuracy
-from cost_models.base import CostModel
-from cost_models.calibration import calibrate, write_calibrated_spec
-from cost_models.measured import MeasuredCostModel, profiled_device_type
-from cost_models.profile import load_profiles
-from cost_models.profiling import profile_model
-from cost_models.roofline import RooflineCostModel
-from partitioner.compiler import compile_captured
 from partitioner.errors import PartitionerError
 from partitioner.files import check_writable_folder
-from partitioner.execution.check import PlanRun, describe_outputs, require_real_weights, run_plan
-from partitioner.frontend.capture import load_model_file
-from partitioner.onnx.chained_runner import ChainedOnnxModel, check_manifest
-from partitioner.onnx.export import MANIFEST_NAME, export_plan
 from partitioner.placement.objectives import objective_named, registered_objectives
-from partitioner.placement.solver import SolverOptions
-from partitioner.plan import Plan
 from partitioner.progress import Progress
-from partitioner.reporting.explain import explain_node
-from partitioner.reporting.html_report import write_html_report
-from partitioner.reporting.tables import print_report
 from targets.loader import DEFAULT_TARGET_NAMES, builtin_target_names, load_target
+
+if TYPE_CHECKING:
+    from cost_models.base import CostModel
+    from partitioner.execution.check import PlanRun
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -184,6 +173,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _compile(args: argparse.Namespace) -> int:
+    from cost_models.measured import MeasuredCostModel
+    from partitioner.compiler import compile_captured
+    from partitioner.frontend.capture import load_model_file
+    from partitioner.placement.solver import SolverOptions
+    from partitioner.reporting.html_report import write_html_report
+
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise PartitionerError(f"output {str(output)!r} is a file, not a folder. Fix: give a folder with -o.")
@@ -223,6 +218,10 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _cost_model(spec: str) -> CostModel:
+    from cost_models.measured import MeasuredCostModel
+    from cost_models.profile import load_profiles
+    from cost_models.roofline import RooflineCostModel
+
     if spec == "roofline":
         return RooflineCostModel()
     if spec.startswith("measured:") and spec.removeprefix("measured:"):
@@ -232,6 +231,11 @@ def _cost_model(spec: str) -> CostModel:
 
 
 def _profile(args: argparse.Namespace) -> int:
+    from cost_models.accuracy import accuracy_report, format_accuracy
+    from cost_models.profiling import profile_model
+    from partitioner.execution.check import require_real_weights
+    from partitioner.frontend.capture import load_model_file
+
     devices = args.device or ["cpu"]
     if len(args.target) > len(devices):
         raise PartitionerError(f"{len(args.target)} --target for {len(devices)} --device. Fix: give at most one "
@@ -257,6 +261,10 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from cost_models.calibration import calibrate, write_calibrated_spec
+    from cost_models.measured import profiled_device_type
+    from cost_models.profile import load_profiles
+
     check_writable_folder(Path(args.output).parent)
     target = load_target(args.target)
     device_type = profiled_device_type(target)
@@ -277,16 +285,25 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from partitioner.plan import Plan
+    from partitioner.reporting.tables import print_report
+
     print_report(Plan.load(args.plan))
     return 0
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from partitioner.plan import Plan
+    from partitioner.reporting.explain import explain_node
+
     print(explain_node(Plan.load(args.plan), args.node))
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
+    from partitioner.execution.check import run_plan
+    from partitioner.plan import Plan
+
     plan = Plan.load(args.plan)
     if args.model:
         plan = plan.with_source(args.model)
@@ -297,6 +314,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from partitioner.onnx.export import MANIFEST_NAME, export_plan
+    from partitioner.plan import Plan
+
     check_writable_folder(Path(args.output).parent)
     plan = Plan.load(args.plan)
     if args.model:
@@ -314,6 +334,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _run_onnx(args: argparse.Namespace) -> int:
+    from partitioner.onnx.chained_runner import ChainedOnnxModel, check_manifest
+
     if not args.check:
         manifest = ChainedOnnxModel(args.manifest).manifest
         print(f"{manifest.model_name}: {len(manifest.partitions)} files load; use --check to run and compare them")
@@ -331,6 +353,8 @@ def _run_onnx(args: argparse.Namespace) -> int:
 
 
 def _print_run(plan_path: str, result: PlanRun) -> None:
+    from partitioner.execution.check import describe_outputs
+
     targets = result.partition_targets
     order = " -> ".join(targets[:6]) + (" -> ..." if len(targets) > 6 else "")
     print(f"plan        {plan_path}: {result.model_name}, {len(targets)} partition{'s' if len(targets) != 1 else ''} ({order})")

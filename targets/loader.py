@@ -8,13 +8,12 @@ load time, never as a wrong plan later. Built-in specs live in `builtin/`.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
 import tomllib
 from pathlib import Path
 from typing import Any, Iterable
-
-import torch
 
 from partitioner.errors import PartitionerError
 from targets.op_classes import OP_CLASSES
@@ -48,9 +47,15 @@ _OP_CLASS_FIELDS = {"compute_efficiency", "memory_efficiency", "launch_overhead_
 _LINK_FIELDS = {"bandwidth_gb_per_second", "latency_microseconds"}
 _SUPPORT_FIELDS = {"ops", "dtypes", "max_rank", "static_shapes_only", "limits"}
 _LIMIT_FIELDS = {"op", "argument", "max", "min", "allowed", "dims"}
-TORCH_DTYPE_NAMES = frozenset(
-    str(value).removeprefix("torch.") for value in vars(torch).values() if isinstance(value, torch.dtype)
-)
+
+
+@functools.cache
+def torch_dtype_names() -> frozenset[str]:
+    """The dtype names torch knows (`float16`, `bool`, ...); torch is imported only when a spec is read."""
+    import torch
+
+    return frozenset(str(value).removeprefix("torch.") for value in vars(torch).values()
+                     if isinstance(value, torch.dtype))
 
 
 # What a device is, in the words the runtime and the plan use (Ray resources, reports); a spec names one.
@@ -76,7 +81,11 @@ def load_target(name_or_path: str | Path) -> Target:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise PartitionerError(f"{path}: not valid TOML ({error}). Fix the syntax at that line.") from None
-    return _SpecReader(path, data).target()
+    target = _SpecReader(path, data).target()
+    if target.name in builtin_target_names() and path.resolve() != (BUILTIN_DIR / f"{target.name}.toml").resolve():
+        raise PartitionerError(f"{path}: field 'name': {target.name!r} is the name of a built-in target, which this "
+                               f"spec would shadow. Fix: give it a name of its own, e.g. \"{target.name}-mine\".")
+    return target
 
 
 def load_targets(names_or_paths: Iterable[str | Path], fallback: str | None = None) -> TargetSet:
@@ -266,6 +275,8 @@ class _SpecReader:
         return value
 
     def torch_device(self) -> str:
+        import torch
+
         value = self.string("torch_device")
         try:
             torch.device(value)
@@ -298,8 +309,8 @@ class _SpecReader:
         )
 
     def check_dtype(self, dtype: Any, field: str) -> str:
-        if dtype not in TORCH_DTYPE_NAMES:
-            close = difflib.get_close_matches(str(dtype), TORCH_DTYPE_NAMES, n=1)
+        if dtype not in torch_dtype_names():
+            close = difflib.get_close_matches(str(dtype), torch_dtype_names(), n=1)
             fix = f"did you mean {close[0]!r}" if close else "use torch dtype names such as 'float16'"
             raise self.fail(field, f"{dtype!r} is not a torch dtype", fix)
         return dtype
@@ -367,6 +378,8 @@ def resolve_op(op_key: str):
     if len(parts) != 3:
         return None
     namespace, name, overload = parts
+    import torch
+
     try:
         return getattr(getattr(getattr(torch.ops, namespace), name), overload)
     except (AttributeError, RuntimeError):

@@ -12,16 +12,17 @@ what its figure is and what a busy second is worth).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Sequence
-
-from ortools.sat.python import cp_model
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 from partitioner.errors import PartitionerError
-from partitioner.placement.cp_sat_model import PlacementModel
-from partitioner.placement.problem import PlacementProblem
-from partitioner.placement.schedule import makespan_lower_bound
-from partitioner.placement.scoring import Score
 from partitioner.units import DOLLARS, SECONDS, Unit
+
+if TYPE_CHECKING:  # the CLI lists the objectives before it needs the solver, torch or OR-Tools
+    from ortools.sat.python import cp_model
+
+    from partitioner.placement.cp_sat_model import PlacementModel
+    from partitioner.placement.problem import PlacementProblem
+    from partitioner.placement.scoring import Score
 
 
 class Objective(ABC):
@@ -128,6 +129,8 @@ class Makespan(Objective):
         return model.add_schedule().makespan
 
     def lower_bound(self, problem: PlacementProblem) -> float:
+        from partitioner.placement.schedule import makespan_lower_bound
+
         return makespan_lower_bound(problem)
 
 

@@ -67,6 +67,16 @@ def test_calibrate_writes_a_spec_that_loads(profiled, tmp_path, capsys):
     assert "compute efficiency" in capsys.readouterr().out
 
 
+def test_calibrate_refuses_to_write_a_spec_named_like_a_builtin_target(profiled, tmp_path, capsys):
+    _, profiles = profiled
+
+    code = main(["calibrate", str(profiles), "--target", "cpu-x86", "-o", str(tmp_path / "cuda-h100.toml")])
+
+    assert code == 2
+    assert "the name of a built-in target. Fix: name the file after this device" in capsys.readouterr().err
+    assert not (tmp_path / "cuda-h100.toml").exists()
+
+
 def test_profile_report_compares_each_cost_model_with_the_measured_run(profiled, capsys):
     model_file, profiles = profiled
 

@@ -183,11 +183,12 @@ def test_duplicate_target_is_rejected():
         load_targets(["npu-example", "cuda-h100", "cuda-h100"])
 
 
-def test_user_spec_named_like_a_builtin_counts_as_a_duplicate(tmp_path):
+def test_user_spec_named_like_a_builtin_is_refused_rather_than_shadowing_it(tmp_path):
     path = write_spec(tmp_path, UNIVERSAL_SPEC.format(name="cuda-h100", device="cuda", extra_support=""))
 
-    with pytest.raises(PartitionerError, match="listed twice"):
-        load_targets(["cuda-h100", path])
+    with pytest.raises(PartitionerError, match="'cuda-h100' is the name of a built-in target, which this spec would "
+                                               "shadow. Fix: give it a name of its own"):
+        load_targets([path])
 
 
 # --- names and paths --------------------------------------------------------------------------
