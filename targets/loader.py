@@ -101,6 +101,15 @@ def load_targets(names_or_paths: Iterable[str | Path], fallback: str | None = No
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise PartitionerError(f"target {duplicates[0]!r} is listed twice. Fix: list each target once.")
+    known = set(names) | set(builtin_target_names())
+    for target in targets:
+        unknown = next((peer for peer in target.links if peer not in known), None)
+        if unknown is not None:
+            close = difflib.get_close_matches(unknown, sorted(known), n=1)
+            raise PartitionerError(
+                f"{target.spec_path}: field 'links.{unknown}': no target is named {unknown!r}, built-in or in the "
+                f"target set. Fix: {f'did you mean {close[0]!r}? ' if close else ''}correct the name or remove the "
+                "link.")
     return TargetSet(targets, _choose_fallback(targets, fallback))
 
 

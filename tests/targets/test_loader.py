@@ -433,3 +433,11 @@ def test_a_number_no_device_has_is_refused_with_its_field(tmp_path, old, new, fi
 def test_a_kind_or_execution_provider_nobody_knows_is_refused(tmp_path, old, new, field):
     with pytest.raises(PartitionerError, match=re.escape(f"field '{field}': ") + ".* is not one of "):
         load_target(write_spec(tmp_path, spec_variant(old, new)))
+
+
+def test_a_link_to_a_target_nobody_names_is_refused(tmp_path):
+    spec = MINIMAL_SPEC + "\n[links.cuda-h1000]\nbandwidth_gb_per_second = 50\nlatency_microseconds = 10\n"
+
+    with pytest.raises(PartitionerError, match=r"field 'links.cuda-h1000': no target is named 'cuda-h1000'.*"
+                                               r"Fix: did you mean 'cuda-h100'\?"):
+        load_targets([write_spec(tmp_path, spec), "cuda-h100"])

@@ -1,0 +1,64 @@
+"""Checking the values of CLI options: times, limits, counts and tolerances a solver or a check can use."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+_TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+# Below this CP-SAT does not get past building its model: the plan would silently be a baseline.
+MIN_TIME_LIMIT_SECONDS = 0.01
+
+
+def duration(text: str) -> float:
+    """Seconds from `50ms`, `800us`, `1.5s` or a bare number of seconds."""
+    unit = next((u for u in ("us", "ms", "s") if text.endswith(u)), "")
+    try:
+        value = float(text.removesuffix(unit)) * _TIME_UNITS.get(unit, 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time; write e.g. 50ms, 800us or 0.05") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive time such as 50ms, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def time_limit(text: str) -> float:
+    value = positive_float(text)
+    if value < MIN_TIME_LIMIT_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_TIME_LIMIT_SECONDS:g} s for the solver to run, "
+                                         f"got {text}")
+    return value
+
+
+def tolerance(text: str) -> float:
+    value = number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
+    return value
+
+
+def workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (the default search) or a positive number of workers, got {text}")
+    return value
+
+
+def number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value

@@ -1,0 +1,246 @@
+"""What each `partitioner` command does: load its inputs, run the passes, print or write the result.
+
+Heavy modules (torch, ONNX Runtime, OR-Tools) are imported inside the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from partitioner.errors import PartitionerError
+from partitioner.files import check_writable_folder
+from partitioner.placement.objectives import objective_named
+from partitioner.progress import Progress
+from targets.loader import DEFAULT_TARGET_NAMES, builtin_target_names, load_target
+
+if TYPE_CHECKING:
+    from cost_models.base import CostModel
+    from partitioner.execution.check import PlanRun
+
+
+def compile_command(args: argparse.Namespace) -> int:
+    from cost_models.measured import MeasuredCostModel
+    from partitioner.compiler import compile_captured
+    from partitioner.frontend.capture import load_model_file
+    from partitioner.placement.solver import SolverOptions
+    from partitioner.reporting.html_report import write_html_report
+
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise PartitionerError(f"output {str(output)!r} is a file, not a folder. Fix: give a folder with -o.")
+    check_writable_folder(output)
+    progress = Progress("quiet" if args.quiet else "json" if args.json else "live")
+    cost_model = _cost_model(args.cost_model)
+    with progress.step(f"capturing {args.model}"):
+        captured = load_model_file(args.model)
+    targets = [item.strip() for item in args.targets.split(",") if item.strip()]
+    if not targets:
+        raise PartitionerError(f"--targets {args.targets!r} names no target. Fix: name at least one, e.g. "
+                               f"--targets {','.join(DEFAULT_TARGET_NAMES)}.")
+    objective = objective_named(args.objective)
+    options = SolverOptions(time_limit_seconds=args.time_limit, workers=args.workers, seed=args.seed,
+                            deterministic=args.deterministic,
+                            on_progress=lambda best, bound: progress.solver_update(best, bound, objective.unit.name))
+    with progress.step("planning"):
+        plan = compile_captured(captured, targets, objective, max_latency_seconds=args.max_latency,
+                                fallback=args.fallback, solver_options=options, cost_model=cost_model)
+    if isinstance(cost_model, MeasuredCostModel) and not any(node.measured_on for node in plan.nodes):
+        print(f"partitioner: warning: no op of this model is in {args.cost_model.removeprefix('measured:')} for any "
+              "of the targets, so every cost is the roofline's. Fix: profile this model on the devices of your "
+              "cpu or gpu targets.", file=sys.stderr)
+    path = plan.save(output / "plan.json")
+    write_html_report(plan, output / "report.html")
+    if args.json:
+        result, report = plan.score(), plan.solver
+        print(json.dumps({"plan": str(path), "objective": plan.objective.name, "value": report.objective,
+                          "bound": report.bound, "gap": report.gap, "status": report.status,
+                          "latency_seconds": result.latency_seconds, "cost_per_request": result.cost_per_request,
+                          "makespan_seconds": result.makespan_seconds, "partitions": len(plan.partitions)}))
+        return 0
+    if not args.quiet:
+        print(plan.summary())
+        print(f"\nwrote {path} and {output / 'report.html'}")
+    return 0
+
+
+def _cost_model(spec: str) -> CostModel:
+    from cost_models.measured import MeasuredCostModel
+    from cost_models.profile import load_profiles
+    from cost_models.roofline import RooflineCostModel
+
+    if spec == "roofline":
+        return RooflineCostModel()
+    if spec.startswith("measured:") and spec.removeprefix("measured:"):
+        return MeasuredCostModel(load_profiles(Path(spec.removeprefix("measured:"))))
+    raise PartitionerError(f"unknown cost model {spec!r}. Fix: use roofline or measured:FOLDER (a folder written by "
+                           "partitioner profile).")
+
+
+def profile_command(args: argparse.Namespace) -> int:
+    from cost_models.accuracy import accuracy_report, format_accuracy
+    from cost_models.profiling import profile_model
+    from partitioner.execution.check import require_real_weights
+    from partitioner.frontend.capture import load_model_file
+
+    devices = args.device or ["cpu"]
+    if len(args.target) > len(devices):
+        raise PartitionerError(f"{len(args.target)} --target for {len(devices)} --device. Fix: give at most one "
+                               "target per device, in the same order.")
+    check_writable_folder(Path(args.output))
+    progress = Progress("quiet" if args.quiet else "json" if args.json else "live")
+    with progress.step(f"capturing {args.model}"):
+        captured = load_model_file(args.model)
+    if args.report:
+        require_real_weights(captured)  # before minutes of timing, not after (profile_model checks --in-model)
+    with progress.step(f"profiling on {', '.join(devices)}"):
+        runs = profile_model(captured, devices, Path(args.output), args.min_run_time, in_model=args.in_model,
+                             on_progress=lambda device, done, total: progress.counted(done, total,
+                                                                                      f"op signatures on {device}"))
+    for index, (device, run) in enumerate(zip(devices, runs)):
+        print(f"{device}: {run.profile.identity.describe()}: {run.measured} op signatures measured, {run.reused} "
+              f"from the cache, {run.left_to_roofline} left to the roofline -> {run.path}")
+        if args.report:
+            default = "cuda-h100" if run.profile.identity.device_type == "cuda" else "cpu-x86"
+            target = load_target(args.target[index] if index < len(args.target) else default)
+            print(format_accuracy(accuracy_report(captured, run.profile, target, device), target))
+    return 0
+
+
+def calibrate_command(args: argparse.Namespace) -> int:
+    from cost_models.calibration import calibrate, write_calibrated_spec
+    from cost_models.measured import profiled_device_type
+    from cost_models.profile import load_profiles
+
+    check_writable_folder(Path(args.output).parent)
+    target = load_target(args.target)
+    device_type = profiled_device_type(target)
+    if device_type is None:
+        raise PartitionerError(f"{target.name} is a {target.kind} target; profiles measure CPUs (kind cpu) and CUDA "
+                               "GPUs (kind gpu) only. Fix: calibrate a cpu or gpu target, or measure this device "
+                               "with its vendor's tools and edit its spec's figures.")
+    profile = next((p for p in load_profiles(Path(args.profiles)) if p.identity.device_type == device_type), None)
+    if profile is None:
+        raise PartitionerError(f"{args.profiles} holds no profile of a {device_type} device for {target.name}. Fix: "
+                               f"run partitioner profile MODEL --device {device_type} -o {args.profiles}.")
+    calibration = calibrate(profile, target)
+    path = write_calibrated_spec(target, calibration, profile, Path(args.output))
+    print(f"{target.name} on {profile.identity.describe()}: launch overhead "
+          f"{calibration.launch_overhead_seconds * 1e6:.3g} us, compute efficiency {calibration.compute_efficiency:.3g}"
+          f", memory efficiency {calibration.memory_efficiency:.3g} -> {path}")
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from partitioner.plan import Plan
+    from partitioner.reporting.tables import print_report
+
+    print_report(Plan.load(args.plan))
+    return 0
+
+
+def explain_command(args: argparse.Namespace) -> int:
+    from partitioner.plan import Plan
+    from partitioner.reporting.explain import explain_node
+
+    print(explain_node(Plan.load(args.plan), args.node))
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from partitioner.execution.check import run_plan
+    from partitioner.plan import Plan
+
+    plan = Plan.load(args.plan)
+    if args.model:
+        plan = plan.with_source(args.model)
+    with Progress("live").step("running the partitioned model" + (" and the original" if args.check else "")):
+        result = run_plan(plan, _device_map(args.device_map), check=args.check, rtol=args.rtol, atol=args.atol)
+    _print_run(args.plan, result)
+    return 0 if result.check is None or result.check.passed else 1
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from partitioner.onnx.export import MANIFEST_NAME, export_plan
+    from partitioner.plan import Plan
+
+    check_writable_folder(Path(args.output).parent)
+    plan = Plan.load(args.plan)
+    if args.model:
+        plan = plan.with_source(args.model)
+    whole = " with the whole model" if args.whole else ""
+    with Progress("live").step(f"exporting {plan.model.name} to ONNX{whole}"):
+        manifest = export_plan(plan, args.output, whole=args.whole, plan_path=args.plan)
+    for partition in manifest.partitions:
+        print(f"{partition.file:<28}{partition.execution_provider:<26}{len(partition.inputs)} in, "
+              f"{len(partition.outputs)} out")
+    if manifest.whole_model_file:
+        print(f"{manifest.whole_model_file:<28}the unpartitioned model")
+    print(f"\nwrote {Path(args.output) / MANIFEST_NAME} (opset {manifest.opset}, every file passed the full checker)")
+    return 0
+
+
+def run_onnx_command(args: argparse.Namespace) -> int:
+    from partitioner.onnx.chained_runner import ChainedOnnxModel, check_manifest
+
+    if not args.check:
+        manifest = ChainedOnnxModel(args.manifest).manifest
+        print(f"{manifest.model_name}: {len(manifest.partitions)} files load; use --check to run and compare them")
+        return 0
+    with Progress("live").step("running the ONNX files and the original model"):
+        result = check_manifest(args.manifest, args.model, rtol=args.rtol, atol=args.atol)
+    print(f"max abs error {result.max_abs_error:.3g}")
+    print(f"max rel error {result.max_rel_error:.3g}")
+    for note in result.notes:
+        print(f"accepted    {note}")
+    for mismatch in result.mismatches:
+        print(f"mismatch    {mismatch}")
+    print("PASS" if result.passed else "FAIL")
+    return 0 if result.passed else 1
+
+
+def _print_run(plan_path: str, result: PlanRun) -> None:
+    from partitioner.execution.check import describe_outputs
+
+    targets = result.partition_targets
+    order = " -> ".join(targets[:6]) + (" -> ..." if len(targets) > 6 else "")
+    print(f"plan        {plan_path}: {result.model_name}, {len(targets)} partition{'s' if len(targets) != 1 else ''} ({order})")
+    print(f"devices     {', '.join(f'{name}: {device}' for name, device in result.devices.items())}")
+    print(f"outputs     {describe_outputs(result.partitioned.outputs)}")
+    wall = f"{result.partitioned.seconds * 1e3:.1f} ms partitioned"
+    if result.original is not None:
+        wall += f", {result.original.seconds * 1e3:.1f} ms original"
+    print(f"wall time   {wall} (one run, not a benchmark)")
+    check = result.check
+    if check is None:
+        return
+    tolerances = ", ".join(f"{dtype} rtol {t.rtol:g} atol {t.atol:g}" for dtype, t in check.tolerances.items())
+    print(f"max abs error {check.max_abs_error:.3g}")
+    print(f"max rel error {check.max_rel_error:.3g}")
+    print(f"tolerance   {tolerances or 'exact'}")
+    for mismatch in check.mismatches:
+        print(f"mismatch    {mismatch}")
+    print("PASS" if check.passed else "FAIL")
+
+
+def _device_map(text: str) -> dict[str, str]:
+    device_map = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        target, equals, device = (part.strip() for part in item.partition("="))
+        if not (equals and target and device):
+            raise PartitionerError(f"--device-map item {item!r} is not TARGET=DEVICE. "
+                                   "Fix: write e.g. npu-example=cpu,cuda-h100=cuda:0.")
+        device_map[target] = device
+    return device_map
+
+
+def targets_command(args: argparse.Namespace) -> int:
+    for name in builtin_target_names():
+        target = load_target(name)
+        support = "all ops" if target.support.supports_all_ops else f"{len(target.support.ops or ())} ops"
+        print(f"{name:<14}{target.kind:<6}{target.price_per_hour:>7.2f} $/h  {target.memory_bytes / 1024**3:>5.0f} GiB"
+              f"  {support:<9}  {target.description}")
+    return 0

@@ -1,0 +1,129 @@
+"""The commands of the `partitioner` CLI, their options and help: what `partitioner --help` shows."""
+
+from __future__ import annotations
+
+import argparse
+
+from partitioner.cli import commands
+from partitioner.cli.arguments import duration, positive_float, time_limit, tolerance, workers
+from partitioner.placement.objectives import registered_objectives
+from targets.loader import DEFAULT_TARGET_NAMES
+
+
+def command_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="partitioner",
+        description="Place the ops of a PyTorch model on heterogeneous accelerators, optimally.",
+    )
+    subcommands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    compile_parser = subcommands.add_parser("compile", help="solve a placement for a model and write plan.json")
+    compile_parser.add_argument("model", help="file.py (with build()), file.py:function, or an ExportedProgram .pt2")
+    compile_parser.add_argument(
+        "--targets", default=",".join(DEFAULT_TARGET_NAMES),
+        help="comma-separated built-in target names or .toml spec paths, in priority order "
+             f"(default: {','.join(DEFAULT_TARGET_NAMES)})")
+    compile_parser.add_argument("--fallback", help="the target that runs unsupported ops (default: the first CUDA "
+                                                   "target that supports every op)")
+    compile_parser.add_argument("--objective", choices=[o.name for o in registered_objectives()], default="latency",
+                                help="what to minimise: " + ", ".join(f"{o.name} ({o.description})"
+                                                                     for o in registered_objectives())
+                                     + " (default: latency)")
+    compile_parser.add_argument("--max-latency", type=duration, metavar="TIME",
+                                help="latency limit per request, e.g. 50ms, 2.5ms, 800us or 0.05 (seconds); "
+                                     "with --objective cost, the cheapest plan within it")
+    compile_parser.add_argument("--time-limit", type=time_limit, default=30.0, metavar="SECONDS",
+                                help="solver time limit (default: 30)")
+    compile_parser.add_argument("--workers", type=workers, default=0,
+                                help="solver search workers (default: one, then 8 unless optimality is proven)")
+    compile_parser.add_argument("--seed", type=int, default=0, help="solver random seed (default: 0)")
+    compile_parser.add_argument("--deterministic", action="store_true",
+                                help="one solver worker and a time limit counted in work, not wall time: "
+                                     "the same plan on every run and machine")
+    compile_parser.add_argument("--cost-model", default="roofline", metavar="roofline|measured:FOLDER",
+                                help="roofline estimates from the specs (default), or measured:profiles/ for times "
+                                     "measured by `partitioner profile` (the roofline covers the rest)")
+    compile_parser.add_argument("-o", "--output", default="out", help="output folder for plan.json (default: out)")
+    shown = compile_parser.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", action="store_true", help="print nothing but errors (no progress, no summary)")
+    shown.add_argument("--json", action="store_true", help="progress as JSON lines on stderr, and the result as "
+                                                          "one JSON object on stdout instead of the summary")
+    compile_parser.set_defaults(command=commands.compile_command)
+
+    profile_parser = subcommands.add_parser("profile", help="time a model's ops on real devices into a profile folder")
+    profile_parser.add_argument("model", help="file.py (with build() and real weights), file.py:function, or .pt2")
+    profile_parser.add_argument("--device", action="append", default=[], metavar="DEVICE",
+                                help="a torch device to profile, e.g. cpu or cuda:0; repeat for several "
+                                     "(default: cpu)")
+    profile_parser.add_argument("-o", "--output", default="profiles", help="profile folder, reused across models "
+                                                                          "(default: profiles)")
+    profile_parser.add_argument("--min-run-time", type=positive_float, default=0.05, metavar="SECONDS",
+                                help="least time spent timing each op (default: 0.05)")
+    profile_parser.add_argument("--in-model", action="store_true",
+                                help="time each op inside whole runs of the model (real caches and layouts) "
+                                     "instead of in isolation")
+    profile_parser.add_argument("--report", action="store_true",
+                                help="also print predicted against measured time, per op and for the whole model")
+    shown = profile_parser.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    shown.add_argument("--json", action="store_true", help="progress as JSON lines on stderr")
+    profile_parser.add_argument("--target", action="append", default=[], metavar="NAME",
+                                help="the spec whose roofline the report judges, per device in order "
+                                     "(default: cpu-x86 for cpu, cuda-h100 for cuda)")
+    profile_parser.set_defaults(command=commands.profile_command)
+
+    calibrate_parser = subcommands.add_parser("calibrate", help="fit a target spec's roofline constants to a profile")
+    calibrate_parser.add_argument("profiles", help="profile folder written by profile")
+    calibrate_parser.add_argument("--target", required=True, help="built-in target name or .toml spec to calibrate")
+    calibrate_parser.add_argument("-o", "--output", required=True, help="the calibrated spec to write (.toml)")
+    calibrate_parser.set_defaults(command=commands.calibrate_command)
+
+    run_parser = subcommands.add_parser("run", help="run a plan's partitioned model once; with --check, compare it "
+                                                 "with the original model")
+    run_parser.add_argument("plan", help="plan.json written by compile")
+    run_parser.add_argument("--check", action="store_true",
+                            help="compare every output with the original model's; exit 1 if one differs")
+    run_parser.add_argument("--model", help="the model again (file.py, file.py:function or .pt2), if the plan's "
+                                            "recorded source moved")
+    run_parser.add_argument("--device-map", default="", metavar="TARGET=DEVICE,...",
+                            help="the torch device that runs each target, e.g. npu-example=cpu,cuda-h100=cuda:0 "
+                                 "(default: each spec's device, or the CPU where it is absent)")
+    run_parser.add_argument("--rtol", type=tolerance,
+                            help="relative tolerance (default: torch.testing's for the dtype)")
+    run_parser.add_argument("--atol", type=tolerance,
+                            help="absolute tolerance (default: torch.testing's for the dtype)")
+    run_parser.set_defaults(command=commands.run_command)
+
+    export_parser = subcommands.add_parser("export", help="write one ONNX file per partition and a manifest")
+    export_parser.add_argument("plan", help="plan.json written by compile")
+    export_parser.add_argument("-o", "--output", required=True, help="output folder (new, empty or an earlier export)")
+    export_parser.add_argument("--whole", action="store_true", help="also export the unpartitioned model")
+    export_parser.add_argument("--model", help="the model again, if the plan's recorded source moved")
+    export_parser.set_defaults(command=commands.export_command)
+
+    onnx_parser = subcommands.add_parser("run-onnx", help="run exported partitions chained in ONNX Runtime")
+    onnx_parser.add_argument("manifest", help="manifest.json written by export (or its folder)")
+    onnx_parser.add_argument("--check", action="store_true",
+                             help="compare every output with the original model's; exit 1 if one differs")
+    onnx_parser.add_argument("--model", help="the model again, if the plan's recorded source moved")
+    onnx_parser.add_argument("--rtol", type=tolerance,
+                             help="relative tolerance (default: torch.testing's for the dtype, or judged against "
+                                  "float32 for float16 and bfloat16)")
+    onnx_parser.add_argument("--atol", type=tolerance,
+                             help="absolute tolerance (default: torch.testing's for the dtype)")
+    onnx_parser.set_defaults(command=commands.run_onnx_command)
+
+    report_parser = subcommands.add_parser("report", help="print a plan's report: targets, baselines, solver, and the "
+                                                       "ops only the fallback runs")
+    report_parser.add_argument("plan", help="plan.json written by compile")
+    report_parser.set_defaults(command=commands.report_command)
+
+    explain_parser = subcommands.add_parser("explain", help="why a node sits where it does: its costs on every "
+                                                         "target, refusals, and what moving it would change")
+    explain_parser.add_argument("plan", help="plan.json written by compile")
+    explain_parser.add_argument("node", help="the node's name, as in plan.json")
+    explain_parser.set_defaults(command=commands.explain_command)
+
+    targets_parser = subcommands.add_parser("targets", help="list the built-in targets")
+    targets_parser.set_defaults(command=commands.targets_command)
+    return parser
