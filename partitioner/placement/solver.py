@@ -25,8 +25,9 @@ from partitioner.placement.problem import PlacementProblem, check_assignment
 from partitioner.placement.reduction import reduce_problem
 from partitioner.placement.scoring import Score, score
 from partitioner.placement.tidy import tidy
-# Share of the time limit each seeding objective's solve may take (see `_seed_plans`).
-SEED_SHARE = 0.1
+# Share of the time limit each seeding objective's solve may take (see `_seed_plans`): on graphs too large for
+# the makespan search to get far (Llama-70B), a seed is the plan, so it gets the time a good one needs.
+SEED_SHARE = 0.25
 # DEFAULT_WORKERS and SolverOptions are re-exported: callers configure a solve from here.
 from partitioner.placement.search import (DEFAULT_WORKERS, SolverOptions, configured_solver, phases,  # noqa: F401
                                           progress_watcher)
@@ -89,7 +90,10 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
     started = time.perf_counter()
     seeds = _seed_plans(problem, objective, options, hints or {})
     hints = {**(hints or {}), **seeds}
-    options = replace(options, time_limit_seconds=options.time_limit_seconds * (1 - SEED_SHARE * len(seeds)))
+    if seeds:  # the search gets what the seeds left: all but their share, or, on the clock, all they did not use
+        nominal = options.time_limit_seconds * (1 - SEED_SHARE * len(seeds))
+        left = nominal if options.deterministic else options.time_limit_seconds - (time.perf_counter() - started)
+        options = replace(options, time_limit_seconds=max(left, nominal))
 
     def allowed(result: Score) -> bool:
         return result.fits_memory and (max_latency_seconds is None or result.latency_seconds <= max_latency_seconds)
