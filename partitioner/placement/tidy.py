@@ -1,6 +1,6 @@
 """Tidying a solved placement: free nodes the objective is indifferent to go where the other figures are best.
 
-A free node (a view, a runtime assert, dead code: no compute, no weights) can
+A free node (a view, a runtime assert, dead code: no compute anywhere) can
 often sit on several targets at the same objective: a makespan plan does not
 care where a weight `transpose` waits, and an assert on a model input runs
 nowhere at all. Left where the search dropped it, such a node costs latency,
@@ -62,7 +62,8 @@ def _change(old: float, new: float) -> float:
 
 
 def _is_free(node: ProblemNode) -> bool:
-    return not node.parameters and all(seconds == 0 for seconds in node.compute_seconds.values())
+    """Computes nothing anywhere (its weights, if any, an assert on a buffer, say, are checked for memory at the end)."""
+    return all(seconds == 0 for seconds in node.compute_seconds.values())
 
 
 def _candidates(problem: PlacementProblem, members: list[str], values: list[ProblemValue],
