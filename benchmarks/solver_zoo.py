@@ -185,6 +185,7 @@ def benchmark_model(entry: ZooModel, smoke: bool, options: SolverOptions) -> tup
         for name, (assignment, seconds) in placements.items():
             rows.append(_row(entry.name, objective, name, problem, graph, assignment, seconds))
         placement = solve(problem, objective, options, hints=hints)
+        hints = {**hints, f"{objective.name} plan": dict(placement.assignment)}  # every plan seeds the next searches
         report = placement.report
         status = report.status if report.origin == SOLVER else f"{report.status} ({report.origin})"
         rows.append(_row(entry.name, objective, SOLVER, problem, graph, placement.assignment, report.wall_seconds,
@@ -243,7 +244,8 @@ def markdown(rows: Sequence[Row], settings: dict) -> str:
         "'seconds': time to compute the placement (the solver's includes building its model). 'cuts': tensor "
         "transfers between devices. 'status' names the baseline the solver returned when it found nothing "
         "better in time. The solver is seeded with the `fallback` and `priority` plans, as "
-        "`partitioner.compile` does; `capability` is not a hint.",
+        "`partitioner.compile` does, and with the solver's plans for the objectives before it; makespan's search "
+        "is seeded with the latency and cost plans. `capability` is not a hint.",
         f"¹ {REDUCED_OPS_NOTE}",
     ]
     return "\n".join(lines)

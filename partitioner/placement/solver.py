@@ -169,9 +169,12 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
 def _seed_plans(problem: PlacementProblem, objective: Objective, options: SolverOptions,
                 hints: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
     """The plans of the objectives that seed `objective`'s search (see `Objective.seeded_by`), each solved with
-    SEED_SHARE of the time limit; named like hints, e.g. "latency plan"."""
+    SEED_SHARE of the time limit; named like hints, e.g. "latency plan", and not solved again when `hints`
+    already hold one by that name."""
     seeds = {}
     for name in objective.seeded_by:
+        if f"{name} plan" in hints:  # the caller solved it already, e.g. for another objective of the same model
+            continue
         seed = objective_named(name)
         seed_options = replace(options, time_limit_seconds=options.time_limit_seconds * SEED_SHARE, on_progress=None)
         seeds[f"{seed.name} plan"] = dict(solve(problem, seed, seed_options, hints=hints).assignment)
