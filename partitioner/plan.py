@@ -174,8 +174,9 @@ def _known_objective(name: str) -> Objective:
     try:
         return objective_named(name)
     except PartitionerError:
-        raise PartitionerError(f"this plan was solved for the objective {name!r}, which this version does not know. "
-                               "Fix: upgrade partitioner, or compile the model again.") from None
+        raise PartitionerError(f"this plan was solved for the objective {name!r}, which is not registered here. "
+                               "Fix: register it (partitioner.register_objective) before loading the plan, upgrade "
+                               "partitioner if it is a built-in of a newer version, or compile the model again.") from None
 
 
 def plan_inconsistency(plan: Plan) -> str | None:

@@ -40,6 +40,7 @@ class PlacementModel:
         # Auxiliary variables and what they equal for a given assignment, so hints can be complete.
         self.derived: list[tuple[cp_model.IntVar, Callable[[Mapping[str, str]], int]]] = []
         self.schedule: Schedule | None = None
+        self.transfers_added = False
         self.on = self._placement_variables()
         if tied:
             self._tie_blocks()
@@ -56,12 +57,17 @@ class PlacementModel:
         Seconds are scaled so the limit is 10^9 units and rounded down per term,
         so the model may admit a plan up to ~1e-9 per term over; callers re-check with `score`.
         """
+        self.add_transfers()  # the latency counts them whatever the objective
         units = OBJECTIVE_UNITS / max_latency_seconds
         self.model.add(sum(int(seconds * units) * var for var, seconds, _ in self.busy_terms if seconds > 0)
                        <= int(OBJECTIVE_UNITS))
 
     def add_transfers(self) -> None:
-        """For each tensor and each device it must reach, pay the move from wherever it was produced."""
+        """For each tensor and each device it must reach, pay the move from wherever it was produced (once: a
+        second call adds nothing)."""
+        if self.transfers_added:
+            return
+        self.transfers_added = True
         for value in self.problem.values:
             sources = self.problem.node(value.producer).supported
             needed_on = self._needed_on(value.consumers)

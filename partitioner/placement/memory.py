@@ -5,7 +5,8 @@ an activation arena: room for the largest working set (activation bytes read
 and written) of any op it could run, since its ops run one at a time and the
 arena is sized before the plan is known. Tensors kept alive across many ops
 (a residual stream, a KV cache) are not counted beyond that. Scoring, the
-baselines and the CP-SAT model all read memory through these functions.
+CP-SAT model read memory through these functions (the `priority` baseline counts
+residency as it claims ops, with the same arena).
 """
 
 from __future__ import annotations

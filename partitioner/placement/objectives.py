@@ -65,6 +65,13 @@ class Objective(ABC):
         """A bound no placement beats, known before any search (0 when nothing better is known)."""
         return 0.0
 
+    def __eq__(self, other: object) -> bool:
+        # Plans once held the objective's name: `plan.objective == "cost"` keeps meaning what it meant.
+        return other is self or (isinstance(other, str) and other == self.name)
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
     def __repr__(self) -> str:
         return f"<objective {self.name}>"
 
@@ -138,9 +145,14 @@ _REGISTRY: dict[str, Objective] = {}
 
 
 def register_objective(objective: Objective) -> Objective:
-    """Make `objective` a choice of the CLI and the API under its name; returns it."""
-    if objective.name in _REGISTRY:
-        raise ValueError(f"an objective named {objective.name!r} is already registered")
+    """Make `objective` a choice of the CLI and the API under its name; returns the registered one (registering an
+    objective of the same class again, as a re-run notebook cell does, keeps the first)."""
+    registered = _REGISTRY.get(objective.name)
+    if registered is not None:
+        if type(registered) is type(objective):
+            return registered
+        raise PartitionerError(f"an objective named {objective.name!r} is already registered "
+                               f"({type(registered).__name__}). Fix: give yours another name.")
     _REGISTRY[objective.name] = objective
     return objective
 

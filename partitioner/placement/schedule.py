@@ -1,8 +1,9 @@
-"""The makespan objective: every device runs at once, one op at a time, and transfers delay consumers.
+"""Schedules for the makespan: every device runs at once, one op at a time, and transfers delay consumers.
 
 `makespan_seconds` scores a placement by scheduling its ops in a given order,
-each as early as its inputs and its device allow; `add_schedule` adds the same
-rules to a CP-SAT model as intervals (one `NoOverlap` machine per target) and
+each as early as its inputs and its device allow; `Schedule` adds the same
+rules to a CP-SAT model (through `PlacementModel.add_schedule`, for the
+`Makespan` objective of objectives.py) as intervals (one `NoOverlap` machine per target) and
 precedences whose delay is the transfer time when producer and consumer sit on
 different devices. Transfers are modelled as delays only: links are assumed
 to move data without occupying either device (DMA), and without contention.

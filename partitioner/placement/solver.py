@@ -20,17 +20,19 @@ from partitioner.errors import PartitionerError
 from partitioner.placement.cp_sat_model import OBJECTIVE_UNITS, TIED_GROUPS, PlacementModel
 from partitioner.placement.infeasibility import explain_infeasible
 from partitioner.placement.memory import targets_whose_memory_can_bind
-from partitioner.placement.objectives import LATENCY, Objective, objective_named
+from partitioner.placement.objectives import LATENCY, Objective, objective_named, registered_objectives
 from partitioner.placement.problem import PlacementProblem, check_assignment
 from partitioner.placement.reduction import reduce_problem
 from partitioner.placement.scoring import Score, score
 from partitioner.placement.tidy import tidy
+
+# DEFAULT_WORKERS and SolverOptions are re-exported: callers configure a solve from here.
+from partitioner.placement.search import (DEFAULT_WORKERS, SolverOptions, configured_solver, phases,  # noqa: F401, I001
+                                          progress_watcher)
+
 # Share of the time limit each seeding objective's solve may take (see `_seed_plans`): on graphs too large for
 # the makespan search to get far (Llama-70B), a seed is the plan, so it gets the time a good one needs.
 SEED_SHARE = 0.25
-# DEFAULT_WORKERS and SolverOptions are re-exported: callers configure a solve from here.
-from partitioner.placement.search import (DEFAULT_WORKERS, SolverOptions, configured_solver, phases,  # noqa: F401
-                                          progress_watcher)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +87,9 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
     if max_latency_seconds is not None and max_latency_seconds <= 0:
         raise PartitionerError(f"latency limit {max_latency_seconds} s is not positive. Fix: give a positive limit.")
     if max_latency_seconds is not None and not objective.accepts_latency_limit:
+        accepting = ", ".join(o.name for o in registered_objectives() if o.accepts_latency_limit)
         raise PartitionerError(f"a latency limit bounds the sequential latency, which {objective.name} does not "
-                               "measure. Fix: drop --max-latency, or use it with --objective cost.")
+                               f"measure. Fix: drop the limit, or use it with one of these objectives: {accepting}.")
     started = time.perf_counter()
     seeds = _seed_plans(problem, objective, options, hints or {})
     hints = {**(hints or {}), **seeds}

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Callable, Iterable, Mapping
 
-from partitioner.placement.objectives import Objective
+from partitioner.placement.objectives import COST, Objective
 from partitioner.placement.problem import PlacementProblem, ProblemNode, ProblemValue
 from partitioner.placement.scoring import Score, score
 
@@ -88,7 +88,7 @@ def _transfer_figures(problem: PlacementProblem, values: Iterable[ProblemValue],
             if destination != source:
                 time = problem.transfer_seconds(value.num_bytes, source, destination)
                 seconds += time
-                money += time * (problem.target(source).price_per_second + problem.target(destination).price_per_second)
+                money += time * COST.rate(problem, (source, destination))
                 moved_bytes += value.num_bytes
     return seconds, money, moved_bytes
 

@@ -92,5 +92,5 @@ def test_makespan_respects_memory_limits():
 
 
 def test_a_latency_limit_with_makespan_is_refused():
-    with pytest.raises(PartitionerError, match="Fix: drop --max-latency"):
+    with pytest.raises(PartitionerError, match="Fix: drop the limit, or use it with one of these objectives: latency, cost"):
         solve(fork_and_join(), MAKESPAN, FAST, max_latency_seconds=1.0)
