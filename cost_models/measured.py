@@ -227,10 +227,10 @@ class MeasuredCostModel:
 
     def link(self, targets: TargetSet, source: str, destination: str) -> Link:
         source_target, destination_target = targets[source], targets[destination]
-        if source_target.kind == "cpu" and (profile := self.profile_for(destination_target)):
+        if source_target.is_host and (profile := self.profile_for(destination_target)):
             if "host_to_device" in profile.links:
                 return profile.links["host_to_device"]
-        if destination_target.kind == "cpu" and (profile := self.profile_for(source_target)):
+        if destination_target.is_host and (profile := self.profile_for(source_target)):
             if "device_to_host" in profile.links:
                 return profile.links["device_to_host"]
         return self.estimate.link(targets, source, destination)

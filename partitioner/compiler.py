@@ -110,6 +110,7 @@ def _node_records(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_mod
             parameter_bytes=node.parameter_bytes,
             refusals=tagging.refusals[node.name],
             measured_on=tuple(t.name for t in targets if measured and measured(node, t)),
+            flops_known=node.flops_known,
         )
         for node in graph
     )

@@ -67,16 +67,19 @@ class NodeRecord:
     parameter_bytes: int
     refusals: Mapping[str, str]
     measured_on: tuple[str, ...] = ()  # targets whose cost for this node was measured, not estimated
+    flops_known: bool = True  # false: no count or formula knows its FLOPs, `flops` is 0 and costs miss its work
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "op": self.op, "module_path": self.module_path,
-                "output_shapes": [list(s) for s in self.output_shapes], "dtypes": list(self.dtypes),
-                "flops": self.flops, "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
-                "parameter_bytes": self.parameter_bytes, "refusals": dict(self.refusals),
-                "measured_on": list(self.measured_on)}
+        record = {"name": self.name, "op": self.op, "module_path": self.module_path,
+                  "output_shapes": [list(s) for s in self.output_shapes], "dtypes": list(self.dtypes),
+                  "flops": self.flops, "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
+                  "parameter_bytes": self.parameter_bytes, "refusals": dict(self.refusals),
+                  "measured_on": list(self.measured_on)}
+        return record if self.flops_known else {**record, "flops_known": False}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> NodeRecord:
         return cls(data["name"], data["op"], data["module_path"], tuple(tuple(s) for s in data["output_shapes"]),
                    tuple(data["dtypes"]), data["flops"], data["bytes_read"], data["bytes_written"],
-                   data["parameter_bytes"], dict(data["refusals"]), tuple(data.get("measured_on", ())))
+                   data["parameter_bytes"], dict(data["refusals"]), tuple(data.get("measured_on", ())),
+                   bool(data.get("flops_known", True)))

@@ -110,6 +110,11 @@ class Target:
     def price_per_second(self) -> float:
         return self.price_per_hour / 3600.0
 
+    @property
+    def is_host(self) -> bool:
+        """Whether this target is the host CPU, whose memory is where other devices' host links lead."""
+        return self.kind == "cpu"
+
     def constants_for(self, op_class: str) -> RooflineConstants:
         """The roofline constants of an op class: its own table in the spec, else the spec's top-level ones."""
         return self.op_classes.get(op_class) or RooflineConstants(
@@ -149,11 +154,15 @@ class TargetSet:
     def link(self, source: str, destination: str) -> Link:
         """The path data takes from `source` to `destination`.
 
-        A direct link declared by either side wins; otherwise data goes through
-        host memory over each device's host link.
+        A direct link declared by either side wins. A copy between a device and
+        the host CPU (a target of kind "cpu", whose memory is host memory)
+        crosses the device's host link alone; between two other devices, data
+        goes through host memory over each one's host link in turn.
         """
         src, dst = self[source], self[destination]
         direct = src.links.get(destination) or dst.links.get(source)
         if direct is not None:
             return direct
+        if src.is_host != dst.is_host:
+            return dst.host_link if src.is_host else src.host_link
         return src.host_link.then(dst.host_link)

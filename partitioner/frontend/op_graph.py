@@ -1,9 +1,10 @@
 """The op graph: what the placement passes know about each node of a captured model.
 
 `annotate` turns an ExportedProgram into an `OpGraph`: per node the op key,
-tensor shapes and dtypes (from `node.meta["val"]`), FLOPs (counted by
-`torch.utils.flop_counter`), bytes moved and parameter bytes. It runs after
-capture and before tagging; nothing downstream touches torch.fx again.
+tensor shapes and dtypes (from `node.meta["val"]`), FLOPs (see flops.py),
+bytes moved and parameter bytes. Tied weights (one tensor under several names)
+are one parameter, counted once. It runs after capture and before tagging;
+nothing downstream touches torch.fx again.
 """
 
 from __future__ import annotations
@@ -17,20 +18,20 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
-from torch.utils.flop_counter import FlopCounterMode
 
+from partitioner.frontend.flops import count_flops
 from partitioner.frontend.mutation import MutationFacts, mutation_facts
 
-# Ops that only rename, reshape or re-view a tensor: they run where their data is
-# and cost nothing, so they never justify a cut on their own.
-_IDENTITY_OPS = {"aten.alias.default", "aten.detach.default", "aten.clone.default"}
+# Ops that gather rows of their first tensor argument (a table): they read the rows they gather, not the table.
+_GATHER_OPS = frozenset({"aten.embedding.default", "aten.index_select.default", "aten.index.Tensor",
+                         "aten.gather.default", "aten.take.default"})
 
 
 class NodeKind(str, enum.Enum):
     """How a node is treated by costing and placement."""
 
-    COMPUTE = "compute"          # real work: costed per target
-    VIEW = "view"                # metadata only (view, reshape, eval dropout): free, any target
+    COMPUTE = "compute"          # real work (copies included: clone, a contiguous of a transposed tensor)
+    VIEW = "view"                # metadata only (a view sharing its input's storage, eval dropout)
     BOOKKEEPING = "bookkeeping"  # getitem of a multi-output op, runtime asserts: sits with its input
 
 
@@ -65,7 +66,9 @@ class OpNode:
     `arguments` holds the op's arguments by schema name: tensors as `TensorMeta`,
     other values as they are. An in-place op `writes` the value of another op
     node (see `mutation.py`); `after` names nodes it must run after without
-    reading their outputs.
+    reading their outputs. `unread_bytes` are input bytes it does not touch
+    (the rows of an embedding table it does not gather); `flops_known` is false
+    when no count or formula knows its FLOPs (then `flops` is 0).
     """
 
     name: str
@@ -81,10 +84,18 @@ class OpNode:
     module_path: str = ""
     writes: str | None = None
     after: tuple[str, ...] = ()
+    unread_bytes: int = 0
+    flops_known: bool = True
 
     @property
     def bytes_read(self) -> int:
-        return sum(t.num_bytes for t in self.input_tensors)
+        return sum(t.num_bytes for t in self.input_tensors) - self.unread_bytes
+
+    @property
+    def activation_bytes(self) -> int:
+        """Bytes of activations it reads and writes, weights left out: its working set."""
+        inputs = sum(t.num_bytes for t in self.input_tensors) - self.parameter_bytes
+        return max(0, inputs) + self.bytes_written
 
     @property
     def bytes_written(self) -> int:
@@ -158,7 +169,7 @@ def annotate(program: ExportedProgram) -> OpGraph:
         for node in program.graph.nodes
         if (name := parameter_names.get(node.name)) is not None
     }
-    flop_cache: dict[Any, int] = {}
+    flop_cache: dict[Any, int | None] = {}
     mutations = mutation_facts(program.graph)
     nodes = tuple(
         _op_node(node, parameter_names, parameter_bytes, flop_cache, mutations.get(node.name, MutationFacts()))
@@ -181,13 +192,21 @@ def op_key(target: Any) -> str:
 
 
 def _parameter_placeholders(program: ExportedProgram) -> dict[str, str]:
-    """Placeholder name -> parameter/buffer/constant name, for inputs that are weights, not data."""
+    """Placeholder name -> parameter/buffer/constant name, for inputs that are weights, not data.
+
+    Tied weights (the same tensor under several names, e.g. an embedding shared with the output head) all map
+    to the first of their names, so their storage is counted and placed once.
+    """
     weight_kinds = {InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR}
-    return {
-        spec.arg.name: spec.target or spec.arg.name
-        for spec in program.graph_signature.input_specs
-        if spec.kind in weight_kinds and hasattr(spec.arg, "name")
-    }
+    weights = {**program.state_dict, **program.constants}
+    first_name: dict[int, str] = {}
+    names = {}
+    for spec in program.graph_signature.input_specs:
+        if spec.kind in weight_kinds and hasattr(spec.arg, "name"):
+            name = spec.target or spec.arg.name
+            tensor = weights.get(name)
+            names[spec.arg.name] = first_name.setdefault(id(tensor), name) if tensor is not None else name
+    return names
 
 
 def _op_node(node: torch.fx.Node, parameter_names: Mapping[str, str], parameter_bytes: Mapping[str, int],
@@ -202,6 +221,7 @@ def _op_node(node: torch.fx.Node, parameter_names: Mapping[str, str], parameter_
     )
     output_tensors = tuple(_tensor_meta(v) for v in _flatten_values(node.meta.get("val")))
     kind = _node_kind(node, key, input_tensors, output_tensors)
+    flops = _count_flops(node, flop_cache) if kind is NodeKind.COMPUTE else 0
     return OpNode(
         name=node.name,
         op=key,
@@ -211,27 +231,52 @@ def _op_node(node: torch.fx.Node, parameter_names: Mapping[str, str], parameter_
         input_tensors=input_tensors,
         output_tensors=output_tensors,
         arguments=_named_arguments(node),
-        flops=_count_flops(node, flop_cache) if kind is NodeKind.COMPUTE else 0,
+        flops=flops or 0,
         parameter_bytes=sum(parameter_bytes[p] for p in parameters),
         module_path=_module_path(node),
         writes=mutation.writes,
         after=mutation.after,
+        unread_bytes=_unread_table_bytes(node, key, output_tensors),
+        flops_known=flops is not None,
     )
+
+
+def _unread_table_bytes(node: torch.fx.Node, key: str, outputs: tuple[TensorMeta, ...]) -> int:
+    """For a gather (embedding, index_select, ...), the table bytes it does not read: all but the rows it
+    gathers, which are as many bytes as its output."""
+    if key not in _GATHER_OPS or not node.args or not isinstance(node.args[0], torch.fx.Node):
+        return 0
+    table = _tensor_meta(node.args[0].meta.get("val")).num_bytes
+    return max(0, table - sum(t.num_bytes for t in outputs))
 
 
 def _node_kind(node: torch.fx.Node, key: str, inputs: tuple[TensorMeta, ...],
                outputs: tuple[TensorMeta, ...]) -> NodeKind:
     if node.target is operator.getitem or not outputs:
         return NodeKind.BOOKKEEPING
-    if key in _IDENTITY_OPS or (key == "aten.dropout.default" and not node.args[2]):
+    if key == "aten.dropout.default" and not node.args[2]:
         return NodeKind.VIEW
     schema = getattr(node.target, "_schema", None)
     aliases_input = schema is not None and any(
         r.alias_info is not None and not r.alias_info.is_write for r in schema.returns
     )
-    # Aliasing schemas also cover casts such as `to.dtype`, which do real work when the dtype changes.
+    # Aliasing schemas also cover casts such as `to.dtype`, which do real work when the dtype changes, and ops
+    # that may copy (`reshape` of a transposed tensor, `contiguous`): a view is one whose output shares storage.
     same_dtype = bool(inputs) and all(o.dtype == inputs[0].dtype for o in outputs)
-    return NodeKind.VIEW if aliases_input and same_dtype else NodeKind.COMPUTE
+    return NodeKind.VIEW if aliases_input and same_dtype and _shares_storage(node) else NodeKind.COMPUTE
+
+
+def _shares_storage(node: torch.fx.Node) -> bool:
+    """Whether the node's (fake) output lives in the storage of one of its inputs; true where unknowable."""
+    output = node.meta.get("val")
+    sources = [n.meta.get("val") for n in node.all_input_nodes]
+    if not isinstance(output, torch.Tensor) or not any(isinstance(s, torch.Tensor) for s in sources):
+        return True
+    try:
+        storage = output.untyped_storage()._cdata
+        return any(s.untyped_storage()._cdata == storage for s in sources if isinstance(s, torch.Tensor))
+    except (RuntimeError, NotImplementedError):  # a tensor subclass without storage
+        return True
 
 
 def _named_arguments(node: torch.fx.Node) -> dict[str, Any]:
@@ -255,19 +300,13 @@ def _named_arguments(node: torch.fx.Node) -> dict[str, Any]:
     return values
 
 
-def _count_flops(node: torch.fx.Node, cache: dict[Any, int]) -> int:
-    """FLOPs of one node, counted by running it on meta tensors under FlopCounterMode."""
+def _count_flops(node: torch.fx.Node, cache: dict[Any, int | None]) -> int | None:
+    """FLOPs of one node on meta tensors (None: unknown), once per distinct call."""
     args = torch.fx.node.map_aggregate(node.args, _as_meta_tensor)
     kwargs = torch.fx.node.map_aggregate(node.kwargs, _as_meta_tensor)
     signature = (node.target, repr(args), repr(kwargs))
     if signature not in cache:
-        counter = FlopCounterMode(display=False)
-        try:
-            with counter:
-                node.target(*args, **kwargs)
-            cache[signature] = int(counter.get_total_flops())
-        except Exception:  # an op without a meta kernel: it still runs, we only lack its FLOPs
-            cache[signature] = 0
+        cache[signature] = count_flops(node.target, args, kwargs)
     return cache[signature]
 
 

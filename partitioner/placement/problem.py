@@ -147,9 +147,9 @@ def build_problem(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_mod
     for node in graph:
         leader = leaders[node.name]
         compute = {name: cost_model.compute_seconds(node, target_by_name[name]) for name in supported[leader]}
-        working = node.bytes_read + node.bytes_written - node.parameter_bytes if node.kind is NodeKind.COMPUTE else 0
+        working = node.activation_bytes if node.kind is NodeKind.COMPUTE else 0
         nodes.append(ProblemNode(node.name, node.kind, compute, node.parameters,
-                                 leader if leader != node.name else None, max(0, working)))
+                                 leader if leader != node.name else None, working))
     users = graph.users()
     values = tuple(
         ProblemValue(node.name, tuple(users[node.name]), node.output_bytes)

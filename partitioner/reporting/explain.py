@@ -45,7 +45,8 @@ def explain_node(plan: Plan, name: str) -> str:
     lines = [
         f"node       {name}: {record.op}" + (f" in {record.module_path}" if record.module_path else ""),
         f"output     {', '.join(str(list(shape)) for shape in record.output_shapes)} ({', '.join(record.dtypes)})",
-        f"work       {format_flops(record.flops)}, {format_bytes(record.bytes_read)} read, "
+        f"work       {format_flops(record.flops) if record.flops_known else 'FLOPs unknown'}, "
+        f"{format_bytes(record.bytes_read)} read, "
         f"{format_bytes(record.bytes_written)} written, {format_bytes(record.parameter_bytes)} of parameters",
         f"placed on  {here}" + (f" (with {_group_leader(plan, name)}, which it must follow)"
                                 if problem_node.follows else ""),

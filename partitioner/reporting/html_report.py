@@ -21,7 +21,7 @@ from partitioner.placement.blocks import numbered_block
 from partitioner.placement.scoring import Score
 from partitioner.plan import Plan
 from partitioner.reporting.explain import unsupported_ops
-from partitioner.reporting.summary import TargetUse, solver_line, target_uses, versus_plan
+from partitioner.reporting.summary import TargetUse, solver_line, target_uses, unknown_flops_note, versus_plan
 from partitioner.units import count, format_bytes, format_money, format_seconds
 
 # Graphs with more nodes than this are drawn as their partitions.
@@ -51,6 +51,7 @@ def render_html_report(plan: Plan) -> str:
         f"{format_seconds(result.transfer_seconds)}; {count(len(plan.partitions), 'partition')}.</p>",
         f"<p class='legend'>{legend} <span class='key' style='background:{_CUT}'></span>cut edge</p>",
         "<h2>Where the model runs</h2>", _targets_table(uses),
+        *([f"<p class='warning'>{html.escape(note)}</p>"] if (note := unknown_flops_note(plan)) else []),
         "<h2>The plan against the baselines</h2>", _strategies_table(plan, result),
         "<h2>Busy time and money per target</h2>", _bars(uses, colours),
         "<h2>The graph</h2>", _graph_picture(plan, colours),
@@ -63,6 +64,7 @@ def render_html_report(plan: Plan) -> str:
 
 _STYLE = """
 body { font: 14px system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }
+.warning { color: #8a4b00; background: #fff4e0; padding: 6px 10px; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: right; }
 th:first-child, td:first-child { text-align: left; }

@@ -17,7 +17,7 @@ from partitioner.placement.problem import PlacementProblem
 from partitioner.placement.scoring import Score
 from partitioner.placement.solver import SolverReport
 from partitioner.plan_records import ModelInfo, NodeRecord, TargetRecord
-from partitioner.units import format_bytes, format_money, format_seconds
+from partitioner.units import count, format_bytes, format_money, format_seconds
 
 
 class ReportedPlan(Protocol):
@@ -78,6 +78,19 @@ def target_uses(plan: ReportedPlan, result: Score) -> list[TargetUse]:
             for t in plan.problem.targets]
 
 
+def unknown_flops_note(plan: ReportedPlan) -> str | None:
+    """A warning naming the ops whose FLOPs nothing could count: the FLOP shares leave their work out and the
+    cost model prices them by their bytes alone. None when every op's FLOPs are known."""
+    unknown = Counter(node.op for node in plan.nodes if not node.flops_known)
+    if not unknown:
+        return None
+    ops = ", ".join(f"{op} x{number}" for op, number in unknown.most_common(4))
+    more = f" and {len(unknown) - 4} more" if len(unknown) > 4 else ""
+    return (f"FLOPs unknown for {count(sum(unknown.values()), 'op')} ({ops}{more}): FLOP shares leave their work "
+            "out and costs count only their bytes. Fix: give each op a formula with "
+            "torch.utils.flop_counter.register_flop_formula.")
+
+
 def versus_plan(plan: ReportedPlan, strategy: Score, result: Score) -> str:
     """How the plan (scored as `result`) compares with another strategy: its saving in the plan's objective,
     or why that strategy is no rival (it does not fit in memory, or misses the latency limit)."""
@@ -110,6 +123,8 @@ def format_summary(plan: ReportedPlan) -> str:
         memory = f"{format_bytes(use.memory_bytes)} / {format_bytes(use.capacity_bytes)}"
         lines.append(f"{use.name:<16}{use.ops:>7}{100 * use.flops_share:>8.1f}%"
                      f"{format_seconds(use.busy_seconds):>12}{memory:>24}")
+    if (note := unknown_flops_note(plan)) is not None:
+        lines.append(f"warning    {note}")
     lines += [
         "",
         f"partitions  {len(plan.partitions)} (run in order: "

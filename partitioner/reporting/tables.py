@@ -16,7 +16,7 @@ from rich.table import Table
 from partitioner.placement.scoring import Score
 from partitioner.plan import Plan
 from partitioner.reporting.explain import unsupported_ops
-from partitioner.reporting.summary import solver_line, target_uses, versus_plan
+from partitioner.reporting.summary import solver_line, target_uses, unknown_flops_note, versus_plan
 from partitioner.units import count, format_bytes, format_money, format_seconds
 
 
@@ -30,6 +30,8 @@ def print_report(plan: Plan, console: Console | None = None) -> None:
                   f"parameters, {model.total_flops / 1e9:.3g} GFLOP; objective {plan.objective.name}, cost model "
                   f"{plan.cost_model}")
     console.print(_targets_table(plan, result))
+    if (note := unknown_flops_note(plan)) is not None:
+        console.print(f"[yellow]warning:[/yellow] {note}")
     console.print(f"transfers: {result.transfer_count} tensors, {format_bytes(result.transfer_bytes)}, "
                   f"{format_seconds(result.transfer_seconds)}; {count(len(plan.partitions), 'partition')}")
     console.print(_strategies_table(plan, result))

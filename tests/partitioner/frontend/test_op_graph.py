@@ -75,7 +75,7 @@ def test_tensor_arguments_are_recorded_by_schema_name(block_graph):
 def test_view_ops_are_classified_as_views():
     class Views(torch.nn.Module):
         def forward(self, x):
-            return x.view(2, 3, 4).transpose(1, 2).reshape(2, 12) * 2
+            return x.view(2, 3, 4).reshape(2, 12, 1).transpose(1, 2) * 2
 
     graph = op_graph_of(Views(), (torch.randn(24),))
 
@@ -84,6 +84,49 @@ def test_view_ops_are_classified_as_views():
         assert node.kind is NodeKind.VIEW
         assert node.flops == 0
     assert only_node(graph, "aten.mul.Tensor").kind is NodeKind.COMPUTE
+
+
+def test_ops_that_copy_their_tensor_are_compute_though_their_schema_may_alias():
+    class Copies(torch.nn.Module):
+        def forward(self, x):
+            transposed = x.transpose(0, 1)
+            return transposed.reshape(24).sum() + transposed.contiguous().sum() + x.clone()
+
+    graph = op_graph_of(Copies(), (torch.randn(4, 6),))
+
+    for op in ("aten.reshape.default", "aten.contiguous.default", "aten.clone.default"):
+        node = only_node(graph, op)
+        assert node.kind is NodeKind.COMPUTE, op
+        assert node.bytes_read == node.bytes_written == 4 * 24, op
+    assert only_node(graph, "aten.transpose.int").kind is NodeKind.VIEW
+
+
+def test_an_embedding_reads_the_rows_it_gathers_not_its_table():
+    table = torch.nn.Embedding(1000, 64)
+    tokens = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+
+    lookup = only_node(op_graph_of(table, (tokens,)), "aten.embedding.default")
+
+    assert lookup.bytes_read == tokens.numel() * 8 + tokens.numel() * 64 * 4
+    assert lookup.parameter_bytes == 1000 * 64 * 4  # the whole table is still resident
+    assert lookup.activation_bytes == tokens.numel() * 8 + tokens.numel() * 64 * 4
+
+
+def test_tied_weights_are_one_parameter_counted_once():
+    class TiedHead(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(100, 16)
+            self.head = torch.nn.Linear(16, 100, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, tokens):
+            return self.head(torch.relu(self.embed(tokens)))
+
+    graph = op_graph_of(TiedHead(), (torch.tensor([[1, 2, 3]]),))
+
+    assert sum(graph.parameter_bytes.values()) == 100 * 16 * 4
+    assert len({p for node in graph for p in node.parameters}) == 1
 
 
 class Cast(torch.nn.Module):
