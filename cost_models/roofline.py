@@ -2,8 +2,11 @@
 
 An op takes its launch overhead plus the longer of its compute time (FLOPs over
 derated peak for its dtype) and its memory time (bytes over derated bandwidth),
-with the efficiencies and overhead of its op class where the spec gives them.
-Views and bookkeeping nodes cost nothing. Transfers use the links in the specs.
+with the efficiencies, size curve and overhead of its op class and dtype where
+the spec gives them. A view, or any other non-compute node that dispatches a
+torch op returning a tensor, takes the target's view overhead (eager dispatch,
+no device work); runtime asserts and Python-level bookkeeping (a getitem) cost
+nothing, so they go wherever saves a transfer. Transfers use the links in the specs.
 """
 
 from __future__ import annotations
@@ -20,12 +23,10 @@ class RooflineCostModel:
 
     def compute_seconds(self, node: OpNode, target: Target) -> float:
         if node.kind is not NodeKind.COMPUTE:
-            return 0.0
-        constants = target.constants_for(op_class(node.op))
-        compute = node.flops / (target.peak_for(node.compute_dtype) * constants.compute_efficiency)
-        memory = (node.bytes_read + node.bytes_written) / (
-            target.memory_bandwidth_bytes_per_second * constants.memory_efficiency
-        )
+            return target.view_overhead_seconds if node.dispatches_an_op and node.output_tensors else 0.0
+        constants = target.constants_for(op_class(node.op), node.compute_dtype)
+        compute = constants.compute_seconds(node.flops, target.peak_for(node.compute_dtype))
+        memory = constants.memory_seconds(node.bytes_read + node.bytes_written, target.memory_bandwidth_bytes_per_second)
         return constants.launch_overhead_seconds + max(compute, memory)
 
     def link(self, targets: TargetSet, source: str, destination: str) -> Link:

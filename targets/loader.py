@@ -29,7 +29,7 @@ _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _TOP_LEVEL_FIELDS = {
     "name", "kind", "description", "torch_device", "onnx_execution_provider",
     "price_per_hour", "memory_gib", "memory_bandwidth_gb_per_second",
-    "launch_overhead_microseconds", "compute_efficiency", "memory_efficiency",
+    "launch_overhead_microseconds", "view_overhead_microseconds", "compute_efficiency", "memory_efficiency",
     "peak_tflops", "host_link", "links", "support", "op_classes",
 }
 # What no real device comes near, in each field's unit: a figure outside is a typo or a unit mix-up
@@ -40,10 +40,14 @@ _PLAUSIBLE = {
     "memory_bandwidth_gb_per_second": (1e-3, 1e6, "GB/s"),
     "bandwidth_gb_per_second": (1e-3, 1e6, "GB/s"),
     "launch_overhead_microseconds": (0.0, 1e6, "microseconds"),
+    "view_overhead_microseconds": (0.0, 1e6, "microseconds"),
+    "compute_half_efficiency_mflop": (0.0, 1e9, "MFLOP"),
+    "memory_half_efficiency_mib": (0.0, 1e7, "MiB"),
     "latency_microseconds": (0.0, 1e7, "microseconds"),
 }
 _PLAUSIBLE_TFLOPS = (1e-6, 1e6, "TFLOP/s")
 _OP_CLASS_FIELDS = {"compute_efficiency", "memory_efficiency", "launch_overhead_microseconds"}
+_CURVE_FIELDS = {"compute_half_efficiency_mflop", "memory_half_efficiency_mib"}
 _LINK_FIELDS = {"bandwidth_gb_per_second", "latency_microseconds"}
 _SUPPORT_FIELDS = {"ops", "dtypes", "max_rank", "static_shapes_only", "limits"}
 _LIMIT_FIELDS = {"op", "argument", "max", "min", "allowed", "dims"}
@@ -191,6 +195,8 @@ class _SpecReader:
             compute_efficiency=self.number("compute_efficiency", exclusive_minimum=0.0, maximum=1.0),
             memory_efficiency=self.number("memory_efficiency", exclusive_minimum=0.0, maximum=1.0),
             launch_overhead_seconds=self.number("launch_overhead_microseconds", minimum=0.0) * _MICRO,
+            view_overhead_seconds=self.number("view_overhead_microseconds", {"view_overhead_microseconds": 0.0,
+                                                                             **self.data}, minimum=0.0) * _MICRO,
             host_link=self.link(self.table("host_link"), "host_link"),
             links={
                 peer: self.link(value, f"links.{peer}") for peer, value in self.table("links", default={}).items()
@@ -201,7 +207,9 @@ class _SpecReader:
         )
 
     def op_classes(self) -> dict[str, RooflineConstants]:
-        """Per-class roofline constants; a field a class table leaves out takes the spec's top-level value."""
+        """Per-class roofline constants, keyed "matmul" or, for one dtype of a class, "matmul.bfloat16" (an
+        [op_classes.matmul.bfloat16] table). A field a table leaves out takes its class's value, then the spec's
+        top-level one; efficiency curves are flat unless a table gives a half-efficiency size."""
         classes = {}
         for name, table in self.table("op_classes", default={}).items():
             prefix = f"op_classes.{name}."
@@ -212,17 +220,26 @@ class _SpecReader:
             if not isinstance(table, dict):
                 raise self.fail(f"op_classes.{name}", f"expected a table, got {table!r}",
                                 f"write it as an [op_classes.{name}] section")
-            self.check_known_fields(table, _OP_CLASS_FIELDS, prefix)
-            merged = {**{field: self.data.get(field) for field in _OP_CLASS_FIELDS}, **table}
-            classes[name] = RooflineConstants(
-                compute_efficiency=self.number("compute_efficiency", merged, prefix, exclusive_minimum=0.0,
-                                               maximum=1.0),
-                memory_efficiency=self.number("memory_efficiency", merged, prefix, exclusive_minimum=0.0,
-                                              maximum=1.0),
-                launch_overhead_seconds=self.number("launch_overhead_microseconds", merged, prefix,
-                                                    minimum=0.0) * _MICRO,
-            )
+            by_dtype = {key: value for key, value in table.items() if isinstance(value, dict)}
+            own = {key: value for key, value in table.items() if key not in by_dtype}
+            self.check_known_fields(own, _OP_CLASS_FIELDS | _CURVE_FIELDS, prefix)
+            defaults = {**dict.fromkeys(_CURVE_FIELDS, 0.0), **{field: self.data.get(field) for field in _OP_CLASS_FIELDS}}
+            classes[name] = self.roofline_constants({**defaults, **own}, prefix)
+            for dtype, dtype_table in by_dtype.items():
+                self.check_dtype(dtype, f"{prefix}{dtype}")
+                self.check_known_fields(dtype_table, _OP_CLASS_FIELDS | _CURVE_FIELDS, f"{prefix}{dtype}.")
+                classes[f"{name}.{dtype}"] = self.roofline_constants({**defaults, **own, **dtype_table},
+                                                                     f"{prefix}{dtype}.")
         return classes
+
+    def roofline_constants(self, table: dict, prefix: str) -> RooflineConstants:
+        return RooflineConstants(
+            compute_efficiency=self.number("compute_efficiency", table, prefix, exclusive_minimum=0.0, maximum=1.0),
+            memory_efficiency=self.number("memory_efficiency", table, prefix, exclusive_minimum=0.0, maximum=1.0),
+            launch_overhead_seconds=self.number("launch_overhead_microseconds", table, prefix, minimum=0.0) * _MICRO,
+            compute_half_flops=self.number("compute_half_efficiency_mflop", table, prefix, minimum=0.0) * 1e6,
+            memory_half_bytes=self.number("memory_half_efficiency_mib", table, prefix, minimum=0.0) * 1024**2,
+        )
 
     def check_known_fields(self, table: dict, known: set[str], prefix: str) -> None:
         for key in table:

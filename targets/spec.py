@@ -77,11 +77,28 @@ class SupportRules:
 
 @dataclass(frozen=True, slots=True)
 class RooflineConstants:
-    """The fractions of peak compute and bandwidth an op class reaches, and its launch overhead."""
+    """The fractions of peak compute and bandwidth an op class reaches, and its launch overhead.
+
+    Small ops reach less of the peak than large ones (tiles and waves left part empty, caches and pipelines not
+    yet full). The efficiencies are what a large op reaches; an op of `compute_half_flops` FLOPs reaches half of
+    `compute_efficiency`, along e(f) = e * f / (f + half), and likewise for bytes. Zero: the same at every size.
+    """
 
     compute_efficiency: float
     memory_efficiency: float
     launch_overhead_seconds: float
+    compute_half_flops: float = 0.0
+    memory_half_bytes: float = 0.0
+
+    def compute_seconds(self, flops: float, peak_flops_per_second: float) -> float:
+        """Time to do `flops` at this class's size-dependent efficiency: (f + half) / (peak * e)."""
+        return (flops + self.compute_half_flops) / (peak_flops_per_second * self.compute_efficiency) if flops else 0.0
+
+    def memory_seconds(self, num_bytes: float, bandwidth_bytes_per_second: float) -> float:
+        """Time to move `num_bytes` at this class's size-dependent efficiency."""
+        if not num_bytes:
+            return 0.0
+        return (num_bytes + self.memory_half_bytes) / (bandwidth_bytes_per_second * self.memory_efficiency)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +122,8 @@ class Target:
     links: Mapping[str, Link] = field(default_factory=dict)
     spec_path: str = ""
     op_classes: Mapping[str, RooflineConstants] = field(default_factory=dict)
+    # The fixed time of a view or bookkeeping op (eager dispatch; no device work, no launch).
+    view_overhead_seconds: float = 0.0
 
     @property
     def price_per_second(self) -> float:
@@ -115,10 +134,11 @@ class Target:
         """Whether this target is the host CPU, whose memory is where other devices' host links lead."""
         return self.kind == "cpu"
 
-    def constants_for(self, op_class: str) -> RooflineConstants:
-        """The roofline constants of an op class: its own table in the spec, else the spec's top-level ones."""
-        return self.op_classes.get(op_class) or RooflineConstants(
-            self.compute_efficiency, self.memory_efficiency, self.launch_overhead_seconds)
+    def constants_for(self, op_class: str, dtype: str | None = None) -> RooflineConstants:
+        """The roofline constants of an op class on `dtype`: the spec's table for that class and dtype, else
+        the class's own, else the spec's top-level figures."""
+        return (self.op_classes.get(f"{op_class}.{dtype}") or self.op_classes.get(op_class)
+                or RooflineConstants(self.compute_efficiency, self.memory_efficiency, self.launch_overhead_seconds))
 
     def peak_for(self, dtype: str) -> float:
         """Peak FLOP/s for `dtype`; dtypes the spec does not list run at the float32 rate."""

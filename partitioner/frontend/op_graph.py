@@ -92,6 +92,12 @@ class OpNode:
         return sum(t.num_bytes for t in self.input_tensors) - self.unread_bytes
 
     @property
+    def dispatches_an_op(self) -> bool:
+        """Whether running it calls a torch operator (eager PyTorch dispatches each at a fixed cost), not a
+        Python-level step such as `operator.getitem`."""
+        return not self.op.startswith(("operator.", "builtins.", "python."))
+
+    @property
     def activation_bytes(self) -> int:
         """Bytes of activations it reads and writes, weights left out: its working set."""
         inputs = sum(t.num_bytes for t in self.input_tensors) - self.parameter_bytes

@@ -4,16 +4,20 @@ Sits between `build_problem` and the solver. Two rules merge nodes into groups:
 
 - a node that `follows` another (a `getitem`, an in-place write) is always
   placed with it, so it is merged outright;
-- a free node (no compute on any target, no parameters, e.g. a view) that reads
-  one tensor, which nothing else reads, and passes its result to one consumer
-  joins the producer of what it reads; a free node that reads no tensor joins
-  its one consumer. These moves are applied only where the problem's own
-  numbers prove them never worse: the view's output is no larger than its
-  input, and no transfer via the view's device beats the direct one.
+- a free node (a view or bookkeeping op, or one that computes nothing on any
+  target; no parameters) that reads one tensor, which nothing else reads, and
+  passes its result to one consumer joins the producer of what it reads; a
+  free node that reads no tensor joins its one consumer. These moves are
+  applied only where the problem's own numbers prove them never worse for the
+  transfers: the view's output is no larger than its input, and no transfer via
+  the view's device beats the direct one.
 
 Every placement of the reduced problem maps back to one of the original with
-the same score, and an optimum of the reduced problem is an optimum of the
-original (for its objective and for latency, so a latency limit holds too).
+the same score. Where views cost nothing, an optimum of the reduced problem is
+an optimum of the original (for its objective and for latency, so a latency
+limit holds too). Where targets charge a view its dispatch overhead (a few
+microseconds), a view runs where its data is by design: it is never worth a
+cut on its own, and the optimum is over placements that keep it there.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from partitioner.frontend.op_graph import NodeKind
 from partitioner.placement.objectives import LATENCY, Objective
 from partitioner.placement.problem import PlacementProblem, ProblemNode, ProblemValue
 
@@ -121,6 +126,12 @@ def _direct_never_worse(problem: PlacementProblem, groups: _Groups, producer: st
     return True
 
 
+def is_free(node: ProblemNode) -> bool:
+    """Whether a node does no work worth a cut: a view or bookkeeping op (at most its dispatch overhead), or one
+    that computes nothing anywhere; and it holds no weights."""
+    return not node.parameters and (node.kind is not NodeKind.COMPUTE or not any(node.compute_seconds.values()))
+
+
 class _Groups:
     """Disjoint groups of nodes, each named by its leader, and the tensors that enter and leave them."""
 
@@ -153,8 +164,7 @@ class _Groups:
         return tuple(t for t in member_nodes[0].supported if all(t in n.compute_seconds for n in member_nodes))
 
     def is_free(self, group: str) -> bool:
-        nodes = [self.problem.node(m) for m in self.members[group]]
-        return all(not n.parameters and not any(n.compute_seconds.values()) for n in nodes)
+        return all(is_free(self.problem.node(m)) for m in self.members[group])
 
     def incoming(self, group: str) -> list[ProblemValue]:
         """Tensors produced outside the group and read inside it."""

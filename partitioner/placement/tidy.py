@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Callable, Iterable, Mapping
 
+from partitioner.frontend.op_graph import NodeKind
 from partitioner.placement.objectives import COST, Objective
 from partitioner.placement.problem import PlacementProblem, ProblemNode, ProblemValue
 from partitioner.placement.scoring import Score, score
@@ -62,8 +63,9 @@ def _change(old: float, new: float) -> float:
 
 
 def _is_free(node: ProblemNode) -> bool:
-    """Computes nothing anywhere (its weights, if any, an assert on a buffer, say, are checked for memory at the end)."""
-    return all(seconds == 0 for seconds in node.compute_seconds.values())
+    """Does no work worth a cut: a view or bookkeeping op, or computes nothing anywhere (its weights, if any, an
+    assert on a buffer, say, are checked for memory at the end)."""
+    return node.kind is not NodeKind.COMPUTE or all(seconds == 0 for seconds in node.compute_seconds.values())
 
 
 def _candidates(problem: PlacementProblem, members: list[str], values: list[ProblemValue],

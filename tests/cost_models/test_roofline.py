@@ -62,10 +62,47 @@ def test_op_with_no_work_still_pays_launch_overhead(round_target):
 
 
 @pytest.mark.parametrize("kind", [NodeKind.VIEW, NodeKind.BOOKKEEPING])
-def test_views_and_bookkeeping_cost_nothing(round_target, kind):
+def test_views_and_bookkeeping_ops_take_the_targets_view_overhead_whatever_their_size(round_target, kind):
     node = op_node(flops=8_000_000_000, kind=kind)
+    dispatching = dataclasses.replace(round_target, view_overhead_seconds=3e-6)
 
-    assert MODEL.compute_seconds(node, round_target) == 0.0
+    assert MODEL.compute_seconds(node, dataclasses.replace(round_target, view_overhead_seconds=0.0)) == 0.0
+    assert MODEL.compute_seconds(node, dispatching) == pytest.approx(3e-6)
+
+
+def test_a_runtime_assert_returns_no_tensor_and_costs_nothing(round_target):
+    check = dataclasses.replace(op_node(flops=0, kind=NodeKind.BOOKKEEPING), op="aten._assert_tensor_metadata.default",
+                                output_tensors=())
+
+    assert MODEL.compute_seconds(check, round_target) == 0.0
+
+
+def test_a_python_getitem_takes_no_view_overhead(round_target):
+    getitem = dataclasses.replace(op_node(flops=0, kind=NodeKind.BOOKKEEPING), op="operator.getitem")
+
+    assert MODEL.compute_seconds(getitem, dataclasses.replace(round_target, view_overhead_seconds=3e-6)) == 0.0
+
+
+def test_a_small_op_reaches_a_smaller_share_of_peak_along_its_classes_curve(round_target):
+    half = 4e9  # FLOPs at which the matmul class reaches half its efficiency
+    curved = dataclasses.replace(round_target, op_classes={
+        "matmul": RooflineConstants(0.5, 0.5, 1e-5, compute_half_flops=half)})
+    large, small = op_node(flops=400_000_000_000), op_node(flops=4_000_000_000)
+
+    def efficiency(node):
+        return node.flops / (4e12 * (MODEL.compute_seconds(node, curved) - 1e-5))
+
+    assert efficiency(small) == pytest.approx(0.25)
+    assert efficiency(large) == pytest.approx(0.5 * 100 / 101)
+
+
+def test_a_dtypes_own_class_table_wins_over_the_classes(round_target):
+    tables = dataclasses.replace(round_target, op_classes={"matmul": RooflineConstants(0.5, 0.5, 1e-5),
+                                                           "matmul.float16": RooflineConstants(0.25, 0.5, 1e-5)})
+
+    assert MODEL.compute_seconds(op_node(flops=8_000_000_000), tables) == pytest.approx(1e-5 + 8e9 / (4e12 * 0.25))
+    assert MODEL.compute_seconds(op_node(flops=8_000_000_000, dtype="float32"), tables) == pytest.approx(
+        1e-5 + 8e9 / (1e12 * 0.5))
 
 
 def test_dtype_without_a_listed_peak_runs_at_the_float32_peak(round_target):

@@ -354,6 +354,14 @@ def test_without_direct_link_data_goes_through_host_memory():
     assert targets.link("cuda-h100", "npu-example") == link
 
 
+def test_a_copy_between_a_device_and_the_host_cpu_crosses_the_devices_host_link_alone():
+    targets = load_targets(["cpu-x86", "cuda-h100"])
+    pcie = targets["cuda-h100"].host_link
+
+    assert targets.link("cpu-x86", "cuda-h100") == pcie
+    assert targets.link("cuda-h100", "cpu-x86") == pcie
+
+
 def test_link_time_is_latency_plus_bytes_over_bandwidth():
     link = Link(latency_seconds=1e-5, bandwidth_bytes_per_second=1e9)
 
@@ -383,6 +391,32 @@ def test_an_op_class_table_overrides_only_the_fields_it_gives(tmp_path):
     assert (matmul.compute_efficiency, matmul.memory_efficiency) == (0.25, 0.5)
     assert matmul.launch_overhead_seconds == pytest.approx(5e-6)
     assert target.constants_for("elementwise").compute_efficiency == 0.5
+
+
+def test_a_dtype_table_of_an_op_class_overrides_the_class_for_that_dtype_and_gives_its_size_curve(tmp_path):
+    path = write_spec(tmp_path, MINIMAL_SPEC + "\n[op_classes.matmul]\ncompute_efficiency = 0.25\n"
+                      "compute_half_efficiency_mflop = 40\n[op_classes.matmul.bfloat16]\ncompute_efficiency = 0.8\n"
+                      "memory_half_efficiency_mib = 2\n")
+
+    target = load_target(path)
+
+    bf16, fp32 = target.constants_for("matmul", "bfloat16"), target.constants_for("matmul", "float32")
+    assert (bf16.compute_efficiency, bf16.compute_half_flops, bf16.memory_half_bytes) == (0.8, 40e6, 2 * 1024**2)
+    assert (fp32.compute_efficiency, fp32.compute_half_flops, fp32.memory_half_bytes) == (0.25, 40e6, 0.0)
+
+
+def test_a_dtype_table_must_name_a_torch_dtype(tmp_path):
+    path = write_spec(tmp_path, MINIMAL_SPEC + "\n[op_classes.matmul.bfloat61]\ncompute_efficiency = 0.8\n")
+
+    with pytest.raises(PartitionerError, match=r"'op_classes.matmul.bfloat61': 'bfloat61' is not a torch dtype"):
+        load_target(path)
+
+
+def test_view_overhead_is_read_in_microseconds_and_is_zero_when_left_out(tmp_path):
+    assert load_target(write_spec(tmp_path, MINIMAL_SPEC)).view_overhead_seconds == 0.0
+    with_overhead = MINIMAL_SPEC.replace("[peak_tflops]", "view_overhead_microseconds = 3\n\n[peak_tflops]", 1)
+
+    assert load_target(write_spec(tmp_path, with_overhead)).view_overhead_seconds == pytest.approx(3e-6)
 
 
 def test_an_unknown_op_class_names_the_field_and_a_close_class(tmp_path):

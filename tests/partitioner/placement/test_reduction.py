@@ -34,6 +34,19 @@ def test_a_chain_of_views_joins_the_op_that_produced_their_input():
         "mm": "npu", "view": "npu", "transpose": "npu", "softmax": "cuda"}
 
 
+def test_a_view_that_costs_its_dispatch_overhead_still_joins_its_producer_and_adds_that_overhead():
+    # Dispatch is dearer on CUDA than the mm's device: the view still never makes a cut of its own.
+    problem = make_problem(
+        nodes=[node("mm", npu=1.0, cuda=2.0), node("view", VIEW, npu=1e-5, cuda=4e-6), node("softmax", cuda=1.0)],
+        values=[value("mm", "view"), value("view", "softmax")],
+    )
+
+    reduction = reduce_problem(problem, LATENCY)
+
+    assert reduction.representative == {"mm": "mm", "view": "mm", "softmax": "softmax"}
+    assert reduction.problem.node("mm").compute_seconds == {"npu": 1.0 + 1e-5, "cuda": 2.0 + 4e-6}
+
+
 def test_repeated_blocks_keep_only_the_nodes_that_still_stand_for_themselves():
     problem = make_problem(
         nodes=[node("mm0", npu=1.0, cuda=2.0), node("view0", VIEW, npu=0.0, cuda=0.0),
