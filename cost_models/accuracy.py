@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from torch.utils import benchmark
 
-from cost_models.calibration import Calibration, calibrate
+from cost_models.calibration import Calibration, calibrate, format_calibration
 from cost_models.measured import MeasuredCostModel, op_signature
 from cost_models.profile import Profile
 from cost_models.roofline import RooflineCostModel
+from partitioner.errors import PartitionerError
 from partitioner.execution.check import require_real_weights
 from partitioner.execution.partitioned_module import to_device
 from partitioner.frontend.capture import CapturedModel, split_inputs
@@ -34,7 +35,8 @@ class Accuracy:
     op_factor_median: Mapping[str, float]
     op_factor_p90: Mapping[str, float]
     ops: int
-    calibration: Calibration
+    calibration: Calibration | None
+    calibration_refused: str | None = None
 
 
 def accuracy_report(captured: CapturedModel, profile: Profile, target: Target, device: str,
@@ -43,8 +45,12 @@ def accuracy_report(captured: CapturedModel, profile: Profile, target: Target, d
     model's ops and its whole run on `device` (the model needs real weights)."""
     require_real_weights(captured)
     graph = annotate(captured.program)
-    calibration = calibrate(profile, target)
-    roofline, calibrated, measured = RooflineCostModel(), calibration.applied_to(target), MeasuredCostModel([profile])
+    try:
+        calibration, refusal = calibrate(profile, target), None
+    except PartitionerError as error:  # the report still shows the spec and the measured model
+        calibration, refusal = None, str(error)
+    calibrated = calibration.applied_to(target) if calibration is not None else target
+    roofline, measured = RooflineCostModel(), MeasuredCostModel([profile])
     models = {
         "roofline": lambda node: roofline.compute_seconds(node, target),
         "calibrated": lambda node: roofline.compute_seconds(node, calibrated),
@@ -61,6 +67,7 @@ def accuracy_report(captured: CapturedModel, profile: Profile, target: Target, d
         op_factor_p90={name: float(np.percentile(values, 90)) for name, values in factors.items()},
         ops=len(measured_ops),
         calibration=calibration,
+        calibration_refused=refusal,
     )
 
 
@@ -69,7 +76,8 @@ def _factor(predicted: float, measured: float) -> float:
 
 
 def _predicted_total(graph: OpGraph, predict: Callable) -> float:
-    return sum(predict(node) for node in graph if node.kind is NodeKind.COMPUTE)
+    """The whole model's predicted time: every node one after another, views at their dispatch overhead."""
+    return sum(predict(node) for node in graph)
 
 
 def time_model(captured: CapturedModel, device: str, repeats_seconds: float = 2.0,
@@ -102,13 +110,13 @@ def format_accuracy(accuracy: Accuracy, target: Target) -> str:
         per_op = (f"{'(its own times)':>24}" if name == "measured" else
                   f"{accuracy.op_factor_median[name]:>15.2f}x{accuracy.op_factor_p90[name]:>7.2f}x")
         lines.append(f"{label:<26}{per_op}{predicted * 1e3:>11.3g} ms{100 * error:>+8.1f}%")
-    fitted = accuracy.calibration
     lines += [
         f"{'measured run':<26}{'':>24}{accuracy.model_seconds * 1e3:>11.3g} ms",
         "",
-        f"{accuracy.ops} ops compared. Calibrated: launch {fitted.launch_overhead_seconds * 1e6:.3g} us, compute "
-        f"efficiency {fitted.compute_efficiency:.3g} ({fitted.compute_bound_ops} ops), memory efficiency "
-        f"{fitted.memory_efficiency:.3g} ({fitted.memory_bound_ops} ops). Whole-model predictions add every op "
-        "one after another; the measured run includes framework overhead between ops.",
+        f"{accuracy.ops} ops compared. Whole-model predictions add every op one after another; the measured run "
+        "includes framework overhead between ops.",
+        "",
+        format_calibration(accuracy.calibration) if accuracy.calibration is not None
+        else f"calibration refused (the calibrated row is the spec): {accuracy.calibration_refused}",
     ]
     return "\n".join(lines)

@@ -1,11 +1,22 @@
 """Calibration: fit a target's roofline constants to a profile of its real device, and write them as a spec.
 
-The roofline predicts launch overhead plus the longer of FLOPs over derated
-peak and bytes over derated bandwidth. From measured ops we fit the launch
-overhead (the time of the quickest ops), the compute efficiency (from ops the
-roofline calls compute-bound) and the memory efficiency (from memory-bound
-ones), each a median so a few odd ops do not drag it, overall and for each op
-class (matmul, convolution, ...) that enough measured ops inform.
+The roofline predicts launch overhead plus the longer of compute time (FLOPs
+over derated peak) and memory time (bytes over derated bandwidth), where the
+derating may depend on the op's size (targets/spec.py `RooflineConstants`).
+From measured ops we fit:
+
+- the launch overhead (the time of the quickest compute ops) and the view
+  overhead (the median time of measured views);
+- top-level efficiencies, and for each op class (matmul, convolution, ...)
+  efficiencies with their size curve, by least squares on log time, so every
+  op counts by its factor off, not by its size;
+- for a class the target runs in several dtypes, a table per dtype.
+
+A group gets its own figures only from MIN_GROUP_OPS informative ops (ops
+that take at least twice the launch overhead), else it keeps its parent's (the
+class's, then the spec's). Integer and index ops never inform a float class.
+Every fit reports its residuals, and a calibration that predicts the profile
+worse than the spec it started from is refused, with the figures.
 """
 
 from __future__ import annotations
@@ -13,9 +24,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
+import torch
 
 from cost_models.profile import OpMeasurement, Profile
 from partitioner.errors import PartitionerError
@@ -26,14 +38,50 @@ from targets.spec import RooflineConstants, Target
 
 # Ops must take this many launch overheads to say anything about throughput.
 _INFORMATIVE_LAUNCHES = 2.0
-# An op class gets its own efficiencies from this many informative ops.
-MIN_CLASS_OPS = 3
+# A group (an op class, or one dtype of it) gets its own figures from this many informative ops.
+MIN_GROUP_OPS = 8
+_MIN_VIEWS = 3
 _LOWEST_EFFICIENCY = 1e-4
+_EFFICIENCY_GRID = np.logspace(-4, 0, 97)
+_ROUNDS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Residuals:
+    """How far a cost model is from a group of measured ops: predicted / measured, per op and in total."""
+
+    median: float
+    p10: float
+    p90: float
+    within_2x: float  # share of ops predicted within a factor of 2
+    total_error: float  # sum predicted / sum measured - 1
+
+    @classmethod
+    def of(cls, predicted: Sequence[float], measured: Sequence[float]) -> Residuals:
+        ratios = np.asarray(predicted) / np.asarray(measured)
+        return cls(float(np.median(ratios)), float(np.percentile(ratios, 10)), float(np.percentile(ratios, 90)),
+                   float(np.mean((ratios >= 0.5) & (ratios <= 2.0))), float(np.sum(predicted) / np.sum(measured) - 1))
+
+    def describe(self) -> str:
+        return (f"{self.median:.2f} [{self.p10:.2f}-{self.p90:.2f}], {100 * self.within_2x:.0f}% within 2x, "
+                f"total {100 * self.total_error:+.1f}%")
+
+
+@dataclass(frozen=True, slots=True)
+class GroupFit:
+    """One group's fitted constants ("matmul", "matmul.bfloat16", or "all" for the top level) and residuals."""
+
+    group: str
+    ops: int
+    informative_ops: int
+    constants: RooflineConstants | None  # None: too few informative ops, the parent's figures stay
+    before: Residuals
+    after: Residuals
 
 
 @dataclass(frozen=True, slots=True)
 class Calibration:
-    """Fitted roofline constants, overall and per op class, and how many measured ops each rests on."""
+    """Fitted roofline constants, overall and per op class (and dtype), with the residuals of each fit."""
 
     launch_overhead_seconds: float
     compute_efficiency: float
@@ -41,77 +89,233 @@ class Calibration:
     compute_bound_ops: int
     memory_bound_ops: int
     op_classes: Mapping[str, RooflineConstants] = field(default_factory=dict)
+    view_overhead_seconds: float | None = None  # None: no views measured, the spec's figure stays
+    fits: tuple[GroupFit, ...] = ()
 
     def applied_to(self, target: Target) -> Target:
-        return replace(target, launch_overhead_seconds=self.launch_overhead_seconds,
-                       compute_efficiency=self.compute_efficiency, memory_efficiency=self.memory_efficiency,
-                       op_classes=dict(self.op_classes))
+        calibrated = replace(target, launch_overhead_seconds=self.launch_overhead_seconds,
+                             compute_efficiency=self.compute_efficiency, memory_efficiency=self.memory_efficiency,
+                             op_classes=dict(self.op_classes))
+        if self.view_overhead_seconds is not None:
+            calibrated = replace(calibrated, view_overhead_seconds=self.view_overhead_seconds)
+        return calibrated
+
+    @property
+    def whole(self) -> GroupFit:
+        """The fit over every measured compute op: its residuals are the profile's before and after."""
+        return next(fit for fit in self.fits if fit.group == "all")
 
 
 def calibrate(profile: Profile, target: Target) -> Calibration:
-    """The roofline constants of `target` that best explain the op times in `profile`: one launch overhead
-    (the quickest ops' time), and compute and memory efficiencies overall and for each op class with at
-    least MIN_CLASS_OPS informative ops."""
-    ops = list(profile.ops.values())
+    """The roofline constants of `target` that best explain the op times in `profile` (see the module docstring).
+
+    Raises a PartitionerError when the profile is too small, or when the fitted constants would predict its ops'
+    total time worse than `target` as it is.
+    """
+    ops = [op for op in profile.ops.values() if op.kind == "compute"]
     if len(ops) < 3:
         raise PartitionerError(f"a profile with {len(ops)} measured ops cannot calibrate {target.name}. Fix: profile "
                                "a model with more ops (e.g. examples/bert_base.py).")
-    launch = float(np.percentile([op.seconds for op in ops], 10))
-    overall = _efficiencies(ops, target, launch)
-    classes = {}
+    launch = _launch_overhead(ops, target)
+    views = [op.seconds for op in profile.ops.values() if op.kind != "compute"]
+    view_overhead = float(np.median(views)) if len(views) >= _MIN_VIEWS else None
+    floats = [op for op in ops if _is_float(op.dtype)]
+    top = _fit(floats or ops, target, launch, RooflineConstants(target.compute_efficiency, target.memory_efficiency,
+                                                                launch), curve=False)
+    top_constants = top if top is not None else RooflineConstants(target.compute_efficiency,
+                                                                  target.memory_efficiency, launch)
+    staged = replace(target, launch_overhead_seconds=launch, compute_efficiency=top_constants.compute_efficiency,
+                     memory_efficiency=top_constants.memory_efficiency)
+    classes = {name: replace(constants, launch_overhead_seconds=launch)
+               for name, constants in target.op_classes.items()}
+    fitted_groups: dict[str, RooflineConstants | None] = {}
     for name in OP_CLASSES:
-        fitted = _efficiencies([op for op in ops if op_class(op.op) == name], target, launch, overall)
-        if len(fitted.compute_ratios) + len(fitted.memory_ratios) >= MIN_CLASS_OPS:
-            classes[name] = RooflineConstants(fitted.compute, fitted.memory, launch)
-    return Calibration(launch, overall.compute, overall.memory, len(overall.compute_ratios),
-                       len(overall.memory_ratios), classes)
+        members = [op for op in ops if op_class(op.op) == name]
+        float_members = [op for op in members if _is_float(op.dtype)]
+        parent = replace(staged, op_classes=classes).constants_for(name)
+        fitted_groups[name] = _fit(float_members, staged, launch, parent, curve=True)
+        if fitted_groups[name] is not None:
+            classes[name] = fitted_groups[name]
+        dtypes = sorted({op.dtype for op in members})
+        for dtype in dtypes if len(dtypes) > 1 or any(not _is_float(d) for d in dtypes) else ():
+            group = f"{name}.{dtype}"
+            parent = replace(staged, op_classes=classes).constants_for(name, dtype)
+            fitted_groups[group] = _fit([op for op in members if op.dtype == dtype], staged, launch, parent,
+                                        curve=True)
+            if fitted_groups[group] is not None:
+                classes[group] = fitted_groups[group]
+    calibration = Calibration(launch, top_constants.compute_efficiency, top_constants.memory_efficiency,
+                              *_bound_counts(floats or ops, staged, launch), classes, view_overhead)
+    calibrated = calibration.applied_to(target)
+    fits = [_group_fit("all", ops, target, calibrated, launch, top)]
+    for group, constants in fitted_groups.items():
+        members = [op for op in ops if _in_group(op, group)]
+        if members:
+            fits.append(_group_fit(group, members, target, calibrated, launch, constants))
+    calibration = replace(calibration, fits=tuple(fits))
+    whole = calibration.whole
+    if abs(whole.after.total_error) > abs(whole.before.total_error) + 1e-9:
+        raise PartitionerError(
+            f"calibrating {target.name} to {profile.identity.describe()} would predict its {len(ops)} measured ops "
+            f"worse than the spec does: total time {100 * whole.before.total_error:+.1f}% with the spec, "
+            f"{100 * whole.after.total_error:+.1f}% calibrated (per op, predicted/measured "
+            f"{whole.before.describe()} before, {whole.after.describe()} after). Fix: profile more of the models you "
+            "will plan, so every op class has enough large ops, or keep the spec as it is.")
+    return calibration
 
 
-@dataclass(frozen=True, slots=True)
-class _Efficiencies:
-    compute: float
-    memory: float
-    compute_ratios: list[float]
-    memory_ratios: list[float]
+def _launch_overhead(ops: Sequence[OpMeasurement], target: Target) -> float:
+    """The launch overhead: the lower quartile of the times of the tiniest ops, those whose work the spec puts
+    below its launch overhead; the spec's own figure when fewer than 3 are that small."""
+    launches = np.asarray([target.constants_for(op_class(op.op), op.dtype).launch_overhead_seconds for op in ops])
+    busy = _predict(ops, target) - launches
+    tiny = [op.seconds for op, work, launch in zip(ops, busy, launches) if work <= launch]
+    return float(np.percentile(tiny, 25)) if len(tiny) >= 3 else target.launch_overhead_seconds
 
 
-def _efficiencies(ops: list[OpMeasurement], target: Target, launch: float,
-                  otherwise: _Efficiencies | None = None) -> _Efficiencies:
-    """Median efficiencies of compute-bound and memory-bound ops (as the spec's roofline classes them), each
-    falling back to `otherwise` (or the spec) where no op informs it."""
-    compute_ratios, memory_ratios = [], []
-    for op in ops:
-        busy = op.seconds - launch
-        if op.seconds < _INFORMATIVE_LAUNCHES * launch or busy <= 0:
-            continue
-        compute, memory = _ideal_seconds(op, target)
-        if compute / target.compute_efficiency >= memory / target.memory_efficiency:
-            compute_ratios.append(compute / busy)
+def format_calibration(calibration: Calibration) -> str:
+    """Each fitted group's constants and its residuals before and after (predicted / measured per op)."""
+    lines = [f"{'group':<24}{'ops':>6}  {'fitted':<58}{'before: median [p10-p90]':<50}after"]
+    for fit in calibration.fits:
+        if fit.group == "all":
+            fitted = (f"launch {calibration.launch_overhead_seconds * 1e6:.3g} us, compute "
+                      f"{calibration.compute_efficiency:.3g}, memory {calibration.memory_efficiency:.3g}")
+        elif fit.constants is None:
+            fitted = f"kept ({fit.informative_ops} informative ops, {MIN_GROUP_OPS} needed)"
         else:
-            memory_ratios.append(memory / busy)
-    return _Efficiencies(
-        _median_efficiency(compute_ratios, otherwise.compute if otherwise else target.compute_efficiency),
-        _median_efficiency(memory_ratios, otherwise.memory if otherwise else target.memory_efficiency),
-        compute_ratios, memory_ratios)
+            fitted = _describe_constants(fit.constants)
+        lines.append(f"{fit.group:<24}{fit.ops:>6}  {fitted:<58}{fit.before.describe():<50}{fit.after.describe()}")
+    if calibration.view_overhead_seconds is not None:
+        lines.append(f"views: {calibration.view_overhead_seconds * 1e6:.3g} us each (median of the measured views)")
+    whole = calibration.whole
+    lines.append(f"whole profile: predicted total {100 * whole.before.total_error:+.1f}% with the spec, "
+                 f"{100 * whole.after.total_error:+.1f}% calibrated")
+    return "\n".join(lines)
 
 
-def _ideal_seconds(op: OpMeasurement, target: Target) -> tuple[float, float]:
-    """Compute and memory time at full efficiency."""
-    return op.flops / target.peak_for(op.dtype), op.num_bytes / target.memory_bandwidth_bytes_per_second
+def _describe_constants(constants: RooflineConstants) -> str:
+    compute = f"compute {constants.compute_efficiency:.3g}"
+    if constants.compute_half_flops:
+        compute += f" (half at {constants.compute_half_flops / 1e6:.3g} MFLOP)"
+    memory = f"memory {constants.memory_efficiency:.3g}"
+    if constants.memory_half_bytes:
+        memory += f" (half at {constants.memory_half_bytes / 2**20:.3g} MiB)"
+    return f"{compute}, {memory}"
 
 
-def _median_efficiency(ratios: list[float], unchanged: float) -> float:
-    """The median efficiency, within the spec's range (0, 1]; `unchanged` where no op informs it."""
-    if not ratios:
-        return unchanged
-    return float(min(1.0, max(_LOWEST_EFFICIENCY, np.median(ratios))))
+def _is_float(dtype: str) -> bool:
+    return getattr(torch, dtype, torch.float32).is_floating_point
+
+
+def _in_group(op: OpMeasurement, group: str) -> bool:
+    name, _, dtype = group.partition(".")
+    return op_class(op.op) == name and (op.dtype == dtype if dtype else _is_float(op.dtype))
+
+
+def _predict(ops: Sequence[OpMeasurement], target: Target) -> np.ndarray:
+    """Roofline times of `ops` on `target`, each with the constants of its class and dtype."""
+    times = []
+    for op in ops:
+        own = target.constants_for(op_class(op.op), op.dtype)
+        times.append(own.launch_overhead_seconds + max(
+            own.compute_seconds(op.flops, target.peak_for(op.dtype)),
+            own.memory_seconds(op.num_bytes, target.memory_bandwidth_bytes_per_second)))
+    return np.asarray(times)
+
+
+def _group_fit(group: str, ops: Sequence[OpMeasurement], spec: Target, calibrated: Target, launch: float,
+               constants: RooflineConstants | None) -> GroupFit:
+    """A group's fit with its residuals under the spec as it was and under the calibrated spec."""
+    measured = [op.seconds for op in ops]
+    informative = sum(op.seconds >= _INFORMATIVE_LAUNCHES * launch for op in ops)
+    return GroupFit(group, len(ops), informative, constants, Residuals.of(_predict(ops, spec), measured),
+                    Residuals.of(_predict(ops, calibrated), measured))
+
+
+def _fit(ops: Sequence[OpMeasurement], target: Target, launch: float, parent: RooflineConstants,
+         curve: bool) -> RooflineConstants | None:
+    """The constants that minimise the squared log error of the roofline over `ops`, starting from `parent`;
+    None when fewer than MIN_GROUP_OPS of them are informative. With `curve`, half-efficiency sizes are fitted
+    too (zero, a flat curve, is one of the choices)."""
+    if sum(op.seconds >= _INFORMATIVE_LAUNCHES * launch for op in ops) < MIN_GROUP_OPS:
+        return None
+    flops = np.asarray([float(op.flops) for op in ops])
+    num_bytes = np.asarray([float(op.num_bytes) for op in ops])
+    peaks = np.asarray([target.peak_for(op.dtype) for op in ops])
+    log_measured = np.log([op.seconds for op in ops])
+    bandwidth = target.memory_bandwidth_bytes_per_second
+    compute = (parent.compute_efficiency, parent.compute_half_flops if curve else 0.0)
+    memory = (parent.memory_efficiency, parent.memory_half_bytes if curve else 0.0)
+
+    def loss(c_eff, c_half, m_eff, m_half) -> np.ndarray:
+        compute_time = np.where(flops > 0, (flops + c_half) / (peaks * c_eff), 0.0)
+        memory_time = np.where(num_bytes > 0, (num_bytes + m_half) / (bandwidth * m_eff), 0.0)
+        return np.sum((np.log(launch + np.maximum(compute_time, memory_time)) - log_measured) ** 2, axis=-1)
+
+    for _ in range(_ROUNDS):
+        compute = _best_pair(lambda e, h: loss(e, h, memory[0], memory[1]), compute, flops, curve)
+        memory = _best_pair(lambda e, h: loss(compute[0], compute[1], e, h), memory, num_bytes, curve)
+    return RooflineConstants(compute[0], memory[0], launch, compute[1], memory[1])
+
+
+def _best_pair(loss, current: tuple[float, float], sizes: np.ndarray, curve: bool) -> tuple[float, float]:
+    """The (efficiency, half size) that minimises `loss`: for each half size on a grid (zero, a flat curve,
+    first), the best efficiency on a grid refined by golden-section search. Ties go to the smaller half size and
+    the efficiency nearest `current`, so a figure no op informs stays as it was."""
+    positive = sizes[sizes > 0]
+    halves = [0.0]
+    if curve and positive.size:
+        halves += list(np.logspace(np.log10(positive.min()) - 1, np.log10(positive.max()) + 1, 25))
+    grid = np.unique(np.clip(np.append(_EFFICIENCY_GRID, current[0]), _LOWEST_EFFICIENCY, 1.0))[:, None]
+    best, best_loss = (current[0], current[1]), float(loss(np.array([[current[0]]]), np.array([[current[1]]]))[0])
+    for half in halves:
+        scores = loss(grid, np.full_like(grid, half)) + 1e-12 * np.abs(np.log(grid[:, 0] / current[0]))
+        efficiency = _refined(lambda e: float(loss(np.array([[e]]), np.array([[half]]))[0]),
+                              float(grid[int(np.argmin(scores)), 0]))
+        value = float(loss(np.array([[efficiency]]), np.array([[half]]))[0])
+        if value < best_loss * (1 - 1e-9) - 1e-15:
+            best, best_loss = (efficiency, float(half)), value
+    return best
+
+
+def _refined(loss_at, efficiency: float) -> float:
+    """`efficiency` refined between its grid neighbours by golden-section search on its log."""
+    low, high = np.log(max(efficiency / 1.2, _LOWEST_EFFICIENCY)), np.log(min(efficiency * 1.2, 1.0))
+    ratio = (np.sqrt(5) - 1) / 2
+    for _ in range(50):
+        left, right = high - ratio * (high - low), low + ratio * (high - low)
+        if loss_at(float(np.exp(left))) <= loss_at(float(np.exp(right))):
+            high = right
+        else:
+            low = left
+    refined = float(np.exp((low + high) / 2))
+    return refined if loss_at(refined) <= loss_at(efficiency) else efficiency
+
+
+def _bound_counts(ops: Sequence[OpMeasurement], target: Target, launch: float) -> tuple[int, int]:
+    """How many informative ops the fitted top-level roofline calls compute-bound and memory-bound."""
+    compute = memory = 0
+    for op in ops:
+        if op.seconds < _INFORMATIVE_LAUNCHES * launch:
+            continue
+        if op.flops / (target.peak_for(op.dtype) * target.compute_efficiency) >= op.num_bytes / (
+                target.memory_bandwidth_bytes_per_second * target.memory_efficiency):
+            compute += 1
+        else:
+            memory += 1
+    return compute, memory
+
+
+def check_spec_name(path: Path) -> None:
+    """A calibrated spec is named after its file; the name of a built-in target would shadow it."""
+    if path.stem in builtin_target_names():
+        raise PartitionerError(f"{path} would make a spec named {path.stem!r}, the name of a built-in target. Fix: "
+                               f"name the file after this device, e.g. {path.stem}-calibrated.toml.")
 
 
 def write_calibrated_spec(target: Target, calibration: Calibration, profile: Profile, path: Path) -> Path:
     """A copy of `target`'s spec file named after `path`, with the fitted constants in place of its own."""
-    if path.stem in builtin_target_names():
-        raise PartitionerError(f"{path} would make a spec named {path.stem!r}, the name of a built-in target. Fix: "
-                               f"name the file after this device, e.g. {path.stem}-calibrated.toml.")
+    check_spec_name(path)
     if not target.spec_path:
         raise PartitionerError(f"target {target.name} has no spec file to copy. Fix: calibrate a target loaded "
                                "from a .toml spec.")
@@ -126,15 +330,25 @@ def write_calibrated_spec(target: Target, calibration: Calibration, profile: Pro
         text, count = re.subn(rf"(?m)^{field_name}\s*=.*$", f"{field_name} = {value}", text, count=1)
         if count != 1:
             raise PartitionerError(f"{target.spec_path}: no top-level {field_name} to replace. Fix: add it.")
+    if calibration.view_overhead_seconds is not None:
+        view = f"view_overhead_microseconds = {calibration.view_overhead_seconds * 1e6:.4g}"
+        text, count = re.subn(r"(?m)^view_overhead_microseconds\s*=.*$", view, text, count=1)
+        if count == 0:
+            text = re.sub(r"(?m)^(launch_overhead_microseconds\s*=.*)$", rf"\1\n{view}", text, count=1)
     text = _without_op_class_tables(text).rstrip() + "\n"
-    for name, constants in calibration.op_classes.items():
+    for name, constants in sorted(calibration.op_classes.items()):
         text += (f"\n[op_classes.{name}]\ncompute_efficiency = {constants.compute_efficiency:.4g}\n"
                  f"memory_efficiency = {constants.memory_efficiency:.4g}\n"
-                 f"launch_overhead_microseconds = {constants.launch_overhead_seconds * 1e6:.4g}\n")
+                 f"launch_overhead_microseconds = {constants.launch_overhead_seconds * 1e6:.4g}\n"
+                 f"compute_half_efficiency_mflop = {constants.compute_half_flops / 1e6:.4g}\n"
+                 f"memory_half_efficiency_mib = {constants.memory_half_bytes / 2**20:.4g}\n")
+    whole = calibration.whole
     header = (f"# Calibrated from a profile of {profile.identity.describe()}: launch overhead, compute and\n"
               f"# memory efficiency fitted to {len(profile.ops)} measured ops "
               f"({calibration.compute_bound_ops} compute-bound, {calibration.memory_bound_ops} memory-bound)\n"
-              f"# by `partitioner calibrate`; every other figure is from {Path(target.spec_path).name}.\n")
+              f"# by `partitioner calibrate`; predicted/measured per op {whole.after.describe()}\n"
+              f"# (the spec it started from: {whole.before.describe()}); every other figure is from "
+              f"{Path(target.spec_path).name}.\n")
     write_atomically(path, header + text)
     return path
 

@@ -43,10 +43,16 @@ def op_signature(node: OpNode) -> str:
     return json.dumps([node.op, _plain(node.arguments)], sort_keys=True, default=repr)
 
 
+def is_timed(node: OpNode) -> bool:
+    """Whether profiles time `node`: a compute op, or a view or bookkeeping op that dispatches a torch op
+    returning a tensor (whose time is the target's view overhead)."""
+    return node.kind is NodeKind.COMPUTE or (node.dispatches_an_op and bool(node.output_tensors))
+
+
 def measure_ops(program: ExportedProgram, graph: OpGraph, device: str, known: Iterable[str] = (),
                 min_run_seconds: float = 0.05,
                 on_progress: Callable[[int, int], None] | None = None) -> dict[str, OpMeasurement]:
-    """Time every compute op of `graph` whose signature is not in `known`, once per signature, on `device`.
+    """Time every timed op of `graph` (see `is_timed`) whose signature is not in `known`, once per signature.
 
     Ops with symbolic shapes, or that fail to run on random inputs, are left out (the roofline covers them).
     """
@@ -54,7 +60,7 @@ def measure_ops(program: ExportedProgram, graph: OpGraph, device: str, known: It
     pending: dict[str, OpNode] = {}
     for node in graph:
         signature = op_signature(node)
-        if node.kind is NodeKind.COMPUTE and signature not in known and signature not in pending:
+        if is_timed(node) and signature not in known and signature not in pending:
             pending[signature] = node
     measured: dict[str, OpMeasurement] = {}
     for index, (signature, node) in enumerate(pending.items()):
@@ -83,7 +89,7 @@ def measure_ops_in_model(program: ExportedProgram, graph: OpGraph, example_input
     by_signature: dict[str, list[float]] = {}
     nodes: dict[str, OpNode] = {}
     for node in graph:
-        if node.kind is NodeKind.COMPUTE and node.name in timer.seconds:
+        if is_timed(node) and node.name in timer.seconds:
             signature = op_signature(node)
             by_signature.setdefault(signature, []).append(float(np.median(timer.seconds[node.name])))
             nodes.setdefault(signature, node)
@@ -94,7 +100,7 @@ def measure_ops_in_model(program: ExportedProgram, graph: OpGraph, example_input
 def _measurement(node: OpNode, seconds: float, method: str) -> OpMeasurement:
     """A time for `node`'s signature, with the work the roofline sees in it (for calibration)."""
     return OpMeasurement(seconds, node.flops, node.bytes_read + node.bytes_written, node.compute_dtype, node.op,
-                         method)
+                         method, "compute" if node.kind is NodeKind.COMPUTE else "view")
 
 
 class _NodeTimer(torch.fx.Interpreter):
@@ -220,7 +226,7 @@ class MeasuredCostModel:
         return profile.ops.get(op_signature(node)) if profile is not None else None
 
     def compute_seconds(self, node: OpNode, target: Target) -> float:
-        if node.kind is not NodeKind.COMPUTE:
+        if not is_timed(node):
             return 0.0
         measurement = self.measured(node, target)
         return measurement.seconds if measurement is not None else self.estimate.compute_seconds(node, target)

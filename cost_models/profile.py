@@ -72,15 +72,17 @@ class OpMeasurement:
     dtype: str
     op: str = ""
     method: str = "isolated"  # or "in_model": timed inside whole runs of a model
+    kind: str = "compute"  # or "view": a view or bookkeeping op, timed for the target's view overhead
 
     def to_dict(self) -> dict:
         return {"seconds": self.seconds, "flops": self.flops, "bytes": self.num_bytes, "dtype": self.dtype,
-                "op": self.op, "method": self.method}
+                "op": self.op, "method": self.method, "kind": self.kind}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> OpMeasurement:
         measurement = cls(float(data["seconds"]), int(data["flops"]), int(data["bytes"]), str(data["dtype"]),
-                          str(data.get("op", "")), str(data.get("method", "isolated")))
+                          str(data.get("op", "")), str(data.get("method", "isolated")),
+                          str(data.get("kind", "compute")))
         if not measurement.seconds > 0:
             raise ValueError(f"op time {measurement.seconds} is not positive")
         return measurement

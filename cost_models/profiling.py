@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from cost_models.measured import measure_ops, measure_ops_in_model, op_signature, probe_links
+from cost_models.measured import is_timed, measure_ops, measure_ops_in_model, op_signature, probe_links
 from cost_models.profile import DeviceIdentity, Profile, cached_profile
 from partitioner.execution.check import require_real_weights
 from partitioner.frontend.capture import CapturedModel
-from partitioner.frontend.op_graph import NodeKind, annotate
+from partitioner.frontend.op_graph import annotate
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +42,7 @@ def profile_model(captured: CapturedModel, devices: Sequence[str], folder: Path,
     runs = []
     for device, identity in zip(devices, identities):
         profile = cached_profile(folder, identity)
-        signatures = {op_signature(node) for node in graph if node.kind is NodeKind.COMPUTE}
+        signatures = {op_signature(node) for node in graph if is_timed(node)}
         reused = len(signatures & set(profile.ops))
         progress = (lambda done, total, d=device: on_progress(d, done, total)) if on_progress else None
         if in_model:

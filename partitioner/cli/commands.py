@@ -111,11 +111,12 @@ def profile_command(args: argparse.Namespace) -> int:
 
 
 def calibrate_command(args: argparse.Namespace) -> int:
-    from cost_models.calibration import calibrate, write_calibrated_spec
+    from cost_models.calibration import calibrate, check_spec_name, format_calibration, write_calibrated_spec
     from cost_models.measured import profiled_device_type
     from cost_models.profile import load_profiles
 
     check_writable_folder(Path(args.output).parent)
+    check_spec_name(Path(args.output))
     target = load_target(args.target)
     device_type = profiled_device_type(target)
     if device_type is None:
@@ -128,9 +129,9 @@ def calibrate_command(args: argparse.Namespace) -> int:
                                f"run partitioner profile MODEL --device {device_type} -o {args.profiles}.")
     calibration = calibrate(profile, target)
     path = write_calibrated_spec(target, calibration, profile, Path(args.output))
-    print(f"{target.name} on {profile.identity.describe()}: launch overhead "
-          f"{calibration.launch_overhead_seconds * 1e6:.3g} us, compute efficiency {calibration.compute_efficiency:.3g}"
-          f", memory efficiency {calibration.memory_efficiency:.3g} -> {path}")
+    print(f"{target.name} on {profile.identity.describe()}, predicted / measured per op:")
+    print(format_calibration(calibration))
+    print(f"wrote {path}")
     return 0
 
 
