@@ -12,9 +12,9 @@ From measured ops we fit:
   op counts by its factor off, not by its size;
 - for a class the target runs in several dtypes, a table per dtype.
 
-A group gets its own figures only from MIN_GROUP_OPS informative ops (ops
-that take at least twice the launch overhead), else it keeps its parent's (the
-class's, then the spec's). Integer and index ops never inform a float class.
+A group gets its own efficiencies only from MIN_GROUP_OPS informative ops (ops
+that take at least twice the launch overhead), and a size curve from
+MIN_CURVE_OPS, else it keeps its parent's figures (the class's, then the spec's). Integer and index ops never inform a float class.
 Every fit reports its residuals, and a calibration that predicts the profile
 worse than the spec it started from is refused, with the figures.
 """
@@ -38,8 +38,10 @@ from targets.spec import RooflineConstants, Target
 
 # Ops must take this many launch overheads to say anything about throughput.
 _INFORMATIVE_LAUNCHES = 2.0
-# A group (an op class, or one dtype of it) gets its own figures from this many informative ops.
-MIN_GROUP_OPS = 8
+# A group (an op class, or one dtype of it) gets its own efficiencies from this many informative ops, and a size
+# curve (two more figures) from MIN_CURVE_OPS.
+MIN_GROUP_OPS = 4
+MIN_CURVE_OPS = 8
 _MIN_VIEWS = 3
 _LOWEST_EFFICIENCY = 1e-4
 _EFFICIENCY_GRID = np.logspace(-4, 0, 97)
@@ -55,16 +57,28 @@ class Residuals:
     p90: float
     within_2x: float  # share of ops predicted within a factor of 2
     total_error: float  # sum predicted / sum measured - 1
+    rank_correlation: float  # Spearman's: does the model order ops by time as the device does
 
     @classmethod
     def of(cls, predicted: Sequence[float], measured: Sequence[float]) -> Residuals:
         ratios = np.asarray(predicted) / np.asarray(measured)
         return cls(float(np.median(ratios)), float(np.percentile(ratios, 10)), float(np.percentile(ratios, 90)),
-                   float(np.mean((ratios >= 0.5) & (ratios <= 2.0))), float(np.sum(predicted) / np.sum(measured) - 1))
+                   float(np.mean((ratios >= 0.5) & (ratios <= 2.0))), float(np.sum(predicted) / np.sum(measured) - 1),
+                   _rank_correlation(predicted, measured))
 
     def describe(self) -> str:
         return (f"{self.median:.2f} [{self.p10:.2f}-{self.p90:.2f}], {100 * self.within_2x:.0f}% within 2x, "
-                f"total {100 * self.total_error:+.1f}%")
+                f"rank {self.rank_correlation:.2f}, total {100 * self.total_error:+.1f}%")
+
+
+def _rank_correlation(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation (ties ranked by position); 1 for fewer than two values or no spread."""
+    if len(a) < 2:
+        return 1.0
+    ranks_a, ranks_b = (np.argsort(np.argsort(np.asarray(v))).astype(float) for v in (a, b))
+    if ranks_a.std() == 0 or ranks_b.std() == 0:
+        return 1.0
+    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +120,9 @@ class Calibration:
         return next(fit for fit in self.fits if fit.group == "all")
 
 
-def calibrate(profile: Profile, target: Target) -> Calibration:
-    """The roofline constants of `target` that best explain the op times in `profile` (see the module docstring).
+def calibrate(profile: Profile, target: Target, size_curves: bool = True) -> Calibration:
+    """The roofline constants of `target` that best explain the op times in `profile` (see the module docstring);
+    without `size_curves`, each group's efficiencies are the same at every op size.
 
     Raises a PartitionerError when the profile is too small, or when the fitted constants would predict its ops'
     total time worse than `target` as it is.
@@ -133,15 +148,17 @@ def calibrate(profile: Profile, target: Target) -> Calibration:
         members = [op for op in ops if op_class(op.op) == name]
         float_members = [op for op in members if _is_float(op.dtype)]
         parent = replace(staged, op_classes=classes).constants_for(name)
-        fitted_groups[name] = _fit(float_members, staged, launch, parent, curve=True)
+        fitted_groups[name] = _fit(float_members, staged, launch, parent, curve=size_curves)
         if fitted_groups[name] is not None:
             classes[name] = fitted_groups[name]
         dtypes = sorted({op.dtype for op in members})
-        for dtype in dtypes if len(dtypes) > 1 or any(not _is_float(d) for d in dtypes) else ():
+        float_dtypes = [d for d in dtypes if _is_float(d)]
+        # Integer ops get tables of their own; float dtypes only where the class runs in several of them.
+        for dtype in [d for d in dtypes if not _is_float(d) or len(float_dtypes) > 1]:
             group = f"{name}.{dtype}"
             parent = replace(staged, op_classes=classes).constants_for(name, dtype)
             fitted_groups[group] = _fit([op for op in members if op.dtype == dtype], staged, launch, parent,
-                                        curve=True)
+                                        curve=size_curves)
             if fitted_groups[group] is not None:
                 classes[group] = fitted_groups[group]
     calibration = Calibration(launch, top_constants.compute_efficiency, top_constants.memory_efficiency,
@@ -175,7 +192,7 @@ def _launch_overhead(ops: Sequence[OpMeasurement], target: Target) -> float:
 
 def format_calibration(calibration: Calibration) -> str:
     """Each fitted group's constants and its residuals before and after (predicted / measured per op)."""
-    lines = [f"{'group':<24}{'ops':>6}  {'fitted':<58}{'before: median [p10-p90]':<50}after"]
+    lines = [f"{'group':<24}{'ops':>6}  {'fitted':<58}{'before: median [p10-p90]':<60}after"]
     for fit in calibration.fits:
         if fit.group == "all":
             fitted = (f"launch {calibration.launch_overhead_seconds * 1e6:.3g} us, compute "
@@ -184,7 +201,7 @@ def format_calibration(calibration: Calibration) -> str:
             fitted = f"kept ({fit.informative_ops} informative ops, {MIN_GROUP_OPS} needed)"
         else:
             fitted = _describe_constants(fit.constants)
-        lines.append(f"{fit.group:<24}{fit.ops:>6}  {fitted:<58}{fit.before.describe():<50}{fit.after.describe()}")
+        lines.append(f"{fit.group:<24}{fit.ops:>6}  {fitted:<58}{fit.before.describe():<60}{fit.after.describe()}")
     if calibration.view_overhead_seconds is not None:
         lines.append(f"views: {calibration.view_overhead_seconds * 1e6:.3g} us each (median of the measured views)")
     whole = calibration.whole
@@ -235,10 +252,12 @@ def _group_fit(group: str, ops: Sequence[OpMeasurement], spec: Target, calibrate
 def _fit(ops: Sequence[OpMeasurement], target: Target, launch: float, parent: RooflineConstants,
          curve: bool) -> RooflineConstants | None:
     """The constants that minimise the squared log error of the roofline over `ops`, starting from `parent`;
-    None when fewer than MIN_GROUP_OPS of them are informative. With `curve`, half-efficiency sizes are fitted
-    too (zero, a flat curve, is one of the choices)."""
-    if sum(op.seconds >= _INFORMATIVE_LAUNCHES * launch for op in ops) < MIN_GROUP_OPS:
+    None when fewer than MIN_GROUP_OPS of them are informative. With `curve` and MIN_CURVE_OPS informative ops,
+    half-efficiency sizes are fitted too (zero, a flat curve, is one of the choices)."""
+    informative = sum(op.seconds >= _INFORMATIVE_LAUNCHES * launch for op in ops)
+    if informative < MIN_GROUP_OPS:
         return None
+    curve = curve and informative >= MIN_CURVE_OPS
     flops = np.asarray([float(op.flops) for op in ops])
     num_bytes = np.asarray([float(op.num_bytes) for op in ops])
     peaks = np.asarray([target.peak_for(op.dtype) for op in ops])

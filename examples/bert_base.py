@@ -1,4 +1,4 @@
-"""BERT-base (random weights) in float16 on one 128-token sequence; `build_float32` for CPU profiling.
+"""BERT-base (random weights) in float16 on one 128-token sequence; `build_float32` and `build_bfloat16` for CPUs.
 
     partitioner compile examples/bert_base.py --objective cost -o out/bert
     partitioner profile examples/bert_base.py:build_float32 --device cpu --report
@@ -18,3 +18,8 @@ def build():
 def build_float32():
     model, inputs = build()
     return model.float(), inputs
+
+
+def build_bfloat16():
+    model, inputs = build()
+    return model.to(torch.bfloat16), inputs

@@ -96,7 +96,7 @@ def test_a_class_with_too_few_informative_ops_keeps_its_parents_figures_and_inde
         flops = 10**9 * (i + 1)
         ops[f"mm{i}"] = OpMeasurement(5e-6 + flops / (target.peak_for("float32") * 0.3), flops, 10**5, "float32",
                                       "aten.mm.default")
-    for i in range(4):  # slow integer index arithmetic: 512 elements taking 100 us
+    for i in range(MIN_GROUP_OPS - 1):  # slow integer index arithmetic: 512 elements taking 100 us
         ops[f"index{i}"] = OpMeasurement(1e-4 + i * 1e-5, 0, 4096, "int64", "aten.add.Tensor")
     profile = Profile(DeviceIdentity("cpu", "Test CPU", "2.13.0", 2), ops)
 
@@ -107,7 +107,7 @@ def test_a_class_with_too_few_informative_ops_keeps_its_parents_figures_and_inde
     assert calibrated.constants_for("elementwise", "float32").memory_efficiency == pytest.approx(
         calibrated.memory_efficiency)
     kept = next(fit for fit in fitted.fits if fit.group == "elementwise.int64")
-    assert kept.constants is None and kept.informative_ops == 4
+    assert kept.constants is None and kept.informative_ops == MIN_GROUP_OPS - 1
 
 
 def test_each_dtype_of_a_class_gets_its_own_figures_where_the_target_runs_several():
@@ -150,13 +150,13 @@ def test_a_calibration_that_predicts_the_profile_worse_than_the_spec_is_refused_
     target = load_target("cpu-x86")
     peak = target.peak_for("float32")
     ops = {f"tiny{i}": OpMeasurement(4e-5, 10, 10, "float32", "aten.add.Tensor") for i in range(3)}
-    for i in range(4):
+    for i in range(MIN_GROUP_OPS - 1):  # too few to refit the matmul class
         flops = 10**10 * (i + 1)
         ops[f"mm{i}"] = OpMeasurement(target.launch_overhead_seconds + flops / (peak * target.compute_efficiency),
                                       flops, 10**5, "float32", "aten.mm.default")
     profile = Profile(DeviceIdentity("cpu", "Test CPU", "2.13.0", 2), ops)
 
-    with pytest.raises(PartitionerError, match=r"would predict its 7 measured ops worse than the spec does: total time "
+    with pytest.raises(PartitionerError, match=r"would predict its 6 measured ops worse than the spec does: total time "
                                                r"[-+]\d+\.\d% with the spec, [-+]\d+\.\d% calibrated"):
         calibrate(profile, target)
 

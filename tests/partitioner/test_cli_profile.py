@@ -112,7 +112,7 @@ def test_profile_report_compares_each_cost_model_with_the_measured_run(profiled,
     assert main(["profile", str(model_file), "--min-run-time", "0.001", "-o", str(profiles), "--report"]) == 0
 
     report = capsys.readouterr().out
-    for label in ("roofline (cpu-x86)", "calibrated roofline", "measured", "measured run"):
+    for label in ("roofline (cpu-x86)", "calibrated, flat", "calibrated, size-aware", "measured", "measured run"):
         assert label in report
 
 
