@@ -54,8 +54,8 @@ def accuracy_report(captured: CapturedModel, profile: Profile, target: Target, d
     for name, curves in (("calibrated, flat", False), ("calibrated, size-aware", True)):
         try:
             calibrated[name] = calibrate(profile, target, size_curves=curves)
-        except PartitionerError as error:  # the report still shows the spec and the measured model
-            refusal = str(error)
+        except PartitionerError as error:  # the report still shows the spec, the measured model, any other fit
+            refusal = f"{name}: {error}"
     models: dict[str, Callable[[OpNode], float]] = {"roofline": lambda node: roofline.compute_seconds(node, target)}
     for name, calibration in calibrated.items():
         models[name] = lambda node, spec=calibration.applied_to(target): roofline.compute_seconds(node, spec)
@@ -116,6 +116,7 @@ def format_accuracy(accuracy: Accuracy, target: Target) -> str:
         "measured run includes framework overhead between ops.",
         "",
         format_calibration(accuracy.calibration) if accuracy.calibration is not None
-        else f"calibration refused (no calibrated rows): {accuracy.calibration_refused}",
+        else "",
+        f"calibration refused ({accuracy.calibration_refused})" if accuracy.calibration_refused else "",
     ]
     return "\n".join(lines)

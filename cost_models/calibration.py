@@ -14,16 +14,16 @@ From measured ops we fit:
 
 A group gets its own efficiencies only from MIN_GROUP_OPS informative ops (ops
 that take at least twice the launch overhead), and a size curve from
-MIN_CURVE_OPS, else it keeps its parent's figures (the class's, then the spec's). Integer and index ops never inform a float class.
-Every fit reports its residuals, and a calibration that predicts the profile
-worse than the spec it started from is refused, with the figures.
+MIN_CURVE_OPS, else it keeps its parent's figures (the class's, then the
+spec's); integer-dtype ops never inform a float class or the top level.
+Every fit reports its residuals, and a calibration that predicts the
+profile's total time worse than the spec it started from is refused, with the
+figures. cost_models/calibrated_spec.py writes the result as a spec file.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -31,8 +31,6 @@ import torch
 
 from cost_models.profile import OpMeasurement, Profile
 from partitioner.errors import PartitionerError
-from partitioner.files import write_atomically
-from targets.loader import builtin_target_names
 from targets.op_classes import OP_CLASSES, op_class
 from targets.spec import RooflineConstants, Target
 
@@ -42,6 +40,11 @@ _INFORMATIVE_LAUNCHES = 2.0
 # curve (two more figures) from MIN_CURVE_OPS.
 MIN_GROUP_OPS = 4
 MIN_CURVE_OPS = 8
+# An efficiency moves only with this many informative ops clearly bound by it, and at most this factor from the
+# parent's: a spec can be an order of magnitude off (a 32-core spec on 2 threads), a figure 50x off is a fit
+# explaining something else (a flat fit faking a size curve with the memory term).
+MIN_SIDE_OPS = 2
+EFFICIENCY_SPAN = 50.0
 _MIN_VIEWS = 3
 _LOWEST_EFFICIENCY = 1e-4
 _EFFICIENCY_GRID = np.logspace(-4, 0, 97)
@@ -134,15 +137,18 @@ def calibrate(profile: Profile, target: Target, size_curves: bool = True) -> Cal
     launch = _launch_overhead(ops, target)
     views = [op.seconds for op in profile.ops.values() if op.kind != "compute"]
     view_overhead = float(np.median(views)) if len(views) >= _MIN_VIEWS else None
-    floats = [op for op in ops if _is_float(op.dtype)]
-    top = _fit(floats or ops, target, launch, RooflineConstants(target.compute_efficiency, target.memory_efficiency,
-                                                                launch), curve=False)
+    floats = [op for op in ops if _is_float(op.dtype)]  # none: the spec's top-level figures stay
+    top = _fit(floats, target, launch, RooflineConstants(target.compute_efficiency, target.memory_efficiency,
+                                                         launch), curve=False)
     top_constants = top if top is not None else RooflineConstants(target.compute_efficiency,
                                                                   target.memory_efficiency, launch)
     staged = replace(target, launch_overhead_seconds=launch, compute_efficiency=top_constants.compute_efficiency,
                      memory_efficiency=top_constants.memory_efficiency)
+    # A dtype table of the spec for a class and dtype the profile measures is refitted or dropped (then the class's
+    # fit applies), never left to outrank the new figures.
+    measured_pairs = {f"{op_class(op.op)}.{op.dtype}" for op in ops}
     classes = {name: replace(constants, launch_overhead_seconds=launch)
-               for name, constants in target.op_classes.items()}
+               for name, constants in target.op_classes.items() if name not in measured_pairs}
     fitted_groups: dict[str, RooflineConstants | None] = {}
     for name in OP_CLASSES:
         members = [op for op in ops if op_class(op.op) == name]
@@ -162,7 +168,7 @@ def calibrate(profile: Profile, target: Target, size_curves: bool = True) -> Cal
             if fitted_groups[group] is not None:
                 classes[group] = fitted_groups[group]
     calibration = Calibration(launch, top_constants.compute_efficiency, top_constants.memory_efficiency,
-                              *_bound_counts(floats or ops, staged, launch), classes, view_overhead)
+                              *_bound_counts(floats, staged, launch), classes, view_overhead)
     calibrated = calibration.applied_to(target)
     fits = [_group_fit("all", ops, target, calibrated, launch, top)]
     for group, constants in fitted_groups.items():
@@ -252,32 +258,74 @@ def _group_fit(group: str, ops: Sequence[OpMeasurement], spec: Target, calibrate
 def _fit(ops: Sequence[OpMeasurement], target: Target, launch: float, parent: RooflineConstants,
          curve: bool) -> RooflineConstants | None:
     """The constants that minimise the squared log error of the roofline over `ops`, starting from `parent`;
-    None when fewer than MIN_GROUP_OPS of them are informative. With `curve` and MIN_CURVE_OPS informative ops,
-    half-efficiency sizes are fitted too (zero, a flat curve, is one of the choices)."""
-    informative = sum(op.seconds >= _INFORMATIVE_LAUNCHES * launch for op in ops)
-    if informative < MIN_GROUP_OPS:
+    None when fewer than MIN_GROUP_OPS of them are informative.
+
+    Both sides (compute and memory) are fitted together only where that explains the times clearly better (10%
+    less loss) than fitting one side with the other at the parent's figure, and a side keeps its figure only
+    where at least MIN_SIDE_OPS informative ops are clearly bound by it (by twice the other side's time): a side
+    no op informs does not drift to explain the other side's noise. With `curve` and MIN_CURVE_OPS informative
+    ops, half-efficiency sizes are fitted too (zero, a flat curve, is one of the choices)."""
+    informative = np.asarray([op.seconds >= _INFORMATIVE_LAUNCHES * launch for op in ops], dtype=bool)
+    if informative.sum() < MIN_GROUP_OPS:
         return None
-    curve = curve and informative >= MIN_CURVE_OPS
+    curve = curve and informative.sum() >= MIN_CURVE_OPS
     flops = np.asarray([float(op.flops) for op in ops])
     num_bytes = np.asarray([float(op.num_bytes) for op in ops])
     peaks = np.asarray([target.peak_for(op.dtype) for op in ops])
     log_measured = np.log([op.seconds for op in ops])
     bandwidth = target.memory_bandwidth_bytes_per_second
-    compute = (parent.compute_efficiency, parent.compute_half_flops if curve else 0.0)
-    memory = (parent.memory_efficiency, parent.memory_half_bytes if curve else 0.0)
+    parent_compute = (parent.compute_efficiency, parent.compute_half_flops if curve else 0.0)
+    parent_memory = (parent.memory_efficiency, parent.memory_half_bytes if curve else 0.0)
 
     def loss(c_eff, c_half, m_eff, m_half) -> np.ndarray:
         compute_time = np.where(flops > 0, (flops + c_half) / (peaks * c_eff), 0.0)
         memory_time = np.where(num_bytes > 0, (num_bytes + m_half) / (bandwidth * m_eff), 0.0)
         return np.sum((np.log(launch + np.maximum(compute_time, memory_time)) - log_measured) ** 2, axis=-1)
 
-    for _ in range(_ROUNDS):
-        compute = _best_pair(lambda e, h: loss(e, h, memory[0], memory[1]), compute, flops, curve)
-        memory = _best_pair(lambda e, h: loss(compute[0], compute[1], e, h), memory, num_bytes, curve)
+    compute_range, memory_range = _span(parent.compute_efficiency), _span(parent.memory_efficiency)
+
+    def fitted(compute, memory, fit_compute: bool, fit_memory: bool):
+        for _ in range(_ROUNDS):
+            if fit_compute:
+                compute = _best_pair(lambda e, h: loss(e, h, memory[0], memory[1]), compute, flops, curve,
+                                     compute_range)
+            if fit_memory:
+                memory = _best_pair(lambda e, h: loss(compute[0], compute[1], e, h), memory, num_bytes, curve,
+                                    memory_range)
+        return compute, memory
+
+    def bound_by(compute, memory) -> tuple[int, int]:
+        compute_time = (flops + compute[1]) / (peaks * compute[0]) * (flops > 0)
+        memory_time = (num_bytes + memory[1]) / (bandwidth * memory[0]) * (num_bytes > 0)
+        return (int(np.sum(informative & (compute_time >= 2 * memory_time))),
+                int(np.sum(informative & (memory_time >= 2 * compute_time))))
+
+    def total_loss(pair) -> float:
+        (compute, memory) = pair
+        return float(loss(compute[0], compute[1], memory[0], memory[1]))
+
+    singles = [(fitted(parent_compute, parent_memory, True, False), (True, False)),
+               (fitted(parent_compute, parent_memory, False, True), (False, True))]
+    singles = [(pair, sides) for pair, sides in singles
+               if all(count >= MIN_SIDE_OPS for count, side in zip(bound_by(*pair), sides) if side)]
+    both = fitted(parent_compute, parent_memory, True, True)
+    candidates = sorted(singles, key=lambda item: total_loss(item[0]))
+    if min(bound_by(*both)) >= MIN_SIDE_OPS and (not candidates or
+                                                  total_loss(both) < 0.9 * total_loss(candidates[0][0])):
+        candidates.insert(0, (both, (True, True)))
+    if not candidates:
+        return None
+    (compute, memory), _ = candidates[0]
     return RooflineConstants(compute[0], memory[0], launch, compute[1], memory[1])
 
 
-def _best_pair(loss, current: tuple[float, float], sizes: np.ndarray, curve: bool) -> tuple[float, float]:
+def _span(efficiency: float) -> tuple[float, float]:
+    """The range a fitted efficiency may take, from its parent's."""
+    return max(_LOWEST_EFFICIENCY, efficiency / EFFICIENCY_SPAN), min(1.0, efficiency * EFFICIENCY_SPAN)
+
+
+def _best_pair(loss, current: tuple[float, float], sizes: np.ndarray, curve: bool,
+               bounds: tuple[float, float] = (_LOWEST_EFFICIENCY, 1.0)) -> tuple[float, float]:
     """The (efficiency, half size) that minimises `loss`: for each half size on a grid (zero, a flat curve,
     first), the best efficiency on a grid refined by golden-section search. Ties go to the smaller half size and
     the efficiency nearest `current`, so a figure no op informs stays as it was."""
@@ -285,29 +333,47 @@ def _best_pair(loss, current: tuple[float, float], sizes: np.ndarray, curve: boo
     halves = [0.0]
     if curve and positive.size:
         halves += list(np.logspace(np.log10(positive.min()) - 1, np.log10(positive.max()) + 1, 25))
-    grid = np.unique(np.clip(np.append(_EFFICIENCY_GRID, current[0]), _LOWEST_EFFICIENCY, 1.0))[:, None]
-    best, best_loss = (current[0], current[1]), float(loss(np.array([[current[0]]]), np.array([[current[1]]]))[0])
+    grid = np.unique(np.clip(np.append(_EFFICIENCY_GRID, current[0]), *bounds))[:, None]
+
+    def at(efficiency: float, half: float) -> float:
+        return float(loss(np.array([[efficiency]]), np.array([[half]]))[0])
+
+    def best_efficiency(half: float, start: float) -> float:
+        return _refined(lambda e: at(e, half), start, bounds)
+
+    best, best_loss = (current[0], current[1]), at(*current)
     for half in halves:
         scores = loss(grid, np.full_like(grid, half)) + 1e-12 * np.abs(np.log(grid[:, 0] / current[0]))
-        efficiency = _refined(lambda e: float(loss(np.array([[e]]), np.array([[half]]))[0]),
-                              float(grid[int(np.argmin(scores)), 0]))
-        value = float(loss(np.array([[efficiency]]), np.array([[half]]))[0])
-        if value < best_loss * (1 - 1e-9) - 1e-15:
-            best, best_loss = (efficiency, float(half)), value
+        efficiency = best_efficiency(half, float(grid[int(np.argmin(scores)), 0]))
+        if at(efficiency, half) < best_loss * (1 - 1e-9) - 1e-15:
+            best, best_loss = (efficiency, float(half)), at(efficiency, half)
+    if best[1] > 0:  # refine the half size between its grid neighbours, the efficiency refined at each
+        step = float(halves[2] / halves[1]) if len(halves) > 2 else 2.0
+        log_half = _golden(lambda h: at(best_efficiency(float(np.exp(h)), best[0]), float(np.exp(h))),
+                           np.log(best[1] / step), np.log(best[1] * step), iterations=30)
+        half = float(np.exp(log_half))
+        efficiency = best_efficiency(half, best[0])
+        if at(efficiency, half) < best_loss:
+            best = (efficiency, half)
     return best
 
 
-def _refined(loss_at, efficiency: float) -> float:
-    """`efficiency` refined between its grid neighbours by golden-section search on its log."""
-    low, high = np.log(max(efficiency / 1.2, _LOWEST_EFFICIENCY)), np.log(min(efficiency * 1.2, 1.0))
+def _golden(loss_at, low: float, high: float, iterations: int = 50) -> float:
+    """The minimum of a one-dimensional `loss_at` on [low, high], by golden-section search."""
     ratio = (np.sqrt(5) - 1) / 2
-    for _ in range(50):
+    for _ in range(iterations):
         left, right = high - ratio * (high - low), low + ratio * (high - low)
-        if loss_at(float(np.exp(left))) <= loss_at(float(np.exp(right))):
+        if loss_at(left) <= loss_at(right):
             high = right
         else:
             low = left
-    refined = float(np.exp((low + high) / 2))
+    return (low + high) / 2
+
+
+def _refined(loss_at, efficiency: float, bounds: tuple[float, float]) -> float:
+    """`efficiency` refined between its grid neighbours, within `bounds`, by golden-section search on its log."""
+    low, high = np.log(max(efficiency / 1.2, bounds[0])), np.log(min(efficiency * 1.2, bounds[1]))
+    refined = float(np.exp(_golden(lambda log_e: loss_at(float(np.exp(log_e))), low, high)))
     return refined if loss_at(refined) <= loss_at(efficiency) else efficiency
 
 
@@ -323,61 +389,3 @@ def _bound_counts(ops: Sequence[OpMeasurement], target: Target, launch: float) -
         else:
             memory += 1
     return compute, memory
-
-
-def check_spec_name(path: Path) -> None:
-    """A calibrated spec is named after its file; the name of a built-in target would shadow it."""
-    if path.stem in builtin_target_names():
-        raise PartitionerError(f"{path} would make a spec named {path.stem!r}, the name of a built-in target. Fix: "
-                               f"name the file after this device, e.g. {path.stem}-calibrated.toml.")
-
-
-def write_calibrated_spec(target: Target, calibration: Calibration, profile: Profile, path: Path) -> Path:
-    """A copy of `target`'s spec file named after `path`, with the fitted constants in place of its own."""
-    check_spec_name(path)
-    if not target.spec_path:
-        raise PartitionerError(f"target {target.name} has no spec file to copy. Fix: calibrate a target loaded "
-                               "from a .toml spec.")
-    text = Path(target.spec_path).read_text()
-    fitted = {
-        "name": f'"{path.stem}"',
-        "launch_overhead_microseconds": f"{calibration.launch_overhead_seconds * 1e6:.4g}",
-        "compute_efficiency": f"{calibration.compute_efficiency:.4g}",
-        "memory_efficiency": f"{calibration.memory_efficiency:.4g}",
-    }
-    for field_name, value in fitted.items():
-        text, count = re.subn(rf"(?m)^{field_name}\s*=.*$", f"{field_name} = {value}", text, count=1)
-        if count != 1:
-            raise PartitionerError(f"{target.spec_path}: no top-level {field_name} to replace. Fix: add it.")
-    if calibration.view_overhead_seconds is not None:
-        view = f"view_overhead_microseconds = {calibration.view_overhead_seconds * 1e6:.4g}"
-        text, count = re.subn(r"(?m)^view_overhead_microseconds\s*=.*$", view, text, count=1)
-        if count == 0:
-            text = re.sub(r"(?m)^(launch_overhead_microseconds\s*=.*)$", rf"\1\n{view}", text, count=1)
-    text = _without_op_class_tables(text).rstrip() + "\n"
-    for name, constants in sorted(calibration.op_classes.items()):
-        text += (f"\n[op_classes.{name}]\ncompute_efficiency = {constants.compute_efficiency:.4g}\n"
-                 f"memory_efficiency = {constants.memory_efficiency:.4g}\n"
-                 f"launch_overhead_microseconds = {constants.launch_overhead_seconds * 1e6:.4g}\n"
-                 f"compute_half_efficiency_mflop = {constants.compute_half_flops / 1e6:.4g}\n"
-                 f"memory_half_efficiency_mib = {constants.memory_half_bytes / 2**20:.4g}\n")
-    whole = calibration.whole
-    header = (f"# Calibrated from a profile of {profile.identity.describe()}: launch overhead, compute and\n"
-              f"# memory efficiency fitted to {len(profile.ops)} measured ops "
-              f"({calibration.compute_bound_ops} compute-bound, {calibration.memory_bound_ops} memory-bound)\n"
-              f"# by `partitioner calibrate`; predicted/measured per op {whole.after.describe()}\n"
-              f"# (the spec it started from: {whole.before.describe()}); every other figure is from "
-              f"{Path(target.spec_path).name}.\n")
-    write_atomically(path, header + text)
-    return path
-
-
-def _without_op_class_tables(text: str) -> str:
-    """The spec text without its [op_classes.*] tables (a calibrated spec being calibrated again)."""
-    kept, skipping = [], False
-    for line in text.splitlines():
-        if line.strip().startswith("["):
-            skipping = line.strip().startswith("[op_classes")
-        if not skipping:
-            kept.append(line)
-    return "\n".join(kept) + "\n"

@@ -46,7 +46,7 @@ def op_signature(node: OpNode) -> str:
 def is_timed(node: OpNode) -> bool:
     """Whether profiles time `node`: a compute op, or a view or bookkeeping op that dispatches a torch op
     returning a tensor (whose time is the target's view overhead)."""
-    return node.kind is NodeKind.COMPUTE or (node.dispatches_an_op and bool(node.output_tensors))
+    return node.kind is NodeKind.COMPUTE or node.costs_dispatch
 
 
 def measure_ops(program: ExportedProgram, graph: OpGraph, device: str, known: Iterable[str] = (),

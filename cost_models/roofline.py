@@ -23,10 +23,11 @@ class RooflineCostModel:
 
     def compute_seconds(self, node: OpNode, target: Target) -> float:
         if node.kind is not NodeKind.COMPUTE:
-            return target.view_overhead_seconds if node.dispatches_an_op and node.output_tensors else 0.0
+            return target.view_overhead_seconds if node.costs_dispatch else 0.0
         constants = target.constants_for(op_class(node.op), node.compute_dtype)
         compute = constants.compute_seconds(node.flops, target.peak_for(node.compute_dtype))
-        memory = constants.memory_seconds(node.bytes_read + node.bytes_written, target.memory_bandwidth_bytes_per_second)
+        bandwidth = target.memory_bandwidth_bytes_per_second
+        memory = constants.memory_seconds(node.bytes_read + node.bytes_written, bandwidth)
         return constants.launch_overhead_seconds + max(compute, memory)
 
     def link(self, targets: TargetSet, source: str, destination: str) -> Link:

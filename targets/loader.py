@@ -223,7 +223,8 @@ class _SpecReader:
             by_dtype = {key: value for key, value in table.items() if isinstance(value, dict)}
             own = {key: value for key, value in table.items() if key not in by_dtype}
             self.check_known_fields(own, _OP_CLASS_FIELDS | _CURVE_FIELDS, prefix)
-            defaults = {**dict.fromkeys(_CURVE_FIELDS, 0.0), **{field: self.data.get(field) for field in _OP_CLASS_FIELDS}}
+            defaults = {**dict.fromkeys(_CURVE_FIELDS, 0.0),
+                        **{field: self.data.get(field) for field in _OP_CLASS_FIELDS}}
             classes[name] = self.roofline_constants({**defaults, **own}, prefix)
             for dtype, dtype_table in by_dtype.items():
                 self.check_dtype(dtype, f"{prefix}{dtype}")

@@ -111,7 +111,8 @@ def profile_command(args: argparse.Namespace) -> int:
 
 
 def calibrate_command(args: argparse.Namespace) -> int:
-    from cost_models.calibration import calibrate, check_spec_name, format_calibration, write_calibrated_spec
+    from cost_models.calibrated_spec import check_spec_name, write_calibrated_spec
+    from cost_models.calibration import calibrate, format_calibration
     from cost_models.measured import profiled_device_type
     from cost_models.profile import load_profiles
 

@@ -114,7 +114,7 @@ def _move(submodule: torch.nn.Module, device: torch.device) -> None:
     original model holds, which would move the user's model too.)
     """
     tensors = list(submodule.parameters()) + list(submodule.buffers())
-    if all(_same_device(tensor.device, device) for tensor in tensors):
+    if all(same_device(tensor.device, device) for tensor in tensors):
         return
     previous = torch.__future__.get_overwrite_module_params_on_conversion()
     torch.__future__.set_overwrite_module_params_on_conversion(True)
@@ -141,7 +141,7 @@ def _cache_weight_paths(partition: torch.nn.Module) -> None:
                 parent.__dict__[name] = child
 
 
-def _same_device(a: torch.device, b: torch.device) -> bool:
+def same_device(a: torch.device, b: torch.device) -> bool:
     """True when moving between `a` and `b` copies nothing (`cpu` and `cpu:0` are one memory)."""
     return a.type == b.type and (a.type == "cpu" or a.index is None or b.index is None or a.index == b.index)
 

@@ -30,7 +30,7 @@ from cost_models.base import CostModel
 from partitioner.compiler import compile_captured
 from partitioner.execution.partitioned_module import (
     PartitionedModule,
-    _same_device,
+    same_device,
     resolve_devices,
 )
 from partitioner.frontend.capture import capture
@@ -311,14 +311,14 @@ class _PlacedGraph:
     def _adopt(self, index: int, weight: torch.Tensor) -> None:
         """Bind the weight the plan was made with, keeping the copies `Plan.module` already made of it."""
         for slot in self._slots[index]:
-            if _same_device(weight.device, slot.device):
+            if same_device(weight.device, slot.device):
                 slot.holder[slot.name] = weight  # moving a partition may have re-wrapped it in a new Parameter
-        self._remember(index, weight, any(not _same_device(weight.device, slot.device) for slot in self._slots[index]))
+        self._remember(index, weight, any(not same_device(weight.device, slot.device) for slot in self._slots[index]))
 
     def _bind(self, index: int, weight: torch.Tensor, needs_grad: bool) -> None:
         copied = False
         for slot in self._slots[index]:
-            if _same_device(weight.device, slot.device):
+            if same_device(weight.device, slot.device):
                 value = weight
             elif needs_grad and weight.requires_grad:
                 value = weight.to(slot.device)  # autograd carries the gradient back to the model's weight

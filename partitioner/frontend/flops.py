@@ -27,14 +27,15 @@ def _grouped_mm_flops(a_shape, b_shape, *args, **kwargs) -> int:
     """A grouped matmul (MoE experts): every row of `a` meets one group's matrix, whatever the group sizes.
 
     2-D x 3-D: tokens (S, K) sorted by expert, weights (E, K, N): 2*S*K*N. 3-D x 3-D: a batch of E
-    (M, K) x (K, N) products. 2-D x 2-D: groups split the shared K dimension, 2*M*K*N in all.
+    (M, K) x (K, N) products. 3-D x 2-D: groups split the output columns, 2*M*K*N in all; 2-D x 2-D: groups
+    split the shared K dimension, 2*M*K*N in all.
     """
     if len(a_shape) == 2 and len(b_shape) == 3:
         return 2 * a_shape[0] * a_shape[1] * b_shape[2]
     if len(a_shape) == 3 and len(b_shape) == 3:
         return 2 * a_shape[0] * a_shape[1] * a_shape[2] * b_shape[2]
-    if len(a_shape) == 3 and len(b_shape) == 2:
-        return 2 * a_shape[0] * a_shape[1] * a_shape[2] * b_shape[1]
+    if len(a_shape) == 3 and len(b_shape) == 2:  # (G, M, K) x (K, N) -> (M, N): groups split N
+        return 2 * a_shape[1] * a_shape[2] * b_shape[1]
     return 2 * a_shape[0] * a_shape[1] * b_shape[-1]
 
 
@@ -47,6 +48,8 @@ _FORMULAS: dict[str, FlopFormula] = {
 
 def count_flops(target: Any, args: tuple, kwargs: dict) -> int | None:
     """FLOPs of calling `target` (an fx call target) on `args` (meta tensors), or None when they are unknown."""
+    if isinstance(target, torch._ops.HigherOrderOperator):  # flex_attention has a formula; other wrappers hide work
+        return _counted(target, args, kwargs) if target in flop_registry else None
     if not isinstance(target, torch._ops.OpOverload):
         return 0  # operator.getitem and other Python-level calls do no tensor work
     packet = target.overloadpacket
@@ -54,16 +57,23 @@ def count_flops(target: Any, args: tuple, kwargs: dict) -> int | None:
     if name in _FORMULAS and packet not in flop_registry:
         shapes = [tuple(a.shape) if isinstance(a, torch.Tensor) else a for a in args]
         return int(_FORMULAS[name](*shapes))
+    flops = _counted(target, args, kwargs)
+    if flops is None:  # no meta kernel: an aten op (nonzero, bincount) follows the convention, others are unknown
+        return 0 if target.namespace in _COUNTED_NAMESPACES else None
+    if flops > 0 or packet in flop_registry or target.namespace in _COUNTED_NAMESPACES or _decomposes(target):
+        return flops
+    return None
+
+
+def _counted(target: Any, args: tuple, kwargs: dict) -> int | None:
+    """FlopCounterMode's count for one call, or None when the call cannot run on meta tensors."""
     counter = FlopCounterMode(display=False)
     try:
         with counter:
             target(*args, **kwargs)
-    except Exception:  # noqa: BLE001 - no meta kernel: the op still runs, we only lack its FLOPs
+    except Exception:  # noqa: BLE001 - the op still runs on real data, we only lack its FLOPs
         return None
-    flops = int(counter.get_total_flops())
-    if flops > 0 or packet in flop_registry or target.namespace in _COUNTED_NAMESPACES or _decomposes(target):
-        return flops
-    return None
+    return int(counter.get_total_flops())
 
 
 def _decomposes(target: torch._ops.OpOverload) -> bool:

@@ -92,10 +92,11 @@ class OpNode:
         return sum(t.num_bytes for t in self.input_tensors) - self.unread_bytes
 
     @property
-    def dispatches_an_op(self) -> bool:
-        """Whether running it calls a torch operator (eager PyTorch dispatches each at a fixed cost), not a
-        Python-level step such as `operator.getitem`."""
-        return not self.op.startswith(("operator.", "builtins.", "python."))
+    def costs_dispatch(self) -> bool:
+        """Whether a view or bookkeeping node still costs eager PyTorch's dispatch of an op: it calls a torch
+        operator (not a Python-level step such as `operator.getitem`) that returns a tensor (not an assert)."""
+        return (self.kind is not NodeKind.COMPUTE and bool(self.output_tensors)
+                and not self.op.startswith(("operator.", "builtins.", "python.")))
 
     @property
     def activation_bytes(self) -> int:
@@ -252,6 +253,8 @@ def _unread_table_bytes(node: torch.fx.Node, key: str, outputs: tuple[TensorMeta
     gathers, which are as many bytes as its output."""
     if key not in _GATHER_OPS or not node.args or not isinstance(node.args[0], torch.fx.Node):
         return 0
+    if not outputs or not all(t.is_static for t in outputs):  # a data-dependent gather (a mask) may read it all
+        return 0
     table = _tensor_meta(node.args[0].meta.get("val")).num_bytes
     return max(0, table - sum(t.num_bytes for t in outputs))
 
@@ -273,15 +276,27 @@ def _node_kind(node: torch.fx.Node, key: str, inputs: tuple[TensorMeta, ...],
 
 
 def _shares_storage(node: torch.fx.Node) -> bool:
-    """Whether the node's (fake) output lives in the storage of one of its inputs; true where unknowable."""
-    output = node.meta.get("val")
-    sources = [n.meta.get("val") for n in node.all_input_nodes]
-    if not isinstance(output, torch.Tensor) or not any(isinstance(s, torch.Tensor) for s in sources):
-        return True
+    """Whether the node's output lives in the storage of one of its inputs, found by running the op on meta
+    tensors of the recorded shapes and strides (the recorded fake values of a loaded .pt2 file share nothing);
+    true where unknowable."""
+    inputs: list[torch.Tensor] = []
+
+    def meta_of(value: Any) -> Any:
+        if not isinstance(value, torch.fx.Node):
+            return value
+        val = value.meta.get("val")
+        if not isinstance(val, torch.Tensor) or any(not isinstance(s, int) for s in (*val.shape, *val.stride())):
+            raise ValueError("no static tensor")
+        inputs.append(torch.empty_strided(tuple(val.shape), tuple(val.stride()), dtype=val.dtype, device="meta"))
+        return inputs[-1]
+
     try:
-        storage = output.untyped_storage()._cdata
-        return any(s.untyped_storage()._cdata == storage for s in sources if isinstance(s, torch.Tensor))
-    except (RuntimeError, NotImplementedError):  # a tensor subclass without storage
+        args = torch.fx.node.map_aggregate(node.args, meta_of)
+        kwargs = torch.fx.node.map_aggregate(node.kwargs, meta_of)
+        output = node.target(*args, **kwargs)
+        storages = {t.untyped_storage()._cdata for t in inputs}
+        return not isinstance(output, torch.Tensor) or output.untyped_storage()._cdata in storages
+    except Exception:  # noqa: BLE001 - symbolic shapes, no meta kernel: keep the schema's word
         return True
 
 

@@ -63,8 +63,8 @@ def _change(old: float, new: float) -> float:
 
 
 def _is_free(node: ProblemNode) -> bool:
-    """Does no work worth a cut: a view or bookkeeping op, or computes nothing anywhere (its weights, if any, an
-    assert on a buffer, say, are checked for memory at the end)."""
+    """Does no work worth a cut: a view or bookkeeping op, or computes nothing anywhere. Unlike the reduction's
+    `is_free`, it may hold weights (an assert on a buffer): tidy checks memory on its result."""
     return node.kind is not NodeKind.COMPUTE or all(seconds == 0 for seconds in node.compute_seconds.values())
 
 

@@ -6,10 +6,12 @@ from dataclasses import replace
 
 import pytest
 
-from cost_models.calibration import MIN_GROUP_OPS, calibrate, write_calibrated_spec
+from cost_models.calibrated_spec import write_calibrated_spec
+from cost_models.calibration import MIN_GROUP_OPS, calibrate
 from cost_models.profile import DeviceIdentity, OpMeasurement, Profile
 from partitioner.errors import PartitionerError
 from targets.loader import load_target
+from targets.spec import RooflineConstants
 
 
 def profile_made_by(target, launch_seconds: float, compute_efficiency: float, memory_efficiency: float) -> Profile:
@@ -173,3 +175,36 @@ def test_the_view_overhead_is_the_median_time_of_the_measured_views(tmp_path):
     assert fitted.view_overhead_seconds == pytest.approx(1.5e-6)
     assert load_target(write_calibrated_spec(target, fitted, profile, tmp_path / "views.toml")
                        ).view_overhead_seconds == pytest.approx(1.5e-6)
+
+
+def test_an_efficiency_no_op_is_bound_by_keeps_the_parents_figure_however_noisy_the_other_side():
+    # Compute-bound matmuls only, timed with +-30% noise: nothing informs the memory efficiency.
+    target = load_target("cpu-x86")
+    ops = {f"tiny{i}": OpMeasurement(5e-6, 10, 10, "float32", "aten.add.Tensor") for i in range(10)}
+    for i in range(12):
+        flops = 10**9 * (i + 1)
+        noise = 1 + 0.3 * (-1) ** i
+        ops[f"mm{i}"] = OpMeasurement(5e-6 + noise * flops / (target.peak_for("float32") * 0.3), flops, 10**5,
+                                      "float32", "aten.mm.default")
+    profile = Profile(DeviceIdentity("cpu", "Test CPU", "2.13.0", 2), ops)
+
+    fitted = calibrate(profile, target)
+
+    assert fitted.memory_efficiency == target.memory_efficiency
+    assert fitted.op_classes["matmul"].memory_efficiency == target.memory_efficiency
+    assert fitted.op_classes["matmul"].compute_efficiency == pytest.approx(0.3, rel=0.15)
+
+
+def test_calibrating_a_calibrated_spec_again_replaces_its_dtype_tables(tmp_path):
+    target = load_target("cpu-x86")
+    stale = replace(target, op_classes={"matmul.bfloat16": RooflineConstants(0.01, 0.6, 5e-6)})
+    ops = {f"tiny{i}": OpMeasurement(5e-6, 10, 10, "bfloat16", "aten.add.Tensor") for i in range(10)}
+    for i in range(10):
+        flops = 10**9 * (i + 1)
+        ops[f"mm{i}"] = OpMeasurement(5e-6 + flops / (target.peak_for("bfloat16") * 0.4), flops, 10**5, "bfloat16",
+                                      "aten.mm.default")
+    profile = Profile(DeviceIdentity("cpu", "Test CPU", "2.13.0", 2), ops)
+
+    calibrated = calibrate(profile, stale).applied_to(stale)
+
+    assert calibrated.constants_for("matmul", "bfloat16").compute_efficiency == pytest.approx(0.4, rel=1e-3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from partitioner.frontend.op_graph import NodeKind, OpGraph, OpNode, TensorMeta
+from partitioner.frontend.op_graph import NodeKind, OpGraph, OpNode, TensorMeta, annotate
 from tests.conftest import op_graph_of
 
 
@@ -228,3 +228,17 @@ def test_meta_device_model_is_annotated_without_allocating_weights():
     assert linear.parameter_bytes == (features * features + features) * 2
     assert graph.total_flops == linear.flops
     assert all(parameter.is_meta for parameter in model.parameters())
+
+
+def test_views_of_a_loaded_pt2_file_are_still_views(tmp_path):
+    class Views(torch.nn.Module):
+        def forward(self, x):
+            return x.view(2, 12).transpose(0, 1).unsqueeze(0) * 2
+
+    program = torch.export.export(Views(), (torch.randn(24),))
+    torch.export.save(program, tmp_path / "views.pt2")
+
+    graph = annotate(torch.export.load(tmp_path / "views.pt2"))
+
+    for op in ("aten.view.default", "aten.transpose.int", "aten.unsqueeze.default"):
+        assert only_node(graph, op).kind is NodeKind.VIEW, op

@@ -1,0 +1,76 @@
+"""Writing a calibration as a target spec: a copy of the spec file it started from, with the fitted figures.
+
+The copy keeps every figure calibration does not fit (peaks, links, support
+rules), takes a new name (never a built-in target's), and carries the fit's
+residuals in its header, so a reader sees what the figures rest on.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from cost_models.calibration import Calibration
+from cost_models.profile import Profile
+from partitioner.errors import PartitionerError
+from partitioner.files import write_atomically
+from targets.loader import builtin_target_names
+from targets.spec import Target
+
+
+def check_spec_name(path: Path) -> None:
+    """A calibrated spec is named after its file; the name of a built-in target would shadow it."""
+    if path.stem in builtin_target_names():
+        raise PartitionerError(f"{path} would make a spec named {path.stem!r}, the name of a built-in target. Fix: "
+                               f"name the file after this device, e.g. {path.stem}-calibrated.toml.")
+
+
+def write_calibrated_spec(target: Target, calibration: Calibration, profile: Profile, path: Path) -> Path:
+    """A copy of `target`'s spec file named after `path`, with the fitted constants in place of its own."""
+    check_spec_name(path)
+    if not target.spec_path:
+        raise PartitionerError(f"target {target.name} has no spec file to copy. Fix: calibrate a target loaded "
+                               "from a .toml spec.")
+    text = Path(target.spec_path).read_text()
+    whole = calibration.whole
+    fitted = {
+        "name": f'"{path.stem}"',
+        "launch_overhead_microseconds": f"{calibration.launch_overhead_seconds * 1e6:.4g}",
+        "compute_efficiency": f"{calibration.compute_efficiency:.4g}",
+        "memory_efficiency": f"{calibration.memory_efficiency:.4g}",
+    }
+    for field_name, value in fitted.items():
+        text, count = re.subn(rf"(?m)^{field_name}\s*=.*$", f"{field_name} = {value}", text, count=1)
+        if count != 1:
+            raise PartitionerError(f"{target.spec_path}: no top-level {field_name} to replace. Fix: add it.")
+    if calibration.view_overhead_seconds is not None:
+        view = f"view_overhead_microseconds = {calibration.view_overhead_seconds * 1e6:.4g}"
+        text, count = re.subn(r"(?m)^view_overhead_microseconds\s*=.*$", view, text, count=1)
+        if count == 0:
+            text = re.sub(r"(?m)^(launch_overhead_microseconds\s*=.*)$", rf"\1\n{view}", text, count=1)
+    text = _without_op_class_tables(text).rstrip() + "\n"
+    for name, constants in sorted(calibration.op_classes.items()):
+        text += (f"\n[op_classes.{name}]\ncompute_efficiency = {constants.compute_efficiency:.4g}\n"
+                 f"memory_efficiency = {constants.memory_efficiency:.4g}\n"
+                 f"launch_overhead_microseconds = {constants.launch_overhead_seconds * 1e6:.4g}\n"
+                 f"compute_half_efficiency_mflop = {constants.compute_half_flops / 1e6:.4g}\n"
+                 f"memory_half_efficiency_mib = {constants.memory_half_bytes / 2**20:.4g}\n")
+    header = (f"# Calibrated from a profile of {profile.identity.describe()}: launch overhead, compute and\n"
+              f"# memory efficiency fitted to {whole.ops} measured compute ops "
+              f"({calibration.compute_bound_ops} compute-bound, {calibration.memory_bound_ops} memory-bound)\n"
+              f"# by `partitioner calibrate`; predicted/measured per op {whole.after.describe()}\n"
+              f"# (the spec it started from: {whole.before.describe()}); every other figure is from "
+              f"{Path(target.spec_path).name}.\n")
+    write_atomically(path, header + text)
+    return path
+
+
+def _without_op_class_tables(text: str) -> str:
+    """The spec text without its [op_classes.*] tables (a calibrated spec being calibrated again)."""
+    kept, skipping = [], False
+    for line in text.splitlines():
+        if line.strip().startswith("["):
+            skipping = line.strip().startswith("[op_classes")
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept) + "\n"
