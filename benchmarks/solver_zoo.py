@@ -181,7 +181,7 @@ def benchmark_model(entry: ZooModel, smoke: bool, options: SolverOptions) -> tup
     hints = {name: placements[name][0] for name in BASELINES}  # what partitioner.compile seeds the solver with
 
     rows = []
-    for objective in registered_objectives():
+    for objective in (o for o in registered_objectives() if not o.serving):  # serving: benchmarks/serving.py
         for name, (assignment, seconds) in placements.items():
             rows.append(_row(entry.name, objective, name, problem, graph, assignment, seconds))
         placement = solve(problem, objective, options, hints=hints)

@@ -22,6 +22,7 @@ from partitioner.placement.solver import SolverOptions, solve
 from partitioner.placement.tagging import Tagging, tag
 from partitioner.plan import Plan
 from partitioner.plan_records import ModelInfo, NodeRecord, TargetRecord
+from targets.fleet import Fleet
 from targets.loader import as_target_set
 from targets.spec import TargetSet
 
@@ -29,10 +30,11 @@ from targets.spec import TargetSet
 def compile(  # noqa: A001 - the public name users asked for: partitioner.compile(...)
     model: torch.nn.Module,
     example_inputs: Any,
-    targets: Sequence[str] | TargetSet | None = None,
+    targets: Sequence[str] | TargetSet | Fleet | None = None,
     objective: str | Objective = "latency",
     *,
     max_latency_seconds: float | None = None,
+    min_throughput: float | None = None,
     fallback: str | None = None,
     time_limit_seconds: float = 30.0,
     workers: int = 0,
@@ -47,34 +49,40 @@ def compile(  # noqa: A001 - the public name users asked for: partitioner.compil
     npu-example and cuda-h100); `objective` is a registered objective or its
     name: "latency" (ops one after another), "cost" (money per request) or
     "makespan" (devices run concurrently); `max_latency_seconds` adds a
-    latency limit (an SLO) to "latency" or "cost". The model may live on the `meta` device: planning needs no weights.
+    latency limit (an SLO) to "latency" or "cost". `targets` may be a `Fleet` (targets/fleet.py: several devices
+    of a kind, hosts and their links); "throughput" and "serving-cost" price a plan under many requests in flight
+    (partitioner/placement/serving.py), the latter sized to `min_throughput` requests per second. The model may
+    live on the `meta` device: planning needs no weights.
     """
     captured = capture(model, example_inputs, name=name)
     options = SolverOptions(time_limit_seconds=time_limit_seconds, workers=workers, seed=seed,
                             deterministic=deterministic)
-    return compile_captured(captured, targets, objective, max_latency_seconds=max_latency_seconds, fallback=fallback,
-                            solver_options=options, cost_model=cost_model)
+    return compile_captured(captured, targets, objective, max_latency_seconds=max_latency_seconds,
+                            min_throughput=min_throughput, fallback=fallback, solver_options=options,
+                            cost_model=cost_model)
 
 
 def compile_captured(
     captured: CapturedModel,
-    targets: Sequence[str] | TargetSet | None = None,
+    targets: Sequence[str] | TargetSet | Fleet | None = None,
     objective: str | Objective = "latency",
     *,
     max_latency_seconds: float | None = None,
+    min_throughput: float | None = None,
     fallback: str | None = None,
     solver_options: SolverOptions = SolverOptions(),
     cost_model: CostModel | None = None,
 ) -> Plan:
     """`compile` for a model that is already captured (e.g. loaded from a file by the CLI)."""
     objective = objective_named(objective)
-    target_set = as_target_set(targets, fallback)
+    target_set = targets.target_set(fallback) if isinstance(targets, Fleet) else as_target_set(targets, fallback)
     cost_model = cost_model or RooflineCostModel()
     graph = annotate(captured.program)
     tagging = tag(graph, target_set)
     problem = build_problem(graph, tagging, target_set, cost_model)
     baselines = {name: strategy(problem) for name, strategy in BASELINES.items()}
-    placement = solve(problem, objective, solver_options, hints=baselines, max_latency_seconds=max_latency_seconds)
+    placement = solve(problem, objective, solver_options, hints=baselines, max_latency_seconds=max_latency_seconds,
+                      min_throughput=min_throughput)
     return Plan(
         model=ModelInfo(captured.name, captured.source, graph.fingerprint(), len(graph),
                         sum(graph.parameter_bytes.values()), graph.total_flops),
@@ -90,6 +98,8 @@ def compile_captured(
         partitions=split(graph, placement.assignment),
         max_latency_seconds=max_latency_seconds,
         order=placement.order,
+        min_throughput=min_throughput,
+        fleet=targets.describe() if isinstance(targets, Fleet) else None,
         captured=captured,
     )
 

@@ -45,6 +45,8 @@ class Plan:
     partitions: tuple[Partition, ...]
     max_latency_seconds: float | None = None
     order: tuple[str, ...] = ()
+    min_throughput: float | None = None  # requests per second the plan must serve (serving model)
+    fleet: str | None = None  # the fleet's description, when planned on one (targets are then its devices)
     captured: CapturedModel | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -107,6 +109,8 @@ class Plan:
             "fallback": self.fallback,
             "objective": self.objective.name,
             "max_latency_seconds": self.max_latency_seconds,
+            **({"min_throughput": self.min_throughput} if self.min_throughput is not None else {}),
+            **({"fleet": self.fleet} if self.fleet is not None else {}),
             "cost_model": self.cost_model,
             "solver": self.solver.to_dict(),
             "score": self.score().to_dict(),
@@ -141,6 +145,8 @@ class Plan:
             partitions=tuple(Partition.from_dict(p) for p in data["partitions"]),
             max_latency_seconds=data.get("max_latency_seconds"),
             order=tuple(data.get("order", ())),
+            min_throughput=data.get("min_throughput"),
+            fleet=data.get("fleet"),
         )
         problem = plan_inconsistency(plan)
         if problem is not None:

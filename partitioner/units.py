@@ -48,5 +48,16 @@ class Unit:
     format: Callable[[float], str]
 
 
+def format_throughput(seconds_per_request: float) -> str:
+    """A bottleneck's seconds per request as the requests per second it allows."""
+    return f"{1 / seconds_per_request:.4g} req/s" if seconds_per_request > 0 else "unbounded"
+
+
+def format_hourly(dollars_per_hour: float) -> str:
+    return f"${dollars_per_hour:.4g}/h"
+
+
 SECONDS = Unit("seconds", format_seconds)
+SECONDS_PER_REQUEST = Unit("seconds per request at the bottleneck", format_throughput)
+DOLLARS_PER_HOUR = Unit("dollars per hour", format_hourly)
 DOLLARS = Unit("dollars", format_money)

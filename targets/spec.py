@@ -7,6 +7,7 @@ throughput, bandwidth and link figures, the solver reads price and memory.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -146,14 +147,28 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class Topology:
+    """Where the places of a fleet sit: each place's host and target spec, the hosts' shared PCIe (or memory)
+    bandwidth where they have one, and the network between hosts (targets/fleet.py builds it)."""
+
+    host_of: Mapping[str, str]
+    spec_of: Mapping[str, str]
+    network: Link | None = None
+    host_bandwidth: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class TargetSet:
     """The targets a plan may use, in priority order, and which one is the fallback.
 
-    The fallback runs whatever no other target supports, so it must support every op.
+    The fallback runs whatever no other target supports, so it must support every op. A fleet's target set has
+    one target per device (a place, named `npu-example.0`, ...) and a `topology`; without one, every target is
+    one device in one host.
     """
 
     targets: tuple[Target, ...]
     fallback: str
+    topology: Topology | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -180,9 +195,62 @@ class TargetSet:
         goes through host memory over each one's host link in turn.
         """
         src, dst = self[source], self[destination]
-        direct = src.links.get(destination) or dst.links.get(source)
+        direct = self._direct_link(source, destination)
         if direct is not None:
             return direct
+        if self._host(source) != self._host(destination):
+            path = [] if src.is_host else [src.host_link]
+            path += [self.topology.network] + ([] if dst.is_host else [dst.host_link])
+            return functools.reduce(Link.then, path)
         if src.is_host != dst.is_host:
             return dst.host_link if src.is_host else src.host_link
         return src.host_link.then(dst.host_link)
+
+    def route(self, source: str, destination: str) -> tuple[str, ...]:
+        """The shared resources (see `resources`) a copy from `source` to `destination` occupies: a peer link,
+        or the sender's host link out, the host's PCIe, the network and the receiver's host link in."""
+        if self._direct_link(source, destination) is not None:
+            return (f"{source}->{destination}",)
+        src, dst, hops = self[source], self[destination], []
+        if not src.is_host:
+            hops.append(f"{source}:out")
+        if self.topology and self._host(source) in self.topology.host_bandwidth:
+            hops.append(f"{self._host(source)}:pcie")
+        if self._host(source) != self._host(destination):
+            hops.append(f"network:{self._host(source)}->{self._host(destination)}")
+            if self.topology and self._host(destination) in self.topology.host_bandwidth:
+                hops.append(f"{self._host(destination)}:pcie")
+        if not dst.is_host:
+            hops.append(f"{destination}:in")
+        return tuple(hops)
+
+    def resources(self) -> dict[str, float]:
+        """Every link resource copies share, with its bandwidth in bytes per second: each device's host link in
+        each direction (PCIe is full duplex), each peer link in each direction, each host's PCIe where shared,
+        the network in each direction between hosts."""
+        found: dict[str, float] = {}
+        for target in self.targets:
+            if not target.is_host:
+                found[f"{target.name}:out"] = found[f"{target.name}:in"] = target.host_link.bandwidth_bytes_per_second
+        for source in self.names:
+            for destination in self.names:
+                if source != destination and (direct := self._direct_link(source, destination)) is not None:
+                    found[f"{source}->{destination}"] = direct.bandwidth_bytes_per_second
+                elif source != destination and self._host(source) != self._host(destination):
+                    found[f"network:{self._host(source)}->{self._host(destination)}"] = (
+                        self.topology.network.bandwidth_bytes_per_second)
+        if self.topology:
+            found.update({f"{host}:pcie": bandwidth for host, bandwidth in self.topology.host_bandwidth.items()})
+        return found
+
+    def _host(self, name: str) -> str:
+        return self.topology.host_of[name] if self.topology else "host"
+
+    def _direct_link(self, source: str, destination: str) -> Link | None:
+        """A peer link declared by either side's spec, between devices of one host."""
+        if self._host(source) != self._host(destination):
+            return None
+        spec_of = self.topology.spec_of if self.topology else {}
+        src, dst = self[source], self[destination]
+        return (src.links.get(spec_of.get(destination, destination))
+                or dst.links.get(spec_of.get(source, source)))

@@ -22,6 +22,19 @@ def duration(text: str) -> float:
     return value
 
 
+def rate(text: str) -> float:
+    """Requests per second from `50/s`, `3000/min`, `1.2e5/h` or a bare number (per second)."""
+    number_text, _, per = text.partition("/")
+    seconds = {"": 1.0, "s": 1.0, "min": 60.0, "h": 3600.0}.get(per.strip())
+    try:
+        value = float(number_text)
+    except ValueError:
+        value = math.nan
+    if seconds is None or not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive rate; write e.g. 50/s, 3000/min or 50")
+    return value / seconds
+
+
 def positive_float(text: str) -> float:
     value = number(text)
     if value <= 0:

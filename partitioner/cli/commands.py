@@ -38,7 +38,11 @@ def compile_command(args: argparse.Namespace) -> int:
     with progress.step(f"capturing {args.model}"):
         captured = load_model_file(args.model)
     targets = [item.strip() for item in args.targets.split(",") if item.strip()]
-    if not targets:
+    if args.fleet:
+        from targets.fleet import load_fleet
+
+        targets = load_fleet(args.fleet)
+    elif not targets:
         raise PartitionerError(f"--targets {args.targets!r} names no target. Fix: name at least one, e.g. "
                                f"--targets {','.join(DEFAULT_TARGET_NAMES)}.")
     objective = objective_named(args.objective)
@@ -47,7 +51,8 @@ def compile_command(args: argparse.Namespace) -> int:
                             on_progress=lambda best, bound: progress.solver_update(best, bound, objective.unit.name))
     with progress.step("planning"):
         plan = compile_captured(captured, targets, objective, max_latency_seconds=args.max_latency,
-                                fallback=args.fallback, solver_options=options, cost_model=cost_model)
+                                min_throughput=args.min_throughput, fallback=args.fallback, solver_options=options,
+                                cost_model=cost_model)
     if isinstance(cost_model, MeasuredCostModel) and not any(node.measured_on for node in plan.nodes):
         print(f"partitioner: warning: no op of this model is in {args.cost_model.removeprefix('measured:')} for any "
               "of the targets, so every cost is the roofline's. Fix: profile this model on the devices of your "

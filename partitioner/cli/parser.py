@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from partitioner.cli import commands
-from partitioner.cli.arguments import duration, positive_float, time_limit, tolerance, workers
+from partitioner.cli.arguments import duration, positive_float, rate, time_limit, tolerance, workers
 from partitioner.placement.objectives import registered_objectives
 from targets.loader import DEFAULT_TARGET_NAMES
 
@@ -23,6 +23,12 @@ def command_parser() -> argparse.ArgumentParser:
         "--targets", default=",".join(DEFAULT_TARGET_NAMES),
         help="comma-separated built-in target names or .toml spec paths, in priority order "
              f"(default: {','.join(DEFAULT_TARGET_NAMES)})")
+    compile_parser.add_argument("--fleet", metavar="FLEET",
+                                help="plan on a fleet instead of --targets: a built-in fleet name, a .toml fleet "
+                                     "file, or name=count pairs in one host, e.g. npu-example=8,cuda-h100=1")
+    compile_parser.add_argument("--min-throughput", type=rate, metavar="RATE",
+                                help="requests per second to serve at full load, e.g. 50/s; with --objective "
+                                     "serving-cost, the cheapest devices of the fleet that serve it")
     compile_parser.add_argument("--fallback", help="the target that runs unsupported ops (default: the first CUDA "
                                                    "target that supports every op)")
     compile_parser.add_argument("--objective", choices=[o.name for o in registered_objectives()], default="latency",

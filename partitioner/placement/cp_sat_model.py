@@ -41,6 +41,11 @@ class PlacementModel:
         self.derived: list[tuple[cp_model.IntVar, Callable[[Mapping[str, str]], int]]] = []
         self.schedule: Schedule | None = None
         self.transfers_added = False
+        # Every (move boolean, bytes, source, destination, whether an assignment moves it), once transfers are
+        # added: what the serving model's links carry.
+        self.move_terms: list[tuple[cp_model.IntVar, int, str, str, Callable[[Mapping[str, str]], bool]]] = []
+        self.bottleneck: cp_model.IntVar | None = None
+        self.used: dict[str, cp_model.IntVar] = {}
         self.on = self._placement_variables()
         if tied:
             self._tie_blocks()
@@ -82,11 +87,81 @@ class PlacementModel:
                                          a[v.producer] == s and any(a[c] == d for c in v.consumers)))
                     seconds = self.problem.transfer_seconds(value.num_bytes, source, destination)
                     self.busy_terms.append((moved, seconds, (source, destination)))
+                    self.move_terms.append((moved, value.num_bytes, source, destination, self.derived[-1][1]))
                     moves.append(moved)
                 # Redundant but much tighter in the LP relaxation (a min-cut inequality):
                 # if the tensor is needed on `destination` and not produced there, it moves there.
                 produced_here = self.on.get((value.producer, destination), 0)
                 self.model.add(sum(moves) >= needed - produced_here)
+
+    def add_bottleneck(self) -> cp_model.IntVar:
+        """The serving model's bottleneck (partitioner/placement/serving.py): a variable, in objective units, at least
+        every device's compute seconds per request and every link resource's bytes over its bandwidth. Identical
+        devices are ordered by load, so the search does not explore their permutations."""
+        if self.bottleneck is not None:
+            return self.bottleneck
+        self.add_transfers()
+        # Per resource: (boolean, integer units, whether an assignment sets the boolean).
+        loads: dict[str, list] = {}
+        for node in self.problem.nodes:
+            for target, seconds in node.compute_seconds.items():
+                loads.setdefault(target, []).append((self.on[node.name, target], round(seconds * self.scale),
+                                                     lambda a, n=node.name, t=target: a[n] == t))
+        for var, num_bytes, source, destination, is_set in self.move_terms:
+            for resource in self.problem.route(source, destination):
+                units = round(num_bytes / self.problem.bandwidth(resource) * self.scale)
+                loads.setdefault(resource, []).append((var, units, is_set))
+        top = sum(units for terms in loads.values() for _, units, _ in terms) + 1
+        self.bottleneck = self.model.new_int_var(0, top, "bottleneck")
+        expressions = {}
+        for resource, terms in loads.items():
+            expressions[resource] = cp_model.LinearExpr.weighted_sum([t[0] for t in terms], [t[1] for t in terms])
+            self.model.add(expressions[resource] <= self.bottleneck)
+        self.derived.append((self.bottleneck, lambda a: max(
+            (sum(units for _, units, is_set in terms if is_set(a)) for terms in loads.values()), default=0)))
+        for first, second in self._interchangeable_pairs():
+            self.model.add(expressions.get(first, 0) >= expressions.get(second, 0))
+        return self.bottleneck
+
+    def require_throughput(self, requests_per_second: float) -> None:
+        """Keep the bottleneck at or below 1 / `requests_per_second` seconds per request."""
+        bottleneck = self.add_bottleneck()
+        self.model.add(bottleneck <= int(self.scale / requests_per_second))
+
+    def used_price_per_hour(self) -> cp_model.LinearExpr:
+        """The hourly price of the devices that compute anything, in objective units."""
+        terms = []
+        for target in self.problem.targets:
+            used = self.model.new_bool_var(f"used[{target.name}]")
+            for node in self.problem.nodes:
+                if node.compute_seconds.get(target.name, 0) > 0:
+                    self.model.add_implication(self.on[node.name, target.name], used)
+            self.used[target.name] = used
+            self.derived.append((used, lambda a, t=target.name: any(
+                a[n.name] == t and n.compute_seconds.get(t, 0) > 0 for n in self.problem.nodes)))
+            terms.append((used, round(target.price_per_hour * self.scale)))
+        return cp_model.LinearExpr.weighted_sum([v for v, _ in terms], [c for _, c in terms])
+
+    def _interchangeable_pairs(self) -> list[tuple[str, str]]:
+        """Neighbouring targets that are the same device in the same place (a fleet's identical devices): same
+        price, memory, compute costs for every node, and link resources that mirror each other."""
+        pairs = []
+        names = self.problem.target_names
+        for first, second in zip(names, names[1:]):
+            if first.rsplit(".", 1)[0] != second.rsplit(".", 1)[0] or "." not in first:
+                continue
+            a, b = self.problem.target(first), self.problem.target(second)
+            same_costs = all(n.compute_seconds.get(first) == n.compute_seconds.get(second) for n in self.problem.nodes)
+            others = [t for t in names if t not in (first, second)]
+            same_links = all(self._route_figures(first, t) == self._route_figures(second, t) for t in others)
+            if (a.price_per_hour, a.memory_bytes) == (b.price_per_hour, b.memory_bytes) and same_costs and same_links:
+                pairs.append((first, second))
+        return pairs
+
+    def _route_figures(self, place: str, other: str) -> tuple:
+        """How a place reaches another and back: link timings and the bandwidths of the resources crossed."""
+        return tuple((self.problem.links[pair], tuple(self.problem.bandwidth(r) for r in self.problem.route(*pair)))
+                     for pair in ((place, other), (other, place)))
 
     def add_schedule(self) -> Schedule:
         """Start times on every device at once (see partitioner.placement.schedule), read back as the order."""

@@ -15,9 +15,16 @@ from partitioner.units import format_bytes
 
 
 def explain_infeasible(problem: PlacementProblem, max_latency_seconds: float | None = None,
-                       hint_scores: Mapping[str, tuple[Mapping[str, str], Score]] | None = None) -> str:
-    """Name the limit (memory or latency) that rules out every placement, as precisely as the data allows."""
+                       hint_scores: Mapping[str, tuple[Mapping[str, str], Score]] | None = None,
+                       min_throughput: float | None = None) -> str:
+    """Name the limit (memory, latency or throughput) that rules out every placement, as precisely as the data
+    allows."""
     fitting = [result for _, result in (hint_scores or {}).values() if result.fits_memory]
+    if min_throughput is not None and fitting:
+        best = max(result.serving.throughput_per_second for result in fitting)
+        return (f"throughput: no placement that fits in memory serves {min_throughput:.4g} requests/s on these "
+                f"devices (the best baseline serves {best:.4g}/s). Fix: lower --min-throughput, or add devices to "
+                "the fleet (--objective throughput finds the most this fleet serves).")
     if max_latency_seconds is not None and fitting:
         fastest = min(result.latency_seconds for result in fitting)
         return (

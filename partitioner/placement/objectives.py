@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar, Sequence
 
 from partitioner.errors import PartitionerError
-from partitioner.units import DOLLARS, SECONDS, Unit
+from partitioner.units import DOLLARS, DOLLARS_PER_HOUR, SECONDS, SECONDS_PER_REQUEST, Unit
 
 if TYPE_CHECKING:  # the CLI lists the objectives before it needs the solver, torch or OR-Tools
     from ortools.sat.python import cp_model
@@ -35,6 +35,9 @@ class Objective(ABC):
     standard columns (latency, money per request) do not already show it.
     `seeded_by` names objectives (registered) whose optimal plans, found first
     and fast, seed this one's harder search: the plan is then never worse than them.
+    `serving` is true for objectives priced by the serving model (many requests
+    in flight, see partitioner/placement/serving.py), false for one request alone;
+    `needs_min_throughput` for those that size the fleet to a required load.
     """
 
     __slots__ = ()
@@ -45,6 +48,8 @@ class Objective(ABC):
     accepts_latency_limit: ClassVar[bool] = True
     table_column: ClassVar[str | None] = None
     seeded_by: ClassVar[tuple[str, ...]] = ()
+    serving: ClassVar[bool] = False
+    needs_min_throughput: ClassVar[bool] = False
 
     @abstractmethod
     def value(self, result: Score) -> float:
@@ -141,6 +146,44 @@ class Makespan(Objective):
         return makespan_lower_bound(problem)
 
 
+class Throughput(Objective):
+    """Requests per second at full load on the given devices: the least seconds per request at the bottleneck."""
+
+    __slots__ = ()
+    name = "throughput"
+    description = "requests per second at full load (serving model)"
+    unit = SECONDS_PER_REQUEST
+    serving = True
+    table_column = "req/s"
+
+    def value(self, result: Score) -> float:
+        return result.serving.bottleneck_seconds
+
+    def add_to(self, model: PlacementModel) -> cp_model.LinearExprT:
+        return model.add_bottleneck()
+
+
+class ServingCost(Objective):
+    """The cheapest devices of the fleet that serve the required throughput: least price per hour of the devices
+    used (so least money per request at that load), subject to --min-throughput."""
+
+    __slots__ = ()
+    name = "serving-cost"
+    description = "money per request at full load, the fleet sized to --min-throughput (serving model)"
+    unit = DOLLARS_PER_HOUR
+    serving = True
+    needs_min_throughput = True
+    table_column = "fleet $/h"
+    seeded_by = ("throughput",)
+
+    def value(self, result: Score) -> float:
+        return result.serving.price_per_hour
+
+    def add_to(self, model: PlacementModel) -> cp_model.LinearExprT:
+        model.add_bottleneck()
+        return model.used_price_per_hour()
+
+
 _REGISTRY: dict[str, Objective] = {}
 
 
@@ -160,6 +203,8 @@ def register_objective(objective: Objective) -> Objective:
 LATENCY = register_objective(Latency())
 COST = register_objective(Cost())
 MAKESPAN = register_objective(Makespan())
+THROUGHPUT = register_objective(Throughput())
+SERVING_COST = register_objective(ServingCost())
 
 
 def objective_names() -> tuple[str, ...]:

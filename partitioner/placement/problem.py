@@ -73,6 +73,11 @@ class PlacementProblem:
 
     `blocks` are families of repeated blocks (see partitioner.placement.blocks): a hint
     of structure for the solver's search, never a constraint on the plan.
+    `routes` names the link resources (a device's host link one way, a peer link,
+    the network) a copy between two targets occupies, and `resource_bandwidth`
+    their bandwidths, for the serving model (partitioner/placement/serving.py);
+    a problem without them (a plan from before fleets) has one resource per
+    ordered pair of targets, at its link's bandwidth.
     """
 
     targets: tuple[TargetTerms, ...]
@@ -82,6 +87,8 @@ class PlacementProblem:
     parameter_bytes: Mapping[str, int]
     links: Mapping[tuple[str, str], Link]
     blocks: tuple[tuple[tuple[str, ...], ...], ...] = ()
+    routes: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    resource_bandwidth: Mapping[str, float] = field(default_factory=dict)
     _node_index: dict[str, ProblemNode] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -99,6 +106,17 @@ class PlacementProblem:
 
     def transfer_seconds(self, num_bytes: int, source: str, destination: str) -> float:
         return self.links[(source, destination)].seconds(num_bytes)
+
+    def route(self, source: str, destination: str) -> tuple[str, ...]:
+        """The link resources a copy from `source` to `destination` occupies."""
+        return self.routes.get((source, destination)) or (f"{source}->{destination}",)
+
+    def bandwidth(self, resource: str) -> float:
+        """Bytes per second through a link resource."""
+        if resource in self.resource_bandwidth:
+            return self.resource_bandwidth[resource]
+        source, destination = resource.split("->")
+        return self.links[(source, destination)].bandwidth_bytes_per_second
 
     def to_dict(self) -> dict:
         return {
@@ -120,6 +138,8 @@ class PlacementProblem:
                 {"source": s, "destination": d, **link.to_dict()} for (s, d), link in self.links.items()
             ],
             "blocks": [[list(block) for block in family] for family in self.blocks],
+            **({"routes": [{"source": s, "destination": d, "resources": list(r)} for (s, d), r in self.routes.items()],
+                "resource_bandwidth": dict(self.resource_bandwidth)} if self.routes else {}),
         }
 
     @classmethod
@@ -136,6 +156,8 @@ class PlacementProblem:
             parameter_bytes=dict(data["parameter_bytes"]),
             links={(item["source"], item["destination"]): Link.from_dict(item) for item in data["links"]},
             blocks=tuple(tuple(tuple(block) for block in family) for family in data.get("blocks", ())),
+            routes={(item["source"], item["destination"]): tuple(item["resources"]) for item in data.get("routes", ())},
+            resource_bandwidth={str(k): float(v) for k, v in data.get("resource_bandwidth", {}).items()},
         )
 
 
@@ -163,8 +185,9 @@ def build_problem(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_mod
         if source != destination
     }
     terms = tuple(TargetTerms(t.name, t.price_per_hour, t.memory_bytes) for t in targets)
+    routes = {pair: targets.route(*pair) for pair in links}
     return PlacementProblem(terms, targets.fallback, tuple(nodes), values, dict(graph.parameter_bytes), links,
-                            repeated_blocks(graph))
+                            repeated_blocks(graph), routes, targets.resources())
 
 
 def _colocated_groups(graph: OpGraph, tagging: Tagging) -> tuple[dict[str, str], dict[str, tuple]]:

@@ -1,8 +1,9 @@
 """Scoring: what a placement costs, the one function every strategy and every report shares.
 
 `score` gives a placement's sequential latency, money per request, makespan,
-busy time and memory per target, and its transfers, from the problem's data
-alone; objectives read their figure from the `Score` it returns.
+busy time and memory per target, its transfers, and its figures under the
+serving model (throughput, bottleneck, money per request at full load), from
+the problem's data alone; objectives read their figure from the `Score` it returns.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Iterator, Mapping, Sequence
 from partitioner.placement.memory import memory_bytes
 from partitioner.placement.problem import PlacementProblem
 from partitioner.placement.schedule import makespan_seconds
+from partitioner.placement.serving import ServingFigures, serving_figures
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,7 @@ class Score:
     transfer_count: int
     transfer_bytes: int
     transfer_seconds: float
+    serving: ServingFigures  # the same placement under a stream of requests (partitioner/placement/serving.py)
 
     @property
     def fits_memory(self) -> bool:
@@ -62,6 +65,7 @@ class Score:
             "transfer_count": self.transfer_count,
             "transfer_bytes": self.transfer_bytes,
             "transfer_seconds": self.transfer_seconds,
+            "serving": self.serving.to_dict(),
         }
 
 
@@ -103,4 +107,6 @@ def score(problem: PlacementProblem, assignment: Mapping[str, str], order: Seque
         transfer_count=len(moves),
         transfer_bytes=sum(move.num_bytes for move in moves),
         transfer_seconds=transfer_seconds,
+        serving=serving_figures(problem, assignment, compute,
+                                ((move.source, move.destination, move.num_bytes) for move in moves)),
     )

@@ -10,6 +10,7 @@ fits in memory.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Mapping
@@ -77,10 +78,11 @@ class Placement:
 
 def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: SolverOptions = SolverOptions(),
           hints: Mapping[str, Mapping[str, str]] | None = None,
-          max_latency_seconds: float | None = None) -> Placement:
+          max_latency_seconds: float | None = None, min_throughput: float | None = None) -> Placement:
     """Minimise `objective` (see partitioner.placement.objectives) over placements that fit every target's memory.
 
-    `max_latency_seconds` is a latency limit (an SLO), typically with cost.
+    `max_latency_seconds` is a latency limit (an SLO), typically with cost; `min_throughput` (requests per
+    second at full load, under the serving model) is a load to serve, which `serving-cost` needs.
     `hints` maps a baseline's name to its assignment; the best one that fits
     memory (and the limit) seeds the search and is returned if the solver finds nothing better.
     """
@@ -90,6 +92,11 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
         accepting = ", ".join(o.name for o in registered_objectives() if o.accepts_latency_limit)
         raise PartitionerError(f"a latency limit bounds the sequential latency, which {objective.name} does not "
                                f"measure. Fix: drop the limit, or use it with one of these objectives: {accepting}.")
+    if min_throughput is not None and not (min_throughput > 0 and math.isfinite(min_throughput)):
+        raise PartitionerError(f"throughput {min_throughput} requests/s is not positive. Fix: give e.g. 50/s.")
+    if objective.needs_min_throughput and min_throughput is None:
+        raise PartitionerError(f"{objective.name} sizes the fleet to a load, and none was given. Fix: add "
+                               "--min-throughput N/s (min_throughput=N), or use --objective throughput.")
     started = time.perf_counter()
     seeds = _seed_plans(problem, objective, options, hints or {})
     hints = {**(hints or {}), **seeds}
@@ -99,7 +106,8 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
         options = replace(options, time_limit_seconds=max(left, nominal))
 
     def allowed(result: Score) -> bool:
-        return result.fits_memory and (max_latency_seconds is None or result.latency_seconds <= max_latency_seconds)
+        return (result.fits_memory and (max_latency_seconds is None or result.latency_seconds <= max_latency_seconds)
+                and (min_throughput is None or result.serving.throughput_per_second >= min_throughput * (1 - 1e-9)))
 
     hint_scores = {name: (assignment, score(problem, assignment)) for name, assignment in (hints or {}).items()}
     candidates = {name: entry for name, entry in hint_scores.items() if allowed(entry[1])}
@@ -114,6 +122,8 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
         model.model.minimize(objective.add_to(model))
         if max_latency_seconds is not None:
             model.limit_latency(max_latency_seconds)
+        if min_throughput is not None:
+            model.require_throughput(min_throughput)
         return model
 
     # Where the search ends before proving a bound (large graphs), the objective's own bound still holds.
@@ -129,7 +139,7 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
         watcher = progress_watcher(solver, options.on_progress, scale, phase.tied) if options.on_progress else None
         status = solver.solve(model.model, watcher)
         if status == cp_model.INFEASIBLE and not phase.tied:
-            raise PartitionerError(explain_infeasible(problem, max_latency_seconds, hint_scores))
+            raise PartitionerError(explain_infeasible(problem, max_latency_seconds, hint_scores, min_throughput))
         accepted = False
         if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             found = reduction.expand(model.read_assignment(solver))
@@ -148,7 +158,8 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
     if origin is None:
         raise PartitionerError(
             f"no placement found within {options.time_limit_seconds:g} s and no baseline fits in memory"
-            f"{' and the latency limit' if max_latency_seconds is not None else ''}. "
+            f"{' and the latency limit' if max_latency_seconds is not None else ''}"
+            f"{' and serves the required throughput' if min_throughput is not None else ''}. "
             "Fix: raise the time limit (--time-limit) or add memory (a larger target)."
         )
     order = order if origin == "cp-sat" else ()

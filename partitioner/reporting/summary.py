@@ -46,6 +46,10 @@ class ReportedPlan(Protocol):
     def max_latency_seconds(self) -> float | None: ...
     @property
     def fallback(self) -> str: ...
+    @property
+    def min_throughput(self) -> float | None: ...
+    @property
+    def fleet(self) -> str | None: ...
     def score(self) -> Score: ...
     def baseline_scores(self) -> dict[str, Score]: ...
 
@@ -91,6 +95,28 @@ def unknown_flops_note(plan: ReportedPlan) -> str | None:
             "torch.utils.flop_counter.register_flop_formula.")
 
 
+def serving_lines(plan: ReportedPlan, result: Score) -> list[str]:
+    """The plan under the serving model: throughput at full load, the bottleneck, money per request at that load,
+    one request's latency through the pipeline, utilisation of the busiest resources and the devices used."""
+    serving = result.serving
+    names = {t.name for t in plan.problem.targets}
+    busiest = sorted(serving.occupancy_seconds, key=lambda r: -serving.occupancy_seconds[r])[:6]
+    utilisation = ", ".join(f"{r} {100 * serving.utilisation(r):.0f}%" for r in busiest)
+    kinds = Counter(name.rsplit(".", 1)[0] if "." in name else name for name in serving.used_targets)
+    off_fallback = sum(n.flops for n in plan.nodes if plan.placement[n.name] != plan.fallback)
+    total = sum(n.flops for n in plan.nodes) or 1
+    requirement = f" (at least {plan.min_throughput:.4g} required)" if plan.min_throughput else ""
+    return [
+        f"serving    {serving.throughput_per_second:.4g} req/s at full load{requirement}; bottleneck "
+        f"{serving.bottleneck} ({'compute' if serving.bottleneck in names else 'link'}); "
+        f"{format_money(serving.cost_per_request_at_load * 1e6)} per 1M requests at that load; one request "
+        f"{format_seconds(result.latency_seconds)} through the pipeline",
+        f"           utilisation {utilisation}",
+        f"           devices used {' + '.join(f'{n} x {k}' for k, n in kinds.items())} "
+        f"({format_money(serving.price_per_hour)}/h); {100 * off_fallback / total:.1f}% of FLOPs off {plan.fallback}",
+    ]
+
+
 def versus_plan(plan: ReportedPlan, strategy: Score, result: Score) -> str:
     """How the plan (scored as `result`) compares with another strategy: its saving in the plan's objective,
     or why that strategy is no rival (it does not fit in memory, or misses the latency limit)."""
@@ -115,7 +141,9 @@ def format_summary(plan: ReportedPlan) -> str:
         f"targets    {', '.join(t.name + (' (fallback)' if t.name == plan.fallback else '') for t in plan.targets)}"
         f"; objective {plan.objective.name}"
         f"{f' within {format_seconds(plan.max_latency_seconds)}' if plan.max_latency_seconds else ''}"
+        f" ({'serving model: many requests in flight' if plan.objective.serving else 'one request alone'})"
         f"; cost model {plan.cost_model}",
+        *([f"fleet      {plan.fleet}"] if plan.fleet else []),
         "",
         f"{'target':<16}{'ops':>7}{'FLOPs':>9}{'busy':>12}{'memory':>24}",
     ]
@@ -138,6 +166,8 @@ def format_summary(plan: ReportedPlan) -> str:
     ]
     for name, baseline in plan.baseline_scores().items():
         lines.append(f"{_strategy_line(name, baseline, plan.objective)}   {versus_plan(plan, baseline, result)}")
+    if plan.objective.serving or plan.fleet:
+        lines += ["", *serving_lines(plan, result)]
     lines += ["", f"solver     {solver_line(plan.solver, plan.objective, '; ')}"]
     return "\n".join(lines)
 

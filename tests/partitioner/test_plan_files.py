@@ -22,13 +22,16 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.mark.parametrize("objective", [COST, MAKESPAN], ids=lambda o: o.name)
-def test_an_earlier_plan_file_loads_and_writes_back_the_same_json(objective):
+def test_an_earlier_plan_file_loads_and_writes_back_the_same_json_plus_its_serving_figures(objective):
     path = FIXTURES / f"plan_v1_{objective.name}.json"
 
     plan = Plan.load(path)
 
+    written = plan.to_dict()
+    scores = [written["score"], *(entry["score"] for entry in written["baselines"].values())]
+    assert all(0 < s.pop("serving")["throughput_per_second"] < float("inf") for s in scores)
     assert plan.objective is objective
-    assert plan.to_dict() == json.loads(path.read_text())  # every score and baseline re-scored to the same figures
+    assert written == json.loads(path.read_text())  # every score and baseline re-scored to the same figures
 
 
 @pytest.mark.parametrize("objective", [COST, MAKESPAN], ids=lambda o: o.name)

@@ -1,0 +1,210 @@
+"""Fleets: the devices a plan may use, as data (hosts, devices of each target spec and a count, the links between).
+
+A fleet file (TOML, validated like a target spec) or the one-host shorthand
+`npu-example=4,cuda-h100=1` becomes a TargetSet with one target per device, a
+*place* (`npu-example.0`, ... where a spec has several devices, the spec's name
+where it has one), and a Topology: each place's host, each host's shared PCIe
+bandwidth where given, and the network between hosts. Several devices of one
+kind are distinct places, so a model can spread over two NPUs whose memory
+neither holds alone. Built-in fleets live in targets/builtin/fleets/.
+
+    name = "inf2-h100"
+    [[hosts]]
+    name = "node0"
+    pcie_gb_per_second = 64           # optional: what all of this host's device links share
+    devices = [{ target = "npu-example", count = 4 }, { target = "cuda-h100", count = 1 }]
+    [network]                         # between hosts; required with more than one host
+    bandwidth_gb_per_second = 50      # 400 Gb/s
+    latency_microseconds = 10
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from partitioner.errors import PartitionerError
+from targets.loader import _choose_fallback, load_target
+from targets.spec import Link, Target, TargetSet, Topology
+
+FLEETS_DIR = Path(__file__).parent / "builtin" / "fleets"
+_MOST_DEVICES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceGroup:
+    """`count` devices of one target spec in one host."""
+
+    target: Target
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    name: str
+    devices: tuple[DeviceGroup, ...]
+    pcie_bytes_per_second: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """Hosts of devices and the network between them; `target_set` is what planning uses."""
+
+    name: str
+    hosts: tuple[Host, ...]
+    network: Link | None = None
+
+    def target_set(self, fallback: str | None = None) -> TargetSet:
+        """One target per device, named for its place; the fallback is the first place of the fallback spec."""
+        totals: dict[str, int] = {}
+        for host in self.hosts:
+            for group in host.devices:
+                totals[group.target.name] = totals.get(group.target.name, 0) + group.count
+        numbered: dict[str, int] = {}
+        places, host_of, spec_of = [], {}, {}
+        for host in self.hosts:
+            for group in host.devices:
+                for _ in range(group.count):
+                    index = numbered.setdefault(group.target.name, 0)
+                    numbered[group.target.name] += 1
+                    name = group.target.name if totals[group.target.name] == 1 else f"{group.target.name}.{index}"
+                    places.append(replace(group.target, name=name))
+                    host_of[name], spec_of[name] = host.name, group.target.name
+        specs = {t.name: t for host in self.hosts for t in (g.target for g in host.devices)}
+        spec_fallback = _choose_fallback(tuple(specs.values()), fallback)
+        first = next(place.name for place in places if spec_of[place.name] == spec_fallback)
+        topology = Topology(host_of, spec_of, self.network,
+                            {h.name: h.pcie_bytes_per_second for h in self.hosts if h.pcie_bytes_per_second})
+        return TargetSet(tuple(places), first, topology)
+
+    def counts(self) -> dict[str, int]:
+        """Devices per target spec, over all hosts."""
+        counts: dict[str, int] = {}
+        for host in self.hosts:
+            for group in host.devices:
+                counts[group.target.name] = counts.get(group.target.name, 0) + group.count
+        return counts
+
+    def describe(self) -> str:
+        """`inf2-h100: 4 x npu-example + 1 x cuda-h100 in 1 host`."""
+        devices = " + ".join(f"{n} x {name}" for name, n in self.counts().items())
+        return f"{self.name}: {devices} in {len(self.hosts)} host{'s' if len(self.hosts) > 1 else ''}"
+
+
+def builtin_fleet_names() -> list[str]:
+    return sorted(path.stem for path in FLEETS_DIR.glob("*.toml"))
+
+
+def load_fleet(text: str) -> Fleet:
+    """A fleet from a built-in name, a .toml path, or the one-host shorthand `name=count,...`."""
+    if "=" in text and not text.endswith(".toml"):
+        return _shorthand(text)
+    path = Path(text) if (text.endswith(".toml") or "/" in text) else FLEETS_DIR / f"{text}.toml"
+    if not path.is_file():
+        close = difflib.get_close_matches(text, builtin_fleet_names(), n=1)
+        raise PartitionerError(
+            f"unknown fleet {text!r}: {f'did you mean {close[0]!r}? ' if close else ''}built-in fleets are "
+            f"{', '.join(builtin_fleet_names())}; or give a .toml fleet file, or name=count pairs such as "
+            "npu-example=4,cuda-h100=1.")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise PartitionerError(f"{path}: not valid TOML ({error}). Fix the syntax at that line.") from None
+    return _FleetReader(path, data).fleet()
+
+
+def _shorthand(text: str) -> Fleet:
+    groups = []
+    for item in text.split(","):
+        name, _, count = item.strip().partition("=")
+        groups.append(DeviceGroup(load_target(name.strip()), _count(count.strip(), f"--fleet {item.strip()!r}")))
+    return Fleet("fleet", (Host("host", tuple(groups)),))
+
+
+def _count(value: Any, where: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise PartitionerError(f"{where}: count {value!r} is not a whole number. Fix: write it like 4.")
+    if not 1 <= number <= _MOST_DEVICES:
+        raise PartitionerError(f"{where}: count {number} is out of range. Fix: give between 1 and {_MOST_DEVICES} "
+                               "devices (leave a kind out rather than give 0).")
+    return number
+
+
+class _FleetReader:
+    """Reads one parsed fleet file, checking each field as it goes."""
+
+    def __init__(self, path: Path, data: dict[str, Any]):
+        self.path, self.data = path, data
+
+    def fail(self, field: str, problem: str, fix: str) -> PartitionerError:
+        return PartitionerError(f"{self.path}: field {field!r}: {problem}. Fix: {fix}.")
+
+    def fleet(self) -> Fleet:
+        self.known(self.data, {"name", "description", "hosts", "network"}, "")
+        hosts_data = self.data.get("hosts")
+        if not isinstance(hosts_data, list) or not hosts_data:
+            raise self.fail("hosts", "a fleet needs at least one host", "add a [[hosts]] section with devices")
+        hosts = tuple(self.host(index, host) for index, host in enumerate(hosts_data))
+        names = [h.name for h in hosts]
+        if len(set(names)) != len(names):
+            raise self.fail("hosts", f"two hosts are named {next(n for n in names if names.count(n) > 1)!r}",
+                            "give each host its own name")
+        network = self.link(self.data["network"], "network") if "network" in self.data else None
+        if len(hosts) > 1 and network is None:
+            raise self.fail("network", f"{len(hosts)} hosts and no network between them",
+                            "add [network] with bandwidth_gb_per_second and latency_microseconds")
+        return Fleet(str(self.data.get("name", self.path.stem)), hosts, network)
+
+    def host(self, index: int, data: Any) -> Host:
+        where = f"hosts[{index}]"
+        if not isinstance(data, dict):
+            raise self.fail(where, "expected a table", "write it as a [[hosts]] section")
+        self.known(data, {"name", "devices", "pcie_gb_per_second"}, where + ".")
+        devices = data.get("devices")
+        if not isinstance(devices, list) or not devices:
+            raise self.fail(f"{where}.devices", "a host needs devices",
+                            'write devices = [{ target = "cuda-h100", count = 1 }]')
+        groups = []
+        for position, device in enumerate(devices):
+            field = f"{where}.devices[{position}]"
+            if not isinstance(device, dict) or "target" not in device:
+                raise self.fail(field, "expected { target = NAME, count = N }", "name a target and a count")
+            self.known(device, {"target", "count"}, field + ".")
+            try:
+                target = load_target(str(device["target"]))
+            except PartitionerError as error:
+                raise self.fail(f"{field}.target", str(error).rstrip("."), "name a built-in target or a .toml spec")
+            groups.append(DeviceGroup(target, _count(device.get("count", 1), f"{self.path}: field '{field}.count'")))
+        pcie = data.get("pcie_gb_per_second")
+        return Host(str(data.get("name", f"host{index}")), tuple(groups),
+                    self.positive(pcie, f"{where}.pcie_gb_per_second") * 1e9 if pcie is not None else None)
+
+    def link(self, data: Any, field: str) -> Link:
+        if not isinstance(data, dict):
+            raise self.fail(field, "expected a table", f"write it as a [{field}] section")
+        self.known(data, {"bandwidth_gb_per_second", "latency_microseconds"}, field + ".")
+        return Link(self.positive(data.get("latency_microseconds", 0.0), f"{field}.latency_microseconds", zero=True)
+                    * 1e-6, self.positive(data.get("bandwidth_gb_per_second"), f"{field}.bandwidth_gb_per_second")
+                    * 1e9)
+
+    def positive(self, value: Any, field: str, zero: bool = False) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(field, f"expected a number, got {value!r}", "write a plain finite number")
+        if value < 0 or (value == 0 and not zero):
+            raise self.fail(field, f"{value} is not positive", "give a positive figure")
+        return float(value)
+
+    def known(self, table: dict, fields: set[str], prefix: str) -> None:
+        for key in table:
+            if key not in fields:
+                close = difflib.get_close_matches(key, fields, n=1)
+                raise self.fail(prefix + key, "unknown field",
+                                f"did you mean '{prefix}{close[0]}'" if close else f"use one of {sorted(fields)}")
