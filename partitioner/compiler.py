@@ -15,7 +15,7 @@ from cost_models.roofline import RooflineCostModel
 from partitioner.execution.split import split
 from partitioner.frontend.capture import CapturedModel, capture
 from partitioner.frontend.op_graph import OpGraph, annotate
-from partitioner.placement.baselines import BASELINES
+from partitioner.placement.baselines import BASELINES, SERVING_BASELINES
 from partitioner.placement.objectives import Objective, objective_named
 from partitioner.placement.problem import build_problem
 from partitioner.placement.solver import SolverOptions, solve
@@ -80,7 +80,8 @@ def compile_captured(
     graph = annotate(captured.program)
     tagging = tag(graph, target_set)
     problem = build_problem(graph, tagging, target_set, cost_model)
-    baselines = {name: strategy(problem) for name, strategy in BASELINES.items()}
+    strategies = {**BASELINES, **(SERVING_BASELINES if objective.serving else {})}
+    baselines = {name: strategy(problem) for name, strategy in strategies.items()}
     placement = solve(problem, objective, solver_options, hints=baselines, max_latency_seconds=max_latency_seconds,
                       min_throughput=min_throughput)
     return Plan(

@@ -22,6 +22,8 @@ from torch.export.graph_signature import InputKind
 from partitioner.frontend.flops import count_flops
 from partitioner.frontend.mutation import MutationFacts, mutation_facts
 
+# Ops that only copy their tensor into a new layout: any device that holds the data can make the copy.
+_COPY_OPS = frozenset({"aten.clone.default", "aten.contiguous.default", "aten._to_copy.default", "aten.copy.default"})
 # Ops that gather rows of their first tensor argument (a table): they read the rows they gather, not the table.
 _GATHER_OPS = frozenset({"aten.embedding.default", "aten.index_select.default", "aten.index.Tensor",
                          "aten.gather.default", "aten.take.default"})
@@ -86,6 +88,7 @@ class OpNode:
     after: tuple[str, ...] = ()
     unread_bytes: int = 0
     flops_known: bool = True
+    copies_only: bool = False  # a layout copy (clone, contiguous, a reshape that cannot view): any device makes it
 
     @property
     def bytes_read(self) -> int:
@@ -229,6 +232,7 @@ def _op_node(node: torch.fx.Node, parameter_names: Mapping[str, str], parameter_
     output_tensors = tuple(_tensor_meta(v) for v in _flatten_values(node.meta.get("val")))
     kind = _node_kind(node, key, input_tensors, output_tensors)
     flops = _count_flops(node, flop_cache) if kind is NodeKind.COMPUTE else 0
+    copies_only = kind is NodeKind.COMPUTE and (key in _COPY_OPS or _may_alias(node, input_tensors, output_tensors))
     return OpNode(
         name=node.name,
         op=key,
@@ -245,6 +249,8 @@ def _op_node(node: torch.fx.Node, parameter_names: Mapping[str, str], parameter_
         after=mutation.after,
         unread_bytes=_unread_table_bytes(node, key, output_tensors),
         flops_known=flops is not None,
+        copies_only=copies_only and bool(input_tensors) and all(o.dtype == input_tensors[0].dtype
+                                                                for o in output_tensors),
     )
 
 
@@ -265,14 +271,18 @@ def _node_kind(node: torch.fx.Node, key: str, inputs: tuple[TensorMeta, ...],
         return NodeKind.BOOKKEEPING
     if key == "aten.dropout.default" and not node.args[2]:
         return NodeKind.VIEW
+    # Aliasing schemas also cover casts such as `to.dtype`, which do real work when the dtype changes, and ops
+    # that may copy (`reshape` of a transposed tensor, `contiguous`): a view is one whose output shares storage.
+    return NodeKind.VIEW if _may_alias(node, inputs, outputs) and _shares_storage(node) else NodeKind.COMPUTE
+
+
+def _may_alias(node: torch.fx.Node, inputs: tuple[TensorMeta, ...], outputs: tuple[TensorMeta, ...]) -> bool:
+    """Whether the op's schema lets it return a view of its input, in the input's dtype."""
     schema = getattr(node.target, "_schema", None)
     aliases_input = schema is not None and any(
         r.alias_info is not None and not r.alias_info.is_write for r in schema.returns
     )
-    # Aliasing schemas also cover casts such as `to.dtype`, which do real work when the dtype changes, and ops
-    # that may copy (`reshape` of a transposed tensor, `contiguous`): a view is one whose output shares storage.
-    same_dtype = bool(inputs) and all(o.dtype == inputs[0].dtype for o in outputs)
-    return NodeKind.VIEW if aliases_input and same_dtype and _shares_storage(node) else NodeKind.COMPUTE
+    return aliases_input and bool(inputs) and all(o.dtype == inputs[0].dtype for o in outputs)
 
 
 def _shares_storage(node: torch.fx.Node) -> bool:

@@ -2,7 +2,9 @@
 
 `fallback` puts everything on the fallback target. `priority` is the common
 rule of thumb: targets, in the order given, claim every op they support (while
-their memory lasts); the rest falls back. Both also seed the solver as hints.
+their memory lasts); the rest falls back. Both also seed the solver as hints,
+and for the serving objectives so does `pipeline`, the contiguous stages
+pipeline partitioners cut.
 `capability_placement` is torch.fx's CapabilityBasedPartitioner delegating to
 one accelerator; it needs the fx graph, so it is not one of `BASELINES`.
 """
@@ -18,6 +20,7 @@ from torch.fx.passes.operator_support import create_op_support
 
 from partitioner.frontend.op_graph import NodeKind
 from partitioner.placement.memory import activation_arena_bytes
+from partitioner.placement.pipeline import pipeline_placement
 from partitioner.placement.problem import PlacementProblem, check_assignment
 from partitioner.placement.tagging import Tagging
 
@@ -98,6 +101,8 @@ BASELINES: dict[str, Callable[[PlacementProblem], Assignment]] = {
     "fallback": fallback_placement,
     "priority": priority_placement,
 }
+# Baselines of the serving objectives only: what pipeline partitioners do (partitioner/placement/pipeline.py).
+SERVING_BASELINES: dict[str, Callable[[PlacementProblem], Assignment]] = {"pipeline": pipeline_placement}
 
 
 def _first_with_room(problem: PlacementProblem, name: str, used: dict[str, int],

@@ -21,9 +21,9 @@ def explain_infeasible(problem: PlacementProblem, max_latency_seconds: float | N
     allows."""
     fitting = [result for _, result in (hint_scores or {}).values() if result.fits_memory]
     if min_throughput is not None and fitting:
-        best = max(result.serving.throughput_per_second for result in fitting)
+        best = max(result.serving.throughput_per_second for result in fitting)  # baselines and seed plans
         return (f"throughput: no placement that fits in memory serves {min_throughput:.4g} requests/s on these "
-                f"devices (the best baseline serves {best:.4g}/s). Fix: lower --min-throughput, or add devices to "
+                f"devices (the best plan found serves {best:.4g}/s). Fix: lower --min-throughput, or add devices to "
                 "the fleet (--objective throughput finds the most this fleet serves).")
     if max_latency_seconds is not None and fitting:
         fastest = min(result.latency_seconds for result in fitting)

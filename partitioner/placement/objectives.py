@@ -58,6 +58,11 @@ class Objective(ABC):
     def format(self, value: float) -> str:
         return self.unit.format(value)
 
+    def versus(self, ours: float, theirs: float) -> str:
+        """How the plan's figure `ours` compares with another strategy's `theirs`, in words."""
+        saving = 1 - ours / theirs if theirs else 0.0
+        return f"plan saves {100 * saving:.1f}% {self.name}"
+
     def rate(self, problem: PlacementProblem, busy_targets: Sequence[str]) -> float:
         """What one second of work that keeps `busy_targets` busy adds to the figure (a second, by default)."""
         return 1.0
@@ -159,6 +164,9 @@ class Throughput(Objective):
     def value(self, result: Score) -> float:
         return result.serving.bottleneck_seconds
 
+    def versus(self, ours: float, theirs: float) -> str:
+        return f"plan serves {theirs / ours:.2f}x the requests" if ours > 0 else "plan serves without limit"
+
     def add_to(self, model: PlacementModel) -> cp_model.LinearExprT:
         return model.add_bottleneck()
 
@@ -178,6 +186,9 @@ class ServingCost(Objective):
 
     def value(self, result: Score) -> float:
         return result.serving.price_per_hour
+
+    def versus(self, ours: float, theirs: float) -> str:
+        return f"plan saves {100 * (1 - ours / theirs):.1f}% of the devices' price" if theirs else "-"
 
     def add_to(self, model: PlacementModel) -> cp_model.LinearExprT:
         model.add_bottleneck()

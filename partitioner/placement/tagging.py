@@ -42,11 +42,13 @@ def refusal_reason(node: OpNode, rules: SupportRules) -> str | None:
     """Why `rules` refuse `node`, or None if they accept it.
 
     View and bookkeeping nodes move no data and compute nothing, so every
-    target accepts them; they must never be the reason for a cut.
+    target accepts them; they must never be the reason for a cut. Layout
+    copies need no op of the target's list, only its dtypes and shapes.
     """
     if node.kind is not NodeKind.COMPUTE:
         return None
-    if rules.ops is not None and node.op not in rules.ops:
+    # A layout copy (clone, contiguous) is data movement any device does: only its dtypes, rank and shapes count.
+    if rules.ops is not None and node.op not in rules.ops and not node.copies_only:
         return f"{node.op}: op not in support list"
     tensors = node.input_tensors + node.output_tensors
     if rules.dtypes is not None:

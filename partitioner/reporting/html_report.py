@@ -21,7 +21,8 @@ from partitioner.placement.blocks import numbered_block
 from partitioner.placement.scoring import Score
 from partitioner.plan import Plan
 from partitioner.reporting.explain import unsupported_ops
-from partitioner.reporting.summary import TargetUse, solver_line, target_uses, unknown_flops_note, versus_plan
+from partitioner.reporting.summary import (TargetUse, serving_lines, solver_line, target_uses, unknown_flops_note,
+                                           versus_plan)
 from partitioner.units import count, format_bytes, format_money, format_seconds
 
 # Graphs with more nodes than this are drawn as their partitions.
@@ -54,6 +55,8 @@ def render_html_report(plan: Plan) -> str:
         *([f"<p class='warning'>{html.escape(note)}</p>"] if (note := unknown_flops_note(plan)) else []),
         "<h2>The plan against the baselines</h2>", _strategies_table(plan, result),
         "<h2>Busy time and money per target</h2>", _bars(uses, colours),
+        *(["<h2>Serving at full load</h2>", _utilisation_bars(plan, result)]
+          if plan.objective.serving or plan.fleet else []),
         "<h2>The graph</h2>", _graph_picture(plan, colours),
         "<h2>Layers</h2>", _layer_strip(plan, colours),
         "<h2>Ops only the fallback runs</h2>", _unsupported_table(plan),
@@ -118,6 +121,26 @@ def _bars(uses: Sequence[TargetUse], colours: Mapping[str, str]) -> str:
                       f'viewBox="0 0 520 {len(uses) * 22 + 8}" role="img" '
                       f'aria-label="{title} per target"><title>{title}</title>{"".join(bars)}</svg>')
     return "".join(charts)
+
+
+def _utilisation_bars(plan: Plan, result) -> str:
+    """Per device and link resource, its share of time busy at full load; the bottleneck in bold and red."""
+    serving = result.serving
+    resources = sorted(serving.occupancy_seconds, key=lambda r: -serving.occupancy_seconds[r])[:24]
+    bars = []
+    for row, resource in enumerate(resources):
+        share = serving.utilisation(resource)
+        is_bottleneck = resource == serving.bottleneck
+        colour = "#c0392b" if is_bottleneck else "#5b8def"
+        weight = ' font-weight="bold"' if is_bottleneck else ""
+        bars.append(f'<text x="0" y="{row * 22 + 15}"{weight}>{html.escape(resource)}</text>'
+                    f'<rect x="200" y="{row * 22 + 4}" width="{300 * share:.1f}" height="16" fill="{colour}"/>'
+                    f'<text x="{206 + 300 * share:.1f}" y="{row * 22 + 15}"{weight}>{100 * share:.0f}%'
+                    f'{" (bottleneck)" if is_bottleneck else ""}</text>')
+    height = len(resources) * 22 + 8
+    lines = "".join(f"<p>{html.escape(line.strip())}</p>" for line in serving_lines(plan, result))
+    return (f'{lines}<svg class="bars" width="640" height="{height}" viewBox="0 0 640 {height}" role="img" '
+            f'aria-label="utilisation at full load"><title>utilisation at full load</title>{"".join(bars)}</svg>')
 
 
 def _graph_picture(plan: Plan, colours: Mapping[str, str]) -> str:

@@ -126,10 +126,7 @@ def versus_plan(plan: ReportedPlan, strategy: Score, result: Score) -> str:
     limit = plan.max_latency_seconds
     if limit is not None and strategy.latency_seconds > limit:
         return f"infeasible: over the {format_seconds(limit)} latency limit"
-    objective = plan.objective
-    theirs = objective.value(strategy)
-    saving = 1 - objective.value(result) / theirs if theirs else 0
-    return f"plan saves {100 * saving:.1f}% {objective.name}"
+    return plan.objective.versus(plan.objective.value(result), plan.objective.value(strategy))
 
 
 def format_summary(plan: ReportedPlan) -> str:

@@ -16,7 +16,7 @@ from rich.table import Table
 from partitioner.placement.scoring import Score
 from partitioner.plan import Plan
 from partitioner.reporting.explain import unsupported_ops
-from partitioner.reporting.summary import solver_line, target_uses, unknown_flops_note, versus_plan
+from partitioner.reporting.summary import serving_lines, solver_line, target_uses, unknown_flops_note, versus_plan
 from partitioner.units import count, format_bytes, format_money, format_seconds
 
 
@@ -35,6 +35,9 @@ def print_report(plan: Plan, console: Console | None = None) -> None:
     console.print(f"transfers: {result.transfer_count} tensors, {format_bytes(result.transfer_bytes)}, "
                   f"{format_seconds(result.transfer_seconds)}; {count(len(plan.partitions), 'partition')}")
     console.print(_strategies_table(plan, result))
+    if plan.objective.serving or plan.fleet:
+        for line in serving_lines(plan, result):
+            console.print(line.strip())
     console.print(f"solver: {solver_line(plan.solver, plan.objective)}")
     unsupported = _unsupported_table(plan)
     if unsupported is not None:

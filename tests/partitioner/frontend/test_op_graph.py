@@ -98,6 +98,7 @@ def test_ops_that_copy_their_tensor_are_compute_though_their_schema_may_alias():
         node = only_node(graph, op)
         assert node.kind is NodeKind.COMPUTE, op
         assert node.bytes_read == node.bytes_written == 4 * 24, op
+        assert node.copies_only, op
     assert only_node(graph, "aten.transpose.int").kind is NodeKind.VIEW
 
 

@@ -228,3 +228,15 @@ def test_tagging_does_not_change_the_graph(targets):
     tag(graph, targets)
 
     assert (graph.fingerprint(), graph.nodes) == before
+
+
+def test_a_layout_copy_runs_on_any_target_whose_dtypes_allow_it(targets):
+    class Copies(torch.nn.Module):
+        def forward(self, x):
+            return torch.relu(x.transpose(0, 1).contiguous())
+
+    graph = op_graph_of(Copies(), (torch.randn(4, 6, dtype=torch.float16),))
+    copy = next(node for node in graph if node.op == "aten.contiguous.default")
+
+    assert copy.copies_only
+    assert "npu-example" in tag(graph, targets).supported[copy.name]  # not in its op list, still a copy it can make
