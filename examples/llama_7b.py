@@ -18,3 +18,8 @@ def build(num_layers: int = 32):
         model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
     input_ids = torch.zeros(1, 512, dtype=torch.long, device="meta")
     return model, {"input_ids": input_ids, "use_cache": False}
+
+
+def build_four_layers():
+    """Four layers of the 7B shape: a quick model for planning on fleets."""
+    return build(4)

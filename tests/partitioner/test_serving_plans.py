@@ -1,0 +1,72 @@
+"""Plans for serving, end to end: a model on a fleet, the plan file, the summary and the command line."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+import partitioner
+from partitioner.cli import main
+from partitioner.placement.pipeline import pipeline_placement
+from partitioner.plan import Plan
+from targets.fleet import load_fleet
+from tests.partitioner.placement.problem_builders import make_problem, node, value
+
+
+class Tower(torch.nn.Module):
+    """Eight equal linear layers: work a pipeline can share out."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(256, 256) for _ in range(8))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return x
+
+
+def test_a_fleet_plan_serves_more_than_one_device_and_its_file_rescores_the_same(tmp_path):
+    inputs = (torch.randn(64, 256, dtype=torch.float16),)
+    fleet = load_fleet("npu-example=4,cuda-h100=1")
+
+    plan = partitioner.compile(Tower().half(), inputs, targets=fleet, objective="throughput", time_limit_seconds=10)
+
+    serving = plan.score().serving
+    fallback = plan.baseline_scores()["fallback"].serving
+    assert serving.throughput_per_second > fallback.throughput_per_second
+    assert len({plan.placement[n.name] for n in plan.nodes if n.flops}) > 1
+    again = Plan.load(plan.save(tmp_path / "plan.json"))
+    assert again.score() == plan.score() and again.fleet == fleet.describe()
+    assert "req/s at full load" in plan.summary() and "bottleneck" in plan.summary()
+
+
+def test_the_command_line_sizes_a_fleet_to_the_load_it_must_serve(tmp_path, capsys):
+    model = tmp_path / "tower.py"
+    model.write_text("import torch\nfrom tests.partitioner.test_serving_plans import Tower\n\n"
+                     "def build():\n    return Tower().half(), (torch.randn(64, 256, dtype=torch.float16),)\n")
+
+    code = main(["compile", f"{model}", "--fleet", "npu-example=4,cuda-h100=1", "--objective", "serving-cost",
+                 "--min-throughput", "2000/s", "--time-limit", "10", "-o", str(tmp_path / "out")])
+
+    assert code == 0, capsys.readouterr().err
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert plan["min_throughput"] == 2000 and plan["score"]["serving"]["throughput_per_second"] >= 2000
+    assert "(at least 2000 required)" in capsys.readouterr().out
+
+
+def test_the_contiguous_pipeline_balances_stages_over_the_devices_in_order():
+    problem = make_problem(nodes=[node(f"op{i}", npu=1.0, cuda=1.0) for i in range(4)],
+                           values=[value(f"op{i}", f"op{i + 1}") for i in range(3)])
+
+    assert pipeline_placement(problem) == {"op0": "npu", "op1": "npu", "op2": "cuda", "op3": "cuda"}
+
+
+def test_the_contiguous_pipeline_keeps_an_op_off_a_device_that_cannot_run_it():
+    problem = make_problem(nodes=[node("op0", npu=1.0, cuda=1.0), node("op1", cuda=1.0), node("op2", npu=1.0, cuda=1.0)],
+                           values=[value("op0", "op1"), value("op1", "op2")])
+
+    placement = pipeline_placement(problem)
+
+    assert placement["op1"] == "cuda" and placement["op2"] == "cuda"
