@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from partitioner.errors import PartitionerError
-from targets.loader import _choose_fallback, load_target
+from targets.loader import choose_fallback, load_target
 from targets.spec import Link, Target, TargetSet, Topology
 
 FLEETS_DIR = Path(__file__).parent / "builtin" / "fleets"
@@ -75,7 +75,7 @@ class Fleet:
                     places.append(replace(group.target, name=name))
                     host_of[name], spec_of[name] = host.name, group.target.name
         specs = {t.name: t for host in self.hosts for t in (g.target for g in host.devices)}
-        spec_fallback = _choose_fallback(tuple(specs.values()), fallback)
+        spec_fallback = choose_fallback(tuple(specs.values()), fallback)
         first = next(place.name for place in places if spec_of[place.name] == spec_fallback)
         topology = Topology(host_of, spec_of, self.network,
                             {h.name: h.pcie_bytes_per_second for h in self.hosts if h.pcie_bytes_per_second})

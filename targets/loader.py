@@ -114,7 +114,7 @@ def load_targets(names_or_paths: Iterable[str | Path], fallback: str | None = No
                 f"{target.spec_path}: field 'links.{unknown}': no target is named {unknown!r}, built-in or in the "
                 f"target set. Fix: {f'did you mean {close[0]!r}? ' if close else ''}correct the name or remove the "
                 "link.")
-    return TargetSet(targets, _choose_fallback(targets, fallback))
+    return TargetSet(targets, choose_fallback(targets, fallback))
 
 
 def as_target_set(targets: Iterable[str | Path] | TargetSet | None, fallback: str | None = None) -> TargetSet:
@@ -124,7 +124,9 @@ def as_target_set(targets: Iterable[str | Path] | TargetSet | None, fallback: st
     return load_targets(targets or DEFAULT_TARGET_NAMES, fallback)
 
 
-def _choose_fallback(targets: tuple[Target, ...], requested: str | None) -> str:
+def choose_fallback(targets: tuple[Target, ...], requested: str | None) -> str:
+    """The fallback of `targets`: `requested` if given (it must run every op), else the first CUDA target that
+    runs every op, else the first target that does."""
     universal = [t for t in targets if t.support.supports_all_ops]
     if requested is not None:
         match = [t for t in targets if t.name == requested]
