@@ -114,6 +114,8 @@ def load_fleet(text: str) -> Fleet:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise PartitionerError(f"{path}: not valid TOML ({error}). Fix the syntax at that line.") from None
+    except UnicodeDecodeError:
+        raise PartitionerError(f"{path}: not a text file (not UTF-8). Fix: give the path of a .toml file.") from None
     return _FleetReader(path, data).fleet()
 
 
@@ -121,6 +123,9 @@ def _shorthand(text: str) -> Fleet:
     groups = []
     for item in text.split(","):
         name, _, count = item.strip().partition("=")
+        if not name.strip():
+            raise PartitionerError(f"--fleet {text!r}: {item.strip()!r} names no target. Fix: write name=count pairs "
+                                   "separated by commas, e.g. npu-example=4,cuda-h100=1.")
         groups.append(DeviceGroup(load_target(name.strip()), _count(count.strip(), f"--fleet {item.strip()!r}")))
     return Fleet("fleet", (Host("host", tuple(groups)),))
 

@@ -85,6 +85,8 @@ def load_target(name_or_path: str | Path) -> Target:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise PartitionerError(f"{path}: not valid TOML ({error}). Fix the syntax at that line.") from None
+    except UnicodeDecodeError:
+        raise PartitionerError(f"{path}: not a text file (not UTF-8). Fix: give the path of a .toml file.") from None
     target = _SpecReader(path, data).target()
     if target.name in builtin_target_names() and path.resolve() != (BUILTIN_DIR / f"{target.name}.toml").resolve():
         raise PartitionerError(f"{path}: field 'name': {target.name!r} is the name of a built-in target, which this "

@@ -38,9 +38,15 @@ def compile_command(args: argparse.Namespace) -> int:
     with progress.step(f"capturing {args.model}"):
         captured = load_model_file(args.model)
     targets = [item.strip() for item in args.targets.split(",") if item.strip()]
-    if args.fleet:
+    if args.fleet is not None:
         from targets.fleet import load_fleet
 
+        if args.targets != ",".join(DEFAULT_TARGET_NAMES):
+            raise PartitionerError("--fleet and --targets both say what to plan on. Fix: give one of them (a fleet "
+                                   "names its targets with their counts).")
+        if not args.fleet.strip():
+            raise PartitionerError("--fleet '' names no fleet. Fix: give a built-in fleet (inf2-h100, two-hosts, "
+                                   "l4-h100), a .toml fleet file, or name=count pairs.")
         targets = load_fleet(args.fleet)
     elif not targets:
         raise PartitionerError(f"--targets {args.targets!r} names no target. Fix: name at least one, e.g. "

@@ -20,8 +20,8 @@ def explain_infeasible(problem: PlacementProblem, max_latency_seconds: float | N
     """Name the limit (memory, latency or throughput) that rules out every placement, as precisely as the data
     allows."""
     fitting = [result for _, result in (hint_scores or {}).values() if result.fits_memory]
-    if min_throughput is not None and fitting:
-        best = max(result.serving.throughput_per_second for result in fitting)  # baselines and seed plans
+    best = max((result.serving.throughput_per_second for result in fitting), default=0.0)  # baselines, seeds
+    if min_throughput is not None and fitting and best < min_throughput:
         return (f"throughput: no placement that fits in memory serves {min_throughput:.4g} requests/s on these "
                 f"devices (the best plan found serves {best:.4g}/s). Fix: lower --min-throughput, or add devices to "
                 "the fleet (--objective throughput finds the most this fleet serves).")

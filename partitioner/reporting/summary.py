@@ -164,7 +164,9 @@ def format_summary(plan: ReportedPlan) -> str:
     for name, baseline in plan.baseline_scores().items():
         lines.append(f"{_strategy_line(name, baseline, plan.objective)}   {versus_plan(plan, baseline, result)}")
     if plan.objective.serving or plan.fleet:
-        lines += ["", *serving_lines(plan, result)]
+        lines += ["", *serving_lines(plan, result),
+                  "           (busy, latency and cost/request above price one request alone, its copies keeping "
+                  "devices busy)"]
     lines += ["", f"solver     {solver_line(plan.solver, plan.objective, '; ')}"]
     return "\n".join(lines)
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 import torch
 
 import partitioner
 from partitioner.cli import main
+from partitioner.errors import PartitionerError
 from partitioner.placement.pipeline import pipeline_placement
 from partitioner.plan import Plan
 from targets.fleet import load_fleet
 from tests.partitioner.placement.problem_builders import make_problem, node, value
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "vision_classifier.py"
 
 
 class Tower(torch.nn.Module):
@@ -70,3 +75,25 @@ def test_the_contiguous_pipeline_keeps_an_op_off_a_device_that_cannot_run_it():
     placement = pipeline_placement(problem)
 
     assert placement["op1"] == "cuda" and placement["op2"] == "cuda"
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--fleet", "inf2-h100", "--targets", "cuda-h100"], "--fleet and --targets both say what to plan on"),
+    (["--fleet", ""], "--fleet '' names no fleet"),
+    (["--fleet", "cuda-h100=1,"], "'' names no target. Fix: write name=count pairs"),
+    (["--fleet", "inf2-h100", "--objective", "serving-cost"], "Fix: add --min-throughput"),
+])
+def test_a_fleet_given_wrong_on_the_command_line_is_one_line_naming_the_fix(arguments, message, tmp_path, capsys):
+    code = main(["compile", str(EXAMPLE), *arguments, "--time-limit", "2", "-o", str(tmp_path / "out")])
+
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "plan.json").exists()
+
+
+def test_a_fleet_file_that_is_not_text_is_refused_with_the_fix(tmp_path):
+    binary = tmp_path / "fleet.toml"
+    binary.write_bytes(b"\xff\xfe")
+
+    with pytest.raises(PartitionerError, match="not a text file"):
+        load_fleet(str(binary))
