@@ -187,7 +187,10 @@ class _FleetReader:
                 target = load_target(str(device["target"]))
             except PartitionerError as error:
                 raise self.fail(f"{field}.target", str(error).rstrip("."), "name a built-in target or a .toml spec")
-            groups.append(DeviceGroup(target, _count(device.get("count", 1), f"{self.path}: field '{field}.count'")))
+            count = device.get("count", 1)
+            if not isinstance(count, int) or isinstance(count, bool):
+                raise self.fail(f"{field}.count", f"expected a whole number, got {count!r}", "write it like 4")
+            groups.append(DeviceGroup(target, _count(count, f"{self.path}: field '{field}.count'")))
         pcie = data.get("pcie_gb_per_second")
         return Host(str(data.get("name", f"host{index}")), tuple(groups),
                     self.positive(pcie, f"{where}.pcie_gb_per_second") * 1e9 if pcie is not None else None)

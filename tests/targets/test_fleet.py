@@ -69,6 +69,7 @@ def test_a_bad_fleet_on_the_command_line_names_the_problem_and_the_fix(text, mes
     ('[[hosts]]\ndevices = [{ target = "cuda-h100", cuont = 2 }]\n', "unknown field. Fix: did you mean"),
     ('[[hosts]]\ndevices = [{ target = "tpu-v9" }]\n', "field 'hosts\\[0\\].devices\\[0\\].target'"),
     ('[[hosts]]\ndevices = []\n', "a host needs devices"),
+    ('[[hosts]]\ndevices = [{ target = "cuda-h100", count = "2" }]\n', "expected a whole number, got '2'"),
     ('name = "empty"\n', "a fleet needs at least one host"),
 ])
 def test_a_bad_fleet_file_names_the_file_the_field_and_the_fix(tmp_path, text, message):
