@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import difflib
 import math
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from partitioner.errors import PartitionerError
-from targets.loader import choose_fallback, load_target
+from targets.loader import TomlReader, choose_fallback, load_target, read_toml
 from targets.spec import Link, Target, TargetSet, Topology
 
 FLEETS_DIR = Path(__file__).parent / "builtin" / "fleets"
@@ -110,13 +109,7 @@ def load_fleet(text: str) -> Fleet:
             f"unknown fleet {text!r}: {f'did you mean {close[0]!r}? ' if close else ''}built-in fleets are "
             f"{', '.join(builtin_fleet_names())}; or give a .toml fleet file, or name=count pairs such as "
             "npu-example=4,cuda-h100=1.")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise PartitionerError(f"{path}: not valid TOML ({error}). Fix the syntax at that line.") from None
-    except UnicodeDecodeError:
-        raise PartitionerError(f"{path}: not a text file (not UTF-8). Fix: give the path of a .toml file.") from None
-    return _FleetReader(path, data).fleet()
+    return _FleetReader(path, read_toml(path)).fleet()
 
 
 def _shorthand(text: str) -> Fleet:
@@ -143,17 +136,11 @@ def _count(value: Any, where: str) -> int:
     return number
 
 
-class _FleetReader:
+class _FleetReader(TomlReader):
     """Reads one parsed fleet file, checking each field as it goes."""
 
-    def __init__(self, path: Path, data: dict[str, Any]):
-        self.path, self.data = path, data
-
-    def fail(self, field: str, problem: str, fix: str) -> PartitionerError:
-        return PartitionerError(f"{self.path}: field {field!r}: {problem}. Fix: {fix}.")
-
     def fleet(self) -> Fleet:
-        self.known(self.data, {"name", "description", "hosts", "network"}, "")
+        self.check_known_fields(self.data, {"name", "description", "hosts", "network"}, "")
         hosts_data = self.data.get("hosts")
         if not isinstance(hosts_data, list) or not hosts_data:
             raise self.fail("hosts", "a fleet needs at least one host", "add a [[hosts]] section with devices")
@@ -172,7 +159,7 @@ class _FleetReader:
         where = f"hosts[{index}]"
         if not isinstance(data, dict):
             raise self.fail(where, "expected a table", "write it as a [[hosts]] section")
-        self.known(data, {"name", "devices", "pcie_gb_per_second"}, where + ".")
+        self.check_known_fields(data, {"name", "devices", "pcie_gb_per_second"}, where + ".")
         devices = data.get("devices")
         if not isinstance(devices, list) or not devices:
             raise self.fail(f"{where}.devices", "a host needs devices",
@@ -182,7 +169,7 @@ class _FleetReader:
             field = f"{where}.devices[{position}]"
             if not isinstance(device, dict) or "target" not in device:
                 raise self.fail(field, "expected { target = NAME, count = N }", "name a target and a count")
-            self.known(device, {"target", "count"}, field + ".")
+            self.check_known_fields(device, {"target", "count"}, field + ".")
             try:
                 target = load_target(str(device["target"]))
             except PartitionerError as error:
@@ -198,7 +185,7 @@ class _FleetReader:
     def link(self, data: Any, field: str) -> Link:
         if not isinstance(data, dict):
             raise self.fail(field, "expected a table", f"write it as a [{field}] section")
-        self.known(data, {"bandwidth_gb_per_second", "latency_microseconds"}, field + ".")
+        self.check_known_fields(data, {"bandwidth_gb_per_second", "latency_microseconds"}, field + ".")
         return Link(self.positive(data.get("latency_microseconds", 0.0), f"{field}.latency_microseconds", zero=True)
                     * 1e-6, self.positive(data.get("bandwidth_gb_per_second"), f"{field}.bandwidth_gb_per_second")
                     * 1e9)
@@ -209,10 +196,3 @@ class _FleetReader:
         if value < 0 or (value == 0 and not zero):
             raise self.fail(field, f"{value} is not positive", "give a positive figure")
         return float(value)
-
-    def known(self, table: dict, fields: set[str], prefix: str) -> None:
-        for key in table:
-            if key not in fields:
-                close = difflib.get_close_matches(key, fields, n=1)
-                raise self.fail(prefix + key, "unknown field",
-                                f"did you mean '{prefix}{close[0]}'" if close else f"use one of {sorted(fields)}")

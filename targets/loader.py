@@ -81,13 +81,7 @@ def builtin_target_names() -> list[str]:
 def load_target(name_or_path: str | Path) -> Target:
     """Load one target: a built-in name (`cuda-h100`) or a path to a `.toml` spec."""
     path = _resolve_spec_path(str(name_or_path))
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise PartitionerError(f"{path}: not valid TOML ({error}). Fix the syntax at that line.") from None
-    except UnicodeDecodeError:
-        raise PartitionerError(f"{path}: not a text file (not UTF-8). Fix: give the path of a .toml file.") from None
-    target = _SpecReader(path, data).target()
+    target = _SpecReader(path, read_toml(path)).target()
     if target.name in builtin_target_names() and path.resolve() != (BUILTIN_DIR / f"{target.name}.toml").resolve():
         raise PartitionerError(f"{path}: field 'name': {target.name!r} is the name of a built-in target, which this "
                                f"spec would shadow. Fix: give it a name of its own, e.g. \"{target.name}-mine\".")
@@ -170,8 +164,18 @@ def _resolve_spec_path(name_or_path: str) -> Path:
     return path
 
 
-class _SpecReader:
-    """Reads one parsed spec, checking each field as it goes."""
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's contents; a file that is not TOML (or not text) is a user error naming it."""
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise PartitionerError(f"{path}: not valid TOML ({error}). Fix the syntax at that line.") from None
+    except UnicodeDecodeError:
+        raise PartitionerError(f"{path}: not a text file (not UTF-8). Fix: give the path of a .toml file.") from None
+
+
+class TomlReader:
+    """Reads one parsed TOML file (a target spec, a fleet), its errors naming the file, the field and the fix."""
 
     def __init__(self, path: Path, data: dict[str, Any]):
         self.path = path
@@ -179,6 +183,17 @@ class _SpecReader:
 
     def fail(self, field: str, problem: str, fix: str) -> PartitionerError:
         return PartitionerError(f"{self.path}: field '{field}': {problem}. Fix: {fix}.")
+
+    def check_known_fields(self, table: dict, known: set[str], prefix: str) -> None:
+        for key in table:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                fix = f"did you mean '{prefix}{close[0]}'" if close else f"remove it; known fields are {sorted(known)}"
+                raise self.fail(prefix + key, "unknown field", fix)
+
+
+class _SpecReader(TomlReader):
+    """Reads one parsed spec, checking each field as it goes."""
 
     def target(self) -> Target:
         self.check_known_fields(self.data, _TOP_LEVEL_FIELDS, "")
@@ -245,13 +260,6 @@ class _SpecReader:
             compute_half_flops=self.number("compute_half_efficiency_mflop", table, prefix, minimum=0.0) * 1e6,
             memory_half_bytes=self.number("memory_half_efficiency_mib", table, prefix, minimum=0.0) * 1024**2,
         )
-
-    def check_known_fields(self, table: dict, known: set[str], prefix: str) -> None:
-        for key in table:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                fix = f"did you mean '{prefix}{close[0]}'" if close else f"remove it; known fields are {sorted(known)}"
-                raise self.fail(prefix + key, "unknown field", fix)
 
     def value(self, field: str, table: dict | None = None, default: Any = ..., prefix: str = "") -> Any:
         table = self.data if table is None else table
