@@ -129,7 +129,7 @@ def choose_fallback(targets: tuple[Target, ...], requested: str | None) -> str:
         if not match:
             raise PartitionerError(
                 f"fallback {requested!r} is not in the target set {[t.name for t in targets]}. "
-                "Fix: add it to --targets or name one of those."
+                "Fix: add it to the targets (--targets or --fleet) or name one of those."
             )
         if match[0] not in universal:
             raise PartitionerError(
@@ -140,7 +140,7 @@ def choose_fallback(targets: tuple[Target, ...], requested: str | None) -> str:
     if not universal:
         raise PartitionerError(
             f"no target in {[t.name for t in targets]} supports every op, so unsupported ops would have "
-            "nowhere to run. Fix: add a fallback such as cuda-h100 to --targets."
+            "nowhere to run. Fix: add a fallback such as cuda-h100 to the targets (--targets or --fleet)."
         )
     cuda = [t for t in universal if t.torch_device.startswith("cuda")]
     return (cuda or universal)[0].name
