@@ -16,6 +16,7 @@ from ortools.sat.python import cp_model
 from partitioner.placement.memory import activation_arena_bytes, targets_whose_memory_can_bind
 from partitioner.placement.problem import PlacementProblem
 from partitioner.placement.schedule import Schedule
+from partitioner.placement.serving import device_kind
 
 # Objective coefficients are integers: costs are scaled so that the reference
 # plan (the best hint) is worth this many units, which keeps rounding far
@@ -45,7 +46,6 @@ class PlacementModel:
         # added: what the serving model's links carry.
         self.move_terms: list[tuple[cp_model.IntVar, int, str, str, Callable[[Mapping[str, str]], bool]]] = []
         self.bottleneck: cp_model.IntVar | None = None
-        self.used: dict[str, cp_model.IntVar] = {}
         self.on = self._placement_variables()
         if tied:
             self._tie_blocks()
@@ -136,7 +136,6 @@ class PlacementModel:
             for node in self.problem.nodes:
                 if node.compute_seconds.get(target.name, 0) > 0:
                     self.model.add_implication(self.on[node.name, target.name], used)
-            self.used[target.name] = used
             self.derived.append((used, lambda a, t=target.name: any(
                 a[n.name] == t and n.compute_seconds.get(t, 0) > 0 for n in self.problem.nodes)))
             terms.append((used, round(target.price_per_hour * self.scale)))
@@ -148,7 +147,7 @@ class PlacementModel:
         pairs = []
         names = self.problem.target_names
         for first, second in zip(names, names[1:]):
-            if first.rsplit(".", 1)[0] != second.rsplit(".", 1)[0] or "." not in first:
+            if "." not in first or device_kind(first) != device_kind(second):
                 continue
             a, b = self.problem.target(first), self.problem.target(second)
             same_costs = all(n.compute_seconds.get(first) == n.compute_seconds.get(second) for n in self.problem.nodes)

@@ -22,6 +22,11 @@ from typing import Iterable, Mapping
 from partitioner.placement.problem import PlacementProblem
 
 
+def device_kind(place: str) -> str:
+    """The target spec a fleet's place is a device of: `npu-example.3` -> `npu-example` (spec names hold no dot)."""
+    return place.rsplit(".", 1)[0]
+
+
 @dataclass(frozen=True, slots=True)
 class ServingFigures:
     """What a placement delivers at full load: seconds per request on every resource, and what follows."""

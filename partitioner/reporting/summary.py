@@ -15,6 +15,7 @@ from partitioner.execution.split import Partition
 from partitioner.placement.objectives import Objective
 from partitioner.placement.problem import PlacementProblem
 from partitioner.placement.scoring import Score
+from partitioner.placement.serving import device_kind
 from partitioner.placement.solver import SolverReport
 from partitioner.plan_records import ModelInfo, NodeRecord, TargetRecord
 from partitioner.units import count, format_bytes, format_money, format_seconds
@@ -102,7 +103,7 @@ def serving_lines(plan: ReportedPlan, result: Score) -> list[str]:
     names = {t.name for t in plan.problem.targets}
     busiest = sorted(serving.occupancy_seconds, key=lambda r: -serving.occupancy_seconds[r])[:6]
     utilisation = ", ".join(f"{r} {100 * serving.utilisation(r):.0f}%" for r in busiest)
-    kinds = Counter(name.rsplit(".", 1)[0] if "." in name else name for name in serving.used_targets)
+    kinds = Counter(device_kind(name) for name in serving.used_targets)
     off_fallback = sum(n.flops for n in plan.nodes if plan.placement[n.name] != plan.fallback)
     total = sum(n.flops for n in plan.nodes) or 1
     requirement = f" (at least {plan.min_throughput:.4g} required)" if plan.min_throughput else ""
