@@ -72,3 +72,23 @@ def serving_figures(problem: PlacementProblem, assignment: Mapping[str, str], co
     bottleneck = max(occupancy, key=lambda name: occupancy[name]) if occupancy else problem.fallback
     price = sum(problem.target(name).price_per_hour for name in used)
     return ServingFigures(occupancy, bottleneck, used, price)
+
+
+@dataclass(frozen=True, slots=True)
+class SamePriceReplicas:
+    """The rival a fleet plan must beat: as many copies of one device (each running the whole model, the fallback
+    placement) as the plan's devices cost per hour, fractional so the price matches exactly."""
+
+    device: str
+    replicas: float
+    throughput_per_second: float
+    cost_per_request_at_load: float
+
+
+def same_price_replicas(plan: ServingFigures, alone: ServingFigures, device: str,
+                        device_price_per_hour: float) -> SamePriceReplicas:
+    """Replicas of `device` costing `plan`'s price per hour, each serving as `alone` (the model all on one
+    `device`) does: their throughput adds up, and their money per request is one replica's."""
+    replicas = plan.price_per_hour / device_price_per_hour if device_price_per_hour > 0 else 1.0
+    return SamePriceReplicas(device, replicas, replicas * alone.throughput_per_second,
+                             alone.cost_per_request_at_load)

@@ -27,6 +27,8 @@ class Move:
 
     target: str
     objective_change: float
+    objective_value: float
+    bottleneck: str
     latency_seconds: float
     cost_per_request: float
     fits_memory: bool
@@ -50,6 +52,7 @@ def explain_node(plan: Plan, name: str) -> str:
         f"{format_bytes(record.bytes_written)} written, {format_bytes(record.parameter_bytes)} of parameters",
         f"placed on  {here}" + (f" (with {_group_leader(plan, name)}, which it must follow)"
                                 if problem_node.follows else ""),
+        *([_serving_line(plan)] if objective.serving or plan.fleet else []),
         "",
         f"{'target':<16}{'compute':>12}   {'move here: ' + objective.name:<28}{'latency':>11}{'cost':>12}   note",
     ]
@@ -67,11 +70,31 @@ def explain_node(plan: Plan, name: str) -> str:
         elif move is None:
             change, latency, cost, note = "-", "", "", f"{source}; its group cannot move here"
         else:
-            change = f"{'+' if move.objective_change >= 0 else '-'}{objective.format(abs(move.objective_change))}"
+            change = _change(plan, move)
             latency, cost = format_seconds(move.latency_seconds), format_money(move.cost_per_request)
-            note = source + ("" if move.fits_memory else "; does not fit in memory")
+            note = source + (f"; bottleneck then {move.bottleneck}" if objective.serving else "")
+            note += "" if move.fits_memory else "; does not fit in memory"
         lines.append(f"{target:<16}{format_seconds(seconds):>12}   {change:<28}{latency:>11}{cost:>12}   {note}")
     return "\n".join(lines)
+
+
+def _change(plan: Plan, move: Move) -> str:
+    """What the move does to the plan's figure: a signed difference for a sum of one request's costs; for a
+    serving figure (a rate, a fleet's price) the value after the move and how much worse or better it is."""
+    objective = plan.objective
+    if not objective.serving:
+        return f"{'+' if move.objective_change >= 0 else '-'}{objective.format(abs(move.objective_change))}"
+    before = move.objective_value - move.objective_change
+    if before <= 0 or move.objective_change == 0:
+        return f"{objective.format(move.objective_value)} (same)"
+    share = 100 * abs(move.objective_change) / before
+    return f"{objective.format(move.objective_value)} ({share:.1f}% {'worse' if move.objective_change > 0 else 'better'})"
+
+
+def _serving_line(plan: Plan) -> str:
+    serving = plan.score().serving
+    return (f"serving    the plan serves {serving.throughput_per_second:.4g} req/s at full load, bottleneck "
+            f"{serving.bottleneck} ({100 * serving.utilisation(serving.bottleneck):.0f}% busy)")
 
 
 def _group_leader(plan: Plan, name: str) -> str:
@@ -93,7 +116,8 @@ def _moves(plan: Plan, name: str) -> list[Move]:
             continue
         # In the plan's order, as the current figure is: the move alone makes the difference.
         moved = score(plan.problem, {**plan.placement, **dict.fromkeys(group, target)}, plan.order or None)
-        moves.append(Move(target, plan.objective.value(moved) - current, moved.latency_seconds,
+        value = plan.objective.value(moved)
+        moves.append(Move(target, value - current, value, moved.serving.bottleneck, moved.latency_seconds,
                           moved.cost_per_request, moved.fits_memory))
     return moves
 

@@ -138,7 +138,8 @@ def _utilisation_bars(plan: Plan, result) -> str:
                     f'<text x="{206 + 300 * share:.1f}" y="{row * 22 + 15}"{weight}>{100 * share:.0f}%'
                     f'{" (bottleneck)" if is_bottleneck else ""}</text>')
     height = len(resources) * 22 + 8
-    lines = "".join(f"<p>{html.escape(line.strip())}</p>" for line in serving_lines(plan, result))
+    lines = "".join(f"<p>{html.escape(line.strip())}</p>" for line in
+                    serving_lines(plan, result, plan.baseline_scores().get("fallback")))
     return (f'{lines}<svg class="bars" width="640" height="{height}" viewBox="0 0 640 {height}" role="img" '
             f'aria-label="utilisation at full load"><title>utilisation at full load</title>{"".join(bars)}</svg>')
 

@@ -15,7 +15,7 @@ from partitioner.execution.split import Partition
 from partitioner.placement.objectives import Objective
 from partitioner.placement.problem import PlacementProblem
 from partitioner.placement.scoring import Score
-from partitioner.placement.serving import device_kind
+from partitioner.placement.serving import device_kind, same_price_replicas
 from partitioner.placement.solver import SolverReport
 from partitioner.plan_records import ModelInfo, NodeRecord, TargetRecord
 from partitioner.units import count, format_bytes, format_money, format_seconds
@@ -96,9 +96,10 @@ def unknown_flops_note(plan: ReportedPlan) -> str | None:
             "torch.utils.flop_counter.register_flop_formula.")
 
 
-def serving_lines(plan: ReportedPlan, result: Score) -> list[str]:
+def serving_lines(plan: ReportedPlan, result: Score, alone: Score | None = None) -> list[str]:
     """The plan under the serving model: throughput at full load, the bottleneck, money per request at that load,
-    one request's latency through the pipeline, utilisation of the busiest resources and the devices used."""
+    one request's latency through the pipeline, utilisation of the busiest resources and the devices used; and,
+    given `alone` (the fallback placement's score), the all-fallback fleet of the same hourly price."""
     serving = result.serving
     names = {t.name for t in plan.problem.targets}
     busiest = sorted(serving.occupancy_seconds, key=lambda r: -serving.occupancy_seconds[r])[:6]
@@ -115,7 +116,18 @@ def serving_lines(plan: ReportedPlan, result: Score) -> list[str]:
         f"           utilisation {utilisation}",
         f"           devices used {' + '.join(f'{n} x {k}' for k, n in kinds.items())} "
         f"({format_money(serving.price_per_hour)}/h); {100 * off_fallback / total:.1f}% of FLOPs off {plan.fallback}",
+        *([_same_price_line(plan, result, alone)] if alone is not None else []),
     ]
+
+
+def _same_price_line(plan: ReportedPlan, result: Score, alone: Score) -> str:
+    device = device_kind(plan.fallback)
+    rival = same_price_replicas(result.serving, alone.serving, device, plan.problem.target(plan.fallback).price_per_hour)
+    ratio = result.serving.throughput_per_second / rival.throughput_per_second
+    verdict = "" if ratio >= 1 else ": the cheaper devices do not pay here"
+    return (f"           all-{device} fleet of the same price ({rival.replicas:.3g} x {device}) serves "
+            f"{rival.throughput_per_second:.4g} req/s at {format_money(rival.cost_per_request_at_load * 1e6)} per 1M "
+            f"requests; the plan serves {ratio:.2f}x the requests{verdict}")
 
 
 def versus_plan(plan: ReportedPlan, strategy: Score, result: Score) -> str:
@@ -159,13 +171,14 @@ def format_summary(plan: ReportedPlan) -> str:
         f"{format_seconds(result.transfer_seconds)})",
         "",
         f"{'strategy':<12}{'latency':>12}{'cost/request':>16}{'per 1M req':>12}"
-        + (f"{plan.objective.table_column:>12}" if plan.objective.table_column else "") + "   vs plan",
+        + (f"{plan.objective.table_column:>14}" if plan.objective.table_column else "") + "   vs plan",
         _strategy_line("plan", result, plan.objective),
     ]
-    for name, baseline in plan.baseline_scores().items():
+    baselines = plan.baseline_scores()
+    for name, baseline in baselines.items():
         lines.append(f"{_strategy_line(name, baseline, plan.objective)}   {versus_plan(plan, baseline, result)}")
     if plan.objective.serving or plan.fleet:
-        lines += ["", *serving_lines(plan, result),
+        lines += ["", *serving_lines(plan, result, baselines.get("fallback")),
                   "           (busy, latency and cost/request above price one request alone, its copies keeping "
                   "devices busy)"]
     lines += ["", f"solver     {solver_line(plan.solver, plan.objective, '; ')}"]
@@ -182,5 +195,5 @@ def _strategy_line(name: str, strategy: Score, objective: Objective) -> str:
     line = (f"{name:<12}{format_seconds(strategy.latency_seconds):>12}{format_money(strategy.cost_per_request):>16}"
             f"{format_money(strategy.cost_per_request * 1e6):>12}")
     if objective.table_column:
-        line += f"{objective.format(objective.value(strategy)):>12}"
+        line += f"{objective.format(objective.value(strategy)):>14}"
     return line

@@ -36,7 +36,7 @@ def print_report(plan: Plan, console: Console | None = None) -> None:
                   f"{format_seconds(result.transfer_seconds)}; {count(len(plan.partitions), 'partition')}")
     console.print(_strategies_table(plan, result))
     if plan.objective.serving or plan.fleet:
-        for line in serving_lines(plan, result):
+        for line in serving_lines(plan, result, plan.baseline_scores().get("fallback")):
             console.print(line.strip())
     console.print(f"solver: {solver_line(plan.solver, plan.objective)}")
     unsupported = _unsupported_table(plan)

@@ -12,7 +12,9 @@ import partitioner
 from partitioner.cli import main
 from partitioner.errors import PartitionerError
 from partitioner.placement.pipeline import pipeline_placement
+from partitioner.placement.scoring import score
 from partitioner.plan import Plan
+from partitioner.reporting.explain import explain_node
 from targets.fleet import load_fleet
 from tests.partitioner.placement.problem_builders import make_problem, node, value
 
@@ -45,6 +47,39 @@ def test_a_fleet_plan_serves_more_than_one_device_and_its_file_rescores_the_same
     again = Plan.load(plan.save(tmp_path / "plan.json"))
     assert again.score() == plan.score() and again.fleet == fleet.describe()
     assert "req/s at full load" in plan.summary() and "bottleneck" in plan.summary()
+
+
+@pytest.fixture(scope="module")
+def tower_plan() -> Plan:
+    inputs = (torch.randn(64, 256, dtype=torch.float16),)
+    return partitioner.compile(Tower().half(), inputs, targets=load_fleet("npu-example=4,cuda-h100=1"),
+                               objective="throughput", time_limit_seconds=10)
+
+
+def test_the_summary_sets_the_plan_against_an_all_fallback_fleet_of_the_same_price(tower_plan):
+    serving = tower_plan.score().serving
+    alone = tower_plan.baseline_scores()["fallback"].serving
+    replicas = serving.price_per_hour / tower_plan.problem.target("cuda-h100").price_per_hour
+
+    line = next(line for line in tower_plan.summary().splitlines() if "of the same price" in line)
+
+    assert f"({replicas:.3g} x cuda-h100)" in line
+    assert f"serves {replicas * alone.throughput_per_second:.4g} req/s" in line
+    assert f"the plan serves {serving.throughput_per_second / (replicas * alone.throughput_per_second):.2f}x" in line
+
+
+def test_explain_of_a_fleet_plan_gives_the_throughput_each_move_would_leave(tower_plan):
+    name = next(n.name for n in tower_plan.nodes if n.op == "aten.linear.default")
+    here = tower_plan.placement[name]
+    other = next(t for t in tower_plan.problem.node(name).supported if t != here)
+    moved = score(tower_plan.problem, {**tower_plan.placement, name: other}, tower_plan.order or None)
+
+    text = explain_node(tower_plan, name)
+
+    assert f"req/s at full load, bottleneck {tower_plan.score().serving.bottleneck}" in text
+    line = next(line for line in text.splitlines() if line.startswith(other))
+    assert f"{moved.serving.throughput_per_second:.4g} req/s" in line
+    assert f"bottleneck then {moved.serving.bottleneck}" in line
 
 
 def test_the_command_line_sizes_a_fleet_to_the_load_it_must_serve(tmp_path, capsys):
