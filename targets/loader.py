@@ -113,10 +113,14 @@ def load_targets(names_or_paths: Iterable[str | Path], fallback: str | None = No
     return TargetSet(targets, choose_fallback(targets, fallback))
 
 
-def as_target_set(targets: Iterable[str | Path] | TargetSet | None, fallback: str | None = None) -> TargetSet:
-    """`targets` as a TargetSet: given as one, loaded from names or paths, or the default set when None."""
+def as_target_set(targets: Iterable[str | Path] | str | TargetSet | None,
+                  fallback: str | None = None) -> TargetSet:
+    """`targets` as a TargetSet: given as one, loaded from names or paths (one string may list several, as
+    --targets does: "npu-example,cuda-h100"), or the default set when None."""
     if isinstance(targets, TargetSet):
         return targets
+    if isinstance(targets, (str, Path)):
+        targets = [item.strip() for item in str(targets).split(",")] if isinstance(targets, str) else [targets]
     return load_targets(targets or DEFAULT_TARGET_NAMES, fallback)
 
 
