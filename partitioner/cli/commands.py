@@ -35,6 +35,8 @@ def compile_command(args: argparse.Namespace) -> int:
     check_writable_folder(output)
     progress = Progress("quiet" if args.quiet else "json" if args.json else "live")
     cost_model = _cost_model(args.cost_model)
+    if args.workload is not None:
+        return _compile_llm(args, output, progress, cost_model)
     with progress.step(f"capturing {args.model}"):
         captured = load_model_file(args.model)
     targets = [item.strip() for item in args.targets.split(",") if item.strip()]
@@ -51,7 +53,7 @@ def compile_command(args: argparse.Namespace) -> int:
     elif not targets:
         raise PartitionerError(f"--targets {args.targets!r} names no target. Fix: name at least one, e.g. "
                                f"--targets {','.join(DEFAULT_TARGET_NAMES)}.")
-    objective = objective_named(args.objective)
+    objective = objective_named(args.objective or "latency")
     options = SolverOptions(time_limit_seconds=args.time_limit, workers=args.workers, seed=args.seed,
                             deterministic=args.deterministic,
                             on_progress=lambda best, bound: progress.solver_update(best, bound, objective.unit.name))
@@ -75,6 +77,46 @@ def compile_command(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(plan.summary())
         print(f"\nwrote {path} and {output / 'report.html'}")
+    return 0
+
+
+def _compile_llm(args: argparse.Namespace, output: Path, progress: Progress, cost_model: CostModel) -> int:
+    """compile --workload: both phases of an LLM, planned per token (partitioner/llm/planning.py)."""
+    from partitioner.files import write_atomically
+    from partitioner.frontend.capture import build_model_file
+    from partitioner.llm.planning import plan_llm
+    from partitioner.llm.summary import format_llm_summary
+    from partitioner.llm.workload import load_workload
+    from targets.fleet import load_fleet
+
+    workload = load_workload(args.workload)
+    if args.model.endswith(".pt2"):
+        raise PartitionerError("--workload captures prefill and decode itself, so it needs the model, not one "
+                               "exported pass. Fix: give file.py (with build()) or file.py:function.")
+    if args.fleet is None:
+        targets = [item.strip() for item in args.targets.split(",") if item.strip()]
+        fleet = load_fleet(",".join(f"{name}=1" for name in targets))
+    else:
+        fleet = load_fleet(args.fleet)
+    for flag, value in (("--objective", args.objective), ("--max-latency", args.max_latency),
+                        ("--min-throughput", args.min_throughput)):
+        if value:
+            raise PartitionerError(f"{flag} does not apply with --workload, which minimises money per output token "
+                                   "within the workload's limits. Fix: drop it and set ttft_ms, tpot_ms or "
+                                   "requests_per_second in the workload file.")
+    with progress.step(f"building {args.model}"):
+        model, _, source = build_model_file(args.model)
+    with progress.step(f"planning {workload.name} (prefill, decode at several batch sizes, two deployments)"):
+        plan = plan_llm(model, workload, fleet, time_limit_seconds=args.time_limit, cost_model=cost_model,
+                        source=source, name=Path(source.path).stem, fallback=args.fallback)
+    path = output / "llm_plan.json"
+    output.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, json.dumps(plan.to_dict(), indent=1))
+    if args.json:
+        print(json.dumps({"plan": str(path), **{k: v for k, v in plan.best.to_dict().items() if k != "placement"}}))
+    elif not args.quiet:
+        print(format_llm_summary(plan))
+        print(f"\nwrote {path}")
     return 0
 
 

@@ -26,12 +26,16 @@ def command_parser() -> argparse.ArgumentParser:
     compile_parser.add_argument("--fleet", metavar="FLEET",
                                 help="plan on a fleet instead of --targets: a built-in fleet name, a .toml fleet "
                                      "file, or name=count pairs in one host, e.g. npu-example=8,cuda-h100=1")
+    compile_parser.add_argument("--workload", metavar="WORKLOAD",
+                                help="plan an LLM's prefill and decode for a workload (chat, summarisation or a "
+                                     ".toml file): the least money per output token on --fleet, co-located or "
+                                     "disaggregated, within its TTFT and TPOT limits; writes llm_plan.json")
     compile_parser.add_argument("--min-throughput", type=rate, metavar="RATE",
                                 help="requests per second to serve at full load, e.g. 50/s; with --objective "
                                      "serving-cost, the cheapest devices of the fleet that serve it")
     compile_parser.add_argument("--fallback", help="the target that runs unsupported ops (default: the first CUDA "
                                                    "target that supports every op)")
-    compile_parser.add_argument("--objective", choices=[o.name for o in registered_objectives()], default="latency",
+    compile_parser.add_argument("--objective", choices=[o.name for o in registered_objectives()], default=None,
                                 help="what to minimise: " + ", ".join(f"{o.name} ({o.description})"
                                                                      for o in registered_objectives())
                                      + " (default: latency)")

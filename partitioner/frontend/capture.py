@@ -136,6 +136,14 @@ def load_model_file(spec: str) -> CapturedModel:
     named = ModelSource.parse(spec)
     if named.kind == "exported_program":
         return _load_exported_program(Path(named.path))
+    model, example_inputs, source = build_model_file(spec)
+    return capture(model, example_inputs, name=Path(source.path).stem, source=source)
+
+
+def build_model_file(spec: str) -> tuple[torch.nn.Module, Any, ModelSource]:
+    """Call the builder a CLI argument names (`file.py`, `file.py:function`): the model, its example inputs and
+    where they came from, before any capture."""
+    named = ModelSource.parse(spec)
     path = Path(named.path)
     function = named.function or "build"
     if path.suffix != ".py":
@@ -163,8 +171,7 @@ def load_model_file(spec: str) -> CapturedModel:
             "Fix: return a pair such as `return model, (input_tensor,)`."
         )
     model, example_inputs = built
-    source = ModelSource("python", str(path.resolve()), function)
-    return capture(model, example_inputs, name=f"{path.stem}", source=source)
+    return model, example_inputs, ModelSource("python", str(path.resolve()), function)
 
 
 def _load_exported_program(path: Path) -> CapturedModel:

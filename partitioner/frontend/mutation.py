@@ -49,6 +49,13 @@ def mutation_facts(graph: torch.fx.Graph) -> dict[str, MutationFacts]:
     return {name: MutationFacts(writes.get(name), tuple(after.get(name, ()))) for name in names}
 
 
+def written_inputs(graph: torch.fx.Graph) -> set[str]:
+    """Placeholders some node writes in place, directly or through a view: state kept across calls (a static KV
+    cache) rather than data passed in."""
+    return {root.name for node in graph.nodes if (written := _written_argument(node)) is not None
+            and (root := _base(written)).op == "placeholder"}
+
+
 def _written_argument(node: torch.fx.Node) -> torch.fx.Node | None:
     """The argument `node` writes in place, if it is an op with a mutable (`Tensor(a!)`) argument."""
     schema = getattr(node.target, "_schema", None)

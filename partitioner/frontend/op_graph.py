@@ -20,13 +20,16 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
 from partitioner.frontend.flops import count_flops
-from partitioner.frontend.mutation import MutationFacts, mutation_facts
+from partitioner.frontend.mutation import MutationFacts, mutation_facts, written_inputs
 
 # Ops that only copy their tensor into a new layout: any device that holds the data can make the copy.
 _COPY_OPS = frozenset({"aten.clone.default", "aten.contiguous.default", "aten._to_copy.default", "aten.copy.default"})
 # Ops that gather rows of their first tensor argument (a table): they read the rows they gather, not the table.
 _GATHER_OPS = frozenset({"aten.embedding.default", "aten.index_select.default", "aten.index.Tensor",
                          "aten.gather.default", "aten.take.default"})
+# In-place writes of a few rows into a larger tensor (a KV cache's new token): they touch the rows they write.
+_PARTIAL_WRITE_OPS = frozenset({"aten.index_copy_.default", "aten.index_put_.default", "aten.scatter_.src",
+                                "aten.scatter_.value", "aten.masked_scatter_.default"})
 
 
 class NodeKind(str, enum.Enum):
@@ -64,12 +67,15 @@ class OpNode:
     """One operator of the model with the facts tagging and costing need.
 
     `inputs` names the producing op nodes (model inputs and parameters are not
-    op nodes); `parameters` names the parameters and buffers the node reads.
+    op nodes); `parameters` names the parameters, buffers and in-place state
+    (a KV cache given as an input) the node reads.
     `arguments` holds the op's arguments by schema name: tensors as `TensorMeta`,
     other values as they are. An in-place op `writes` the value of another op
     node (see `mutation.py`); `after` names nodes it must run after without
     reading their outputs. `unread_bytes` are input bytes it does not touch
-    (the rows of an embedding table it does not gather); `flops_known` is false
+    (the rows of an embedding table it does not gather, the rows of a cache it
+    does not overwrite) and `unwritten_bytes` output bytes it leaves as they
+    were (an in-place write of one token into a KV cache); `flops_known` is false
     when no count or formula knows its FLOPs (then `flops` is 0).
     """
 
@@ -87,6 +93,7 @@ class OpNode:
     writes: str | None = None
     after: tuple[str, ...] = ()
     unread_bytes: int = 0
+    unwritten_bytes: int = 0
     flops_known: bool = True
     copies_only: bool = False  # a layout copy (clone, contiguous, a reshape that cannot view): any device makes it
 
@@ -109,11 +116,12 @@ class OpNode:
 
     @property
     def bytes_written(self) -> int:
-        return sum(t.num_bytes for t in self.output_tensors)
+        return sum(t.num_bytes for t in self.output_tensors) - self.unwritten_bytes
 
     @property
     def output_bytes(self) -> int:
-        return self.bytes_written
+        """The size of what it produces: what a copy of its result to another device moves."""
+        return sum(t.num_bytes for t in self.output_tensors)
 
     @property
     def compute_dtype(self) -> str:
@@ -209,6 +217,7 @@ def _parameter_placeholders(program: ExportedProgram) -> dict[str, str]:
     """
     weight_kinds = {InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR}
     weights = {**program.state_dict, **program.constants}
+    state = set(program.graph_signature.user_inputs_to_mutate.values()) | written_inputs(program.graph)
     first_name: dict[int, str] = {}
     names = {}
     for spec in program.graph_signature.input_specs:
@@ -216,6 +225,10 @@ def _parameter_placeholders(program: ExportedProgram) -> dict[str, str]:
             name = spec.target or spec.arg.name
             tensor = weights.get(name)
             names[spec.arg.name] = first_name.setdefault(id(tensor), name) if tensor is not None else name
+        elif spec.kind is InputKind.USER_INPUT and getattr(spec.arg, "name", None) in state:
+            # State the model updates in place (a static KV cache): it lives on the device that uses it, as a
+            # weight does, instead of being copied in with every call.
+            names[spec.arg.name] = spec.arg.name
     return names
 
 
@@ -247,7 +260,8 @@ def _op_node(node: torch.fx.Node, parameter_names: Mapping[str, str], parameter_
         module_path=_module_path(node),
         writes=mutation.writes,
         after=mutation.after,
-        unread_bytes=_unread_table_bytes(node, key, output_tensors),
+        unread_bytes=_unread_table_bytes(node, key, output_tensors) + _untouched_bytes(node, key),
+        unwritten_bytes=_untouched_bytes(node, key),
         flops_known=flops is not None,
         copies_only=copies_only and bool(input_tensors) and all(o.dtype == input_tensors[0].dtype
                                                                 for o in output_tensors),
@@ -263,6 +277,17 @@ def _unread_table_bytes(node: torch.fx.Node, key: str, outputs: tuple[TensorMeta
         return 0
     table = _tensor_meta(node.args[0].meta.get("val")).num_bytes
     return max(0, table - sum(t.num_bytes for t in outputs))
+
+
+def _untouched_bytes(node: torch.fx.Node, key: str) -> int:
+    """For an in-place write of a few rows into a larger tensor, the bytes of that tensor it neither reads nor
+    writes: all of it but as many bytes as the rows it writes (its other floating-point inputs)."""
+    if key not in _PARTIAL_WRITE_OPS or not node.args or not isinstance(node.args[0], torch.fx.Node):
+        return 0
+    target = _tensor_meta(node.args[0].meta.get("val"))
+    written = sum(_tensor_meta(n.meta.get("val")).num_bytes for n in node.all_input_nodes[1:]
+                  if isinstance(n.meta.get("val"), torch.Tensor) and n.meta["val"].is_floating_point())
+    return max(0, target.num_bytes - written)
 
 
 def _node_kind(node: torch.fx.Node, key: str, inputs: tuple[TensorMeta, ...],

@@ -14,7 +14,7 @@ from typing import Callable, Mapping, Sequence
 from ortools.sat.python import cp_model
 
 from partitioner.placement.memory import activation_arena_bytes, targets_whose_memory_can_bind
-from partitioner.placement.problem import PlacementProblem
+from partitioner.placement.problem import PlacementProblem, ProblemNode, phase_of
 from partitioner.placement.schedule import Schedule
 from partitioner.placement.serving import device_kind
 
@@ -50,6 +50,8 @@ class PlacementModel:
         if tied:
             self._tie_blocks()
         self._memory_limits()
+        if problem.separate_phases:
+            self._separate_phases()
 
     def priced_seconds(self, rate: Callable[[tuple[str, ...]], float]) -> cp_model.LinearExpr:
         """Every busy term at `rate` (what one second keeping those targets busy is worth), in integer units."""
@@ -218,6 +220,23 @@ class PlacementModel:
                 resident_terms.append(self.problem.parameter_bytes[parameter] * resident)
             arena = activation_arena_bytes(self.problem, target.name)
             self.model.add(sum(resident_terms) <= target.memory_bytes - arena)
+
+    def _separate_phases(self) -> None:
+        """Each device serves one phase at most (see PlacementProblem.separate_phases)."""
+        nodes_of: dict[str, list[ProblemNode]] = {}
+        for node in self.problem.nodes:
+            nodes_of.setdefault(phase_of(node.name), []).append(node)
+        for target in self.problem.target_names:
+            serves = []
+            for phase, nodes in nodes_of.items():
+                var = self.model.new_bool_var(f"serves[{phase},{target}]")
+                for node in nodes:
+                    if target in node.compute_seconds:
+                        self.model.add_implication(self.on[node.name, target], var)
+                members = [n.name for n in nodes]
+                self.derived.append((var, lambda a, t=target, m=members: any(a[n] == t for n in m)))
+                serves.append(var)
+            self.model.add_at_most_one(serves)
 
     def _tie_blocks(self) -> None:
         """Put corresponding nodes of neighbouring repeated blocks on one target, the blocks of each family

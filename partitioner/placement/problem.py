@@ -89,6 +89,9 @@ class PlacementProblem:
     blocks: tuple[tuple[tuple[str, ...], ...], ...] = ()
     routes: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     resource_bandwidth: Mapping[str, float] = field(default_factory=dict)
+    # Nodes are named "<phase>/<name>" (an LLM's prefill and decode), and a device may serve one phase only: a
+    # disaggregated deployment (partitioner/llm/joint.py).
+    separate_phases: bool = False
     _node_index: dict[str, ProblemNode] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -118,6 +121,15 @@ class PlacementProblem:
         source, destination = resource.split("->")
         return self.links[(source, destination)].bandwidth_bytes_per_second
 
+    def phase_conflicts(self, assignment: Mapping[str, str]) -> tuple[str, ...]:
+        """Devices `assignment` gives to more than one phase, where phases must be kept apart (else none)."""
+        if not self.separate_phases:
+            return ()
+        phases: dict[str, set[str]] = {}
+        for node in self.nodes:
+            phases.setdefault(assignment[node.name], set()).add(phase_of(node.name))
+        return tuple(target for target in self.target_names if len(phases.get(target, ())) > 1)
+
     def to_dict(self) -> dict:
         return {
             "targets": [
@@ -140,6 +152,7 @@ class PlacementProblem:
             "blocks": [[list(block) for block in family] for family in self.blocks],
             **({"routes": [{"source": s, "destination": d, "resources": list(r)} for (s, d), r in self.routes.items()],
                 "resource_bandwidth": dict(self.resource_bandwidth)} if self.routes else {}),
+            **({"separate_phases": True} if self.separate_phases else {}),
         }
 
     @classmethod
@@ -158,7 +171,13 @@ class PlacementProblem:
             blocks=tuple(tuple(tuple(block) for block in family) for family in data.get("blocks", ())),
             routes={(item["source"], item["destination"]): tuple(item["resources"]) for item in data.get("routes", ())},
             resource_bandwidth={str(k): float(v) for k, v in data.get("resource_bandwidth", {}).items()},
+            separate_phases=bool(data.get("separate_phases", False)),
         )
+
+
+def phase_of(node_name: str) -> str:
+    """The phase a node of a joint problem belongs to: `decode/linear_3` -> `decode` ("" outside one)."""
+    return node_name.partition("/")[0] if "/" in node_name else ""
 
 
 def build_problem(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_model: CostModel) -> PlacementProblem:

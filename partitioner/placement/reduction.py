@@ -205,5 +205,6 @@ class _Groups:
                 values.append(ProblemValue(producer, consumers, value.num_bytes))
         reduced = PlacementProblem(self.problem.targets, self.problem.fallback, tuple(nodes), tuple(values),
                                    self.problem.parameter_bytes, self.problem.links, self._blocks(representative),
-                                   self.problem.routes, self.problem.resource_bandwidth)
+                                   self.problem.routes, self.problem.resource_bandwidth,
+                                   self.problem.separate_phases)
         return Reduction(reduced, representative)

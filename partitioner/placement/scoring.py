@@ -48,6 +48,7 @@ class Score:
     transfer_bytes: int
     transfer_seconds: float
     serving: ServingFigures  # the same placement under a stream of requests (partitioner/placement/serving.py)
+    phase_conflicts: tuple[str, ...] = ()  # devices serving two phases where they must not (problem.separate_phases)
 
     @property
     def fits_memory(self) -> bool:
@@ -66,6 +67,7 @@ class Score:
             "transfer_bytes": self.transfer_bytes,
             "transfer_seconds": self.transfer_seconds,
             "serving": self.serving.to_dict(),
+            **({"phase_conflicts": list(self.phase_conflicts)} if self.phase_conflicts else {}),
         }
 
 
@@ -109,4 +111,5 @@ def score(problem: PlacementProblem, assignment: Mapping[str, str], order: Seque
         transfer_seconds=transfer_seconds,
         serving=serving_figures(problem, assignment, compute,
                                 ((move.source, move.destination, move.num_bytes) for move in moves)),
+        phase_conflicts=problem.phase_conflicts(assignment),
     )

@@ -1,0 +1,246 @@
+"""Plan an LLM for a workload on a fleet: both phases, co-located and disaggregated, priced per token.
+
+For each decode batch size the workload allows, both phases are captured
+(partitioner/llm/phases.py), costed, joined into one serving problem
+(partitioner/llm/joint.py) and solved for throughput: once with any device
+free to run both phases (co-located), once with each device given to one
+phase (disaggregated). At full load, money per output token is the price of
+the devices used over the tokens they deliver; time to first token (TTFT) is
+one prefill through its placement, time per output token (TPOT) one decode
+step through its. The batch and deployment with the least money per output
+token that meets the workload's limits is the plan; the others are reported.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Mapping
+
+import torch
+
+from cost_models.base import CostModel
+from cost_models.roofline import RooflineCostModel
+from partitioner.errors import PartitionerError
+from partitioner.frontend.capture import CapturedModel, ModelSource
+from partitioner.frontend.mutation import written_inputs
+from partitioner.frontend.op_graph import annotate
+from partitioner.llm.joint import joint_problem, phase_assignment
+from partitioner.llm.phases import CacheShape, cache_shape, capture_decode, capture_prefill
+from partitioner.llm.workload import Workload
+from partitioner.placement.baselines import BASELINES
+from partitioner.placement.objectives import THROUGHPUT
+from partitioner.placement.problem import PlacementProblem, build_problem
+from partitioner.placement.scoring import Score, score
+from partitioner.placement.serving import device_kind
+from partitioner.placement.solver import SolverOptions, SolverReport, solve
+from partitioner.placement.tagging import tag
+from targets.fleet import Fleet
+
+DEPLOYMENTS = ("co-located", "disaggregated")
+BATCH_CANDIDATES = (1, 4, 16, 64, 256)
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One way of serving the workload: a batch size, a placement of both phases, and what it delivers."""
+
+    name: str
+    batch_size: int
+    assignment: Mapping[str, str]  # over the joint problem's nodes, "prefill/..." and "decode/..."
+    requests_per_second: float
+    output_tokens_per_second: float
+    price_per_hour: float
+    cost_per_million_output_tokens: float  # the whole request's money over its output tokens: plans compare on it
+    cost_per_million_input_tokens: float  # the prefill's share of that money over the prompt's tokens
+    ttft_seconds: float
+    tpot_seconds: float
+    bottleneck: str
+    kv_cache_bytes: Mapping[str, int]  # per device, the KV caches it holds
+    memory_bytes: Mapping[str, int]
+    devices: Mapping[str, tuple[str, ...]]  # per phase, the devices running its ops
+    off_fallback_flops: Mapping[str, float]  # per phase, the share of its FLOPs off the fallback
+    solver: SolverReport | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "batch_size": self.batch_size, "requests_per_second": self.requests_per_second,
+                "output_tokens_per_second": self.output_tokens_per_second, "price_per_hour": self.price_per_hour,
+                "cost_per_million_output_tokens": self.cost_per_million_output_tokens,
+                "cost_per_million_input_tokens": self.cost_per_million_input_tokens,
+                "ttft_seconds": self.ttft_seconds, "tpot_seconds": self.tpot_seconds, "bottleneck": self.bottleneck,
+                "kv_cache_bytes": dict(self.kv_cache_bytes), "memory_bytes": dict(self.memory_bytes),
+                "devices": {p: list(d) for p, d in self.devices.items()},
+                "off_fallback_flops": dict(self.off_fallback_flops),
+                "solver": self.solver.to_dict() if self.solver else None, "placement": dict(self.assignment)}
+
+
+@dataclass(frozen=True, slots=True)
+class Tried:
+    """A (deployment, batch) that was solved or refused, and why it is not the plan if it is not."""
+
+    deployment: str
+    batch_size: int
+    result: Deployment | None
+    refusal: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LLMPlan:
+    model_name: str
+    workload: Workload
+    fleet: str
+    fallback: str
+    cache: CacheShape
+    best: Deployment
+    tried: tuple[Tried, ...]
+    baselines: Mapping[str, Deployment]  # on the best batch, co-located: all on the fallback, priority
+    fallback_price_per_hour: float
+    planning_seconds: float
+
+    def best_of(self, deployment: str) -> Deployment | None:
+        """The cheapest per output token of one deployment that meets the limits."""
+        found = [t.result for t in self.tried if t.deployment == deployment and t.result and t.refusal is None]
+        return min(found, key=lambda d: d.cost_per_million_output_tokens, default=None)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model_name, "workload": self.workload.to_dict(), "fleet": self.fleet,
+                "fallback": self.fallback, "planning_seconds": self.planning_seconds,
+                "kv_cache_bytes_per_request": self.cache.bytes_for(self.workload.context_tokens),
+                "best": self.best.to_dict(),
+                "tried": [{"deployment": t.deployment, "batch_size": t.batch_size, "refusal": t.refusal,
+                           **({"result": t.result.to_dict()} if t.result else {})} for t in self.tried],
+                "baselines": {name: d.to_dict() for name, d in self.baselines.items()}}
+
+
+def plan_llm(model: torch.nn.Module, workload: Workload, fleet: Fleet, *, time_limit_seconds: float = 60.0,
+             cost_model: CostModel | None = None, source: ModelSource | None = None, name: str | None = None,
+             fallback: str | None = None) -> LLMPlan:
+    """The cheapest way per output token to serve `workload` with `model` on `fleet`, within its limits."""
+    started = time.perf_counter()
+    cost_model = cost_model or RooflineCostModel()
+    targets = fleet.target_set(fallback)
+    shape = cache_shape(model)
+    name = name or type(model).__name__
+    context = workload.context_tokens
+    prefill = _costed(capture_prefill(model, workload.prompt_tokens, context, shape, source, name), targets,
+                      cost_model)
+    batches = (workload.batch_size,) if workload.batch_size else tuple(
+        b for b in BATCH_CANDIDATES if b <= workload.max_batch_size)
+    per_solve = time_limit_seconds / (len(batches) * len(DEPLOYMENTS))
+    tried: list[Tried] = []
+    decodes, co_located = {}, {}
+    for batch in batches:
+        decodes[batch] = decode = _costed(capture_decode(model, batch, context, shape, source, name), targets,
+                                          cost_model)
+        for deployment in DEPLOYMENTS:
+            joint = joint_problem(prefill[0], decode[0], prefill[1] | decode[1], workload.output_tokens / batch,
+                                  workload.prompt_tokens / context, deployment == "disaggregated")
+            if deployment == "co-located":
+                co_located[batch] = joint
+            tried.append(_try(deployment, batch, joint, prefill[0], decode[0], workload, per_solve, prefill[2],
+                              decode[2]))
+    meeting = [t.result for t in tried if t.result is not None and t.refusal is None]
+    if not meeting:
+        raise PartitionerError(_nothing_meets(workload, tried))
+    best = min(meeting, key=lambda d: d.cost_per_million_output_tokens)
+    joint, decode_problem = co_located[best.batch_size], decodes[best.batch_size]
+    baselines = {label: _figures("co-located", best.batch_size, joint, prefill[0], decode_problem[0], workload,
+                                 strategy(joint), None, prefill[2], decode_problem[2])
+                 for label, strategy in BASELINES.items()}
+    fallback_price = next(t.price_per_hour for t in targets if t.name == targets.fallback)
+    return LLMPlan(name, workload, fleet.describe(), targets.fallback, shape, best, tuple(tried), baselines,
+                   fallback_price, time.perf_counter() - started)
+
+
+def _costed(captured: CapturedModel, targets, cost_model: CostModel
+            ) -> tuple[PlacementProblem, frozenset[str], Mapping[str, int]]:
+    """A phase's problem, its state (the KV cache tensors it updates in place) and each node's FLOPs."""
+    graph = annotate(captured.program)
+    problem = build_problem(graph, tag(graph, targets), targets, cost_model)
+    return problem, frozenset(written_inputs(captured.program.graph)), {n.name: n.flops for n in graph}
+
+
+def _try(deployment: str, batch: int, joint: PlacementProblem, prefill: PlacementProblem, decode: PlacementProblem,
+         workload: Workload, seconds: float, prefill_flops: Mapping[str, int],
+         decode_flops: Mapping[str, int]) -> Tried:
+    hints = {label: strategy(joint) for label, strategy in BASELINES.items()}
+    try:
+        placement = solve(joint, THROUGHPUT, SolverOptions(time_limit_seconds=seconds), hints=hints)
+    except PartitionerError as error:
+        return Tried(deployment, batch, None, str(error).split(". Fix:")[0])
+    # Throughput is what CP-SAT maximises; money per token is price over throughput, so a baseline on fewer
+    # devices may be cheaper per token than the fastest plan: the cheapest valid one is kept.
+    candidates = {"cp-sat": placement.assignment, **{label: h for label, h in hints.items()
+                                                      if (s := score(joint, h)).fits_memory and not s.phase_conflicts}}
+    cheapest = min(candidates, key=lambda label: score(joint, candidates[label]).serving.cost_per_request_at_load)
+    report = placement.report if cheapest == "cp-sat" else replace(placement.report, origin=cheapest)
+    result = _figures(deployment, batch, joint, prefill, decode, workload, candidates[cheapest], report,
+                      prefill_flops, decode_flops)
+    misses = []
+    if workload.ttft_seconds and result.ttft_seconds > workload.ttft_seconds:
+        misses.append(f"TTFT {result.ttft_seconds * 1e3:.3g} ms over {workload.ttft_seconds * 1e3:g} ms")
+    if workload.tpot_seconds and result.tpot_seconds > workload.tpot_seconds:
+        misses.append(f"TPOT {result.tpot_seconds * 1e3:.3g} ms over {workload.tpot_seconds * 1e3:g} ms")
+    if workload.requests_per_second and result.requests_per_second < workload.requests_per_second:
+        misses.append(f"{result.requests_per_second:.3g} req/s under {workload.requests_per_second:g}")
+    return Tried(deployment, batch, result, "; ".join(misses) or None)
+
+
+def _figures(deployment: str, batch: int, joint: PlacementProblem, prefill: PlacementProblem,
+             decode: PlacementProblem, workload: Workload, assignment: Mapping[str, str],
+             report: SolverReport | None, prefill_flops: Mapping[str, int],
+             decode_flops: Mapping[str, int]) -> Deployment:
+    """What a joint placement delivers: rates and money at full load, TTFT and TPOT, memory and KV cache."""
+    result: Score = score(joint, assignment)
+    serving = result.serving
+    prefill_alone = score(prefill, phase_assignment(assignment, "prefill"))
+    decode_alone = score(decode, phase_assignment(assignment, "decode"))
+    rate = serving.throughput_per_second
+    per_request = serving.cost_per_request_at_load
+    share = _prefill_share(joint, assignment, serving.bottleneck)
+    kv: dict[str, int] = {}
+    for node in joint.nodes:
+        for parameter in node.parameters:
+            if "/" in parameter:  # state, renamed per phase
+                kv.setdefault(assignment[node.name], set()).add(parameter)
+    kv_bytes = {target: sum(joint.parameter_bytes[p] for p in names) for target, names in kv.items()}
+    devices = {phase: tuple(sorted({t for n, t in assignment.items() if n.startswith(phase + "/")}))
+               for phase in ("prefill", "decode")}
+    off = {}
+    for phase, flops in (("prefill", prefill_flops), ("decode", decode_flops)):
+        placed = phase_assignment(assignment, phase)
+        total = sum(flops.values()) or 1
+        off[phase] = sum(f for n, f in flops.items() if device_kind(placed[n]) != device_kind(joint.fallback)) / total
+    return Deployment(deployment, batch, dict(assignment), rate, rate * workload.output_tokens,
+                      serving.price_per_hour, 1e6 * per_request / workload.output_tokens,
+                      1e6 * per_request * share / workload.prompt_tokens, prefill_alone.latency_seconds,
+                      decode_alone.latency_seconds, serving.bottleneck, kv_bytes, dict(result.memory_bytes),
+                      devices, off, report)
+
+
+def _prefill_share(joint: PlacementProblem, assignment: Mapping[str, str], bottleneck: str) -> float:
+    """The share of a request's money its prefill accounts for: prefill's part of the bottleneck device's compute
+    (or, for a link bottleneck, of all compute)."""
+    prefill = decode = 0.0
+    for node in joint.nodes:
+        target = assignment[node.name]
+        if bottleneck in joint.target_names and target != bottleneck:
+            continue
+        seconds = node.compute_seconds[target]
+        if node.name.startswith("prefill/"):
+            prefill += seconds
+        else:
+            decode += seconds
+    return prefill / (prefill + decode) if prefill + decode else 0.0
+
+
+def _nothing_meets(workload: Workload, tried: list[Tried]) -> str:
+    solved = [t for t in tried if t.result is not None]
+    if not solved:
+        reasons = "; ".join(dict.fromkeys(f"{t.deployment} batch {t.batch_size}: {t.refusal}" for t in tried[:2]))
+        return f"no deployment of {workload.name} fits this fleet ({reasons}). Fix: add devices or memory."
+    ttft = min(t.result.ttft_seconds for t in solved)
+    tpot = min(t.result.tpot_seconds for t in solved)
+    return (f"no plan meets {workload.name}'s limits: the best TTFT reached is {ttft * 1e3:.3g} ms and the best "
+            f"TPOT {tpot * 1e3:.3g} ms (not always in the same plan). Fix: relax ttft_ms or tpot_ms, or plan on "
+            "faster devices.")

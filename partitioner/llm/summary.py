@@ -1,0 +1,78 @@
+"""The summary of an LLM plan: money per token, rates, TTFT and TPOT, KV cache, per phase and deployment."""
+
+from __future__ import annotations
+
+from partitioner.llm.planning import Deployment, LLMPlan
+from partitioner.placement.serving import device_kind
+from partitioner.units import format_bytes, format_money, format_seconds
+
+
+def format_llm_summary(plan: LLMPlan) -> str:
+    best, workload = plan.best, plan.workload
+    fallback_kind = device_kind(plan.fallback)
+    lines = [
+        f"model      {plan.model_name}: {plan.cache.layers} layers, KV cache "
+        f"{format_bytes(plan.cache.bytes_for(workload.context_tokens))} per request at {workload.context_tokens} "
+        "tokens of context",
+        f"workload   {workload.describe()}",
+        f"fleet      {plan.fleet}",
+        "",
+        f"plan       {best.name}, decode batch {best.batch_size}: {format_money(best.cost_per_million_output_tokens)} "
+        f"per 1M output tokens (all of a request's money), of which prefill is "
+        f"{format_money(best.cost_per_million_input_tokens)} per 1M input tokens",
+        f"           {best.output_tokens_per_second:.4g} output tokens/s ({best.requests_per_second:.4g} req/s) at "
+        f"full load; TTFT {format_seconds(best.ttft_seconds)}, TPOT {format_seconds(best.tpot_seconds)}; "
+        f"bottleneck {best.bottleneck}",
+        *_placement_lines(best, fallback_kind),
+        "",
+        f"{'strategy':<28}{'per 1M out':>12}{'tokens/s':>11}{'TTFT':>10}{'TPOT':>10}   vs plan",
+    ]
+    rows = [("plan", best)]
+    other = plan.best_of("disaggregated" if best.name == "co-located" else "co-located")
+    if other is not None:
+        rows.append((f"best {other.name} (batch {other.batch_size})", other))
+    rows += [(f"{name} (batch {d.batch_size})", d) for name, d in plan.baselines.items()]
+    for label, deployment in rows:
+        lines.append(_row(label, deployment, best))
+    rival = plan.baselines.get("fallback")
+    if rival is not None and best.price_per_hour > 0 and plan.fallback_price_per_hour > 0:
+        replicas = best.price_per_hour / plan.fallback_price_per_hour
+        rate = rival.output_tokens_per_second * replicas
+        lines.append(f"all-{fallback_kind} fleet of the same price ({replicas:.3g} x {fallback_kind}) delivers "
+                     f"{rate:.4g} tokens/s at {format_money(rival.cost_per_million_output_tokens)} per 1M output "
+                     f"tokens; the plan delivers {best.output_tokens_per_second / rate:.2f}x the tokens")
+    if other is None:
+        refusal = next((t.refusal for t in plan.tried if t.deployment != best.name and t.refusal), None)
+        lines.append(f"no {'disaggregated' if best.name == 'co-located' else 'co-located'} deployment qualified"
+                     + (f": {refusal}" if refusal else ""))
+    lines += ["", "tried      " + "; ".join(
+        f"{t.deployment} b{t.batch_size}: "
+        + (f"{format_money(t.result.cost_per_million_output_tokens)}/1M" if t.result else "no plan")
+        + (f" ({t.refusal})" if t.refusal else "") for t in plan.tried)]
+    solver = best.solver
+    if solver is not None:
+        lines.append(f"solver     throughput search {solver.status}, gap {100 * solver.gap:.2f}%; kept the "
+                     f"{solver.origin} placement, the cheapest per token; planning "
+                     f"{plan.planning_seconds:.1f} s in all")
+    return "\n".join(lines)
+
+
+def _placement_lines(deployment: Deployment, fallback_kind: str) -> list[str]:
+    lines = []
+    for phase in ("prefill", "decode"):
+        devices = deployment.devices[phase]
+        lines.append(f"{phase:<10} on {', '.join(devices)}; {100 * deployment.off_fallback_flops[phase]:.1f}% of its "
+                     f"FLOPs off {fallback_kind}")
+    kv = ", ".join(f"{device} {format_bytes(size)}" for device, size in sorted(deployment.kv_cache_bytes.items())
+                   if size >= 1024)  # not the position counters a cache also keeps
+    lines.append(f"KV cache   {kv or 'none'}")
+    return lines
+
+
+def _row(label: str, deployment: Deployment, best: Deployment) -> str:
+    saving = 1 - best.cost_per_million_output_tokens / deployment.cost_per_million_output_tokens \
+        if deployment.cost_per_million_output_tokens else 0.0
+    versus = "" if deployment is best else f"plan saves {100 * saving:.1f}% per token"
+    return (f"{label:<28}{format_money(deployment.cost_per_million_output_tokens):>12}"
+            f"{deployment.output_tokens_per_second:>11.4g}{format_seconds(deployment.ttft_seconds):>10}"
+            f"{format_seconds(deployment.tpot_seconds):>10}   {versus}")
