@@ -75,14 +75,15 @@ def _base(node: torch.fx.Node) -> torch.fx.Node:
         written = _written_argument(node)
         if written is not None:
             node = written
-        elif _is_view(node):
+        elif is_view(node):
             node = node.args[0]
         else:
             break
     return node
 
 
-def _is_view(node: torch.fx.Node) -> bool:
+def is_view(node: torch.fx.Node) -> bool:
+    """Whether `node` returns a view of its first argument (same storage, same dtype)."""
     schema = getattr(node.target, "_schema", None)
     if schema is None or not node.args or not isinstance(node.args[0], torch.fx.Node):
         return False

@@ -20,13 +20,14 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
 from partitioner.frontend.flops import count_flops
-from partitioner.frontend.mutation import MutationFacts, mutation_facts, written_inputs
+from partitioner.frontend.mutation import MutationFacts, is_view, mutation_facts, written_inputs
 
 # Ops that only copy their tensor into a new layout: any device that holds the data can make the copy.
 _COPY_OPS = frozenset({"aten.clone.default", "aten.contiguous.default", "aten._to_copy.default", "aten.copy.default"})
 # Ops that gather rows of their first tensor argument (a table): they read the rows they gather, not the table.
 _GATHER_OPS = frozenset({"aten.embedding.default", "aten.index_select.default", "aten.index.Tensor",
                          "aten.gather.default", "aten.take.default"})
+_GROUPED_MM_OPS = frozenset({"aten._grouped_mm.default", "transformers.grouped_mm_fallback.default"})
 # In-place writes of a few rows into a larger tensor (a KV cache's new token): they touch the rows they write.
 _PARTIAL_WRITE_OPS = frozenset({"aten.index_copy_.default", "aten.index_put_.default", "aten.scatter_.src",
                                 "aten.scatter_.value", "aten.masked_scatter_.default"})
@@ -237,7 +238,7 @@ def _op_node(node: torch.fx.Node, parameter_names: Mapping[str, str], parameter_
     key = op_key(node.target)
     inputs = tuple(dict.fromkeys(n.name for n in node.all_input_nodes if n.op == "call_function"))
     parameters = tuple(dict.fromkeys(
-        parameter_names[n.name] for n in node.all_input_nodes if n.name in parameter_names
+        parameter_names[root.name] for n in node.all_input_nodes if (root := _viewed(n)).name in parameter_names
     ))
     input_tensors = tuple(
         _tensor_meta(n.meta.get("val")) for n in node.all_input_nodes if isinstance(n.meta.get("val"), torch.Tensor)
@@ -260,7 +261,8 @@ def _op_node(node: torch.fx.Node, parameter_names: Mapping[str, str], parameter_
         module_path=_module_path(node),
         writes=mutation.writes,
         after=mutation.after,
-        unread_bytes=_unread_table_bytes(node, key, output_tensors) + _untouched_bytes(node, key),
+        unread_bytes=(_unread_table_bytes(node, key, output_tensors) + _untouched_bytes(node, key)
+                      + _unrouted_expert_bytes(node, key)),
         unwritten_bytes=_untouched_bytes(node, key),
         flops_known=flops is not None,
         copies_only=copies_only and bool(input_tensors) and all(o.dtype == input_tensors[0].dtype
@@ -277,6 +279,28 @@ def _unread_table_bytes(node: torch.fx.Node, key: str, outputs: tuple[TensorMeta
         return 0
     table = _tensor_meta(node.args[0].meta.get("val")).num_bytes
     return max(0, table - sum(t.num_bytes for t in outputs))
+
+
+def _viewed(node: torch.fx.Node) -> torch.fx.Node:
+    """The tensor a chain of views reads (a weight behind `transpose`): an op reading a view of a weight
+    needs that weight resident, and its working set is its activations alone."""
+    while node.op == "call_function" and is_view(node):
+        node = node.args[0]
+    return node
+
+
+def _unrouted_expert_bytes(node: torch.fx.Node, key: str) -> int:
+    """For a grouped matmul of routed tokens (S, K) by expert weights (E, K, N), the expected bytes of the experts
+    no token reaches: with S token-expert rows spread evenly, an expert gets none with probability (1 - 1/E)^S. At
+    decode batch sizes most experts sit idle and their weights are not read; at prefill lengths all are."""
+    if key not in _GROUPED_MM_OPS or len(node.args) < 2 or not all(isinstance(a, torch.fx.Node) for a in node.args[:2]):
+        return 0
+    tokens, weights = (a.meta.get("val") for a in node.args[:2])
+    if not (isinstance(tokens, torch.Tensor) and isinstance(weights, torch.Tensor)) or tokens.dim() != 2 \
+            or weights.dim() != 3 or not isinstance(tokens.shape[0], int) or weights.shape[0] < 2:
+        return 0
+    experts = weights.shape[0]
+    return round(_tensor_meta(weights).num_bytes * (1 - 1 / experts) ** tokens.shape[0])
 
 
 def _untouched_bytes(node: torch.fx.Node, key: str) -> int:

@@ -1,10 +1,12 @@
 """Plan an LLM for a workload on a fleet: both phases, co-located and disaggregated, priced per token.
 
-For each decode batch size the workload allows, both phases are captured
+Prefill is captured once and a decode step per batch size
 (partitioner/llm/phases.py), costed, joined into one serving problem
-(partitioner/llm/joint.py) and solved for throughput: once with any device
-free to run both phases (co-located), once with each device given to one
-phase (disaggregated). At full load, money per output token is the price of
+(partitioner/llm/joint.py) and solved for throughput: with each weight placed
+once (co-located) and with each device given to one phase (disaggregated).
+Batch sizes whose weights and KV cache exceed the fleet's memory are refused
+unsolved; the others are tried from the largest down, stopping once a batch
+meets the limits and the next smaller one costs more per token. At full load, money per output token is the price of
 the devices used over the tokens they deliver; time to first token (TTFT) is
 one prefill through its placement, time per output token (TPOT) one decode
 step through its. The batch and deployment with the least money per output
@@ -35,6 +37,7 @@ from partitioner.placement.scoring import Score, score
 from partitioner.placement.serving import device_kind
 from partitioner.placement.solver import SolverOptions, SolverReport, solve
 from partitioner.placement.tagging import tag
+from partitioner.units import format_bytes
 from targets.fleet import Fleet
 
 DEPLOYMENTS = ("co-located", "disaggregated")
@@ -126,24 +129,53 @@ def plan_llm(model: torch.nn.Module, workload: Workload, fleet: Fleet, *, time_l
                       cost_model)
     batches = (workload.batch_size,) if workload.batch_size else tuple(
         b for b in BATCH_CANDIDATES if b <= workload.max_batch_size)
-    per_solve = time_limit_seconds / (len(batches) * len(DEPLOYMENTS))
+    weights = sum(size for p, size in prefill[0].parameter_bytes.items() if p not in prefill[1])
+    memory = sum(t.memory_bytes for t in prefill[0].targets)
     tried: list[Tried] = []
-    decodes, co_located = {}, {}
+    runs = []  # (deployment, batch) pairs whose weights and KV caches fit the fleet's memory at all
     for batch in batches:
-        decodes[batch] = decode = _costed(capture_decode(model, batch, context, shape, source, name), targets,
-                                          cost_model)
         for deployment in DEPLOYMENTS:
+            copies = 2 if deployment == "disaggregated" else 1
+            need = copies * weights + shape.bytes_for(context, batch) + shape.bytes_for(context)
+            if need > memory:
+                tried.append(Tried(deployment, batch, None, f"{copies} x {format_bytes(weights)} of weights and "
+                                   f"{format_bytes(shape.bytes_for(context, batch))} of KV cache exceed the fleet's "
+                                   f"{format_bytes(memory)}"))
+            else:
+                runs.append((deployment, batch))
+    per_solve = time_limit_seconds / max(1, len(runs))
+    decodes, co_located = {}, {}
+    for deployment in DEPLOYMENTS:
+        # Largest batch first: a smaller one reads the same weights for fewer tokens, so it costs more per token
+        # unless the larger misses TPOT. Down from there until a batch meets the limits and the next is dearer.
+        best_so_far: Deployment | None = None
+        for batch in sorted((b for d, b in runs if d == deployment), reverse=True):
+            if batch not in decodes:
+                decodes[batch] = _costed(capture_decode(model, batch, context, shape, source, name), targets,
+                                         cost_model)
+            decode = decodes[batch]
             joint = joint_problem(prefill[0], decode[0], prefill[1] | decode[1], workload.output_tokens / batch,
                                   workload.prompt_tokens / context, deployment == "disaggregated")
             if deployment == "co-located":
                 co_located[batch] = joint
-            tried.append(_try(deployment, batch, joint, prefill[0], decode[0], workload, per_solve, prefill[2],
-                              decode[2]))
+            attempt = _try(deployment, batch, joint, prefill[0], decode[0], workload, per_solve, prefill[2],
+                           decode[2])
+            tried.append(attempt)
+            if attempt.result is None or attempt.refusal is not None:
+                continue
+            if best_so_far is not None and \
+                    attempt.result.cost_per_million_output_tokens >= best_so_far.cost_per_million_output_tokens:
+                break
+            best_so_far = attempt.result
+    tried.sort(key=lambda t: (t.batch_size, DEPLOYMENTS.index(t.deployment)))
     meeting = [t.result for t in tried if t.result is not None and t.refusal is None]
     if not meeting:
         raise PartitionerError(_nothing_meets(workload, tried))
     best = min(meeting, key=lambda d: d.cost_per_million_output_tokens)
-    joint, decode_problem = co_located[best.batch_size], decodes[best.batch_size]
+    decode_problem = decodes[best.batch_size]
+    joint = co_located.get(best.batch_size) or joint_problem(
+        prefill[0], decode_problem[0], prefill[1] | decode_problem[1], workload.output_tokens / best.batch_size,
+        workload.prompt_tokens / context, False)
     baselines = {label: _figures("co-located", best.batch_size, joint, prefill[0], decode_problem[0], workload,
                                  strategy(joint), None, prefill[2], decode_problem[2])
                  for label, strategy in BASELINES.items()}
@@ -170,9 +202,11 @@ def _try(deployment: str, batch: int, joint: PlacementProblem, prefill: Placemen
         return Tried(deployment, batch, None, str(error).split(". Fix:")[0])
     # Throughput is what CP-SAT maximises; money per token is price over throughput, so a baseline on fewer
     # devices may be cheaper per token than the fastest plan: the cheapest valid one is kept.
-    candidates = {"cp-sat": placement.assignment, **{label: h for label, h in hints.items()
-                                                      if (s := score(joint, h)).fits_memory and not s.phase_conflicts}}
-    cheapest = min(candidates, key=lambda label: score(joint, candidates[label]).serving.cost_per_request_at_load)
+    scores = {label: score(joint, assignment) for label, assignment in
+              {"cp-sat": placement.assignment, **hints}.items()}
+    candidates = {label: assignment for label, assignment in {"cp-sat": placement.assignment, **hints}.items()
+                  if label == "cp-sat" or (scores[label].fits_memory and not scores[label].phase_conflicts)}
+    cheapest = min(candidates, key=lambda label: scores[label].serving.cost_per_request_at_load)
     report = placement.report if cheapest == "cp-sat" else replace(placement.report, origin=cheapest)
     result = _figures(deployment, batch, joint, prefill, decode, workload, candidates[cheapest], report,
                       prefill_flops, decode_flops)

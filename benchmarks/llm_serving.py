@@ -1,0 +1,140 @@
+"""LLM serving per token: Llama 7B and 70B shapes and a Mixtral-shape MoE, chat and summarisation, on fleets.
+
+For each (model, workload, fleet), `plan_llm` captures prefill and decode on the
+meta device, solves both deployments (co-located, disaggregated) at each batch
+size, and keeps the cheapest per output token within the workload's limits.
+The table gives money per 1M output tokens, output tokens/s, TTFT, TPOT, the
+batch and deployment chosen, against all on the H100 and `priority` (same
+batch, co-located) and an all-H100 fleet of the same hourly price; planning
+seconds and the throughput search's gap. Not a test; writes Markdown and JSON.
+
+    python benchmarks/llm_serving.py [--models llama-7b,...] [--workloads chat,...] [--fleets ...]
+                                     [--time-limit 60] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from partitioner.errors import PartitionerError  # noqa: E402
+from partitioner.files import write_atomically  # noqa: E402
+from partitioner.llm.planning import plan_llm  # noqa: E402
+from partitioner.llm.workload import load_workload  # noqa: E402
+from targets.fleet import load_fleet  # noqa: E402
+
+MODELS = ("llama-7b", "llama-70b", "mixtral-8x7b")
+WORKLOADS = ("chat", "summarisation")
+FLEETS = ("inf2-h100", "two-hosts", "l4-h100")
+
+
+def build(name: str) -> torch.nn.Module:
+    """A causal LM of the named shape on the meta device, bfloat16: planning needs no weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
+
+    if name == "llama-7b":
+        model_class, config = LlamaForCausalLM, LlamaConfig(
+            hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+            num_key_value_heads=32, vocab_size=32000, max_position_embeddings=8192)
+    elif name == "llama-70b":
+        model_class, config = LlamaForCausalLM, LlamaConfig(
+            hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+            num_key_value_heads=8, vocab_size=32000, max_position_embeddings=8192)
+    elif name == "mixtral-8x7b":
+        model_class, config = MixtralForCausalLM, MixtralConfig(
+            hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+            num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2, vocab_size=32000,
+            max_position_embeddings=8192)
+    else:
+        raise SystemExit(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    with torch.device("meta"):
+        return model_class(config).to(torch.bfloat16).eval()
+
+
+def run(models, workloads, fleets, time_limit: float) -> list[dict]:
+    rows = []
+    for model_name in models:
+        model = build(model_name)
+        for workload_name in workloads:
+            workload = load_workload(workload_name)
+            for fleet_name in fleets:
+                started = time.perf_counter()
+                try:
+                    plan = plan_llm(model, workload, load_fleet(fleet_name), time_limit_seconds=time_limit,
+                                    name=model_name)
+                except PartitionerError as error:
+                    rows.append({"model": model_name, "workload": workload_name, "fleet": fleet_name,
+                                 "error": str(error), "seconds": time.perf_counter() - started})
+                    print(f"{model_name} {workload_name} {fleet_name}: {error}", flush=True)
+                    continue
+                best, h100 = plan.best, plan.baselines["fallback"]
+                replicas = best.price_per_hour / plan.fallback_price_per_hour
+                rows.append({"model": model_name, "workload": workload_name, "fleet": fleet_name,
+                             "deployment": best.name, "batch": best.batch_size,
+                             "per_1m_out": best.cost_per_million_output_tokens,
+                             "tokens_per_second": best.output_tokens_per_second, "ttft": best.ttft_seconds,
+                             "tpot": best.tpot_seconds, "off_cuda": best.off_fallback_flops,
+                             "h100_per_1m_out": h100.cost_per_million_output_tokens,
+                             "priority_per_1m_out": plan.baselines["priority"].cost_per_million_output_tokens,
+                             "same_price_h100_tokens_per_second": h100.output_tokens_per_second * replicas,
+                             "other_deployment": _other(plan), "gap": best.solver.gap if best.solver else None,
+                             "seconds": plan.planning_seconds})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _other(plan) -> dict | None:
+    other = plan.best_of("disaggregated" if plan.best.name == "co-located" else "co-located")
+    return None if other is None else {"deployment": other.name, "batch": other.batch_size,
+                                       "per_1m_out": other.cost_per_million_output_tokens}
+
+
+def markdown(rows: list[dict], time_limit: float) -> str:
+    lines = [f"# LLM serving per token ({time_limit:g} s of solving per plan, roofline costs, meta weights)", "",
+             "| model | workload | fleet | plan | $/1M out | tokens/s | TTFT | TPOT | FLOPs off CUDA (prefill/decode)"
+             " | all-H100 $/1M | priority $/1M | other deployment | same-price H100s tokens/s | gap | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['workload']} | {row['fleet']} | {row['error']} "
+                         + "| " * 11 + f"{row['seconds']:.0f} |")
+            continue
+        other = row["other_deployment"]
+        lines.append(
+            f"| {row['model']} | {row['workload']} | {row['fleet']} | {row['deployment']} b{row['batch']} "
+            f"| ${row['per_1m_out']:.3g} | {row['tokens_per_second']:.4g} | {row['ttft'] * 1e3:.3g} ms "
+            f"| {row['tpot'] * 1e3:.3g} ms | {100 * row['off_cuda']['prefill']:.0f}% / "
+            f"{100 * row['off_cuda']['decode']:.0f}% | ${row['h100_per_1m_out']:.3g} "
+            f"| ${row['priority_per_1m_out']:.3g} | "
+            + (f"{other['deployment']} b{other['batch']} ${other['per_1m_out']:.3g}" if other else "none qualified")
+            + f" | {row['same_price_h100_tokens_per_second']:.4g} | "
+            + (f"{100 * row['gap']:.0f}%" if row["gap"] is not None else "-") + f" | {row['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--fleets", default=",".join(FLEETS))
+    parser.add_argument("--time-limit", type=float, default=60.0)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    rows = run(args.models.split(","), args.workloads.split(","), args.fleets.split(","), args.time_limit)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomically(out / "llm_serving.json", json.dumps(rows, indent=1))
+    write_atomically(out / "llm_serving.md", markdown(rows, args.time_limit))
+    print(markdown(rows, args.time_limit))
+
+
+if __name__ == "__main__":
+    main()
