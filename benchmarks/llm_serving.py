@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 from partitioner.errors import PartitionerError  # noqa: E402
 from partitioner.files import write_atomically  # noqa: E402
 from partitioner.llm.planning import plan_llm  # noqa: E402
-from partitioner.llm.workload import load_workload  # noqa: E402
+from targets.workload import load_workload  # noqa: E402
 from targets.fleet import load_fleet  # noqa: E402
 
 MODELS = ("llama-7b", "llama-70b", "mixtral-8x7b")

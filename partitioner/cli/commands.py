@@ -86,7 +86,7 @@ def _compile_llm(args: argparse.Namespace, output: Path, progress: Progress, cos
     from partitioner.frontend.capture import build_model_file
     from partitioner.llm.planning import plan_llm
     from partitioner.llm.summary import format_llm_summary
-    from partitioner.llm.workload import load_workload
+    from targets.workload import load_workload
     from targets.fleet import load_fleet
 
     workload = load_workload(args.workload)

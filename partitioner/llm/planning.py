@@ -29,7 +29,7 @@ from partitioner.frontend.mutation import written_inputs
 from partitioner.frontend.op_graph import annotate
 from partitioner.llm.joint import joint_problem, phase_assignment
 from partitioner.llm.phases import CacheShape, cache_shape, capture_decode, capture_prefill
-from partitioner.llm.workload import Workload
+from targets.workload import Workload
 from partitioner.placement.baselines import BASELINES
 from partitioner.placement.objectives import THROUGHPUT
 from partitioner.placement.problem import PlacementProblem, build_problem

@@ -16,14 +16,14 @@ from partitioner.errors import PartitionerError
 from partitioner.frontend.op_graph import annotate
 from partitioner.llm.joint import joint_problem, phase_assignment
 from partitioner.llm.phases import cache_shape, capture_decode, capture_prefill
-from partitioner.llm.workload import load_workload
+from targets.workload import load_workload
 from partitioner.placement.objectives import THROUGHPUT
 from partitioner.placement.problem import TargetTerms
 from partitioner.placement.scoring import score
 from partitioner.placement.solver import SolverOptions, solve
 from targets.loader import load_target
 from targets.spec import Link
-from tests.partitioner.placement.problem_builders import make_problem, node, value
+from tests.partitioner.placement.problem_builders import make_problem, node
 
 
 def small_llama(dtype=torch.float32, device="cpu", layers=2, hidden=64, heads=4, kv_heads=2):

@@ -12,7 +12,7 @@
 Lengths given as buckets are planned at their share-weighted mean (prefill and
 decode costs are close to linear in them); the KV cache is sized for the
 longest prompt plus the longest output, since a static cache holds the most a
-request can need. Built-in workloads live in partitioner/llm/workloads/.
+request can need. Built-in workloads live in targets/builtin/workloads/.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from partitioner.errors import PartitionerError
 from targets.loader import TomlReader, read_toml
 
-WORKLOADS_DIR = Path(__file__).parent / "workloads"
+WORKLOADS_DIR = Path(__file__).parent / "builtin" / "workloads"
 _FIELDS = {"name", "description", "prompt_tokens", "output_tokens", "batch_size", "max_batch_size",
            "requests_per_second", "ttft_ms", "tpot_ms"}
 DEFAULT_MAX_BATCH = 256
