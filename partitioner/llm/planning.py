@@ -31,6 +31,7 @@ from partitioner.llm.joint import joint_problem, phase_assignment
 from partitioner.llm.phases import CacheShape, cache_shape, capture_decode, capture_prefill
 from targets.workload import Workload
 from partitioner.placement.baselines import BASELINES
+from partitioner.placement.infeasibility import phases_sharing_a_device
 from partitioner.placement.objectives import THROUGHPUT
 from partitioner.placement.problem import PlacementProblem, build_problem
 from partitioner.placement.scoring import Score, score
@@ -195,6 +196,8 @@ def _costed(captured: CapturedModel, targets, cost_model: CostModel
 def _try(deployment: str, batch: int, joint: PlacementProblem, prefill: PlacementProblem, decode: PlacementProblem,
          workload: Workload, seconds: float, prefill_flops: Mapping[str, int],
          decode_flops: Mapping[str, int]) -> Tried:
+    if (clash := phases_sharing_a_device(joint)) is not None:  # no need to search to know
+        return Tried(deployment, batch, None, clash.split(". Fix:")[0])
     hints = {label: strategy(joint) for label, strategy in BASELINES.items()}
     try:
         placement = solve(joint, THROUGHPUT, SolverOptions(time_limit_seconds=seconds), hints=hints)

@@ -45,10 +45,15 @@ def format_llm_summary(plan: LLMPlan) -> str:
         refusal = next((t.refusal for t in plan.tried if t.deployment != best.name and t.refusal), None)
         lines.append(f"no {'disaggregated' if best.name == 'co-located' else 'co-located'} deployment qualified"
                      + (f": {refusal}" if refusal else ""))
-    lines += ["", "tried      " + "; ".join(
-        f"{t.deployment} b{t.batch_size}: "
-        + (f"{format_money(t.result.cost_per_million_output_tokens)}/1M" if t.result else "no plan")
-        + (f" ({t.refusal})" if t.refusal else "") for t in plan.tried)]
+    said: set[str] = set()
+    attempts = []
+    for t in plan.tried:
+        reason = "" if not t.refusal else " (as above)" if t.refusal in said else f" ({t.refusal})"
+        said.add(t.refusal or "")
+        attempts.append(f"{t.deployment} b{t.batch_size}: "
+                        + (f"{format_money(t.result.cost_per_million_output_tokens)}/1M" if t.result else "no plan")
+                        + reason)
+    lines += ["", "tried      " + "; ".join(attempts)]
     solver = best.solver
     if solver is not None:
         lines.append(f"solver     throughput search {solver.status}, gap {100 * solver.gap:.2f}%; kept the "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from partitioner.placement.problem import PlacementProblem
+from partitioner.placement.problem import PlacementProblem, phase_of
 from partitioner.placement.scoring import Score
 from partitioner.units import format_bytes
 
@@ -32,6 +32,8 @@ def explain_infeasible(problem: PlacementProblem, max_latency_seconds: float | N
             f"(the fastest baseline takes {_milliseconds(fastest)}). "
             "Fix: raise --max-latency, or add faster targets."
         )
+    if (clash := phases_sharing_a_device(problem)) is not None:
+        return clash
     for node in problem.nodes:
         if all(node.working_bytes > problem.target(t).memory_bytes for t in node.supported):
             return (
@@ -62,6 +64,23 @@ def explain_infeasible(problem: PlacementProblem, max_latency_seconds: float | N
         f"({', '.join(f'{t.name} {format_bytes(t.memory_bytes)}' for t in problem.targets)}; {format_bytes(capacity)} in all). "
         "Fix: add a target with more memory or lower the precision of the weights."
     )
+
+
+def phases_sharing_a_device(problem: PlacementProblem) -> str | None:
+    """Where phases must be kept apart, a device that ops of two phases can only run on, named with an example
+    op of each; None when there is none."""
+    if not problem.separate_phases:
+        return None
+    only_there: dict[str, dict[str, str]] = {}  # device -> phase -> an op only that device runs
+    for node in problem.nodes:
+        if len(node.supported) == 1:
+            only_there.setdefault(node.supported[0], {}).setdefault(phase_of(node.name), node.name)
+    for device, examples in only_there.items():
+        if len(examples) > 1:
+            return (f"phases: {' and '.join(examples)} both have ops only {device} runs "
+                    f"(e.g. {', '.join(examples.values())}), and a disaggregated deployment gives each device one "
+                    f"phase. Fix: add another device that runs them to the fleet, or serve co-located.")
+    return None
 
 
 def _milliseconds(seconds: float) -> str:

@@ -141,3 +141,14 @@ def test_compile_with_a_workload_plans_both_phases_per_token_and_writes_the_plan
     assert {t["batch_size"] for t in plan["tried"]} == {1, 4}
     assert {t["deployment"] for t in plan["tried"]} == {"co-located", "disaggregated"}
     assert "per 1M output tokens" in out and "TTFT" in out and "TPOT" in out and "KV cache" in out
+
+
+def test_disaggregation_with_one_device_that_both_phases_need_names_that_device():
+    # Only gpu runs either op, and each device may serve one phase.
+    prefill = make_problem([node("p", gpu=1.0)], targets=(GPU, HBM), fallback="gpu")
+    decode = make_problem([node("d", gpu=1.0)], targets=(GPU, HBM), fallback="gpu")
+    joint = joint_problem(prefill, decode, frozenset(), 1.0, 1.0, True)
+
+    with pytest.raises(PartitionerError, match=r"phases: prefill and decode both have ops only gpu runs "
+                                               r"\(e.g. prefill/p, decode/d\).*Fix: add another device"):
+        solve(joint, THROUGHPUT, SolverOptions(time_limit_seconds=5, workers=1))
