@@ -76,7 +76,6 @@ def run(models, workloads, fleets, time_limit: float) -> list[dict]:
                     print(f"{model_name} {workload_name} {fleet_name}: {error}", flush=True)
                     continue
                 best, h100 = plan.best, plan.baselines["fallback"]
-                replicas = best.price_per_hour / plan.fallback_price_per_hour
                 rows.append({"model": model_name, "workload": workload_name, "fleet": fleet_name,
                              "deployment": best.name, "batch": best.batch_size,
                              "per_1m_out": best.cost_per_million_output_tokens,
@@ -84,7 +83,7 @@ def run(models, workloads, fleets, time_limit: float) -> list[dict]:
                              "tpot": best.tpot_seconds, "off_cuda": best.off_fallback_flops,
                              "h100_per_1m_out": h100.cost_per_million_output_tokens,
                              "priority_per_1m_out": plan.baselines["priority"].cost_per_million_output_tokens,
-                             "same_price_h100_tokens_per_second": h100.output_tokens_per_second * replicas,
+                             "same_price_h100_tokens_per_second": plan.same_price_fallback_tokens_per_second()[1],
                              "other_deployment": _other(plan), "gap": best.solver.gap if best.solver else None,
                              "seconds": plan.planning_seconds})
                 print(json.dumps(rows[-1]), flush=True)

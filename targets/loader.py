@@ -119,8 +119,10 @@ def as_target_set(targets: Iterable[str | Path] | str | TargetSet | None,
     --targets does: "npu-example,cuda-h100"), or the default set when None."""
     if isinstance(targets, TargetSet):
         return targets
-    if isinstance(targets, (str, Path)):
-        targets = [item.strip() for item in str(targets).split(",")] if isinstance(targets, str) else [targets]
+    if isinstance(targets, str):
+        targets = [item.strip() for item in targets.split(",")]
+    elif isinstance(targets, Path):
+        targets = [targets]
     return load_targets(targets or DEFAULT_TARGET_NAMES, fallback)
 
 

@@ -247,6 +247,7 @@ def _op_node(node: torch.fx.Node, parameter_names: Mapping[str, str], parameter_
     kind = _node_kind(node, key, input_tensors, output_tensors)
     flops = _count_flops(node, flop_cache) if kind is NodeKind.COMPUTE else 0
     copies_only = kind is NodeKind.COMPUTE and (key in _COPY_OPS or _may_alias(node, input_tensors, output_tensors))
+    untouched = _untouched_bytes(node, key)
     return OpNode(
         name=node.name,
         op=key,
@@ -261,9 +262,8 @@ def _op_node(node: torch.fx.Node, parameter_names: Mapping[str, str], parameter_
         module_path=_module_path(node),
         writes=mutation.writes,
         after=mutation.after,
-        unread_bytes=(_unread_table_bytes(node, key, output_tensors) + _untouched_bytes(node, key)
-                      + _unrouted_expert_bytes(node, key)),
-        unwritten_bytes=_untouched_bytes(node, key),
+        unread_bytes=_unread_table_bytes(node, key, output_tensors) + untouched + _unrouted_expert_bytes(node, key),
+        unwritten_bytes=untouched,
         flops_known=flops is not None,
         copies_only=copies_only and bool(input_tensors) and all(o.dtype == input_tensors[0].dtype
                                                                 for o in output_tensors),

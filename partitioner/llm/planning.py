@@ -33,7 +33,7 @@ from targets.workload import Workload
 from partitioner.placement.baselines import BASELINES
 from partitioner.placement.infeasibility import phases_sharing_a_device
 from partitioner.placement.objectives import THROUGHPUT
-from partitioner.placement.problem import PlacementProblem, build_problem
+from partitioner.placement.problem import PlacementProblem, build_problem, phase_of
 from partitioner.placement.scoring import Score, score
 from partitioner.placement.serving import device_kind
 from partitioner.placement.solver import SolverOptions, SolverReport, solve
@@ -79,6 +79,16 @@ class Deployment:
 
 
 @dataclass(frozen=True, slots=True)
+class CostedPhase:
+    """One phase ready to join: its problem, its state (the KV cache tensors it updates in place) and the FLOPs
+    of each node (for the share of the work off the fallback)."""
+
+    problem: PlacementProblem
+    state: frozenset[str]
+    flops: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class Tried:
     """A (deployment, batch) that was solved or refused, and why it is not the plan if it is not."""
 
@@ -100,6 +110,12 @@ class LLMPlan:
     baselines: Mapping[str, Deployment]  # on the best batch, co-located: all on the fallback, priority
     fallback_price_per_hour: float
     planning_seconds: float
+
+    def same_price_fallback_tokens_per_second(self) -> tuple[float, float]:
+        """How many fallback devices the plan's hourly price buys (fractional), and the output tokens per second
+        they deliver, each serving as the all-on-fallback baseline does."""
+        replicas = self.best.price_per_hour / self.fallback_price_per_hour if self.fallback_price_per_hour else 1.0
+        return replicas, replicas * self.baselines["fallback"].output_tokens_per_second
 
     def best_of(self, deployment: str) -> Deployment | None:
         """The cheapest per output token of one deployment that meets the limits."""
@@ -130,8 +146,8 @@ def plan_llm(model: torch.nn.Module, workload: Workload, fleet: Fleet, *, time_l
                       cost_model)
     batches = (workload.batch_size,) if workload.batch_size else tuple(
         b for b in BATCH_CANDIDATES if b <= workload.max_batch_size)
-    weights = sum(size for p, size in prefill[0].parameter_bytes.items() if p not in prefill[1])
-    memory = sum(t.memory_bytes for t in prefill[0].targets)
+    weights = sum(size for p, size in prefill.problem.parameter_bytes.items() if p not in prefill.state)
+    memory = sum(t.memory_bytes for t in prefill.problem.targets)
     tried: list[Tried] = []
     runs = []  # (deployment, batch) pairs whose weights and KV caches fit the fleet's memory at all
     for batch in batches:
@@ -154,13 +170,10 @@ def plan_llm(model: torch.nn.Module, workload: Workload, fleet: Fleet, *, time_l
             if batch not in decodes:
                 decodes[batch] = _costed(capture_decode(model, batch, context, shape, source, name), targets,
                                          cost_model)
-            decode = decodes[batch]
-            joint = joint_problem(prefill[0], decode[0], prefill[1] | decode[1], workload.output_tokens / batch,
-                                  workload.prompt_tokens / context, deployment == "disaggregated")
+            joint = _joint(prefill, decodes[batch], workload, batch, deployment == "disaggregated")
             if deployment == "co-located":
                 co_located[batch] = joint
-            attempt = _try(deployment, batch, joint, prefill[0], decode[0], workload, per_solve, prefill[2],
-                           decode[2])
+            attempt = _try(deployment, batch, joint, prefill, decodes[batch], workload, per_solve)
             tried.append(attempt)
             if attempt.result is None or attempt.refusal is not None:
                 continue
@@ -173,29 +186,34 @@ def plan_llm(model: torch.nn.Module, workload: Workload, fleet: Fleet, *, time_l
     if not meeting:
         raise PartitionerError(_nothing_meets(workload, tried))
     best = min(meeting, key=lambda d: d.cost_per_million_output_tokens)
-    decode_problem = decodes[best.batch_size]
-    joint = co_located.get(best.batch_size) or joint_problem(
-        prefill[0], decode_problem[0], prefill[1] | decode_problem[1], workload.output_tokens / best.batch_size,
-        workload.prompt_tokens / context, False)
-    baselines = {label: _figures("co-located", best.batch_size, joint, prefill[0], decode_problem[0], workload,
-                                 strategy(joint), None, prefill[2], decode_problem[2])
-                 for label, strategy in BASELINES.items()}
+    decode = decodes[best.batch_size]
+    joint = co_located.get(best.batch_size) or _joint(prefill, decode, workload, best.batch_size, False)
+    baselines = {}
+    for label, strategy in BASELINES.items():
+        assignment = strategy(joint)
+        baselines[label] = _figures("co-located", best.batch_size, joint, score(joint, assignment), prefill, decode,
+                                    workload, assignment, None)
     fallback_price = next(t.price_per_hour for t in targets if t.name == targets.fallback)
     return LLMPlan(name, workload, fleet.describe(), targets.fallback, shape, best, tuple(tried), baselines,
                    fallback_price, time.perf_counter() - started)
 
 
-def _costed(captured: CapturedModel, targets, cost_model: CostModel
-            ) -> tuple[PlacementProblem, frozenset[str], Mapping[str, int]]:
-    """A phase's problem, its state (the KV cache tensors it updates in place) and each node's FLOPs."""
+def _costed(captured: CapturedModel, targets, cost_model: CostModel) -> CostedPhase:
     graph = annotate(captured.program)
     problem = build_problem(graph, tag(graph, targets), targets, cost_model)
-    return problem, frozenset(written_inputs(captured.program.graph)), {n.name: n.flops for n in graph}
+    return CostedPhase(problem, frozenset(written_inputs(captured.program.graph)), {n.name: n.flops for n in graph})
 
 
-def _try(deployment: str, batch: int, joint: PlacementProblem, prefill: PlacementProblem, decode: PlacementProblem,
-         workload: Workload, seconds: float, prefill_flops: Mapping[str, int],
-         decode_flops: Mapping[str, int]) -> Tried:
+def _joint(prefill: CostedPhase, decode: CostedPhase, workload: Workload, batch: int,
+           separate_phases: bool) -> PlacementProblem:
+    """Both phases for one request of `workload` at decode batch `batch` (see partitioner/llm/joint.py)."""
+    return joint_problem(prefill.problem, decode.problem, prefill.state | decode.state,
+                         workload.output_tokens / batch, workload.prompt_tokens / workload.context_tokens,
+                         separate_phases)
+
+
+def _try(deployment: str, batch: int, joint: PlacementProblem, prefill: CostedPhase, decode: CostedPhase,
+         workload: Workload, seconds: float) -> Tried:
     if (clash := phases_sharing_a_device(joint)) is not None:  # no need to search to know
         return Tried(deployment, batch, None, clash.split(". Fix:")[0])
     hints = {label: strategy(joint) for label, strategy in BASELINES.items()}
@@ -211,8 +229,8 @@ def _try(deployment: str, batch: int, joint: PlacementProblem, prefill: Placemen
                   if label == "cp-sat" or (scores[label].fits_memory and not scores[label].phase_conflicts)}
     cheapest = min(candidates, key=lambda label: scores[label].serving.cost_per_request_at_load)
     report = placement.report if cheapest == "cp-sat" else replace(placement.report, origin=cheapest)
-    result = _figures(deployment, batch, joint, prefill, decode, workload, candidates[cheapest], report,
-                      prefill_flops, decode_flops)
+    result = _figures(deployment, batch, joint, scores[cheapest], prefill, decode, workload, candidates[cheapest],
+                      report)
     misses = []
     if workload.ttft_seconds and result.ttft_seconds > workload.ttft_seconds:
         misses.append(f"TTFT {result.ttft_seconds * 1e3:.3g} ms over {workload.ttft_seconds * 1e3:g} ms")
@@ -223,31 +241,30 @@ def _try(deployment: str, batch: int, joint: PlacementProblem, prefill: Placemen
     return Tried(deployment, batch, result, "; ".join(misses) or None)
 
 
-def _figures(deployment: str, batch: int, joint: PlacementProblem, prefill: PlacementProblem,
-             decode: PlacementProblem, workload: Workload, assignment: Mapping[str, str],
-             report: SolverReport | None, prefill_flops: Mapping[str, int],
-             decode_flops: Mapping[str, int]) -> Deployment:
-    """What a joint placement delivers: rates and money at full load, TTFT and TPOT, memory and KV cache."""
-    result: Score = score(joint, assignment)
+def _figures(deployment: str, batch: int, joint: PlacementProblem, result: Score, prefill: CostedPhase,
+             decode: CostedPhase, workload: Workload, assignment: Mapping[str, str],
+             report: SolverReport | None) -> Deployment:
+    """What a joint placement (scored as `result`) delivers: rates and money at full load, TTFT and TPOT, memory
+    and KV cache."""
     serving = result.serving
-    prefill_alone = score(prefill, phase_assignment(assignment, "prefill"))
-    decode_alone = score(decode, phase_assignment(assignment, "decode"))
+    placed = {phase: phase_assignment(assignment, phase) for phase in ("prefill", "decode")}
+    prefill_alone = score(prefill.problem, placed["prefill"])
+    decode_alone = score(decode.problem, placed["decode"])
     rate = serving.throughput_per_second
     per_request = serving.cost_per_request_at_load
     share = _prefill_share(joint, assignment, serving.bottleneck)
-    kv: dict[str, int] = {}
+    kv: dict[str, set[str]] = {}
     for node in joint.nodes:
         for parameter in node.parameters:
-            if "/" in parameter:  # state, renamed per phase
+            if phase_of(parameter):  # state, named per phase by joint_problem
                 kv.setdefault(assignment[node.name], set()).add(parameter)
     kv_bytes = {target: sum(joint.parameter_bytes[p] for p in names) for target, names in kv.items()}
-    devices = {phase: tuple(sorted({t for n, t in assignment.items() if n.startswith(phase + "/")}))
-               for phase in ("prefill", "decode")}
+    devices = {phase: tuple(sorted(set(where.values()))) for phase, where in placed.items()}
     off = {}
-    for phase, flops in (("prefill", prefill_flops), ("decode", decode_flops)):
-        placed = phase_assignment(assignment, phase)
-        total = sum(flops.values()) or 1
-        off[phase] = sum(f for n, f in flops.items() if device_kind(placed[n]) != device_kind(joint.fallback)) / total
+    for phase, costed in (("prefill", prefill), ("decode", decode)):
+        total = sum(costed.flops.values()) or 1
+        off[phase] = sum(f for n, f in costed.flops.items()
+                         if device_kind(placed[phase][n]) != device_kind(joint.fallback)) / total
     return Deployment(deployment, batch, dict(assignment), rate, rate * workload.output_tokens,
                       serving.price_per_hour, 1e6 * per_request / workload.output_tokens,
                       1e6 * per_request * share / workload.prompt_tokens, prefill_alone.latency_seconds,
@@ -264,7 +281,7 @@ def _prefill_share(joint: PlacementProblem, assignment: Mapping[str, str], bottl
         if bottleneck in joint.target_names and target != bottleneck:
             continue
         seconds = node.compute_seconds[target]
-        if node.name.startswith("prefill/"):
+        if phase_of(node.name) == "prefill":
             prefill += seconds
         else:
             decode += seconds

@@ -34,13 +34,11 @@ def format_llm_summary(plan: LLMPlan) -> str:
     rows += [(f"{name} (batch {d.batch_size})", d) for name, d in plan.baselines.items()]
     for label, deployment in rows:
         lines.append(_row(label, deployment, best))
-    rival = plan.baselines.get("fallback")
-    if rival is not None and best.price_per_hour > 0 and plan.fallback_price_per_hour > 0:
-        replicas = best.price_per_hour / plan.fallback_price_per_hour
-        rate = rival.output_tokens_per_second * replicas
+    replicas, rate = plan.same_price_fallback_tokens_per_second()
+    if rate > 0:
         lines.append(f"all-{fallback_kind} fleet of the same price ({replicas:.3g} x {fallback_kind}) delivers "
-                     f"{rate:.4g} tokens/s at {format_money(rival.cost_per_million_output_tokens)} per 1M output "
-                     f"tokens; the plan delivers {best.output_tokens_per_second / rate:.2f}x the tokens")
+                     f"{rate:.4g} tokens/s at {format_money(plan.baselines['fallback'].cost_per_million_output_tokens)}"
+                     f" per 1M output tokens; the plan delivers {best.output_tokens_per_second / rate:.2f}x the tokens")
     if other is None:
         refusal = next((t.refusal for t in plan.tried if t.deployment != best.name and t.refusal), None)
         lines.append(f"no {'disaggregated' if best.name == 'co-located' else 'co-located'} deployment qualified"

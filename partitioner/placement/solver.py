@@ -106,7 +106,8 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
         options = replace(options, time_limit_seconds=max(left, nominal))
 
     def allowed(result: Score) -> bool:
-        return (result.fits_memory and not result.phase_conflicts and (max_latency_seconds is None or result.latency_seconds <= max_latency_seconds)
+        return (result.fits_memory and not result.phase_conflicts
+                and (max_latency_seconds is None or result.latency_seconds <= max_latency_seconds)
                 and (min_throughput is None or result.serving.throughput_per_second >= min_throughput * (1 - 1e-9)))
 
     hint_scores = {name: (assignment, score(problem, assignment)) for name, assignment in (hints or {}).items()}

@@ -88,7 +88,8 @@ def _change(plan: Plan, move: Move) -> str:
     if before <= 0 or move.objective_change == 0:
         return f"{objective.format(move.objective_value)} (same)"
     share = 100 * abs(move.objective_change) / before
-    return f"{objective.format(move.objective_value)} ({share:.1f}% {'worse' if move.objective_change > 0 else 'better'})"
+    direction = "worse" if move.objective_change > 0 else "better"
+    return f"{objective.format(move.objective_value)} ({share:.1f}% {direction})"
 
 
 def _serving_line(plan: Plan) -> str:

@@ -122,7 +122,8 @@ def serving_lines(plan: ReportedPlan, result: Score, alone: Score | None = None)
 
 def _same_price_line(plan: ReportedPlan, result: Score, alone: Score) -> str:
     device = device_kind(plan.fallback)
-    rival = same_price_replicas(result.serving, alone.serving, device, plan.problem.target(plan.fallback).price_per_hour)
+    price = plan.problem.target(plan.fallback).price_per_hour
+    rival = same_price_replicas(result.serving, alone.serving, device, price)
     ratio = result.serving.throughput_per_second / rival.throughput_per_second
     verdict = "" if ratio >= 1 else ": the cheaper devices do not pay here"
     return (f"           all-{device} fleet of the same price ({rival.replicas:.3g} x {device}) serves "
