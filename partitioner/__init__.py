@@ -20,6 +20,7 @@ _EXPORTS = {
     "register_objective": "partitioner.placement.objectives",
     "PartitionerError": "partitioner.errors",
     "load_targets": "targets.loader",
+    "deploy_on_ray": "partitioner.deploy.ray_engine",
 }
 
 __all__ = sorted(_EXPORTS)

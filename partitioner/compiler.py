@@ -87,8 +87,7 @@ def compile_captured(
     return Plan(
         model=ModelInfo(captured.name, captured.source, graph.fingerprint(), len(graph),
                         sum(graph.parameter_bytes.values()), graph.total_flops),
-        targets=tuple(TargetRecord(t.name, t.kind, t.description, t.torch_device, t.onnx_execution_provider,
-                                   t.spec_path) for t in target_set),
+        targets=_target_records(target_set),
         objective=objective,
         cost_model=cost_model.name,
         problem=problem,
@@ -103,6 +102,15 @@ def compile_captured(
         fleet=targets.describe() if isinstance(targets, Fleet) else None,
         captured=captured,
     )
+
+
+def _target_records(targets: TargetSet) -> tuple[TargetRecord, ...]:
+    """Each target as the plan records it; a fleet's device also says which spec it is and on which host."""
+    topology = targets.topology
+    return tuple(TargetRecord(t.name, t.kind, t.description, t.torch_device, t.onnx_execution_provider, t.spec_path,
+                              spec=topology.spec_of[t.name] if topology else "",
+                              host=topology.host_of[t.name] if topology else "")
+                 for t in targets)
 
 
 def _node_records(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_model: CostModel

@@ -45,11 +45,18 @@ class TargetRecord:
     torch_device: str
     onnx_execution_provider: str
     spec_path: str
+    spec: str = ""  # the target spec this device is one of (`npu-example` for `npu-example.2`); "" means `name`
+    host: str = ""  # the fleet host the device sits in; "" for a plan without a fleet (one host)
+
+    @property
+    def spec_name(self) -> str:
+        return self.spec or self.name
 
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "description": self.description,
                 "torch_device": self.torch_device, "onnx_execution_provider": self.onnx_execution_provider,
-                "spec_path": self.spec_path}
+                "spec_path": self.spec_path, **({"spec": self.spec} if self.spec else {}),
+                **({"host": self.host} if self.host else {})}
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,12 +58,20 @@ def tolerance(text: str) -> float:
 
 
 def workers(text: str) -> int:
+    return _whole_number(text, 0, "must be 0 (the default search) or a positive number of workers")
+
+
+def positive_int(text: str) -> int:
+    return _whole_number(text, 1, "must be at least 1")
+
+
+def _whole_number(text: str, least: int, rule: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (the default search) or a positive number of workers, got {text}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{rule}, got {text}")
     return value
 
 

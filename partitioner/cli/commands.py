@@ -218,6 +218,26 @@ def run_command(args: argparse.Namespace) -> int:
     return 0 if result.check is None or result.check.passed else 1
 
 
+def serve_command(args: argparse.Namespace) -> int:
+    from partitioner.deploy.ray_engine import deploy_on_ray, require_ray
+    from partitioner.deploy.summary import format_measurement
+    from partitioner.plan import Plan
+
+    require_ray()
+    plan = Plan.load(args.plan)
+    if args.model:
+        plan = plan.with_source(args.model)
+    progress = Progress("live")
+    with progress.step(f"starting one Ray actor per device of {plan.model.name}"):
+        deployment = deploy_on_ray(plan, address=args.address, max_in_flight=args.concurrency,
+                            request_timeout_seconds=args.timeout)
+    with deployment:
+        with progress.step(f"serving {args.requests} requests, {args.concurrency} in flight"):
+            measurement = deployment.benchmark(args.requests, args.concurrency)
+    print(format_measurement(measurement, plan))
+    return 0
+
+
 def export_command(args: argparse.Namespace) -> int:
     from partitioner.onnx.export import MANIFEST_NAME, export_plan
     from partitioner.plan import Plan

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from partitioner.cli import commands
-from partitioner.cli.arguments import duration, positive_float, rate, time_limit, tolerance, workers
+from partitioner.cli.arguments import duration, positive_float, positive_int, rate, time_limit, tolerance, workers
 from partitioner.placement.objectives import registered_objectives
 from targets.loader import DEFAULT_TARGET_NAMES
 
@@ -103,6 +103,20 @@ def command_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--atol", type=tolerance,
                             help="absolute tolerance (default: torch.testing's for the dtype)")
     run_parser.set_defaults(command=commands.run_command)
+
+    serve_parser = subcommands.add_parser("serve", help="run a plan on a Ray cluster, one actor per device, with "
+                                                     "requests in flight, and measure it against the plan")
+    serve_parser.add_argument("plan", help="plan.json written by compile")
+    serve_parser.add_argument("--engine", choices=("ray",), default="ray", help="what runs the plan (default: ray)")
+    serve_parser.add_argument("--address", help="join this Ray cluster (auto, or host:port of its head); default: "
+                                                "start a local one where every device absent here runs on the CPU")
+    serve_parser.add_argument("--requests", type=positive_int, default=100, help="requests to send (default: 100)")
+    serve_parser.add_argument("--concurrency", type=positive_int, default=8,
+                              help="requests in flight at once (default: 8)")
+    serve_parser.add_argument("--timeout", type=positive_float, default=60.0, metavar="SECONDS",
+                              help="the longest one request may take before the deployment is ended (default: 60)")
+    serve_parser.add_argument("--model", help="the model again, if the plan's recorded source moved")
+    serve_parser.set_defaults(command=commands.serve_command)
 
     export_parser = subcommands.add_parser("export", help="write one ONNX file per partition and a manifest")
     export_parser.add_argument("plan", help="plan.json written by compile")
