@@ -79,6 +79,9 @@ class Plan:
                 "this plan does not record where its model came from (it was compiled from a Python object). "
                 "Fix: bind the model with plan.with_model(model, example_inputs)."
             )
+        if not Path(self.model.source.path).exists():
+            raise PartitionerError(f"the plan's model source {self.model.source.path!r} does not exist. Fix: give "
+                                   "the model's new place with --model (plan.with_source in Python).")
         return self._checked(load_model_source(self.model.source))
 
     def _checked(self, captured: CapturedModel) -> CapturedModel:
@@ -128,6 +131,9 @@ class Plan:
     @classmethod
     def from_dict(cls, data: Mapping) -> Plan:
         version = data.get("schema_version")
+        if version is None:
+            raise PartitionerError("this is not a plan: it has no schema_version. Fix: give the plan.json that "
+                                   "compile wrote.")
         if version != SCHEMA_VERSION:
             newer = isinstance(version, int) and version > SCHEMA_VERSION
             fix = "upgrade partitioner" if newer else "compile the model again with this version"
@@ -169,6 +175,9 @@ class Plan:
             raise PartitionerError(f"plan file {str(path)!r} does not exist. Fix: check the path.") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise PartitionerError(f"{path} is not a plan file (not JSON: {error}). Fix: give plan.json.") from None
+        if not isinstance(data, dict):
+            raise PartitionerError(f"{path} is not a plan file: a plan holds a JSON object, this file a JSON "
+                                   f"{type(data).__name__}. Fix: give the plan.json that compile wrote.")
         try:
             return cls.from_dict(data)
         # AttributeError: a JSON array or string where an object belongs (`.get` on a list)

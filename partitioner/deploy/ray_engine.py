@@ -18,11 +18,13 @@ and placement group of the deployment is removed.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -130,9 +132,11 @@ class RayDeployment:
         if concurrency > self.max_in_flight:
             raise PartitionerError(f"concurrency {concurrency} is over this deployment's {self.max_in_flight} "
                                    "requests in flight. Fix: deploy with max_in_flight of at least the concurrency.")
+        concurrency = min(concurrency, requests)  # never more in flight than there are requests
         args, kwargs = split_inputs(inputs if inputs is not None else self.plan.captured_model().example_inputs)
         flat = self.graph.flat_inputs(args, kwargs)
-        self._outputs(flat, self._submit(flat), time.perf_counter())  # warm: compiles the graph if needed, and first calls allocate
+        # Warm up: the first request compiles the graph if needed, and the workers' first runs allocate.
+        self._outputs(flat, self._submit(flat), time.perf_counter())
         before = self._submitted  # every request runs each stage once, so these are the runs before this benchmark
         in_flight: list[tuple[float, Any]] = []
         latencies = []
@@ -168,10 +172,21 @@ class RayDeployment:
             return
         self._closed = True
         ray = require_ray()
-        for worker in self.workers.values():
-            with contextlib.suppress(Exception):
-                ray.kill(worker)
-        self._teardown_graph()
+        # Ray logs each step of a compiled graph's teardown, and the graph's monitor thread starts one of its own
+        # as soon as an actor dies; the user asked for the teardown, so none of it is news.
+        quiet = logging.getLogger("ray.dag.compiled_dag_node")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            for worker in self.workers.values():
+                with contextlib.suppress(Exception):
+                    ray.kill(worker)
+            if self._compiled is not None:
+                compiled, self._compiled = self._compiled, None
+                with contextlib.suppress(Exception):
+                    compiled.teardown()  # waits for a teardown the monitor thread began
+        finally:
+            quiet.setLevel(level)
         for group in self._placement_groups:
             with contextlib.suppress(Exception):
                 ray.util.remove_placement_group(group)
@@ -232,19 +247,6 @@ class RayDeployment:
         except Exception as error:
             raise self._fault(error) from error
 
-    def _teardown_graph(self) -> None:
-        if self._compiled is None:
-            return
-        compiled, self._compiled = self._compiled, None
-        quiet = logging.getLogger("ray.dag.compiled_dag_node")
-        level = quiet.level
-        quiet.setLevel(logging.CRITICAL)  # after a fault Ray logs every worker it could not cancel; we say it once
-        try:
-            with contextlib.suppress(Exception):
-                compiled.teardown()
-        finally:
-            quiet.setLevel(level)
-
     def _busy_seconds(self, runs_before: int) -> dict[str, float]:
         """Each device's time in its partitions since the first `runs_before` requests.
 
@@ -259,9 +261,6 @@ class RayDeployment:
             raise self._fault(error) from error
         return {place: sum(sum(seconds[runs_before:]) for seconds in times.values())
                 for place, times in answers.items()}
-
-    def _record(self, place: str) -> TargetRecord:
-        return next(target for target in self.plan.targets if target.name == place)
 
     def _dead_workers(self) -> list[str]:
         """The places whose worker no longer answers (a closed channel is how a dead peer first shows)."""
@@ -283,8 +282,7 @@ class RayDeployment:
             message = (f"a device worker died while serving ({which}{_first_line(error)}). Everything this "
                        "deployment started is removed. Fix: see the worker's log (ray logs), then deploy again.")
         elif isinstance(error, (ray.exceptions.RayChannelTimeoutError, ray.exceptions.GetTimeoutError)):
-            emulated = sorted(place for place, device in self.devices.items()
-                              if torch.device(device).type != torch.device(self._record(place).torch_device).type)
+            emulated = emulated_places(self.devices, self.plan.targets)
             slow = (f" ({', '.join(emulated)} ran on the CPU in place of {'their' if len(emulated) > 1 else 'its'} "
                     "device, where a request can take far longer)" if emulated else "")
             message = (f"a request took over {self.request_timeout_seconds:g} s{slow}. Everything this deployment "
@@ -327,13 +325,20 @@ def deploy_on_ray(plan: Plan, *, address: str | None = None, max_in_flight: int 
     if owns_ray:
         _start_ray(ray, address, needed)
     if threads_per_worker is None and owns_ray and not address:
-        threads_per_worker = max(1, (os.cpu_count() or 1) // len(places))
+        # One core is left to the driver, which spins while it waits for results (see RayDeployment._outputs).
+        threads_per_worker = max(1, ((os.cpu_count() or 1) - 1) // len(places))
     groups: list[Any] = []
     workers: dict[str, Any] = {}
     try:
         lacking = missing_resources(needed, ray.cluster_resources())
         if lacking:
             raise PartitionerError(_lacking_message(lacking, address))
+        busy = missing_resources(needed, ray.available_resources())
+        if busy:
+            what = ", ".join(f"{count} x {name} ({free:g} free)" for name, (count, free) in busy.items())
+            raise PartitionerError(f"the Ray cluster has the plan's devices, but others hold them now: {what}. "
+                                   "Fix: shut down the deployment or job that holds them (ray status), then deploy "
+                                   "again.")
         groups, slots = _reserve_hosts(ray, places, startup_timeout_seconds)
         remote_worker = ray.remote(concurrency_groups={STATISTICS: 1})(DeviceWorker)
         run_id = uuid.uuid4().hex[:8]
@@ -369,10 +374,22 @@ def deploy_on_ray(plan: Plan, *, address: str | None = None, max_in_flight: int 
         if isinstance(error, ray.exceptions.RayActorError):
             raise PartitionerError(f"a device worker failed to start: {_first_line(error)}. Fix: see its log "
                                    "(ray logs).") from error
+        if isinstance(error, ray.exceptions.RayError):
+            raise PartitionerError(f"the Ray engine could not start the plan: {type(error).__name__}: "
+                                   f"{_first_line(error)}. Fix: see `ray status`, then deploy again.") from error
         raise
+    emulated = emulated_places({place: device for place, (device, _) in described.items()}, plan.targets)
+    if emulated:  # the workers' own warnings stay in their logs
+        warnings.warn(f"{', '.join(emulated)}: no such device on the node, emulated on the CPU", stacklevel=2)
     return RayDeployment(plan, graph, workers, groups, owns_ray, max_in_flight, request_timeout_seconds,
                          cuda_places, {place: node for place, (_, node) in described.items()},
                          {place: device for place, (device, _) in described.items()})
+
+
+def emulated_places(devices: Mapping[str, str], targets: Sequence[TargetRecord]) -> list[str]:
+    """The places whose worker runs on another kind of device than its target's (the CPU, where it is absent)."""
+    kind = {target.name: torch.device(target.torch_device).type for target in targets}
+    return sorted(place for place, device in devices.items() if torch.device(device).type != kind[place])
 
 
 def device_to_device(graph: StageGraph, cuda_places: set[str]) -> set[int]:
@@ -397,8 +414,15 @@ def _start_ray(ray: Any, address: str | None, needed: Mapping[str, int]) -> None
     gpus = max(needed.get("GPU", 0), torch.cuda.device_count() if torch.cuda.is_available() else 0)
     # Ray runs workers at niceness 15 so that they yield to drivers; here the workers are the engine's compute,
     # and the driver spins while it waits for a result, so at 15 a few-core machine starves the devices.
-    ray.init(num_gpus=gpus, resources={name: float(count) for name, count in needed.items() if name != "GPU"},
-             include_dashboard=False, log_to_driver=False, _system_config={"worker_niceness": 0})
+    # address="local": a new instance even where RAY_ADDRESS or a `ray start` cluster on this machine would
+    # otherwise be joined (joining is what --address is for).
+    try:
+        ray.init(address="local", num_gpus=gpus,
+                 resources={name: float(count) for name, count in needed.items() if name != "GPU"},
+                 include_dashboard=False, log_to_driver=False, _system_config={"worker_niceness": 0})
+    except Exception as error:
+        raise PartitionerError(f"could not start a local Ray instance: {_first_line(error)}. Fix: see `ray status`, "
+                               "or join a running cluster with --address.") from error
 
 
 def _check_reachable(address: str, seconds: float = 5.0) -> None:
@@ -434,7 +458,8 @@ def _reserve_hosts(ray: Any, places: Sequence[TargetRecord], timeout: float
             for made in groups:
                 ray.util.remove_placement_group(made)
             devices = ", ".join(p.name for p in members)
-            raise PartitionerError(f"no node of the Ray cluster holds all of host {host or 'the host'}'s devices "
+            whose = f"host {host}'s" if host else "the plan's"
+            raise PartitionerError(f"no node of the Ray cluster holds all of {whose} devices "
                                    f"({devices}) within {timeout:g} s. Fix: give one node all of them (a fleet host "
                                    "is one machine), or plan on a fleet whose hosts match the cluster's nodes.")
     return groups, slots
@@ -442,10 +467,13 @@ def _reserve_hosts(ray: Any, places: Sequence[TargetRecord], timeout: float
 
 def _lacking_message(lacking: Mapping[str, tuple[int, float]], address: str | None) -> str:
     what = ", ".join(f"{needed} x {name} (it has {available:g})" for name, (needed, available) in lacking.items())
-    custom = next((name for name in lacking if name not in ("GPU", "HPU", "NPU", "neuron_cores")), None)
-    fix = (f"start the nodes that hold them with e.g. `ray start --resources='{{\"{custom}\": N}}'`" if custom
-           else "add nodes with those devices")
-    return f"the Ray cluster{' at ' + address if address else ''} lacks the plan's devices: {what}. Fix: {fix}."
+    flags = [f"--num-gpus={needed}" for name, (needed, _) in lacking.items() if name == "GPU"]
+    custom = {name: needed for name, (needed, _) in lacking.items() if name != "GPU"}
+    if custom:
+        flags.append("--resources='" + json.dumps(custom) + "'")
+    return (f"the Ray cluster{' at ' + address if address else ''} lacks the plan's devices: {what}. Fix: start "
+            f"the nodes that hold them with `ray start --address=HEAD:6379 {' '.join(flags)}` (a node declares the "
+            "devices it has), or plan on a fleet this cluster holds.")
 
 
 def _first_line(error: BaseException) -> str:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from partitioner.deploy.ray_engine import ServeMeasurement
+from partitioner.deploy.ray_engine import ServeMeasurement, emulated_places
 from partitioner.plan import Plan
 from partitioner.units import format_seconds
 
 
 def format_measurement(measurement: ServeMeasurement, plan: Plan) -> str:
     m = measurement
-    emulated = sorted(place for place, device in m.devices.items()
-                      if device.split(":")[0] != _device_type(plan, place))
-    lines = [f"served      {m.requests} requests of {plan.model.name}, {m.concurrency} in flight, in "
+    emulated = emulated_places(m.devices, plan.targets)
+    lines = [f"served      {m.requests} request{'s' if m.requests != 1 else ''} of {plan.model.name}, "
+             f"{m.concurrency} in flight, in "
              f"{m.seconds:.2f} s on Ray: {len(m.devices)} device worker{'s' if len(m.devices) != 1 else ''}"]
     throughput = f"throughput  {m.requests_per_second:.4g} req/s measured"
     predicted = m.predicted_requests_per_second_in_flight
@@ -36,6 +36,3 @@ def format_measurement(measurement: ServeMeasurement, plan: Plan) -> str:
                      "so compare with them only on those devices (or plan with a cost model measured here)")
     return "\n".join(lines)
 
-
-def _device_type(plan: Plan, place: str) -> str:
-    return next(t.torch_device.split(":")[0] for t in plan.targets if t.name == place)

@@ -171,13 +171,16 @@ def format_summary(plan: ReportedPlan) -> str:
         f"cut tensors {result.transfer_count} ({format_bytes(result.transfer_bytes)}, "
         f"{format_seconds(result.transfer_seconds)})",
         "",
-        f"{'strategy':<12}{'latency':>12}{'cost/request':>16}{'per 1M req':>12}"
-        + (f"{plan.objective.table_column:>14}" if plan.objective.table_column else "") + "   vs plan",
-        _strategy_line("plan", result, plan.objective),
     ]
     baselines = plan.baseline_scores()
+    objective = plan.objective
+    # The objective's column is as wide as its widest figure, plus two spaces, and never under 14.
+    width = max([14] + [2 + len(objective.format(objective.value(s))) for s in (result, *baselines.values())])
+    lines += [f"{'strategy':<12}{'latency':>12}{'cost/request':>16}{'per 1M req':>12}"
+              + (f"{objective.table_column:>{width}}" if objective.table_column else "") + "   vs plan",
+              _strategy_line("plan", result, objective, width)]
     for name, baseline in baselines.items():
-        lines.append(f"{_strategy_line(name, baseline, plan.objective)}   {versus_plan(plan, baseline, result)}")
+        lines.append(f"{_strategy_line(name, baseline, objective, width)}   {versus_plan(plan, baseline, result)}")
     if plan.objective.serving or plan.fleet:
         lines += ["", *serving_lines(plan, result, baselines.get("fallback")),
                   "           (busy, latency and cost/request above price one request alone, its copies keeping "
@@ -192,9 +195,9 @@ def solver_line(report: SolverReport, objective: Objective, separator: str = ", 
             f"bound {objective.format(report.bound)}, gap {100 * report.gap:.2f}%, {report.wall_seconds:.2f} s")
 
 
-def _strategy_line(name: str, strategy: Score, objective: Objective) -> str:
+def _strategy_line(name: str, strategy: Score, objective: Objective, width: int) -> str:
     line = (f"{name:<12}{format_seconds(strategy.latency_seconds):>12}{format_money(strategy.cost_per_request):>16}"
             f"{format_money(strategy.cost_per_request * 1e6):>12}")
     if objective.table_column:
-        line += f"{objective.format(objective.value(strategy)):>14}"
+        line += f"{objective.format(objective.value(strategy)):>{width}}"
     return line

@@ -141,6 +141,13 @@ def test_a_cluster_without_the_plans_devices_is_refused_before_anything_starts(t
     assert not ray.util.list_named_actors(all_namespaces=True)
 
 
+def test_devices_another_deployment_holds_are_refused_at_once_not_waited_for(two_stage_plan):
+    with deploy_on_ray(two_stage_plan, max_in_flight=2):
+        with pytest.raises(PartitionerError, match=r"others hold them now: .*1 x GPU \(0 free\)"):
+            deploy_on_ray(two_stage_plan, startup_timeout_seconds=60)
+        assert sum(a["name"].startswith("partitioner-") for a in ray.util.list_named_actors(all_namespaces=True)) == 2
+
+
 def test_a_plan_on_two_hosts_runs_on_two_ray_nodes(model_and_inputs):
     from ray.cluster_utils import Cluster
 
