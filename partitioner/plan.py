@@ -132,8 +132,8 @@ class Plan:
     def from_dict(cls, data: Mapping) -> Plan:
         version = data.get("schema_version")
         if version is None:
-            raise PartitionerError("this is not a plan: it has no schema_version. Fix: give the plan.json that "
-                                   "compile wrote.")
+            raise PartitionerError("this plan has no schema_version (an early plan file, or not a plan). Fix: "
+                                   "compile the model again with this version.")
         if version != SCHEMA_VERSION:
             newer = isinstance(version, int) and version > SCHEMA_VERSION
             fix = "upgrade partitioner" if newer else "compile the model again with this version"
