@@ -49,7 +49,7 @@ _PLAUSIBLE_TFLOPS = (1e-6, 1e6, "TFLOP/s")
 _OP_CLASS_FIELDS = {"compute_efficiency", "memory_efficiency", "launch_overhead_microseconds"}
 _CURVE_FIELDS = {"compute_half_efficiency_mflop", "memory_half_efficiency_mib"}
 _LINK_FIELDS = {"bandwidth_gb_per_second", "latency_microseconds"}
-_SUPPORT_FIELDS = {"ops", "dtypes", "max_rank", "static_shapes_only", "limits"}
+_SUPPORT_FIELDS = {"ops", "dtypes", "max_rank", "static_shapes_only", "limits", "op_dtypes"}
 _LIMIT_FIELDS = {"op", "argument", "max", "min", "allowed", "dims"}
 
 
@@ -391,7 +391,25 @@ class _SpecReader(TomlReader):
         limits = self.value("limits", table, default=[])
         if not isinstance(limits, list):
             raise self.fail("support.limits", "expected an array of tables", "write each as a [[support.limits]] section")
-        return SupportRules(op_set, dtypes, max_rank, static, tuple(self.limit(item) for item in limits))
+        return SupportRules(op_set, dtypes, max_rank, static, tuple(self.limit(item) for item in limits),
+                            self.op_dtypes(self.value("op_dtypes", table, default={}), op_set))
+
+    def op_dtypes(self, table: Any, ops: frozenset[str] | None) -> dict[str, frozenset[str]]:
+        """[support.op_dtypes]: op key -> the dtypes that op computes in here, in place of support.dtypes."""
+        if not isinstance(table, dict):
+            raise self.fail("support.op_dtypes", f"expected a table, got {table!r}",
+                            "write a [support.op_dtypes] section of \"op key\" = [\"float32\", ...]")
+        rules = {}
+        for op, dtypes in table.items():
+            field = f'support.op_dtypes."{op}"'
+            self.check_op(op, field)
+            if ops is not None and op not in ops:
+                raise self.fail(field, "the op is not in support.ops, so its dtypes cannot apply",
+                                "add the op to support.ops, or remove this line")
+            if not isinstance(dtypes, list) or not dtypes:
+                raise self.fail(field, f"expected a list of dtypes, got {dtypes!r}", "write e.g. [\"float32\"]")
+            rules[op] = frozenset(self.check_dtype(d, field) for d in dtypes)
+        return rules
 
     def limit(self, table: Any) -> OpLimit:
         field = "support.limits"

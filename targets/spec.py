@@ -65,15 +65,20 @@ class SupportRules:
     """Which nodes a target can run. `ops=None` means every op (a fallback device)."""
 
     ops: frozenset[str] | None
-    dtypes: frozenset[str] | None = None
+    dtypes: frozenset[str] | None = None  # the dtypes an op may compute in, unless `op_dtypes` names the op
     max_rank: int | None = None
     static_shapes_only: bool = False
     limits: tuple[OpLimit, ...] = ()
+    op_dtypes: Mapping[str, frozenset[str]] = field(default_factory=dict)  # op key -> its own compute dtypes
 
     @property
     def supports_all_ops(self) -> bool:
         return (self.ops is None and self.dtypes is None and self.max_rank is None
-                and not self.static_shapes_only and not self.limits)
+                and not self.static_shapes_only and not self.limits and not self.op_dtypes)
+
+    def dtypes_for(self, op: str) -> frozenset[str] | None:
+        """The dtypes `op` may compute in here (vendor lists give them per op), or None for any."""
+        return self.op_dtypes.get(op, self.dtypes)
 
 
 @dataclass(frozen=True, slots=True)

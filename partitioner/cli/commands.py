@@ -312,6 +312,20 @@ def _device_map(text: str) -> dict[str, str]:
     return device_map
 
 
+def coverage_command(args: argparse.Namespace) -> int:
+    from partitioner.frontend.capture import load_model_file
+    from partitioner.frontend.op_graph import annotate
+    from partitioner.reporting.coverage import coverage, format_coverage
+
+    names = ([item.strip() for item in args.targets.split(",") if item.strip()] if args.targets
+             else list(builtin_target_names()))
+    targets = [load_target(name) for name in names]
+    with Progress("live").step("capturing the model"):
+        captured = load_model_file(args.model)
+    print(format_coverage(captured.name, coverage(annotate(captured.program), targets), args.top))
+    return 0
+
+
 def targets_command(args: argparse.Namespace) -> int:
     for name in builtin_target_names():
         target = load_target(name)

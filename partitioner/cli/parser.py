@@ -148,6 +148,16 @@ def command_parser() -> argparse.ArgumentParser:
     explain_parser.add_argument("node", help="the node's name, as in plan.json")
     explain_parser.set_defaults(command=commands.explain_command)
 
-    targets_parser = subcommands.add_parser("targets", help="list the built-in targets")
+    targets_parser = subcommands.add_parser("targets", help="list the built-in targets; `targets coverage MODEL` "
+                                                         "shows how much of a model each target runs")
     targets_parser.set_defaults(command=commands.targets_command)
+    targets_actions = targets_parser.add_subparsers(metavar="ACTION")
+    coverage_parser = targets_actions.add_parser(
+        "coverage", help="per target, the model's ops it supports (by count and by FLOPs) and the top refusals")
+    coverage_parser.add_argument("model", help="file.py (with build()), file.py:function, or an ExportedProgram .pt2")
+    coverage_parser.add_argument(
+        "--targets", default=None,
+        help="comma-separated built-in target names or .toml spec paths (default: every built-in target)")
+    coverage_parser.add_argument("--top", type=positive_int, default=5, help="refusal reasons per target (default: 5)")
+    coverage_parser.set_defaults(command=commands.coverage_command)
     return parser

@@ -1,15 +1,18 @@
 """Tagging: which targets can run each node, and why the others cannot.
 
 Runs after `annotate` and before costing. Each target's support rules (data from
-its spec) are checked against the node's op key, dtypes, ranks, shapes and
-arguments; every refusal keeps a human-readable reason so a user (or a chip
-vendor) can see what blocked a placement. The fallback target supports everything.
+its spec) are checked against the node's op key, the dtypes it computes in
+(per op where the spec lists them), ranks, shapes and arguments; every refusal
+keeps a human-readable reason so a user (or a chip vendor) can see what blocked
+a placement. The fallback target supports everything.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
+
+import torch
 
 from partitioner.frontend.op_graph import NodeKind, OpGraph, OpNode, TensorMeta
 from targets.spec import OpLimit, SupportRules, TargetSet
@@ -51,10 +54,11 @@ def refusal_reason(node: OpNode, rules: SupportRules) -> str | None:
     if rules.ops is not None and node.op not in rules.ops and not node.copies_only:
         return f"{node.op}: op not in support list"
     tensors = node.input_tensors + node.output_tensors
-    if rules.dtypes is not None:
-        unsupported = sorted({t.dtype for t in tensors} - rules.dtypes)
+    allowed = rules.dtypes_for(node.op)
+    if allowed is not None:
+        unsupported = sorted(compute_dtypes(tensors) - allowed)
         if unsupported:
-            return f"{node.op}: dtype {', '.join(unsupported)} not supported (supports {', '.join(sorted(rules.dtypes))})"
+            return f"{node.op}: dtype {', '.join(unsupported)} not supported (supports {', '.join(sorted(allowed))})"
     if rules.max_rank is not None:
         rank = max((len(t.shape) for t in tensors), default=0)
         if rank > rules.max_rank:
@@ -67,6 +71,18 @@ def refusal_reason(node: OpNode, rules: SupportRules) -> str | None:
             if reason is not None:
                 return f"{node.op}: {reason}"
     return None
+
+
+def compute_dtypes(tensors: Iterable[TensorMeta]) -> set[str]:
+    """The dtypes an op computes in: those of its floating-point tensors.
+
+    Beside floating-point data, integer and bool tensors are indices and masks (an attention mask, a gather's
+    indices) that steer the work without being computed in; an op with no floating-point tensor (an int8
+    matmul, an integer add) computes in its integer dtypes.
+    """
+    dtypes = {tensor.dtype for tensor in tensors}
+    floating = {dtype for dtype in dtypes if getattr(torch, dtype).is_floating_point}
+    return floating or dtypes
 
 
 def _limit_violation(limit: OpLimit, value: Any) -> str | None:

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from partitioner.frontend.op_graph import NodeKind, OpGraph, OpNode, TensorMeta
-from partitioner.placement.tagging import refusal_reason, tag
+from partitioner.errors import PartitionerError
+from partitioner.placement.tagging import compute_dtypes, refusal_reason, tag
 from targets.loader import load_target, load_targets
+from targets.spec import SupportRules
 from tests.conftest import op_graph_of
 
 HALF = torch.float16
@@ -240,3 +242,97 @@ def test_a_layout_copy_runs_on_any_target_whose_dtypes_allow_it(targets):
 
     assert copy.copies_only
     assert "npu-example" in tag(graph, targets).supported[copy.name]  # not in its op list, still a copy it can make
+
+
+# --- what an op computes in: masks and indices are not compute dtypes; vendors list dtypes per op --------------------
+
+
+def test_a_bool_attention_mask_does_not_make_attention_a_bool_op():
+    class MaskedAttention(torch.nn.Module):
+        def forward(self, q, mask):
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+
+    q = torch.randn(1, 2, 4, 8, dtype=torch.bfloat16)
+    graph = op_graph_of(MaskedAttention(), (q, torch.ones(4, 4, dtype=torch.bool).tril()))
+    attention = only_node(graph, "aten.scaled_dot_product_attention.default")
+    rules = SupportRules(ops=frozenset({attention.op}), dtypes=frozenset({"bfloat16"}))
+
+    assert {t.dtype for t in attention.input_tensors} == {"bfloat16", "bool"}
+    assert refusal_reason(attention, rules) is None
+
+
+def test_integer_indices_beside_float_weights_are_not_what_a_gather_computes_in():
+    graph = op_graph_of(torch.nn.Embedding(10, 8).to(HALF), (torch.zeros(2, 3, dtype=torch.long),))
+    embedding = only_node(graph, "aten.embedding.default")
+
+    assert compute_dtypes(embedding.input_tensors + embedding.output_tensors) == {"float16"}
+    assert refusal_reason(embedding, SupportRules(ops=frozenset({embedding.op}), dtypes=frozenset({"float16"}))) is None
+
+
+def test_an_op_with_no_floating_point_tensor_computes_in_its_integers():
+    class IntegerAdd(torch.nn.Module):
+        def forward(self, a, b):
+            return a + b
+
+    graph = op_graph_of(IntegerAdd(), (torch.ones(4, dtype=torch.int8), torch.ones(4, dtype=torch.int8)))
+    add = only_node(graph, "aten.add.Tensor")
+
+    assert refusal_reason(add, SupportRules(ops=None, dtypes=frozenset({"int8"}))) is None
+    assert refusal_reason(add, SupportRules(ops=None, dtypes=frozenset({"bfloat16"}))) == (
+        "aten.add.Tensor: dtype int8 not supported (supports bfloat16)")
+
+
+NORM_CHIP = '''
+name = "norm-chip"
+kind = "npu"
+description = "a chip whose vector units reduce in float32"
+torch_device = "cpu"
+onnx_execution_provider = "CPUExecutionProvider"
+price_per_hour = 1.0
+memory_gib = 16
+memory_bandwidth_gb_per_second = 800
+launch_overhead_microseconds = 10
+compute_efficiency = 0.5
+memory_efficiency = 0.7
+[peak_tflops]
+float32 = 10
+bfloat16 = 100
+[host_link]
+bandwidth_gb_per_second = 25
+latency_microseconds = 10
+[support]
+ops = ["aten.linear.default", "aten.mean.dim", "aten.pow.Tensor_Scalar"]
+dtypes = ["bfloat16"]
+[support.op_dtypes]
+# Its vector units reduce in float32, as transformers' RMSNorm does after its upcast; its matrix units take bf16.
+"aten.mean.dim" = ["float32", "bfloat16"]
+"aten.pow.Tensor_Scalar" = ["float32", "bfloat16"]
+'''
+
+
+def test_per_op_dtypes_let_a_norm_reduce_in_float32_where_matmuls_may_not(tmp_path):
+    class UpcastNorm(torch.nn.Module):
+        def forward(self, x):
+            return x.float().pow(2).mean(-1, keepdim=True), torch.nn.functional.linear(x.float(), x.float())
+
+    (tmp_path / "norm-chip.toml").write_text(NORM_CHIP)
+    rules = load_target(tmp_path / "norm-chip.toml").support
+    graph = op_graph_of(UpcastNorm(), (torch.randn(4, 8, dtype=torch.bfloat16),))
+
+    assert refusal_reason(only_node(graph, "aten.mean.dim"), rules) is None
+    assert refusal_reason(only_node(graph, "aten.pow.Tensor_Scalar"), rules) is None
+    assert refusal_reason(only_node(graph, "aten.linear.default"), rules) == (
+        "aten.linear.default: dtype float32 not supported (supports bfloat16)")
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('"aten.softmax.int" = ["float32"]', "not in support.ops"),
+    ('"aten.mean.dim" = ["float33"]', "'float33' is not a torch dtype"),
+    ('"aten.mean.dim" = []', "expected a list of dtypes"),
+])
+def test_per_op_dtypes_that_cannot_apply_name_the_field(tmp_path, line, problem):
+    spec = NORM_CHIP.split("[support.op_dtypes]")[0] + "[support.op_dtypes]\n" + line + "\n"
+    (tmp_path / "norm-chip.toml").write_text(spec)
+
+    with pytest.raises(PartitionerError, match=r"field 'support\.op_dtypes\.\"aten\.[a-z_.]+\"': .*" + problem):
+        load_target(tmp_path / "norm-chip.toml")
