@@ -17,6 +17,7 @@ from partitioner.frontend.capture import CapturedModel, capture
 from partitioner.frontend.op_graph import OpGraph, annotate
 from partitioner.placement.baselines import BASELINES, SERVING_BASELINES
 from partitioner.placement.objectives import Objective, objective_named
+from partitioner.placement.pins import Pin, apply_pins, parse_pins
 from partitioner.placement.problem import build_problem
 from partitioner.placement.solver import SolverOptions, solve
 from partitioner.placement.tagging import Tagging, tag
@@ -42,6 +43,8 @@ def compile(  # noqa: A001 - the public name users asked for: partitioner.compil
     deterministic: bool = False,
     cost_model: CostModel | None = None,
     name: str | None = None,
+    pins: Sequence[str | Pin] = (),
+    forbids: Sequence[str | Pin] = (),
 ) -> Plan:
     """Plan where each op of `model` runs: the cheapest placement on `targets` for `objective`.
 
@@ -51,15 +54,17 @@ def compile(  # noqa: A001 - the public name users asked for: partitioner.compil
     "makespan" (devices run concurrently); `max_latency_seconds` adds a
     latency limit (an SLO) to "latency" or "cost". `targets` may be a `Fleet` (targets/fleet.py: several devices
     of a kind, hosts and their links); "throughput" and "serving-cost" price a plan under many requests in flight
-    (partitioner/placement/serving.py), the latter sized to `min_throughput` requests per second. The model may
-    live on the `meta` device: planning needs no weights.
+    (partitioner/placement/serving.py), the latter sized to `min_throughput` requests per second. `pins`
+    (`"PATTERN=TARGET"`: an op key or module path, e.g. `"layers.*.self_attn=cuda-h100"`) put the matching ops on
+    a target and `forbids` keep them off one (partitioner/placement/pins.py). The model may live on the `meta`
+    device: planning needs no weights.
     """
     captured = capture(model, example_inputs, name=name)
     options = SolverOptions(time_limit_seconds=time_limit_seconds, workers=workers, seed=seed,
                             deterministic=deterministic)
     return compile_captured(captured, targets, objective, max_latency_seconds=max_latency_seconds,
                             min_throughput=min_throughput, fallback=fallback, solver_options=options,
-                            cost_model=cost_model)
+                            cost_model=cost_model, pins=parse_pins(pins, forbids))
 
 
 def compile_captured(
@@ -72,13 +77,14 @@ def compile_captured(
     fallback: str | None = None,
     solver_options: SolverOptions = SolverOptions(),
     cost_model: CostModel | None = None,
+    pins: Sequence[Pin] = (),
 ) -> Plan:
     """`compile` for a model that is already captured (e.g. loaded from a file by the CLI)."""
     objective = objective_named(objective)
     target_set = targets.target_set(fallback) if isinstance(targets, Fleet) else as_target_set(targets, fallback)
     cost_model = cost_model or RooflineCostModel()
     graph = annotate(captured.program)
-    tagging = tag(graph, target_set)
+    tagging = apply_pins(graph, tag(graph, target_set), target_set, pins)
     problem = build_problem(graph, tagging, target_set, cost_model)
     strategies = {**BASELINES, **(SERVING_BASELINES if objective.serving else {})}
     baselines = {name: strategy(problem) for name, strategy in strategies.items()}
@@ -100,6 +106,7 @@ def compile_captured(
         order=placement.order,
         min_throughput=min_throughput,
         fleet=targets.describe() if isinstance(targets, Fleet) else None,
+        pins=tuple(pins),
         captured=captured,
     )
 

@@ -22,6 +22,7 @@ from partitioner.frontend.op_graph import annotate
 from partitioner.placement.objectives import Objective, objective_named
 from partitioner.placement.problem import PlacementProblem
 from partitioner.placement.scoring import Score, score
+from partitioner.placement.pins import Pin
 from partitioner.placement.solver import SolverReport
 from partitioner.plan_records import ModelInfo, NodeRecord, TargetRecord
 from partitioner.reporting.summary import format_summary
@@ -47,6 +48,7 @@ class Plan:
     order: tuple[str, ...] = ()
     min_throughput: float | None = None  # requests per second the plan must serve (serving model)
     fleet: str | None = None  # the fleet's description, when planned on one (targets are then its devices)
+    pins: tuple[Pin, ...] = ()  # the user's pins and forbids, already in the problem's supports
     captured: CapturedModel | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -114,6 +116,7 @@ class Plan:
             "max_latency_seconds": self.max_latency_seconds,
             **({"min_throughput": self.min_throughput} if self.min_throughput is not None else {}),
             **({"fleet": self.fleet} if self.fleet is not None else {}),
+            **({"pins": [pin.to_dict() for pin in self.pins]} if self.pins else {}),
             "cost_model": self.cost_model,
             "solver": self.solver.to_dict(),
             "score": self.score().to_dict(),
@@ -153,6 +156,7 @@ class Plan:
             order=tuple(data.get("order", ())),
             min_throughput=data.get("min_throughput"),
             fleet=data.get("fleet"),
+            pins=tuple(Pin.from_dict(pin) for pin in data.get("pins", ())),
         )
         problem = plan_inconsistency(plan)
         if problem is not None:

@@ -26,6 +26,7 @@ def compile_command(args: argparse.Namespace) -> int:
     from cost_models.measured import MeasuredCostModel
     from partitioner.compiler import compile_captured
     from partitioner.frontend.capture import load_model_file
+    from partitioner.placement.pins import parse_pins
     from partitioner.placement.solver import SolverOptions
     from partitioner.reporting.html_report import write_html_report
 
@@ -37,6 +38,7 @@ def compile_command(args: argparse.Namespace) -> int:
     cost_model = _cost_model(args.cost_model)
     if args.workload is not None:
         return _compile_llm(args, output, progress, cost_model)
+    pins = parse_pins(args.pin, args.forbid)
     with progress.step(f"capturing {args.model}"):
         captured = load_model_file(args.model)
     targets = [item.strip() for item in args.targets.split(",") if item.strip()]
@@ -60,7 +62,7 @@ def compile_command(args: argparse.Namespace) -> int:
     with progress.step("planning"):
         plan = compile_captured(captured, targets, objective, max_latency_seconds=args.max_latency,
                                 min_throughput=args.min_throughput, fallback=args.fallback, solver_options=options,
-                                cost_model=cost_model)
+                                cost_model=cost_model, pins=pins)
     if isinstance(cost_model, MeasuredCostModel) and not any(node.measured_on for node in plan.nodes):
         print(f"partitioner: warning: no op of this model is in {args.cost_model.removeprefix('measured:')} for any "
               "of the targets, so every cost is the roofline's. Fix: profile this model on the devices of your "
@@ -98,6 +100,9 @@ def _compile_llm(args: argparse.Namespace, output: Path, progress: Progress, cos
         fleet = load_fleet(",".join(f"{name}=1" for name in targets))
     else:
         fleet = load_fleet(args.fleet)
+    if args.pin or args.forbid:
+        raise PartitionerError("--pin and --forbid do not apply with --workload yet: LLM planning does not take "
+                               "pins. Fix: drop them, or plan one phase's model without --workload.")
     for flag, value in (("--objective", args.objective), ("--max-latency", args.max_latency),
                         ("--min-throughput", args.min_throughput)):
         if value:

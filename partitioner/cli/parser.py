@@ -33,6 +33,11 @@ def command_parser() -> argparse.ArgumentParser:
     compile_parser.add_argument("--min-throughput", type=rate, metavar="RATE",
                                 help="requests per second to serve at full load, e.g. 50/s; with --objective "
                                      "serving-cost, the cheapest devices of the fleet that serve it")
+    compile_parser.add_argument("--pin", action="append", default=[], metavar="PATTERN=TARGET",
+                                help="run the ops matching PATTERN (an op key or module path, * and ? allowed, e.g. "
+                                     "'layers.*.self_attn=cuda-h100') only on TARGET; repeatable")
+    compile_parser.add_argument("--forbid", action="append", default=[], metavar="PATTERN=TARGET",
+                                help="never run the ops matching PATTERN on TARGET; repeatable")
     compile_parser.add_argument("--fallback", help="the target that runs unsupported ops (default: the first CUDA "
                                                    "target that supports every op)")
     compile_parser.add_argument("--objective", choices=[o.name for o in registered_objectives()], default=None,

@@ -28,8 +28,8 @@ Assignment = dict[str, str]
 
 
 def fallback_placement(problem: PlacementProblem) -> Assignment:
-    """Every node on the fallback target."""
-    assignment = {node.name: problem.fallback for node in problem.nodes}
+    """Every node on the fallback target (a pinned one where its pin says)."""
+    assignment = {node.name: problem.home(node.name) for node in problem.nodes}
     check_assignment(problem, assignment)
     return assignment
 
@@ -92,7 +92,7 @@ def capability_placement(problem: PlacementProblem, graph_module: torch.fx.Graph
     assignment: Assignment = {}
     for leader, members in groups.items():
         runs_there = accelerator in problem.node(leader).compute_seconds and claimed.issuperset(members)
-        assignment.update(dict.fromkeys(members, accelerator if runs_there else problem.fallback))
+        assignment.update(dict.fromkeys(members, accelerator if runs_there else problem.home(leader)))
     check_assignment(problem, assignment)
     return assignment
 
@@ -116,7 +116,7 @@ def _first_with_room(problem: PlacementProblem, name: str, used: dict[str, int],
         room = used[target] + extra + arena[target] <= capacity
         if target == problem.fallback or (room and node.working_bytes <= capacity):
             return target
-    return problem.fallback
+    return problem.home(name)
 
 
 def _make_resident(problem: PlacementProblem, name: str, target: str, used: dict[str, int],
@@ -143,4 +143,4 @@ def _first_user_target(problem: PlacementProblem, name: str, assignment: Assignm
             for consumer in value.consumers:
                 if assignment.get(consumer) in node.compute_seconds:
                     return assignment[consumer]
-    return problem.fallback if problem.fallback in node.compute_seconds else node.supported[0]
+    return problem.home(name)

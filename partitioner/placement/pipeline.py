@@ -43,7 +43,7 @@ def pipeline_placement(problem: PlacementProblem) -> dict[str, str]:
                 if value < best[j + 1][end]:
                     best[j + 1][end], cut[j + 1][end] = value, start
     if best[len(places)][count] == math.inf:  # no contiguous cut is supported: every op on the fallback
-        return {node.name: problem.fallback for node in problem.nodes}
+        return {node.name: problem.home(node.name) for node in problem.nodes}
     assignment: dict[str, str] = {}
     end = count
     for j in range(len(places), 0, -1):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from cost_models.base import CostModel
+from partitioner.errors import PartitionerError
 from partitioner.frontend.op_graph import NodeKind, OpGraph
 from partitioner.placement.blocks import repeated_blocks
 from partitioner.placement.tagging import Tagging
@@ -99,6 +100,11 @@ class PlacementProblem:
 
     def node(self, name: str) -> ProblemNode:
         return self._node_index[name]
+
+    def home(self, name: str) -> str:
+        """Where a node goes when nothing better is chosen: the fallback, unless a pin keeps it elsewhere."""
+        node = self._node_index[name]
+        return self.fallback if self.fallback in node.compute_seconds else node.supported[0]
 
     def target(self, name: str) -> TargetTerms:
         return next(t for t in self.targets if t.name == name)
@@ -223,7 +229,12 @@ def _colocated_groups(graph: OpGraph, tagging: Tagging) -> tuple[dict[str, str],
         leader = leaders[anchor] if anchor is not None else node.name
         leaders[node.name] = leader
         own = tagging.supported[node.name]  # an assert on a model input runs anywhere; `tidy` sets it down
-        supported[leader] = tuple(t for t in supported.get(leader, own) if t in own)
+        group = supported.get(leader, own)
+        supported[leader] = tuple(t for t in group if t in own)
+        if not supported[leader]:  # only pins narrow the fallback away (see partitioner/placement/pins.py)
+            raise PartitionerError(f"{node.name} ({node.op}) must run where {leader} does, and no target runs both "
+                                   f"({leader}'s group: {', '.join(group)}; {node.name}: {', '.join(own)}). Fix: pin "
+                                   "them alike (a pattern covering both).")
     return leaders, supported
 
 
