@@ -11,7 +11,7 @@ from partitioner.errors import PartitionerError
 from targets.loader import builtin_target_names, load_target, load_targets
 from targets.spec import Link
 
-BUILTIN_NAMES = ["cpu-x86", "cuda-a100", "cuda-h100", "cuda-l4", "dsp-example", "npu-example"]
+BUILTIN_NAMES = ["cpu-x86", "cuda-a100", "cuda-h100", "cuda-h200", "cuda-l4", "cuda-l40s", "dsp-example", "npu-example"]
 
 MINIMAL_SPEC = """\
 name = "my-chip"
