@@ -41,7 +41,7 @@ def compile_command(args: argparse.Namespace) -> int:
     pins = parse_pins(args.pin, args.forbid)
     with progress.step(f"capturing {args.model}"):
         captured = load_model_file(args.model)
-    targets = [item.strip() for item in args.targets.split(",") if item.strip()]
+    targets = _listed(args.targets)
     if args.fleet is not None:
         from targets.fleet import load_fleet
 
@@ -96,7 +96,7 @@ def _compile_llm(args: argparse.Namespace, output: Path, progress: Progress, cos
         raise PartitionerError("--workload captures prefill and decode itself, so it needs the model, not one "
                                "exported pass. Fix: give file.py (with build()) or file.py:function.")
     if args.fleet is None:
-        targets = [item.strip() for item in args.targets.split(",") if item.strip()]
+        targets = _listed(args.targets)
         fleet = load_fleet(",".join(f"{name}=1" for name in targets))
     else:
         fleet = load_fleet(args.fleet)
@@ -306,9 +306,14 @@ def _print_run(plan_path: str, result: PlanRun) -> None:
     print("PASS" if check.passed else "FAIL")
 
 
+def _listed(text: str) -> list[str]:
+    """The items of a comma-separated option, stripped, empty ones dropped."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _device_map(text: str) -> dict[str, str]:
     device_map = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
+    for item in _listed(text):
         target, equals, device = (part.strip() for part in item.partition("="))
         if not (equals and target and device):
             raise PartitionerError(f"--device-map item {item!r} is not TARGET=DEVICE. "
@@ -322,8 +327,7 @@ def coverage_command(args: argparse.Namespace) -> int:
     from partitioner.frontend.op_graph import annotate
     from partitioner.reporting.coverage import coverage, format_coverage
 
-    names = ([item.strip() for item in args.targets.split(",") if item.strip()] if args.targets
-             else list(builtin_target_names()))
+    names = _listed(args.targets) if args.targets else list(builtin_target_names())
     targets = [load_target(name) for name in names]
     with Progress("live").step("capturing the model"):
         captured = load_model_file(args.model)

@@ -26,7 +26,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
@@ -93,7 +93,7 @@ class RayDeployment:
     """A plan running on Ray: call it like the model; `benchmark` streams requests; `shutdown` removes it all."""
 
     def __init__(self, plan: Plan, graph: StageGraph, workers: Mapping[str, Any], placement_groups: Sequence[Any],
-                 owns_ray: bool, max_in_flight: int, request_timeout_seconds: float, cuda_places: set[str],
+                 owns_ray: bool, max_in_flight: int, request_timeout_seconds: float, over_nccl: set[int],
                  nodes: Mapping[str, str], devices: Mapping[str, str]):
         self.plan = plan
         self.graph = graph
@@ -102,7 +102,7 @@ class RayDeployment:
         self._owns_ray = owns_ray
         self.max_in_flight = max_in_flight
         self.request_timeout_seconds = request_timeout_seconds
-        self._cuda_places = cuda_places
+        self._over_nccl = over_nccl  # partitions whose results go device to device (see device_to_device)
         self.nodes = dict(nodes)  # place -> the Ray node id its worker runs on
         self.devices = dict(devices)  # place -> the torch device its worker runs on
         self._compiled = None
@@ -162,36 +162,12 @@ class RayDeployment:
              for place in self.workers} if serving and serving.bottleneck_seconds else {})
 
     def shutdown(self) -> None:
-        """Remove the actors, the compiled graph and the placement groups (and Ray, if this started it).
-
-        The actors go first: a compiled graph's own teardown can wait forever on a worker still reading a
-        channel its upstream peer has left (seen with two stages and requests in flight), and every worker is
-        removed anyway.
-        """
+        """Remove the actors, the compiled graph and the placement groups (and Ray, if this started it)."""
         if self._closed:
             return
         self._closed = True
-        ray = require_ray()
-        # Ray logs each step of a compiled graph's teardown, and the graph's monitor thread starts one of its own
-        # as soon as an actor dies; the user asked for the teardown, so none of it is news.
-        quiet = logging.getLogger("ray.dag.compiled_dag_node")
-        level = quiet.level
-        quiet.setLevel(logging.CRITICAL)
-        try:
-            for worker in self.workers.values():
-                with contextlib.suppress(Exception):
-                    ray.kill(worker)
-            if self._compiled is not None:
-                compiled, self._compiled = self._compiled, None
-                with contextlib.suppress(Exception):
-                    compiled.teardown()  # waits for a teardown the monitor thread began
-        finally:
-            quiet.setLevel(level)
-        for group in self._placement_groups:
-            with contextlib.suppress(Exception):
-                ray.util.remove_placement_group(group)
-        if self._owns_ray:
-            ray.shutdown()
+        compiled, self._compiled = self._compiled, None
+        _remove(require_ray(), self.workers.values(), self._placement_groups, self._owns_ray, compiled)
 
     def _submit(self, flat: list[Any]) -> Any:
         if self._closed:
@@ -231,14 +207,13 @@ class RayDeployment:
         # A compiled graph may not end in a node nobody reads: a partition whose results only the model's outputs
         # read, or nothing reads (it only writes state), is returned to the driver.
         returned = tuple(p for p, readers in consumers.items() if None in readers or not readers)
-        over_nccl = device_to_device(self.graph, self._cuda_places)
         nodes: dict[int, Any] = {}
         with InputNode() as request:
             for stage in self.graph.stages:
                 received = [nodes[source.partition] if isinstance(source, FromPartition)
                             else request[self._sent.index(source.position)] for source in stage.upstream]
                 node = self.workers[stage.target].run.bind(stage.partition, *received)
-                if stage.partition in over_nccl:
+                if stage.partition in self._over_nccl:
                     node = node.with_tensor_transport(transport="nccl")
                 nodes[stage.partition] = node
             dag = MultiOutputNode([nodes[p] for p in returned])
@@ -360,14 +335,7 @@ def deploy_on_ray(plan: Plan, *, address: str | None = None, max_in_flight: int 
                                                if s.target == place and s.partition in over_nccl])
                  for place, worker in workers.items()], timeout=startup_timeout_seconds)
     except BaseException as error:
-        for worker in workers.values():
-            with contextlib.suppress(Exception):
-                ray.kill(worker)
-        for group in groups:
-            with contextlib.suppress(Exception):
-                ray.util.remove_placement_group(group)
-        if owns_ray:
-            ray.shutdown()
+        _remove(ray, workers.values(), groups, owns_ray)
         if isinstance(error, ray.exceptions.GetTimeoutError):
             raise PartitionerError(f"the device workers did not start within {startup_timeout_seconds:g} s. Fix: "
                                    "check the cluster (ray status), or raise the startup timeout.") from error
@@ -382,8 +350,35 @@ def deploy_on_ray(plan: Plan, *, address: str | None = None, max_in_flight: int 
     if emulated:  # the workers' own warnings stay in their logs
         warnings.warn(f"{', '.join(emulated)}: no such device on the node, emulated on the CPU", stacklevel=2)
     return RayDeployment(plan, graph, workers, groups, owns_ray, max_in_flight, request_timeout_seconds,
-                         cuda_places, {place: node for place, (_, node) in described.items()},
+                         over_nccl, {place: node for place, (_, node) in described.items()},
                          {place: device for place, (device, _) in described.items()})
+
+
+def _remove(ray: Any, workers: Iterable[Any], groups: Iterable[Any], owns_ray: bool, compiled: Any = None) -> None:
+    """Kill the workers, tear down their compiled graph, remove the placement groups, and end Ray if we began it.
+
+    The actors go first: a compiled graph's own teardown can wait forever on a worker still reading a channel
+    its upstream peer has left (seen with two stages and requests in flight), and every worker goes anyway.
+    """
+    # Ray logs each step of a compiled graph's teardown, and the graph's monitor thread starts one of its own
+    # as soon as an actor dies; the teardown was asked for, so none of it is news.
+    quiet = logging.getLogger("ray.dag.compiled_dag_node")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                ray.kill(worker)
+        if compiled is not None:
+            with contextlib.suppress(Exception):
+                compiled.teardown()  # waits for a teardown the monitor thread began
+    finally:
+        quiet.setLevel(level)
+    for group in groups:
+        with contextlib.suppress(Exception):
+            ray.util.remove_placement_group(group)
+    if owns_ray:
+        ray.shutdown()
 
 
 def emulated_places(devices: Mapping[str, str], targets: Sequence[TargetRecord]) -> list[str]:

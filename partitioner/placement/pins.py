@@ -66,12 +66,12 @@ def apply_pins(graph: OpGraph, tagging: Tagging, targets: TargetSet, pins: Seque
     refusals = {name: dict(reasons) for name, reasons in tagging.refusals.items()}
     for pin in pins:
         places = _places(pin, targets)
-        matched = [node for node in graph if node.kind is NodeKind.COMPUTE and pin.matches(node)]
-        if not matched:
+        matched = [node for node in graph if pin.matches(node)]
+        if not any(node.kind is NodeKind.COMPUTE for node in matched):
             raise PartitionerError(f"{pin} matches no op of the model. Fix: match an op key (e.g. aten.linear.default) "
                                    f"or a module path such as {_example_path(graph)!r}; `partitioner explain PLAN "
                                    "NODE` shows a node's module.")
-        for node in (n for n in graph if pin.matches(n)):
+        for node in matched:
             keep = [t for t in supported[node.name] if (t in places) != pin.forbid]
             if not keep and node.kind is NodeKind.COMPUTE:
                 raise PartitionerError(_contradiction(pin, node, places, tagging))
