@@ -82,7 +82,9 @@ def random_problems(draw, max_nodes: int = 25) -> PlacementProblem:
         name = f"n{i}"
         earlier = [n.name for n in nodes]
         kind = draw(st.sampled_from([NodeKind.COMPUTE] * 4 + [NodeKind.VIEW, NodeKind.BOOKKEEPING]))
-        if kind is NodeKind.BOOKKEEPING and earlier:
+        if kind is NodeKind.BOOKKEEPING and not earlier:
+            kind = NodeKind.COMPUTE  # bookkeeping (a getitem) follows an earlier node and computes nothing
+        if kind is NodeKind.BOOKKEEPING:
             followed = problem_node(nodes, draw(st.sampled_from(earlier)))
             nodes.append(ProblemNode(name, kind, {t: 0.0 for t in followed.supported}, (), followed.name))
             inputs[name] = [followed.name]
