@@ -9,6 +9,7 @@ solver (partitioner/placement/solver.py) builds, hints, runs and reads it back.
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Mapping, Sequence
 
 from ortools.sat.python import cp_model
@@ -32,7 +33,7 @@ class PlacementModel:
     `scale` is how many integer units one unit of the objective is worth.
     """
 
-    def __init__(self, problem: PlacementProblem, scale: float, tied: bool = False):
+    def __init__(self, problem: PlacementProblem, scale: float):
         self.problem = problem
         self.model = cp_model.CpModel()
         self.scale = scale
@@ -47,8 +48,6 @@ class PlacementModel:
         self.move_terms: list[tuple[cp_model.IntVar, int, str, str, Callable[[Mapping[str, str]], bool]]] = []
         self.bottleneck: cp_model.IntVar | None = None
         self.on = self._placement_variables()
-        if tied:
-            self._tie_blocks()
         self._memory_limits()
         if problem.separate_phases:
             self._separate_phases()
@@ -83,18 +82,24 @@ class PlacementModel:
                 for source in sources:
                     if source == destination:
                         continue
-                    moved = self.model.new_bool_var(f"move[{value.producer},{source},{destination}]")
-                    self.model.add_bool_or([self.on[value.producer, source].Not(), needed.Not(), moved])
-                    self.derived.append((moved, lambda a, v=value, s=source, d=destination:
-                                         a[v.producer] == s and any(a[c] == d for c in v.consumers)))
+                    def is_set(a: Mapping[str, str], v=value, s=source, d=destination) -> bool:
+                        return a[v.producer] == s and any(a[c] == d for c in v.consumers)
+
+                    if len(sources) == 1:  # produced where it must be: it moves exactly when needed there
+                        moved = needed
+                    else:
+                        moved = self.model.new_bool_var("")
+                        self.model.add_bool_or([self.on[value.producer, source].Not(), needed.Not(), moved])
+                        self.derived.append((moved, is_set))
                     seconds = self.problem.transfer_seconds(value.num_bytes, source, destination)
                     self.busy_terms.append((moved, seconds, (source, destination)))
-                    self.move_terms.append((moved, value.num_bytes, source, destination, self.derived[-1][1]))
+                    self.move_terms.append((moved, value.num_bytes, source, destination, is_set))
                     moves.append(moved)
                 # Redundant but much tighter in the LP relaxation (a min-cut inequality):
                 # if the tensor is needed on `destination` and not produced there, it moves there.
-                produced_here = self.on.get((value.producer, destination), 0)
-                self.model.add(sum(moves) >= needed - produced_here)
+                if len(sources) > 1:
+                    produced_here = self.on.get((value.producer, destination), 0)
+                    self.model.add(sum(moves) >= needed - produced_here)
 
     def add_bottleneck(self) -> cp_model.IntVar:
         """The serving model's bottleneck (partitioner/placement/serving.py): a variable, in objective units, at least
@@ -238,9 +243,17 @@ class PlacementModel:
                 serves.append(var)
             self.model.add_at_most_one(serves)
 
+    def with_blocks_tied(self) -> PlacementModel:
+        """A copy of this model (its variables, constraints and objective) that also puts corresponding nodes of
+        neighbouring repeated blocks on one target, the blocks of each family cut into TIED_GROUPS runs: a
+        restriction that presolve shrinks to the size of a few blocks. The copy shares this model's variables
+        (CP-SAT variables are indices), so hints and plans read the same way from both."""
+        tied = copy.copy(self)
+        tied.model = self.model.clone()
+        tied._tie_blocks()
+        return tied
+
     def _tie_blocks(self) -> None:
-        """Put corresponding nodes of neighbouring repeated blocks on one target, the blocks of each family
-        cut into TIED_GROUPS runs: a restriction that presolve shrinks to the size of a few blocks."""
         for family in self.problem.blocks:
             run_length = -(-len(family) // TIED_GROUPS)
             for index in range(1, len(family)):
@@ -257,10 +270,12 @@ class PlacementModel:
     def hint(self, assignment: Mapping[str, str]) -> None:
         """Suggest `assignment`, with every auxiliary boolean set to match, so the solver starts from it."""
         self.model.clear_hints()
-        for (node, target), var in self.on.items():
-            self.model.add_hint(var, assignment[node] == target)
-        for var, value_for in self.derived:
-            self.model.add_hint(var, value_for(assignment))
+        variables = [var.index for var in self.on.values()] + [var.index for var, _ in self.derived]
+        values = [int(assignment[node] == target) for node, target in self.on]
+        values += [int(value_for(assignment)) for _, value_for in self.derived]
+        hint = self.model.proto.solution_hint  # filled in bulk: one add_hint call per variable is slow at 10^5
+        hint.vars.extend(variables)
+        hint.values.extend(values)
 
     def read_assignment(self, solver: cp_model.CpSolver) -> dict[str, str]:
         return {node: target for (node, target), var in self.on.items() if solver.boolean_value(var)}

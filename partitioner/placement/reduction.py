@@ -112,6 +112,7 @@ def _direct_never_worse(problem: PlacementProblem, groups: _Groups, producer: st
                         input_bytes: int, output_bytes: int, objective: Objective) -> bool:
     """Whether sending the output straight from the producer's device is never dearer than a detour
     via the middle node's device (the input's move there plus the output's onward move)."""
+    producers, middles, consumers = (groups.supported(g) for g in (producer, middle, consumer))
     for rate_of in dict.fromkeys((objective, LATENCY)):
         def price(num_bytes: int, source: str, destination: str) -> float:
             if source == destination:
@@ -119,9 +120,11 @@ def _direct_never_worse(problem: PlacementProblem, groups: _Groups, producer: st
             rate = rate_of.rate(problem, (source, destination))
             return problem.transfer_seconds(num_bytes, source, destination) * rate
 
-        for p, d, c in itertools.product(groups.supported(producer), groups.supported(middle),
-                                         groups.supported(consumer)):
-            if price(output_bytes, p, c) > price(input_bytes, p, d) + price(output_bytes, d, c) * (1 + 1e-12):
+        into_middle = {(p, d): price(input_bytes, p, d) for p in producers for d in middles}
+        onward = {(d, c): price(output_bytes, d, c) for d in middles for c in consumers}
+        for p, c in itertools.product(producers, consumers):
+            detour = min(into_middle[p, d] + onward[d, c] * (1 + 1e-12) for d in middles)
+            if price(output_bytes, p, c) > detour:
                 return False
     return True
 

@@ -118,20 +118,17 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
 
     reduction = reduce_problem(problem, objective)
 
-    def build(tied: bool) -> PlacementModel:
-        model = PlacementModel(reduction.problem, scale, tied)
-        model.model.minimize(objective.add_to(model))
-        if max_latency_seconds is not None:
-            model.limit_latency(max_latency_seconds)
-        if min_throughput is not None:
-            model.require_throughput(min_throughput)
-        return model
+    untied = PlacementModel(reduction.problem, scale)
+    untied.model.minimize(objective.add_to(untied))
+    if max_latency_seconds is not None:
+        untied.limit_latency(max_latency_seconds)
+    if min_throughput is not None:
+        untied.require_throughput(min_throughput)
 
     # Where the search ends before proving a bound (large graphs), the objective's own bound still holds.
     proven, bound_units, order = False, objective.lower_bound(problem) * scale, ()
-    untied: PlacementModel | None = None
     for phase in phases(options, objective, has_blocks=_worth_tying(reduction.problem)):
-        model = build(tied=True) if phase.tied else (untied := untied or build(tied=False))
+        model = untied.with_blocks_tied() if phase.tied else untied
         model.model.clear_hints()
         best_so_far = _best(candidates, objective)
         if best_so_far is not None and phase.workers > 1:
