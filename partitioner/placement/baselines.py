@@ -12,14 +12,14 @@ one accelerator; it needs the fx graph, so it is not one of `BASELINES`.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
 from torch.fx.passes.operator_support import create_op_support
 
 from partitioner.frontend.op_graph import NodeKind
-from partitioner.placement.memory import activation_arena_bytes
+from partitioner.placement.memory import activation_arena_bytes, memory_bytes
 from partitioner.placement.pipeline import pipeline_placement
 from partitioner.placement.problem import PlacementProblem, check_assignment
 from partitioner.placement.tagging import Tagging
@@ -34,17 +34,24 @@ def fallback_placement(problem: PlacementProblem) -> Assignment:
     return assignment
 
 
-def priority_placement(problem: PlacementProblem) -> Assignment:
-    """Each node on the first target (in priority order) that supports it and has memory left.
+def priority_placement(problem: PlacementProblem, order: Sequence[str] | None = None,
+                       reserve: Mapping[str, int] | None = None) -> Assignment:
+    """Each node on the first target (in priority order, or in `order`) that supports it and has memory left
+    (less the bytes `reserve` keeps free on a target).
 
     Views and bookkeeping nodes go where their input is, so they never cause a
     cut on their own; views of model inputs or weights go where their first user is.
     """
+    order = tuple(order or problem.target_names)
     producers = _first_producers(problem)
     assignment: Assignment = {}
-    used = {t.name: 0 for t in problem.targets}
+    used = {t.name: (reserve or {}).get(t.name, 0) for t in problem.targets}
     arena = {t.name: activation_arena_bytes(problem, t.name) for t in problem.targets}
     resident: dict[str, set[str]] = {t.name: set() for t in problem.targets}
+    carried: dict[str, list[str]] = defaultdict(list)  # per node, the weights of the nodes that follow it there
+    for node in problem.nodes:
+        if node.follows is not None:
+            carried[node.follows] += node.parameters
     pending = []  # views placed by their users, and the nodes that follow them
     for node in problem.nodes:
         anchor = node.follows or (producers.get(node.name) if node.kind is not NodeKind.COMPUTE else None)
@@ -54,7 +61,8 @@ def priority_placement(problem: PlacementProblem) -> Assignment:
             pending.append(node.name)
             continue
         else:
-            assignment[node.name] = _first_with_room(problem, node.name, used, resident, arena)
+            assignment[node.name] = _first_with_room(problem, node.name, order, used, resident, arena,
+                                                     carried[node.name])
         _make_resident(problem, node.name, assignment[node.name], used, resident)
     for name in reversed(pending):
         # A follower's tentative place lets the view it follows see past it to its users.
@@ -97,24 +105,50 @@ def capability_placement(problem: PlacementProblem, graph_module: torch.fx.Graph
     return assignment
 
 
+def fastest_first_placement(problem: PlacementProblem) -> Assignment:
+    """`priority` with the targets ordered by speed instead: each node on the fastest device with memory left,
+    a device's speed being its compute seconds over the fallback's for the ops it runs. The plan that keeps a
+    request's latency (an LLM's TTFT and TPOT) low when the model does not fit the fastest device alone."""
+    def slowness(target: str) -> float:
+        nodes = [n for n in problem.nodes if target in n.compute_seconds and problem.fallback in n.compute_seconds]
+        own = sum(n.compute_seconds[target] for n in nodes)
+        return own / (sum(n.compute_seconds[problem.fallback] for n in nodes) or own or 1.0)
+
+    order = sorted(problem.target_names, key=slowness)
+    reserve: dict[str, int] = defaultdict(int)
+    for _ in range(3):  # views and followers placed beside their anchors unchecked may overfill a device a little
+        assignment = priority_placement(problem, order, reserve)
+        held = memory_bytes(problem, assignment)
+        over = {t.name: held[t.name] - t.memory_bytes for t in problem.targets if held[t.name] > t.memory_bytes}
+        if not over:
+            break
+        for target, excess in over.items():
+            reserve[target] += excess
+    return assignment
+
+
 BASELINES: dict[str, Callable[[PlacementProblem], Assignment]] = {
     "fallback": fallback_placement,
     "priority": priority_placement,
 }
-# Baselines of the serving objectives only: what pipeline partitioners do (partitioner/placement/pipeline.py).
-SERVING_BASELINES: dict[str, Callable[[PlacementProblem], Assignment]] = {"pipeline": pipeline_placement}
+# Baselines of the serving objectives only: what pipeline partitioners do (partitioner/placement/pipeline.py), and
+# the fastest devices filled first.
+SERVING_BASELINES: dict[str, Callable[[PlacementProblem], Assignment]] = {"pipeline": pipeline_placement,
+                                                                         "fastest-first": fastest_first_placement}
 
 
-def _first_with_room(problem: PlacementProblem, name: str, used: dict[str, int],
-                     resident: dict[str, set[str]], arena: dict[str, int]) -> str:
-    """The first supporting target with room for the node's weights beside what is already resident there
-    (`used` bytes) and its activation `arena`."""
+def _first_with_room(problem: PlacementProblem, name: str, order: Sequence[str], used: dict[str, int],
+                     resident: dict[str, set[str]], arena: dict[str, int], carried: Sequence[str] = ()) -> str:
+    """The first supporting target with room for the node's weights (and the `carried` weights of the nodes that
+    will follow it there) beside what is already resident there (`used` bytes) and its activation `arena`; the
+    node's home (the fallback) when none has room. A fallback early in the priority order (a fleet of one kind)
+    is filled like any other device, then the next takes over."""
     node = problem.node(name)
-    for target in node.supported:
-        extra = sum(problem.parameter_bytes[p] for p in node.parameters if p not in resident[target])
+    needs = set(node.parameters) | set(carried)
+    for target in (t for t in order if t in node.compute_seconds):
+        extra = sum(problem.parameter_bytes[p] for p in needs if p not in resident[target])
         capacity = problem.target(target).memory_bytes
-        room = used[target] + extra + arena[target] <= capacity
-        if target == problem.fallback or (room and node.working_bytes <= capacity):
+        if used[target] + extra + arena[target] <= capacity and node.working_bytes <= capacity:
             return target
     return problem.home(name)
 
