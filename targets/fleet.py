@@ -9,6 +9,7 @@ kind are distinct places, so a model can spread over two NPUs whose memory
 neither holds alone. Built-in fleets live in targets/builtin/fleets/.
 
     name = "inf2-h100"
+    fallback = "cuda-h100"            # optional: the spec whose first device runs what no other device runs
     [[hosts]]
     name = "node0"
     pcie_gb_per_second = 64           # optional: what all of this host's device links share
@@ -56,9 +57,11 @@ class Fleet:
     name: str
     hosts: tuple[Host, ...]
     network: Link | None = None
+    fallback: str | None = None  # the fleet's own choice of fallback spec (else the loader's rule chooses)
 
     def target_set(self, fallback: str | None = None) -> TargetSet:
-        """One target per device, named for its place; the fallback is the first place of the fallback spec."""
+        """One target per device, named for its place; the fallback is the first place of the fallback spec
+        (`fallback`, else the fleet's, else the first CUDA spec that runs every op)."""
         totals: dict[str, int] = {}
         for host in self.hosts:
             for group in host.devices:
@@ -74,7 +77,7 @@ class Fleet:
                     places.append(replace(group.target, name=name))
                     host_of[name], spec_of[name] = host.name, group.target.name
         specs = {t.name: t for host in self.hosts for t in (g.target for g in host.devices)}
-        spec_fallback = choose_fallback(tuple(specs.values()), fallback)
+        spec_fallback = choose_fallback(tuple(specs.values()), fallback or self.fallback)
         first = next(place.name for place in places if spec_of[place.name] == spec_fallback)
         topology = Topology(host_of, spec_of, self.network,
                             {h.name: h.pcie_bytes_per_second for h in self.hosts if h.pcie_bytes_per_second})
@@ -140,7 +143,7 @@ class _FleetReader(TomlReader):
     """Reads one parsed fleet file, checking each field as it goes."""
 
     def fleet(self) -> Fleet:
-        self.check_known_fields(self.data, {"name", "description", "hosts", "network"}, "")
+        self.check_known_fields(self.data, {"name", "description", "hosts", "network", "fallback"}, "")
         hosts_data = self.data.get("hosts")
         if not isinstance(hosts_data, list) or not hosts_data:
             raise self.fail("hosts", "a fleet needs at least one host", "add a [[hosts]] section with devices")
@@ -153,7 +156,17 @@ class _FleetReader(TomlReader):
         if len(hosts) > 1 and network is None:
             raise self.fail("network", f"{len(hosts)} hosts and no network between them",
                             "add [network] with bandwidth_gb_per_second and latency_microseconds")
-        return Fleet(str(self.data.get("name", self.path.stem)), hosts, network)
+        fallback = self.data.get("fallback")
+        specs = {g.target.name for h in hosts for g in h.devices}
+        if fallback is not None and fallback not in specs:
+            raise self.fail("fallback", f"{fallback!r} is not a device of this fleet",
+                            f"name one of {', '.join(sorted(specs))}")
+        fleet = Fleet(str(self.data.get("name", self.path.stem)), hosts, network, fallback)
+        try:
+            fleet.target_set()
+        except PartitionerError as error:
+            raise self.fail("fallback", str(error).split(". Fix:")[0], "name a spec that runs every op")
+        return fleet
 
     def host(self, index: int, data: Any) -> Host:
         where = f"hosts[{index}]"

@@ -51,6 +51,12 @@ def test_every_builtin_fleet_loads():
         assert len(load_fleet(name).target_set()) >= 2
 
 
+def test_a_fleet_names_its_fallback_and_a_command_line_fallback_overrules_it():
+    # l4-h100 lists its L4s first; by the loader's rule (the first CUDA spec that runs every op) one would be it.
+    assert load_fleet("l4-h100").target_set().fallback == "cuda-h100"
+    assert load_fleet("l4-h100").target_set("cuda-l4").fallback == "cuda-l4.0"
+
+
 @pytest.mark.parametrize("text, message", [
     ("npu-example=0,cuda-h100=1", "count 0 is out of range. Fix: give between 1 and 4096 devices"),
     ("npu-example=two", "count 'two' is not a whole number"),
@@ -71,6 +77,10 @@ def test_a_bad_fleet_on_the_command_line_names_the_problem_and_the_fix(text, mes
     ('[[hosts]]\ndevices = []\n', "a host needs devices"),
     ('[[hosts]]\ndevices = [{ target = "cuda-h100", count = "2" }]\n', "expected a whole number, got '2'"),
     ('name = "empty"\n', "a fleet needs at least one host"),
+    ('fallback = "cuda-a100"\n[[hosts]]\ndevices = [{ target = "cuda-h100" }]\n',
+     "field 'fallback': 'cuda-a100' is not a device of this fleet. Fix: name one of cuda-h100"),
+    ('fallback = "npu-example"\n[[hosts]]\ndevices = [{ target = "npu-example" }, { target = "cuda-h100" }]\n',
+     "field 'fallback': fallback 'npu-example' does not support every op"),
 ])
 def test_a_bad_fleet_file_names_the_file_the_field_and_the_fix(tmp_path, text, message):
     with pytest.raises(PartitionerError, match=message):
