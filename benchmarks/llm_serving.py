@@ -32,7 +32,7 @@ from targets.workload import load_workload  # noqa: E402
 from targets.fleet import load_fleet  # noqa: E402
 
 MODELS = ("llama-7b", "llama-70b", "mixtral-8x7b")
-WORKLOADS = ("chat", "summarisation")
+WORKLOADS = ("chat", "summarisation", "offline")
 FLEETS = ("inf2-h100", "two-hosts", "l4-h100")
 
 
@@ -81,9 +81,11 @@ def run(models, workloads, fleets, time_limit: float) -> list[dict]:
                              "per_1m_out": best.cost_per_million_output_tokens,
                              "tokens_per_second": best.output_tokens_per_second, "ttft": best.ttft_seconds,
                              "tpot": best.tpot_seconds, "off_cuda": best.off_fallback_flops,
-                             "h100_per_1m_out": h100.cost_per_million_output_tokens,
+                             "h100_per_1m_out": h100.cost_per_million_output_tokens if h100.fits_memory else None,
+                             "expert_shards_on": dict(best.expert_shards_on),
                              "priority_per_1m_out": plan.baselines["priority"].cost_per_million_output_tokens,
-                             "same_price_h100_tokens_per_second": plan.same_price_fallback_tokens_per_second()[1],
+                             "same_price_h100_tokens_per_second": plan.same_price_fallback_tokens_per_second()[1]
+                             if h100.fits_memory else None,
                              "other_deployment": _other(plan), "gap": best.solver.gap if best.solver else None,
                              "seconds": plan.planning_seconds})
                 print(json.dumps(rows[-1]), flush=True)
@@ -108,13 +110,17 @@ def markdown(rows: list[dict], time_limit: float) -> str:
             continue
         other = row["other_deployment"]
         lines.append(
-            f"| {row['model']} | {row['workload']} | {row['fleet']} | {row['deployment']} b{row['batch']} "
+            f"| {row['model']} | {row['workload']} | {row['fleet']} | {row['deployment']} b{row['batch']}"
+            + (" (expert shards: " + ", ".join(f"{d} {n}" for d, n in row["expert_shards_on"].items()) + ")"
+               if row["expert_shards_on"] else "") + " "
             f"| ${row['per_1m_out']:.3g} | {row['tokens_per_second']:.4g} | {row['ttft'] * 1e3:.3g} ms "
             f"| {row['tpot'] * 1e3:.3g} ms | {100 * row['off_cuda']['prefill']:.0f}% / "
-            f"{100 * row['off_cuda']['decode']:.0f}% | ${row['h100_per_1m_out']:.3g} "
+            f"{100 * row['off_cuda']['decode']:.0f}% | "
+            + (f"${row['h100_per_1m_out']:.3g}" if row['h100_per_1m_out'] is not None else "does not fit") + " "
             f"| ${row['priority_per_1m_out']:.3g} | "
             + (f"{other['deployment']} b{other['batch']} ${other['per_1m_out']:.3g}" if other else "none qualified")
-            + f" | {row['same_price_h100_tokens_per_second']:.4g} | "
+            + " | " + (f"{row['same_price_h100_tokens_per_second']:.4g}"
+                       if row["same_price_h100_tokens_per_second"] is not None else "-") + " | "
             + (f"{100 * row['gap']:.0f}%" if row["gap"] is not None else "-") + f" | {row['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 

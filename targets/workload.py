@@ -9,10 +9,11 @@
     ttft_ms = 1000             # optional: limit on the time to the first token
     tpot_ms = 100              # optional: limit on the time per output token
 
-Lengths given as buckets are planned at their share-weighted mean (prefill and
-decode costs are close to linear in them); the KV cache is sized for the
-longest prompt plus the longest output, since a static cache holds the most a
-request can need. Built-in workloads live in targets/builtin/workloads/.
+Prefill is planned at each prompt bucket, weighted by its share (attention grows
+faster than linearly in the prompt, so the mean length would undercount it), and
+a TTFT limit holds for the longest prompt; output buckets set the decode steps a
+request takes on average. The KV cache is sized for the longest prompt plus the
+longest output, since a static cache holds the most a request can need. Built-in workloads live in targets/builtin/workloads/.
 """
 
 from __future__ import annotations
@@ -62,11 +63,6 @@ class Workload:
     ttft_seconds: float | None = None
     tpot_seconds: float | None = None
     description: str = ""
-
-    @property
-    def prompt_tokens(self) -> int:
-        """The prompt length prefill is planned at."""
-        return max(1, round(self.prompt.mean))
 
     @property
     def output_tokens(self) -> float:

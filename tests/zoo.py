@@ -71,11 +71,11 @@ def whisper():
                                          "decoder_input_ids": torch.randint(0, 256, (1, 4)), "use_cache": False}
 
 
-def mixtral():
+def mixtral(layers: int = 2):
     from transformers import MixtralConfig, MixtralForCausalLM
 
     torch.manual_seed(0)
-    config = MixtralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    config = MixtralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
                            num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, vocab_size=256,
                            max_position_embeddings=64)
     return MixtralForCausalLM(config).eval(), {"input_ids": torch.randint(0, 256, (1, 8)), "use_cache": False}

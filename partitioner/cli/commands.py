@@ -38,6 +38,9 @@ def compile_command(args: argparse.Namespace) -> int:
     cost_model = _cost_model(args.cost_model)
     if args.workload is not None:
         return _compile_llm(args, output, progress, cost_model)
+    if args.expert_shards is not None:
+        raise PartitionerError("--expert-shards splits the experts of an LLM planned for a workload. Fix: add "
+                               "--workload, or drop --expert-shards.")
     pins = parse_pins(args.pin, args.forbid)
     with progress.step(f"capturing {args.model}"):
         captured = load_model_file(args.model)
@@ -113,7 +116,8 @@ def _compile_llm(args: argparse.Namespace, output: Path, progress: Progress, cos
         model, _, source = build_model_file(args.model)
     with progress.step(f"planning {workload.name} (prefill, decode at several batch sizes, two deployments)"):
         plan = plan_llm(model, workload, fleet, time_limit_seconds=args.time_limit, cost_model=cost_model,
-                        source=source, name=Path(source.path).stem, fallback=args.fallback)
+                        source=source, name=Path(source.path).stem, fallback=args.fallback,
+                        expert_shards=args.expert_shards)
     path = output / "llm_plan.json"
     output.mkdir(parents=True, exist_ok=True)
     write_atomically(path, json.dumps(plan.to_dict(), indent=1))

@@ -30,6 +30,10 @@ def command_parser() -> argparse.ArgumentParser:
                                 help="plan an LLM's prefill and decode for a workload (chat, summarisation or a "
                                      ".toml file): the least money per output token on --fleet, co-located or "
                                      "disaggregated, within its TTFT and TPOT limits; writes llm_plan.json")
+    compile_parser.add_argument("--expert-shards", type=positive_int, metavar="N",
+                                help="with --workload: split each mixture-of-experts layer's experts into N shards, "
+                                     "each placed on its own device (default: 2 on a fleet of several devices; "
+                                     "each shard adds ops to every step)")
     compile_parser.add_argument("--min-throughput", type=rate, metavar="RATE",
                                 help="requests per second to serve at full load, e.g. 50/s; with --objective "
                                      "serving-cost, the cheapest devices of the fleet that serve it")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import io
 import logging
 import re
@@ -76,11 +77,12 @@ class CapturedModel:
 
 
 def capture(model: torch.nn.Module, example_inputs: Any, name: str | None = None,
-            source: ModelSource | None = None) -> CapturedModel:
+            source: ModelSource | None = None, dynamic_shapes: Any = None) -> CapturedModel:
     """Export `model` called on `example_inputs` into an ExportedProgram.
 
     `example_inputs` is a tuple of positional inputs, a dict of keyword inputs,
-    a `(args_tuple, kwargs_dict)` pair, or a single tensor.
+    a `(args_tuple, kwargs_dict)` pair, or a single tensor. `dynamic_shapes`
+    (torch.export's, for keyword inputs a dict by name) keeps those sizes symbolic.
     """
     if not isinstance(model, torch.nn.Module):
         raise PartitionerError(
@@ -90,8 +92,10 @@ def capture(model: torch.nn.Module, example_inputs: Any, name: str | None = None
     args, kwargs = split_inputs(example_inputs)
     register_input_containers(model)
     try:
-        with _held_back_torch_output():
-            program = torch.export.export(model, args, kwargs=kwargs, strict=False)
+        # preserve_node_meta keeps what the model annotates its nodes with (torch.fx.traceback.annotate).
+        with _held_back_torch_output(), _called_with_keywords(model, kwargs if dynamic_shapes is not None else {}), \
+                torch.fx.traceback.preserve_node_meta():
+            program = torch.export.export(model, args, kwargs=kwargs, strict=False, dynamic_shapes=dynamic_shapes)
     except Exception as error:  # torch raises many types here; all mean "this model did not trace"
         raise PartitionerError(_capture_failure(model, error)) from error
     _remove_dead_code(program)
@@ -103,6 +107,30 @@ def _remove_dead_code(program: ExportedProgram) -> None:
     a partition of their own; asserts and in-place writes are impure and stay."""
     if program.graph_module.graph.eliminate_dead_code():
         program.graph_module.recompile()
+
+
+@contextlib.contextmanager
+def _called_with_keywords(model: torch.nn.Module, kwargs: dict):
+    """While exporting, give `model.forward` a signature of exactly these keywords: torch.export matches dynamic
+    shapes against the signature, and a forward taking **kwargs (transformers') would not match a dict of them."""
+    if not kwargs:
+        yield
+        return
+    forward, own = model.forward, "forward" in vars(model)
+
+    def keyword_forward(**given):
+        return forward(**given)
+
+    keyword_forward.__signature__ = inspect.Signature(
+        [inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for k in kwargs])
+    model.forward = keyword_forward
+    try:
+        yield
+    finally:
+        if own:
+            model.forward = forward
+        else:
+            del model.forward  # the class's forward shows through again
 
 
 @contextlib.contextmanager

@@ -3,8 +3,10 @@
 `annotate` turns an ExportedProgram into an `OpGraph`: per node the op key,
 tensor shapes and dtypes (from `node.meta["val"]`), FLOPs (see flops.py),
 bytes moved and parameter bytes. Tied weights (one tensor under several names)
-are one parameter, counted once. It runs after capture and before tagging;
-nothing downstream touches torch.fx again.
+are one parameter, counted once. A program captured with a symbolic size (an
+LLM's batch or prompt length) is annotated at any concrete value of it, so one
+capture serves every size. It runs after capture and before tagging; nothing
+downstream touches torch.fx again.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import operator
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
@@ -28,6 +31,10 @@ _COPY_OPS = frozenset({"aten.clone.default", "aten.contiguous.default", "aten._t
 _GATHER_OPS = frozenset({"aten.embedding.default", "aten.index_select.default", "aten.index.Tensor",
                          "aten.gather.default", "aten.take.default"})
 _GROUPED_MM_OPS = frozenset({"aten._grouped_mm.default", "transformers.grouped_mm_fallback.default"})
+# Set in a node's annotations (`torch.fx.traceback.annotate`, kept in node.meta["custom"]) on the ops of one
+# shard of a mixture-of-experts layer's experts: the share of all experts it holds. Its grouped matmuls compute
+# only the rows routed to those experts, that share of the rows on average (partitioner/llm/experts.py).
+ROUTED_SHARE = "partitioner_routed_share"
 # In-place writes of a few rows into a larger tensor (a KV cache's new token): they touch the rows they write.
 _PARTIAL_WRITE_OPS = frozenset({"aten.index_copy_.default", "aten.index_put_.default", "aten.scatter_.src",
                                 "aten.scatter_.value", "aten.masked_scatter_.default"})
@@ -180,18 +187,25 @@ class OpGraph:
         return digest.hexdigest()[:16]
 
 
-def annotate(program: ExportedProgram) -> OpGraph:
-    """Describe every call node of `program` as an `OpNode`, in graph order."""
+def annotate(program: ExportedProgram, sizes: Mapping[str, int] | None = None) -> OpGraph:
+    """Describe every call node of `program` as an `OpNode`, in graph order.
+
+    `sizes` gives a value to each symbolic size the program was captured with (by symbol name, e.g.
+    `{"s52": 16}`), so shapes, FLOPs and bytes are those of that concrete call; without it symbolic
+    sizes stay unknown (None in shapes).
+    """
+    values = _Values(sizes or {})
     parameter_names = _parameter_placeholders(program)
     parameter_bytes = {
-        name: _tensor_meta(node.meta.get("val")).num_bytes
+        name: _tensor_meta(values.of(node)).num_bytes
         for node in program.graph.nodes
         if (name := parameter_names.get(node.name)) is not None
     }
     flop_cache: dict[Any, int | None] = {}
     mutations = mutation_facts(program.graph)
     nodes = tuple(
-        _op_node(node, parameter_names, parameter_bytes, flop_cache, mutations.get(node.name, MutationFacts()))
+        _op_node(node, values, parameter_names, parameter_bytes, flop_cache,
+                 mutations.get(node.name, MutationFacts()))
         for node in program.graph.nodes
         if node.op == "call_function"
     )
@@ -200,6 +214,43 @@ def annotate(program: ExportedProgram) -> OpGraph:
         dict.fromkeys(n.name for n in output_node.all_input_nodes if n.op == "call_function")
     )
     return OpGraph(nodes, parameter_bytes, outputs)
+
+
+class _Values:
+    """Each node's recorded value (`node.meta["val"]`), with symbolic sizes replaced by the values bound to
+    their symbols: tensors become meta tensors of the concrete shape and strides, SymInts ints."""
+
+    def __init__(self, sizes: Mapping[str, int]):
+        self.sizes = dict(sizes)
+        self._cache: dict[torch.fx.Node, Any] = {}
+
+    def of(self, node: torch.fx.Node) -> Any:
+        if node not in self._cache:
+            value = node.meta.get("val")
+            self._cache[node] = self._concrete(value) if self.sizes else value
+        return self._cache[node]
+
+    def _concrete(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            shape, stride = tuple(value.shape), value.stride()
+            if all(isinstance(s, int) for s in (*shape, *stride)):
+                return value
+            return torch.empty_strided(tuple(self._int(s) for s in shape), tuple(self._int(s) for s in stride),
+                                       dtype=value.dtype, device="meta")
+        if isinstance(value, torch.SymInt):
+            return self._int(value)
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._concrete(v) for v in value)
+        return value
+
+    def _int(self, size: int | torch.SymInt) -> int | torch.SymInt:
+        if isinstance(size, int):
+            return size
+        expression = size.node.expr
+        bound = {symbol: self.sizes[symbol.name] for symbol in expression.free_symbols if symbol.name in self.sizes}
+        if len(bound) < len(expression.free_symbols):
+            return size  # a size this call leaves symbolic (unknown in the op graph)
+        return int(expression.xreplace(bound))
 
 
 def op_key(target: Any) -> str:
@@ -233,21 +284,23 @@ def _parameter_placeholders(program: ExportedProgram) -> dict[str, str]:
     return names
 
 
-def _op_node(node: torch.fx.Node, parameter_names: Mapping[str, str], parameter_bytes: Mapping[str, int],
-             flop_cache: dict[Any, int], mutation: MutationFacts) -> OpNode:
+def _op_node(node: torch.fx.Node, values: _Values, parameter_names: Mapping[str, str],
+             parameter_bytes: Mapping[str, int], flop_cache: dict[Any, int], mutation: MutationFacts) -> OpNode:
     key = op_key(node.target)
     inputs = tuple(dict.fromkeys(n.name for n in node.all_input_nodes if n.op == "call_function"))
     parameters = tuple(dict.fromkeys(
         parameter_names[root.name] for n in node.all_input_nodes if (root := _viewed(n)).name in parameter_names
     ))
     input_tensors = tuple(
-        _tensor_meta(n.meta.get("val")) for n in node.all_input_nodes if isinstance(n.meta.get("val"), torch.Tensor)
+        _tensor_meta(values.of(n)) for n in node.all_input_nodes if isinstance(values.of(n), torch.Tensor)
     )
-    output_tensors = tuple(_tensor_meta(v) for v in _flatten_values(node.meta.get("val")))
-    kind = _node_kind(node, key, input_tensors, output_tensors)
-    flops = _count_flops(node, flop_cache) if kind is NodeKind.COMPUTE else 0
+    output_tensors = tuple(_tensor_meta(v) for v in _flatten_values(values.of(node)))
+    kind = _node_kind(node, values, key, input_tensors, output_tensors)
+    flops = _count_flops(node, values, flop_cache) if kind is NodeKind.COMPUTE else 0
+    if flops and key in _GROUPED_MM_OPS:
+        flops = round(flops * _routed_share(node))
     copies_only = kind is NodeKind.COMPUTE and (key in _COPY_OPS or _may_alias(node, input_tensors, output_tensors))
-    untouched = _untouched_bytes(node, key)
+    untouched = _untouched_bytes(node, values, key)
     return OpNode(
         name=node.name,
         op=key,
@@ -256,13 +309,14 @@ def _op_node(node: torch.fx.Node, parameter_names: Mapping[str, str], parameter_
         parameters=parameters,
         input_tensors=input_tensors,
         output_tensors=output_tensors,
-        arguments=_named_arguments(node),
+        arguments=_named_arguments(node, values),
         flops=flops or 0,
         parameter_bytes=sum(parameter_bytes[p] for p in parameters),
         module_path=_module_path(node),
         writes=mutation.writes,
         after=mutation.after,
-        unread_bytes=_unread_table_bytes(node, key, output_tensors) + untouched + _unrouted_expert_bytes(node, key),
+        unread_bytes=(_unread_table_bytes(node, values, key, output_tensors) + untouched
+                      + _unrouted_expert_bytes(node, values, key)),
         unwritten_bytes=untouched,
         flops_known=flops is not None,
         copies_only=copies_only and bool(input_tensors) and all(o.dtype == input_tensors[0].dtype
@@ -270,14 +324,14 @@ def _op_node(node: torch.fx.Node, parameter_names: Mapping[str, str], parameter_
     )
 
 
-def _unread_table_bytes(node: torch.fx.Node, key: str, outputs: tuple[TensorMeta, ...]) -> int:
+def _unread_table_bytes(node: torch.fx.Node, values: _Values, key: str, outputs: tuple[TensorMeta, ...]) -> int:
     """For a gather (embedding, index_select, ...), the table bytes it does not read: all but the rows it
     gathers, which are as many bytes as its output."""
     if key not in _GATHER_OPS or not node.args or not isinstance(node.args[0], torch.fx.Node):
         return 0
     if not outputs or not all(t.is_static for t in outputs):  # a data-dependent gather (a mask) may read it all
         return 0
-    table = _tensor_meta(node.args[0].meta.get("val")).num_bytes
+    table = _tensor_meta(values.of(node.args[0])).num_bytes
     return max(0, table - sum(t.num_bytes for t in outputs))
 
 
@@ -289,32 +343,40 @@ def _viewed(node: torch.fx.Node) -> torch.fx.Node:
     return node
 
 
-def _unrouted_expert_bytes(node: torch.fx.Node, key: str) -> int:
+def _routed_share(node: torch.fx.Node) -> float:
+    """The share of a grouped matmul's rows it computes: 1, or a shard's share of the experts."""
+    return float((node.meta.get("custom") or {}).get(ROUTED_SHARE, 1.0))
+
+
+def _unrouted_expert_bytes(node: torch.fx.Node, values: _Values, key: str) -> int:
     """For a grouped matmul of routed tokens (S, K) by expert weights (E, K, N), the expected bytes of the experts
-    no token reaches: with S token-expert rows spread evenly, an expert gets none with probability (1 - 1/E)^S. At
-    decode batch sizes most experts sit idle and their weights are not read; at prefill lengths all are."""
+    no token reaches: with S token-expert rows spread evenly over all E / share experts of the layer (a shard holds
+    that share of them), an expert gets none with probability (1 - share/E)^S. At decode batch sizes most experts
+    sit idle and their weights are not read; at prefill lengths all are."""
     if key not in _GROUPED_MM_OPS or len(node.args) < 2 or not all(isinstance(a, torch.fx.Node) for a in node.args[:2]):
         return 0
-    tokens, weights = (a.meta.get("val") for a in node.args[:2])
+    tokens, weights = (values.of(a) for a in node.args[:2])
     if not (isinstance(tokens, torch.Tensor) and isinstance(weights, torch.Tensor)) or tokens.dim() != 2 \
-            or weights.dim() != 3 or not isinstance(tokens.shape[0], int) or weights.shape[0] < 2:
+            or weights.dim() != 3 or not isinstance(tokens.shape[0], int):
         return 0
-    experts = weights.shape[0]
+    experts = weights.shape[0] / _routed_share(node)
+    if experts < 2:
+        return 0
     return round(_tensor_meta(weights).num_bytes * (1 - 1 / experts) ** tokens.shape[0])
 
 
-def _untouched_bytes(node: torch.fx.Node, key: str) -> int:
+def _untouched_bytes(node: torch.fx.Node, values: _Values, key: str) -> int:
     """For an in-place write of a few rows into a larger tensor, the bytes of that tensor it neither reads nor
     writes: all of it but as many bytes as the rows it writes (its other floating-point inputs)."""
     if key not in _PARTIAL_WRITE_OPS or not node.args or not isinstance(node.args[0], torch.fx.Node):
         return 0
-    target = _tensor_meta(node.args[0].meta.get("val"))
-    written = sum(_tensor_meta(n.meta.get("val")).num_bytes for n in node.all_input_nodes[1:]
-                  if isinstance(n.meta.get("val"), torch.Tensor) and n.meta["val"].is_floating_point())
+    target = _tensor_meta(values.of(node.args[0]))
+    written = sum(_tensor_meta(values.of(n)).num_bytes for n in node.all_input_nodes[1:]
+                  if isinstance(values.of(n), torch.Tensor) and values.of(n).is_floating_point())
     return max(0, target.num_bytes - written)
 
 
-def _node_kind(node: torch.fx.Node, key: str, inputs: tuple[TensorMeta, ...],
+def _node_kind(node: torch.fx.Node, values: _Values, key: str, inputs: tuple[TensorMeta, ...],
                outputs: tuple[TensorMeta, ...]) -> NodeKind:
     if node.target is operator.getitem or not outputs:
         return NodeKind.BOOKKEEPING
@@ -322,7 +384,7 @@ def _node_kind(node: torch.fx.Node, key: str, inputs: tuple[TensorMeta, ...],
         return NodeKind.VIEW
     # Aliasing schemas also cover casts such as `to.dtype`, which do real work when the dtype changes, and ops
     # that may copy (`reshape` of a transposed tensor, `contiguous`): a view is one whose output shares storage.
-    return NodeKind.VIEW if _may_alias(node, inputs, outputs) and _shares_storage(node) else NodeKind.COMPUTE
+    return NodeKind.VIEW if _may_alias(node, inputs, outputs) and _shares_storage(node, values) else NodeKind.COMPUTE
 
 
 def _may_alias(node: torch.fx.Node, inputs: tuple[TensorMeta, ...], outputs: tuple[TensorMeta, ...]) -> bool:
@@ -334,7 +396,7 @@ def _may_alias(node: torch.fx.Node, inputs: tuple[TensorMeta, ...], outputs: tup
     return aliases_input and bool(inputs) and all(o.dtype == inputs[0].dtype for o in outputs)
 
 
-def _shares_storage(node: torch.fx.Node) -> bool:
+def _shares_storage(node: torch.fx.Node, values: _Values) -> bool:
     """Whether the node's output lives in the storage of one of its inputs, found by running the op on meta
     tensors of the recorded shapes and strides (the recorded fake values of a loaded .pt2 file share nothing);
     true where unknowable."""
@@ -343,7 +405,9 @@ def _shares_storage(node: torch.fx.Node) -> bool:
     def meta_of(value: Any) -> Any:
         if not isinstance(value, torch.fx.Node):
             return value
-        val = value.meta.get("val")
+        val = values.of(value)
+        if isinstance(val, int):
+            return val
         if not isinstance(val, torch.Tensor) or any(not isinstance(s, int) for s in (*val.shape, *val.stride())):
             raise ValueError("no static tensor")
         inputs.append(torch.empty_strided(tuple(val.shape), tuple(val.stride()), dtype=val.dtype, device="meta"))
@@ -359,12 +423,12 @@ def _shares_storage(node: torch.fx.Node) -> bool:
         return True
 
 
-def _named_arguments(node: torch.fx.Node) -> dict[str, Any]:
+def _named_arguments(node: torch.fx.Node, values: _Values) -> dict[str, Any]:
     """The node's arguments by schema name, with tensors replaced by their `TensorMeta`."""
     schema = getattr(node.target, "_schema", None)
     if schema is None:
         return {}
-    values: dict[str, Any] = {}
+    named: dict[str, Any] = {}
     for position, argument in enumerate(schema.arguments):
         if position < len(node.args) and not argument.kwarg_only:
             value = node.args[position]
@@ -374,26 +438,36 @@ def _named_arguments(node: torch.fx.Node) -> dict[str, Any]:
             value = argument.default_value
         else:
             continue
-        values[argument.name] = torch.fx.node.map_aggregate(
-            value, lambda v: _tensor_meta(v.meta.get("val")) if isinstance(v, torch.fx.Node) else v
+        named[argument.name] = torch.fx.node.map_aggregate(
+            value, lambda v: _argument(values.of(v)) if isinstance(v, torch.fx.Node) else v
         )
-    return values
+    return named
 
 
-def _count_flops(node: torch.fx.Node, cache: dict[Any, int | None]) -> int | None:
+def _argument(value: Any) -> Any:
+    """An argument produced by another node: a size it computed (concrete), else its tensor's `TensorMeta`."""
+    return value if isinstance(value, int) else _tensor_meta(value)
+
+
+def _count_flops(node: torch.fx.Node, values: _Values, cache: dict[Any, int | None]) -> int | None:
     """FLOPs of one node on meta tensors (None: unknown), once per distinct call."""
-    args = torch.fx.node.map_aggregate(node.args, _as_meta_tensor)
-    kwargs = torch.fx.node.map_aggregate(node.kwargs, _as_meta_tensor)
-    signature = (node.target, repr(args), repr(kwargs))
+    args = torch.fx.node.map_aggregate(node.args, lambda v: _as_meta_tensor(v, values))
+    kwargs = torch.fx.node.map_aggregate(node.kwargs, lambda v: _as_meta_tensor(v, values))
+    signature = (node.target, repr(torch.fx.node.map_aggregate((args, kwargs), _call_key)))
     if signature not in cache:
         cache[signature] = count_flops(node.target, args, kwargs)
     return cache[signature]
 
 
-def _as_meta_tensor(value: Any) -> Any:
+def _call_key(value: Any) -> Any:
+    """What decides an argument's FLOPs: a tensor's shape and dtype (its repr is slow and says no more)."""
+    return (tuple(value.shape), value.dtype) if isinstance(value, torch.Tensor) else value
+
+
+def _as_meta_tensor(value: Any, values: _Values) -> Any:
     if not isinstance(value, torch.fx.Node):
         return value
-    val = value.meta.get("val")
+    val = values.of(value)
     if isinstance(val, torch.Tensor):
         shape = [int(s) if isinstance(s, int) else 1 for s in val.shape]
         return torch.empty(shape, dtype=val.dtype, device="meta")
@@ -415,12 +489,17 @@ def _tensor_meta(value: Any) -> TensorMeta:
     return TensorMeta(shape, str(value.dtype).removeprefix("torch."))
 
 
+_SLICE_STEP = re.compile(r"\.slice\([^)]*\)")
+
+
 def _module_path(node: torch.fx.Node) -> str:
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
         return ""
     path, _ = list(stack.values())[-1]
-    return path.removeprefix("L['self'].")
+    # A model that iterates over a slice of a ModuleList (transformers' `self.layers[:n]`) records the slice as a
+    # module of its own; the path names the layer as the model's own attributes do.
+    return _SLICE_STEP.sub("", path.removeprefix("L['self']."))
 
 
 def _itemsize(dtype: str) -> int:

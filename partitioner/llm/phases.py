@@ -1,21 +1,48 @@
-"""The two phases of serving a causal LM, captured: prefill of one prompt, and one decode step of a batch.
+"""The two phases of serving a causal LM, each captured once for all its sizes: prefill of one prompt of any
+length, and one decode step of any batch.
 
-Both run against a static KV cache (transformers' `StaticCache`, allocated up
-front for the whole context), so the cache is state the graph updates in place:
-the frontend counts it as memory resident where its layer's attention runs, not
-as data copied in with each call (partitioner/frontend/op_graph.py). On the
-`meta` device nothing is allocated, so 7B and 70B shapes are planned without
+A phase is exported with the size that varies in it symbolic (torch.export's dynamic shapes) and annotated at
+each concrete size the planner asks for (partitioner/frontend/op_graph.py), so trying five batch sizes or three
+prompt lengths costs one capture, not one each. A model whose code fixes that size (it will not export with it
+symbolic) is captured once per size instead.
+
+Both phases run against a static KV cache allocated up front for the whole context, so the cache is state the
+graph updates in place: the frontend counts it as memory resident where its layer's attention runs, not as data
+copied in with each call. On the `meta` device nothing is allocated, so 7B and 70B shapes are planned without
 weights. A decode step reads the whole static cache, as static-cache kernels do.
+
+What a phase is called with comes from the model: a transformers causal LM gets a `StaticCache`
+(`TransformersInputs`); a model of one's own that takes its past keys and values as explicit inputs, written in
+place, says how by defining `prefill_inputs(prompt_tokens, context_tokens)` and `decode_inputs(batch,
+context_tokens)`, each returning example inputs as `capture` takes them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
+import torch.utils._pytree as pytree
 
 from partitioner.errors import PartitionerError
-from partitioner.frontend.capture import CapturedModel, ModelSource, capture
+from partitioner.forked import run_forked
+from partitioner.frontend.capture import CapturedModel, ModelSource, capture, split_inputs
+from partitioner.frontend.input_containers import register_input_containers
+from partitioner.frontend.mutation import written_inputs
+from partitioner.frontend.op_graph import OpGraph, annotate
+
+PREFILL, DECODE = "prefill", "decode"
+LARGEST_BATCH = 1 << 16
+
+
+class ServingInputs(Protocol):
+    """How a causal LM is called in each phase (a model of one's own defines these two methods)."""
+
+    def prefill_inputs(self, prompt_tokens: int, context_tokens: int) -> Any: ...
+
+    def decode_inputs(self, batch: int, context_tokens: int) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,54 +63,191 @@ class CacheShape:
 
 def cache_shape(model: torch.nn.Module) -> CacheShape:
     """The KV cache layout of a transformers causal LM, from its config."""
-    config = getattr(model, "config", None)
-    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+    text = _text_config(model)
     heads = getattr(text, "num_attention_heads", None)
     if text is None or heads is None or not hasattr(text, "num_hidden_layers"):
         raise PartitionerError(
-            f"--workload plans a transformers causal LM, and {type(model).__name__} has no such config "
-            "(num_hidden_layers, num_attention_heads). Fix: build a transformers *ForCausalLM model, or plan one "
-            "pass with compile and no --workload.")
+            f"--workload plans a causal LM, and {type(model).__name__} is neither a transformers one (no config "
+            "with num_hidden_layers and num_attention_heads) nor says how to call it. Fix: build a transformers "
+            "*ForCausalLM model, or give your model prefill_inputs(prompt_tokens, context_tokens) and "
+            "decode_inputs(batch, context_tokens) methods returning its example inputs, with the past keys and "
+            "values as inputs it writes in place.")
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     return CacheShape(text.num_hidden_layers, getattr(text, "num_key_value_heads", None) or heads, head_dim, dtype)
 
 
-def capture_prefill(model: torch.nn.Module, prompt_tokens: int, context_tokens: int, shape: CacheShape,
-                    source: ModelSource | None = None, name: str | None = None) -> CapturedModel:
-    """Prefill of one `prompt_tokens` prompt into a static cache of `context_tokens`."""
-    if prompt_tokens >= context_tokens:
-        raise PartitionerError(f"a prompt of {prompt_tokens} tokens leaves no room to decode in a context of "
+def decoder_layers(model: torch.nn.Module) -> int | None:
+    """How many decoder layers a transformers model's config says it has (None for a model of one's own)."""
+    return getattr(_text_config(model), "num_hidden_layers", None)
+
+
+def _text_config(model: torch.nn.Module):
+    config = getattr(model, "config", None)
+    return config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+
+
+class TransformersInputs:
+    """The inputs of a transformers causal LM in each phase: token ids and a `StaticCache` for the context."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.shape = cache_shape(model)
+        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+
+    def prefill_inputs(self, prompt_tokens: int, context_tokens: int) -> dict:
+        return {"input_ids": torch.zeros(1, prompt_tokens, dtype=torch.long, device=self.device),
+                "past_key_values": self._static_cache(1, context_tokens),
+                "cache_position": torch.arange(prompt_tokens, device=self.device), "use_cache": True}
+
+    def decode_inputs(self, batch: int, context_tokens: int) -> dict:
+        return {"input_ids": torch.zeros(batch, 1, dtype=torch.long, device=self.device),
+                "past_key_values": self._static_cache(batch, context_tokens),
+                "cache_position": torch.tensor([context_tokens - 1], device=self.device), "use_cache": True}
+
+    def _static_cache(self, batch: int, context: int):
+        """A StaticCache allocated now (transformers allocates it lazily, inside the first call, which would put
+        its zero-filling in the graph), so the capture sees it as state passed in."""
+        from transformers import StaticCache
+
+        shape = self.shape
+        cache = StaticCache(config=self.model.config, max_cache_len=context, max_batch_size=batch,
+                            device=self.device, dtype=shape.dtype)
+        example = torch.empty(batch, shape.kv_heads, 1, shape.head_dim, dtype=shape.dtype, device=self.device)
+        for layer in cache.layers:
+            layer.lazy_initialization(example, example)
+        return cache
+
+
+def serving_inputs(model: torch.nn.Module) -> ServingInputs:
+    """How to call `model` in each phase: its own `prefill_inputs`/`decode_inputs`, else a transformers cache."""
+    if callable(getattr(model, "prefill_inputs", None)) and callable(getattr(model, "decode_inputs", None)):
+        return model
+    return TransformersInputs(model)
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseGraphs:
+    """One phase's op graph at each size the planner asked for (prompt lengths, or batches), and the state (the
+    KV cache) those graphs update in place."""
+
+    phase: str
+    graphs: Mapping[int, OpGraph]
+    state: frozenset[str]
+
+    def state_bytes(self, size: int) -> int:
+        """Bytes of the state (the KV cache) the phase at `size` updates in place."""
+        return sum(b for name, b in self.graphs[size].parameter_bytes.items() if name in self.state)
+
+
+def capture_phases(model: torch.nn.Module, prompt_lengths: Sequence[int], batches: Sequence[int],
+                   context_tokens: int, source: ModelSource | None = None,
+                   name: str | None = None) -> tuple[PhaseGraphs, PhaseGraphs]:
+    """Prefill at each of `prompt_lengths` and a decode step at each of `batches`, for a static cache of
+    `context_tokens`. A capture is single-threaded Python (a minute for a 70B model), so where the platform
+    forks, decode is captured in a child process while this one captures prefill."""
+    decode = partial(capture_decode, model, batches, context_tokens, source, name)
+    with run_forked(decode) as decoded:
+        prefill = capture_prefill(model, prompt_lengths, context_tokens, source, name)
+        return prefill, decoded()
+
+
+def capture_prefill(model: torch.nn.Module, prompt_lengths: Sequence[int], context_tokens: int,
+                    source: ModelSource | None = None, name: str | None = None) -> PhaseGraphs:
+    """Prefill of one prompt into a static cache of `context_tokens`, at each of `prompt_lengths`."""
+    if max(prompt_lengths) >= context_tokens:
+        raise PartitionerError(f"a prompt of {max(prompt_lengths)} tokens leaves no room to decode in a context of "
                                f"{context_tokens}. Fix: give output_tokens of at least 1.")
-    device = _device_of(model)
-    return capture(model, {"input_ids": torch.zeros(1, prompt_tokens, dtype=torch.long, device=device),
-                           "past_key_values": _static_cache(model, shape, 1, context_tokens, device),
-                           "cache_position": torch.arange(prompt_tokens, device=device), "use_cache": True},
-                   name=f"{name or type(model).__name__} prefill", source=source)
+    inputs = serving_inputs(model)
+    return _capture_phase(model, PREFILL, lambda prompt: inputs.prefill_inputs(prompt, context_tokens),
+                          prompt_lengths, range(2, context_tokens), source, name)
 
 
-def capture_decode(model: torch.nn.Module, batch: int, context_tokens: int, shape: CacheShape,
-                   source: ModelSource | None = None, name: str | None = None) -> CapturedModel:
-    """One decode step of `batch` sequences, each with a static cache of `context_tokens` (read in full)."""
-    device = _device_of(model)
-    return capture(model, {"input_ids": torch.zeros(batch, 1, dtype=torch.long, device=device),
-                           "past_key_values": _static_cache(model, shape, batch, context_tokens, device),
-                           "cache_position": torch.tensor([context_tokens - 1], device=device), "use_cache": True},
-                   name=f"{name or type(model).__name__} decode", source=source)
+def capture_decode(model: torch.nn.Module, batches: Sequence[int], context_tokens: int,
+                   source: ModelSource | None = None, name: str | None = None) -> PhaseGraphs:
+    """One decode step of a batch of sequences, each with a static cache of `context_tokens`, at each of
+    `batches`."""
+    inputs = serving_inputs(model)
+    return _capture_phase(model, DECODE, lambda batch: inputs.decode_inputs(batch, context_tokens),
+                          batches, range(1, LARGEST_BATCH + 1), source, name)
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
+def _capture_phase(model: torch.nn.Module, phase: str, inputs_at: Callable[[int], Any], wanted: Sequence[int],
+                   symbolic_range: range, source: ModelSource | None, name: str | None) -> PhaseGraphs:
+    """One size wanted: captured at it. Several: captured with the size symbolic (torch.export traces a symbolic
+    size about 2.5-3.5 times slower than a fixed one, on Llama shapes, and then serves every size), with the
+    dimensions that differ between the inputs at two sizes (two small primes, unlike any fixed size) as one
+    torch.export dimension; a model that fixes the size somewhere is captured per size instead."""
+    label = f"{name or type(model).__name__} {phase}"
+    wanted = sorted(set(wanted))
+    probes = [size for size in (3, 5, 7, 11) if size in symbolic_range][:2]
+    if len(wanted) > 1 and len(probes) == 2 and all(size in symbolic_range for size in wanted):
+        first, second = probes
+        example = inputs_at(first)
+        register_input_containers(model)  # so a KV cache object flattens into its tensors below
+        dim = torch.export.Dim(phase, min=symbolic_range.start, max=symbolic_range.stop - 1)
+        dynamic = _dynamic_shapes(example, inputs_at(second), first, second, dim)
+        try:
+            captured = capture(model, example, label, source, dynamic_shapes=dynamic) if dynamic else None
+        except PartitionerError:
+            captured = None  # the model fixes that size somewhere: capture each size instead
+        symbol = _size_symbol(captured) if captured is not None else None
+        if symbol is not None:
+            graphs = {size: annotate(captured.program, {symbol: size}) for size in wanted}
+            return PhaseGraphs(phase, graphs, frozenset(written_inputs(captured.program.graph)))
+    programs = {size: capture(model, inputs_at(size), label, source).program for size in wanted}
+    state = frozenset(written_inputs(programs[wanted[0]].graph))
+    return PhaseGraphs(phase, {size: annotate(program) for size, program in programs.items()}, state)
 
 
-def _static_cache(model: torch.nn.Module, shape: CacheShape, batch: int, context: int, device: torch.device):
-    """A StaticCache allocated now (transformers allocates it lazily, inside the first call, which would put its
-    zero-filling in the graph), so the capture sees it as state passed in."""
-    from transformers import StaticCache
+def _dynamic_shapes(first: Any, second: Any, first_size: int, second_size: int, dim: Any) -> Any:
+    """torch.export's dynamic shapes for inputs given at two sizes: `dim` wherever a tensor's size is the first
+    size in one and the second in the other; None when the inputs differ in any other way."""
+    def walk(a: Any, b: Any) -> Any:
+        if isinstance(a, torch.Tensor):
+            if not isinstance(b, torch.Tensor) or a.dim() != b.dim():
+                raise ValueError
+            varying = {i: dim for i, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y}
+            if any((a.shape[i], b.shape[i]) != (first_size, second_size) for i in varying):
+                raise ValueError
+            return varying or None
+        if type(a) is not type(b):
+            raise ValueError
+        if isinstance(a, dict):
+            if a.keys() != b.keys():
+                raise ValueError
+            return {key: walk(a[key], b[key]) for key in a}
+        if type(a) in (list, tuple):
+            if len(a) != len(b):
+                raise ValueError
+            return type(a)(walk(x, y) for x, y in zip(a, b))
+        node = pytree.SUPPORTED_NODES.get(type(a))
+        if node is not None:  # a registered container (a KV cache): one spec per child, as torch.export flattens it
+            (children_a, _), (children_b, _) = node.flatten_fn(a), node.flatten_fn(b)
+            if len(children_a) != len(children_b):
+                raise ValueError
+            return [walk(x, y) for x, y in zip(children_a, children_b)]
+        if a != b:
+            raise ValueError
+        return None
 
-    cache = StaticCache(config=model.config, max_cache_len=context, max_batch_size=batch, device=device,
-                        dtype=shape.dtype)
-    example = torch.empty(batch, shape.kv_heads, 1, shape.head_dim, dtype=shape.dtype, device=device)
-    for layer in cache.layers:
-        layer.lazy_initialization(example, example)
-    return cache
+    args, kwargs = split_inputs(first)
+    other_args, other_kwargs = split_inputs(second)
+    if args and kwargs:
+        return None  # torch.export would match one spec against both; such a model is captured per size
+    try:
+        return walk(kwargs, other_kwargs) if kwargs else walk(args, other_args)
+    except ValueError:
+        return None
+
+
+def _size_symbol(captured: CapturedModel) -> str | None:
+    """The name torch.export gave the phase's size: the one symbol the user inputs' shapes use, if exactly one."""
+    symbols = set()
+    for node in captured.program.graph.nodes:
+        value = node.meta.get("val")
+        if node.op == "placeholder" and isinstance(value, torch.Tensor):
+            for size in value.shape:
+                if isinstance(size, torch.SymInt):
+                    symbols |= {symbol.name for symbol in size.node.expr.free_symbols}
+    return symbols.pop() if len(symbols) == 1 else None

@@ -1,214 +1,210 @@
 """Plan an LLM for a workload on a fleet: both phases, co-located and disaggregated, priced per token.
 
-Prefill is captured once and a decode step per batch size
-(partitioner/llm/phases.py), costed, joined into one serving problem
-(partitioner/llm/joint.py) and solved for throughput: with each weight placed
-once (co-located) and with each device given to one phase (disaggregated).
+Prefill is captured for the workload's prompt lengths and a decode step for the
+batch sizes worth trying (partitioner/llm/phases.py), costed (prompt buckets as
+their share-weighted mean, partitioner/llm/buckets.py), joined into one serving
+problem (partitioner/llm/joint.py) and solved for throughput: with each weight
+placed once (co-located) and with each device given to one phase (disaggregated).
 Batch sizes whose weights and KV cache exceed the fleet's memory are refused
 unsolved; the others are tried from the largest down, stopping once a batch
-meets the limits and the next smaller one costs more per token. At full load, money per output token is the price of
-the devices used over the tokens they deliver; time to first token (TTFT) is
-one prefill through its placement, time per output token (TPOT) one decode
-step through its. The batch and deployment with the least money per output
-token that meets the workload's limits is the plan; the others are reported.
+meets the limits and the next smaller one costs more per token. The batch and
+deployment with the least money per output token (partitioner/llm/deployment.py)
+that meets the workload's limits is the plan; the others are reported.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
-from typing import Mapping
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Callable, Mapping
 
 import torch
 
 from cost_models.base import CostModel
 from cost_models.roofline import RooflineCostModel
 from partitioner.errors import PartitionerError
-from partitioner.frontend.capture import CapturedModel, ModelSource
-from partitioner.frontend.mutation import written_inputs
-from partitioner.frontend.op_graph import annotate
-from partitioner.llm.joint import joint_problem, phase_assignment
-from partitioner.llm.phases import CacheShape, cache_shape, capture_decode, capture_prefill
-from targets.workload import Workload
-from partitioner.placement.baselines import BASELINES
+from partitioner.frontend.capture import ModelSource
+from partitioner.llm.buckets import mean_problem
+from partitioner.llm.deployment import CostedPhase, Deployment, LLMPlan, Tried, deployment_figures
+from partitioner.llm.experts import expert_shard, experts_per_layer, experts_sharded
+from partitioner.llm.joint import joint_problem
+from partitioner.llm.phases import PhaseGraphs, capture_phases, decoder_layers
+from partitioner.placement.baselines import BASELINES, SERVING_BASELINES
 from partitioner.placement.infeasibility import phases_sharing_a_device
+from partitioner.placement.latency_floor import latency_floor_seconds
 from partitioner.placement.objectives import THROUGHPUT
-from partitioner.placement.problem import PlacementProblem, build_problem, phase_of
-from partitioner.placement.scoring import Score, score
-from partitioner.placement.serving import device_kind
-from partitioner.placement.solver import SolverOptions, SolverReport, solve
+from partitioner.placement.problem import PlacementProblem, build_problem
+from partitioner.placement.scoring import score
+from partitioner.placement.solver import SolverOptions, solve
 from partitioner.placement.tagging import tag
 from partitioner.units import format_bytes
 from targets.fleet import Fleet
+from targets.spec import TargetSet
+from targets.workload import Workload
 
 DEPLOYMENTS = ("co-located", "disaggregated")
 BATCH_CANDIDATES = (1, 4, 16, 64, 256)
-
-
-@dataclass(frozen=True, slots=True)
-class Deployment:
-    """One way of serving the workload: a batch size, a placement of both phases, and what it delivers."""
-
-    name: str
-    batch_size: int
-    assignment: Mapping[str, str]  # over the joint problem's nodes, "prefill/..." and "decode/..."
-    requests_per_second: float
-    output_tokens_per_second: float
-    price_per_hour: float
-    cost_per_million_output_tokens: float  # the whole request's money over its output tokens: plans compare on it
-    cost_per_million_input_tokens: float  # the prefill's share of that money over the prompt's tokens
-    ttft_seconds: float
-    tpot_seconds: float
-    bottleneck: str
-    kv_cache_bytes: Mapping[str, int]  # per device, the KV caches it holds
-    memory_bytes: Mapping[str, int]
-    devices: Mapping[str, tuple[str, ...]]  # per phase, the devices running its ops
-    off_fallback_flops: Mapping[str, float]  # per phase, the share of its FLOPs off the fallback
-    solver: SolverReport | None = None
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "batch_size": self.batch_size, "requests_per_second": self.requests_per_second,
-                "output_tokens_per_second": self.output_tokens_per_second, "price_per_hour": self.price_per_hour,
-                "cost_per_million_output_tokens": self.cost_per_million_output_tokens,
-                "cost_per_million_input_tokens": self.cost_per_million_input_tokens,
-                "ttft_seconds": self.ttft_seconds, "tpot_seconds": self.tpot_seconds, "bottleneck": self.bottleneck,
-                "kv_cache_bytes": dict(self.kv_cache_bytes), "memory_bytes": dict(self.memory_bytes),
-                "devices": {p: list(d) for p, d in self.devices.items()},
-                "off_fallback_flops": dict(self.off_fallback_flops),
-                "solver": self.solver.to_dict() if self.solver else None, "placement": dict(self.assignment)}
-
-
-@dataclass(frozen=True, slots=True)
-class CostedPhase:
-    """One phase ready to join: its problem, its state (the KV cache tensors it updates in place) and the FLOPs
-    of each node (for the share of the work off the fallback)."""
-
-    problem: PlacementProblem
-    state: frozenset[str]
-    flops: Mapping[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class Tried:
-    """A (deployment, batch) that was solved or refused, and why it is not the plan if it is not."""
-
-    deployment: str
-    batch_size: int
-    result: Deployment | None
-    refusal: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class LLMPlan:
-    model_name: str
-    workload: Workload
-    fleet: str
-    fallback: str
-    cache: CacheShape
-    best: Deployment
-    tried: tuple[Tried, ...]
-    baselines: Mapping[str, Deployment]  # on the best batch, co-located: all on the fallback, priority
-    fallback_price_per_hour: float
-    planning_seconds: float
-
-    def same_price_fallback_tokens_per_second(self) -> tuple[float, float]:
-        """How many fallback devices the plan's hourly price buys (fractional), and the output tokens per second
-        they deliver, each serving as the all-on-fallback baseline does."""
-        replicas = self.best.price_per_hour / self.fallback_price_per_hour if self.fallback_price_per_hour else 1.0
-        return replicas, replicas * self.baselines["fallback"].output_tokens_per_second
-
-    def best_of(self, deployment: str) -> Deployment | None:
-        """The cheapest per output token of one deployment that meets the limits."""
-        found = [t.result for t in self.tried if t.deployment == deployment and t.result and t.refusal is None]
-        return min(found, key=lambda d: d.cost_per_million_output_tokens, default=None)
-
-    def to_dict(self) -> dict:
-        return {"model": self.model_name, "workload": self.workload.to_dict(), "fleet": self.fleet,
-                "fallback": self.fallback, "planning_seconds": self.planning_seconds,
-                "kv_cache_bytes_per_request": self.cache.bytes_for(self.workload.context_tokens),
-                "best": self.best.to_dict(),
-                "tried": [{"deployment": t.deployment, "batch_size": t.batch_size, "refusal": t.refusal,
-                           **({"result": t.result.to_dict()} if t.result else {})} for t in self.tried],
-                "baselines": {name: d.to_dict() for name, d in self.baselines.items()}}
+DEFAULT_EXPERT_SHARDS = 2
 
 
 def plan_llm(model: torch.nn.Module, workload: Workload, fleet: Fleet, *, time_limit_seconds: float = 60.0,
              cost_model: CostModel | None = None, source: ModelSource | None = None, name: str | None = None,
-             fallback: str | None = None) -> LLMPlan:
-    """The cheapest way per output token to serve `workload` with `model` on `fleet`, within its limits."""
-    started = time.perf_counter()
-    cost_model = cost_model or RooflineCostModel()
+             fallback: str | None = None, expert_shards: int | None = None) -> LLMPlan:
+    """The cheapest way per output token to serve `workload` with `model` on `fleet`, within its limits.
+
+    The experts of a mixture-of-experts model are split into `expert_shards` shards a layer, each placed on its
+    own (partitioner/llm/experts.py): by default 2 on a fleet of several devices, so a layer's experts can be
+    split between two. Every shard runs the routing's gathers and elementwise ops on the whole batch, so each
+    shard adds ops (and their launch overhead) to every step: more shards place finer and cost more.
+    """
     targets = fleet.target_set(fallback)
-    shape = cache_shape(model)
-    name = name or type(model).__name__
-    context = workload.context_tokens
-    prefill = _costed(capture_prefill(model, workload.prompt_tokens, context, shape, source, name), targets,
-                      cost_model)
+    shards = expert_shards if expert_shards is not None else (DEFAULT_EXPERT_SHARDS if len(targets.targets) > 1
+                                                              else 1)
+    with experts_sharded(model, shards) as sharded_layers:
+        return _plan(model, workload, fleet, targets, time_limit_seconds, cost_model or RooflineCostModel(), source,
+                     name or type(model).__name__, min(shards, experts_per_layer(model)) if sharded_layers else 0)
+
+
+def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, targets: TargetSet, time_limit_seconds: float,
+          cost_model: CostModel, source: ModelSource | None, name: str, expert_shards: int) -> LLMPlan:
+    started = time.perf_counter()
+    prompts = workload.prompt.buckets
     batches = (workload.batch_size,) if workload.batch_size else tuple(
         b for b in BATCH_CANDIDATES if b <= workload.max_batch_size)
-    weights = sum(size for p, size in prefill.problem.parameter_bytes.items() if p not in prefill.state)
-    memory = sum(t.memory_bytes for t in prefill.problem.targets)
-    tried: list[Tried] = []
-    runs = []  # (deployment, batch) pairs whose weights and KV caches fit the fleet's memory at all
-    for batch in batches:
-        for deployment in DEPLOYMENTS:
-            copies = 2 if deployment == "disaggregated" else 1
-            need = copies * weights + shape.bytes_for(context, batch) + shape.bytes_for(context)
-            if need > memory:
-                tried.append(Tried(deployment, batch, None, f"{copies} x {format_bytes(weights)} of weights and "
-                                   f"{format_bytes(shape.bytes_for(context, batch))} of KV cache exceed the fleet's "
-                                   f"{format_bytes(memory)}"))
-            else:
-                runs.append((deployment, batch))
+    prefill_graphs, decode_graphs = capture_phases(model, [tokens for tokens, _ in prompts], batches,
+                                                   workload.context_tokens, source, name)
+    prefill = _costed(prefill_graphs, dict(prompts), targets, cost_model)
+    kv_per_request = prefill_graphs.state_bytes(prompts[0][0])
+    runs, tried = _fitting(batches, prefill, kv_per_request)
+    decodes = {batch: _costed(decode_graphs, {batch: 1.0}, targets, cost_model) for batch in {b for _, b in runs}}
+    runs = _within_reach(runs, workload, prefill, decodes, tried)
     per_solve = time_limit_seconds / max(1, len(runs))
-    decodes, co_located = {}, {}
-    for deployment in DEPLOYMENTS:
-        # Largest batch first: a smaller one reads the same weights for fewer tokens, so it costs more per token
-        # unless the larger misses TPOT. Down from there until a batch meets the limits and the next is dearer.
-        best_so_far: Deployment | None = None
-        for batch in sorted((b for d, b in runs if d == deployment), reverse=True):
-            if batch not in decodes:
-                decodes[batch] = _costed(capture_decode(model, batch, context, shape, source, name), targets,
-                                         cost_model)
-            joint = _joint(prefill, decodes[batch], workload, batch, deployment == "disaggregated")
-            if deployment == "co-located":
-                co_located[batch] = joint
-            attempt = _try(deployment, batch, joint, prefill, decodes[batch], workload, per_solve)
-            tried.append(attempt)
-            if attempt.result is None or attempt.refusal is not None:
-                continue
-            if best_so_far is not None and \
-                    attempt.result.cost_per_million_output_tokens >= best_so_far.cost_per_million_output_tokens:
-                break
-            best_so_far = attempt.result
+
+    def attempt(deployment: str, batch: int) -> tuple[PlacementProblem, Tried]:
+        joint = _joint(prefill, decodes[batch], workload, batch, deployment == "disaggregated")
+        return joint, _try(deployment, batch, joint, prefill, decodes[batch], workload, per_solve)
+
+    joints = _search(runs, attempt, tried)
     tried.sort(key=lambda t: (t.batch_size, DEPLOYMENTS.index(t.deployment)))
     meeting = [t.result for t in tried if t.result is not None and t.refusal is None]
     if not meeting:
         raise PartitionerError(_nothing_meets(workload, tried))
     best = min(meeting, key=lambda d: d.cost_per_million_output_tokens)
     decode = decodes[best.batch_size]
-    joint = co_located.get(best.batch_size) or _joint(prefill, decode, workload, best.batch_size, False)
-    baselines = {}
-    for label, strategy in BASELINES.items():
-        assignment = strategy(joint)
-        baselines[label] = _figures("co-located", best.batch_size, joint, score(joint, assignment), prefill, decode,
-                                    workload, assignment, None)
+    joint = joints.get(("co-located", best.batch_size)) or _joint(prefill, decode, workload, best.batch_size, False)
+    baselines = {label: deployment_figures("co-located", best.batch_size, joint, score(joint, assignment), prefill,
+                                           decode, workload, assignment, None)
+                 for label, assignment in ((label, strategy(joint)) for label, strategy in BASELINES.items())}
     fallback_price = next(t.price_per_hour for t in targets if t.name == targets.fallback)
-    return LLMPlan(name, workload, fleet.describe(), targets.fallback, shape, best, tuple(tried), baselines,
-                   fallback_price, time.perf_counter() - started)
+    return LLMPlan(name, workload, fleet.describe(), targets.fallback, decoder_layers(model), kv_per_request, best,
+                   tuple(tried), baselines, fallback_price, time.perf_counter() - started, expert_shards)
 
 
-def _costed(captured: CapturedModel, targets, cost_model: CostModel) -> CostedPhase:
-    graph = annotate(captured.program)
-    problem = build_problem(graph, tag(graph, targets), targets, cost_model)
-    return CostedPhase(problem, frozenset(written_inputs(captured.program.graph)), {n.name: n.flops for n in graph})
+def _fitting(batches: tuple[int, ...], prefill: CostedPhase,
+             kv_per_request: int) -> tuple[list[tuple[str, int]], list[Tried]]:
+    """The (deployment, batch) pairs whose weights (once co-located, twice disaggregated) and KV caches (the
+    decode batch's and a prefill's) fit the fleet's memory at all, and the others, refused with the figures."""
+    weights = sum(size for p, size in prefill.problem.parameter_bytes.items() if p not in prefill.state)
+    memory = sum(t.memory_bytes for t in prefill.problem.targets)
+    runs, refused = [], []
+    for batch in batches:
+        for deployment in DEPLOYMENTS:
+            copies = 2 if deployment == "disaggregated" else 1
+            if copies * weights + kv_per_request * (batch + 1) <= memory:
+                runs.append((deployment, batch))
+            else:
+                refused.append(Tried(deployment, batch, None, f"{copies} x {format_bytes(weights)} of weights and "
+                                     f"{format_bytes(kv_per_request * batch)} of KV cache exceed the fleet's "
+                                     f"{format_bytes(memory)}"))
+    return runs, refused
+
+
+def _within_reach(runs: list[tuple[str, int]], workload: Workload, prefill: CostedPhase,
+                  decodes: Mapping[int, CostedPhase], tried: list[Tried]) -> list[tuple[str, int]]:
+    """The runs whose TTFT and TPOT limits some placement might meet; the others go to `tried`, refused with the
+    least TTFT or TPOT any placement that fits the fleet's memory can have (partitioner/placement/latency_floor.py):
+    a search for them could only fail. Raises when that leaves nothing to search."""
+    longest = max(prefill.by_size)
+    ttft = latency_floor_seconds(prefill.by_size[longest]) if workload.ttft_seconds else 0.0
+    tpot = {b: latency_floor_seconds(decodes[b].problem) for b in decodes} if workload.tpot_seconds else {}
+    kept = []
+    for deployment, batch in runs:
+        floors = []
+        if workload.ttft_seconds and ttft > workload.ttft_seconds:
+            floors.append(f"TTFT at least {ttft * 1e3:.3g} ms for {longest}-token prompts, over "
+                          f"{workload.ttft_seconds * 1e3:g} ms")
+        if workload.tpot_seconds and tpot[batch] > workload.tpot_seconds:
+            floors.append(f"TPOT at least {tpot[batch] * 1e3:.3g} ms, over {workload.tpot_seconds * 1e3:g} ms")
+        if floors:
+            tried.append(Tried(deployment, batch, None, "; ".join(floors)))
+        else:
+            kept.append((deployment, batch))
+    if runs and not kept:
+        least = min(tpot.values(), default=0.0)
+        raise PartitionerError(
+            f"no plan can meet {workload.name}'s limits on this fleet: with every weight where it is fastest and "
+            f"fits, a prefill of {longest} tokens takes at least {ttft * 1e3:.3g} ms and a decode step at least "
+            f"{least * 1e3:.3g} ms (the weights that do not fit the fastest devices are read by slower ones). "
+            "Fix: relax ttft_ms or tpot_ms, or plan on faster devices or more memory on the fastest.")
+    return kept
+
+
+def _search(runs: list[tuple[str, int]], attempt: Callable[[str, int], tuple[PlacementProblem, Tried]],
+            tried: list[Tried]) -> dict[tuple[str, int], PlacementProblem]:
+    """Try (deployment, batch) pairs, each deployment's largest batch first, adding each result to `tried`; returns
+    the joint problem of each pair tried. A smaller batch reads the same weights for fewer tokens, so it costs
+    more per token unless the larger misses TPOT: once a batch meets the limits and the next smaller one is
+    dearer, smaller ones are not tried. CP-SAT releases the GIL while it searches, so two tries are in flight at
+    once: one's search overlaps the other's Python (its joint problem, baselines and model)."""
+    order = [(d, b) for d in DEPLOYMENTS for b in sorted((b for d2, b in runs if d2 == d), reverse=True)]
+    joints: dict[tuple[str, int], PlacementProblem] = {}
+    cheapest: dict[str, Deployment] = {}
+    stopped: set[str] = set()
+    in_flight: deque = deque()
+
+    def settle() -> None:
+        deployment, batch, future = in_flight.popleft()
+        joints[deployment, batch], outcome = future.result()
+        tried.append(outcome)
+        if outcome.result is None or outcome.refusal is not None:
+            return
+        previous = cheapest.get(deployment)
+        if previous is not None and \
+                outcome.result.cost_per_million_output_tokens >= previous.cost_per_million_output_tokens:
+            stopped.add(deployment)
+        else:
+            cheapest[deployment] = outcome.result
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for deployment, batch in order:
+            if deployment not in stopped:
+                in_flight.append((deployment, batch, pool.submit(attempt, deployment, batch)))
+            if len(in_flight) == 2:
+                settle()
+        while in_flight:
+            settle()
+    return joints
+
+
+def _costed(phase: PhaseGraphs, shares: Mapping[int, float], targets: TargetSet,
+            cost_model: CostModel) -> CostedPhase:
+    """A phase at the sizes `shares` names, each with its share of requests, costed and averaged per request."""
+    graphs = {size: phase.graphs[size] for size in shares}
+    by_size = {size: build_problem(graph, tag(graph, targets), targets, cost_model) for size, graph in graphs.items()}
+    problem = mean_problem([(by_size[size], share) for size, share in shares.items()])
+    graph = next(iter(graphs.values()))
+    flops = {node.name: sum(graphs[size][node.name].flops * share for size, share in shares.items()) for node in graph}
+    shards = {node.name: shard for node in graph if node.parameters and (shard := expert_shard(node.module_path))}
+    return CostedPhase(problem, by_size, phase.state, flops, shards)
 
 
 def _joint(prefill: CostedPhase, decode: CostedPhase, workload: Workload, batch: int,
            separate_phases: bool) -> PlacementProblem:
     """Both phases for one request of `workload` at decode batch `batch` (see partitioner/llm/joint.py)."""
     return joint_problem(prefill.problem, decode.problem, prefill.state | decode.state,
-                         workload.output_tokens / batch, workload.prompt_tokens / workload.context_tokens,
+                         workload.output_tokens / batch, workload.prompt.mean / workload.context_tokens,
                          separate_phases)
 
 
@@ -216,21 +212,28 @@ def _try(deployment: str, batch: int, joint: PlacementProblem, prefill: CostedPh
          workload: Workload, seconds: float) -> Tried:
     if (clash := phases_sharing_a_device(joint)) is not None:  # no need to search to know
         return Tried(deployment, batch, None, clash.split(". Fix:")[0])
-    hints = {label: strategy(joint) for label, strategy in BASELINES.items()}
+    hints = {label: strategy(joint) for label, strategy in {**BASELINES, **SERVING_BASELINES}.items()}
     try:
         placement = solve(joint, THROUGHPUT, SolverOptions(time_limit_seconds=seconds), hints=hints)
     except PartitionerError as error:
         return Tried(deployment, batch, None, str(error).split(". Fix:")[0])
     # Throughput is what CP-SAT maximises; money per token is price over throughput, so a baseline on fewer
-    # devices may be cheaper per token than the fastest plan: the cheapest valid one is kept.
-    scores = {label: score(joint, assignment) for label, assignment in
-              {"cp-sat": placement.assignment, **hints}.items()}
-    candidates = {label: assignment for label, assignment in {"cp-sat": placement.assignment, **hints}.items()
-                  if label == "cp-sat" or (scores[label].fits_memory and not scores[label].phase_conflicts)}
-    cheapest = min(candidates, key=lambda label: scores[label].serving.cost_per_request_at_load)
-    report = placement.report if cheapest == "cp-sat" else replace(placement.report, origin=cheapest)
-    result = _figures(deployment, batch, joint, scores[cheapest], prefill, decode, workload, candidates[cheapest],
-                      report)
+    # devices may be cheaper per token than the fastest plan, and a slower one may meet a TTFT or TPOT limit the
+    # fastest misses: of the plans that fit, the cheapest that meets the limits is kept (else the cheapest).
+    results = {}
+    for label, assignment in {"cp-sat": placement.assignment, **hints}.items():
+        result = score(joint, assignment)
+        if label == "cp-sat" or (result.fits_memory and not result.phase_conflicts):
+            report = placement.report if label == "cp-sat" else replace(placement.report, origin=label)
+            results[label] = deployment_figures(deployment, batch, joint, result, prefill, decode, workload,
+                                                assignment, report)
+    misses = {label: _misses(workload, result) for label, result in results.items()}
+    kept = min(results, key=lambda label: (bool(misses[label]), results[label].cost_per_million_output_tokens))
+    return Tried(deployment, batch, results[kept], "; ".join(misses[kept]) or None)
+
+
+def _misses(workload: Workload, result: Deployment) -> list[str]:
+    """The workload's limits `result` does not meet, each with its figure."""
     misses = []
     if workload.ttft_seconds and result.ttft_seconds > workload.ttft_seconds:
         misses.append(f"TTFT {result.ttft_seconds * 1e3:.3g} ms over {workload.ttft_seconds * 1e3:g} ms")
@@ -238,54 +241,7 @@ def _try(deployment: str, batch: int, joint: PlacementProblem, prefill: CostedPh
         misses.append(f"TPOT {result.tpot_seconds * 1e3:.3g} ms over {workload.tpot_seconds * 1e3:g} ms")
     if workload.requests_per_second and result.requests_per_second < workload.requests_per_second:
         misses.append(f"{result.requests_per_second:.3g} req/s under {workload.requests_per_second:g}")
-    return Tried(deployment, batch, result, "; ".join(misses) or None)
-
-
-def _figures(deployment: str, batch: int, joint: PlacementProblem, result: Score, prefill: CostedPhase,
-             decode: CostedPhase, workload: Workload, assignment: Mapping[str, str],
-             report: SolverReport | None) -> Deployment:
-    """What a joint placement (scored as `result`) delivers: rates and money at full load, TTFT and TPOT, memory
-    and KV cache."""
-    serving = result.serving
-    placed = {phase: phase_assignment(assignment, phase) for phase in ("prefill", "decode")}
-    prefill_alone = score(prefill.problem, placed["prefill"])
-    decode_alone = score(decode.problem, placed["decode"])
-    rate = serving.throughput_per_second
-    per_request = serving.cost_per_request_at_load
-    share = _prefill_share(joint, assignment, serving.bottleneck)
-    kv: dict[str, set[str]] = {}
-    for node in joint.nodes:
-        for parameter in node.parameters:
-            if phase_of(parameter):  # state, named per phase by joint_problem
-                kv.setdefault(assignment[node.name], set()).add(parameter)
-    kv_bytes = {target: sum(joint.parameter_bytes[p] for p in names) for target, names in kv.items()}
-    devices = {phase: tuple(sorted(set(where.values()))) for phase, where in placed.items()}
-    off = {}
-    for phase, costed in (("prefill", prefill), ("decode", decode)):
-        total = sum(costed.flops.values()) or 1
-        off[phase] = sum(f for n, f in costed.flops.items()
-                         if device_kind(placed[phase][n]) != device_kind(joint.fallback)) / total
-    return Deployment(deployment, batch, dict(assignment), rate, rate * workload.output_tokens,
-                      serving.price_per_hour, 1e6 * per_request / workload.output_tokens,
-                      1e6 * per_request * share / workload.prompt_tokens, prefill_alone.latency_seconds,
-                      decode_alone.latency_seconds, serving.bottleneck, kv_bytes, dict(result.memory_bytes),
-                      devices, off, report)
-
-
-def _prefill_share(joint: PlacementProblem, assignment: Mapping[str, str], bottleneck: str) -> float:
-    """The share of a request's money its prefill accounts for: prefill's part of the bottleneck device's compute
-    (or, for a link bottleneck, of all compute)."""
-    prefill = decode = 0.0
-    for node in joint.nodes:
-        target = assignment[node.name]
-        if bottleneck in joint.target_names and target != bottleneck:
-            continue
-        seconds = node.compute_seconds[target]
-        if phase_of(node.name) == "prefill":
-            prefill += seconds
-        else:
-            decode += seconds
-    return prefill / (prefill + decode) if prefill + decode else 0.0
+    return misses
 
 
 def _nothing_meets(workload: Workload, tried: list[Tried]) -> str:

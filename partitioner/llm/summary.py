@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from partitioner.llm.planning import Deployment, LLMPlan
+from partitioner.llm.deployment import Deployment, LLMPlan
 from partitioner.placement.serving import device_kind
 from partitioner.units import format_bytes, format_money, format_seconds
 
@@ -11,9 +11,9 @@ def format_llm_summary(plan: LLMPlan) -> str:
     best, workload = plan.best, plan.workload
     fallback_kind = device_kind(plan.fallback)
     lines = [
-        f"model      {plan.model_name}: {plan.cache.layers} layers, KV cache "
-        f"{format_bytes(plan.cache.bytes_for(workload.context_tokens))} per request at {workload.context_tokens} "
-        "tokens of context",
+        f"model      {plan.model_name}: {f'{plan.layers} layers, ' if plan.layers else ''}"
+        f"{f'experts in {plan.expert_shards} shards a layer, ' if plan.expert_shards else ''}KV cache "
+        f"{format_bytes(plan.kv_cache_bytes_per_request)} per request at {workload.context_tokens} tokens of context",
         f"workload   {workload.describe()}",
         f"fleet      {plan.fleet}",
         "",
@@ -21,7 +21,7 @@ def format_llm_summary(plan: LLMPlan) -> str:
         f"per 1M output tokens (all of a request's money), of which prefill is "
         f"{format_money(best.cost_per_million_input_tokens)} per 1M input tokens",
         f"           {best.output_tokens_per_second:.4g} output tokens/s ({best.requests_per_second:.4g} req/s) at "
-        f"full load; TTFT {format_seconds(best.ttft_seconds)}, TPOT {format_seconds(best.tpot_seconds)}; "
+        f"full load; TTFT {_ttft(best)}, TPOT {format_seconds(best.tpot_seconds)}; "
         f"bottleneck {best.bottleneck}",
         *_placement_lines(best, fallback_kind),
         "",
@@ -35,7 +35,10 @@ def format_llm_summary(plan: LLMPlan) -> str:
     for label, deployment in rows:
         lines.append(_row(label, deployment, best))
     replicas, rate = plan.same_price_fallback_tokens_per_second()
-    if rate > 0:
+    if not plan.baselines["fallback"].fits_memory:
+        lines.append(f"the model does not fit one {fallback_kind}, so an all-{fallback_kind} fleet of the same price "
+                     "is not compared")
+    elif rate > 0:
         lines.append(f"all-{fallback_kind} fleet of the same price ({replicas:.3g} x {fallback_kind}) delivers "
                      f"{rate:.4g} tokens/s at {format_money(plan.baselines['fallback'].cost_per_million_output_tokens)}"
                      f" per 1M output tokens; the plan delivers {best.output_tokens_per_second / rate:.2f}x the tokens")
@@ -60,6 +63,14 @@ def format_llm_summary(plan: LLMPlan) -> str:
     return "\n".join(lines)
 
 
+def _ttft(deployment: Deployment) -> str:
+    """The time to first token, per prompt length where the workload has several (longest first)."""
+    by_prompt = sorted(deployment.ttft_by_prompt.items(), reverse=True)
+    if len(by_prompt) < 2:
+        return format_seconds(deployment.ttft_seconds)
+    return ", ".join(f"{format_seconds(seconds)} at {tokens}" for tokens, seconds in by_prompt) + " prompt tokens"
+
+
 def _placement_lines(deployment: Deployment, fallback_kind: str) -> list[str]:
     lines = []
     for phase in ("prefill", "decode"):
@@ -69,6 +80,9 @@ def _placement_lines(deployment: Deployment, fallback_kind: str) -> list[str]:
     kv = ", ".join(f"{device} {format_bytes(size)}" for device, size in sorted(deployment.kv_cache_bytes.items())
                    if size >= 1024)  # not the position counters a cache also keeps
     lines.append(f"KV cache   {kv or 'none'}")
+    if deployment.expert_shards_on:
+        lines.append("experts    decode's expert shards: " + ", ".join(
+            f"{device} {count}" for device, count in deployment.expert_shards_on.items()))
     return lines
 
 
@@ -76,6 +90,9 @@ def _row(label: str, deployment: Deployment, best: Deployment) -> str:
     saving = 1 - best.cost_per_million_output_tokens / deployment.cost_per_million_output_tokens \
         if deployment.cost_per_million_output_tokens else 0.0
     versus = "" if deployment is best else f"plan saves {100 * saving:.1f}% per token"
+    if not deployment.fits_memory:
+        device, excess = max(deployment.over_capacity_bytes.items(), key=lambda item: item[1])
+        versus = f"does not fit: {device} {format_bytes(excess)} over its memory"
     return (f"{label:<28}{format_money(deployment.cost_per_million_output_tokens):>12}"
             f"{deployment.output_tokens_per_second:>11.4g}{format_seconds(deployment.ttft_seconds):>10}"
             f"{format_seconds(deployment.tpot_seconds):>10}   {versus}")

@@ -9,21 +9,27 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
 from partitioner.cli import main
 from partitioner.errors import PartitionerError
+from partitioner.frontend.capture import capture
 from partitioner.frontend.op_graph import annotate
 from partitioner.llm.joint import joint_problem, phase_assignment
-from partitioner.llm.phases import cache_shape, capture_decode, capture_prefill
+from partitioner.llm.buckets import mean_problem
+from partitioner.llm.experts import expert_shard, experts_sharded
+from partitioner.llm.planning import plan_llm
+from partitioner.llm.phases import TransformersInputs, cache_shape, capture_decode, capture_prefill
 from targets.workload import load_workload
 from partitioner.placement.objectives import THROUGHPUT
 from partitioner.placement.problem import TargetTerms
 from partitioner.placement.scoring import score
 from partitioner.placement.solver import SolverOptions, solve
+from targets.fleet import load_fleet
 from targets.loader import load_target
 from targets.spec import Link
-from tests.partitioner.placement.problem_builders import make_problem, node
+from tests.partitioner.placement.problem_builders import make_problem, node, value
+from tests.zoo import mixtral
 
 
 def small_llama(dtype=torch.float32, device="cpu", layers=2, hidden=64, heads=4, kv_heads=2):
@@ -39,7 +45,7 @@ def test_the_kv_cache_of_a_decode_step_is_state_held_on_the_device_not_an_input_
     # 2 (K and V) x 2 kv heads x 16 head dim x 40 tokens x 3 sequences x 4 bytes = 30,720 bytes a layer; 2 layers.
     assert cache_shape(model).bytes_for(40, batch=3) == 61_440
 
-    graph = annotate(capture_decode(model, 3, 40, cache_shape(model)).program)
+    graph = capture_decode(model, [3], 40).graphs[3]
 
     state = {name: size for name, size in graph.parameter_bytes.items() if name.startswith("past_key_values")}
     assert sum(size for size in state.values() if size > 8) == 61_440  # less the caches' position counters
@@ -54,8 +60,8 @@ def test_a_decode_step_is_memory_bound_and_prefill_reuses_each_weight_for_every_
     h100 = load_target("cuda-h100")
     ridge = h100.peak_flops_per_second["bfloat16"] / h100.memory_bandwidth_bytes_per_second  # FLOPs per byte
 
-    prefill = annotate(capture_prefill(model, 512, 1024, cache_shape(model)).program)
-    decode = annotate(capture_decode(model, 1, 1024, cache_shape(model)).program)
+    prefill = capture_prefill(model, [512], 1024).graphs[512]
+    decode = capture_decode(model, [1], 1024).graphs[1]
 
     def intensity(graph):
         return graph.total_flops / sum(n.bytes_read + n.bytes_written for n in graph)
@@ -63,6 +69,36 @@ def test_a_decode_step_is_memory_bound_and_prefill_reuses_each_weight_for_every_
     # One token per sequence: each weight byte read serves about one multiply-add (2 FLOPs per 2 bytes).
     assert intensity(decode) < 0.01 * ridge
     assert intensity(prefill) > 100 * intensity(decode)  # 512 tokens reuse each weight 512 times
+
+
+def test_one_symbolic_capture_of_decode_gives_each_batch_what_a_capture_at_that_batch_gives():
+    model = small_llama()
+    decode = capture_decode(model, [1, 4, 16], 40)
+    # Captured once with the batch symbolic, annotated at each batch.
+    for batch in (1, 4, 16):
+        own = annotate(capture(model, TransformersInputs(model).decode_inputs(batch, 40)).program)
+        # The symbolic graph also reads the batch size off its input (`sym_size`), which costs nothing.
+        graph = [n for n in decode.graphs[batch] if n.op != "aten.sym_size.int"]
+        assert [n.op for n in graph] == [n.op for n in own]
+        assert [n.output_tensors for n in graph] == [n.output_tensors for n in own]
+        assert sum(n.flops for n in graph) == own.total_flops
+        assert sum(n.bytes_read + n.bytes_written for n in graph) == sum(n.bytes_read + n.bytes_written for n in own)
+    # The cache grows with the batch: 2 x 2 heads x 16 x 40 tokens x 4 bytes x 2 layers = 20,480 bytes a sequence.
+    assert [decode.state_bytes(b) // 20_480 for b in (1, 4, 16)] == [1, 4, 16]
+
+
+def test_prompt_buckets_are_priced_at_their_shares_and_a_node_runs_only_where_every_length_runs():
+    short = make_problem([node("attention", gpu=1.0, hbm=3.0), node("norm", gpu=0.5, hbm=0.5)],
+                         values=[value("attention", "norm", num_bytes=100)], targets=(GPU, HBM), fallback="gpu")
+    # The long prompt's attention is too big for hbm (a shape limit refuses it there).
+    long = make_problem([node("attention", gpu=5.0), node("norm", gpu=2.0, hbm=2.5)],
+                        values=[value("attention", "norm", num_bytes=400)], targets=(GPU, HBM), fallback="gpu")
+
+    mean = mean_problem([(short, 0.75), (long, 0.25)])
+
+    assert dict(mean.node("attention").compute_seconds) == {"gpu": 0.75 * 1.0 + 0.25 * 5.0}
+    assert dict(mean.node("norm").compute_seconds) == {"gpu": 0.75 * 0.5 + 0.25 * 2.0, "hbm": 0.75 * 0.5 + 0.25 * 2.5}
+    assert mean.values[0].num_bytes == 175
 
 
 # Two devices: `gpu` ($10/h) computes fast, `hbm` ($2/h) reads memory fast. One prefill op (p) and one decode op
@@ -152,3 +188,130 @@ def test_disaggregation_with_one_device_that_both_phases_need_names_that_device(
     with pytest.raises(PartitionerError, match=r"phases: prefill and decode both have ops only gpu runs "
                                                r"\(e.g. prefill/p, decode/d\).*Fix: add another device"):
         solve(joint, THROUGHPUT, SolverOptions(time_limit_seconds=5, workers=1))
+
+
+class OwnCausalLM(torch.nn.Module):
+    """A causal LM of one's own: its past keys and values are inputs it writes in place (a static cache of
+    batch x context x hidden per layer), and it says how it is called in each phase."""
+
+    def __init__(self, vocab: int = 64, hidden: int = 32, layers: int = 2):
+        super().__init__()
+        self.hidden, self.layers = hidden, layers
+        self.embed = torch.nn.Embedding(vocab, hidden)
+        self.qkv = torch.nn.ModuleList(torch.nn.Linear(hidden, 3 * hidden) for _ in range(layers))
+        self.head = torch.nn.Linear(hidden, vocab)
+
+    def forward(self, tokens, keys, values, positions):
+        x = self.embed(tokens)
+        for layer, qkv in enumerate(self.qkv):
+            q, k, v = qkv(x).chunk(3, dim=-1)
+            keys[layer].index_copy_(1, positions, k)
+            values[layer].index_copy_(1, positions, v)
+            x = x + torch.nn.functional.scaled_dot_product_attention(q, keys[layer], values[layer])
+        return self.head(x)
+
+    def prefill_inputs(self, prompt_tokens, context_tokens):
+        return (torch.zeros(1, prompt_tokens, dtype=torch.long), *self._cache(1, context_tokens),
+                torch.arange(prompt_tokens))
+
+    def decode_inputs(self, batch, context_tokens):
+        return (torch.zeros(batch, 1, dtype=torch.long), *self._cache(batch, context_tokens),
+                torch.tensor([context_tokens - 1]))
+
+    def _cache(self, batch, context):
+        return [[torch.zeros(batch, context, self.hidden) for _ in range(self.layers)] for _ in range(2)]
+
+
+def test_a_model_of_ones_own_with_explicit_past_keys_and_values_plans_like_a_transformers_one():
+    workload = load_workload_text('name = "short"\nprompt_tokens = 16\noutput_tokens = 8\nmax_batch_size = 4\n')
+
+    plan = plan_llm(OwnCausalLM(), workload, load_fleet("npu-example=1,cuda-h100=1"), time_limit_seconds=4)
+
+    # Keys and values: 2 x 2 layers x 24 tokens of context (16 + 8) x 32 wide x 4 bytes = 12,288 bytes a request.
+    assert plan.kv_cache_bytes_per_request == 12_288
+    assert plan.layers is None and plan.expert_shards == 0
+    assert {t.batch_size for t in plan.tried} == {1, 4}
+    # The decode batch's caches sit where its attention runs: 4 requests' worth at batch 4, one prefill's beside.
+    best = plan.best
+    assert sum(best.kv_cache_bytes.values()) == 12_288 * (best.batch_size + 1)
+
+
+def test_experts_split_into_shards_compute_what_the_layer_computed_and_each_carries_its_share():
+    torch.manual_seed(0)
+    model, inputs = mixtral()  # 4 experts a layer, top 2
+    expected = model(**inputs).logits
+    whole = annotate(capture(model, inputs).program)
+
+    with experts_sharded(model, 2) as replaced:
+        torch.testing.assert_close(model(**inputs).logits, expected)
+        sharded = annotate(capture(model, inputs).program)
+
+    assert replaced == 2 and type(model.model.layers[0].mlp.experts).__name__ == "MixtralExperts"  # put back
+    grouped = [n for n in sharded if n.op.endswith("grouped_mm_fallback.default")]
+    # Each shard's two grouped matmuls hold 2 of 4 experts and compute, on average, the rows routed to them.
+    assert len(grouped) == 2 * 2 * 2 and all(expert_shard(n.module_path) for n in grouped)
+    assert sum(n.flops for n in grouped) == sum(n.flops for n in whole if n.op.endswith("grouped_mm_fallback.default"))
+    assert sum(n.parameter_bytes for n in grouped) == sum(
+        n.parameter_bytes for n in whole if n.op.endswith("grouped_mm_fallback.default"))
+
+
+def test_experts_too_big_for_any_one_device_are_split_across_devices(tmp_path):
+    # One Mixtral layer whose 4 experts' gate and up projections take 4 x 512 x 64 x 4 = 524,288 bytes: no
+    # 0.45 MiB (471,859-byte) device holds them; in two shards of 262,144 bytes (and 131,072 of down projection
+    # each) two devices do, a third holding the rest of the model (about 180 KB).
+    spec = tmp_path / "small-gpu.toml"
+    spec.write_text(SMALL_GPU_SPEC)
+    fleet = load_fleet(f"{spec}=3")
+    workload = load_workload_text('name = "short"\nprompt_tokens = 8\noutput_tokens = 4\nbatch_size = 1\n')
+    config = MixtralConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
+                           num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, vocab_size=256)
+    model = MixtralForCausalLM(config).eval()
+
+    with pytest.raises(PartitionerError, match="no deployment of short fits"):
+        plan_llm(model, workload, fleet, time_limit_seconds=4, expert_shards=1)
+    plan = plan_llm(model, workload, fleet, time_limit_seconds=4)
+
+    assert plan.expert_shards == 2
+    assert len(plan.best.expert_shards_on) >= 2
+
+
+SMALL_GPU_SPEC = """
+name = "small-gpu"
+kind = "gpu"
+torch_device = "cpu"
+onnx_execution_provider = "CPUExecutionProvider"
+price_per_hour = 1.0
+memory_gib = 0.00043945
+memory_bandwidth_gb_per_second = 100
+launch_overhead_microseconds = 5
+compute_efficiency = 0.5
+memory_efficiency = 0.7
+
+[peak_tflops]
+float32 = 10
+
+[host_link]
+bandwidth_gb_per_second = 10
+latency_microseconds = 10
+
+[support]
+ops = "all"
+"""
+
+
+def load_workload_text(text: str):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "workload.toml"
+        path.write_text(text)
+        return load_workload(path)
+
+
+def test_limits_no_placement_can_meet_are_refused_before_any_search_with_the_least_reachable():
+    workload = load_workload_text('name = "instant"\nprompt_tokens = 16\noutput_tokens = 8\ntpot_ms = 0.001\n')
+
+    with pytest.raises(PartitionerError, match=r"no plan can meet instant's limits on this fleet: .* a decode step "
+                                               r"at least [0-9.]+ ms .*Fix: relax ttft_ms or tpot_ms"):
+        plan_llm(small_llama(), workload, load_fleet("npu-example=1,cuda-h100=1"), time_limit_seconds=4)

@@ -1,0 +1,174 @@
+"""What serving an LLM one way delivers, as values: a deployment's rates, money per token, TTFT, TPOT and memory,
+read off a placement of both phases (partitioner/llm/joint.py), and the plan that compares them.
+
+`deployment_figures` prices a joint placement under the serving model: at full
+load, money per output token is the price of the devices used over the tokens
+they deliver; time to first token (TTFT) is one prefill through its placement
+(per prompt length), time per output token (TPOT) one decode step through its.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from partitioner.llm.joint import phase_assignment
+from partitioner.placement.problem import PlacementProblem, phase_of
+from partitioner.placement.scoring import Score, score
+from partitioner.placement.serving import device_kind
+from partitioner.placement.solver import SolverReport
+from targets.workload import Workload
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One way of serving the workload: a batch size, a placement of both phases, and what it delivers."""
+
+    name: str
+    batch_size: int
+    assignment: Mapping[str, str]  # over the joint problem's nodes, "prefill/..." and "decode/..."
+    requests_per_second: float
+    output_tokens_per_second: float
+    price_per_hour: float
+    cost_per_million_output_tokens: float  # the whole request's money over its output tokens: plans compare on it
+    cost_per_million_input_tokens: float  # the prefill's share of that money over the prompt's tokens
+    ttft_seconds: float  # the longest prompt's
+    tpot_seconds: float
+    bottleneck: str
+    kv_cache_bytes: Mapping[str, int]  # per device, the KV caches it holds
+    memory_bytes: Mapping[str, int]
+    devices: Mapping[str, tuple[str, ...]]  # per phase, the devices running its ops
+    off_fallback_flops: Mapping[str, float]  # per phase, the share of its FLOPs off the fallback
+    ttft_by_prompt: Mapping[int, float]  # per prompt length of the workload, its time to first token
+    expert_shards_on: Mapping[str, int]  # per device, the expert shards its decode holds (a mixture of experts)
+    over_capacity_bytes: Mapping[str, int]  # per device, the bytes it would need beyond its memory (none: it fits)
+    solver: SolverReport | None = None
+
+    @property
+    def fits_memory(self) -> bool:
+        return not self.over_capacity_bytes
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "batch_size": self.batch_size, "requests_per_second": self.requests_per_second,
+                "output_tokens_per_second": self.output_tokens_per_second, "price_per_hour": self.price_per_hour,
+                "cost_per_million_output_tokens": self.cost_per_million_output_tokens,
+                "cost_per_million_input_tokens": self.cost_per_million_input_tokens,
+                "ttft_seconds": self.ttft_seconds, "tpot_seconds": self.tpot_seconds, "bottleneck": self.bottleneck,
+                "ttft_seconds_by_prompt_tokens": {str(k): v for k, v in self.ttft_by_prompt.items()},
+                "expert_shards_on": dict(self.expert_shards_on),
+                "over_capacity_bytes": dict(self.over_capacity_bytes),
+                "kv_cache_bytes": dict(self.kv_cache_bytes), "memory_bytes": dict(self.memory_bytes),
+                "devices": {p: list(d) for p, d in self.devices.items()},
+                "off_fallback_flops": dict(self.off_fallback_flops),
+                "solver": self.solver.to_dict() if self.solver else None, "placement": dict(self.assignment)}
+
+
+@dataclass(frozen=True, slots=True)
+class CostedPhase:
+    """One phase ready to join: its problem per request (the share-weighted mean over its sizes: prompt
+    buckets), each size's own problem (for its latency), its state (the KV cache tensors it updates in place)
+    and the FLOPs of each node per request (for the share of the work off the fallback)."""
+
+    problem: PlacementProblem
+    by_size: Mapping[int, PlacementProblem]
+    state: frozenset[str]
+    flops: Mapping[str, float]
+    expert_shards: Mapping[str, str]  # node -> the expert shard whose weights it holds (a mixture of experts)
+
+
+@dataclass(frozen=True, slots=True)
+class Tried:
+    """A (deployment, batch) that was solved or refused, and why it is not the plan if it is not."""
+
+    deployment: str
+    batch_size: int
+    result: Deployment | None
+    refusal: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LLMPlan:
+    model_name: str
+    workload: Workload
+    fleet: str
+    fallback: str
+    layers: int | None  # the model's decoder layers, where its config says
+    kv_cache_bytes_per_request: int  # at the workload's context
+    best: Deployment
+    tried: tuple[Tried, ...]
+    baselines: Mapping[str, Deployment]  # on the best batch, co-located: all on the fallback, priority
+    fallback_price_per_hour: float
+    planning_seconds: float
+    expert_shards: int  # shards per mixture-of-experts layer, each placed on its own (0: a dense model)
+
+    def same_price_fallback_tokens_per_second(self) -> tuple[float, float]:
+        """How many fallback devices the plan's hourly price buys (fractional), and the output tokens per second
+        they deliver, each serving as the all-on-fallback baseline does."""
+        replicas = self.best.price_per_hour / self.fallback_price_per_hour if self.fallback_price_per_hour else 1.0
+        return replicas, replicas * self.baselines["fallback"].output_tokens_per_second
+
+    def best_of(self, deployment: str) -> Deployment | None:
+        """The cheapest per output token of one deployment that meets the limits."""
+        found = [t.result for t in self.tried if t.deployment == deployment and t.result and t.refusal is None]
+        return min(found, key=lambda d: d.cost_per_million_output_tokens, default=None)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model_name, "workload": self.workload.to_dict(), "fleet": self.fleet,
+                "fallback": self.fallback, "planning_seconds": self.planning_seconds,
+                "expert_shards": self.expert_shards,
+                "kv_cache_bytes_per_request": self.kv_cache_bytes_per_request,
+                "best": self.best.to_dict(),
+                "tried": [{"deployment": t.deployment, "batch_size": t.batch_size, "refusal": t.refusal,
+                           **({"result": t.result.to_dict()} if t.result else {})} for t in self.tried],
+                "baselines": {name: d.to_dict() for name, d in self.baselines.items()}}
+
+
+def deployment_figures(deployment: str, batch: int, joint: PlacementProblem, result: Score, prefill: CostedPhase,
+             decode: CostedPhase, workload: Workload, assignment: Mapping[str, str],
+             report: SolverReport | None) -> Deployment:
+    """What a joint placement (scored as `result`) delivers: rates and money at full load, TTFT and TPOT, memory
+    and KV cache."""
+    serving = result.serving
+    placed = {phase: phase_assignment(assignment, phase) for phase in ("prefill", "decode")}
+    ttft = {size: score(problem, placed["prefill"]).latency_seconds for size, problem in prefill.by_size.items()}
+    decode_alone = score(decode.problem, placed["decode"])
+    rate = serving.throughput_per_second
+    per_request = serving.cost_per_request_at_load
+    share = _prefill_share(joint, assignment, serving.bottleneck)
+    kv: dict[str, set[str]] = {}
+    for node in joint.nodes:
+        for parameter in node.parameters:
+            if phase_of(parameter):  # state, named per phase by joint_problem
+                kv.setdefault(assignment[node.name], set()).add(parameter)
+    kv_bytes = {target: sum(joint.parameter_bytes[p] for p in names) for target, names in kv.items()}
+    devices = {phase: tuple(sorted(set(where.values()))) for phase, where in placed.items()}
+    off = {}
+    for phase, costed in (("prefill", prefill), ("decode", decode)):
+        total = sum(costed.flops.values()) or 1
+        off[phase] = sum(f for n, f in costed.flops.items()
+                         if device_kind(placed[phase][n]) != device_kind(joint.fallback)) / total
+    held: dict[str, set[str]] = {}  # per device, the shards with weights there (a split shard counts twice)
+    for node, shard in decode.expert_shards.items():
+        held.setdefault(placed["decode"][node], set()).add(shard)
+    shards = {device: len(names) for device, names in sorted(held.items())}
+    return Deployment(deployment, batch, dict(assignment), rate, rate * workload.output_tokens,
+                      serving.price_per_hour, 1e6 * per_request / workload.output_tokens,
+                      1e6 * per_request * share / workload.prompt.mean, max(ttft.values()),
+                      decode_alone.latency_seconds, serving.bottleneck, kv_bytes, dict(result.memory_bytes),
+                      devices, off, ttft, shards, dict(result.over_capacity_bytes), report)
+
+
+def _prefill_share(joint: PlacementProblem, assignment: Mapping[str, str], bottleneck: str) -> float:
+    """The share of a request's money its prefill accounts for: prefill's part of the bottleneck device's compute
+    (or, for a link bottleneck, of all compute)."""
+    prefill = decode = 0.0
+    for node in joint.nodes:
+        target = assignment[node.name]
+        if bottleneck in joint.target_names and target != bottleneck:
+            continue
+        seconds = node.compute_seconds[target]
+        if phase_of(node.name) == "prefill":
+            prefill += seconds
+        else:
+            decode += seconds
+    return prefill / (prefill + decode) if prefill + decode else 0.0
