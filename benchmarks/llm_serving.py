@@ -33,7 +33,7 @@ from targets.fleet import load_fleet  # noqa: E402
 
 MODELS = ("llama-7b", "llama-70b", "mixtral-8x7b")
 WORKLOADS = ("chat", "summarisation", "offline")
-FLEETS = ("inf2-h100", "two-hosts", "l4-h100")
+FLEETS = ("inf2-h100", "two-hosts", "l4-h100", "neuron-inf2-h100", "neuron-trn2-h100")
 
 
 def build(name: str) -> torch.nn.Module:
@@ -75,7 +75,7 @@ def run(models, workloads, fleets, time_limit: float) -> list[dict]:
                                  "error": str(error), "seconds": time.perf_counter() - started})
                     print(f"{model_name} {workload_name} {fleet_name}: {error}", flush=True)
                     continue
-                best, h100 = plan.best, plan.baselines["fallback"]
+                best, h100, priority = plan.best, plan.baselines["fallback"], plan.baselines["priority"]
                 rows.append({"model": model_name, "workload": workload_name, "fleet": fleet_name,
                              "deployment": best.name, "batch": best.batch_size,
                              "per_1m_out": best.cost_per_million_output_tokens,
@@ -83,7 +83,8 @@ def run(models, workloads, fleets, time_limit: float) -> list[dict]:
                              "tpot": best.tpot_seconds, "off_cuda": best.off_fallback_flops,
                              "h100_per_1m_out": h100.cost_per_million_output_tokens if h100.fits_memory else None,
                              "expert_shards_on": dict(best.expert_shards_on),
-                             "priority_per_1m_out": plan.baselines["priority"].cost_per_million_output_tokens,
+                             "priority_per_1m_out": priority.cost_per_million_output_tokens
+                             if priority.fits_memory else None,
                              "same_price_h100_tokens_per_second": plan.same_price_fallback_tokens_per_second()[1]
                              if h100.fits_memory else None,
                              "other_deployment": _other(plan), "gap": best.solver.gap if best.solver else None,
@@ -117,7 +118,8 @@ def markdown(rows: list[dict], time_limit: float) -> str:
             f"| {row['tpot'] * 1e3:.3g} ms | {100 * row['off_cuda']['prefill']:.0f}% / "
             f"{100 * row['off_cuda']['decode']:.0f}% | "
             + (f"${row['h100_per_1m_out']:.3g}" if row['h100_per_1m_out'] is not None else "does not fit") + " "
-            f"| ${row['priority_per_1m_out']:.3g} | "
+            + (f"| ${row['priority_per_1m_out']:.3g} | " if row["priority_per_1m_out"] is not None
+               else "| does not fit | ")
             + (f"{other['deployment']} b{other['batch']} ${other['per_1m_out']:.3g}" if other else "none qualified")
             + " | " + (f"{row['same_price_h100_tokens_per_second']:.4g}"
                        if row["same_price_h100_tokens_per_second"] is not None else "-") + " | "
@@ -132,9 +134,15 @@ def main() -> None:
     parser.add_argument("--fleets", default=",".join(FLEETS))
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the results file's rows of other models, workloads and fleets")
     args = parser.parse_args()
     rows = run(args.models.split(","), args.workloads.split(","), args.fleets.split(","), args.time_limit)
     out = Path(args.out)
+    if args.merge and (out / "llm_serving.json").is_file():
+        ran = {(row["model"], row["workload"], row["fleet"]) for row in rows}
+        kept = json.loads((out / "llm_serving.json").read_text())
+        rows = [row for row in kept if (row["model"], row["workload"], row["fleet"]) not in ran] + rows
     out.mkdir(parents=True, exist_ok=True)
     write_atomically(out / "llm_serving.json", json.dumps(rows, indent=1))
     write_atomically(out / "llm_serving.md", markdown(rows, args.time_limit))

@@ -36,7 +36,7 @@ from targets.fleet import load_fleet  # noqa: E402
 from targets.loader import load_target  # noqa: E402
 
 MODELS = ("resnet50", "bert-base", "gpt2", "llama-7b", "llama-70b")
-FLEETS = ("inf2-h100", "two-hosts", "l4-h100")
+FLEETS = ("inf2-h100", "two-hosts", "l4-h100", "neuron-inf2-h100", "neuron-trn2-h100")
 
 
 def all_h100_of_the_same_price(fleet_price_per_hour: float) -> str:
@@ -101,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fleets", default=",".join(FLEETS))
     parser.add_argument("--time-limit", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the results file's rows of other models and fleets, replacing those run again")
     args = parser.parse_args(argv)
     options = SolverOptions(time_limit_seconds=args.time_limit)
     rows = []
@@ -108,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for fleet in (f.strip() for f in args.fleets.split(",") if f.strip()):
             print(f"{model} on {fleet}", file=sys.stderr, flush=True)
             rows.append(measure(model, fleet, options))
+    if args.merge and (args.out / "serving.json").is_file():
+        ran = {(row["model"], row["fleet"]) for row in rows}
+        kept = json.loads((args.out / "serving.json").read_text())["rows"]
+        rows = [row for row in kept if (row["model"], row["fleet"]) not in ran] + rows
     table = markdown(rows, {"time_limit": args.time_limit})
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomically(args.out / "serving.md", f"# Serving on fleets\n\n{table}\n")

@@ -2,13 +2,14 @@
 
 Builds each model from its transformers config on the meta device (no weights),
 captures, annotates, tags and costs it once (roofline costs on npu-example,
-dsp-example, cpu-x86 and cuda-h100), then for each objective scores on that
+dsp-example, cpu-x86 and cuda-h100, or another of TARGET_SETS), then for each objective scores on that
 same problem: `fallback`, `priority`, torch.fx's CapabilityBasedPartitioner
 delegating to the first accelerator (`capability`) and the CP-SAT solver, which
 gets the `BASELINES` as hints exactly as `partitioner.compile` does. Not a
 test; writes Markdown and JSON and prints the Markdown.
 
     python benchmarks/solver_zoo.py [--models resnet50,bert-base] [--time-limit 30] [--out benchmarks/results]
+    python benchmarks/solver_zoo.py --targets trn2-h100   # a real accelerator beside an H100: solver_zoo_trn2-h100.md
     python benchmarks/solver_zoo.py --smoke   # tiny configs, 1 s limit
 """
 
@@ -44,7 +45,12 @@ from partitioner.placement.tagging import tag  # noqa: E402
 from partitioner.units import DOLLARS  # noqa: E402
 from targets.loader import load_targets  # noqa: E402
 
-TARGETS = ("npu-example", "dsp-example", "cpu-x86", "cuda-h100")
+# Target sets by name: the example accelerators, and real accelerators beside an H100 (the fallback).
+TARGET_SETS = {
+    "examples": ("npu-example", "dsp-example", "cpu-x86", "cuda-h100"),
+    "inf2-h100": ("inf2", "cuda-h100"),
+    "trn2-h100": ("trn2", "cuda-h100"),
+}
 SOLVER = "cp-sat"
 REDUCED_OPS_NOTE = ("reduced ops: the nodes CP-SAT places after exact graph reduction (followers merged with their "
                     "leader, views with their producer where provably lossless); makespan is solved unreduced.")
@@ -160,13 +166,14 @@ ZOO = {model.name: model for model in (
 )}
 
 
-def benchmark_model(entry: ZooModel, smoke: bool, options: SolverOptions) -> tuple[dict, list[Row]]:
+def benchmark_model(entry: ZooModel, smoke: bool, options: SolverOptions,
+                    targets: Sequence[str] = TARGET_SETS["examples"]) -> tuple[dict, list[Row]]:
     """Every strategy on one model, one problem shared by all, for each objective."""
     started = time.perf_counter()
     model, example_inputs = entry.build(smoke)
     captured = capture(model, example_inputs, name=entry.name)
     graph = annotate(captured.program)
-    target_set = load_targets(TARGETS)
+    target_set = load_targets(targets)
     tagging = tag(graph, target_set)
     problem = build_problem(graph, tagging, target_set, RooflineCostModel())
     prepared_seconds = time.perf_counter() - started
@@ -214,7 +221,7 @@ def _row(model: str, objective: Objective, strategy: str, problem: PlacementProb
 def markdown(rows: Sequence[Row], settings: dict) -> str:
     """The results table: latency in ms, cost in dollars per million requests."""
     lines = [
-        f"Targets {', '.join(TARGETS)} (fallback {settings['fallback']}), roofline costs; CP-SAT "
+        f"Targets {', '.join(settings['targets'])} (fallback {settings['fallback']}), roofline costs; CP-SAT "
         f"{settings['time_limit_seconds']:g} s limit, {settings['workers']}, seed {settings['seed']}, "
         f"{settings['cpu_count']} CPU cores; ortools {settings['ortools']}, torch {settings['torch']}.",
         "",
@@ -271,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="CP-SAT random seed (default: 0)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results",
                         help="folder for solver_zoo.md and solver_zoo.json (default: benchmarks/results)")
+    parser.add_argument("--targets", default="examples", choices=sorted(TARGET_SETS),
+                        help="the target set (default: examples); other sets write solver_zoo_<set>.md and .json")
     parser.add_argument("--smoke", action="store_true", help="tiny 2-layer configs and a 1 s limit, for the test")
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.models.split(",") if name.strip()]
@@ -283,11 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     models, rows = [], []
     for name in names:
         print(f"{name}: building, capturing and costing", file=sys.stderr, flush=True)
-        info, model_rows = benchmark_model(ZOO[name], args.smoke, options)
+        info, model_rows = benchmark_model(ZOO[name], args.smoke, options, TARGET_SETS[args.targets])
         models.append(info)
         rows += model_rows
     settings = {
-        "targets": list(TARGETS), "fallback": models[0]["fallback"], "cost_model": "roofline",
+        "targets": list(TARGET_SETS[args.targets]), "fallback": models[0]["fallback"], "cost_model": "roofline",
         "time_limit_seconds": time_limit, "seed": args.seed,
         "workers": f"{args.workers} workers" if args.workers else f"1 worker then {DEFAULT_WORKERS} workers",
         "smoke": args.smoke, "solver_hints": sorted(BASELINES), "cpu_count": os.cpu_count(),
@@ -296,10 +305,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     table = markdown(rows, settings)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_atomically(args.out / "solver_zoo.md", f"# Solver zoo benchmark\n\n{table}\n")
+    stem = "solver_zoo" if args.targets == "examples" else f"solver_zoo_{args.targets}"
+    write_atomically(args.out / f"{stem}.md", f"# Solver zoo benchmark ({args.targets})\n\n{table}\n")
     results = {"schema_version": SCHEMA_VERSION, "settings": settings, "models": models,
                "rows": [asdict(row) for row in rows]}
-    write_atomically(args.out / "solver_zoo.json", json.dumps(results, indent=1) + "\n")
+    write_atomically(args.out / f"{stem}.json", json.dumps(results, indent=1) + "\n")
     print(table)
     return 0
 

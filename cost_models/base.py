@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from partitioner.errors import PartitionerError
 from partitioner.frontend.op_graph import OpNode
+from targets.hooks import call_hook
 from targets.spec import Link, Target, TargetSet
 
 
@@ -25,3 +27,18 @@ class CostModel(Protocol):
     def link(self, targets: TargetSet, source: str, destination: str) -> Link:
         """The latency and bandwidth of moving a tensor from `source` to `destination`."""
         ...
+
+
+def node_seconds(cost_model: CostModel, node: OpNode, target: Target) -> float:
+    """Time for `target` to run `node`: the target's plug-in cost hook where it gives one (targets/hooks.py), else
+    `cost_model`'s; a measurement of this very op (a profile's) wins over both."""
+    hook = target.hooks.cost if target.hooks else None
+    measured = getattr(cost_model, "measured", None)
+    if hook is not None and not (measured and measured(node, target)):
+        seconds = call_hook(target, "cost", hook, node, target)
+        if seconds is not None:
+            if not seconds >= 0:
+                raise PartitionerError(f"target {target.name}: the cost hook of {target.origin} gave {seconds!r} "
+                                       f"seconds for {node.name} ({node.op}). Fix: update or report the plug-in.")
+            return float(seconds)
+    return cost_model.compute_seconds(node, target)

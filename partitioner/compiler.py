@@ -12,6 +12,7 @@ import torch
 
 from cost_models.base import CostModel
 from cost_models.roofline import RooflineCostModel
+from partitioner.execution.partition_compilers import CompilerRefusal, compile_partitions, has_compilers, refuse
 from partitioner.execution.split import split
 from partitioner.frontend.capture import CapturedModel, capture
 from partitioner.frontend.op_graph import OpGraph, annotate
@@ -85,11 +86,20 @@ def compile_captured(
     cost_model = cost_model or RooflineCostModel()
     graph = annotate(captured.program)
     tagging = apply_pins(graph, tag(graph, target_set), target_set, pins)
-    problem = build_problem(graph, tagging, target_set, cost_model)
     strategies = {**BASELINES, **(SERVING_BASELINES if objective.serving else {})}
-    baselines = {name: strategy(problem) for name, strategy in strategies.items()}
-    placement = solve(problem, objective, solver_options, hints=baselines, max_latency_seconds=max_latency_seconds,
-                      min_throughput=min_throughput)
+    refusals: list[CompilerRefusal] = []
+    while True:  # again after each compiler refusal: refusals only narrow the tagging, so this ends
+        problem = build_problem(graph, tagging, target_set, cost_model)
+        baselines = {name: strategy(problem) for name, strategy in strategies.items()}
+        placement = solve(problem, objective, solver_options, hints=baselines,
+                          max_latency_seconds=max_latency_seconds, min_throughput=min_throughput)
+        partitions = split(graph, placement.assignment)
+        refused = compile_partitions(captured.program, graph, partitions, target_set)[1] \
+            if has_compilers(target_set) else ()
+        if not refused:
+            break
+        refusals += refused
+        tagging = refuse(tagging, refused, target_set)
     return Plan(
         model=ModelInfo(captured.name, captured.source, graph.fingerprint(), len(graph),
                         sum(graph.parameter_bytes.values()), graph.total_flops),
@@ -101,13 +111,14 @@ def compile_captured(
         placement=placement.assignment,
         solver=placement.report,
         baselines=baselines,
-        partitions=split(graph, placement.assignment),
+        partitions=partitions,
         max_latency_seconds=max_latency_seconds,
         order=placement.order,
         min_throughput=min_throughput,
         fleet=targets.describe() if isinstance(targets, Fleet) else None,
         pins=tuple(pins),
         captured=captured,
+        compiler_refusals=tuple(refusals),
     )
 
 
@@ -116,7 +127,7 @@ def _target_records(targets: TargetSet) -> tuple[TargetRecord, ...]:
     topology = targets.topology
     return tuple(TargetRecord(t.name, t.kind, t.description, t.torch_device, t.onnx_execution_provider, t.spec_path,
                               spec=topology.spec_of[t.name] if topology else "",
-                              host=topology.host_of[t.name] if topology else "")
+                              host=topology.host_of[t.name] if topology else "", origin=t.origin)
                  for t in targets)
 
 

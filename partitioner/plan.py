@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from partitioner.errors import PartitionerError
+from partitioner.execution.partition_compilers import CompilerRefusal
 from partitioner.execution.partitioned_module import PartitionedModule, build_partitioned_module, resolve_devices
 from partitioner.execution.split import Partition
 from partitioner.files import write_atomically
@@ -49,6 +50,8 @@ class Plan:
     min_throughput: float | None = None  # requests per second the plan must serve (serving model)
     fleet: str | None = None  # the fleet's description, when planned on one (targets are then its devices)
     pins: tuple[Pin, ...] = ()  # the user's pins and forbids, already in the problem's supports
+    # What targets' compilers refused while planning; the problem's supports already leave those ops out there.
+    compiler_refusals: tuple[CompilerRefusal, ...] = ()
     captured: CapturedModel | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -117,6 +120,8 @@ class Plan:
             **({"min_throughput": self.min_throughput} if self.min_throughput is not None else {}),
             **({"fleet": self.fleet} if self.fleet is not None else {}),
             **({"pins": [pin.to_dict() for pin in self.pins]} if self.pins else {}),
+            **({"compiler_refusals": [refusal.to_dict() for refusal in self.compiler_refusals]}
+               if self.compiler_refusals else {}),
             "cost_model": self.cost_model,
             "solver": self.solver.to_dict(),
             "score": self.score().to_dict(),
@@ -157,6 +162,7 @@ class Plan:
             min_throughput=data.get("min_throughput"),
             fleet=data.get("fleet"),
             pins=tuple(Pin.from_dict(pin) for pin in data.get("pins", ())),
+            compiler_refusals=tuple(CompilerRefusal.from_dict(item) for item in data.get("compiler_refusals", ())),
         )
         problem = plan_inconsistency(plan)
         if problem is not None:

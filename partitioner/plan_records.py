@@ -47,6 +47,7 @@ class TargetRecord:
     spec_path: str
     spec: str = ""  # the target spec this device is one of (`npu-example` for `npu-example.2`); "" means `name`
     host: str = ""  # the fleet host the device sits in; "" for a plan without a fleet (one host)
+    origin: str = "built-in"  # where its spec came from: "built-in", "file" or "plug-in <package> <version>"
 
     @property
     def spec_name(self) -> str:
@@ -56,7 +57,8 @@ class TargetRecord:
         return {"name": self.name, "kind": self.kind, "description": self.description,
                 "torch_device": self.torch_device, "onnx_execution_provider": self.onnx_execution_provider,
                 "spec_path": self.spec_path, **({"spec": self.spec} if self.spec else {}),
-                **({"host": self.host} if self.host else {})}
+                **({"host": self.host} if self.host else {}),
+                **({"origin": self.origin} if self.origin != "built-in" else {})}
 
 
 @dataclass(frozen=True, slots=True)

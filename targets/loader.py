@@ -12,12 +12,14 @@ import functools
 import math
 import re
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
 from partitioner.errors import PartitionerError
 from targets.op_classes import OP_CLASSES
-from targets.spec import Link, OpLimit, RooflineConstants, SupportRules, Target, TargetSet
+from targets.plugins import RegisteredTarget, registered_targets
+from targets.spec import Link, OpLimit, RooflineConstants, SupportRules, Target, TargetHooks, TargetSet
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 DEFAULT_TARGET_NAMES = ("npu-example", "cuda-h100")
@@ -78,14 +80,29 @@ def builtin_target_names() -> list[str]:
     return sorted(path.stem for path in BUILTIN_DIR.glob("*.toml"))
 
 
+def available_target_names() -> list[str]:
+    """Names of the built-in targets, then those of installed plug-ins (targets/plugins.py)."""
+    return builtin_target_names() + sorted(plugin_targets())
+
+
+def plugin_targets() -> dict[str, RegisteredTarget]:
+    """Installed plug-ins' targets by name; a plug-in naming a target as a built-in one is an error."""
+    found = registered_targets()
+    clash = next((t for name, t in found.items() if name in builtin_target_names()), None)
+    if clash is not None:
+        raise PartitionerError(f"{clash.origin} registers a target named {clash.name!r}, the name of a built-in "
+                               "target. Fix: update or uninstall that package, or report it to its vendor.")
+    return dict(found)
+
+
 def load_target(name_or_path: str | Path) -> Target:
-    """Load one target: a built-in name (`cuda-h100`) or a path to a `.toml` spec."""
-    path = _resolve_spec_path(str(name_or_path))
+    """Load one target: a built-in name (`cuda-h100`), a plug-in's target name, or a path to a `.toml` spec."""
+    path, origin, hooks = _locate(str(name_or_path))
     target = _SpecReader(path, read_toml(path)).target()
     if target.name in builtin_target_names() and path.resolve() != (BUILTIN_DIR / f"{target.name}.toml").resolve():
         raise PartitionerError(f"{path}: field 'name': {target.name!r} is the name of a built-in target, which this "
                                f"spec would shadow. Fix: give it a name of its own, e.g. \"{target.name}-mine\".")
-    return target
+    return target if origin == "built-in" else replace(target, origin=origin, hooks=hooks)
 
 
 def load_targets(names_or_paths: Iterable[str | Path], fallback: str | None = None) -> TargetSet:
@@ -103,7 +120,8 @@ def load_targets(names_or_paths: Iterable[str | Path], fallback: str | None = No
         raise PartitionerError(f"target {duplicates[0]!r} is listed twice. Fix: list each target once.")
     known = set(names) | set(builtin_target_names())
     for target in targets:
-        unknown = next((peer for peer in target.links if peer not in known), None)
+        unknown = next((peer for peer in target.links if peer not in known and peer not in plugin_targets()),
+                       None)
         if unknown is not None:
             close = difflib.get_close_matches(unknown, sorted(known), n=1)
             raise PartitionerError(
@@ -152,22 +170,26 @@ def choose_fallback(targets: tuple[Target, ...], requested: str | None) -> str:
     return (cuda or universal)[0].name
 
 
-def _resolve_spec_path(name_or_path: str) -> Path:
+def _locate(name_or_path: str) -> tuple[Path, str, TargetHooks | None]:
+    """The spec file of a target name or path, where it came from, and its plug-in hooks."""
     if name_or_path.endswith(".toml") or "/" in name_or_path:
         path = Path(name_or_path)
         if not path.is_file():
             raise PartitionerError(f"target spec file {name_or_path!r} does not exist. Fix: check the path.")
-        return path
+        return path, "file", None
     path = BUILTIN_DIR / f"{name_or_path}.toml"
-    if not path.is_file():
-        known = builtin_target_names()
-        close = difflib.get_close_matches(name_or_path, known, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise PartitionerError(
-            f"unknown target {name_or_path!r}: {hint}built-in targets are {', '.join(known)}; "
-            "or give the path of a .toml spec file."
-        )
-    return path
+    if path.is_file():
+        return path, "built-in", None
+    registered = plugin_targets().get(name_or_path)
+    if registered is not None:
+        return registered.spec_path, registered.origin, registered.hooks
+    known = available_target_names()
+    close = difflib.get_close_matches(name_or_path, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise PartitionerError(
+        f"unknown target {name_or_path!r}: {hint}the targets here are {', '.join(known)} (built-in, then those of "
+        "installed plug-ins); or give the path of a .toml spec file."
+    )
 
 
 def read_toml(path: Path) -> dict[str, Any]:

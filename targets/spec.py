@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +108,22 @@ class RooflineConstants:
 
 
 @dataclass(frozen=True, slots=True)
+class TargetHooks:
+    """A target's plug-in hooks (targets/hooks.py, targets/plugins.py): what its vendor's code says where the
+    spec's data cannot.
+
+    `support(node)` returns why the target refuses an op node its spec accepts,
+    or None; `cost(node, target)` returns the seconds the node takes there (None:
+    the cost model's figure; a profile's measurement still wins); `compile(
+    PartitionToCompile)` returns a CompiledPartition or raises PartitionRefused.
+    """
+
+    support: Callable[[Any], str | None] | None = None
+    cost: Callable[[Any, Target], float | None] | None = None
+    compile: Callable[[Any], Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     """One device kind that can run part of a model, as described by its spec file."""
 
@@ -130,6 +146,8 @@ class Target:
     op_classes: Mapping[str, RooflineConstants] = field(default_factory=dict)
     # The fixed time of a view or bookkeeping op (eager dispatch; no device work, no launch).
     view_overhead_seconds: float = 0.0
+    origin: str = "built-in"  # where the spec came from: "built-in", "file", or "plug-in <package> <version>"
+    hooks: TargetHooks | None = None  # a plug-in's code for what the spec's data cannot say (targets/hooks.py)
 
     @property
     def price_per_second(self) -> float:

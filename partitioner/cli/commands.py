@@ -15,7 +15,7 @@ from partitioner.errors import PartitionerError
 from partitioner.files import check_writable_folder
 from partitioner.placement.objectives import objective_named
 from partitioner.progress import Progress
-from targets.loader import DEFAULT_TARGET_NAMES, builtin_target_names, load_target
+from targets.loader import DEFAULT_TARGET_NAMES, available_target_names, load_target
 
 if TYPE_CHECKING:
     from cost_models.base import CostModel
@@ -46,14 +46,14 @@ def compile_command(args: argparse.Namespace) -> int:
         captured = load_model_file(args.model)
     targets = _listed(args.targets)
     if args.fleet is not None:
-        from targets.fleet import load_fleet
+        from targets.fleet import builtin_fleet_names, load_fleet
 
         if args.targets != ",".join(DEFAULT_TARGET_NAMES):
             raise PartitionerError("--fleet and --targets both say what to plan on. Fix: give one of them (a fleet "
                                    "names its targets with their counts).")
         if not args.fleet.strip():
-            raise PartitionerError("--fleet '' names no fleet. Fix: give a built-in fleet (inf2-h100, two-hosts, "
-                                   "l4-h100), a .toml fleet file, or name=count pairs.")
+            raise PartitionerError(f"--fleet '' names no fleet. Fix: give a built-in fleet "
+                                   f"({', '.join(builtin_fleet_names())}), a .toml fleet file, or name=count pairs.")
         targets = load_fleet(args.fleet)
     elif not targets:
         raise PartitionerError(f"--targets {args.targets!r} names no target. Fix: name at least one, e.g. "
@@ -259,8 +259,9 @@ def export_command(args: argparse.Namespace) -> int:
     with Progress("live").step(f"exporting {plan.model.name} to ONNX{whole}"):
         manifest = export_plan(plan, args.output, whole=args.whole, plan_path=args.plan)
     for partition in manifest.partitions:
+        compiled = f"; its compiler made {', '.join(partition.compiled)}" if partition.compiled else ""
         print(f"{partition.file:<28}{partition.execution_provider:<26}{len(partition.inputs)} in, "
-              f"{len(partition.outputs)} out")
+              f"{len(partition.outputs)} out{compiled}")
     if manifest.whole_model_file:
         print(f"{manifest.whole_model_file:<28}the unpartitioned model")
     print(f"\nwrote {Path(args.output) / MANIFEST_NAME} (opset {manifest.opset}, every file passed the full checker)")
@@ -331,7 +332,7 @@ def coverage_command(args: argparse.Namespace) -> int:
     from partitioner.frontend.op_graph import annotate
     from partitioner.reporting.coverage import coverage, format_coverage
 
-    names = _listed(args.targets) if args.targets else list(builtin_target_names())
+    names = _listed(args.targets) if args.targets else available_target_names()
     targets = [load_target(name) for name in names]
     with Progress("live").step("capturing the model"):
         captured = load_model_file(args.model)
@@ -340,9 +341,12 @@ def coverage_command(args: argparse.Namespace) -> int:
 
 
 def targets_command(args: argparse.Namespace) -> int:
-    for name in builtin_target_names():
+    """Every target that loads by name: the built-in ones, then installed plug-ins' (with the package)."""
+    for name in available_target_names():
         target = load_target(name)
         support = "all ops" if target.support.supports_all_ops else f"{len(target.support.ops or ())} ops"
-        print(f"{name:<14}{target.kind:<6}{target.price_per_hour:>7.2f} $/h  {target.memory_bytes / 1024**3:>5.0f} GiB"
-              f"  {support:<9}  {target.description}")
+        hooks = [hook for hook in ("support", "cost", "compile") if target.hooks and getattr(target.hooks, hook)]
+        origin = target.origin + (f" (hooks: {', '.join(hooks)})" if hooks else "")
+        print(f"{name:<15}{target.kind:<6}{target.price_per_hour:>7.2f} $/h  {target.memory_bytes / 1024**3:>5.0f} GiB"
+              f"  {support:<9}  {target.description}; {origin}")
     return 0

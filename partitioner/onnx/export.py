@@ -29,9 +29,14 @@ from partitioner.errors import PartitionerError
 from partitioner.execution.check import require_real_weights
 from partitioner.execution.partitioned_module import (PartitionedModule, build_partitioned_module, partition_index,
                                                       to_device)
+from partitioner.execution.partition_compilers import compile_partition, plan_compilers
+from partitioner.execution.split import Partition
 from partitioner.frontend.capture import split_inputs
+from partitioner.frontend.op_graph import OpGraph, annotate
 from partitioner.onnx.translations import missing_translation, translation_table
 from partitioner.plan import Plan
+from targets.hooks import PartitionRefused
+from targets.spec import Target
 
 OPSET = 18
 MANIFEST_SCHEMA_VERSION = 1
@@ -72,17 +77,19 @@ class ExportedPartition:
     file: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    compiled: tuple[str, ...] = ()  # what the target's compiler made of it (a plug-in's hook), beside the file
 
     def to_dict(self) -> dict:
         return {"index": self.index, "target": self.target, "execution_provider": self.execution_provider,
                 "file": self.file, "inputs": [t.to_dict() for t in self.inputs],
-                "outputs": [t.to_dict() for t in self.outputs]}
+                "outputs": [t.to_dict() for t in self.outputs],
+                **({"compiled": list(self.compiled)} if self.compiled else {})}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ExportedPartition:
         return cls(data["index"], data["target"], data["execution_provider"], data["file"],
                    tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
-                   tuple(TensorSpec.from_dict(t) for t in data["outputs"]))
+                   tuple(TensorSpec.from_dict(t) for t in data["outputs"]), tuple(data.get("compiled", ())))
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +154,7 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
     partition_inputs = _record_partition_inputs(module, args, kwargs)
     wiring = _Wiring(module)
     providers = {t.name: t.onnx_execution_provider for t in plan.targets}
+    compilers, graph = plan_compilers(plan.targets), None
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         exported = []
@@ -160,9 +168,14 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
             _export(module.submodule(partition), partition_inputs[partition.index], [t.name for t in inputs],
                     outputs, staging / file, opset, f"partition {partition.name}")
             output_values = _run_outputs(module.submodule(partition), partition_inputs[partition.index])
+            compiled = ()
+            if partition.target in compilers:
+                graph = graph or annotate(captured.program)
+                compiled = _write_compiled(compilers[partition.target], partition, module, graph,
+                                           partition_inputs[partition.index], staging)
             exported.append(ExportedPartition(
                 partition.index, partition.target, providers[partition.target], file, inputs,
-                tuple(_spec(name, value, partition.index) for name, value in zip(outputs, output_values))))
+                tuple(_spec(name, value, partition.index) for name, value in zip(outputs, output_values)), compiled))
         model_inputs = tuple(_spec(name, value, "input") for name, value in wiring.model_inputs(args, kwargs))
         model_outputs = wiring.model_outputs(module, args, kwargs)
         whole_file = None
@@ -180,6 +193,27 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _write_compiled(target: Target, partition: Partition, module: PartitionedModule, graph: OpGraph,
+                    inputs: tuple, folder: Path) -> tuple[str, ...]:
+    """Hand `partition` with its real weights and inputs to `target`'s compiler; write what it makes."""
+    try:
+        compiled = compile_partition(target, partition, module, graph, inputs)
+    except PartitionRefused as refusal:
+        raise PartitionerError(
+            f"{target.name}'s compiler ({target.origin}) refused partition {partition.name} at export: "
+            f"{refusal.reason}. Fix: compile the plan again with this plug-in installed (planning hands each "
+            "partition to its compiler and plans around what it refuses).") from None
+    files = []
+    for suffix, data in compiled.files.items():
+        name = f"{partition.name}{suffix}"
+        if Path(name).name != name or not suffix:
+            raise PartitionerError(f"target {target.name}: the compiler of {target.origin} named a file "
+                                   f"{suffix!r}, not a suffix such as '.bin'. Fix: update or report the plug-in.")
+        (folder / name).write_bytes(data)
+        files.append(name)
+    return tuple(files)
 
 
 def boundary_name(value: str, partition: int) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from cost_models.base import CostModel
+from cost_models.base import CostModel, node_seconds
 from partitioner.errors import PartitionerError
 from partitioner.frontend.op_graph import NodeKind, OpGraph
 from partitioner.placement.blocks import repeated_blocks
@@ -193,7 +193,7 @@ def build_problem(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_mod
     nodes = []
     for node in graph:
         leader = leaders[node.name]
-        compute = {name: cost_model.compute_seconds(node, target_by_name[name]) for name in supported[leader]}
+        compute = {name: node_seconds(cost_model, node, target_by_name[name]) for name in supported[leader]}
         working = node.activation_bytes if node.kind is NodeKind.COMPUTE else 0
         nodes.append(ProblemNode(node.name, node.kind, compute, node.parameters,
                                  leader if leader != node.name else None, working))

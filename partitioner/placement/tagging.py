@@ -15,7 +15,8 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from partitioner.frontend.op_graph import NodeKind, OpGraph, OpNode, TensorMeta
-from targets.spec import OpLimit, SupportRules, TargetSet
+from targets.hooks import call_hook
+from targets.spec import OpLimit, SupportRules, Target, TargetSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,11 +35,21 @@ def tag(graph: OpGraph, targets: TargetSet) -> Tagging:
         reasons = {
             target.name: reason
             for target in targets
-            if target.name != targets.fallback and (reason := refusal_reason(node, target.support)) is not None
+            if target.name != targets.fallback and (reason := target_refusal(node, target)) is not None
         }
         supported[node.name] = tuple(name for name in targets.names if name not in reasons)
         refusals[node.name] = reasons
     return Tagging(supported, refusals)
+
+
+def target_refusal(node: OpNode, target: Target) -> str | None:
+    """Why `target` refuses `node`: its spec's rules, then its plug-in's support hook (targets/hooks.py)."""
+    reason = refusal_reason(node, target.support)
+    if reason is None and node.kind is NodeKind.COMPUTE and target.hooks and target.hooks.support:
+        refusal = call_hook(target, "support", target.hooks.support, node)
+        if refusal:
+            reason = f"{node.op}: {refusal} ({target.origin})"
+    return reason
 
 
 def refusal_reason(node: OpNode, rules: SupportRules) -> str | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from partitioner.frontend.op_graph import NodeKind, OpGraph
-from partitioner.placement.tagging import refusal_reason
+from partitioner.placement.tagging import target_refusal
 from targets.spec import Target
 
 
@@ -52,7 +52,7 @@ def coverage(graph: OpGraph, targets: Sequence[Target]) -> tuple[TargetCoverage,
     for target in targets:
         refused: dict[str, list[int]] = {}
         for node in compute:
-            reason = refusal_reason(node, target.support)
+            reason = target_refusal(node, target)
             if reason is not None:
                 counts = refused.setdefault(reason, [0, 0])
                 counts[0] += 1

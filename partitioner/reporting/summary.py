@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Mapping, Protocol
 
+from partitioner.execution.partition_compilers import CompilerRefusal
 from partitioner.execution.split import Partition
 from partitioner.placement.objectives import Objective
 from partitioner.placement.problem import PlacementProblem
@@ -51,6 +52,8 @@ class ReportedPlan(Protocol):
     def min_throughput(self) -> float | None: ...
     @property
     def fleet(self) -> str | None: ...
+    @property
+    def compiler_refusals(self) -> tuple[CompilerRefusal, ...]: ...
     def score(self) -> Score: ...
     def baseline_scores(self) -> dict[str, Score]: ...
 
@@ -170,6 +173,7 @@ def format_summary(plan: ReportedPlan) -> str:
         f"{' -> '.join(p.target for p in plan.partitions[:6])}{' -> ...' if len(plan.partitions) > 6 else ''})",
         f"cut tensors {result.transfer_count} ({format_bytes(result.transfer_bytes)}, "
         f"{format_seconds(result.transfer_seconds)})",
+        *replanned_lines(plan),
         "",
     ]
     baselines = plan.baseline_scores()
@@ -187,6 +191,16 @@ def format_summary(plan: ReportedPlan) -> str:
                   "devices busy)"]
     lines += ["", f"solver     {solver_line(plan.solver, plan.objective, '; ')}"]
     return "\n".join(lines)
+
+
+def replanned_lines(plan: ReportedPlan) -> list[str]:
+    """What targets' compilers refused while planning, and that the plan was made again without it."""
+    refusals = plan.compiler_refusals
+    if not refusals:
+        return []
+    count = f"{len(refusals)} compiler refusal{'s' if len(refusals) != 1 else ''}"
+    return [f"re-planned  after {count} (the refused ops run elsewhere):",
+            *(f"            {refusal.describe()}" for refusal in refusals)]
 
 
 def solver_line(report: SolverReport, objective: Objective, separator: str = ", ") -> str:

@@ -38,7 +38,7 @@ def test_smoke_run_writes_one_row_per_model_objective_and_strategy_and_the_solve
     strategies = ("fallback", "priority", "capability", "cp-sat")
     keys = [(r["model"], r["objective"], r["strategy"]) for r in rows]
     assert sorted(keys) == sorted((m, o, s) for m in MODELS for o in ONE_REQUEST for s in strategies)
-    assert markdown.removeprefix("# Solver zoo benchmark\n\n") in capsys.readouterr().out
+    assert markdown.removeprefix("# Solver zoo benchmark (examples)\n\n") in capsys.readouterr().out
     assert sum(line.startswith(f"| {m} |") for line in markdown.splitlines() for m in MODELS) == len(rows)
     for model in MODELS:
         for objective in ONE_REQUEST:

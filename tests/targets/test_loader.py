@@ -11,7 +11,7 @@ from partitioner.errors import PartitionerError
 from targets.loader import builtin_target_names, load_target, load_targets
 from targets.spec import Link
 
-BUILTIN_NAMES = ["cpu-x86", "cuda-a100", "cuda-h100", "cuda-h200", "cuda-l4", "cuda-l40s", "dsp-example", "npu-example"]
+BUILTIN_NAMES = ["cpu-graviton4", "cpu-x86", "cpu-xeon-amx", "cuda-a100", "cuda-h100", "cuda-h200", "cuda-l4", "cuda-l40s", "dsp-example", "gaudi2", "gaudi3", "inf2", "npu-example", "qaic-ai100", "rocm-mi300x", "trn2"]
 
 MINIMAL_SPEC = """\
 name = "my-chip"
