@@ -143,6 +143,9 @@ def main() -> None:
         ran = {(row["model"], row["workload"], row["fleet"]) for row in rows}
         kept = json.loads((out / "llm_serving.json").read_text())
         rows = [row for row in kept if (row["model"], row["workload"], row["fleet"]) not in ran] + rows
+        order = {name: index for names in (MODELS, WORKLOADS, FLEETS) for index, name in enumerate(names)}
+        rows.sort(key=lambda row: (order.get(row["model"], 99), order.get(row["workload"], 99),
+                                   order.get(row["fleet"], 99)))
     out.mkdir(parents=True, exist_ok=True)
     write_atomically(out / "llm_serving.json", json.dumps(rows, indent=1))
     write_atomically(out / "llm_serving.md", markdown(rows, args.time_limit))
