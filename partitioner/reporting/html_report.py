@@ -52,6 +52,7 @@ def render_html_report(plan: Plan) -> str:
         f"{format_seconds(result.transfer_seconds)}; {count(len(plan.partitions), 'partition')}.</p>",
         f"<p class='legend'>{legend} <span class='key' style='background:{_CUT}'></span>cut edge</p>",
         "<h2>Where the model runs</h2>", _targets_table(uses),
+        *(["<h2>Re-planned after compiler refusals</h2>", _refusals_table(plan)] if plan.compiler_refusals else []),
         *([f"<p class='warning'>{html.escape(note)}</p>"] if (note := unknown_flops_note(plan)) else []),
         "<h2>The plan against the baselines</h2>", _strategies_table(plan, result),
         "<h2>Busy time and money per target</h2>", _bars(uses, colours),
@@ -95,6 +96,12 @@ def _strategies_table(plan: Plan, result: Score) -> str:
              format_seconds(strategy.makespan_seconds), "-" if name == "plan" else versus_plan(plan, strategy, result)]
             for name, strategy in {"plan": result, **plan.baseline_scores()}.items()]
     return _table(["strategy", "latency", "cost / request", "makespan", "vs plan"], rows)
+
+
+def _refusals_table(plan: Plan) -> str:
+    """What targets' compilers refused while planning: the plan that stands was solved without it."""
+    return _table(["target", "partition", "ops refused", "reason"],
+                  [[r.target, r.partition, ", ".join(r.nodes), r.reason] for r in plan.compiler_refusals])
 
 
 def _unsupported_table(plan: Plan) -> str:

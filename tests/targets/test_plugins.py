@@ -25,6 +25,7 @@ from partitioner.frontend.op_graph import annotate
 from partitioner.placement.problem import build_problem
 from partitioner.placement.tagging import tag
 from partitioner.plan import Plan
+from partitioner.reporting.html_report import render_html_report
 from targets import plugins
 from targets.hooks import TargetHooks
 from targets.loader import available_target_names, load_target, load_targets
@@ -119,6 +120,13 @@ def test_a_compiler_refusal_replans_without_the_refused_ops_and_the_plan_says_wh
                                          "GELU; use approximate='tanh'")
     assert "re-planned  after 1 compiler refusal" in replanned.summary()
     assert "acme-npu's compiler refused 1 op of partition 000_acme-npu" in replanned.summary()
+
+
+def test_the_report_page_lists_the_compiler_refusals(replanned):
+    page = render_html_report(replanned)
+
+    assert "<h2>Re-planned after compiler refusals</h2>" in page
+    assert "the Acme compiler 1.0 cannot lower exact (erf) GELU" in page
 
 
 def test_the_refusals_survive_the_plan_file_and_explain_shows_them(replanned, tmp_path, capsys):
