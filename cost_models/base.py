@@ -7,6 +7,7 @@ target) pair and for the link between each pair of targets; transfers are then
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 from partitioner.errors import PartitionerError
@@ -37,7 +38,7 @@ def node_seconds(cost_model: CostModel, node: OpNode, target: Target) -> float:
     if hook is not None and not (measured and measured(node, target)):
         seconds = call_hook(target, "cost", hook, node, target)
         if seconds is not None:
-            if not seconds >= 0:
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
                 raise PartitionerError(f"target {target.name}: the cost hook of {target.origin} gave {seconds!r} "
                                        f"seconds for {node.name} ({node.op}). Fix: update or report the plug-in.")
             return float(seconds)

@@ -208,9 +208,11 @@ def _write_compiled(target: Target, partition: Partition, module: PartitionedMod
     files = []
     for suffix, data in compiled.files.items():
         name = f"{partition.name}{suffix}"
-        if Path(name).name != name or not suffix:
-            raise PartitionerError(f"target {target.name}: the compiler of {target.origin} named a file "
-                                   f"{suffix!r}, not a suffix such as '.bin'. Fix: update or report the plug-in.")
+        if (Path(name).name != name or not suffix or (folder / name).exists() or name == MANIFEST_NAME
+                or name.endswith((".onnx", ".onnx.data")) or not isinstance(data, bytes)):
+            raise PartitionerError(f"target {target.name}: the compiler of {target.origin} gave file suffix "
+                                   f"{suffix!r} with {type(data).__name__} data; it must be a new suffix such as "
+                                   "'.bin' (not ONNX's) with bytes. Fix: update or report the plug-in.")
         (folder / name).write_bytes(data)
         files.append(name)
     return tuple(files)

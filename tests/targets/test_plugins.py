@@ -189,6 +189,7 @@ def fake_plugins(monkeypatch, tmp_path):
                 value = f"{module.__name__}:plugin"
             entry_points.append(importlib.metadata.EntryPoint(name, value, ENTRY_POINT_GROUP))
         monkeypatch.setattr(plugins, "_entry_points", lambda: tuple(entry_points))
+        plugins._registered.cache_clear()  # fake entry points of one name may carry other hooks test to test
 
     return install
 
@@ -236,3 +237,14 @@ def test_a_hook_that_raises_is_reported_as_the_plugins_failure(fake_plugins, tmp
     with pytest.raises(PartitionerError, match="target vendor-chip: the support hook of plug-in vendor failed: "
                                                "KeyError: 'tile_size'"):
         tag(graph, load_targets(["vendor-chip", "cpu-x86"]))
+
+
+@pytest.mark.parametrize("seconds", ["1e-3", float("inf"), -1.0, float("nan")])
+def test_a_cost_hook_giving_no_finite_seconds_is_the_plugins_error(fake_plugins, tmp_path, seconds):
+    fake_plugins(vendor=TargetPlugin((spec_named(tmp_path, "vendor-chip"),),
+                                     {"vendor-chip": TargetHooks(cost=lambda node, target: seconds)}))
+    graph = annotate(capture(*mlp(width=256, rows=64)).program)
+    targets = load_targets(["vendor-chip", "cpu-x86"])
+
+    with pytest.raises(PartitionerError, match="the cost hook of plug-in vendor gave"):
+        build_problem(graph, tag(graph, targets), targets, RooflineCostModel())
