@@ -10,9 +10,8 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
-from partitioner.errors import PartitionerError
 from partitioner.frontend.op_graph import OpNode
-from targets.hooks import call_hook
+from targets.hooks import call_hook, plugin_fault
 from targets.spec import Link, Target, TargetSet
 
 
@@ -39,7 +38,7 @@ def node_seconds(cost_model: CostModel, node: OpNode, target: Target) -> float:
         seconds = call_hook(target, "cost", hook, node, target)
         if seconds is not None:
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
-                raise PartitionerError(f"target {target.name}: the cost hook of {target.origin} gave {seconds!r} "
-                                       f"seconds for {node.name} ({node.op}). Fix: update or report the plug-in.")
+                raise plugin_fault(target, f"the cost hook of {target.origin} gave {seconds!r} seconds for "
+                                           f"{node.name} ({node.op})")
             return float(seconds)
     return cost_model.compute_seconds(node, target)

@@ -12,7 +12,7 @@ import torch
 
 from cost_models.base import CostModel
 from cost_models.roofline import RooflineCostModel
-from partitioner.execution.partition_compilers import CompilerRefusal, compile_partitions, has_compilers, refuse
+from partitioner.execution.partition_compilers import CompilerRefusal, refuse, refused_by_compilers
 from partitioner.execution.split import split
 from partitioner.frontend.capture import CapturedModel, capture
 from partitioner.frontend.op_graph import OpGraph, annotate
@@ -94,8 +94,7 @@ def compile_captured(
         placement = solve(problem, objective, solver_options, hints=baselines,
                           max_latency_seconds=max_latency_seconds, min_throughput=min_throughput)
         partitions = split(graph, placement.assignment)
-        refused = compile_partitions(captured.program, graph, partitions, target_set)[1] \
-            if has_compilers(target_set) else ()
+        refused = refused_by_compilers(captured.program, graph, partitions, target_set)
         if not refused:
             break
         refusals += refused

@@ -21,7 +21,8 @@ from targets.spec import Target, TargetHooks
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CompiledPartition", "PartitionRefused", "PartitionToCompile", "TargetHooks", "call_hook"]
+__all__ = ["CompiledPartition", "PartitionRefused", "PartitionToCompile", "TargetHooks", "call_hook",
+           "plugin_fault"]
 
 
 class PartitionRefused(Exception):  # noqa: N818 - a vendor's compiler raises it: the name says what happened
@@ -59,6 +60,11 @@ class CompiledPartition:
     note: str = ""
 
 
+def plugin_fault(target: Target, problem: str, fix: str = "update or report the plug-in") -> PartitionerError:
+    """The error for what a target's plug-in got wrong (`problem` names the package): the target, then the fix."""
+    return PartitionerError(f"target {target.name}: {problem}. Fix: {fix}.")
+
+
 def call_hook(target: Target, hook: str, function: Callable[..., Any], *args: Any) -> Any:
     """`function(*args)`, with a failure inside a vendor's hook reported as the plug-in's, not as ours."""
     try:
@@ -66,6 +72,5 @@ def call_hook(target: Target, hook: str, function: Callable[..., Any], *args: An
     except PartitionRefused:
         raise
     except Exception as error:  # noqa: BLE001 - whatever a vendor's code raises becomes one clear error
-        raise PartitionerError(
-            f"target {target.name}: the {hook} hook of {target.origin} failed: {type(error).__name__}: {error}. "
-            "Fix: update or report the plug-in, or plan without this target.") from error
+        raise plugin_fault(target, f"the {hook} hook of {target.origin} failed: {type(error).__name__}: {error}",
+                           "update or report the plug-in, or plan without this target") from error

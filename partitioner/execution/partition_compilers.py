@@ -25,7 +25,7 @@ from partitioner.execution.split import Partition
 from partitioner.frontend.op_graph import NodeKind, OpGraph
 from partitioner.placement.tagging import Tagging
 from partitioner.plan_records import TargetRecord
-from targets.hooks import CompiledPartition, PartitionRefused, PartitionToCompile, call_hook
+from targets.hooks import CompiledPartition, PartitionRefused, PartitionToCompile, call_hook, plugin_fault
 from targets.loader import load_target
 from targets.spec import Target, TargetSet
 
@@ -52,34 +52,23 @@ class CompilerRefusal:
         return cls(data["target"], data["partition"], tuple(data["nodes"]), data["reason"])
 
 
-def has_compilers(targets: TargetSet) -> bool:
-    """Whether any target of `targets` has a partition compiler (else planning needs no compile check)."""
-    return any(target.hooks and target.hooks.compile for target in targets)
-
-
-def compile_partitions(program: ExportedProgram, graph: OpGraph, partitions: Sequence[Partition],
-                       targets: TargetSet, *, module: PartitionedModule | None = None,
-                       inputs: Mapping[int, tuple[Any, ...]] | None = None,
-                       ) -> tuple[dict[str, CompiledPartition], tuple[CompilerRefusal, ...]]:
-    """Each partition on a target with a compiler, compiled: what was made, by partition name, and what was
-    refused. While planning the partitions are built on the meta device (shapes, no weights); export passes
-    its own `module` with real weights and each partition's `inputs`."""
+def refused_by_compilers(program: ExportedProgram, graph: OpGraph, partitions: Sequence[Partition],
+                         targets: TargetSet) -> tuple[CompilerRefusal, ...]:
+    """What the compilers of `targets` refuse of `partitions`, each handed its partition built on the meta
+    device (shapes, no weights): planning needs only the verdicts (export compiles again, with real weights)."""
     by_name = {target.name: target for target in targets}
     compiling = [p for p in partitions if (hooks := by_name[p.target].hooks) and hooks.compile]
     if not compiling:
-        return {}, ()
-    if module is None:
-        module = build_partitioned_module(program, partitions, {name: torch.device("meta") for name in by_name})
-    made: dict[str, CompiledPartition] = {}
+        return ()
+    module = build_partitioned_module(program, partitions, {name: torch.device("meta") for name in by_name})
     refusals = []
     for partition in compiling:
         target = by_name[partition.target]
         try:
-            made[partition.name] = compile_partition(target, partition, module, graph,
-                                                     inputs.get(partition.index) if inputs else None)
+            compile_partition(target, partition, module, graph)
         except PartitionRefused as refusal:
             refusals.append(_refusal(refusal, partition, graph, targets, target))
-    return made, tuple(refusals)
+    return tuple(refusals)
 
 
 def compile_partition(target: Target, partition: Partition, module: PartitionedModule, graph: OpGraph,
@@ -89,9 +78,8 @@ def compile_partition(target: Target, partition: Partition, module: PartitionedM
                                  tuple(graph[name] for name in partition.nodes), inputs)
     compiled = call_hook(target, "compile", target.hooks.compile, request)
     if not isinstance(compiled, CompiledPartition):
-        raise PartitionerError(
-            f"target {target.name}: the compiler of {target.origin} returned a {type(compiled).__name__}, not a "
-            "targets.hooks.CompiledPartition (or raised PartitionRefused). Fix: update or report the plug-in.")
+        raise plugin_fault(target, f"the compiler of {target.origin} returned a {type(compiled).__name__}, not a "
+                                   "targets.hooks.CompiledPartition (or raised PartitionRefused)")
     return compiled
 
 
@@ -143,9 +131,9 @@ def _refusal(refusal: PartitionRefused, partition: Partition, graph: OpGraph, ta
              target: Target) -> CompilerRefusal:
     strangers = [name for name in refusal.nodes if name not in partition.nodes]
     if strangers:
-        raise PartitionerError(
-            f"target {target.name}: the compiler of {target.origin} refused node {strangers[0]!r}, which is not in "
-            f"partition {partition.name}. Fix: update or report the plug-in (it must name the partition's nodes).")
+        raise plugin_fault(target, f"the compiler of {target.origin} refused node {strangers[0]!r}, which is not "
+                                   f"in partition {partition.name}",
+                           "update or report the plug-in (it must name the partition's nodes)")
     nodes = (refusal.nodes or tuple(name for name in partition.nodes if graph[name].kind is NodeKind.COMPUTE)
              or partition.nodes)
     return CompilerRefusal(_spec(targets, target.name), partition.name, nodes, refusal.reason or "no reason given")

@@ -35,7 +35,7 @@ from partitioner.frontend.capture import split_inputs
 from partitioner.frontend.op_graph import OpGraph, annotate
 from partitioner.onnx.translations import missing_translation, translation_table
 from partitioner.plan import Plan
-from targets.hooks import PartitionRefused
+from targets.hooks import PartitionRefused, plugin_fault
 from targets.spec import Target
 
 OPSET = 18
@@ -170,7 +170,8 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
             output_values = _run_outputs(module.submodule(partition), partition_inputs[partition.index])
             compiled = ()
             if partition.target in compilers:
-                graph = graph or annotate(captured.program)
+                if graph is None:
+                    graph = annotate(captured.program)
                 compiled = _write_compiled(compilers[partition.target], partition, module, graph,
                                            partition_inputs[partition.index], staging)
             exported.append(ExportedPartition(
@@ -210,9 +211,9 @@ def _write_compiled(target: Target, partition: Partition, module: PartitionedMod
         name = f"{partition.name}{suffix}"
         if (Path(name).name != name or not suffix or (folder / name).exists() or name == MANIFEST_NAME
                 or name.endswith((".onnx", ".onnx.data")) or not isinstance(data, bytes)):
-            raise PartitionerError(f"target {target.name}: the compiler of {target.origin} gave file suffix "
-                                   f"{suffix!r} with {type(data).__name__} data; it must be a new suffix such as "
-                                   "'.bin' (not ONNX's) with bytes. Fix: update or report the plug-in.")
+            raise plugin_fault(target, f"the compiler of {target.origin} gave file suffix {suffix!r} with "
+                                       f"{type(data).__name__} data; it must be a new suffix such as '.bin' (not "
+                                       "ONNX's) with bytes")
         (folder / name).write_bytes(data)
         files.append(name)
     return tuple(files)
