@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 def build():
     config = LlamaConfig(
         hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
-        num_key_value_heads=4, vocab_size=4096, max_position_embeddings=512,
+        num_key_value_heads=4, vocab_size=4096, max_position_embeddings=2048,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.bfloat16).eval()

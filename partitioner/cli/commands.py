@@ -6,10 +6,11 @@ Heavy modules (torch, ONNX Runtime, OR-Tools) are imported inside the command th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from partitioner.errors import PartitionerError
 from partitioner.files import check_writable_folder
@@ -20,9 +21,18 @@ from targets.loader import DEFAULT_TARGET_NAMES, available_target_names, load_ta
 if TYPE_CHECKING:
     from cost_models.base import CostModel
     from partitioner.execution.check import PlanRun
+    from targets.fleet import Fleet
 
 
 def compile_command(args: argparse.Namespace) -> int:
+    """Plan a model (or, with --workload, an LLM's serving) and write the plan. With --json, stdout holds the result
+    object alone: whatever the model's own code prints while it is built and captured goes to stderr."""
+    result_stream = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        return _compile(args, result_stream)
+
+
+def _compile(args: argparse.Namespace, result_stream: TextIO) -> int:
     from cost_models.measured import MeasuredCostModel
     from partitioner.compiler import compile_captured
     from partitioner.frontend.capture import load_model_file
@@ -36,28 +46,15 @@ def compile_command(args: argparse.Namespace) -> int:
     check_writable_folder(output)
     progress = Progress("quiet" if args.quiet else "json" if args.json else "live")
     cost_model = _cost_model(args.cost_model)
+    targets = _planning_targets(args)
     if args.workload is not None:
-        return _compile_llm(args, output, progress, cost_model)
+        return _compile_llm(args, output, progress, cost_model, targets, result_stream)
     if args.expert_shards is not None:
         raise PartitionerError("--expert-shards splits the experts of an LLM planned for a workload. Fix: add "
                                "--workload, or drop --expert-shards.")
     pins = parse_pins(args.pin, args.forbid)
     with progress.step(f"capturing {args.model}"):
         captured = load_model_file(args.model)
-    targets = _listed(args.targets)
-    if args.fleet is not None:
-        from targets.fleet import builtin_fleet_names, load_fleet
-
-        if args.targets != ",".join(DEFAULT_TARGET_NAMES):
-            raise PartitionerError("--fleet and --targets both say what to plan on. Fix: give one of them (a fleet "
-                                   "names its targets with their counts).")
-        if not args.fleet.strip():
-            raise PartitionerError(f"--fleet '' names no fleet. Fix: give a built-in fleet "
-                                   f"({', '.join(builtin_fleet_names())}), a .toml fleet file, or name=count pairs.")
-        targets = load_fleet(args.fleet)
-    elif not targets:
-        raise PartitionerError(f"--targets {args.targets!r} names no target. Fix: name at least one, e.g. "
-                               f"--targets {','.join(DEFAULT_TARGET_NAMES)}.")
     objective = objective_named(args.objective or "latency")
     options = SolverOptions(time_limit_seconds=args.time_limit, workers=args.workers, seed=args.seed,
                             deterministic=args.deterministic,
@@ -77,7 +74,8 @@ def compile_command(args: argparse.Namespace) -> int:
         print(json.dumps({"plan": str(path), "objective": plan.objective.name, "value": report.objective,
                           "bound": report.bound, "gap": report.gap, "status": report.status,
                           "latency_seconds": result.latency_seconds, "cost_per_request": result.cost_per_request,
-                          "makespan_seconds": result.makespan_seconds, "partitions": len(plan.partitions)}))
+                          "makespan_seconds": result.makespan_seconds, "partitions": len(plan.partitions)}),
+              file=result_stream)
         return 0
     if not args.quiet:
         print(plan.summary())
@@ -85,24 +83,42 @@ def compile_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compile_llm(args: argparse.Namespace, output: Path, progress: Progress, cost_model: CostModel) -> int:
+def _planning_targets(args: argparse.Namespace) -> list[str] | Fleet:
+    """What to plan on, from --targets or --fleet (never both): target names, or a fleet."""
+    from targets.fleet import builtin_fleet_names, load_fleet
+
+    if args.fleet is None:
+        if args.targets is None:
+            return list(DEFAULT_TARGET_NAMES)
+        targets = _listed(args.targets)
+        if not targets:
+            raise PartitionerError(f"--targets {args.targets!r} names no target. Fix: name at least one, e.g. "
+                                   f"--targets {','.join(DEFAULT_TARGET_NAMES)}.")
+        return targets
+    if args.targets is not None:
+        raise PartitionerError("--fleet and --targets both say what to plan on. Fix: give one of them (a fleet "
+                               "names its targets with their counts).")
+    if not args.fleet.strip():
+        raise PartitionerError(f"--fleet '' names no fleet. Fix: give a built-in fleet "
+                               f"({', '.join(builtin_fleet_names())}), a .toml fleet file, or name=count pairs.")
+    return load_fleet(args.fleet)
+
+
+def _compile_llm(args: argparse.Namespace, output: Path, progress: Progress, cost_model: CostModel,
+                 targets: list[str] | Fleet, result_stream: TextIO) -> int:
     """compile --workload: both phases of an LLM, planned per token (partitioner/llm/planning.py)."""
     from partitioner.files import write_atomically
     from partitioner.frontend.capture import build_model_file
     from partitioner.llm.planning import plan_llm
     from partitioner.llm.summary import format_llm_summary
+    from targets.fleet import Fleet, load_fleet
     from targets.workload import load_workload
-    from targets.fleet import load_fleet
 
     workload = load_workload(args.workload)
     if args.model.endswith(".pt2"):
         raise PartitionerError("--workload captures prefill and decode itself, so it needs the model, not one "
                                "exported pass. Fix: give file.py (with build()) or file.py:function.")
-    if args.fleet is None:
-        targets = _listed(args.targets)
-        fleet = load_fleet(",".join(f"{name}=1" for name in targets))
-    else:
-        fleet = load_fleet(args.fleet)
+    fleet = targets if isinstance(targets, Fleet) else load_fleet(",".join(f"{name}=1" for name in targets))
     if args.pin or args.forbid:
         raise PartitionerError("--pin and --forbid do not apply with --workload yet: LLM planning does not take "
                                "pins. Fix: drop them, or plan one phase's model without --workload.")
@@ -117,12 +133,14 @@ def _compile_llm(args: argparse.Namespace, output: Path, progress: Progress, cos
     with progress.step(f"planning {workload.name} (prefill, decode at several batch sizes, two deployments)"):
         plan = plan_llm(model, workload, fleet, time_limit_seconds=args.time_limit, cost_model=cost_model,
                         source=source, name=Path(source.path).stem, fallback=args.fallback,
-                        expert_shards=args.expert_shards)
+                        expert_shards=args.expert_shards, workers=args.workers, seed=args.seed,
+                        deterministic=args.deterministic)
     path = output / "llm_plan.json"
     output.mkdir(parents=True, exist_ok=True)
     write_atomically(path, json.dumps(plan.to_dict(), indent=1))
     if args.json:
-        print(json.dumps({"plan": str(path), **{k: v for k, v in plan.best.to_dict().items() if k != "placement"}}))
+        print(json.dumps({"plan": str(path), **{k: v for k, v in plan.best.to_dict().items() if k != "placement"}}),
+              file=result_stream)
     elif not args.quiet:
         print(format_llm_summary(plan))
         print(f"\nwrote {path}")

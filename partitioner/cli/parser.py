@@ -20,7 +20,7 @@ def command_parser() -> argparse.ArgumentParser:
     compile_parser = subcommands.add_parser("compile", help="solve a placement for a model and write plan.json")
     compile_parser.add_argument("model", help="file.py (with build()), file.py:function, or an ExportedProgram .pt2")
     compile_parser.add_argument(
-        "--targets", default=",".join(DEFAULT_TARGET_NAMES),
+        "--targets",
         help="comma-separated built-in target names or .toml spec paths, in priority order "
              f"(default: {','.join(DEFAULT_TARGET_NAMES)})")
     compile_parser.add_argument("--fleet", metavar="FLEET",

@@ -84,6 +84,7 @@ class Tried:
     batch_size: int
     result: Deployment | None
     refusal: str | None
+    fix: str | None = None  # what would let a refused one through, where it was refused
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,9 +23,12 @@ each with its own copy of the weights, and the KV hand-off crosses between them.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Mapping
 
-from partitioner.placement.problem import PlacementProblem, ProblemNode, ProblemValue
+from partitioner.placement.baselines import fastest_first_placement
+from partitioner.placement.problem import PlacementProblem, ProblemNode, ProblemValue, phase_of
+from partitioner.placement.serving import device_kind
 
 PHASES = ("prefill", "decode")
 
@@ -85,3 +88,47 @@ def _cache_handoffs(prefill: PlacementProblem, decode: PlacementProblem, state: 
     return [ProblemValue(writer[name], tuple(readers[name]), round(prefill.parameter_bytes[name] * share))
             for name in sorted(state) if name in writer and name in readers
             and round(prefill.parameter_bytes[name] * share) > 0]
+
+
+def phase_split_placements(joint: PlacementProblem) -> dict[str, dict[str, str]]:
+    """Placements of a disaggregated problem that give each phase devices of its own, to seed its search (no
+    baseline of one request keeps the phases apart): the fleet split by device kind (one kind for a phase, the
+    rest for the other) or, with one kind, in halves, each side filled fastest device first. A split where a
+    phase has an op none of its devices runs is left out; memory is checked by whoever scores them."""
+    names = joint.target_names
+    kinds = list(dict.fromkeys(device_kind(name) for name in names))
+    sides = ([[n for n in names if device_kind(n) == kind] for kind in kinds] if len(kinds) > 1
+             else [list(names[:len(names) // 2])])
+    placements = {}
+    for side in (side for side in sides if 0 < len(side) < len(names)):
+        rest = [name for name in names if name not in side]
+        for prefill_devices, decode_devices in ((side, rest), (rest, side)):
+            prefill = _phase_on(joint, "prefill", prefill_devices)
+            decode = _phase_on(joint, "decode", decode_devices)
+            if prefill is not None and decode is not None:
+                label = f"prefill on {_describe(prefill_devices)}, decode on {_describe(decode_devices)}"
+                placements[label] = {**fastest_first_placement(prefill), **fastest_first_placement(decode)}
+    return placements
+
+
+def _phase_on(joint: PlacementProblem, phase: str, devices: list[str]) -> PlacementProblem | None:
+    """One phase of `joint` alone, its ops restricted to `devices` (None where one of them runs on none)."""
+    nodes = []
+    for node in joint.nodes:
+        if phase_of(node.name) == phase:
+            compute = {target: seconds for target, seconds in node.compute_seconds.items() if target in devices}
+            if not compute:
+                return None
+            nodes.append(replace(node, compute_seconds=compute))
+    values = [ProblemValue(v.producer, consumers, v.num_bytes) for v in joint.values if phase_of(v.producer) == phase
+              if (consumers := tuple(c for c in v.consumers if phase_of(c) == phase))]
+    return replace(joint, nodes=tuple(nodes), values=tuple(values), blocks=(), separate_phases=False,
+                   _node_index={})
+
+
+def _describe(devices: list[str]) -> str:
+    """`4 x trn2`, `cuda-h100` or `2 x trn2 + cuda-h100`: how many devices of each kind."""
+    counts: dict[str, int] = {}
+    for device in devices:
+        counts[device_kind(device)] = counts.get(device_kind(device), 0) + 1
+    return " + ".join(kind if count == 1 else f"{count} x {kind}" for kind, count in counts.items())

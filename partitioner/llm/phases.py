@@ -19,15 +19,14 @@ context_tokens)`, each returning example inputs as `capture` takes them.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import torch
 import torch.utils._pytree as pytree
 
 from partitioner.errors import PartitionerError
-from partitioner.forked import run_forked
 from partitioner.frontend.capture import CapturedModel, ModelSource, capture, split_inputs
 from partitioner.frontend.input_containers import register_input_containers
 from partitioner.frontend.mutation import written_inputs
@@ -35,6 +34,9 @@ from partitioner.frontend.op_graph import OpGraph, annotate
 
 PREFILL, DECODE = "prefill", "decode"
 LARGEST_BATCH = 1 << 16
+# Where a transformers config states the longest context the model takes (positions it has embeddings or rotary
+# scaling for), by the names configs use.
+_CONTEXT_LIMIT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
 class ServingInputs(Protocol):
@@ -46,23 +48,30 @@ class ServingInputs(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class CacheShape:
-    """What one request's KV cache holds per layer: key and value heads of `head_dim` for `context` tokens."""
+class LayerCache:
+    """What one layer keeps per token of one sequence: `heads` keys of `key_width` and values of `value_width`
+    (an MLA layer keeps one compressed latent and one rotary key instead: one head of each width)."""
 
-    layers: int
-    kv_heads: int
-    head_dim: int
+    heads: int
+    key_width: int
+    value_width: int
+
+
+@dataclass(frozen=True, slots=True)
+class CacheLayout:
+    """The KV cache of a transformers causal LM, layer by layer, as the model writes it; `measured` is false where
+    the model could not be run to measure it and the layout was read off its config instead."""
+
+    layers: tuple[LayerCache, ...]
     dtype: torch.dtype
-
-    def bytes_for(self, context_tokens: int, batch: int = 1) -> int:
-        """Bytes of a static cache for `batch` sequences of `context_tokens`: 2 (K and V) x kv_heads x head_dim
-        x context x batch x dtype size, per layer, over all layers."""
-        per_layer = 2 * self.kv_heads * self.head_dim * context_tokens * batch * self.dtype.itemsize
-        return per_layer * self.layers
+    measured: bool = True
 
 
-def cache_shape(model: torch.nn.Module) -> CacheShape:
-    """The KV cache layout of a transformers causal LM, from its config."""
+def cache_layout(model: torch.nn.Module) -> CacheLayout:
+    """The KV cache layout of a transformers causal LM: measured by running one token through the model into a
+    cache that sizes itself (transformers' lazy initialisation), so whatever the model writes (grouped heads, an
+    MLA latent, per-layer widths) is what every capture's cache holds; read off the config where the model
+    cannot run here."""
     text = _text_config(model)
     heads = getattr(text, "num_attention_heads", None)
     if text is None or heads is None or not hasattr(text, "num_hidden_layers"):
@@ -72,9 +81,48 @@ def cache_shape(model: torch.nn.Module) -> CacheShape:
             "*ForCausalLM model, or give your model prefill_inputs(prompt_tokens, context_tokens) and "
             "decode_inputs(batch, context_tokens) methods returning its example inputs, with the past keys and "
             "values as inputs it writes in place.")
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    return CacheShape(text.num_hidden_layers, getattr(text, "num_key_value_heads", None) or heads, head_dim, dtype)
+    measured = _measured_layout(model, dtype)
+    if measured is not None:
+        return measured
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    return CacheLayout((LayerCache(kv_heads, head_dim, head_dim),) * text.num_hidden_layers, dtype, measured=False)
+
+
+def _measured_layout(model: torch.nn.Module, dtype: torch.dtype) -> CacheLayout | None:
+    """The layout the model writes when one token is run through it (on its own device: on the meta device, only
+    shapes are computed), or None where it cannot run eagerly there (a data-dependent op on the meta device)."""
+    from transformers import StaticCache
+
+    device = _device_of(model)
+    cache = StaticCache(config=model.config, max_cache_len=2)
+    try:
+        with torch.no_grad(), _as_exporting():
+            model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), past_key_values=cache,
+                  cache_position=torch.arange(1, device=device), use_cache=True)
+    except Exception:  # noqa: BLE001 - any failure only means the config must be read instead
+        return None
+    layers = []
+    for layer in cache.layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if not (isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor)):
+            return None  # a layer the token did not write (not an attention cache)
+        layers.append(LayerCache(keys.shape[1], keys.shape[-1], values.shape[-1]))
+    return CacheLayout(tuple(layers), dtype)
+
+
+@contextlib.contextmanager
+def _as_exporting() -> Iterator[None]:
+    """Run eagerly as torch.export traces: transformers takes its export paths (e.g. MoE's grouped matmul that
+    runs in every dtype), so a model measured here behaves as it will when captured."""
+    try:
+        from torch._export.utils import _compiling_state_context
+    except ImportError:  # another torch: the eager paths are measured instead
+        yield
+        return
+    with _compiling_state_context():
+        yield
 
 
 def decoder_layers(model: torch.nn.Module) -> int | None:
@@ -82,9 +130,24 @@ def decoder_layers(model: torch.nn.Module) -> int | None:
     return getattr(_text_config(model), "num_hidden_layers", None)
 
 
+def context_limit(model: torch.nn.Module) -> tuple[int, str] | None:
+    """The longest context a transformers model takes and the config field that says so (None: no limit stated,
+    e.g. a model of one's own or a state-space model)."""
+    text = _text_config(model)
+    for field in _CONTEXT_LIMIT_FIELDS:
+        value = getattr(text, field, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, field
+    return None
+
+
 def _text_config(model: torch.nn.Module):
     config = getattr(model, "config", None)
     return config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 class TransformersInputs:
@@ -92,8 +155,8 @@ class TransformersInputs:
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
-        self.shape = cache_shape(model)
-        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.layout = cache_layout(model)
+        self.device = _device_of(model)
 
     def prefill_inputs(self, prompt_tokens: int, context_tokens: int) -> dict:
         return {"input_ids": torch.zeros(1, prompt_tokens, dtype=torch.long, device=self.device),
@@ -106,16 +169,15 @@ class TransformersInputs:
                 "cache_position": torch.tensor([context_tokens - 1], device=self.device), "use_cache": True}
 
     def _static_cache(self, batch: int, context: int):
-        """A StaticCache allocated now (transformers allocates it lazily, inside the first call, which would put
-        its zero-filling in the graph), so the capture sees it as state passed in."""
+        """A StaticCache of the model's layout, allocated now (transformers allocates it lazily, inside the first
+        call, which would put its zero-filling in the graph), so the capture sees it as state passed in."""
         from transformers import StaticCache
 
-        shape = self.shape
-        cache = StaticCache(config=self.model.config, max_cache_len=context, max_batch_size=batch,
-                            device=self.device, dtype=shape.dtype)
-        example = torch.empty(batch, shape.kv_heads, 1, shape.head_dim, dtype=shape.dtype, device=self.device)
-        for layer in cache.layers:
-            layer.lazy_initialization(example, example)
+        cache = StaticCache(config=self.model.config, max_cache_len=context)
+        for layer, shape in zip(cache.layers, self.layout.layers, strict=True):
+            keys, values = ((torch.empty(batch, shape.heads, 0, width, dtype=self.layout.dtype, device=self.device))
+                            for width in (shape.key_width, shape.value_width))
+            layer.lazy_initialization(keys, values)
         return cache
 
 
@@ -144,41 +206,44 @@ def capture_phases(model: torch.nn.Module, prompt_lengths: Sequence[int], batche
                    context_tokens: int, source: ModelSource | None = None,
                    name: str | None = None) -> tuple[PhaseGraphs, PhaseGraphs]:
     """Prefill at each of `prompt_lengths` and a decode step at each of `batches`, for a static cache of
-    `context_tokens`. A capture is single-threaded Python (a minute for a 70B model), so where the platform
-    forks, decode is captured in a child process while this one captures prefill."""
-    decode = partial(capture_decode, model, batches, context_tokens, source, name)
-    with run_forked(decode) as decoded:
-        prefill = capture_prefill(model, prompt_lengths, context_tokens, source, name)
-        return prefill, decoded()
+    `context_tokens`, one after the other in this process: a process forked after torch has run deadlocks in
+    torch's thread pool, and a spawned one would have to build the model again."""
+    inputs = serving_inputs(model)
+    return (capture_prefill(model, prompt_lengths, context_tokens, source, name, inputs),
+            capture_decode(model, batches, context_tokens, source, name, inputs))
 
 
 def capture_prefill(model: torch.nn.Module, prompt_lengths: Sequence[int], context_tokens: int,
-                    source: ModelSource | None = None, name: str | None = None) -> PhaseGraphs:
+                    source: ModelSource | None = None, name: str | None = None,
+                    inputs: ServingInputs | None = None) -> PhaseGraphs:
     """Prefill of one prompt into a static cache of `context_tokens`, at each of `prompt_lengths`."""
     if max(prompt_lengths) >= context_tokens:
         raise PartitionerError(f"a prompt of {max(prompt_lengths)} tokens leaves no room to decode in a context of "
                                f"{context_tokens}. Fix: give output_tokens of at least 1.")
-    inputs = serving_inputs(model)
-    return _capture_phase(model, PREFILL, lambda prompt: inputs.prefill_inputs(prompt, context_tokens),
+    inputs = inputs or serving_inputs(model)
+    return _capture_phase(model, PREFILL, inputs, lambda prompt: inputs.prefill_inputs(prompt, context_tokens),
                           prompt_lengths, range(2, context_tokens), source, name)
 
 
 def capture_decode(model: torch.nn.Module, batches: Sequence[int], context_tokens: int,
-                   source: ModelSource | None = None, name: str | None = None) -> PhaseGraphs:
+                   source: ModelSource | None = None, name: str | None = None,
+                   inputs: ServingInputs | None = None) -> PhaseGraphs:
     """One decode step of a batch of sequences, each with a static cache of `context_tokens`, at each of
     `batches`."""
-    inputs = serving_inputs(model)
-    return _capture_phase(model, DECODE, lambda batch: inputs.decode_inputs(batch, context_tokens),
+    inputs = inputs or serving_inputs(model)
+    return _capture_phase(model, DECODE, inputs, lambda batch: inputs.decode_inputs(batch, context_tokens),
                           batches, range(1, LARGEST_BATCH + 1), source, name)
 
 
-def _capture_phase(model: torch.nn.Module, phase: str, inputs_at: Callable[[int], Any], wanted: Sequence[int],
-                   symbolic_range: range, source: ModelSource | None, name: str | None) -> PhaseGraphs:
+def _capture_phase(model: torch.nn.Module, phase: str, inputs: ServingInputs, inputs_at: Callable[[int], Any],
+                   wanted: Sequence[int], symbolic_range: range, source: ModelSource | None,
+                   name: str | None) -> PhaseGraphs:
     """One size wanted: captured at it. Several: captured with the size symbolic (torch.export traces a symbolic
     size about 2.5-3.5 times slower than a fixed one, on Llama shapes, and then serves every size), with the
     dimensions that differ between the inputs at two sizes (two small primes, unlike any fixed size) as one
     torch.export dimension; a model that fixes the size somewhere is captured per size instead."""
     label = f"{name or type(model).__name__} {phase}"
+    inputs_at = _on_the_models_device(model, phase, inputs_at)
     wanted = sorted(set(wanted))
     probes = [size for size in (3, 5, 7, 11) if size in symbolic_range][:2]
     if len(wanted) > 1 and len(probes) == 2 and all(size in symbolic_range for size in wanted):
@@ -195,9 +260,40 @@ def _capture_phase(model: torch.nn.Module, phase: str, inputs_at: Callable[[int]
         if symbol is not None:
             graphs = {size: annotate(captured.program, {symbol: size}) for size in wanted}
             return PhaseGraphs(phase, graphs, frozenset(written_inputs(captured.program.graph)))
-    programs = {size: capture(model, inputs_at(size), label, source).program for size in wanted}
+    try:
+        programs = {size: capture(model, inputs_at(size), label, source).program for size in wanted}
+    except PartitionerError as error:
+        if isinstance(inputs, TransformersInputs) and not inputs.layout.measured:
+            raise PartitionerError(
+                f"{str(error).split('. Fix: ')[0]}, with a KV cache sized from the model's config because the model "
+                "does not run on the meta device to measure it: if the error is about the cache, the fault is "
+                "partitioner's, not the model's. Fix: report it with the model's config, or give the model "
+                "prefill_inputs and decode_inputs methods.") from error.__cause__
+        raise
     state = frozenset(written_inputs(programs[wanted[0]].graph))
     return PhaseGraphs(phase, {size: annotate(program) for size, program in programs.items()}, state)
+
+
+def _on_the_models_device(model: torch.nn.Module, phase: str, inputs_at: Callable[[int], Any]
+                          ) -> Callable[[int], Any]:
+    """`inputs_at`, refusing inputs on another device than the model's weights: planning captures a weightless
+    (meta) copy of the model, and a model's own `prefill_inputs`/`decode_inputs` must make their tensors there."""
+    device = _device_of(model)
+
+    def checked(size: int) -> Any:
+        with device:  # tensors made without naming a device land on the model's
+            example = inputs_at(size)
+        elsewhere = {str(t.device) for t in pytree.tree_leaves(example)
+                     if isinstance(t, torch.Tensor) and t.device != device}
+        if elsewhere:
+            raise PartitionerError(
+                f"{type(model).__name__}.{phase}_inputs made tensors on {', '.join(sorted(elsewhere))}, and the "
+                f"model's weights are on {device} (planning captures a copy of the model without weights, on the "
+                "meta device). Fix: make the inputs without naming a device, or on the device of the model's "
+                "parameters.")
+        return example
+
+    return checked
 
 
 def _dynamic_shapes(first: Any, second: Any, first_size: int, second_size: int, dim: Any) -> Any:

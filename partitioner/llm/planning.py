@@ -26,11 +26,12 @@ from cost_models.base import CostModel
 from cost_models.roofline import RooflineCostModel
 from partitioner.errors import PartitionerError
 from partitioner.frontend.capture import ModelSource
+from partitioner.frontend.meta_twin import meta_twin
 from partitioner.llm.buckets import mean_problem
 from partitioner.llm.deployment import CostedPhase, Deployment, LLMPlan, Tried, deployment_figures
 from partitioner.llm.experts import expert_shard, experts_per_layer, experts_sharded
-from partitioner.llm.joint import joint_problem
-from partitioner.llm.phases import PhaseGraphs, capture_phases, decoder_layers
+from partitioner.llm.joint import joint_problem, phase_split_placements
+from partitioner.llm.phases import PhaseGraphs, capture_phases, context_limit, decoder_layers
 from partitioner.placement.baselines import BASELINES, SERVING_BASELINES
 from partitioner.placement.infeasibility import phases_sharing_a_device
 from partitioner.placement.latency_floor import latency_floor_seconds
@@ -51,23 +52,45 @@ DEFAULT_EXPERT_SHARDS = 2
 
 def plan_llm(model: torch.nn.Module, workload: Workload, fleet: Fleet, *, time_limit_seconds: float = 60.0,
              cost_model: CostModel | None = None, source: ModelSource | None = None, name: str | None = None,
-             fallback: str | None = None, expert_shards: int | None = None) -> LLMPlan:
+             fallback: str | None = None, expert_shards: int | None = None, workers: int = 0, seed: int = 0,
+             deterministic: bool = False) -> LLMPlan:
     """The cheapest way per output token to serve `workload` with `model` on `fleet`, within its limits.
 
-    The experts of a mixture-of-experts model are split into `expert_shards` shards a layer, each placed on its
-    own (partitioner/llm/experts.py): by default 2 on a fleet of several devices, so a layer's experts can be
+    The model is planned through its weightless twin (partitioner/frontend/meta_twin.py): its weights and caches
+    take no memory here, whatever the context, and `model` is left as it was. The experts of a
+    mixture-of-experts model are split into `expert_shards` shards a layer, each placed on its own
+    (partitioner/llm/experts.py): by default 2 on a fleet of several devices, so a layer's experts can be
     split between two. Every shard runs the routing's gathers and elementwise ops on the whole batch, so each
     shard adds ops (and their launch overhead) to every step: more shards place finer and cost more.
+    `time_limit_seconds` covers every solve together; `workers`, `seed` and `deterministic` are as for `compile`.
     """
+    name = name or type(model).__name__
+    _check_context(model, workload, name)
     targets = fleet.target_set(fallback)
     shards = expert_shards if expert_shards is not None else (DEFAULT_EXPERT_SHARDS if len(targets.targets) > 1
                                                               else 1)
-    with experts_sharded(model, shards) as sharded_layers:
-        return _plan(model, workload, fleet, targets, time_limit_seconds, cost_model or RooflineCostModel(), source,
-                     name or type(model).__name__, min(shards, experts_per_layer(model)) if sharded_layers else 0)
+    options = SolverOptions(time_limit_seconds=time_limit_seconds, workers=workers, seed=seed,
+                            deterministic=deterministic)
+    twin = meta_twin(model)
+    with experts_sharded(twin, shards) as sharded_layers:
+        return _plan(twin, workload, fleet, targets, options, cost_model or RooflineCostModel(), source, name,
+                     min(shards, experts_per_layer(twin)) if sharded_layers else 0)
 
 
-def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, targets: TargetSet, time_limit_seconds: float,
+def _check_context(model: torch.nn.Module, workload: Workload, name: str) -> None:
+    """Refuse a workload whose requests need more context than the model takes (its longest prompt plus its
+    longest output): such a plan would price positions the model has no embeddings for."""
+    limit = context_limit(model)
+    if limit is not None and workload.context_tokens > limit[0]:
+        most, field = limit
+        raise PartitionerError(
+            f"{workload.name} needs a context of {workload.context_tokens:,} tokens (its longest prompt, "
+            f"{workload.prompt.longest:,}, plus its longest output, {workload.output.longest:,}), and {name} takes "
+            f"at most {most:,} ({field} in its config). Fix: give the workload shorter prompt_tokens or "
+            "output_tokens, or plan a model configured for a longer context.")
+
+
+def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, targets: TargetSet, options: SolverOptions,
           cost_model: CostModel, source: ModelSource | None, name: str, expert_shards: int) -> LLMPlan:
     started = time.perf_counter()
     prompts = workload.prompt.buckets
@@ -80,7 +103,7 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, targets: Tar
     runs, tried = _fitting(batches, prefill, kv_per_request)
     decodes = {batch: _costed(decode_graphs, {batch: 1.0}, targets, cost_model) for batch in {b for _, b in runs}}
     runs = _within_reach(runs, workload, prefill, decodes, tried)
-    per_solve = time_limit_seconds / max(1, len(runs))
+    per_solve = replace(options, time_limit_seconds=options.time_limit_seconds / max(1, len(runs)))
 
     def attempt(deployment: str, batch: int) -> tuple[PlacementProblem, Tried]:
         joint = _joint(prefill, decodes[batch], workload, batch, deployment == "disaggregated")
@@ -117,7 +140,7 @@ def _fitting(batches: tuple[int, ...], prefill: CostedPhase,
             else:
                 refused.append(Tried(deployment, batch, None, f"{copies} x {format_bytes(weights)} of weights and "
                                      f"{format_bytes(kv_per_request * batch)} of KV cache exceed the fleet's "
-                                     f"{format_bytes(memory)}"))
+                                     f"{format_bytes(memory)}", "add devices or memory to the fleet"))
     return runs, refused
 
 
@@ -138,17 +161,26 @@ def _within_reach(runs: list[tuple[str, int]], workload: Workload, prefill: Cost
         if workload.tpot_seconds and tpot[batch] > workload.tpot_seconds:
             floors.append(f"TPOT at least {tpot[batch] * 1e3:.3g} ms, over {workload.tpot_seconds * 1e3:g} ms")
         if floors:
-            tried.append(Tried(deployment, batch, None, "; ".join(floors)))
+            tried.append(Tried(deployment, batch, None, "; ".join(floors), _relax(workload, ttft, min(tpot.values(),
+                                                                                                default=0.0))))
         else:
             kept.append((deployment, batch))
     if runs and not kept:
         least = min(tpot.values(), default=0.0)
+        floors = ([f"a prefill of {longest} tokens takes at least {ttft * 1e3:.3g} ms"] if workload.ttft_seconds
+                  else []) + ([f"a decode step at least {least * 1e3:.3g} ms"] if workload.tpot_seconds else [])
         raise PartitionerError(
             f"no plan can meet {workload.name}'s limits on this fleet: with every weight where it is fastest and "
-            f"fits, a prefill of {longest} tokens takes at least {ttft * 1e3:.3g} ms and a decode step at least "
-            f"{least * 1e3:.3g} ms (the weights that do not fit the fastest devices are read by slower ones). "
-            "Fix: relax ttft_ms or tpot_ms, or plan on faster devices or more memory on the fastest.")
+            f"fits, {' and '.join(floors)} (the weights that do not fit the fastest devices are read by slower "
+            f"ones). Fix: {_relax(workload, ttft, least)}, or plan on faster devices or more memory on the fastest.")
     return kept
+
+
+def _relax(workload: Workload, ttft_floor: float, tpot_floor: float) -> str:
+    """`relax ttft_ms or tpot_ms`, naming only the limits the floors break."""
+    limits = ([] if not workload.ttft_seconds or ttft_floor <= workload.ttft_seconds else ["ttft_ms"]) + \
+        ([] if not workload.tpot_seconds or tpot_floor <= workload.tpot_seconds else ["tpot_ms"])
+    return f"relax {' or '.join(limits or ['ttft_ms', 'tpot_ms'])} in the workload"
 
 
 def _search(runs: list[tuple[str, int]], attempt: Callable[[str, int], tuple[PlacementProblem, Tried]],
@@ -209,14 +241,16 @@ def _joint(prefill: CostedPhase, decode: CostedPhase, workload: Workload, batch:
 
 
 def _try(deployment: str, batch: int, joint: PlacementProblem, prefill: CostedPhase, decode: CostedPhase,
-         workload: Workload, seconds: float) -> Tried:
+         workload: Workload, options: SolverOptions) -> Tried:
     if (clash := phases_sharing_a_device(joint)) is not None:  # no need to search to know
-        return Tried(deployment, batch, None, clash.split(". Fix:")[0])
+        return Tried(deployment, batch, None, *clash.removesuffix(".").split(". Fix: "))
     hints = {label: strategy(joint) for label, strategy in {**BASELINES, **SERVING_BASELINES}.items()}
+    if joint.separate_phases:
+        hints.update(phase_split_placements(joint))
     try:
-        placement = solve(joint, THROUGHPUT, SolverOptions(time_limit_seconds=seconds), hints=hints)
+        placement = solve(joint, THROUGHPUT, options, hints=hints)
     except PartitionerError as error:
-        return Tried(deployment, batch, None, str(error).split(". Fix:")[0])
+        return Tried(deployment, batch, None, *str(error).removesuffix(".").split(". Fix: "))
     # Throughput is what CP-SAT maximises; money per token is price over throughput, so a baseline on fewer
     # devices may be cheaper per token than the fastest plan, and a slower one may meet a TTFT or TPOT limit the
     # fastest misses: of the plans that fit, the cheapest that meets the limits is kept (else the cheapest).
@@ -245,12 +279,27 @@ def _misses(workload: Workload, result: Deployment) -> list[str]:
 
 
 def _nothing_meets(workload: Workload, tried: list[Tried]) -> str:
+    """Why no deployment is the plan, and what would change that: the refusals, or the limits every plan misses."""
     solved = [t for t in tried if t.result is not None]
     if not solved:
-        reasons = "; ".join(dict.fromkeys(f"{t.deployment} batch {t.batch_size}: {t.refusal}" for t in tried[:2]))
-        return f"no deployment of {workload.name} fits this fleet ({reasons}). Fix: add devices or memory."
-    ttft = min(t.result.ttft_seconds for t in solved)
-    tpot = min(t.result.tpot_seconds for t in solved)
-    return (f"no plan meets {workload.name}'s limits: the best TTFT reached is {ttft * 1e3:.3g} ms and the best "
-            f"TPOT {tpot * 1e3:.3g} ms (not always in the same plan). Fix: relax ttft_ms or tpot_ms, or plan on "
-            "faster devices.")
+        reasons = list(dict.fromkeys(t.refusal for t in tried if t.refusal))[:2]
+        fixes = list(dict.fromkeys(t.fix for t in tried if t.fix))
+        return (f"no deployment of {workload.name} can be planned on this fleet ({'; '.join(reasons)}). Fix: "
+                f"{'; or '.join(fixes) or 'add devices or memory to the fleet'}.")
+    limits = []  # (workload field, what the best plan reaches against the limit, whether some plan meets it)
+    if workload.ttft_seconds:
+        best = min(t.result.ttft_seconds for t in solved)
+        limits.append(("ttft_ms", f"the best TTFT reached is {best * 1e3:.3g} ms (limit "
+                                  f"{workload.ttft_seconds * 1e3:g} ms)", best <= workload.ttft_seconds))
+    if workload.tpot_seconds:
+        best = min(t.result.tpot_seconds for t in solved)
+        limits.append(("tpot_ms", f"the best TPOT reached is {best * 1e3:.3g} ms (limit "
+                                  f"{workload.tpot_seconds * 1e3:g} ms)", best <= workload.tpot_seconds))
+    if workload.requests_per_second:
+        most = max(t.result.requests_per_second for t in solved)
+        limits.append(("requests_per_second", f"the most requests per second served is {most:.3g} (required "
+                                              f"{workload.requests_per_second:g})", most >= workload.requests_per_second))
+    missed = [field for field, _, met in limits if not met] or [field for field, _, _ in limits]
+    return (f"no plan meets {workload.name}'s limits: {'; '.join(reached for _, reached, _ in limits)}; no plan "
+            f"meets them all at once. Fix: relax {' or '.join(missed)} in the workload, or plan on faster or more "
+            "devices.")

@@ -97,7 +97,7 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
     if objective.needs_min_throughput and min_throughput is None:
         raise PartitionerError(f"{objective.name} sizes the fleet to a load, and none was given. Fix: add "
                                "--min-throughput N/s (min_throughput=N), or use --objective throughput.")
-    started = time.perf_counter()
+    started, time_limit = time.perf_counter(), options.time_limit_seconds
     seeds = _seed_plans(problem, objective, options, hints or {})
     hints = {**(hints or {}), **seeds}
     if seeds:  # the search gets what the seeds left: all but their share, or, on the clock, all they did not use
@@ -154,12 +154,8 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
                 break
     origin = _best(candidates, objective)
     if origin is None:
-        raise PartitionerError(
-            f"no placement found within {options.time_limit_seconds:g} s and no baseline fits in memory"
-            f"{' and the latency limit' if max_latency_seconds is not None else ''}"
-            f"{' and serves the required throughput' if min_throughput is not None else ''}. "
-            "Fix: raise the time limit (--time-limit) or add memory (a larger target)."
-        )
+        raise PartitionerError(_nothing_qualifies(time_limit, hint_scores, max_latency_seconds,
+                                                  min_throughput))
     order = order if origin == "cp-sat" else ()
     assignment, result = tidy(problem, candidates[origin][0], objective, allowed, order)
     value = objective.value(result)
@@ -176,6 +172,25 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
         solved_nodes=len(reduction.problem.nodes),
     )
     return Placement(assignment, objective, report, order)
+
+
+def _nothing_qualifies(seconds: float, hint_scores: Mapping[str, tuple[Mapping[str, str], Score]],
+                       max_latency_seconds: float | None, min_throughput: float | None) -> str:
+    """Why no plan came out: the search found none in time, and what rules out each seed plan (baselines)."""
+    broken: dict[str, list[str]] = {}
+    for name, (_, result) in hint_scores.items():
+        if not result.fits_memory:
+            broken.setdefault("do not fit in memory", []).append(name)
+        if result.phase_conflicts:
+            broken.setdefault("give a device to both phases", []).append(name)
+        if max_latency_seconds is not None and result.latency_seconds > max_latency_seconds:
+            broken.setdefault("exceed the latency limit", []).append(name)
+        if min_throughput is not None and result.serving.throughput_per_second < min_throughput * (1 - 1e-9):
+            broken.setdefault("serve less than the required throughput", []).append(name)
+    why = "; ".join(f"{', '.join(names)} {rule}" for rule, names in broken.items())
+    return (f"the search found no placement within {seconds:g} s, and no baseline to fall back on qualifies"
+            f"{f' ({why})' if why else ''}. Fix: raise the time limit (--time-limit)"
+            + (", or add memory (a larger target)" if "do not fit in memory" in broken else "") + ".")
 
 
 def _seed_plans(problem: PlacementProblem, objective: Objective, options: SolverOptions,

@@ -346,3 +346,27 @@ def test_targets_naming_none_is_refused_not_read_as_the_defaults(tmp_path, capsy
 
     assert code == 2
     assert_one_line_error(capsys, "--targets ',' names no target")
+
+
+def test_compile_json_prints_only_the_result_on_stdout_whatever_the_model_prints(tmp_path, capsys):
+    model = tmp_path / "chatty.py"
+    model.write_text(textwrap.dedent("""
+        import torch
+
+        print("building the model")
+
+        class Chatty(torch.nn.Module):
+            def forward(self, x):
+                print("tracing forward")
+                return x.relu()
+
+        def build():
+            print("inside build()")
+            return Chatty(), (torch.randn(4),)
+    """))
+
+    assert main(["compile", str(model), "--json", "-o", str(tmp_path / "out")]) == 0
+
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["plan"] == str(tmp_path / "out" / "plan.json")
+    assert "building the model" in printed.err and "inside build()" in printed.err

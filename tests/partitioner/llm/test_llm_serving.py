@@ -15,12 +15,13 @@ from partitioner.cli import main
 from partitioner.errors import PartitionerError
 from partitioner.frontend.capture import capture
 from partitioner.frontend.op_graph import annotate
-from partitioner.llm.joint import joint_problem, phase_assignment
+from partitioner.llm.joint import joint_problem, phase_assignment, phase_split_placements
 from partitioner.llm.buckets import mean_problem
 from partitioner.llm.experts import expert_shard, experts_sharded
 from partitioner.llm.planning import plan_llm
-from partitioner.llm.phases import TransformersInputs, cache_shape, capture_decode, capture_prefill
+from partitioner.llm.phases import LayerCache, TransformersInputs, cache_layout, capture_decode, capture_prefill
 from targets.workload import load_workload
+from partitioner.placement.baselines import BASELINES
 from partitioner.placement.objectives import THROUGHPUT
 from partitioner.placement.problem import TargetTerms
 from partitioner.placement.scoring import score
@@ -42,12 +43,14 @@ def small_llama(dtype=torch.float32, device="cpu", layers=2, hidden=64, heads=4,
 
 def test_the_kv_cache_of_a_decode_step_is_state_held_on_the_device_not_an_input_copied_in():
     model = small_llama()
-    # 2 (K and V) x 2 kv heads x 16 head dim x 40 tokens x 3 sequences x 4 bytes = 30,720 bytes a layer; 2 layers.
-    assert cache_shape(model).bytes_for(40, batch=3) == 61_440
+    # Each layer keeps 2 kv heads of keys and values 16 wide (hidden 64 over 4 heads), as the model writes them.
+    layout = cache_layout(model)
+    assert layout.measured and layout.layers == (LayerCache(heads=2, key_width=16, value_width=16),) * 2
 
     graph = capture_decode(model, [3], 40).graphs[3]
 
     state = {name: size for name, size in graph.parameter_bytes.items() if name.startswith("past_key_values")}
+    # 2 (K and V) x 2 kv heads x 16 wide x 40 tokens x 3 sequences x 4 bytes = 30,720 bytes a layer; 2 layers.
     assert sum(size for size in state.values() if size > 8) == 61_440  # less the caches' position counters
     writes = [n for n in graph if n.op == "aten.index_copy_.default"]
     assert len(writes) == 4 and all(n.parameters for n in writes)
@@ -147,6 +150,30 @@ def test_disaggregation_loses_when_the_cache_costs_more_to_move_than_the_phases_
     assert co_located.bottleneck_seconds == pytest.approx(5.0)
     assert co_located.cost_per_request_at_load < disaggregated.cost_per_request_at_load
     assert phase_assignment(apart, "decode") != phase_assignment(apart, "prefill")
+
+
+def test_a_disaggregated_search_is_seeded_with_each_phase_on_devices_of_its_own():
+    prefill, decode = phases(kv_bytes=10**6)
+    joint = joint_problem(prefill, decode, frozenset({"kv"}), 1.0, 1.0, True)
+    assert all(score(joint, strategy(joint)).phase_conflicts for strategy in BASELINES.values())
+
+    seeds = phase_split_placements(joint)
+
+    assert seeds == {"prefill on gpu, decode on hbm": {"prefill/p": "gpu", "decode/d": "hbm"},
+                     "prefill on hbm, decode on gpu": {"prefill/p": "hbm", "decode/d": "gpu"}}
+    assert not any(score(joint, seed).phase_conflicts for seed in seeds.values())
+
+
+def test_a_search_that_finds_nothing_in_time_says_what_rules_out_each_baseline():
+    prefill, decode = phases(kv_bytes=10**6)
+    joint = joint_problem(prefill, decode, frozenset({"kv"}), 1.0, 1.0, True)
+    hints = {name: strategy(joint) for name, strategy in BASELINES.items()}
+
+    # A deterministic limit of a fraction of a microsecond of work stops CP-SAT before its first solution.
+    with pytest.raises(PartitionerError, match=r"the search found no placement within 1e-07 s, and no baseline to "
+                                               r"fall back on qualifies \(fallback, priority give a device to both "
+                                               r"phases\)\. Fix: raise the time limit"):
+        solve(joint, THROUGHPUT, SolverOptions(time_limit_seconds=1e-7, deterministic=True), hints=hints)
 
 
 def test_a_workload_file_names_the_field_and_the_fix(tmp_path):
@@ -267,7 +294,7 @@ def test_experts_too_big_for_any_one_device_are_split_across_devices(tmp_path):
                            num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, vocab_size=256)
     model = MixtralForCausalLM(config).eval()
 
-    with pytest.raises(PartitionerError, match="no deployment of short fits"):
+    with pytest.raises(PartitionerError, match="no deployment of short can be planned on this fleet .* exceed"):
         plan_llm(model, workload, fleet, time_limit_seconds=4, expert_shards=1)
     plan = plan_llm(model, workload, fleet, time_limit_seconds=4)
 
@@ -312,6 +339,30 @@ def load_workload_text(text: str):
 def test_limits_no_placement_can_meet_are_refused_before_any_search_with_the_least_reachable():
     workload = load_workload_text('name = "instant"\nprompt_tokens = 16\noutput_tokens = 8\ntpot_ms = 0.001\n')
 
-    with pytest.raises(PartitionerError, match=r"no plan can meet instant's limits on this fleet: .* a decode step "
-                                               r"at least [0-9.]+ ms .*Fix: relax ttft_ms or tpot_ms"):
+    # Only the limit the workload sets, and breaks, is named.
+    with pytest.raises(PartitionerError, match=r"no plan can meet instant's limits on this fleet: with every weight "
+                                               r"where it is fastest and fits, a decode step at least [0-9.]+ ms .*"
+                                               r"Fix: relax tpot_ms in the workload"):
         plan_llm(small_llama(), workload, load_fleet("npu-example=1,cuda-h100=1"), time_limit_seconds=4)
+
+
+def test_compile_with_a_workload_takes_the_solver_options_and_refuses_targets_beside_a_fleet(tmp_path, capsys,
+                                                                                             monkeypatch):
+    model = tmp_path / "tiny_llm.py"
+    model.write_text("from tests.partitioner.llm.test_llm_serving import small_llama\n\n"
+                     "def build():\n    return small_llama(), None\n")
+    workload = tmp_path / "short.toml"
+    workload.write_text('name = "short"\nprompt_tokens = 16\noutput_tokens = 8\nbatch_size = 1\n')
+    given = {}
+
+    def planned(*args, **kwargs):
+        given.update(kwargs)
+        raise PartitionerError("stop here")
+
+    monkeypatch.setattr("partitioner.llm.planning.plan_llm", planned)
+    common = ["compile", str(model), "--workload", str(workload), "-o", str(tmp_path / "out")]
+
+    assert main([*common, "--fleet", "cuda-h100=1", "--targets", "npu-example,cuda-h100"]) == 2
+    assert "--fleet and --targets both say what to plan on" in capsys.readouterr().err
+    assert main([*common, "--fleet", "cuda-h100=1", "--workers", "3", "--seed", "7", "--deterministic"]) == 2
+    assert (given["workers"], given["seed"], given["deterministic"]) == (3, 7, True)
