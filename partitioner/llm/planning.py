@@ -14,6 +14,7 @@ that meets the workload's limits is the plan; the others are reported.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -103,13 +104,15 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, targets: Tar
     runs, tried = _fitting(batches, prefill, kv_per_request)
     decodes = {batch: _costed(decode_graphs, {batch: 1.0}, targets, cost_model) for batch in {b for _, b in runs}}
     runs = _within_reach(runs, workload, prefill, decodes, tried)
-    per_solve = replace(options, time_limit_seconds=options.time_limit_seconds / max(1, len(runs)))
+    # One stop for every try, so that Ctrl-C (seen by this thread) ends the searches in the others too.
+    per_solve = replace(options, time_limit_seconds=options.time_limit_seconds / max(1, len(runs)),
+                        stop=options.stop or threading.Event())
 
     def attempt(deployment: str, batch: int) -> tuple[PlacementProblem, Tried]:
         joint = _joint(prefill, decodes[batch], workload, batch, deployment == "disaggregated")
         return joint, _try(deployment, batch, joint, prefill, decodes[batch], workload, per_solve)
 
-    joints = _search(runs, attempt, tried)
+    joints = _search(runs, attempt, tried, per_solve.stop)
     tried.sort(key=lambda t: (t.batch_size, DEPLOYMENTS.index(t.deployment)))
     meeting = [t.result for t in tried if t.result is not None and t.refusal is None]
     if not meeting:
@@ -184,7 +187,7 @@ def _relax(workload: Workload, ttft_floor: float, tpot_floor: float) -> str:
 
 
 def _search(runs: list[tuple[str, int]], attempt: Callable[[str, int], tuple[PlacementProblem, Tried]],
-            tried: list[Tried]) -> dict[tuple[str, int], PlacementProblem]:
+            tried: list[Tried], stop: threading.Event) -> dict[tuple[str, int], PlacementProblem]:
     """Try (deployment, batch) pairs, each deployment's largest batch first, adding each result to `tried`; returns
     the joint problem of each pair tried. A smaller batch reads the same weights for fewer tokens, so it costs
     more per token unless the larger misses TPOT: once a batch meets the limits and the next smaller one is
@@ -210,13 +213,17 @@ def _search(runs: list[tuple[str, int]], attempt: Callable[[str, int], tuple[Pla
             cheapest[deployment] = outcome.result
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for deployment, batch in order:
-            if deployment not in stopped:
-                in_flight.append((deployment, batch, pool.submit(attempt, deployment, batch)))
-            if len(in_flight) == 2:
+        try:
+            for deployment, batch in order:
+                if deployment not in stopped:
+                    in_flight.append((deployment, batch, pool.submit(attempt, deployment, batch)))
+                if len(in_flight) == 2:
+                    settle()
+            while in_flight:
                 settle()
-        while in_flight:
-            settle()
+        except KeyboardInterrupt:
+            stop.set()  # the tries in flight stop searching, so the pool ends at once
+            raise
     return joints
 
 

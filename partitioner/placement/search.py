@@ -7,6 +7,7 @@ deterministic time, and how improvements are reported while it runs.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,6 +32,8 @@ class SolverOptions:
     gives the same plan on any machine under any load; the wall clock stops
     it only at 4 times the limit. Otherwise parallel workers race and results
     may differ from run to run when the limit is reached before a proof.
+    `stop`, once set from any thread, ends every search run with these
+    options as Ctrl-C does (see `run_search`).
     """
 
     time_limit_seconds: float = 30.0
@@ -40,6 +43,7 @@ class SolverOptions:
     deterministic: bool = False
     # Called with (best objective or None, proven bound or None) as the search improves them.
     on_progress: Callable[[float | None, float | None], None] | None = field(default=None, compare=False)
+    stop: threading.Event | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,4 +107,39 @@ def configured_solver(phase: Phase, options: SolverOptions) -> cp_model.CpSolver
     solver.parameters.random_seed = options.seed
     solver.parameters.log_search_progress = options.log_search
     solver.parameters.linearization_level = 2
+    # CP-SAT's own Ctrl-C handler ends the search as if its time ran out, and the plan would go on to be written.
+    solver.parameters.catch_sigint_signal = False
     return solver
+
+
+def run_search(solver: cp_model.CpSolver, model: cp_model.CpModel,
+               callback: cp_model.CpSolverSolutionCallback | None = None,
+               stop: threading.Event | None = None) -> cp_model.CpSolverStatus:
+    """`solver.solve(model, callback)`, ended at once by Ctrl-C in the main thread or by `stop` being set from any
+    thread: either way CP-SAT is stopped and KeyboardInterrupt raised, so an interrupted command writes nothing.
+    (CP-SAT searches in a thread of its own here, so that this thread keeps answering signals.)"""
+    stop = stop or threading.Event()
+    if stop.is_set():
+        raise KeyboardInterrupt
+    outcome: dict[str, object] = {}
+
+    def search() -> None:
+        try:
+            outcome["status"] = solver.solve(model, callback)
+        except BaseException as error:  # noqa: BLE001 - raised again in the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=search, name="cp-sat search", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive() and not stop.is_set():
+            thread.join(0.05)
+    except KeyboardInterrupt:
+        stop.set()
+    if stop.is_set():
+        solver.stop_search()
+        thread.join()
+        raise KeyboardInterrupt
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["status"]

@@ -29,7 +29,7 @@ from partitioner.placement.tidy import tidy
 
 # DEFAULT_WORKERS and SolverOptions are re-exported: callers configure a solve from here.
 from partitioner.placement.search import (DEFAULT_WORKERS, SolverOptions, configured_solver, phases,  # noqa: F401, I001
-                                          progress_watcher)
+                                          progress_watcher, run_search)
 
 # Share of the time limit each seeding objective's solve may take (see `_seed_plans`): on graphs too large for
 # the makespan search to get far (Llama-70B), a seed is the plan, so it gets the time a good one needs.
@@ -135,7 +135,7 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
             model.hint(reduction.restrict(candidates[best_so_far][0]))
         solver = configured_solver(phase, options)
         watcher = progress_watcher(solver, options.on_progress, scale, phase.tied) if options.on_progress else None
-        status = solver.solve(model.model, watcher)
+        status = run_search(solver, model.model, watcher, options.stop)
         if status == cp_model.INFEASIBLE and not phase.tied:
             raise PartitionerError(explain_infeasible(problem, max_latency_seconds, hint_scores, min_throughput))
         accepted = False
