@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 
 _TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+# Numbers as people write them on a command line: ASCII digits, a point, an exponent. (Python's own parsers also
+# read "2_0" as 20 and other scripts' digits, which no one means as a count.)
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+_WHOLE_NUMBER = re.compile(r"[+-]?\d+", re.ASCII)
 # Below this CP-SAT does not get past building its model: the plan would silently be a baseline.
 MIN_TIME_LIMIT_SECONDS = 0.01
 
@@ -13,10 +18,10 @@ MIN_TIME_LIMIT_SECONDS = 0.01
 def duration(text: str) -> float:
     """Seconds from `50ms`, `800us`, `1.5s` or a bare number of seconds."""
     unit = next((u for u in ("us", "ms", "s") if text.endswith(u)), "")
-    try:
-        value = float(text.removesuffix(unit)) * _TIME_UNITS.get(unit, 1.0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a time; write e.g. 50ms, 800us or 0.05") from None
+    number_text = text.removesuffix(unit)
+    if not _NUMBER.fullmatch(number_text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time; write e.g. 50ms, 800us or 0.05")
+    value = float(number_text) * _TIME_UNITS.get(unit, 1.0)
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive time such as 50ms, got {text}")
     return value
@@ -26,10 +31,7 @@ def rate(text: str) -> float:
     """Requests per second from `50/s`, `3000/min`, `1.2e5/h` or a bare number (per second)."""
     number_text, _, per = text.partition("/")
     seconds = {"": 1.0, "s": 1.0, "min": 60.0, "h": 3600.0}.get(per.strip())
-    try:
-        value = float(number_text)
-    except ValueError:
-        value = math.nan
+    value = float(number_text) if _NUMBER.fullmatch(number_text.strip()) else math.nan
     if seconds is None or not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive rate; write e.g. 50/s, 3000/min or 50")
     return value / seconds
@@ -61,25 +63,28 @@ def workers(text: str) -> int:
     return _whole_number(text, 0, "must be 0 (the default search) or a positive number of workers")
 
 
+def seed(text: str) -> int:
+    """A seed of 0 or more; SolverOptions refuses one CP-SAT cannot take (over 2^31 - 1)."""
+    return _whole_number(text, 0, "must be 0 or more")
+
+
 def positive_int(text: str) -> int:
     return _whole_number(text, 1, "must be at least 1")
 
 
 def _whole_number(text: str, least: int, rule: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not _WHOLE_NUMBER.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    value = int(text)
     if value < least:
         raise argparse.ArgumentTypeError(f"{rule}, got {text}")
     return value
 
 
 def number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not _NUMBER.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    value = float(text)
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value

@@ -53,12 +53,12 @@ def _compile(args: argparse.Namespace, result_stream: TextIO) -> int:
         raise PartitionerError("--expert-shards splits the experts of an LLM planned for a workload. Fix: add "
                                "--workload, or drop --expert-shards.")
     pins = parse_pins(args.pin, args.forbid)
-    with progress.step(f"capturing {args.model}"):
-        captured = load_model_file(args.model)
     objective = objective_named(args.objective or "latency")
     options = SolverOptions(time_limit_seconds=args.time_limit, workers=args.workers, seed=args.seed,
                             deterministic=args.deterministic,
                             on_progress=lambda best, bound: progress.solver_update(best, bound, objective.unit.name))
+    with progress.step(f"capturing {args.model}"):
+        captured = load_model_file(args.model)
     with progress.step("planning"):
         plan = compile_captured(captured, targets, objective, max_latency_seconds=args.max_latency,
                                 min_throughput=args.min_throughput, fallback=args.fallback, solver_options=options,

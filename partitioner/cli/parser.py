@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from partitioner.cli import commands
-from partitioner.cli.arguments import duration, positive_float, positive_int, rate, time_limit, tolerance, workers
+from partitioner.cli.arguments import (duration, positive_float, positive_int, rate, seed, time_limit, tolerance,
+                                       workers)
 from partitioner.placement.objectives import registered_objectives
 from targets.loader import DEFAULT_TARGET_NAMES
 
@@ -55,7 +56,7 @@ def command_parser() -> argparse.ArgumentParser:
                                 help="solver time limit (default: 30)")
     compile_parser.add_argument("--workers", type=workers, default=0,
                                 help="solver search workers (default: one, then 8 unless optimality is proven)")
-    compile_parser.add_argument("--seed", type=int, default=0, help="solver random seed (default: 0)")
+    compile_parser.add_argument("--seed", type=seed, default=0, help="solver random seed, 0 to 2147483647 (default: 0)")
     compile_parser.add_argument("--deterministic", action="store_true",
                                 help="one solver worker and a time limit counted in work, not wall time: "
                                      "the same plan on every run and machine")

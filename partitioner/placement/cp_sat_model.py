@@ -14,15 +14,12 @@ from typing import Callable, Mapping, Sequence
 
 from ortools.sat.python import cp_model
 
+from partitioner.placement.integer_units import OBJECTIVE_UNITS, floor_units, whole_units
 from partitioner.placement.memory import activation_arena_bytes, targets_whose_memory_can_bind
 from partitioner.placement.problem import PlacementProblem, ProblemNode, phase_of
 from partitioner.placement.schedule import Schedule
 from partitioner.placement.serving import device_kind
 
-# Objective coefficients are integers: costs are scaled so that the reference
-# plan (the best hint) is worth this many units, which keeps rounding far
-# below any difference worth reporting.
-OBJECTIVE_UNITS = 1e9
 # Repeated blocks are tied in this many runs of neighbouring blocks.
 TIED_GROUPS = 8
 
@@ -30,7 +27,8 @@ TIED_GROUPS = 8
 class PlacementModel:
     """Placement variables, memory limits and (optionally) tied blocks; objective pieces on request.
 
-    `scale` is how many integer units one unit of the objective is worth.
+    `scale` is how many integer units one unit of the objective is worth (partitioner/placement/integer_units.py:
+    every coefficient is capped, so any figure the problem holds builds a valid model).
     """
 
     def __init__(self, problem: PlacementProblem, scale: float):
@@ -54,19 +52,21 @@ class PlacementModel:
 
     def priced_seconds(self, rate: Callable[[tuple[str, ...]], float]) -> cp_model.LinearExpr:
         """Every busy term at `rate` (what one second keeping those targets busy is worth), in integer units."""
-        terms = [(var, round(seconds * rate(busy) * self.scale)) for var, seconds, busy in self.busy_terms]
+        terms = [(var, whole_units(seconds * rate(busy), self.scale)) for var, seconds, busy in self.busy_terms]
         return cp_model.LinearExpr.weighted_sum([var for var, c in terms if c > 0], [c for _, c in terms if c > 0])
 
     def limit_latency(self, max_latency_seconds: float) -> None:
         """Keep the sequential latency (compute plus transfers) within `max_latency_seconds`.
 
         Seconds are scaled so the limit is 10^9 units and rounded down per term,
-        so the model may admit a plan up to ~1e-9 per term over; callers re-check with `score`.
+        so the model may admit a plan up to ~1e-9 per term over; callers re-check with `score`. A term over the
+        limit on its own is capped just above it: it rules its boolean out all the same.
         """
         self.add_transfers()  # the latency counts them whatever the objective
-        units = OBJECTIVE_UNITS / max_latency_seconds
-        self.model.add(sum(int(seconds * units) * var for var, seconds, _ in self.busy_terms if seconds > 0)
-                       <= int(OBJECTIVE_UNITS))
+        terms = [(var, floor_units(seconds / max_latency_seconds, OBJECTIVE_UNITS, most=OBJECTIVE_UNITS + 1))
+                 for var, seconds, _ in self.busy_terms if seconds > 0]
+        self.model.add(cp_model.LinearExpr.weighted_sum([v for v, _ in terms], [c for _, c in terms])
+                       <= OBJECTIVE_UNITS)
 
     def add_transfers(self) -> None:
         """For each tensor and each device it must reach, pay the move from wherever it was produced (once: a
@@ -107,17 +107,9 @@ class PlacementModel:
         devices are ordered by load, so the search does not explore their permutations."""
         if self.bottleneck is not None:
             return self.bottleneck
-        self.add_transfers()
         # Per resource: (boolean, integer units, whether an assignment sets the boolean).
-        loads: dict[str, list] = {}
-        for node in self.problem.nodes:
-            for target, seconds in node.compute_seconds.items():
-                loads.setdefault(target, []).append((self.on[node.name, target], round(seconds * self.scale),
-                                                     lambda a, n=node.name, t=target: a[n] == t))
-        for var, num_bytes, source, destination, is_set in self.move_terms:
-            for resource in self.problem.route(source, destination):
-                units = round(num_bytes / self.problem.bandwidth(resource) * self.scale)
-                loads.setdefault(resource, []).append((var, units, is_set))
+        loads = {resource: [(var, whole_units(seconds, self.scale), is_set) for var, seconds, is_set in terms]
+                 for resource, terms in self._resource_loads().items()}
         top = sum(units for terms in loads.values() for _, units, _ in terms) + 1
         self.bottleneck = self.model.new_int_var(0, top, "bottleneck")
         expressions = {}
@@ -131,9 +123,27 @@ class PlacementModel:
         return self.bottleneck
 
     def require_throughput(self, requests_per_second: float) -> None:
-        """Keep the bottleneck at or below 1 / `requests_per_second` seconds per request."""
-        bottleneck = self.add_bottleneck()
-        self.model.add(bottleneck <= int(self.scale / requests_per_second))
+        """Keep every resource's seconds per request at or below 1 / `requests_per_second`: each resource's load is
+        scaled so that the limit is 10^9 units and rounded down per term (callers re-check with `score`), as
+        `limit_latency` does, whatever scale the objective has."""
+        for terms in self._resource_loads().values():
+            units = [floor_units(seconds * requests_per_second, OBJECTIVE_UNITS, most=OBJECTIVE_UNITS + 1)
+                     for _, seconds, _ in terms]
+            self.model.add(cp_model.LinearExpr.weighted_sum([t[0] for t in terms], units) <= OBJECTIVE_UNITS)
+
+    def _resource_loads(self) -> dict[str, list[tuple[cp_model.IntVar, float, Callable[[Mapping[str, str]], bool]]]]:
+        """Per serving resource (a device, a link resource): each boolean that loads it, the seconds per request it
+        adds, and whether an assignment sets the boolean."""
+        self.add_transfers()
+        loads: dict[str, list] = {}
+        for node in self.problem.nodes:
+            for target, seconds in node.compute_seconds.items():
+                loads.setdefault(target, []).append((self.on[node.name, target], seconds,
+                                                     lambda a, n=node.name, t=target: a[n] == t))
+        for var, num_bytes, source, destination, is_set in self.move_terms:
+            for resource in self.problem.route(source, destination):
+                loads.setdefault(resource, []).append((var, num_bytes / self.problem.bandwidth(resource), is_set))
+        return loads
 
     def used_price_per_hour(self) -> cp_model.LinearExpr:
         """The hourly price of the devices that compute anything, in objective units."""
@@ -145,7 +155,7 @@ class PlacementModel:
                     self.model.add_implication(self.on[node.name, target.name], used)
             self.derived.append((used, lambda a, t=target.name: any(
                 a[n.name] == t and n.compute_seconds.get(t, 0) > 0 for n in self.problem.nodes)))
-            terms.append((used, round(target.price_per_hour * self.scale)))
+            terms.append((used, whole_units(target.price_per_hour, self.scale)))
         return cp_model.LinearExpr.weighted_sum([v for v, _ in terms], [c for _, c in terms])
 
     def _interchangeable_pairs(self) -> list[tuple[str, str]]:

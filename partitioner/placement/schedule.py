@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 from ortools.sat.python import cp_model
 
+from partitioner.placement.integer_units import whole_units
 from partitioner.placement.problem import PlacementProblem
 
 
@@ -69,7 +70,7 @@ class Schedule:
     def __init__(self, model: cp_model.CpModel, problem: PlacementProblem,
                  on: Mapping[tuple[str, str], cp_model.IntVar], units_per_second: float):
         def units(seconds: float) -> int:
-            return round(seconds * units_per_second)
+            return whole_units(seconds, units_per_second)
 
         horizon = units(sum(max(n.compute_seconds.values()) for n in problem.nodes)) + sum(
             units(max(problem.transfer_seconds(v.num_bytes, s, d) for s, d in problem.links)) * len(v.consumers)

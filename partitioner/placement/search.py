@@ -7,12 +7,14 @@ deterministic time, and how improvements are reported while it runs.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ortools.sat.python import cp_model
 
+from partitioner.errors import PartitionerError
 from partitioner.placement.objectives import Objective
 
 # Workers of the parallel phase (see `_phases`). On 2 cores, 2 or 4 workers were
@@ -21,6 +23,9 @@ from partitioner.placement.objectives import Objective
 DEFAULT_WORKERS = 8
 # Share of the time limit for the search with repeated blocks tied (see `phases`).
 TIED_SHARE = 0.25
+# CP-SAT's random seed is a 32-bit signed integer; more workers than this only time-share the cores.
+MOST_SEED = 2**31 - 1
+MOST_WORKERS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,17 @@ class SolverOptions:
     # Called with (best objective or None, proven bound or None) as the search improves them.
     on_progress: Callable[[float | None, float | None], None] | None = field(default=None, compare=False)
     stop: threading.Event | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not (self.time_limit_seconds >= 0 and math.isfinite(self.time_limit_seconds)):  # 0: the hints alone
+            raise PartitionerError(f"time limit {self.time_limit_seconds!r} s is not a number of seconds. Fix: give "
+                                   "e.g. 30.")
+        if not (isinstance(self.workers, int) and 0 <= self.workers <= MOST_WORKERS):
+            raise PartitionerError(f"{self.workers!r} workers: CP-SAT takes 0 (the default search) to "
+                                   f"{MOST_WORKERS}. Fix: give a number in that range.")
+        if not (isinstance(self.seed, int) and 0 <= self.seed <= MOST_SEED):
+            raise PartitionerError(f"seed {self.seed!r} is not one CP-SAT takes (a whole number from 0 to "
+                                   f"{MOST_SEED}). Fix: give a seed in that range.")
 
 
 @dataclass(frozen=True, slots=True)

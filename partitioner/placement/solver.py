@@ -13,17 +13,18 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import Callable, Mapping
 
 from ortools.sat.python import cp_model
 
 from partitioner.errors import PartitionerError
-from partitioner.placement.cp_sat_model import OBJECTIVE_UNITS, TIED_GROUPS, PlacementModel
+from partitioner.placement.cp_sat_model import TIED_GROUPS, PlacementModel
 from partitioner.placement.infeasibility import explain_infeasible
+from partitioner.placement.integer_units import OBJECTIVE_UNITS, objective_scale
 from partitioner.placement.memory import targets_whose_memory_can_bind
 from partitioner.placement.objectives import LATENCY, Objective, objective_named, registered_objectives
 from partitioner.placement.problem import PlacementProblem, check_assignment
-from partitioner.placement.reduction import reduce_problem
+from partitioner.placement.reduction import Reduction, reduce_problem
 from partitioner.placement.scoring import Score, score
 from partitioner.placement.tidy import tidy
 
@@ -34,6 +35,9 @@ from partitioner.placement.search import (DEFAULT_WORKERS, SolverOptions, config
 # Share of the time limit each seeding objective's solve may take (see `_seed_plans`): on graphs too large for
 # the makespan search to get far (Llama-70B), a seed is the plan, so it gets the time a good one needs.
 SEED_SHARE = 0.25
+# A proof of optimality is claimed only for a plan worth at least OBJECTIVE_UNITS / FINEST_PROOF integer units: below
+# that, rounding each term to a unit could hide differences of a per cent.
+FINEST_PROOF = 10**4
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,44 +118,20 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
     candidates = {name: entry for name, entry in hint_scores.items() if allowed(entry[1])}
     best_hint = _best(candidates, objective)
     reference = objective.value(candidates[best_hint][1]) if best_hint else _upper_estimate(problem, objective)
-    scale = OBJECTIVE_UNITS / reference if reference > 0 else 1.0
-
     reduction = reduce_problem(problem, objective)
-
-    untied = PlacementModel(reduction.problem, scale)
-    untied.model.minimize(objective.add_to(untied))
-    if max_latency_seconds is not None:
-        untied.limit_latency(max_latency_seconds)
-    if min_throughput is not None:
-        untied.require_throughput(min_throughput)
-
-    # Where the search ends before proving a bound (large graphs), the objective's own bound still holds.
-    proven, bound_units, order = False, objective.lower_bound(problem) * scale, ()
-    for phase in phases(options, objective, has_blocks=_worth_tying(reduction.problem)):
-        model = untied.with_blocks_tied() if phase.tied else untied
-        model.model.clear_hints()
-        best_so_far = _best(candidates, objective)
-        if best_so_far is not None and phase.workers > 1:
-            model.hint(reduction.restrict(candidates[best_so_far][0]))
-        solver = configured_solver(phase, options)
-        watcher = progress_watcher(solver, options.on_progress, scale, phase.tied) if options.on_progress else None
-        status = run_search(solver, model.model, watcher, options.stop)
-        if status == cp_model.INFEASIBLE and not phase.tied:
-            raise PartitionerError(explain_infeasible(problem, max_latency_seconds, hint_scores, min_throughput))
-        accepted = False
-        if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            found = reduction.expand(model.read_assignment(solver))
-            found_order = reduction.expand_order(model.read_order(solver))
-            result = score(problem, found, found_order or None)
-            accepted = allowed(result)  # CP-SAT's rounded costs may admit a plan a hair over the latency limit
-            if accepted and ("cp-sat" not in candidates or
-                             _rank("cp-sat", result, objective) < _rank("cp-sat", candidates["cp-sat"][1], objective)):
-                candidates["cp-sat"], order = (found, result), found_order
-        if not phase.tied:  # a tied search bounds only the tied plans
-            bound_units = max(bound_units, solver.best_objective_bound)
-            if status == cp_model.OPTIMAL:
-                proven = accepted  # only a plan we keep can carry the proof
-                break
+    search = _Search(problem, reduction, objective, allowed, candidates, max_latency_seconds, min_throughput,
+                     hint_scores)
+    scale, searched_from = objective_scale(reference), time.perf_counter()
+    search.run(scale, options)
+    kept = objective.value(candidates["cp-sat"][1]) if "cp-sat" in candidates else 0.0
+    if 0 < kept * scale < OBJECTIVE_UNITS / FINEST_PROOF:
+        # The reference (a baseline dominated by some absurdly slow op, or the rough estimate) was so far above
+        # the plans found that rounding hid their differences: search again, at the scale of the best one, in
+        # the time left (at least a tenth of the limit; all of it again where time is counted in work).
+        scale, nominal = objective_scale(kept), options.time_limit_seconds
+        left = nominal if options.deterministic else nominal - (time.perf_counter() - searched_from)
+        search.run(scale, replace(options, time_limit_seconds=max(left, nominal / 10)))
+    proven, bound_units, order = search.proven, search.bound_units, search.order
     origin = _best(candidates, objective)
     if origin is None:
         raise PartitionerError(_nothing_qualifies(time_limit, hint_scores, max_latency_seconds,
@@ -172,6 +152,63 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
         solved_nodes=len(reduction.problem.nodes),
     )
     return Placement(assignment, objective, report, order)
+
+
+class _Search:
+    """The phases of one solve's search (partitioner/placement/search.py), run at a given scale: each phase starts
+    from the best plan so far, and every allowed plan found joins `candidates` as "cp-sat"."""
+
+    def __init__(self, problem: PlacementProblem, reduction: Reduction, objective: Objective,
+                 allowed: Callable[[Score], bool], candidates: dict[str, tuple[Mapping[str, str], Score]],
+                 max_latency_seconds: float | None, min_throughput: float | None,
+                 hint_scores: Mapping[str, tuple[Mapping[str, str], Score]]):
+        self.problem, self.reduction, self.objective = problem, reduction, objective
+        self.allowed, self.candidates, self.hint_scores = allowed, candidates, hint_scores
+        self.max_latency_seconds, self.min_throughput = max_latency_seconds, min_throughput
+        self.proven, self.bound_units, self.order = False, 0.0, ()
+
+    def run(self, scale: float, options: SolverOptions) -> None:
+        """Build the model at `scale` and run the phases; `proven` and `bound_units` (at `scale`) say what the last
+        run proved."""
+        objective, reduction, candidates = self.objective, self.reduction, self.candidates
+        untied = PlacementModel(reduction.problem, scale)
+        untied.model.minimize(objective.add_to(untied))
+        if self.max_latency_seconds is not None:
+            untied.limit_latency(self.max_latency_seconds)
+        if self.min_throughput is not None:
+            untied.require_throughput(self.min_throughput)
+        # Where the search ends before proving a bound (large graphs), the objective's own bound still holds.
+        self.proven, self.bound_units = False, objective.lower_bound(self.problem) * scale
+        for phase in phases(options, objective, has_blocks=_worth_tying(reduction.problem)):
+            model = untied.with_blocks_tied() if phase.tied else untied
+            model.model.clear_hints()
+            best_so_far = _best(candidates, objective)
+            if best_so_far is not None and phase.workers > 1:
+                model.hint(reduction.restrict(candidates[best_so_far][0]))
+            solver = configured_solver(phase, options)
+            watcher = (progress_watcher(solver, options.on_progress, scale, phase.tied) if options.on_progress
+                       else None)
+            status = run_search(solver, model.model, watcher, options.stop)
+            if status == cp_model.INFEASIBLE and not phase.tied:
+                raise PartitionerError(explain_infeasible(self.problem, self.max_latency_seconds, self.hint_scores,
+                                                          self.min_throughput))
+            accepted = False
+            if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                found = reduction.expand(model.read_assignment(solver))
+                found_order = reduction.expand_order(model.read_order(solver))
+                result = score(self.problem, found, found_order or None)
+                accepted = self.allowed(result)  # CP-SAT's rounded costs may admit a plan a hair over a limit
+                if accepted and ("cp-sat" not in candidates or _rank("cp-sat", result, objective)
+                                 < _rank("cp-sat", candidates["cp-sat"][1], objective)):
+                    candidates["cp-sat"], self.order = (found, result), found_order
+            if not phase.tied:  # a tied search bounds only the tied plans
+                self.bound_units = max(self.bound_units, solver.best_objective_bound)
+                if status == cp_model.OPTIMAL:
+                    # Only a plan we keep can carry the proof, and only at a scale fine enough for it (nothing
+                    # beats a plan that costs nothing).
+                    units = objective.value(result) * scale if accepted else 0.0
+                    self.proven = accepted and (units <= 0 or units >= OBJECTIVE_UNITS / FINEST_PROOF)
+                    break
 
 
 def _nothing_qualifies(seconds: float, hint_scores: Mapping[str, tuple[Mapping[str, str], Score]],
