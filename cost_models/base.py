@@ -7,11 +7,10 @@ target) pair and for the link between each pair of targets; transfers are then
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
 from partitioner.frontend.op_graph import OpNode
-from targets.hooks import call_hook, plugin_fault
+from targets.hooks import hook_seconds
 from targets.spec import Link, Target, TargetSet
 
 
@@ -32,13 +31,9 @@ class CostModel(Protocol):
 def node_seconds(cost_model: CostModel, node: OpNode, target: Target) -> float:
     """Time for `target` to run `node`: the target's plug-in cost hook where it gives one (targets/hooks.py), else
     `cost_model`'s; a measurement of this very op (a profile's) wins over both."""
-    hook = target.hooks.cost if target.hooks else None
     measured = getattr(cost_model, "measured", None)
-    if hook is not None and not (measured and measured(node, target)):
-        seconds = call_hook(target, "cost", hook, node, target)
+    if target.hooks and target.hooks.cost and not (measured and measured(node, target)):
+        seconds = hook_seconds(target, node)
         if seconds is not None:
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
-                raise plugin_fault(target, f"the cost hook of {target.origin} gave {seconds!r} seconds for "
-                                           f"{node.name} ({node.op})")
-            return float(seconds)
+            return seconds
     return cost_model.compute_seconds(node, target)

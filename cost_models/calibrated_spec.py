@@ -1,8 +1,9 @@
 """Writing a calibration as a target spec: a copy of the spec file it started from, with the fitted figures.
 
 The copy keeps every figure calibration does not fit (peaks, links, support
-rules), takes a new name (never a built-in target's), and carries the fit's
-residuals in its header, so a reader sees what the figures rest on.
+rules) and a plug-in target's hooks (`hooks_from`), takes a new name (never a
+built-in target's), and carries the fit's residuals in its header, so a reader
+sees what the figures rest on.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def write_calibrated_spec(target: Target, calibration: Calibration, profile: Pro
         text, count = re.subn(rf"(?m)^{field_name}\s*=.*$", f"{field_name} = {value}", text, count=1)
         if count != 1:
             raise PartitionerError(f"{target.spec_path}: no top-level {field_name} to replace. Fix: add it.")
+    if target.hooks is not None and not re.search(r"(?m)^hooks_from\s*=", text):
+        # A plug-in target's support, cost and compile hooks are code, not figures: the copy keeps them by name.
+        text = re.sub(r"(?m)^(name\s*=.*)$", rf'\1\nhooks_from = "{target.name}"', text, count=1)
     if calibration.view_overhead_seconds is not None:
         view = f"view_overhead_microseconds = {calibration.view_overhead_seconds * 1e6:.4g}"
         text, count = re.subn(r"(?m)^view_overhead_microseconds\s*=.*$", view, text, count=1)

@@ -6,28 +6,38 @@ is a pass of its own module; this module only composes them.
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, replace
+from time import monotonic
 from typing import Any, Sequence
 
 import torch
 
 from cost_models.base import CostModel
 from cost_models.roofline import RooflineCostModel
-from partitioner.execution.partition_compilers import CompilerRefusal, refuse, refused_by_compilers
-from partitioner.execution.split import split
+from partitioner.errors import PartitionerError
+from partitioner.execution.partition_compilers import CompilerRefusal, CompilerVerdicts, refuse
+from partitioner.execution.split import Partition, split
 from partitioner.frontend.capture import CapturedModel, capture
 from partitioner.frontend.op_graph import OpGraph, annotate
 from partitioner.placement.baselines import BASELINES, SERVING_BASELINES
 from partitioner.placement.objectives import Objective, objective_named
 from partitioner.placement.pins import Pin, apply_pins, parse_pins
-from partitioner.placement.problem import build_problem
-from partitioner.placement.solver import SolverOptions, solve
+from partitioner.placement.problem import PlacementProblem, build_problem
+from partitioner.placement.solver import Placement, SolverOptions, solve
 from partitioner.placement.tagging import Tagging, tag
 from partitioner.plan import Plan
 from partitioner.plan_records import ModelInfo, NodeRecord, TargetRecord
+from partitioner.progress import Progress
 from targets.fleet import Fleet
 from targets.loader import as_target_set
 from targets.spec import TargetSet
 
+# Planning again after compiler refusals: each round refuses more, so it ends, but a compiler that refuses a
+# little at a time must not keep the user waiting for ever; the rounds share one time limit, each with a floor.
+MAX_PLANNING_ROUNDS = 10
+ROUND_FLOOR_SECONDS = 1.0
+ROUND_FLOOR_SHARE = 0.1
 
 def compile(  # noqa: A001 - the public name users asked for: partitioner.compile(...)
     model: torch.nn.Module,
@@ -79,46 +89,102 @@ def compile_captured(
     solver_options: SolverOptions = SolverOptions(),
     cost_model: CostModel | None = None,
     pins: Sequence[Pin] = (),
+    progress: Progress | None = None,
 ) -> Plan:
-    """`compile` for a model that is already captured (e.g. loaded from a file by the CLI)."""
+    """`compile` for a model that is already captured (e.g. loaded from a file by the CLI); `progress` shows each
+    round of planning again after targets' compilers refused part of a plan."""
     objective = objective_named(objective)
     target_set = targets.target_set(fallback) if isinstance(targets, Fleet) else as_target_set(targets, fallback)
     cost_model = cost_model or RooflineCostModel()
     graph = annotate(captured.program)
     tagging = apply_pins(graph, tag(graph, target_set), target_set, pins)
-    strategies = {**BASELINES, **(SERVING_BASELINES if objective.serving else {})}
-    refusals: list[CompilerRefusal] = []
-    while True:  # again after each compiler refusal: refusals only narrow the tagging, so this ends
-        problem = build_problem(graph, tagging, target_set, cost_model)
-        baselines = {name: strategy(problem) for name, strategy in strategies.items()}
-        placement = solve(problem, objective, solver_options, hints=baselines,
-                          max_latency_seconds=max_latency_seconds, min_throughput=min_throughput)
-        partitions = split(graph, placement.assignment)
-        refused = refused_by_compilers(captured.program, graph, partitions, target_set)
-        if not refused:
-            break
-        refusals += refused
-        tagging = refuse(tagging, refused, target_set)
+    planned = _plan_until_compilers_accept(
+        captured, graph, tagging, target_set, cost_model, objective, solver_options, progress,
+        {"max_latency_seconds": max_latency_seconds, "min_throughput": min_throughput})
+    placement = planned.placement
     return Plan(
         model=ModelInfo(captured.name, captured.source, graph.fingerprint(), len(graph),
                         sum(graph.parameter_bytes.values()), graph.total_flops),
         targets=_target_records(target_set),
         objective=objective,
         cost_model=cost_model.name,
-        problem=problem,
-        nodes=_node_records(graph, tagging, target_set, cost_model),
+        problem=planned.problem,
+        nodes=_node_records(graph, planned.tagging, target_set, cost_model),
         placement=placement.assignment,
         solver=placement.report,
-        baselines=baselines,
-        partitions=partitions,
+        baselines=planned.baselines,
+        partitions=planned.partitions,
         max_latency_seconds=max_latency_seconds,
         order=placement.order,
         min_throughput=min_throughput,
         fleet=targets.describe() if isinstance(targets, Fleet) else None,
         pins=tuple(pins),
         captured=captured,
-        compiler_refusals=tuple(refusals),
+        compiler_refusals=planned.refusals,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """The plan that every target's compiler took, what it was solved from, and what they refused on the way."""
+
+    problem: PlacementProblem
+    baselines: dict[str, Placement]
+    placement: Placement
+    partitions: tuple[Partition, ...]
+    tagging: Tagging
+    refusals: tuple[CompilerRefusal, ...]
+
+
+def _plan_until_compilers_accept(captured: CapturedModel, graph: OpGraph, tagging: Tagging, targets: TargetSet,
+                                 cost_model: CostModel, objective: Objective, options: SolverOptions,
+                                 progress: Progress | None, limits: dict[str, float | None]) -> _Planned:
+    """Solve, split, and hand each partition to its target's compiler; while a compiler refuses, plan again
+    without what it refused, in at most MAX_PLANNING_ROUNDS rounds that share the one time limit."""
+    strategies = {**BASELINES, **(SERVING_BASELINES if objective.serving else {})}
+    verdicts = CompilerVerdicts(captured.program, graph, targets)
+    refusals: list[CompilerRefusal] = []
+    started = monotonic()
+    for round_number in range(1, MAX_PLANNING_ROUNDS + 1):
+        if round_number > 1 and progress is not None:
+            count = f"{len(refusals)} refusal{'s' if len(refusals) != 1 else ''}"
+            progress.counted(round_number, MAX_PLANNING_ROUNDS,
+                             f"rounds: planning again without what compilers refused ({count} so far)")
+        problem = build_problem(graph, tagging, targets, cost_model)
+        baselines = {name: strategy(problem) for name, strategy in strategies.items()}
+        placement = solve(problem, objective, _round_options(options, started, round_number), hints=baselines,
+                          **limits)
+        partitions = split(graph, placement.assignment)
+        refused = verdicts.refusals(partitions)
+        if not refused:
+            return _Planned(problem, baselines, placement, partitions, tagging, tuple(refusals))
+        refusals += refused
+        tagging = refuse(tagging, refused, targets)
+    raise _still_refused(refusals)
+
+
+def _round_options(options: SolverOptions, started: float, round_number: int) -> SolverOptions:
+    """The solver's options for one round of planning: the rounds share the user's time limit, each taking what
+    is left, but no less than a floor in which a round still finds a plan. In deterministic mode what is left
+    cannot be read off the clock without losing determinism, so every round after the first gets the floor."""
+    if round_number == 1:
+        return options
+    limit = options.time_limit_seconds
+    floor = min(limit, max(ROUND_FLOOR_SECONDS, ROUND_FLOOR_SHARE * limit))
+    left = 0.0 if options.deterministic else limit - (monotonic() - started)
+    return replace(options, time_limit_seconds=max(left, floor))
+
+
+def _still_refused(refusals: Sequence[CompilerRefusal]) -> PartitionerError:
+    """The error when the compilers still refuse after the last round: the refusals that kept coming back."""
+    causes = Counter((refusal.target, refusal.reason) for refusal in refusals)
+    named = "; ".join(f"{target}'s compiler {count} time{'s' if count != 1 else ''}: {reason}"
+                      for (target, reason), count in causes.most_common(3))
+    target = causes.most_common(1)[0][0][0]
+    return PartitionerError(
+        f"the targets' compilers still refused part of the plan after {MAX_PLANNING_ROUNDS} rounds of planning, "
+        f"each without what they had refused ({named}). Fix: keep the ops they refuse off {target} with --forbid "
+        f"PATTERN={target}, plan without {target}, or report the refusals to its vendor.")
 
 
 def _target_records(targets: TargetSet) -> tuple[TargetRecord, ...]:
@@ -126,7 +192,8 @@ def _target_records(targets: TargetSet) -> tuple[TargetRecord, ...]:
     topology = targets.topology
     return tuple(TargetRecord(t.name, t.kind, t.description, t.torch_device, t.onnx_execution_provider, t.spec_path,
                               spec=topology.spec_of[t.name] if topology else "",
-                              host=topology.host_of[t.name] if topology else "", origin=t.origin)
+                              host=topology.host_of[t.name] if topology else "", origin=t.origin,
+                              compiles=bool(t.hooks and t.hooks.compile))
                  for t in targets)
 
 

@@ -48,6 +48,7 @@ class TargetRecord:
     spec: str = ""  # the target spec this device is one of (`npu-example` for `npu-example.2`); "" means `name`
     host: str = ""  # the fleet host the device sits in; "" for a plan without a fleet (one host)
     origin: str = "built-in"  # where its spec came from: "built-in", "file" or "plug-in <package> <version>"
+    compiles: bool = False  # its plug-in's compiler builds its partitions at export (targets/hooks.py)
 
     @property
     def spec_name(self) -> str:
@@ -58,7 +59,8 @@ class TargetRecord:
                 "torch_device": self.torch_device, "onnx_execution_provider": self.onnx_execution_provider,
                 "spec_path": self.spec_path, **({"spec": self.spec} if self.spec else {}),
                 **({"host": self.host} if self.host else {}),
-                **({"origin": self.origin} if self.origin != "built-in" else {})}
+                **({"origin": self.origin} if self.origin != "built-in" else {}),
+                **({"compiles": True} if self.compiles else {})}
 
 
 @dataclass(frozen=True, slots=True)

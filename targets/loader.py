@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from partitioner.errors import PartitionerError
 from targets.op_classes import OP_CLASSES
-from targets.plugins import RegisteredTarget, registered_targets
+from targets.plugins import BROKEN_FIX, BrokenPlugin, RegisteredTarget, installed_plugins
 from targets.spec import Link, OpLimit, RooflineConstants, SupportRules, Target, TargetHooks, TargetSet
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -86,19 +86,38 @@ def available_target_names() -> list[str]:
 
 
 def plugin_targets() -> dict[str, RegisteredTarget]:
-    """Installed plug-ins' targets by name; a plug-in naming a target as a built-in one is an error."""
-    found = registered_targets()
-    clash = next((t for name, t in found.items() if name in builtin_target_names()), None)
-    if clash is not None:
-        raise PartitionerError(f"{clash.origin} registers a target named {clash.name!r}, the name of a built-in "
-                               "target. Fix: update or uninstall that package, or report it to its vendor.")
-    return dict(found)
+    """Installed plug-ins' targets by name (a plug-in naming a target as a built-in one provides none)."""
+    return dict(installed_plugins(frozenset(builtin_target_names())).targets)
+
+
+def broken_plugins() -> tuple[BrokenPlugin, ...]:
+    """Installed plug-ins that provide no target: their entry point does not load, or what they register is
+    wrong. Only their own targets are missing; everything else loads."""
+    return installed_plugins(frozenset(builtin_target_names())).broken
+
+
+def loadable_targets() -> tuple[tuple[Target, ...], tuple[str, ...]]:
+    """Every target that loads by name (built-in, then plug-ins'), and one error line per plug-in or plug-in
+    target that does not: one vendor's broken package must not hide every other target from a listing."""
+    targets, problems = [], [plugin.message() for plugin in broken_plugins()]
+    builtin = set(builtin_target_names())
+    for name in available_target_names():
+        try:
+            targets.append(load_target(name))
+        except PartitionerError as error:
+            if name in builtin:
+                raise  # a built-in spec that does not load is our bug, not a vendor's
+            problems.append(str(error))
+    return tuple(targets), tuple(problems)
 
 
 def load_target(name_or_path: str | Path) -> Target:
     """Load one target: a built-in name (`cuda-h100`), a plug-in's target name, or a path to a `.toml` spec."""
     path, origin, hooks = _locate(str(name_or_path))
-    target = _SpecReader(path, read_toml(path)).target()
+    data = read_toml(path)
+    if "hooks_from" in data:
+        origin, hooks = _hooks_from(path, data.pop("hooks_from"), origin)
+    target = _SpecReader(path, data).target()
     if target.name in builtin_target_names() and path.resolve() != (BUILTIN_DIR / f"{target.name}.toml").resolve():
         raise PartitionerError(f"{path}: field 'name': {target.name!r} is the name of a built-in target, which this "
                                f"spec would shadow. Fix: give it a name of its own, e.g. \"{target.name}-mine\".")
@@ -186,10 +205,26 @@ def _locate(name_or_path: str) -> tuple[Path, str, TargetHooks | None]:
     known = available_target_names()
     close = difflib.get_close_matches(name_or_path, known, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
+    broken = "".join(f"; {plugin.describe()}, so its targets are missing" for plugin in broken_plugins())
+    fix = f"; or, if it is a broken plug-in's, {BROKEN_FIX}" if broken else ""
     raise PartitionerError(
         f"unknown target {name_or_path!r}: {hint}the targets here are {', '.join(known)} (built-in, then those of "
-        "installed plug-ins); or give the path of a .toml spec file."
+        f"installed plug-ins){broken}. Fix: correct the name, or give the path of a .toml spec file{fix}."
     )
+
+
+def _hooks_from(path: Path, name: Any, origin: str) -> tuple[str, TargetHooks | None]:
+    """The origin and hooks a spec file takes from the plug-in target it names in `hooks_from` (a calibrated copy
+    of a plug-in's spec keeps the vendor's support, cost and compile hooks this way)."""
+    if origin != "file":
+        raise PartitionerError(f"{path}: field 'hooks_from': only a spec file given by its path takes a plug-in's "
+                               "hooks. Fix: remove the field, or report it to the vendor of the spec.")
+    registered = plugin_targets().get(name) if isinstance(name, str) else None
+    if registered is None:
+        raise PartitionerError(f"{path}: field 'hooks_from': no installed plug-in has a target named {name!r}, whose "
+                               "hooks this spec takes. Fix: install the plug-in that provides it (partitioner "
+                               "targets lists what is installed), or remove the field to plan without its hooks.")
+    return registered.origin, registered.hooks
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -16,10 +16,11 @@ from partitioner.errors import PartitionerError
 from partitioner.files import check_writable_folder
 from partitioner.placement.objectives import objective_named
 from partitioner.progress import Progress
-from targets.loader import DEFAULT_TARGET_NAMES, available_target_names, load_target
+from targets.loader import DEFAULT_TARGET_NAMES, load_target, loadable_targets
 
 if TYPE_CHECKING:
     from cost_models.base import CostModel
+    from targets.spec import Target
     from partitioner.execution.check import PlanRun
     from targets.fleet import Fleet
 
@@ -62,7 +63,7 @@ def _compile(args: argparse.Namespace, result_stream: TextIO) -> int:
     with progress.step("planning"):
         plan = compile_captured(captured, targets, objective, max_latency_seconds=args.max_latency,
                                 min_throughput=args.min_throughput, fallback=args.fallback, solver_options=options,
-                                cost_model=cost_model, pins=pins)
+                                cost_model=cost_model, pins=pins, progress=progress)
     if isinstance(cost_model, MeasuredCostModel) and not any(node.measured_on for node in plan.nodes):
         print(f"partitioner: warning: no op of this model is in {args.cost_model.removeprefix('measured:')} for any "
               "of the targets, so every cost is the roofline's. Fix: profile this model on the devices of your "
@@ -278,6 +279,7 @@ def export_command(args: argparse.Namespace) -> int:
         manifest = export_plan(plan, args.output, whole=args.whole, plan_path=args.plan)
     for partition in manifest.partitions:
         compiled = f"; its compiler made {', '.join(partition.compiled)}" if partition.compiled else ""
+        compiled += f" ({partition.note})" if partition.note else ""
         print(f"{partition.file:<28}{partition.execution_provider:<26}{len(partition.inputs)} in, "
               f"{len(partition.outputs)} out{compiled}")
     if manifest.whole_model_file:
@@ -350,8 +352,7 @@ def coverage_command(args: argparse.Namespace) -> int:
     from partitioner.frontend.op_graph import annotate
     from partitioner.reporting.coverage import coverage, format_coverage
 
-    names = _listed(args.targets) if args.targets else available_target_names()
-    targets = [load_target(name) for name in names]
+    targets = [load_target(name) for name in _listed(args.targets)] if args.targets else _every_target()
     with Progress("live").step("capturing the model"):
         captured = load_model_file(args.model)
     print(format_coverage(captured.name, coverage(annotate(captured.program), targets), args.top))
@@ -359,12 +360,21 @@ def coverage_command(args: argparse.Namespace) -> int:
 
 
 def targets_command(args: argparse.Namespace) -> int:
-    """Every target that loads by name: the built-in ones, then installed plug-ins' (with the package)."""
-    for name in available_target_names():
-        target = load_target(name)
+    """Every target that loads by name: the built-in ones, then installed plug-ins' (with the package); a plug-in
+    that does not load is named with its error, and the others are listed all the same."""
+    for target in _every_target():
         support = "all ops" if target.support.supports_all_ops else f"{len(target.support.ops or ())} ops"
         hooks = [hook for hook in ("support", "cost", "compile") if target.hooks and getattr(target.hooks, hook)]
         origin = target.origin + (f" (hooks: {', '.join(hooks)})" if hooks else "")
-        print(f"{name:<15}{target.kind:<6}{target.price_per_hour:>7.2f} $/h  {target.memory_bytes / 1024**3:>5.0f} GiB"
-              f"  {support:<9}  {target.description}; {origin}")
+        print(f"{target.name:<15}{target.kind:<6}{target.price_per_hour:>7.2f} $/h  "
+              f"{target.memory_bytes / 1024**3:>5.0f} GiB  {support:<9}  {target.description}; {origin}")
     return 0
+
+
+def _every_target() -> tuple[Target, ...]:
+    """Every target that loads by name; each plug-in (or plug-in target) that does not is a warning, not a failure
+    of the whole listing."""
+    targets, problems = loadable_targets()
+    for problem in problems:
+        print(f"partitioner: warning: {problem}", file=sys.stderr)
+    return targets

@@ -12,8 +12,10 @@ what they make beside each partition's ONNX file.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,8 +27,8 @@ from partitioner.execution.split import Partition
 from partitioner.frontend.op_graph import NodeKind, OpGraph
 from partitioner.placement.tagging import Tagging
 from partitioner.plan_records import TargetRecord
-from targets.hooks import CompiledPartition, PartitionRefused, PartitionToCompile, call_hook, plugin_fault
-from targets.loader import load_target
+from targets.hooks import CompiledPartition, PartitionRefused, PartitionToCompile, compile_with_hook, plugin_fault
+from targets.loader import load_target, plugin_targets, read_toml
 from targets.spec import Target, TargetSet
 
 
@@ -52,23 +54,38 @@ class CompilerRefusal:
         return cls(data["target"], data["partition"], tuple(data["nodes"]), data["reason"])
 
 
-def refused_by_compilers(program: ExportedProgram, graph: OpGraph, partitions: Sequence[Partition],
-                         targets: TargetSet) -> tuple[CompilerRefusal, ...]:
-    """What the compilers of `targets` refuse of `partitions`, each handed its partition built on the meta
-    device (shapes, no weights): planning needs only the verdicts (export compiles again, with real weights)."""
-    by_name = {target.name: target for target in targets}
-    compiling = [p for p in partitions if (hooks := by_name[p.target].hooks) and hooks.compile]
-    if not compiling:
-        return ()
-    module = build_partitioned_module(program, partitions, {name: torch.device("meta") for name in by_name})
-    refusals = []
-    for partition in compiling:
-        target = by_name[partition.target]
+class CompilerVerdicts:
+    """What the compilers of a target set answered, by partition content (its place, nodes and outputs).
+
+    Planning again after a refusal hands a compiler only the partitions it has not judged: the same content on
+    the same place gets the same answer, so an unchanged partition is not compiled again. Each compiler is
+    handed its partition built on the meta device (shapes, no weights): planning needs only the verdicts
+    (export compiles again, with real weights).
+    """
+
+    def __init__(self, program: ExportedProgram, graph: OpGraph, targets: TargetSet):
+        self._program, self._graph, self._targets = program, graph, targets
+        self._answers: dict[tuple[str, tuple[str, ...], tuple[str, ...]], CompilerRefusal | None] = {}
+
+    def refusals(self, partitions: Sequence[Partition]) -> tuple[CompilerRefusal, ...]:
+        """What the compilers refuse of `partitions`."""
+        by_name = {target.name: target for target in self._targets}
+        compiling = [p for p in partitions if (hooks := by_name[p.target].hooks) and hooks.compile]
+        new = [p for p in compiling if _content(p) not in self._answers]
+        if new:
+            module = build_partitioned_module(self._program, partitions,
+                                              {name: torch.device("meta") for name in by_name})
+            for partition in new:
+                self._answers[_content(partition)] = self._verdict(by_name[partition.target], partition, module)
+        answers = ((p, self._answers[_content(p)]) for p in compiling)
+        return tuple(replace(answer, partition=p.name) for p, answer in answers if answer is not None)
+
+    def _verdict(self, target: Target, partition: Partition, module: PartitionedModule) -> CompilerRefusal | None:
         try:
-            compile_partition(target, partition, module, graph)
+            compile_partition(target, partition, module, self._graph)
         except PartitionRefused as refusal:
-            refusals.append(_refusal(refusal, partition, graph, targets, target))
-    return tuple(refusals)
+            return _refusal(refusal, partition, self._graph, self._targets, target)
+        return None
 
 
 def compile_partition(target: Target, partition: Partition, module: PartitionedModule, graph: OpGraph,
@@ -76,28 +93,56 @@ def compile_partition(target: Target, partition: Partition, module: PartitionedM
     """`partition` built by `target`'s compiler hook; raises PartitionRefused as the compiler does."""
     request = PartitionToCompile(target, partition.name, module.submodule(partition),
                                  tuple(graph[name] for name in partition.nodes), inputs)
-    compiled = call_hook(target, "compile", target.hooks.compile, request)
-    if not isinstance(compiled, CompiledPartition):
-        raise plugin_fault(target, f"the compiler of {target.origin} returned a {type(compiled).__name__}, not a "
-                                   "targets.hooks.CompiledPartition (or raised PartitionRefused)")
-    return compiled
+    return compile_with_hook(target, request)
 
 
-def plan_compilers(records: Sequence[TargetRecord]) -> dict[str, Target]:
-    """The targets of a saved plan that have a partition compiler, by name, loaded from their plug-ins."""
-    found = {}
+def plan_compilers(records: Sequence[TargetRecord], partitions: Sequence[Partition]) -> dict[str, Target]:
+    """The places of a saved plan whose partitions a plug-in's compiler builds at export, by name, each loaded
+    from the installed plug-in and named for its place, as planning handed it to the compiler.
+
+    A plug-in is needed only where it has a partition to compile; where its installed version is not the one
+    the plan was made with, one warning says so.
+    """
+    used = {partition.target for partition in partitions}
+    found: dict[str, Target] = {}
+    changed: dict[tuple[str, str], list[str]] = {}
     for record in records:
-        if not record.origin.startswith("plug-in"):
+        if not (record.compiles and record.name in used):
             continue
-        try:
-            target = load_target(record.spec_name)
-        except PartitionerError as error:
-            raise PartitionerError(
-                f"the plan places work on {record.name}, a target of {record.origin}, which cannot be loaded here "
-                f"({error}). Fix: install that package (pip install it) and run this again.") from error
-        if target.hooks and target.hooks.compile:
-            found[record.name] = target
+        target = _installed_compiler(record)
+        if target.origin != record.origin:
+            changed.setdefault((record.origin, target.origin), []).append(record.name)
+        found[record.name] = replace(target, name=record.name)
+    for (planned, installed), names in changed.items():
+        warnings.warn(f"the plan was made with {planned} and {installed} is installed here, so a compiler other "
+                      f"than the one planning asked builds the partitions on {', '.join(names)}. Fix: compile the "
+                      "plan again with this version, or install the one it was made with.", stacklevel=2)
     return found
+
+
+def _installed_compiler(record: TargetRecord) -> Target:
+    """The target of `record` with its compiler hook, from the installed plug-in: by name, or by the path of a
+    spec file that takes a plug-in's hooks (`hooks_from`: a calibrated copy of a plug-in's spec)."""
+    registered = record.spec_name in plugin_targets()
+    path = Path(record.spec_path)
+    if not registered and not (path.is_file() and "hooks_from" in read_toml(path)):
+        raise _compiler_missing(record, f"no installed plug-in provides {record.spec_name}")
+    try:
+        target = load_target(record.spec_name if registered else path)
+    except PartitionerError as error:
+        raise _compiler_missing(record, str(error).partition(". Fix:")[0]) from None
+    if not (target.hooks and target.hooks.compile):
+        raise _compiler_missing(record, f"{target.origin} gives {record.spec_name} no compiler")
+    return target
+
+
+def _compiler_missing(record: TargetRecord, problem: str) -> PartitionerError:
+    words = record.origin.split()
+    package = words[1] if len(words) > 1 else record.origin
+    install = f"pip install '{package}=={words[2]}', the version the plan was made with" if len(words) > 2 else \
+        f"install the package of {record.origin}"
+    return PartitionerError(f"the plan's partitions on {record.name} are built at export by the compiler of "
+                            f"{record.origin}, which is not here ({problem}). Fix: {install}, and export again.")
 
 
 def refuse(tagging: Tagging, refusals: Sequence[CompilerRefusal], targets: TargetSet) -> Tagging:
@@ -143,3 +188,8 @@ def _spec(targets: TargetSet, name: str) -> str:
     """The spec a place of `targets` is a device of (itself outside a fleet)."""
     topology = targets.topology
     return topology.spec_of[name] if topology else name
+
+
+def _content(partition: Partition) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """What a compiler's answer depends on: the place, the ops, and which of their values leave the partition."""
+    return partition.target, partition.nodes, partition.outputs

@@ -78,18 +78,21 @@ class ExportedPartition:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     compiled: tuple[str, ...] = ()  # what the target's compiler made of it (a plug-in's hook), beside the file
+    note: str = ""  # the compiler's line for the user about what it made
 
     def to_dict(self) -> dict:
         return {"index": self.index, "target": self.target, "execution_provider": self.execution_provider,
                 "file": self.file, "inputs": [t.to_dict() for t in self.inputs],
                 "outputs": [t.to_dict() for t in self.outputs],
-                **({"compiled": list(self.compiled)} if self.compiled else {})}
+                **({"compiled": list(self.compiled)} if self.compiled else {}),
+                **({"note": self.note} if self.note else {})}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ExportedPartition:
         return cls(data["index"], data["target"], data["execution_provider"], data["file"],
                    tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
-                   tuple(TensorSpec.from_dict(t) for t in data["outputs"]), tuple(data.get("compiled", ())))
+                   tuple(TensorSpec.from_dict(t) for t in data["outputs"]), tuple(data.get("compiled", ())),
+                   data.get("note", ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +157,7 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
     partition_inputs = _record_partition_inputs(module, args, kwargs)
     wiring = _Wiring(module)
     providers = {t.name: t.onnx_execution_provider for t in plan.targets}
-    compilers, graph = plan_compilers(plan.targets), None
+    compilers, graph = plan_compilers(plan.targets, plan.partitions), None
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         exported = []
@@ -168,15 +171,16 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
             _export(module.submodule(partition), partition_inputs[partition.index], [t.name for t in inputs],
                     outputs, staging / file, opset, f"partition {partition.name}")
             output_values = _run_outputs(module.submodule(partition), partition_inputs[partition.index])
-            compiled = ()
+            compiled, note = (), ""
             if partition.target in compilers:
                 if graph is None:
                     graph = annotate(captured.program)
-                compiled = _write_compiled(compilers[partition.target], partition, module, graph,
-                                           partition_inputs[partition.index], staging)
+                compiled, note = _write_compiled(compilers[partition.target], partition, module, graph,
+                                                 partition_inputs[partition.index], staging)
             exported.append(ExportedPartition(
                 partition.index, partition.target, providers[partition.target], file, inputs,
-                tuple(_spec(name, value, partition.index) for name, value in zip(outputs, output_values)), compiled))
+                tuple(_spec(name, value, partition.index) for name, value in zip(outputs, output_values)), compiled,
+                note))
         model_inputs = tuple(_spec(name, value, "input") for name, value in wiring.model_inputs(args, kwargs))
         model_outputs = wiring.model_outputs(module, args, kwargs)
         whole_file = None
@@ -197,8 +201,9 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
 
 
 def _write_compiled(target: Target, partition: Partition, module: PartitionedModule, graph: OpGraph,
-                    inputs: tuple, folder: Path) -> tuple[str, ...]:
-    """Hand `partition` with its real weights and inputs to `target`'s compiler; write what it makes."""
+                    inputs: tuple, folder: Path) -> tuple[tuple[str, ...], str]:
+    """Hand `partition` with its real weights and inputs to `target`'s compiler; write what it makes. Returns the
+    files' names and the compiler's note (on one line)."""
     try:
         compiled = compile_partition(target, partition, module, graph, inputs)
     except PartitionRefused as refusal:
@@ -207,16 +212,14 @@ def _write_compiled(target: Target, partition: Partition, module: PartitionedMod
             f"{refusal.reason}. Fix: compile the plan again with this plug-in installed (planning hands each "
             "partition to its compiler and plans around what it refuses).") from None
     files = []
-    for suffix, data in compiled.files.items():
+    for suffix, data in compiled.files.items():  # compile_partition checked the suffixes and the bytes
         name = f"{partition.name}{suffix}"
-        if (Path(name).name != name or not suffix or (folder / name).exists() or name == MANIFEST_NAME
-                or name.endswith((".onnx", ".onnx.data")) or not isinstance(data, bytes)):
-            raise plugin_fault(target, f"the compiler of {target.origin} gave file suffix {suffix!r} with "
-                                       f"{type(data).__name__} data; it must be a new suffix such as '.bin' (not "
-                                       "ONNX's) with bytes")
+        if (folder / name).exists() or name == MANIFEST_NAME:
+            raise plugin_fault(target, f"the compiler of {target.origin} gave file suffix {suffix!r}, which names "
+                                       f"{name}, a file export writes itself; it must be a new suffix such as '.bin'")
         (folder / name).write_bytes(data)
         files.append(name)
-    return tuple(files)
+    return tuple(files), " ".join(compiled.note.split())
 
 
 def boundary_name(value: str, partition: int) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from partitioner.frontend.op_graph import NodeKind, OpGraph, OpNode, TensorMeta
-from targets.hooks import call_hook
+from targets.hooks import support_refusal
 from targets.spec import OpLimit, SupportRules, Target, TargetSet
 
 
@@ -46,7 +46,7 @@ def target_refusal(node: OpNode, target: Target) -> str | None:
     """Why `target` refuses `node`: its spec's rules, then its plug-in's support hook (targets/hooks.py)."""
     reason = refusal_reason(node, target.support)
     if reason is None and node.kind is NodeKind.COMPUTE and target.hooks and target.hooks.support:
-        refusal = call_hook(target, "support", target.hooks.support, node)
+        refusal = support_refusal(target, node)
         if refusal:
             reason = f"{node.op}: {refusal} ({target.origin})"
     return reason

@@ -7,11 +7,9 @@ points for plug-ins that are broken.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,10 +24,10 @@ from partitioner.placement.problem import build_problem
 from partitioner.placement.tagging import tag
 from partitioner.plan import Plan
 from partitioner.reporting.html_report import render_html_report
-from targets import plugins
 from targets.hooks import TargetHooks
 from targets.loader import available_target_names, load_target, load_targets
-from targets.plugins import ENTRY_POINT_GROUP, TargetPlugin
+from targets.plugins import TargetPlugin
+from tests.targets.plugin_fakes import fake_plugins, spec_named  # noqa: F401 - fake_plugins is a fixture
 
 pytest.importorskip("acme_partitioner", reason="the example plug-in is not installed: pip install -e "
                                                "examples/vendor_plugin")
@@ -173,78 +171,97 @@ def test_a_compiler_refusing_a_pinned_op_is_one_clear_error():
                 time_limit_seconds=2)
 
 
-# --- broken plug-ins: one clear error naming the package and the fix -------------------------------------------------
+# --- broken plug-ins: they cost only their own targets, and are named with the fix ----------------------------------
 
-@pytest.fixture
-def fake_plugins(monkeypatch, tmp_path):
-    """Install fake plug-ins: a function of (name -> TargetPlugin or entry point value) that the loader then sees."""
-
-    def install(**values):
-        entry_points = []
-        for name, value in values.items():
-            if isinstance(value, TargetPlugin):
-                module = types.ModuleType(f"fake_vendor_{name}")
-                module.plugin = value
-                monkeypatch.setitem(sys.modules, module.__name__, module)
-                value = f"{module.__name__}:plugin"
-            entry_points.append(importlib.metadata.EntryPoint(name, value, ENTRY_POINT_GROUP))
-        monkeypatch.setattr(plugins, "_entry_points", lambda: tuple(entry_points))
-        plugins._registered.cache_clear()  # fake entry points of one name may carry other hooks test to test
-
-    return install
+BROKEN = {
+    "an import that fails": ("no_such_vendor_module:plugin",
+                             "loading 'no_such_vendor_module:plugin' failed: ModuleNotFoundError"),
+    "an import that exits": ("fake_vendor_exiting:plugin",
+                             "loading 'fake_vendor_exiting:plugin' failed: SystemExit: 5"),
+    "not a TargetPlugin": ("os:sep", "'os:sep' is a str, not a targets.plugins.TargetPlugin"),
+    "a built-in's name": ("shadow", "its target 'cuda-h100' has the name of a built-in target"),
+    "hooks for a target it lacks": ("stray", "it gives hooks for 'other-chip', which none of its spec files names"),
+    "hooks that are not hooks": ("wrong", "its hooks for 'wrong-chip' are a dict, not a targets.hooks.TargetHooks"),
+    "a hook that is no function": ("uncallable", "the cost hook it gives 'odd-chip' is a float, not a function"),
+}
 
 
-def spec_named(tmp_path, name: str):
-    text = Path(load_target("acme-npu").spec_path).read_text()
-    path = tmp_path / f"{name}.toml"
-    path.write_text(text.replace('name = "acme-npu"', f'name = "{name}"'))
-    return path
+def broken_plugin(case: str, tmp_path, monkeypatch):
+    """The entry point value of one kind of broken plug-in."""
+    exiting = types.ModuleType("fake_vendor_exiting")
+    exiting.__getattr__ = lambda name: sys.exit(5)  # loading the entry point's attribute exits, as a bad import may
+    monkeypatch.setitem(sys.modules, "fake_vendor_exiting", exiting)
+    value = BROKEN[case][0]
+    return {
+        "shadow": TargetPlugin((spec_named(tmp_path, "cuda-h100"),)),
+        "stray": TargetPlugin((spec_named(tmp_path, "vendor-chip"),), {"other-chip": TargetHooks()}),
+        "wrong": TargetPlugin((spec_named(tmp_path, "wrong-chip"),), {"wrong-chip": {"support": len}}),
+        "uncallable": TargetPlugin((spec_named(tmp_path, "odd-chip"),), {"odd-chip": TargetHooks(cost=1.0)}),
+    }.get(value, value)
 
 
-@pytest.mark.parametrize("value, problem", [
-    ("no_such_vendor_module:plugin", "loading 'no_such_vendor_module:plugin' failed: ModuleNotFoundError"),
-    ("os:sep", "'os:sep' is a str, not a targets.plugins.TargetPlugin"),
-])
-def test_a_plugin_that_does_not_load_is_named_with_the_fix(fake_plugins, value, problem):
-    fake_plugins(broken=value)
+@pytest.mark.parametrize("case", BROKEN)
+def test_a_broken_plugin_is_named_with_its_error_and_the_other_targets_still_load(fake_plugins, tmp_path,
+                                                                                   monkeypatch, capsys, case):
+    fake_plugins(acme=TargetPlugin((spec_named(tmp_path, "acme-npu"),)),
+                 broken=broken_plugin(case, tmp_path, monkeypatch))
 
-    with pytest.raises(PartitionerError, match="plug-in broken .*is broken: ") as error:
-        load_target("some-vendor-chip")
-    assert problem in str(error.value) and "Fix: update or uninstall that package" in str(error.value)
-
-
-def test_a_plugin_target_may_not_take_a_built_in_name(fake_plugins, tmp_path):
-    fake_plugins(shadow=TargetPlugin((spec_named(tmp_path, "cuda-h100"),)))
-
-    with pytest.raises(PartitionerError, match="registers a target named 'cuda-h100', the name of a built-in"):
-        available_target_names()
-
-
-def test_hooks_for_a_target_the_plugin_does_not_ship_are_an_error(fake_plugins, tmp_path):
-    fake_plugins(vendor=TargetPlugin((spec_named(tmp_path, "vendor-chip"),), {"other-chip": TargetHooks()}))
-
-    with pytest.raises(PartitionerError, match="hooks for 'other-chip', which none of its spec files names"):
-        load_target("vendor-chip")
+    assert load_target("acme-npu").origin == "plug-in acme" and load_target("cuda-h100").origin == "built-in"
+    assert "acme-npu" in available_target_names()
+    with pytest.raises(PartitionerError) as error:
+        load_target("acme-npo")
+    message = str(error.value)
+    assert "did you mean 'acme-npu'?" in message and "plug-in broken (entry point group 'partitioner.targets') is " \
+        f"broken: {BROKEN[case][1]}" in message and "update or uninstall that package" in message
+    assert "\n" not in message
+    assert main(["targets"]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()][-1] == "acme-npu"
+    assert len(err.splitlines()) == 1 and err.startswith(
+        f"partitioner: warning: plug-in broken (entry point group 'partitioner.targets') is broken: {BROKEN[case][1]}")
+    assert err.endswith(". Fix: update or uninstall that package, or report it to its vendor.\n")
 
 
-def test_a_hook_that_raises_is_reported_as_the_plugins_failure(fake_plugins, tmp_path):
-    def support(node):
-        raise KeyError("tile_size")
+def test_a_plugin_target_whose_spec_does_not_load_is_named_and_the_others_are_listed(fake_plugins, tmp_path, capsys):
+    bad = spec_named(tmp_path, "bad-chip")
+    bad.write_text(bad.read_text().replace("price_per_hour =", "pric_per_hour ="))
+    fake_plugins(acme=TargetPlugin((spec_named(tmp_path, "acme-npu"),)), bad=TargetPlugin((bad,)))
 
-    fake_plugins(vendor=TargetPlugin((spec_named(tmp_path, "vendor-chip"),), {"vendor-chip": TargetHooks(support)}))
-    graph = annotate(capture(*mlp(width=256, rows=64)).program)
-
-    with pytest.raises(PartitionerError, match="target vendor-chip: the support hook of plug-in vendor failed: "
-                                               "KeyError: 'tile_size'"):
-        tag(graph, load_targets(["vendor-chip", "cpu-x86"]))
+    assert main(["targets"]) == 0
+    out, err = capsys.readouterr()
+    assert "acme-npu" in out and "bad-chip" not in out
+    assert err.startswith(f"partitioner: warning: {bad}: field 'pric_per_hour': unknown field. Fix: did you mean")
 
 
-@pytest.mark.parametrize("seconds", ["1e-3", float("inf"), -1.0, float("nan")])
-def test_a_cost_hook_giving_no_finite_seconds_is_the_plugins_error(fake_plugins, tmp_path, seconds):
-    fake_plugins(vendor=TargetPlugin((spec_named(tmp_path, "vendor-chip"),),
-                                     {"vendor-chip": TargetHooks(cost=lambda node, target: seconds)}))
-    graph = annotate(capture(*mlp(width=256, rows=64)).program)
-    targets = load_targets(["vendor-chip", "cpu-x86"])
+def test_a_calibrated_copy_of_a_plugin_target_keeps_its_hooks_through_planning_and_export(fake_plugins, tmp_path):
+    from cost_models.calibrated_spec import write_calibrated_spec
+    from cost_models.calibration import calibrate
+    from partitioner.execution.partition_compilers import plan_compilers
+    from partitioner.execution.split import Partition
+    from partitioner.plan_records import TargetRecord
+    from tests.cost_models.test_calibration import profile_made_by
 
-    with pytest.raises(PartitionerError, match="the cost hook of plug-in vendor gave"):
-        build_problem(graph, tag(graph, targets), targets, RooflineCostModel())
+    hooks = TargetHooks(support=lambda node: None, compile=lambda partition: None)
+    fake_plugins(vendor=TargetPlugin((spec_named(tmp_path, "vendor-cpu", like="cpu-x86"),), {"vendor-cpu": hooks}))
+    target = load_target("vendor-cpu")
+    profile = profile_made_by(target, 7e-6, 0.3, 0.45)
+
+    calibrated = load_target(write_calibrated_spec(target, calibrate(profile, target), profile,
+                                                   tmp_path / "vendor-cpu-calibrated.toml"))
+
+    assert (calibrated.name, calibrated.hooks, calibrated.origin) == ("vendor-cpu-calibrated", hooks, "plug-in vendor")
+    record = TargetRecord(calibrated.name, "cpu", "", "cpu", "CPUExecutionProvider", calibrated.spec_path,
+                          origin=calibrated.origin, compiles=True)
+    assert plan_compilers([record], [Partition(0, calibrated.name, ("linear",), (), ("linear",))]
+                          )[calibrated.name].hooks is hooks
+
+
+def test_a_spec_taking_the_hooks_of_a_target_no_plugin_provides_is_one_error(fake_plugins, tmp_path):
+    fake_plugins()
+    path = spec_named(tmp_path, "vendor-cpu-calibrated", like="cpu-x86")
+    path.write_text(path.read_text().replace('name = "vendor-cpu-calibrated"',
+                                             'name = "vendor-cpu-calibrated"\nhooks_from = "vendor-cpu"'))
+
+    with pytest.raises(PartitionerError, match="field 'hooks_from': no installed plug-in has a target named "
+                                               "'vendor-cpu'.*Fix: install the plug-in that provides it"):
+        load_target(path)

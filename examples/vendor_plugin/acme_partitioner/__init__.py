@@ -52,8 +52,9 @@ def compile_partition(partition: PartitionToCompile) -> CompiledPartition:
                                exact_gelu)
     program = {"compiler": "acme 1.0", "partition": partition.name,
                "ops": [{"name": node.name, "op": node.op} for node in partition.nodes]}
+    count = len(partition.nodes)
     return CompiledPartition({".acme.json": json.dumps(program, indent=1).encode()},
-                             f"{len(partition.nodes)} ops in one Acme program")
+                             f"{count} op{'s' if count != 1 else ''} in one Acme program")
 
 
 plugin = TargetPlugin(spec_files=(Path(__file__).parent / "acme-npu.toml",),
