@@ -93,14 +93,17 @@ def compile_captured(
 ) -> Plan:
     """`compile` for a model that is already captured (e.g. loaded from a file by the CLI); `progress` shows each
     round of planning again after targets' compilers refused part of a plan."""
+    started = monotonic()  # the time limit covers all of planning: costing and building as well as searching
     objective = objective_named(objective)
-    target_set = targets.target_set(fallback) if isinstance(targets, Fleet) else as_target_set(targets, fallback)
-    cost_model = cost_model or RooflineCostModel()
     graph = annotate(captured.program)
+    # A fleet's identical devices beyond one per op can never all be used: they are left out of the search.
+    target_set = (targets.target_set(fallback, most_of_each=len(graph)) if isinstance(targets, Fleet)
+                  else as_target_set(targets, fallback))
+    cost_model = cost_model or RooflineCostModel()
     tagging = apply_pins(graph, tag(graph, target_set), target_set, pins)
     planned = _plan_until_compilers_accept(
         captured, graph, tagging, target_set, cost_model, objective, solver_options, progress,
-        {"max_latency_seconds": max_latency_seconds, "min_throughput": min_throughput})
+        {"max_latency_seconds": max_latency_seconds, "min_throughput": min_throughput}, started)
     placement = planned.placement
     return Plan(
         model=ModelInfo(captured.name, captured.source, graph.fingerprint(), len(graph),
@@ -117,7 +120,8 @@ def compile_captured(
         max_latency_seconds=max_latency_seconds,
         order=placement.order,
         min_throughput=min_throughput,
-        fleet=targets.describe() if isinstance(targets, Fleet) else None,
+        fleet=(targets.describe(planned_on=len(target_set), ops=len(graph)) if isinstance(targets, Fleet)
+               else None),
         pins=tuple(pins),
         captured=captured,
         compiler_refusals=planned.refusals,
@@ -138,20 +142,25 @@ class _Planned:
 
 def _plan_until_compilers_accept(captured: CapturedModel, graph: OpGraph, tagging: Tagging, targets: TargetSet,
                                  cost_model: CostModel, objective: Objective, options: SolverOptions,
-                                 progress: Progress | None, limits: dict[str, float | None]) -> _Planned:
+                                 progress: Progress | None, limits: dict[str, float | None],
+                                 started: float) -> _Planned:
     """Solve, split, and hand each partition to its target's compiler; while a compiler refuses, plan again
-    without what it refused, in at most MAX_PLANNING_ROUNDS rounds that share the one time limit."""
+    without what it refused, in at most MAX_PLANNING_ROUNDS rounds that share the one time limit (counted from
+    `started`, monotonic seconds)."""
     strategies = {**BASELINES, **(SERVING_BASELINES if objective.serving else {})}
     verdicts = CompilerVerdicts(captured.program, graph, targets)
     refusals: list[CompilerRefusal] = []
-    started = monotonic()
     for round_number in range(1, MAX_PLANNING_ROUNDS + 1):
         if round_number > 1 and progress is not None:
             count = f"{len(refusals)} refusal{'s' if len(refusals) != 1 else ''}"
             progress.counted(round_number, MAX_PLANNING_ROUNDS,
                              f"rounds: planning again without what compilers refused ({count} so far)")
+        if progress is not None:
+            progress.note(f"costing {len(graph)} ops on {len(targets)} devices")
         problem = build_problem(graph, tagging, targets, cost_model)
         baselines = {name: strategy(problem) for name, strategy in strategies.items()}
+        if progress is not None:
+            progress.note(f"searching ({', '.join(baselines)} found; {_moves(problem):,} possible moves of tensors)")
         placement = solve(problem, objective, _round_options(options, started, round_number), hints=baselines,
                           **limits)
         partitions = split(graph, placement.assignment)
@@ -164,15 +173,22 @@ def _plan_until_compilers_accept(captured: CapturedModel, graph: OpGraph, taggin
 
 
 def _round_options(options: SolverOptions, started: float, round_number: int) -> SolverOptions:
-    """The solver's options for one round of planning: the rounds share the user's time limit, each taking what
-    is left, but no less than a floor in which a round still finds a plan. In deterministic mode what is left
-    cannot be read off the clock without losing determinism, so every round after the first gets the floor."""
-    if round_number == 1:
-        return options
+    """The solver's options for one round of planning: the rounds share the user's time limit with the costing
+    before them, each taking what is left, but no less than a floor in which a round still finds a plan. In
+    deterministic mode what is left cannot be read off the clock without losing determinism, so the first round
+    gets the whole limit and every round after it the floor."""
     limit = options.time_limit_seconds
     floor = min(limit, max(ROUND_FLOOR_SECONDS, ROUND_FLOOR_SHARE * limit))
-    left = 0.0 if options.deterministic else limit - (monotonic() - started)
-    return replace(options, time_limit_seconds=max(left, floor))
+    if options.deterministic:
+        return options if round_number == 1 else replace(options, time_limit_seconds=floor)
+    return replace(options, time_limit_seconds=max(limit - (monotonic() - started), floor))
+
+
+def _moves(problem: PlacementProblem) -> int:
+    """How many (tensor, source, destination) moves the search weighs: what makes a fleet's search large."""
+    return sum(len(problem.node(v.producer).supported) * len({t for c in v.consumers
+                                                              for t in problem.node(c).supported})
+               for v in problem.values)
 
 
 def _still_refused(refusals: Sequence[CompilerRefusal]) -> PartitionerError:

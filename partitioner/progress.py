@@ -53,6 +53,12 @@ class Progress:
                    f"{self.step_name}: {elapsed:.1f} s, best {_value(best, unit)}, bound {_value(bound, unit)}"
                    + (f", gap {100 * gap:.2f}%" if gap is not None else ""))
 
+    def note(self, text: str) -> None:
+        """What the current step is doing now (e.g. how large a search it builds)."""
+        elapsed = time.perf_counter() - self.step_started
+        self._emit({"event": "note", "step": self.step_name, "text": text, "seconds": round(elapsed, 3)},
+                   f"{self.step_name}: {text}, {elapsed:.1f} s")
+
     def counted(self, done: int, total: int, what: str) -> None:
         """`done` of `total` items of the current step (e.g. op signatures timed)."""
         elapsed = time.perf_counter() - self.step_started

@@ -59,20 +59,23 @@ class Fleet:
     network: Link | None = None
     fallback: str | None = None  # the fleet's own choice of fallback spec (else the loader's rule chooses)
 
-    def target_set(self, fallback: str | None = None) -> TargetSet:
+    def target_set(self, fallback: str | None = None, most_of_each: int | None = None) -> TargetSet:
         """One target per device, named for its place; the fallback is the first place of the fallback spec
-        (`fallback`, else the fleet's, else the first CUDA spec that runs every op)."""
-        totals: dict[str, int] = {}
-        for host in self.hosts:
-            for group in host.devices:
-                totals[group.target.name] = totals.get(group.target.name, 0) + group.count
+        (`fallback`, else the fleet's, else the first CUDA spec that runs every op).
+
+        `most_of_each` keeps at most that many of each host's devices of one spec (the first ones, named as in
+        the whole fleet): they are interchangeable, and a model of N ops runs on N devices at most, so planning
+        on N of each loses nothing, and a fleet of thousands costs no more than N of each to plan."""
+        totals = self.counts()
         numbered: dict[str, int] = {}
         places, host_of, spec_of = [], {}, {}
         for host in self.hosts:
             for group in host.devices:
-                for _ in range(group.count):
+                for position in range(group.count):
                     index = numbered.setdefault(group.target.name, 0)
                     numbered[group.target.name] += 1
+                    if most_of_each is not None and position >= most_of_each:
+                        continue
                     name = group.target.name if totals[group.target.name] == 1 else f"{group.target.name}.{index}"
                     places.append(replace(group.target, name=name))
                     host_of[name], spec_of[name] = host.name, group.target.name
@@ -91,10 +94,16 @@ class Fleet:
                 counts[group.target.name] = counts.get(group.target.name, 0) + group.count
         return counts
 
-    def describe(self) -> str:
-        """`inf2-h100: 4 x npu-example + 1 x cuda-h100 in 1 host`."""
+    def describe(self, planned_on: int | None = None, ops: int | None = None) -> str:
+        """`inf2-h100: 4 x npu-example + 1 x cuda-h100 in 1 host`, and, where a plan of `ops` ops was searched on
+        only `planned_on` of its devices (`target_set`'s `most_of_each`), how many and why."""
         devices = " + ".join(f"{n} x {name}" for name, n in self.counts().items())
-        return f"{self.name}: {devices} in {len(self.hosts)} host{'s' if len(self.hosts) > 1 else ''}"
+        described = f"{self.name}: {devices} in {len(self.hosts)} host{'s' if len(self.hosts) > 1 else ''}"
+        total = sum(self.counts().values())
+        if planned_on is None or planned_on == total:
+            return described
+        return (f"{described}; planned on {planned_on} of its {total} devices (the others are identical to these, "
+                f"and a model of {ops} ops runs on {ops} devices of a kind at most)")
 
 
 def builtin_fleet_names() -> list[str]:

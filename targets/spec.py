@@ -192,16 +192,23 @@ class TargetSet:
     targets: tuple[Target, ...]
     fallback: str
     topology: Topology | None = None
+    _index: dict[str, Target] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._index.update({target.name: target for target in self.targets})
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.targets)
 
     def __getitem__(self, name: str) -> Target:
-        for target in self.targets:
-            if target.name == name:
-                return target
-        raise KeyError(name)
+        return self._index[name]
+
+    def group_of(self, name: str) -> str:
+        """The group of identical devices a place belongs to: its spec in its host (`npu-example@node0`). Places
+        of one group have the same costs, price, memory and links to every other place, so a plan may swap them."""
+        spec = self.topology.spec_of[name] if self.topology else name
+        return f"{spec}@{self._host(name)}"
 
     def __iter__(self):
         return iter(self.targets)

@@ -37,5 +37,4 @@ def mean_problem(problems: Sequence[tuple[PlacementProblem, float]]) -> Placemen
               for index, value in enumerate(first.values)]
     parameter_bytes = {name: max(problem.parameter_bytes[name] for problem, _ in problems)
                        for name in first.parameter_bytes}
-    return PlacementProblem(first.targets, first.fallback, tuple(nodes), tuple(values), parameter_bytes, first.links,
-                            first.blocks, first.routes, first.resource_bandwidth, first.separate_phases)
+    return first.with_graph(nodes, values, parameter_bytes=parameter_bytes)

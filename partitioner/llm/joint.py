@@ -63,8 +63,8 @@ def joint_problem(prefill: PlacementProblem, decode: PlacementProblem, state: fr
     values += _cache_handoffs(prefill, decode, state, handoff_share)
     blocks = tuple(tuple(tuple(f"{phase}/{name}" for name in block) for block in family)
                    for phase, problem in (("prefill", prefill), ("decode", decode)) for family in problem.blocks)
-    return PlacementProblem(prefill.targets, prefill.fallback, tuple(nodes), tuple(values), parameter_bytes,
-                            prefill.links, blocks, prefill.routes, prefill.resource_bandwidth, separate_phases)
+    return prefill.with_graph(nodes, values, parameter_bytes=parameter_bytes, blocks=blocks,
+                              separate_phases=separate_phases)
 
 
 def phase_assignment(joint_assignment: Mapping[str, str], phase: str) -> dict[str, str]:
@@ -122,8 +122,7 @@ def _phase_on(joint: PlacementProblem, phase: str, devices: list[str]) -> Placem
             nodes.append(replace(node, compute_seconds=compute))
     values = [ProblemValue(v.producer, consumers, v.num_bytes) for v in joint.values if phase_of(v.producer) == phase
               if (consumers := tuple(c for c in v.consumers if phase_of(c) == phase))]
-    return replace(joint, nodes=tuple(nodes), values=tuple(values), blocks=(), separate_phases=False,
-                   _node_index={})
+    return joint.with_graph(nodes, values, blocks=(), separate_phases=False)
 
 
 def _describe(devices: list[str]) -> str:

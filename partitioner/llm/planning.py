@@ -74,7 +74,7 @@ def plan_llm(model: torch.nn.Module, workload: Workload, fleet: Fleet, *, time_l
                             deterministic=deterministic)
     twin = meta_twin(model)
     with experts_sharded(twin, shards) as sharded_layers:
-        return _plan(twin, workload, fleet, targets, options, cost_model or RooflineCostModel(), source, name,
+        return _plan(twin, workload, fleet, fallback, options, cost_model or RooflineCostModel(), source, name,
                      min(shards, experts_per_layer(twin)) if sharded_layers else 0)
 
 
@@ -91,7 +91,7 @@ def _check_context(model: torch.nn.Module, workload: Workload, name: str) -> Non
             "output_tokens, or plan a model configured for a longer context.")
 
 
-def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, targets: TargetSet, options: SolverOptions,
+def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: str | None, options: SolverOptions,
           cost_model: CostModel, source: ModelSource | None, name: str, expert_shards: int) -> LLMPlan:
     started = time.perf_counter()
     prompts = workload.prompt.buckets
@@ -99,6 +99,8 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, targets: Tar
         b for b in BATCH_CANDIDATES if b <= workload.max_batch_size)
     prefill_graphs, decode_graphs = capture_phases(model, [tokens for tokens, _ in prompts], batches,
                                                    workload.context_tokens, source, name)
+    ops = len(next(iter(prefill_graphs.graphs.values()))) + len(next(iter(decode_graphs.graphs.values())))
+    targets = fleet.target_set(fallback, most_of_each=ops)  # more identical devices than ops would stay idle
     prefill = _costed(prefill_graphs, dict(prompts), targets, cost_model)
     kv_per_request = prefill_graphs.state_bytes(prompts[0][0])
     runs, tried = _fitting(batches, prefill, kv_per_request)
@@ -124,7 +126,7 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, targets: Tar
                                            decode, workload, assignment, None)
                  for label, assignment in ((label, strategy(joint)) for label, strategy in BASELINES.items())}
     fallback_price = next(t.price_per_hour for t in targets if t.name == targets.fallback)
-    return LLMPlan(name, workload, fleet.describe(), targets.fallback, decoder_layers(model), kv_per_request, best,
+    return LLMPlan(name, workload, fleet.describe(planned_on=len(targets), ops=ops), targets.fallback, decoder_layers(model), kv_per_request, best,
                    tuple(tried), baselines, fallback_price, time.perf_counter() - started, expert_shards)
 
 

@@ -10,6 +10,8 @@ solver (partitioner/placement/solver.py) builds, hints, runs and reads it back.
 from __future__ import annotations
 
 import copy
+import math
+import time
 from typing import Callable, Mapping, Sequence
 
 from ortools.sat.python import cp_model
@@ -18,23 +20,28 @@ from partitioner.placement.integer_units import OBJECTIVE_UNITS, floor_units, wh
 from partitioner.placement.memory import activation_arena_bytes, targets_whose_memory_can_bind
 from partitioner.placement.problem import PlacementProblem, ProblemNode, phase_of
 from partitioner.placement.schedule import Schedule
-from partitioner.placement.serving import device_kind
 
 # Repeated blocks are tied in this many runs of neighbouring blocks.
 TIED_GROUPS = 8
+
+
+class SearchOutOfTime(Exception):
+    """Building the model took past its deadline (a graph of many ops on many devices): no search can run."""
 
 
 class PlacementModel:
     """Placement variables, memory limits and (optionally) tied blocks; objective pieces on request.
 
     `scale` is how many integer units one unit of the objective is worth (partitioner/placement/integer_units.py:
-    every coefficient is capped, so any figure the problem holds builds a valid model).
+    every coefficient is capped, so any figure the problem holds builds a valid model). Building past `deadline`
+    (time.perf_counter seconds) raises SearchOutOfTime, so the time limit covers building too.
     """
 
-    def __init__(self, problem: PlacementProblem, scale: float):
+    def __init__(self, problem: PlacementProblem, scale: float, deadline: float = math.inf):
         self.problem = problem
         self.model = cp_model.CpModel()
         self.scale = scale
+        self.deadline = deadline
         # Every (boolean, seconds, targets it keeps busy): compute and, once added, transfers.
         self.busy_terms: list[tuple[cp_model.IntVar, float, tuple[str, ...]]] = []
         # Auxiliary variables and what they equal for a given assignment, so hints can be complete.
@@ -75,6 +82,7 @@ class PlacementModel:
             return
         self.transfers_added = True
         for value in self.problem.values:
+            self.check_time()
             sources = self.problem.node(value.producer).supported
             needed_on = self._needed_on(value.consumers)
             for destination, needed in needed_on.items():
@@ -137,6 +145,7 @@ class PlacementModel:
         self.add_transfers()
         loads: dict[str, list] = {}
         for node in self.problem.nodes:
+            self.check_time()
             for target, seconds in node.compute_seconds.items():
                 loads.setdefault(target, []).append((self.on[node.name, target], seconds,
                                                      lambda a, n=node.name, t=target: a[n] == t))
@@ -159,30 +168,23 @@ class PlacementModel:
         return cp_model.LinearExpr.weighted_sum([v for v, _ in terms], [c for _, c in terms])
 
     def _interchangeable_pairs(self) -> list[tuple[str, str]]:
-        """Neighbouring targets that are the same device in the same place (a fleet's identical devices): same
-        price, memory, compute costs for every node, and link resources that mirror each other."""
-        pairs = []
+        """Neighbouring places of one group of identical devices (a fleet's: same spec, host, price, memory and
+        links) that also cost the same for every node (a pin on one place would set it apart)."""
         names = self.problem.target_names
-        for first, second in zip(names, names[1:]):
-            if "." not in first or device_kind(first) != device_kind(second):
-                continue
-            a, b = self.problem.target(first), self.problem.target(second)
-            same_costs = all(n.compute_seconds.get(first) == n.compute_seconds.get(second) for n in self.problem.nodes)
-            others = [t for t in names if t not in (first, second)]
-            same_links = all(self._route_figures(first, t) == self._route_figures(second, t) for t in others)
-            if (a.price_per_hour, a.memory_bytes) == (b.price_per_hour, b.memory_bytes) and same_costs and same_links:
-                pairs.append((first, second))
-        return pairs
-
-    def _route_figures(self, place: str, other: str) -> tuple:
-        """How a place reaches another and back: link timings and the bandwidths of the resources crossed."""
-        return tuple((self.problem.links[pair], tuple(self.problem.bandwidth(r) for r in self.problem.route(*pair)))
-                     for pair in ((place, other), (other, place)))
+        return [(first, second) for first, second in zip(names, names[1:])
+                if self.problem.group(first) == self.problem.group(second)
+                and all(n.compute_seconds.get(first) == n.compute_seconds.get(second) for n in self.problem.nodes)]
 
     def add_schedule(self) -> Schedule:
         """Start times on every device at once (see partitioner.placement.schedule), read back as the order."""
-        self.schedule = Schedule(self.model, self.problem, self.on, units_per_second=self.scale)
+        self.schedule = Schedule(self.model, self.problem, self.on, units_per_second=self.scale,
+                                 check_time=self.check_time)
         return self.schedule
+
+    def check_time(self) -> None:
+        """Raise SearchOutOfTime once the deadline has passed; called between steps of building."""
+        if time.perf_counter() > self.deadline:
+            raise SearchOutOfTime
 
     def _placement_variables(self) -> dict[tuple[str, str], cp_model.IntVar]:
         on: dict[tuple[str, str], cp_model.IntVar] = {}
@@ -219,6 +221,7 @@ class PlacementModel:
         """Parameters used on a target are resident there; with its activation arena, their bytes must fit
         its memory. An op whose working set alone exceeds the memory cannot run there."""
         for target in targets_whose_memory_can_bind(self.problem):
+            self.check_time()
             user_names: dict[str, list[str]] = {}
             for node in self.problem.nodes:
                 if target.name in node.compute_seconds:

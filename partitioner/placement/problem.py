@@ -14,8 +14,8 @@ are not costed; parameters must be resident on every target that uses them
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping
 
 from cost_models.base import CostModel, node_seconds
 from partitioner.errors import PartitionerError
@@ -93,10 +93,29 @@ class PlacementProblem:
     # Nodes are named "<phase>/<name>" (an LLM's prefill and decode), and a device may serve one phase only: a
     # disaggregated deployment (partitioner/llm/joint.py).
     separate_phases: bool = False
+    # Each place's group of identical devices (TargetSet.group_of: one spec in one host), where a fleet has them:
+    # places of a group have the same costs, price, memory and links, so a plan may swap them. A place absent
+    # is a group of its own.
+    device_groups: Mapping[str, str] = field(default_factory=dict)
     _node_index: dict[str, ProblemNode] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._node_index.update({node.name: node for node in self.nodes})
+
+    def with_graph(self, nodes: Iterable[ProblemNode], values: Iterable[ProblemValue], **changes: Any
+                   ) -> PlacementProblem:
+        """The same targets, links and devices over other nodes and values (and any field in `changes`): what
+        the passes that reshape a problem build (the reduction, a phase on its own, both phases joined)."""
+        return replace(self, nodes=tuple(nodes), values=tuple(values), _node_index={}, **changes)
+
+    def group(self, place: str) -> str:
+        """The group of identical devices `place` belongs to (see `device_groups`)."""
+        return self.device_groups.get(place, place)
+
+    def distinct_moves(self) -> list[tuple[str, str]]:
+        """One (source, destination) pair of places for each ordered pair of device groups: every move between
+        two groups costs what that pair's does, so a bound over moves need look at these alone."""
+        return list({(self.group(s), self.group(d)): (s, d) for s, d in self.links}.values())
 
     def node(self, name: str) -> ProblemNode:
         return self._node_index[name]
@@ -159,6 +178,7 @@ class PlacementProblem:
             **({"routes": [{"source": s, "destination": d, "resources": list(r)} for (s, d), r in self.routes.items()],
                 "resource_bandwidth": dict(self.resource_bandwidth)} if self.routes else {}),
             **({"separate_phases": True} if self.separate_phases else {}),
+            **({"device_groups": dict(self.device_groups)} if self.device_groups else {}),
         }
 
     @classmethod
@@ -178,6 +198,7 @@ class PlacementProblem:
             routes={(item["source"], item["destination"]): tuple(item["resources"]) for item in data.get("routes", ())},
             resource_bandwidth={str(k): float(v) for k, v in data.get("resource_bandwidth", {}).items()},
             separate_phases=bool(data.get("separate_phases", False)),
+            device_groups={str(place): str(group) for place, group in data.get("device_groups", {}).items()},
         )
 
 
@@ -211,8 +232,9 @@ def build_problem(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_mod
     }
     terms = tuple(TargetTerms(t.name, t.price_per_hour, t.memory_bytes) for t in targets)
     routes = {pair: targets.route(*pair) for pair in links}
+    groups = {name: targets.group_of(name) for name in targets.names} if targets.topology else {}
     return PlacementProblem(terms, targets.fallback, tuple(nodes), values, dict(graph.parameter_bytes), links,
-                            repeated_blocks(graph), routes, targets.resources())
+                            repeated_blocks(graph), routes, targets.resources(), device_groups=groups)
 
 
 def _colocated_groups(graph: OpGraph, tagging: Tagging) -> tuple[dict[str, str], dict[str, tuple]]:

@@ -111,8 +111,13 @@ def _supports_all(groups: _Groups, group: str, other: str) -> bool:
 def _direct_never_worse(problem: PlacementProblem, groups: _Groups, producer: str, middle: str, consumer: str,
                         input_bytes: int, output_bytes: int, objective: Objective) -> bool:
     """Whether sending the output straight from the producer's device is never dearer than a detour
-    via the middle node's device (the input's move there plus the output's onward move)."""
-    producers, middles, consumers = (groups.supported(g) for g in (producer, middle, consumer))
+    via the middle node's device (the input's move there plus the output's onward move).
+
+    A move's price depends only on the groups of identical devices it joins and on whether it stays on one
+    device, so three devices of each group stand for all of them (any pattern of producer, middle and consumer
+    device being the same or not): a fleet of thousands is checked as fast as one of three of each kind."""
+    producers, middles, consumers = (_representatives(problem, groups.supported(g))
+                                     for g in (producer, middle, consumer))
     for rate_of in dict.fromkeys((objective, LATENCY)):
         def price(num_bytes: int, source: str, destination: str) -> float:
             if source == destination:
@@ -127,6 +132,17 @@ def _direct_never_worse(problem: PlacementProblem, groups: _Groups, producer: st
             if price(output_bytes, p, c) > detour:
                 return False
     return True
+
+
+def _representatives(problem: PlacementProblem, places: Sequence[str]) -> list[str]:
+    """The first three of `places` in each group of identical devices (see PlacementProblem.device_groups)."""
+    seen: dict[str, int] = defaultdict(int)
+    kept = []
+    for place in places:
+        seen[problem.group(place)] += 1
+        if seen[problem.group(place)] <= 3:
+            kept.append(place)
+    return kept
 
 
 def is_free(node: ProblemNode) -> bool:
@@ -206,8 +222,5 @@ class _Groups:
                                             representative[c] != producer))
             if consumers:
                 values.append(ProblemValue(producer, consumers, value.num_bytes))
-        reduced = PlacementProblem(self.problem.targets, self.problem.fallback, tuple(nodes), tuple(values),
-                                   self.problem.parameter_bytes, self.problem.links, self._blocks(representative),
-                                   self.problem.routes, self.problem.resource_bandwidth,
-                                   self.problem.separate_phases)
+        reduced = self.problem.with_graph(nodes, values, blocks=self._blocks(representative))
         return Reduction(reduced, representative)

@@ -12,7 +12,7 @@ to move data without occupying either device (DMA), and without contention.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from ortools.sat.python import cp_model
 
@@ -68,13 +68,15 @@ class Schedule:
     """Start times in a CP-SAT model, tied to its placement booleans; `makespan` is what to minimise."""
 
     def __init__(self, model: cp_model.CpModel, problem: PlacementProblem,
-                 on: Mapping[tuple[str, str], cp_model.IntVar], units_per_second: float):
+                 on: Mapping[tuple[str, str], cp_model.IntVar], units_per_second: float,
+                 check_time: Callable[[], None] = lambda: None):
         def units(seconds: float) -> int:
             return whole_units(seconds, units_per_second)
 
+        moves = problem.distinct_moves()
         horizon = units(sum(max(n.compute_seconds.values()) for n in problem.nodes)) + sum(
-            units(max(problem.transfer_seconds(v.num_bytes, s, d) for s, d in problem.links)) * len(v.consumers)
-            for v in problem.values) + 1
+            units(max((problem.transfer_seconds(v.num_bytes, s, d) for s, d in moves), default=0.0))
+            * len(v.consumers) for v in problem.values) + 1
         self.start = {n.name: model.new_int_var(0, horizon, f"start[{n.name}]") for n in problem.nodes}
         end = {}
         machines: dict[str, list[cp_model.IntervalVar]] = defaultdict(list)
@@ -88,6 +90,7 @@ class Schedule:
         for intervals in machines.values():
             model.add_no_overlap(intervals)
         for consumer, reads in _inputs_by_consumer(problem).items():
+            check_time()  # a consumer on many devices adds a constraint per pair of them
             for producer, num_bytes in reads:
                 model.add(self.start[consumer] >= end[producer])
                 for source in problem.node(producer).supported:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 from ortools.sat.python import cp_model
 
 from partitioner.errors import PartitionerError
-from partitioner.placement.cp_sat_model import TIED_GROUPS, PlacementModel
+from partitioner.placement.cp_sat_model import TIED_GROUPS, PlacementModel, SearchOutOfTime
 from partitioner.placement.infeasibility import explain_infeasible
 from partitioner.placement.integer_units import OBJECTIVE_UNITS, objective_scale
 from partitioner.placement.memory import targets_whose_memory_can_bind
@@ -121,17 +122,22 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
     reduction = reduce_problem(problem, objective)
     search = _Search(problem, reduction, objective, allowed, candidates, max_latency_seconds, min_throughput,
                      hint_scores)
-    scale, searched_from = objective_scale(reference), time.perf_counter()
-    search.run(scale, options)
+    # The time limit covers building the model too; where it is counted in work, the clock stops building only,
+    # at four times the limit, as it stops a deterministic search.
+    deadline = started + time_limit * (4 if options.deterministic else 1)
+    scale = objective_scale(reference)
+    search.run(scale, options, deadline)
     kept = objective.value(candidates["cp-sat"][1]) if "cp-sat" in candidates else 0.0
     if 0 < kept * scale < OBJECTIVE_UNITS / FINEST_PROOF:
         # The reference (a baseline dominated by some absurdly slow op, or the rough estimate) was so far above
         # the plans found that rounding hid their differences: search again, at the scale of the best one, in
         # the time left (at least a tenth of the limit; all of it again where time is counted in work).
-        scale, nominal = objective_scale(kept), options.time_limit_seconds
-        left = nominal if options.deterministic else nominal - (time.perf_counter() - searched_from)
-        search.run(scale, replace(options, time_limit_seconds=max(left, nominal / 10)))
+        scale = objective_scale(kept)
+        search.run(scale, options, max(deadline, time.perf_counter() + time_limit / 10))
     proven, bound_units, order = search.proven, search.bound_units, search.order
+    if search.out_of_time and time_limit > 0:  # a limit of 0 asks for the best baseline, and gets it quietly
+        _out_of_time(reduction.problem, time_limit, _best(candidates, objective), hint_scores,
+                     max_latency_seconds, min_throughput)
     origin = _best(candidates, objective)
     if origin is None:
         raise PartitionerError(_nothing_qualifies(time_limit, hint_scores, max_latency_seconds,
@@ -165,20 +171,30 @@ class _Search:
         self.problem, self.reduction, self.objective = problem, reduction, objective
         self.allowed, self.candidates, self.hint_scores = allowed, candidates, hint_scores
         self.max_latency_seconds, self.min_throughput = max_latency_seconds, min_throughput
-        self.proven, self.bound_units, self.order = False, 0.0, ()
+        self.proven, self.bound_units, self.order, self.out_of_time = False, 0.0, (), False
 
-    def run(self, scale: float, options: SolverOptions) -> None:
-        """Build the model at `scale` and run the phases; `proven` and `bound_units` (at `scale`) say what the last
-        run proved."""
+    def run(self, scale: float, options: SolverOptions, deadline: float) -> None:
+        """Build the model at `scale` and run the phases in what is left until `deadline` (perf_counter seconds;
+        where time is counted in work, the phases take their nominal limits and the clock only stops building);
+        `proven` and `bound_units` (at `scale`) say what the last run proved, `out_of_time` whether building
+        took all the time."""
         objective, reduction, candidates = self.objective, self.reduction, self.candidates
-        untied = PlacementModel(reduction.problem, scale)
-        untied.model.minimize(objective.add_to(untied))
-        if self.max_latency_seconds is not None:
-            untied.limit_latency(self.max_latency_seconds)
-        if self.min_throughput is not None:
-            untied.require_throughput(self.min_throughput)
         # Where the search ends before proving a bound (large graphs), the objective's own bound still holds.
         self.proven, self.bound_units = False, objective.lower_bound(self.problem) * scale
+        try:
+            untied = PlacementModel(reduction.problem, scale, deadline)
+            untied.model.minimize(objective.add_to(untied))
+            if self.max_latency_seconds is not None:
+                untied.limit_latency(self.max_latency_seconds)
+            if self.min_throughput is not None:
+                untied.require_throughput(self.min_throughput)
+            untied.check_time()
+        except SearchOutOfTime:
+            self.out_of_time = True
+            return
+        if not options.deterministic:
+            options = replace(options, time_limit_seconds=min(options.time_limit_seconds,
+                                                              deadline - time.perf_counter()))
         for phase in phases(options, objective, has_blocks=_worth_tying(reduction.problem)):
             model = untied.with_blocks_tied() if phase.tied else untied
             model.model.clear_hints()
@@ -211,9 +227,32 @@ class _Search:
                     break
 
 
+def _out_of_time(problem: PlacementProblem, seconds: float, origin: str | None,
+                 hint_scores: Mapping[str, tuple[Mapping[str, str], Score]], max_latency_seconds: float | None,
+                 min_throughput: float | None) -> None:
+    """Say that building the search took all the time: a warning where a baseline qualifies (it is the plan),
+    else an error naming what rules each out."""
+    what = (f"the time limit ran out while building the search for {len(problem.nodes)} ops on "
+            f"{len(problem.targets)} devices ({seconds:.3g} s were left for it), before any search ran")
+    fix = "raise the time limit (--time-limit), or plan on fewer devices"
+    if origin is None:
+        why = _why_baselines_fail(hint_scores, max_latency_seconds, min_throughput)
+        raise PartitionerError(f"{what}, and no baseline to fall back on qualifies{why}. Fix: {fix}.")
+    warnings.warn(f"{what}: the plan is the best baseline, {origin}. Fix: {fix}.", stacklevel=3)
+
+
 def _nothing_qualifies(seconds: float, hint_scores: Mapping[str, tuple[Mapping[str, str], Score]],
                        max_latency_seconds: float | None, min_throughput: float | None) -> str:
     """Why no plan came out: the search found none in time, and what rules out each seed plan (baselines)."""
+    why = _why_baselines_fail(hint_scores, max_latency_seconds, min_throughput)
+    memory = any(not result.fits_memory for _, result in hint_scores.values())
+    return (f"the search found no placement within {seconds:g} s, and no baseline to fall back on qualifies{why}. "
+            f"Fix: raise the time limit (--time-limit){', or add memory (a larger target)' if memory else ''}.")
+
+
+def _why_baselines_fail(hint_scores: Mapping[str, tuple[Mapping[str, str], Score]],
+                        max_latency_seconds: float | None, min_throughput: float | None) -> str:
+    """` (fallback, priority do not fit in memory)`: the rules each baseline breaks ("" where none was given)."""
     broken: dict[str, list[str]] = {}
     for name, (_, result) in hint_scores.items():
         if not result.fits_memory:
@@ -224,10 +263,8 @@ def _nothing_qualifies(seconds: float, hint_scores: Mapping[str, tuple[Mapping[s
             broken.setdefault("exceed the latency limit", []).append(name)
         if min_throughput is not None and result.serving.throughput_per_second < min_throughput * (1 - 1e-9):
             broken.setdefault("serve less than the required throughput", []).append(name)
-    why = "; ".join(f"{', '.join(names)} {rule}" for rule, names in broken.items())
-    return (f"the search found no placement within {seconds:g} s, and no baseline to fall back on qualifies"
-            f"{f' ({why})' if why else ''}. Fix: raise the time limit (--time-limit)"
-            + (", or add memory (a larger target)" if "do not fit in memory" in broken else "") + ".")
+    said = "; ".join(f"{', '.join(names)} {rule}" for rule, names in broken.items())
+    return f" ({said})" if said else ""
 
 
 def _seed_plans(problem: PlacementProblem, objective: Objective, options: SolverOptions,
@@ -269,10 +306,8 @@ def _upper_estimate(problem: PlacementProblem, objective: Objective) -> float:
     total = 0.0
     for node in problem.nodes:
         total += max(seconds * objective.rate(problem, (t,)) for t, seconds in node.compute_seconds.items())
+    pairs = problem.distinct_moves()
     for value in problem.values:
-        total += max(
-            (problem.transfer_seconds(value.num_bytes, s, d) * objective.rate(problem, (s, d))
-             for s, d in problem.links),
-            default=0.0,
-        )
+        total += max((problem.transfer_seconds(value.num_bytes, s, d) * objective.rate(problem, (s, d))
+                      for s, d in pairs), default=0.0)
     return total

@@ -47,8 +47,10 @@ def make_problem(nodes: Iterable[ProblemNode], values: Iterable[ProblemValue] = 
                  targets: Iterable[TargetTerms] = (NPU, CUDA), fallback: str = "cuda",
                  parameter_bytes: Mapping[str, int] | None = None,
                  links: Mapping[tuple[str, str], Link] | Link = Link(0.001, 1e9),
-                 blocks: tuple[tuple[tuple[str, ...], ...], ...] = ()) -> PlacementProblem:
-    """A placement problem; a single `Link` is used for every ordered pair of targets."""
+                 blocks: tuple[tuple[tuple[str, ...], ...], ...] = (),
+                 device_groups: Mapping[str, str] | None = None) -> PlacementProblem:
+    """A placement problem; a single `Link` is used for every ordered pair of targets; `device_groups` names the
+    places that are identical devices (a fleet's)."""
     targets = tuple(targets)
     if isinstance(links, Link):
         links = every_link((t.name for t in targets), links)
@@ -60,6 +62,7 @@ def make_problem(nodes: Iterable[ProblemNode], values: Iterable[ProblemValue] = 
         parameter_bytes=dict(parameter_bytes or {}),
         links=dict(links),
         blocks=blocks,
+        device_groups=dict(device_groups or {}),
     )
 
 

@@ -50,12 +50,12 @@ def test_copies_overlap_compute_until_the_link_is_the_bottleneck():
 
 
 def replicas_problem():
-    """Four 1 s ops in a chain; two identical NPUs; a slow CUDA; copies nearly free."""
+    """Four 1 s ops in a chain; two identical NPUs (one group of a fleet); a slow CUDA; copies nearly free."""
     npus = [TargetTerms(f"npu.{i}", 1.0, NPU.memory_bytes) for i in range(2)]
     nodes = [node(f"op{i}", **{"npu.0": 1.0, "npu.1": 1.0, "cuda": 10.0}) for i in range(4)]
     values = [value(f"op{i}", f"op{i + 1}", num_bytes=1000) for i in range(3)]
     return make_problem(nodes=nodes, values=values, targets=(*npus, replace(CUDA, price_per_hour=10.0)),
-                        links=Link(0.0, 1e12))
+                        links=Link(0.0, 1e12), device_groups={"npu.0": "npu@host", "npu.1": "npu@host"})
 
 
 def test_identical_devices_each_take_half_the_work():
