@@ -74,6 +74,13 @@ def cache_layout(model: torch.nn.Module) -> CacheLayout:
     cannot run here."""
     text = _text_config(model)
     heads = getattr(text, "num_attention_heads", None)
+    if text is not None and hasattr(text, "num_hidden_layers") and heads is None:
+        raise PartitionerError(
+            f"{type(model).__name__}'s config has no num_attention_heads: what it keeps between decode steps is not "
+            "an attention KV cache (a state-space model's convolution and SSM states, say), and --workload plans "
+            "KV caches only so far. Fix: plan one pass of it without --workload, or give the model "
+            "prefill_inputs(prompt_tokens, context_tokens) and decode_inputs(batch, context_tokens) methods that "
+            "return its inputs with the state as inputs it writes in place.")
     if text is None or heads is None or not hasattr(text, "num_hidden_layers"):
         raise PartitionerError(
             f"--workload plans a causal LM, and {type(model).__name__} is neither a transformers one (no config "

@@ -28,7 +28,8 @@ from cost_models.roofline import RooflineCostModel
 from partitioner.errors import PartitionerError
 from partitioner.frontend.capture import ModelSource
 from partitioner.frontend.meta_twin import meta_twin
-from partitioner.llm.buckets import mean_problem
+from partitioner.frontend.op_graph import OpGraph
+from partitioner.llm.buckets import mean_problem, on_one_graph
 from partitioner.llm.deployment import CostedPhase, Deployment, LLMPlan, Tried, deployment_figures
 from partitioner.llm.experts import expert_shard, experts_per_layer, experts_sharded
 from partitioner.llm.joint import joint_problem, phase_split_placements
@@ -233,12 +234,22 @@ def _costed(phase: PhaseGraphs, shares: Mapping[int, float], targets: TargetSet,
             cost_model: CostModel) -> CostedPhase:
     """A phase at the sizes `shares` names, each with its share of requests, costed and averaged per request."""
     graphs = {size: phase.graphs[size] for size in shares}
-    by_size = {size: build_problem(graph, tag(graph, targets), targets, cost_model) for size, graph in graphs.items()}
+    by_size = on_one_graph({size: build_problem(graph, tag(graph, targets), targets, cost_model)
+                            for size, graph in graphs.items()})
     problem = mean_problem([(by_size[size], share) for size, share in shares.items()])
-    graph = next(iter(graphs.values()))
-    flops = {node.name: sum(graphs[size][node.name].flops * share for size, share in shares.items()) for node in graph}
+    graph = graphs[max(graphs)]  # the graph every size is planned on (see on_one_graph)
+    flops = {node.name: sum(_flops_at(graphs[size], graph, node.name) * share for size, share in shares.items())
+             for node in graph}
     shards = {node.name: shard for node in graph if node.parameters and (shard := expert_shard(node.module_path))}
     return CostedPhase(problem, by_size, phase.state, flops, shards)
+
+
+def _flops_at(graph: OpGraph, base: OpGraph, name: str) -> float:
+    """The FLOPs of `base`'s node `name` in `graph`, the same model at another size: its own where the graphs
+    are one, else `base`'s scaled by the two graphs' totals."""
+    if name in {node.name for node in graph} and len(graph) == len(base):
+        return graph[name].flops
+    return base[name].flops * (graph.total_flops / base.total_flops if base.total_flops else 1.0)
 
 
 def _joint(prefill: CostedPhase, decode: CostedPhase, workload: Workload, batch: int,

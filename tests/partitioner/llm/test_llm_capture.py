@@ -119,3 +119,14 @@ def test_a_models_own_inputs_made_off_its_weights_device_are_refused_with_the_de
     with pytest.raises(PartitionerError, match=r"CpuCacheLM.prefill_inputs made tensors on cpu, and the model's "
                                                r"weights are on meta .*Fix: make the inputs without naming a device"):
         plan_llm(CpuCacheLM(), workload, load_fleet("cuda-h100=1"), time_limit_seconds=2)
+
+
+def test_a_state_space_model_is_told_what_workload_planning_takes_not_that_it_is_no_transformers_model():
+    from transformers import MambaConfig, MambaForCausalLM
+
+    with torch.device("meta"):
+        mamba = MambaForCausalLM(MambaConfig(hidden_size=64, num_hidden_layers=2, vocab_size=256))
+
+    with pytest.raises(PartitionerError, match=r"MambaForCausalLM's config has no num_attention_heads: what it keeps "
+                                               r"between decode steps is not an attention KV cache"):
+        plan_llm(mamba, load_workload_text(SHORT), load_fleet("cuda-h100=1"), time_limit_seconds=2)

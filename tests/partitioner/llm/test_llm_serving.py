@@ -16,7 +16,7 @@ from partitioner.errors import PartitionerError
 from partitioner.frontend.capture import capture
 from partitioner.frontend.op_graph import annotate
 from partitioner.llm.joint import joint_problem, phase_assignment, phase_split_placements
-from partitioner.llm.buckets import mean_problem
+from partitioner.llm.buckets import mean_problem, on_one_graph
 from partitioner.llm.experts import expert_shard, experts_sharded
 from partitioner.llm.planning import plan_llm
 from partitioner.llm.phases import LayerCache, TransformersInputs, cache_layout, capture_decode, capture_prefill
@@ -102,6 +102,25 @@ def test_prompt_buckets_are_priced_at_their_shares_and_a_node_runs_only_where_ev
     assert dict(mean.node("attention").compute_seconds) == {"gpu": 0.75 * 1.0 + 0.25 * 5.0}
     assert dict(mean.node("norm").compute_seconds) == {"gpu": 0.75 * 0.5 + 0.25 * 2.0, "hbm": 0.75 * 0.5 + 0.25 * 2.5}
     assert mean.values[0].num_bytes == 175
+
+
+def test_sizes_that_capture_as_different_graphs_are_planned_on_the_largest_scaled_to_each_sizes_totals():
+    # A sliding window: the short prompt fits the window and skips the mask op the long prompt needs.
+    short = make_problem([node("attention", gpu=1.0, hbm=3.0), node("norm", gpu=0.5, hbm=0.5)],
+                         values=[value("attention", "norm", num_bytes=100)], targets=(GPU, HBM), fallback="gpu")
+    long = make_problem([node("mask", gpu=1.0, hbm=1.0), node("attention", gpu=4.0, hbm=12.0),
+                         node("norm", gpu=1.0, hbm=1.0)],
+                        values=[value("mask", "attention", num_bytes=100), value("attention", "norm", num_bytes=300)],
+                        targets=(GPU, HBM), fallback="gpu")
+
+    one = on_one_graph({16: short, 64: long})
+
+    assert one[64] is long and [n.name for n in one[16].nodes] == ["mask", "attention", "norm"]
+    # The short prompt's totals, 1.5 s on gpu and 3.5 s on hbm, spread over the long graph's 6 and 14 s.
+    assert dict(one[16].node("attention").compute_seconds) == {"gpu": 4.0 * 1.5 / 6, "hbm": 12.0 * 3.5 / 14}
+    assert [v.num_bytes for v in one[16].values] == [25, 75]  # 100 bytes of 400
+    assert mean_problem([(one[16], 0.5), (one[64], 0.5)]).node("norm").compute_seconds["gpu"] == \
+        pytest.approx(0.5 * 1.0 * 1.5 / 6 + 0.5 * 1.0)
 
 
 # Two devices: `gpu` ($10/h) computes fast, `hbm` ($2/h) reads memory fast. One prefill op (p) and one decode op
