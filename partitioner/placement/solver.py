@@ -91,17 +91,7 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
     `hints` maps a baseline's name to its assignment; the best one that fits
     memory (and the limit) seeds the search and is returned if the solver finds nothing better.
     """
-    if max_latency_seconds is not None and max_latency_seconds <= 0:
-        raise PartitionerError(f"latency limit {max_latency_seconds} s is not positive. Fix: give a positive limit.")
-    if max_latency_seconds is not None and not objective.accepts_latency_limit:
-        accepting = ", ".join(o.name for o in registered_objectives() if o.accepts_latency_limit)
-        raise PartitionerError(f"a latency limit bounds the sequential latency, which {objective.name} does not "
-                               f"measure. Fix: drop the limit, or use it with one of these objectives: {accepting}.")
-    if min_throughput is not None and not (min_throughput > 0 and math.isfinite(min_throughput)):
-        raise PartitionerError(f"throughput {min_throughput} requests/s is not positive. Fix: give e.g. 50/s.")
-    if objective.needs_min_throughput and min_throughput is None:
-        raise PartitionerError(f"{objective.name} sizes the fleet to a load, and none was given. Fix: add "
-                               "--min-throughput N/s (min_throughput=N), or use --objective throughput.")
+    _check_limits(objective, max_latency_seconds, min_throughput)
     started, time_limit = time.perf_counter(), options.time_limit_seconds
     seeds = _seed_plans(problem, objective, options, hints or {})
     hints = {**(hints or {}), **seeds}
@@ -148,16 +138,25 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
     check_assignment(problem, assignment)
     # A baseline chosen over a proven optimum ties with it, so it is proven optimal too.
     bound = value if proven else max(0.0, min(bound_units / scale, value))
-    report = SolverReport(
-        status="OPTIMAL" if proven else "FEASIBLE",
-        objective=value,
-        bound=bound,
-        gap=0.0 if proven or value <= 0 else max(0.0, (value - bound) / value),
-        wall_seconds=time.perf_counter() - started,
-        origin=origin,
-        solved_nodes=len(reduction.problem.nodes),
-    )
+    report = SolverReport("OPTIMAL" if proven else "FEASIBLE", value, bound,
+                          0.0 if proven or value <= 0 else max(0.0, (value - bound) / value),
+                          time.perf_counter() - started, origin, len(reduction.problem.nodes))
     return Placement(assignment, objective, report, order)
+
+
+def _check_limits(objective: Objective, max_latency_seconds: float | None, min_throughput: float | None) -> None:
+    """Refuse limits the objective cannot take or that are no limits: one error naming the fix."""
+    if max_latency_seconds is not None and max_latency_seconds <= 0:
+        raise PartitionerError(f"latency limit {max_latency_seconds} s is not positive. Fix: give a positive limit.")
+    if max_latency_seconds is not None and not objective.accepts_latency_limit:
+        accepting = ", ".join(o.name for o in registered_objectives() if o.accepts_latency_limit)
+        raise PartitionerError(f"a latency limit bounds the sequential latency, which {objective.name} does not "
+                               f"measure. Fix: drop the limit, or use it with one of these objectives: {accepting}.")
+    if min_throughput is not None and not (min_throughput > 0 and math.isfinite(min_throughput)):
+        raise PartitionerError(f"throughput {min_throughput} requests/s is not positive. Fix: give e.g. 50/s.")
+    if objective.needs_min_throughput and min_throughput is None:
+        raise PartitionerError(f"{objective.name} sizes the fleet to a load, and none was given. Fix: add "
+                               "--min-throughput N/s (min_throughput=N), or use --objective throughput.")
 
 
 class _Search:
