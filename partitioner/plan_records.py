@@ -7,9 +7,11 @@ that reports depend on these records rather than on the plan itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
+from partitioner.fields import FieldError, entries, flag, items, part, text, texts, whole
 from partitioner.frontend.capture import ModelSource
+from targets.loader import TARGET_KINDS, device_problem, execution_providers
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +32,9 @@ class ModelInfo:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ModelInfo:
-        source = ModelSource.from_dict(data["source"]) if data.get("source") else None
-        return cls(data["name"], source, data["fingerprint"], data["node_count"], data["parameter_bytes"],
-                   data["total_flops"])
+        source = part(data, "source", ModelSource.from_dict) if data.get("source") is not None else None
+        return cls(text(data, "name"), source, text(data, "fingerprint"), whole(data, "node_count"),
+                   whole(data, "parameter_bytes"), whole(data, "total_flops"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,16 @@ class TargetRecord:
                 "spec_path": self.spec_path, **({"spec": self.spec} if self.spec else {}),
                 **({"host": self.host} if self.host else {}),
                 **({"origin": self.origin} if self.origin != "built-in" else {})}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> TargetRecord:
+        device = text(data, "torch_device")
+        problem = device_problem(device)
+        if problem is not None:
+            raise FieldError("torch_device", problem)
+        return cls(text(data, "name"), text(data, "kind", choices=TARGET_KINDS), text(data, "description"), device,
+                   text(data, "onnx_execution_provider", choices=execution_providers()), text(data, "spec_path"),
+                   text(data, "spec", ""), text(data, "host", ""), text(data, "origin", "built-in"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +100,20 @@ class NodeRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> NodeRecord:
-        return cls(data["name"], data["op"], data["module_path"], tuple(tuple(s) for s in data["output_shapes"]),
-                   tuple(data["dtypes"]), data["flops"], data["bytes_read"], data["bytes_written"],
-                   data["parameter_bytes"], dict(data["refusals"]), tuple(data.get("measured_on", ())),
-                   bool(data.get("flops_known", True)))
+        shapes = tuple(_shape(index, shape) for index, shape in enumerate(items(data, "output_shapes")))
+        return cls(text(data, "name"), text(data, "op"), text(data, "module_path"), shapes, texts(data, "dtypes"),
+                   whole(data, "flops"), whole(data, "bytes_read"), whole(data, "bytes_written"),
+                   whole(data, "parameter_bytes"), entries(data, "refusals", text), texts(data, "measured_on", ()),
+                   flag(data, "flops_known", True))
+
+
+def _shape(index: int, shape: Any) -> tuple[int | None, ...]:
+    """One output's shape: sizes, each a whole number or null (a size only known at run time)."""
+    where = f"output_shapes[{index}]"
+    if not isinstance(shape, list):
+        raise FieldError(where, f"expected a list of sizes, got {shape!r:.40}")
+    wrong = next((size for size in shape if size is not None and (isinstance(size, bool) or not isinstance(size, int)
+                                                                  or size < 0)), None)
+    if wrong is not None:
+        raise FieldError(where, f"{wrong!r:.40} is not a size (a whole number of at least 0, or null)")
+    return tuple(shape)

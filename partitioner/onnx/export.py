@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import shutil
@@ -31,6 +30,7 @@ from partitioner.execution.partitioned_module import (PartitionedModule, build_p
                                                       to_device)
 from partitioner.execution.partition_compilers import compile_partition, plan_compilers
 from partitioner.execution.split import Partition
+from partitioner.files import MANIFEST, read_json, write_json
 from partitioner.frontend.capture import split_inputs
 from partitioner.frontend.op_graph import OpGraph, annotate
 from partitioner.onnx.translations import missing_translation, translation_table
@@ -125,15 +125,16 @@ class Manifest:
 
     @classmethod
     def load(cls, path: str | Path) -> Manifest:
+        """The manifest in `path` (or in the folder `path`), read within a bound (partitioner/files.py)."""
         path = Path(path)
         if path.is_dir():
             path = path / MANIFEST_NAME
+        data = read_json(path, MANIFEST)
         try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise PartitionerError(f"manifest {str(path)!r} does not exist. Fix: run partitioner export first.") from None
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-            raise PartitionerError(f"{path} is not a partitioner manifest ({error}). Fix: export again.") from None
+            return cls.from_dict(data)
+        except (KeyError, TypeError, AttributeError, ValueError) as error:
+            raise PartitionerError(f"{path} is not a partitioner manifest ({type(error).__name__}: {error}). Fix: "
+                                   "export the plan again.") from None
 
 
 def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan_path: str | Path | None = None,
@@ -188,7 +189,7 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
         manifest = Manifest(plan.model.name, plan.model.fingerprint,
                             str(Path(plan_path).resolve()) if plan_path else None, opset, model_inputs,
                             tuple(exported), model_outputs, whole_file)
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=1))
+        write_json(staging / MANIFEST_NAME, manifest.to_dict())
         _replace_folder(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
