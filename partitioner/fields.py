@@ -24,10 +24,10 @@ class FieldError(ValueError):
         self.problem = problem
 
 
-def within(prefix: str, read: Callable[[Any], T], value: Any) -> T:
-    """`read(value)`, with the fields it names placed under `prefix` (`nodes[3]` and `name`: `nodes[3].name`)."""
+def within(prefix: str, read: Callable[[Any], T], found: Any) -> T:
+    """`read(found)`, with the fields it names placed under `prefix` (`nodes[3]` and `name`: `nodes[3].name`)."""
     try:
-        return read(value)
+        return read(found)
     except FieldError as error:
         joined = prefix + error.path if not error.path or error.path.startswith("[") else f"{prefix}.{error.path}"
         raise FieldError(joined, error.problem) from None
@@ -119,29 +119,41 @@ def flag(data: Mapping, key: str, default: Any = REQUIRED) -> bool:
 
 def texts(data: Mapping, key: str, default: Any = REQUIRED) -> tuple[str, ...]:
     """A field holding a list of strings."""
-    listed = items(data, key, default)
-    wrong = next((index for index, item in enumerate(listed) if not isinstance(item, str)), None)
-    if wrong is not None:
-        raise FieldError(f"{key}[{wrong}]", f"expected a string, got {_shown(listed[wrong])}")
-    return tuple(listed)
+    return listed(data, key, _string, default)
+
+
+def sizes(found: Any, unknown: bool = False) -> tuple[int | None, ...]:
+    """`found` as a tensor's shape: whole numbers of at least 0 (or null, a size known only at run time, where
+    `unknown` allows it)."""
+    return each(found, lambda size: size if size is None and unknown else _size(size))
+
+
+def _size(size: Any) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise FieldError("", f"{_shown(size)} is not a size (a whole number of at least 0)")
+    return size
 
 
 def text_lists(found: Any, depth: int) -> Any:
     """`found` as lists of strings `depth` lists deep (a problem's blocks: families of blocks of node names)."""
-    if depth == 0:
-        if not isinstance(found, str):
-            raise FieldError("", f"expected a string, got {_shown(found)}")
-        return found
+    return each(found, lambda item: text_lists(item, depth - 1)) if depth > 0 else _string(found)
+
+
+def each(found: Any, read: Callable[[Any], T]) -> tuple[T, ...]:
+    """`found`, a list, each item read by `read` (its fields named `[index]...`)."""
     if not isinstance(found, (list, tuple)):
         raise FieldError("", f"expected a list, got {_shown(found)}")
-    return tuple(within(f"[{index}]", lambda item: text_lists(item, depth - 1), item)
-                 for index, item in enumerate(found))
+    return tuple(within(f"[{index}]", read, item) for index, item in enumerate(found))
+
+
+def listed(data: Mapping, key: str, read: Callable[[Any], T], default: Any = REQUIRED) -> tuple[T, ...]:
+    """A field holding a list, each item read by `read` (its fields named `key[index]...`)."""
+    return within(key, lambda found: each(found, read), items(data, key, default))
 
 
 def records(data: Mapping, key: str, read: Callable[[Mapping], T], default: Any = REQUIRED) -> tuple[T, ...]:
     """A field holding a list of objects, each read by `read` (its fields named `key[index].field`)."""
-    return tuple(within(f"{key}[{index}]", lambda item: read(_object(item)), item)
-                 for index, item in enumerate(items(data, key, default)))
+    return listed(data, key, lambda item: read(_object(item)), default)
 
 
 def entries(data: Mapping, key: str, check: Callable[..., T], default: Any = REQUIRED, **limits: Any) -> dict[str, T]:
@@ -154,6 +166,12 @@ def entries(data: Mapping, key: str, check: Callable[..., T], default: Any = REQ
 def part(data: Mapping, key: str, read: Callable[[Mapping], T]) -> T:
     """A field holding one object, read by `read` (its fields named `key.field`)."""
     return within(key, read, table(data, key))
+
+
+def _string(found: Any) -> str:
+    if not isinstance(found, str):
+        raise FieldError("", f"expected a string, got {_shown(found)}")
+    return found
 
 
 def _object(item: Any) -> Mapping:

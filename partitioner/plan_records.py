@@ -7,9 +7,9 @@ that reports depend on these records rather than on the plan itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Mapping
 
-from partitioner.fields import FieldError, entries, flag, items, part, text, texts, whole
+from partitioner.fields import FieldError, entries, flag, listed, part, sizes, text, texts, whole
 from partitioner.frontend.capture import ModelSource
 from targets.loader import TARGET_KINDS, device_problem, execution_providers
 
@@ -100,20 +100,8 @@ class NodeRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> NodeRecord:
-        shapes = tuple(_shape(index, shape) for index, shape in enumerate(items(data, "output_shapes")))
+        shapes = listed(data, "output_shapes", lambda shape: sizes(shape, unknown=True))
         return cls(text(data, "name"), text(data, "op"), text(data, "module_path"), shapes, texts(data, "dtypes"),
                    whole(data, "flops"), whole(data, "bytes_read"), whole(data, "bytes_written"),
                    whole(data, "parameter_bytes"), entries(data, "refusals", text), texts(data, "measured_on", ()),
                    flag(data, "flops_known", True))
-
-
-def _shape(index: int, shape: Any) -> tuple[int | None, ...]:
-    """One output's shape: sizes, each a whole number or null (a size only known at run time)."""
-    where = f"output_shapes[{index}]"
-    if not isinstance(shape, list):
-        raise FieldError(where, f"expected a list of sizes, got {shape!r:.40}")
-    wrong = next((size for size in shape if size is not None and (isinstance(size, bool) or not isinstance(size, int)
-                                                                  or size < 0)), None)
-    if wrong is not None:
-        raise FieldError(where, f"{wrong!r:.40} is not a size (a whole number of at least 0, or null)")
-    return tuple(shape)

@@ -30,6 +30,7 @@ from partitioner.execution.partitioned_module import (PartitionedModule, build_p
                                                       to_device)
 from partitioner.execution.partition_compilers import compile_partition, plan_compilers
 from partitioner.execution.split import Partition
+from partitioner.fields import FieldError, part, records, sizes, text, texts, value, whole, within
 from partitioner.files import MANIFEST, read_json, write_json
 from partitioner.frontend.capture import split_inputs
 from partitioner.frontend.op_graph import OpGraph, annotate
@@ -64,7 +65,10 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> TensorSpec:
-        return cls(data["name"], tuple(data["shape"]), data["dtype"], data["source"])
+        source = value(data, "source")
+        if source != "input" and (isinstance(source, bool) or not isinstance(source, int) or source < 0):
+            raise FieldError("source", f"expected \"input\" or a partition's index, got {source!r:.40}")
+        return cls(text(data, "name"), within("shape", sizes, value(data, "shape")), text(data, "dtype"), source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +91,9 @@ class ExportedPartition:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ExportedPartition:
-        return cls(data["index"], data["target"], data["execution_provider"], data["file"],
-                   tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
-                   tuple(TensorSpec.from_dict(t) for t in data["outputs"]), tuple(data.get("compiled", ())))
+        return cls(whole(data, "index"), text(data, "target"), text(data, "execution_provider"), text(data, "file"),
+                   records(data, "inputs", TensorSpec.from_dict), records(data, "outputs", TensorSpec.from_dict),
+                   texts(data, "compiled", ()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +122,10 @@ class Manifest:
                 f"manifest schema version {data.get('schema_version')!r} is not {MANIFEST_SCHEMA_VERSION}. "
                 "Fix: export the plan again with this version of partitioner."
             )
-        return cls(data["model"]["name"], data["model"]["fingerprint"], data["plan"], data["opset"],
-                   tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
-                   tuple(ExportedPartition.from_dict(p) for p in data["partitions"]),
-                   tuple(TensorSpec.from_dict(t) for t in data["outputs"]), data.get("whole_model_file"))
+        name, fingerprint = part(data, "model", lambda model: (text(model, "name"), text(model, "fingerprint")))
+        return cls(name, fingerprint, text(data, "plan", None), whole(data, "opset"),
+                   records(data, "inputs", TensorSpec.from_dict), records(data, "partitions", ExportedPartition.from_dict),
+                   records(data, "outputs", TensorSpec.from_dict), text(data, "whole_model_file", None))
 
     @classmethod
     def load(cls, path: str | Path) -> Manifest:
@@ -130,11 +134,14 @@ class Manifest:
         if path.is_dir():
             path = path / MANIFEST_NAME
         data = read_json(path, MANIFEST)
+        if not isinstance(data, Mapping):
+            raise PartitionerError(f"{path} is not a partitioner manifest: it holds a JSON {type(data).__name__}, "
+                                   "not an object. Fix: export the plan again.")
         try:
             return cls.from_dict(data)
-        except (KeyError, TypeError, AttributeError, ValueError) as error:
-            raise PartitionerError(f"{path} is not a partitioner manifest ({type(error).__name__}: {error}). Fix: "
-                                   "export the plan again.") from None
+        except FieldError as error:
+            raise PartitionerError(f"{path} is not a partitioner manifest: its {error}. Fix: export the plan "
+                                   "again.") from None
 
 
 def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan_path: str | Path | None = None,

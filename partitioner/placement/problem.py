@@ -19,7 +19,7 @@ from typing import Mapping
 
 from cost_models.base import CostModel, node_seconds
 from partitioner.errors import PartitionerError
-from partitioner.fields import entries, flag, number, records, text, text_lists, texts, whole, within
+from partitioner.fields import entries, flag, listed, number, records, text, text_lists, texts, whole
 from partitioner.frontend.op_graph import NodeKind, OpGraph
 from partitioner.placement.blocks import repeated_blocks
 from partitioner.placement.tagging import Tagging
@@ -178,7 +178,7 @@ class PlacementProblem:
                                                                   whole(v, "bytes"))),
             parameter_bytes=entries(data, "parameter_bytes", whole),
             links=dict(records(data, "links", lambda item: (_pair(item), Link.from_dict(item)))),
-            blocks=within("blocks", lambda blocks: text_lists(blocks, 3), data.get("blocks", [])),
+            blocks=listed(data, "blocks", lambda family: text_lists(family, 2), ()),
             routes=dict(records(data, "routes", lambda item: (_pair(item), texts(item, "resources")), ())),
             resource_bandwidth=entries(data, "resource_bandwidth", number, {}, minimum=0.0, above=True),
             separate_phases=flag(data, "separate_phases", False),
