@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 T = TypeVar("T")
 REQUIRED: Any = object()  # the default of a field that must be present
+MOST_WHOLE = 2**63 - 1  # what a 64-bit integer holds: no count, size or FLOP total a file records comes near it
 
 
 class FieldError(ValueError):
@@ -95,8 +96,8 @@ def number(data: Mapping, key: str, default: Any = REQUIRED, *, minimum: float =
     return float(found)
 
 
-def whole(data: Mapping, key: str, default: Any = REQUIRED, *, minimum: int = 0) -> int:
-    """A field holding a whole number of at least `minimum`."""
+def whole(data: Mapping, key: str, default: Any = REQUIRED, *, minimum: int = 0, maximum: int = MOST_WHOLE) -> int:
+    """A field holding a whole number of at least `minimum` and at most `maximum`."""
     if _absent(data, key, default):
         return default
     found = value(data, key)
@@ -104,6 +105,8 @@ def whole(data: Mapping, key: str, default: Any = REQUIRED, *, minimum: int = 0)
         raise FieldError(key, f"expected a whole number, got {_shown(found)}")
     if found < minimum:
         raise FieldError(key, f"{found} is below {minimum}")
+    if found > maximum:
+        raise FieldError(key, f"{_shown(found)} is above {maximum}")
     return found
 
 
@@ -129,7 +132,7 @@ def sizes(found: Any, unknown: bool = False) -> tuple[int | None, ...]:
 
 
 def _size(size: Any) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MOST_WHOLE:
         raise FieldError("", f"{_shown(size)} is not a size (a whole number of at least 0)")
     return size
 
@@ -181,5 +184,12 @@ def _object(item: Any) -> Mapping:
 
 
 def _shown(found: Any) -> str:
+    """`found` as a message shows it: itself, or what it is when it is long."""
     shown = repr(found)
-    return shown if len(shown) <= 40 else f"a {type(found).__name__}"
+    if len(shown) <= 40:
+        return shown
+    if isinstance(found, int):
+        return f"a number of {len(str(abs(found)))} digits"
+    kind = {"str": "string", "dict": "object"}.get(type(found).__name__, type(found).__name__)
+    article = "an" if kind[0] in "aeiou" else "a"
+    return f"{article} {kind} of {len(found)} {'characters' if isinstance(found, str) else 'items'}"

@@ -166,7 +166,7 @@ def _checked_plan(data: Any, source: str | None = None) -> Plan:
     if version is None:
         raise PartitionerError("this plan has no schema_version (an early plan file, or not a plan). Fix: "
                                "compile the model again with this version.")
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION or isinstance(version, bool):  # True == 1 in Python, not in a plan
         newer = isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION
         fix = "upgrade partitioner" if newer else "compile the model again with this version"
         raise PartitionerError(f"plan schema version {version!r} is not {SCHEMA_VERSION}. Fix: {fix}.")

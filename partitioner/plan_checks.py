@@ -9,6 +9,7 @@ solver's figures.
 
 from __future__ import annotations
 
+import math
 from typing import Iterator, Mapping, Protocol
 
 from partitioner.execution.partition_compilers import CompilerRefusal
@@ -83,8 +84,8 @@ def _unknown_problem_names(problem: PlacementProblem) -> Iterator[str]:
         strange = next((t for t in node.compute_seconds if t not in targets), None)
         if strange is not None:
             yield f"{node.name} has a compute time on {strange!r}, which is not one of its targets"
-        if node.follows is not None and node.follows not in known:
-            yield f"{node.name} follows {node.follows!r}, which is not one of its nodes"
+        if node.follows is not None and (node.follows not in known or node.follows == node.name):
+            yield f"{node.name} follows {node.follows!r}, which is not another of its nodes"
         missing = next((p for p in node.parameters if p not in problem.parameter_bytes), None)
         if missing is not None:
             yield f"{node.name} uses the parameter {missing!r}, whose size it does not record"
@@ -196,6 +197,9 @@ def _limits_inconsistency(plan: CheckedPlan) -> str | None:
     if objective.needs_min_throughput and plan.min_throughput is None:
         return f"its objective {objective.name} needs a min_throughput, and it has none"
     result = plan.score()
+    if not all(math.isfinite(figure) for figure in (result.latency_seconds, result.cost_per_request,
+                                                   result.makespan_seconds)):
+        return "its placement's latency or cost, scored on its cost table, is not a finite number"
     for target in plan.problem.targets:
         if target.name in result.over_capacity_bytes:
             return (f"its placement needs {result.memory_bytes[target.name]} bytes on {target.name}, whose "
@@ -218,7 +222,8 @@ def _report_inconsistency(plan: CheckedPlan) -> str | None:
     if not 0 <= report.gap <= 1 or not 0 <= report.bound <= report.objective * (1 + 1e-9):
         return f"its solver gap {report.gap:g} or bound {report.bound:g} is impossible"
     rescored = plan.objective.value(plan.score())
-    if abs(rescored - report.objective) > 1e-9 * max(abs(rescored), abs(report.objective), 1e-30):
+    if not math.isfinite(rescored) or abs(rescored - report.objective) > 1e-9 * max(abs(rescored),
+                                                                                    abs(report.objective), 1e-30):
         return (f"its solver objective {report.objective:g} is not what its placement scores on its cost table "
                 f"({rescored:g})")
     return None

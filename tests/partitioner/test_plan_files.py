@@ -99,6 +99,8 @@ TAMPERINGS = {
         "field 'targets[0].onnx_execution_provider': 'NoSuchProvider' is not one of"),
     "a list where an object belongs": (lambda d: d.update(problem=[]), "field 'problem': expected an object"),
     "a number where a node belongs": (lambda d: d["nodes"].__setitem__(0, 5), "field 'nodes[0]': expected an object"),
+    "a number past 64 bits": (lambda d: d["problem"]["targets"][0].update(memory_bytes=10**400),
+                              "field 'problem.targets[0].memory_bytes': a number of 401 digits is above"),
     # Names its parts share, and figures that no longer hold.
     "an op on a target that refuses it": (lambda d: put(d, "softmax", "npu-example"),
                                           "puts softmax on npu-example, which refuses it"),
@@ -126,6 +128,12 @@ TAMPERINGS = {
     "a fallback that cannot run the model": (
         lambda d: [d.update(fallback="npu-example"), d["problem"].update(fallback="npu-example")],
         "its fallback npu-example refuses"),
+    "compute times whose sum overflows": (
+        lambda d: [n["compute_seconds"].update(dict.fromkeys(n["compute_seconds"], 1e307))
+                   for n in d["problem"]["nodes"]],
+        "its placement's latency or cost, scored on its cost table, is not a finite number"),
+    "a node that follows itself": (lambda d: d["problem"]["nodes"][1].update(follows=d["problem"]["nodes"][1]["name"]),
+                                   "which is not another of its nodes"),
     "a fallback unlike its problem's": (lambda d: d.update(fallback="cpu-x86"),
                                         "its fallback 'cpu-x86' is not its problem's fallback 'cuda-h100'"),
     "a pin on a target not in the plan": (
