@@ -14,15 +14,24 @@ from pathlib import Path
 from cost_models.calibration import Calibration
 from cost_models.profile import Profile
 from partitioner.errors import PartitionerError
-from partitioner.files import write_atomically
-from targets.loader import builtin_target_names
+from partitioner.files import SPEC, read_text, write_atomically
+from targets.loader import TARGET_NAME_PATTERN, parse_target, shadowed_target
 from targets.spec import Target
 
 
 def check_spec_name(path: Path) -> None:
-    """A calibrated spec is named after its file; the name of a built-in target would shadow it."""
-    if path.stem in builtin_target_names():
-        raise PartitionerError(f"{path} would make a spec named {path.stem!r}, the name of a built-in target. Fix: "
+    """Refuse, before any work, a path the calibrated spec cannot be loaded from: a spec is a .toml file, named
+    after its file, with a valid target name that no built-in or plug-in target has."""
+    if path.suffix != ".toml":
+        raise PartitionerError(f"{path} is not a .toml path, and a calibrated spec is TOML that targets load only "
+                               f"from .toml files. Fix: give e.g. -o {path.with_suffix('.toml').name}.")
+    if not TARGET_NAME_PATTERN.match(path.stem):
+        raise PartitionerError(f"{path} would make a spec named {path.stem!r}, which is not a valid target name. "
+                               "Fix: name the file with lowercase letters, digits, '-' and '_', e.g. "
+                               "cpu-x86-calibrated.toml.")
+    shadowed = shadowed_target(path.stem, path)
+    if shadowed is not None:
+        raise PartitionerError(f"{path} would make a spec named {path.stem!r}, the name of {shadowed}. Fix: "
                                f"name the file after this device, e.g. {path.stem}-calibrated.toml.")
 
 
@@ -32,7 +41,7 @@ def write_calibrated_spec(target: Target, calibration: Calibration, profile: Pro
     if not target.spec_path:
         raise PartitionerError(f"target {target.name} has no spec file to copy. Fix: calibrate a target loaded "
                                "from a .toml spec.")
-    text = Path(target.spec_path).read_text()
+    text = read_text(target.spec_path, SPEC)
     whole = calibration.whole
     fitted = {
         "name": f'"{path.stem}"',
@@ -65,8 +74,20 @@ def write_calibrated_spec(target: Target, calibration: Calibration, profile: Pro
               f"# by `partitioner calibrate`; predicted/measured per op {whole.after.describe()}\n"
               f"# (the spec it started from: {whole.before.describe()}); every other figure is from "
               f"{Path(target.spec_path).name}.\n")
+    _check_loadable(path, header + text, target)
     write_atomically(path, header + text)
     return path
+
+
+def _check_loadable(path: Path, text: str, target: Target) -> None:
+    """What calibrate writes must load: the spec loader's checks, run on the text before it is written."""
+    try:
+        parse_target(path, text)
+    except PartitionerError as error:
+        problem = str(error).split(". Fix:")[0]
+        raise PartitionerError(f"calibrating {target.name} gives a spec the loader would refuse ({problem}): the "
+                               "profile's timings are implausible for a device. Fix: profile the device again, or "
+                               "keep the spec as it is.") from None
 
 
 def _without_op_class_tables(text: str) -> str:

@@ -19,10 +19,12 @@ from typing import Mapping
 import torch
 
 from partitioner.errors import PartitionerError
-from partitioner.files import write_atomically
+from partitioner.fields import entries, number, part, text, whole
+from partitioner.files import PROFILE, read_json, write_json
 from targets.spec import Link
 
 SCHEMA_VERSION = 1
+MOST_OP_SECONDS = 3600.0  # an op timed for longer than an hour is a damaged file, not a measurement
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +82,12 @@ class OpMeasurement:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> OpMeasurement:
-        measurement = cls(float(data["seconds"]), int(data["flops"]), int(data["bytes"]), str(data["dtype"]),
-                          str(data.get("op", "")), str(data.get("method", "isolated")),
-                          str(data.get("kind", "compute")))
-        if not measurement.seconds > 0:
-            raise ValueError(f"op time {measurement.seconds} is not positive")
-        return measurement
+        """A measurement a profile file holds: a time above 0 and at most MOST_OP_SECONDS (no op a profile
+        times takes longer; an infinite or absurd time would swamp every plan it prices), work of at least 0."""
+        return cls(number(data, "seconds", above=True, maximum=MOST_OP_SECONDS), whole(data, "flops"),
+                   whole(data, "bytes"), text(data, "dtype"), text(data, "op", ""),
+                   text(data, "method", "isolated", choices=("isolated", "in_model")),
+                   text(data, "kind", "compute", choices=("compute", "view")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,26 +115,33 @@ class Profile:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Profile:
+        """The profile `data` holds, every field checked (a FieldError, a ValueError, names the one that is not)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a profile holds a JSON object, not a JSON {type(data).__name__}")
         if data.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"schema version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
-        identity = DeviceIdentity(**data["identity"])
-        ops = {str(signature): OpMeasurement.from_dict(entry) for signature, entry in data["ops"].items()}
-        links = {name: Link.from_dict(link) for name, link in data["links"].items()}
+        identity = part(data, "identity", lambda i: DeviceIdentity(
+            text(i, "device_type", choices=("cpu", "cuda")), text(i, "name"), text(i, "torch_version"),
+            whole(i, "threads", minimum=1)))
+        ops = entries(data, "ops", lambda table, signature: part(table, signature, OpMeasurement.from_dict))
+        links = entries(data, "links", lambda table, name: part(table, name, Link.from_dict))
         return cls(identity, ops, links)
 
     def save(self, folder: Path) -> Path:
         """Write this profile into `folder` under its identity's name; the file appears complete or not at all."""
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{self.identity.key}.json"
-        write_atomically(path, json.dumps(self.to_dict(), indent=1))
+        write_json(path, self.to_dict())
         return path
 
 
 def load_profile(path: Path) -> Profile:
-    """Read one profile file; a damaged or foreign file is a user error that names it and the fix."""
+    """Read one profile file, within a bound (partitioner/files.py); a damaged or foreign file is a user error
+    that names it, the field and the fix."""
+    data = read_json(path, PROFILE)
     try:
-        return Profile.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        return Profile.from_dict(data)
+    except ValueError as error:
         raise PartitionerError(f"{path}: not a readable profile ({error}). Fix: delete it and run "
                                "partitioner profile again.") from None
 

@@ -8,7 +8,6 @@ baselines' scores. It saves as versioned JSON that `Plan.load` round-trips.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,7 +16,8 @@ from partitioner.errors import PartitionerError
 from partitioner.execution.partition_compilers import CompilerRefusal
 from partitioner.execution.partitioned_module import PartitionedModule, build_partitioned_module, resolve_devices
 from partitioner.execution.split import Partition
-from partitioner.files import write_atomically
+from partitioner.fields import FieldError, entries, number, part, records, text, texts
+from partitioner.files import PLAN, read_json, write_json
 from partitioner.frontend.capture import CapturedModel, ModelSource, capture, load_model_source
 from partitioner.frontend.op_graph import annotate
 from partitioner.placement.objectives import Objective, objective_named
@@ -25,6 +25,7 @@ from partitioner.placement.problem import PlacementProblem
 from partitioner.placement.scoring import Score, score
 from partitioner.placement.pins import Pin
 from partitioner.placement.solver import SolverReport
+from partitioner.plan_checks import plan_inconsistency
 from partitioner.plan_records import ModelInfo, NodeRecord, TargetRecord
 from partitioner.reporting.summary import format_summary
 
@@ -138,61 +139,74 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Plan:
-        version = data.get("schema_version")
-        if version is None:
-            raise PartitionerError("this plan has no schema_version (an early plan file, or not a plan). Fix: "
-                                   "compile the model again with this version.")
-        if version != SCHEMA_VERSION:
-            newer = isinstance(version, int) and version > SCHEMA_VERSION
-            fix = "upgrade partitioner" if newer else "compile the model again with this version"
-            raise PartitionerError(f"plan schema version {version!r} is not {SCHEMA_VERSION}. Fix: {fix}.")
-        plan = cls(
-            model=ModelInfo.from_dict(data["model"]),
-            targets=tuple(TargetRecord(**t) for t in data["targets"]),
-            objective=_known_objective(data["objective"]),
-            cost_model=data["cost_model"],
-            problem=PlacementProblem.from_dict(data["problem"]),
-            nodes=tuple(NodeRecord.from_dict(n) for n in data["nodes"]),
-            placement=dict(data["placement"]),
-            solver=SolverReport.from_dict(data["solver"]),
-            baselines={name: dict(entry["placement"]) for name, entry in data["baselines"].items()},
-            partitions=tuple(Partition.from_dict(p) for p in data["partitions"]),
-            max_latency_seconds=data.get("max_latency_seconds"),
-            order=tuple(data.get("order", ())),
-            min_throughput=data.get("min_throughput"),
-            fleet=data.get("fleet"),
-            pins=tuple(Pin.from_dict(pin) for pin in data.get("pins", ())),
-            compiler_refusals=tuple(CompilerRefusal.from_dict(item) for item in data.get("compiler_refusals", ())),
-        )
-        problem = plan_inconsistency(plan)
-        if problem is not None:
-            raise PartitionerError(f"the plan is inconsistent with its own problem data: {problem}. Fix: compile "
-                                   "the model again (the file was edited or damaged).")
-        return plan
+        """The plan `data` holds, every field checked as it is read and the whole checked against itself
+        (partitioner/plan_checks.py); anything edited or damaged is a PartitionerError naming it."""
+        return _checked_plan(data)
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as JSON; the file appears complete or not at all."""
         path = Path(path)
-        write_atomically(path, json.dumps(self.to_dict(), indent=1))
+        write_json(path, self.to_dict())
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise PartitionerError(f"plan file {str(path)!r} does not exist. Fix: check the path.") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise PartitionerError(f"{path} is not a plan file (not JSON: {error}). Fix: give plan.json.") from None
-        if not isinstance(data, dict):
-            raise PartitionerError(f"{path} is not a plan file: a plan holds a JSON object, this file a JSON "
-                                   f"{type(data).__name__}. Fix: give the plan.json that compile wrote.")
-        try:
-            return cls.from_dict(data)
-        # AttributeError: a JSON array or string where an object belongs (`.get` on a list)
-        except (AttributeError, KeyError, TypeError, ValueError) as error:
-            raise PartitionerError(f"{path} is not a valid plan file (bad field {error}). Fix: compile again.") from None
+        """The plan in the file `path`, read within a bound (partitioner/files.py) and checked as `from_dict`
+        checks it."""
+        return _checked_plan(read_json(path, PLAN), str(path))
+
+
+def _checked_plan(data: Any, source: str | None = None) -> Plan:
+    """The plan in `data` (read from the file `source`, if any), or a PartitionerError that names the field that
+    is not right, or says what in the plan contradicts the rest."""
+    if not isinstance(data, Mapping):
+        raise PartitionerError(f"{f'{source} is' if source else 'this is'} not a plan file: a plan holds a JSON "
+                               f"object, not a JSON {type(data).__name__}. Fix: give the plan.json that compile wrote.")
+    version = data.get("schema_version")
+    if version is None:
+        raise PartitionerError("this plan has no schema_version (an early plan file, or not a plan). Fix: "
+                               "compile the model again with this version.")
+    if version != SCHEMA_VERSION or isinstance(version, bool):  # True == 1 in Python, not in a plan
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION
+        fix = "upgrade partitioner" if newer else "compile the model again with this version"
+        raise PartitionerError(f"plan schema version {version!r} is not {SCHEMA_VERSION}. Fix: {fix}.")
+    try:
+        plan, fallback = _read(data), text(data, "fallback", None)
+    except FieldError as error:
+        whose = f"{source} is not a valid plan file: its" if source else "the plan's"
+        raise PartitionerError(f"{whose} {error}. Fix: compile the model again (the file was edited or "
+                               "damaged).") from None
+    problem = plan_inconsistency(plan)
+    if problem is None and fallback not in (None, plan.fallback):  # to_dict writes the problem's beside it
+        problem = f"its fallback {fallback!r} is not its problem's fallback {plan.fallback!r}"
+    if problem is not None:
+        raise PartitionerError(f"the plan is inconsistent with its own problem data: {problem}. Fix: compile "
+                               "the model again (the file was edited or damaged).")
+    return plan
+
+
+def _read(data: Mapping) -> Plan:
+    """The plan's parts, each read by its own `from_dict` (whose FieldErrors name the field's path)."""
+    baselines = entries(data, "baselines", lambda table, name: part(table, name, lambda entry: entries(
+        entry, "placement", text)))
+    return Plan(
+        model=part(data, "model", ModelInfo.from_dict),
+        targets=records(data, "targets", TargetRecord.from_dict),
+        objective=_known_objective(text(data, "objective")),
+        cost_model=text(data, "cost_model"),
+        problem=part(data, "problem", PlacementProblem.from_dict),
+        nodes=records(data, "nodes", NodeRecord.from_dict),
+        placement=entries(data, "placement", text),
+        solver=part(data, "solver", SolverReport.from_dict),
+        baselines=baselines,
+        partitions=records(data, "partitions", Partition.from_dict),
+        max_latency_seconds=number(data, "max_latency_seconds", None, above=True),
+        order=texts(data, "order", ()),
+        min_throughput=number(data, "min_throughput", None, above=True),
+        fleet=text(data, "fleet", None),
+        pins=records(data, "pins", Pin.from_dict, ()),
+        compiler_refusals=records(data, "compiler_refusals", CompilerRefusal.from_dict, ()),
+    )
 
 
 def _known_objective(name: str) -> Objective:
@@ -202,58 +216,3 @@ def _known_objective(name: str) -> Objective:
         raise PartitionerError(f"this plan was solved for the objective {name!r}, which is not registered here. "
                                "Fix: register it (partitioner.register_objective) before loading the plan, upgrade "
                                "partitioner if it is a built-in of a newer version, or compile the model again.") from None
-
-
-def plan_inconsistency(plan: Plan) -> str | None:
-    """What in `plan` contradicts its own problem data (supports, follows, partitions, the solver's figures),
-    or None: a plan file is checked once, on load, so no command acts on an edited or damaged one."""
-    problem = plan.problem
-    names = [node.name for node in problem.nodes]
-    if [t.name for t in plan.targets] != list(problem.target_names):
-        return "its targets differ from its problem's targets"
-    if {record.name for record in plan.nodes} != set(names):
-        return "its node records differ from its problem's nodes"
-    for label, assignment in {"placement": plan.placement, **{f"baseline {n}": a for n, a in plan.baselines.items()}
-                              }.items():
-        reason = _assignment_inconsistency(problem, assignment)
-        if reason is not None:
-            return f"the {label} {reason}"
-    home = {name: partition.index for partition in plan.partitions for name in partition.nodes}
-    if sorted(home) != sorted(names) or sum(len(p.nodes) for p in plan.partitions) != len(names):
-        return "its partitions do not hold every node exactly once"
-    for index, partition in enumerate(plan.partitions):
-        if partition.index != index or any(plan.placement[name] != partition.target for name in partition.nodes):
-            return f"partition {partition.name} is out of order or not on the target of its nodes"
-    backwards = next((value.producer for value in problem.values for consumer in value.consumers
-                      if home[value.producer] > home[consumer]), None)
-    if backwards is not None:
-        return f"the value of {backwards} flows back to an earlier partition"
-    if plan.order and sorted(plan.order) != sorted(names):
-        return "its order does not list every node once"
-    return _report_inconsistency(plan)
-
-
-def _assignment_inconsistency(problem: PlacementProblem, assignment: Mapping[str, str]) -> str | None:
-    if set(assignment) != {node.name for node in problem.nodes}:
-        return "does not place every node exactly once"
-    for node in problem.nodes:
-        target = assignment[node.name]
-        if target not in node.compute_seconds:
-            known = target in problem.target_names
-            return (f"puts {node.name} on {target}, which {'refuses it' if known else 'is not one of its targets'}")
-        if node.follows is not None and target != assignment[node.follows]:
-            return f"separates {node.name} from {node.follows}, which it must sit with"
-    return None
-
-
-def _report_inconsistency(plan: Plan) -> str | None:
-    report = plan.solver
-    if report.status not in ("OPTIMAL", "FEASIBLE"):
-        return f"its solver status {report.status!r} is neither OPTIMAL nor FEASIBLE"
-    if not 0 <= report.gap <= 1 or not 0 <= report.bound <= report.objective * (1 + 1e-9):
-        return f"its solver gap {report.gap:g} or bound {report.bound:g} is impossible"
-    rescored = plan.objective.value(plan.score())
-    if abs(rescored - report.objective) > 1e-9 * max(abs(rescored), abs(report.objective), 1e-30):
-        return (f"its solver objective {report.objective:g} is not what its placement scores on its cost table "
-                f"({rescored:g})")
-    return None

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from partitioner.fields import FieldError, entries, flag, listed, part, sizes, text, texts, whole
 from partitioner.frontend.capture import ModelSource
+from targets.loader import TARGET_KINDS, device_problem, execution_providers
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +32,9 @@ class ModelInfo:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ModelInfo:
-        source = ModelSource.from_dict(data["source"]) if data.get("source") else None
-        return cls(data["name"], source, data["fingerprint"], data["node_count"], data["parameter_bytes"],
-                   data["total_flops"])
+        source = part(data, "source", ModelSource.from_dict) if data.get("source") is not None else None
+        return cls(text(data, "name"), source, text(data, "fingerprint"), whole(data, "node_count"),
+                   whole(data, "parameter_bytes"), whole(data, "total_flops"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,16 @@ class TargetRecord:
                 **({"origin": self.origin} if self.origin != "built-in" else {}),
                 **({"compiles": True} if self.compiles else {})}
 
+    @classmethod
+    def from_dict(cls, data: Mapping) -> TargetRecord:
+        device = text(data, "torch_device")
+        problem = device_problem(device)
+        if problem is not None:
+            raise FieldError("torch_device", problem)
+        return cls(text(data, "name"), text(data, "kind", choices=TARGET_KINDS), text(data, "description"), device,
+                   text(data, "onnx_execution_provider", choices=execution_providers()), text(data, "spec_path"),
+                   text(data, "spec", ""), text(data, "host", ""), text(data, "origin", "built-in"))
+
 
 @dataclass(frozen=True, slots=True)
 class NodeRecord:
@@ -90,7 +102,8 @@ class NodeRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> NodeRecord:
-        return cls(data["name"], data["op"], data["module_path"], tuple(tuple(s) for s in data["output_shapes"]),
-                   tuple(data["dtypes"]), data["flops"], data["bytes_read"], data["bytes_written"],
-                   data["parameter_bytes"], dict(data["refusals"]), tuple(data.get("measured_on", ())),
-                   bool(data.get("flops_known", True)))
+        shapes = listed(data, "output_shapes", lambda shape: sizes(shape, unknown=True))
+        return cls(text(data, "name"), text(data, "op"), text(data, "module_path"), shapes, texts(data, "dtypes"),
+                   whole(data, "flops"), whole(data, "bytes_read"), whole(data, "bytes_written"),
+                   whole(data, "parameter_bytes"), entries(data, "refusals", text), texts(data, "measured_on", ()),
+                   flag(data, "flops_known", True))

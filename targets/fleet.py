@@ -22,17 +22,19 @@ neither holds alone. Built-in fleets live in targets/builtin/fleets/.
 from __future__ import annotations
 
 import difflib
-import math
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from partitioner.errors import PartitionerError
-from targets.loader import TomlReader, choose_fallback, load_target, read_toml
+from partitioner.files import FLEET
+from targets.loader import TomlReader, check_link_peers, choose_fallback, load_target, read_toml
 from targets.spec import Link, Target, TargetSet, Topology
 
 FLEETS_DIR = Path(__file__).parent / "builtin" / "fleets"
-_MOST_DEVICES = 4096
+_MOST_DEVICES = 4096  # in a whole fleet, every host and kind together
+_COUNT = re.compile(r"[0-9]+")  # ASCII digits only: int() also reads "2_0" as 20 and other scripts' digits
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +117,13 @@ def load_fleet(text: str) -> Fleet:
     if "=" in text and not text.endswith(".toml"):
         return _shorthand(text)
     path = Path(text) if (text.endswith(".toml") or "/" in text) else FLEETS_DIR / f"{text}.toml"
-    if not path.is_file():
+    if not path.exists():
         close = difflib.get_close_matches(text, builtin_fleet_names(), n=1)
         raise PartitionerError(
             f"unknown fleet {text!r}: {f'did you mean {close[0]!r}? ' if close else ''}built-in fleets are "
             f"{', '.join(builtin_fleet_names())}; or give a .toml fleet file, or name=count pairs such as "
             "npu-example=4,cuda-h100=1.")
-    return _FleetReader(path, read_toml(path)).fleet()
+    return _FleetReader(path, read_toml(path, FLEET)).fleet()
 
 
 def _shorthand(text: str) -> Fleet:
@@ -131,21 +133,41 @@ def _shorthand(text: str) -> Fleet:
         if not name.strip():
             raise PartitionerError(f"--fleet {text!r}: {item.strip()!r} names no target. Fix: write name=count pairs "
                                    "separated by commas, e.g. npu-example=4,cuda-h100=1.")
-        groups.append(DeviceGroup(load_target(name.strip()), _count(count.strip(), f"--fleet {item.strip()!r}")))
-    return Fleet("fleet", (Host("host", tuple(groups)),))
+        group = DeviceGroup(load_target(name.strip()), _count(count.strip(), f"--fleet {item.strip()!r}"))
+        if any(g.target == group.target for g in groups):  # two specs of one name: _checked says so
+            raise PartitionerError(f"--fleet {text!r} lists {group.target.name} twice. Fix: give each target once, "
+                                   "with its total count.")
+        groups.append(group)
+    return _checked(Fleet("fleet", (Host("host", tuple(groups)),)), f"--fleet {text!r}")
 
 
 def _count(value: Any, where: str) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+    number = int(value) if isinstance(value, int) and not isinstance(value, bool) else (
+        int(value) if isinstance(value, str) and _COUNT.fullmatch(value) else None)
+    if number is None:
         raise PartitionerError(f"{where}: count {value!r} is not a whole number. Fix: write it like 4.")
     if not 1 <= number <= _MOST_DEVICES:
         raise PartitionerError(f"{where}: count {number} is out of range. Fix: give between 1 and {_MOST_DEVICES} "
                                "devices (leave a kind out rather than give 0).")
     return number
+
+
+def _checked(fleet: Fleet, where: str) -> Fleet:
+    """`fleet`, after the checks that span its hosts: at most _MOST_DEVICES devices in all, one spec per target
+    name (two spec files both named "x" would merge into one kind), and links that name known targets."""
+    total = sum(fleet.counts().values())
+    if total > _MOST_DEVICES:
+        raise PartitionerError(f"{where}: {total} devices in all, more than {_MOST_DEVICES}. Fix: plan on at most "
+                               f"{_MOST_DEVICES} devices.")
+    specs: dict[str, Target] = {}
+    for group in (g for host in fleet.hosts for g in host.devices):
+        known = specs.setdefault(group.target.name, group.target)
+        if known != group.target:
+            raise PartitionerError(f"{where}: two different specs are named {group.target.name!r} "
+                                   f"({known.spec_path} and {group.target.spec_path}). Fix: give each spec a name "
+                                   "of its own.")
+    check_link_peers(specs.values())
+    return fleet
 
 
 class _FleetReader(TomlReader):
@@ -161,7 +183,7 @@ class _FleetReader(TomlReader):
         if len(set(names)) != len(names):
             raise self.fail("hosts", f"two hosts are named {next(n for n in names if names.count(n) > 1)!r}",
                             "give each host its own name")
-        network = self.link(self.data["network"], "network") if "network" in self.data else None
+        network = self.network() if "network" in self.data else None
         if len(hosts) > 1 and network is None:
             raise self.fail("network", f"{len(hosts)} hosts and no network between them",
                             "add [network] with bandwidth_gb_per_second and latency_microseconds")
@@ -170,7 +192,7 @@ class _FleetReader(TomlReader):
         if fallback is not None and fallback not in specs:
             raise self.fail("fallback", f"{fallback!r} is not a device of this fleet",
                             f"name one of {', '.join(sorted(specs))}")
-        fleet = Fleet(str(self.data.get("name", self.path.stem)), hosts, network, fallback)
+        fleet = _checked(Fleet(str(self.data.get("name", self.path.stem)), hosts, network, fallback), str(self.path))
         try:
             fleet.target_set()
         except PartitionerError as error:
@@ -199,22 +221,17 @@ class _FleetReader(TomlReader):
             count = device.get("count", 1)
             if not isinstance(count, int) or isinstance(count, bool):
                 raise self.fail(f"{field}.count", f"expected a whole number, got {count!r}", "write it like 4")
+            if any(g.target == target for g in groups):  # two specs of one name: _checked says so
+                raise self.fail(f"{field}.target", f"{target.name} is listed twice in this host",
+                                "list it once, with its total count")
             groups.append(DeviceGroup(target, _count(count, f"{self.path}: field '{field}.count'")))
-        pcie = data.get("pcie_gb_per_second")
-        return Host(str(data.get("name", f"host{index}")), tuple(groups),
-                    self.positive(pcie, f"{where}.pcie_gb_per_second") * 1e9 if pcie is not None else None)
+        pcie = None
+        if "pcie_gb_per_second" in data:  # a bandwidth like a link's, with the same plausible range
+            pcie = self.number("pcie_gb_per_second", data, where + ".", exclusive_minimum=0.0,
+                               plausible_as="bandwidth_gb_per_second") * 1e9
+        return Host(str(data.get("name", f"host{index}")), tuple(groups), pcie)
 
-    def link(self, data: Any, field: str) -> Link:
-        if not isinstance(data, dict):
-            raise self.fail(field, "expected a table", f"write it as a [{field}] section")
-        self.check_known_fields(data, {"bandwidth_gb_per_second", "latency_microseconds"}, field + ".")
-        return Link(self.positive(data.get("latency_microseconds", 0.0), f"{field}.latency_microseconds", zero=True)
-                    * 1e-6, self.positive(data.get("bandwidth_gb_per_second"), f"{field}.bandwidth_gb_per_second")
-                    * 1e9)
-
-    def positive(self, value: Any, field: str, zero: bool = False) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.fail(field, f"expected a number, got {value!r}", "write a plain finite number")
-        if value < 0 or (value == 0 and not zero):
-            raise self.fail(field, f"{value} is not positive", "give a positive figure")
-        return float(value)
+    def network(self) -> Link:
+        """The network between hosts, read as a spec's links are (latency optional here, zero by default)."""
+        data = self.data["network"]
+        return self.link({"latency_microseconds": 0.0, **data} if isinstance(data, dict) else data, "network")

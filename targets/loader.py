@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from partitioner.errors import PartitionerError
+from partitioner.files import SPEC, FileKind, read_text
 from targets.op_classes import OP_CLASSES
 from targets.plugins import BROKEN_FIX, BrokenPlugin, RegisteredTarget, installed_plugins
 from targets.spec import Link, OpLimit, RooflineConstants, SupportRules, Target, TargetHooks, TargetSet
@@ -27,7 +28,7 @@ DEFAULT_TARGET_NAMES = ("npu-example", "cuda-h100")
 _GIB = 1024**3
 _GB = 1e9
 _MICRO = 1e-6
-_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+TARGET_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _TOP_LEVEL_FIELDS = {
     "name", "kind", "description", "torch_device", "onnx_execution_provider",
     "price_per_hour", "memory_gib", "memory_bandwidth_gb_per_second",
@@ -68,11 +69,27 @@ def torch_dtype_names() -> frozenset[str]:
 TARGET_KINDS = frozenset({"cpu", "gpu", "npu", "dsp", "tpu", "hpu", "fpga", "asic"})
 
 
-def _execution_providers() -> list[str]:
+def execution_providers() -> list[str]:
     """Every execution provider ONNX Runtime knows of, installed here or not."""
-    import onnxruntime  # only spec loading needs it
+    import onnxruntime  # only reading specs and plans needs it
 
     return onnxruntime.get_all_providers()
+
+
+def device_problem(text: str) -> str | None:
+    """Why `text` cannot name the torch device that runs a target (a spec's, a plan's, --device-map's), or None.
+
+    torch's `meta` device parses, but it holds no data and computes nothing, so no model runs on it.
+    """
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError, ValueError):
+        return f"{text!r} is not a torch device"
+    if device.type == "meta":
+        return f"{text!r} is torch's meta device, which holds no data and runs nothing"
+    return None
 
 
 def builtin_target_names() -> list[str]:
@@ -114,14 +131,48 @@ def loadable_targets() -> tuple[tuple[Target, ...], tuple[str, ...]]:
 def load_target(name_or_path: str | Path) -> Target:
     """Load one target: a built-in name (`cuda-h100`), a plug-in's target name, or a path to a `.toml` spec."""
     path, origin, hooks = _locate(str(name_or_path))
-    data = read_toml(path)
+    return _read_target(path, read_toml(path), origin, hooks)
+
+
+def parse_target(path: Path, text: str) -> Target:
+    """The target a spec's text describes, checked as `load_target` checks a file (for a spec about to be written
+    at `path`: what is written must load)."""
+    return _read_target(path, parse_toml(path, text), "file", None)
+
+
+def _read_target(path: Path, data: dict[str, Any], origin: str, hooks: TargetHooks | None) -> Target:
+    """The target a spec's parsed data describes, each field checked; a spec file's name may not shadow another
+    target's, and it takes the hooks of the plug-in target its `hooks_from` names."""
+    from_file = origin == "file"
     if "hooks_from" in data:
         origin, hooks = _hooks_from(path, data.pop("hooks_from"), origin)
     target = _SpecReader(path, data).target()
-    if target.name in builtin_target_names() and path.resolve() != (BUILTIN_DIR / f"{target.name}.toml").resolve():
-        raise PartitionerError(f"{path}: field 'name': {target.name!r} is the name of a built-in target, which this "
-                               f"spec would shadow. Fix: give it a name of its own, e.g. \"{target.name}-mine\".")
+    if from_file:
+        check_own_name(target.name, path)
     return target if origin == "built-in" else replace(target, origin=origin, hooks=hooks)
+
+
+def check_own_name(name: str, path: Path) -> None:
+    """Refuse a spec file whose target would shadow a built-in target or an installed plug-in's: the name would
+    mean two devices, and which one a plan used would depend on how it was named."""
+    shadowed = shadowed_target(name, path)
+    if shadowed is not None:
+        raise PartitionerError(f"{path}: field 'name': {name!r} is the name of {shadowed}, which this spec would "
+                               f"shadow. Fix: give it a name of its own, e.g. \"{name}-mine\".")
+
+
+def shadowed_target(name: str, path: Path) -> str | None:
+    """Which target a spec file at `path` named `name` would shadow ("a built-in target", "a target of the
+    installed plug-in ..."), or None."""
+    builtin = BUILTIN_DIR / f"{name}.toml"
+    try:
+        registered = plugin_targets().get(name)
+    except PartitionerError:  # a broken plug-in's targets cannot be used, so there are none to shadow
+        registered = None
+    owner = builtin if builtin.is_file() else registered.spec_path if registered else None
+    if owner is None or Path(path).resolve() == Path(owner).resolve():
+        return None
+    return "a built-in target" if owner == builtin else f"a target of the installed {registered.origin}"
 
 
 def load_targets(names_or_paths: Iterable[str | Path], fallback: str | None = None) -> TargetSet:
@@ -137,7 +188,15 @@ def load_targets(names_or_paths: Iterable[str | Path], fallback: str | None = No
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise PartitionerError(f"target {duplicates[0]!r} is listed twice. Fix: list each target once.")
-    known = set(names) | set(builtin_target_names())
+    check_link_peers(targets)
+    return TargetSet(targets, choose_fallback(targets, fallback))
+
+
+def check_link_peers(targets: Iterable[Target]) -> None:
+    """Refuse a spec whose `links` name a target that is neither built-in, a plug-in's nor among `targets`: a
+    misspelt peer would silently leave the link out."""
+    targets = tuple(targets)
+    known = {t.name for t in targets} | set(builtin_target_names())
     for target in targets:
         unknown = next((peer for peer in target.links if peer not in known and peer not in plugin_targets()),
                        None)
@@ -147,7 +206,6 @@ def load_targets(names_or_paths: Iterable[str | Path], fallback: str | None = No
                 f"{target.spec_path}: field 'links.{unknown}': no target is named {unknown!r}, built-in or in the "
                 f"target set. Fix: {f'did you mean {close[0]!r}? ' if close else ''}correct the name or remove the "
                 "link.")
-    return TargetSet(targets, choose_fallback(targets, fallback))
 
 
 def as_target_set(targets: Iterable[str | Path] | str | TargetSet | None,
@@ -193,7 +251,7 @@ def _locate(name_or_path: str) -> tuple[Path, str, TargetHooks | None]:
     """The spec file of a target name or path, where it came from, and its plug-in hooks."""
     if name_or_path.endswith(".toml") or "/" in name_or_path:
         path = Path(name_or_path)
-        if not path.is_file():
+        if not path.exists():  # what exists but is no file (a folder, /dev/zero) read_toml refuses, saying so
             raise PartitionerError(f"target spec file {name_or_path!r} does not exist. Fix: check the path.")
         return path, "file", None
     path = BUILTIN_DIR / f"{name_or_path}.toml"
@@ -227,14 +285,21 @@ def _hooks_from(path: Path, name: Any, origin: str) -> tuple[str, TargetHooks | 
     return registered.origin, registered.hooks
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """A TOML file's contents; a file that is not TOML (or not text) is a user error naming it."""
+def read_toml(path: Path, kind: FileKind = SPEC) -> dict[str, Any]:
+    """A TOML file's contents, read within the bound of its kind (partitioner/files.py); a file that is not TOML
+    (or not text) is a user error naming it."""
+    return parse_toml(path, read_text(path, kind), kind)
+
+
+def parse_toml(path: Path, text: str, kind: FileKind = SPEC) -> dict[str, Any]:
+    """The contents of TOML `text` from (or for) `path`; text that is not TOML is a user error naming the path."""
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise PartitionerError(f"{path}: not valid TOML ({error}). Fix the syntax at that line.") from None
-    except UnicodeDecodeError:
-        raise PartitionerError(f"{path}: not a text file (not UTF-8). Fix: give the path of a .toml file.") from None
+    except RecursionError:
+        raise PartitionerError(f"{path} is not a {kind.noun}: it nests tables or arrays deeper than Python reads. "
+                               f"Fix: {kind.fix}.") from None
 
 
 class TomlReader:
@@ -254,6 +319,56 @@ class TomlReader:
                 fix = f"did you mean '{prefix}{close[0]}'" if close else f"remove it; known fields are {sorted(known)}"
                 raise self.fail(prefix + key, "unknown field", fix)
 
+    def value(self, field: str, table: dict | None = None, default: Any = ..., prefix: str = "") -> Any:
+        table = self.data if table is None else table
+        if field not in table:
+            if default is ...:
+                # `prefix` names the enclosing table so a missing nested field is found.
+                where = f"the [{prefix.rstrip('.')}] table" if prefix else "the file"
+                raise self.fail(prefix + field, "missing", f"add '{field} = ...' to {where}")
+            return default
+        return table[field]
+
+    def string(self, field: str, default: Any = ...) -> str:
+        value = self.value(field, default=default)
+        if not isinstance(value, str) or (default is ... and not value):
+            raise self.fail(field, f"expected a non-empty string, got {value!r}", "quote the value")
+        return value
+
+    def number(self, field: str, table: dict | None = None, prefix: str = "", *, minimum: float | None = None,
+               exclusive_minimum: float | None = None, maximum: float | None = None,
+               plausible_as: str | None = None) -> float:
+        """A finite number within the bounds given and the plausible range of its field (or of the field
+        `plausible_as` names: a host's PCIe is a bandwidth like a link's)."""
+        value = self.value(field, table, prefix=prefix)
+        name = prefix + field
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(name, f"expected a number, got {value!r}", "write a plain number without quotes")
+        if not math.isfinite(value):
+            raise self.fail(name, f"{value} is not a finite number", "write the figure as a plain finite number")
+        if minimum is not None and value < minimum:
+            raise self.fail(name, f"{value} is below {minimum}", f"use a value of at least {minimum}")
+        if exclusive_minimum is not None and value <= exclusive_minimum:
+            raise self.fail(name, f"{value} must be greater than {exclusive_minimum}", "use a positive value")
+        if maximum is not None and value > maximum:
+            raise self.fail(name, f"{value} is above {maximum}", f"use a value of at most {maximum}")
+        plausible = _PLAUSIBLE.get(plausible_as or field)
+        if plausible is not None and not plausible[0] <= value <= plausible[1]:
+            low, high, unit = plausible
+            raise self.fail(name, f"{value:g} {unit} is not a plausible figure for a device",
+                            f"give it in {unit}, between {low:g} and {high:g}")
+        return float(value)
+
+    def link(self, table: Any, field: str) -> Link:
+        if not isinstance(table, dict):
+            raise self.fail(field, f"expected a table, got {table!r}", f"write it as a [{field}] section")
+        self.check_known_fields(table, _LINK_FIELDS, field + ".")
+        return Link(
+            latency_seconds=self.number("latency_microseconds", table, field + ".", minimum=0.0) * _MICRO,
+            bandwidth_bytes_per_second=self.number("bandwidth_gb_per_second", table, field + ".",
+                                                   exclusive_minimum=0.0) * _GB,
+        )
+
 
 class _SpecReader(TomlReader):
     """Reads one parsed spec, checking each field as it goes."""
@@ -261,14 +376,14 @@ class _SpecReader(TomlReader):
     def target(self) -> Target:
         self.check_known_fields(self.data, _TOP_LEVEL_FIELDS, "")
         name = self.string("name")
-        if not _NAME_PATTERN.match(name):
+        if not TARGET_NAME_PATTERN.match(name):
             raise self.fail("name", f"{name!r} is not a valid target name", "use lowercase letters, digits, '-' and '_'")
         return Target(
             name=name,
             kind=self.choice("kind", TARGET_KINDS),
             description=self.string("description", default=""),
             torch_device=self.torch_device(),
-            onnx_execution_provider=self.choice("onnx_execution_provider", _execution_providers()),
+            onnx_execution_provider=self.choice("onnx_execution_provider", execution_providers()),
             price_per_hour=self.number("price_per_hour", minimum=0.0),
             memory_bytes=int(self.number("memory_gib", exclusive_minimum=0.0) * _GIB),
             memory_bandwidth_bytes_per_second=self.number("memory_bandwidth_gb_per_second", exclusive_minimum=0.0)
@@ -324,43 +439,6 @@ class _SpecReader(TomlReader):
             memory_half_bytes=self.number("memory_half_efficiency_mib", table, prefix, minimum=0.0) * 1024**2,
         )
 
-    def value(self, field: str, table: dict | None = None, default: Any = ..., prefix: str = "") -> Any:
-        table = self.data if table is None else table
-        if field not in table:
-            if default is ...:
-                # `prefix` names the enclosing table so a missing nested field is found.
-                where = f"the [{prefix.rstrip('.')}] table" if prefix else "the spec"
-                raise self.fail(prefix + field, "missing", f"add '{field} = ...' to {where}")
-            return default
-        return table[field]
-
-    def string(self, field: str, default: Any = ...) -> str:
-        value = self.value(field, default=default)
-        if not isinstance(value, str) or (default is ... and not value):
-            raise self.fail(field, f"expected a non-empty string, got {value!r}", "quote the value")
-        return value
-
-    def number(self, field: str, table: dict | None = None, prefix: str = "", *, minimum: float | None = None,
-               exclusive_minimum: float | None = None, maximum: float | None = None) -> float:
-        value = self.value(field, table, prefix=prefix)
-        name = prefix + field
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(name, f"expected a number, got {value!r}", "write a plain number without quotes")
-        if not math.isfinite(value):
-            raise self.fail(name, f"{value} is not a finite number", "write the figure as a plain finite number")
-        if minimum is not None and value < minimum:
-            raise self.fail(name, f"{value} is below {minimum}", f"use a value of at least {minimum}")
-        if exclusive_minimum is not None and value <= exclusive_minimum:
-            raise self.fail(name, f"{value} must be greater than {exclusive_minimum}", "use a positive value")
-        if maximum is not None and value > maximum:
-            raise self.fail(name, f"{value} is above {maximum}", f"use a value of at most {maximum}")
-        plausible = _PLAUSIBLE.get(field)
-        if plausible is not None and not plausible[0] <= value <= plausible[1]:
-            low, high, unit = plausible
-            raise self.fail(name, f"{value:g} {unit} is not a plausible figure for a device",
-                            f"give it in {unit}, between {low:g} and {high:g}")
-        return float(value)
-
     def choice(self, field: str, choices: Iterable[str]) -> str:
         value = self.string(field)
         choices = sorted(choices)
@@ -377,13 +455,10 @@ class _SpecReader(TomlReader):
         return value
 
     def torch_device(self) -> str:
-        import torch
-
         value = self.string("torch_device")
-        try:
-            torch.device(value)
-        except RuntimeError:
-            raise self.fail("torch_device", f"{value!r} is not a torch device", "use e.g. 'cpu' or 'cuda'") from None
+        problem = device_problem(value)
+        if problem is not None:
+            raise self.fail("torch_device", problem, "use e.g. 'cpu' or 'cuda'")
         return value
 
     def peak_flops(self) -> dict[str, float]:
@@ -399,16 +474,6 @@ class _SpecReader(TomlReader):
                 raise self.fail(f"peak_tflops.{dtype}", f"{tflops:g} {unit} is not a plausible figure for a device",
                                 f"give it in {unit}, between {low:g} and {high:g}")
         return {dtype: tflops * 1e12 for dtype, tflops in peaks.items()}
-
-    def link(self, table: Any, field: str) -> Link:
-        if not isinstance(table, dict):
-            raise self.fail(field, f"expected a table, got {table!r}", f"write it as a [{field}] section")
-        self.check_known_fields(table, _LINK_FIELDS, field + ".")
-        return Link(
-            latency_seconds=self.number("latency_microseconds", table, field + ".", minimum=0.0) * _MICRO,
-            bandwidth_bytes_per_second=self.number("bandwidth_gb_per_second", table, field + ".",
-                                                   exclusive_minimum=0.0) * _GB,
-        )
 
     def check_dtype(self, dtype: Any, field: str) -> str:
         if dtype not in torch_dtype_names():
@@ -479,14 +544,16 @@ class _SpecReader(TomlReader):
         if argument not in schema_arguments:
             raise self.fail(field + ".argument", f"{op} has no argument {argument!r}",
                             f"use one of {schema_arguments}")
-        bounds = {key: table.get(key) for key in ("max", "min")}
-        for key, bound in bounds.items():
-            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))):
-                raise self.fail(f"{field}.{key}", f"expected a number, got {bound!r}", "write a plain number")
+        # A bound that is not a finite number (nan compares false with everything) would switch the limit off.
+        bounds = {key: self.number(key, table, field + ".") if key in table else None for key in ("max", "min")}
         allowed = table.get("allowed", [])
+        if not isinstance(allowed, list) or any(isinstance(a, float) and not math.isfinite(a) for a in allowed):
+            raise self.fail(field + ".allowed", f"expected a list of finite values, got {allowed!r}",
+                            "write e.g. allowed = [1, 2]")
         dims = table.get("dims", [])
-        if not isinstance(allowed, list) or not isinstance(dims, list) or not all(isinstance(d, int) for d in dims):
-            raise self.fail(field, "'allowed' and 'dims' must be lists", "write e.g. dims = [2, 3]")
+        if not isinstance(dims, list) or any(isinstance(d, bool) or not isinstance(d, int) for d in dims):
+            raise self.fail(field + ".dims", f"expected a list of dimension indices, got {dims!r}",
+                            "write e.g. dims = [2, 3]")
         if bounds["max"] is None and bounds["min"] is None and not allowed:
             raise self.fail(field, f"the limit on {op} {argument} bounds nothing", "add max, min or allowed")
         return OpLimit(op, argument, bounds["max"], bounds["min"], tuple(allowed), tuple(dims))

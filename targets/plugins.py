@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from partitioner.errors import PartitionerError
+from partitioner.files import SPEC, read_text
 from targets.spec import TargetHooks
 
 ENTRY_POINT_GROUP = "partitioner.targets"
@@ -153,8 +155,8 @@ def _check_hooks(name: str, hooks: object) -> None:
 def _name(path: Path) -> str:
     """The target name a plug-in's spec file gives (the loader reads the rest when the target is used)."""
     try:
-        name = tomllib.loads(path.read_text()).get("name")
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        name = tomllib.loads(read_text(path, SPEC)).get("name")
+    except (OSError, PartitionerError, tomllib.TOMLDecodeError, RecursionError) as error:
         raise _Broken(f"its spec file {str(path)!r} cannot be read: {error}") from error
     if not isinstance(name, str):
         raise _Broken(f"its spec file {str(path)!r} has no name")

@@ -11,6 +11,8 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from partitioner.fields import number
+
 
 @dataclass(frozen=True, slots=True)
 class Link:
@@ -41,7 +43,9 @@ class Link:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Link:
-        return cls(float(data["latency_seconds"]), float(data["bandwidth_bytes_per_second"]))
+        """A link a plan or profile file holds: a finite latency of at least 0 and a bandwidth above 0 (a zero
+        bandwidth would make every copy over it take forever, or divide by zero)."""
+        return cls(number(data, "latency_seconds"), number(data, "bandwidth_bytes_per_second", above=True))
 
 
 @dataclass(frozen=True, slots=True)

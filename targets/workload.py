@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from partitioner.errors import PartitionerError
+from partitioner.files import WORKLOAD
 from targets.loader import TomlReader, read_toml
 
 WORKLOADS_DIR = Path(__file__).parent / "builtin" / "workloads"
@@ -95,14 +96,15 @@ def builtin_workload_names() -> list[str]:
 def load_workload(name_or_path: str | Path) -> Workload:
     """A built-in workload by name, or a workload file by path."""
     text = str(name_or_path)
-    path = Path(text) if text.endswith(".toml") or Path(text).is_file() else WORKLOADS_DIR / f"{text}.toml"
-    if not path.is_file():
+    named = text.endswith(".toml") or "/" in text or Path(text).is_file()
+    path = Path(text) if named else WORKLOADS_DIR / f"{text}.toml"
+    if not path.exists():
         known = builtin_workload_names()
         close = difflib.get_close_matches(text, known, n=1)
         raise PartitionerError(f"unknown workload {text!r}: built-in workloads are {', '.join(known)}. Fix: "
                                f"{f'did you mean {close[0]!r}? ' if close else ''}name one, or give the path of a "
                                ".toml workload file.")
-    return _WorkloadReader(path, read_toml(path)).workload()
+    return _WorkloadReader(path, read_toml(path, WORKLOAD)).workload()
 
 
 class _WorkloadReader(TomlReader):

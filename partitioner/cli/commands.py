@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from partitioner.errors import PartitionerError
-from partitioner.files import check_writable_folder
+from partitioner.files import check_writable_folder, output_path, write_json
 from partitioner.placement.objectives import objective_named
 from partitioner.progress import Progress
 from targets.loader import DEFAULT_TARGET_NAMES, load_target, loadable_targets
@@ -41,7 +41,7 @@ def _compile(args: argparse.Namespace, result_stream: TextIO) -> int:
     from partitioner.placement.solver import SolverOptions
     from partitioner.reporting.html_report import write_html_report
 
-    output = Path(args.output)
+    output = output_path(args.output)
     if output.exists() and not output.is_dir():
         raise PartitionerError(f"output {str(output)!r} is a file, not a folder. Fix: give a folder with -o.")
     check_writable_folder(output)
@@ -108,7 +108,6 @@ def _planning_targets(args: argparse.Namespace) -> list[str] | Fleet:
 def _compile_llm(args: argparse.Namespace, output: Path, progress: Progress, cost_model: CostModel,
                  targets: list[str] | Fleet, result_stream: TextIO) -> int:
     """compile --workload: both phases of an LLM, planned per token (partitioner/llm/planning.py)."""
-    from partitioner.files import write_atomically
     from partitioner.frontend.capture import build_model_file
     from partitioner.llm.planning import plan_llm
     from partitioner.llm.summary import format_llm_summary
@@ -137,8 +136,7 @@ def _compile_llm(args: argparse.Namespace, output: Path, progress: Progress, cos
                         expert_shards=args.expert_shards, workers=args.workers, seed=args.seed,
                         deterministic=args.deterministic)
     path = output / "llm_plan.json"
-    output.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, json.dumps(plan.to_dict(), indent=1))
+    write_json(path, plan.to_dict())
     if args.json:
         print(json.dumps({"plan": str(path), **{k: v for k, v in plan.best.to_dict().items() if k != "placement"}}),
               file=result_stream)
@@ -171,14 +169,15 @@ def profile_command(args: argparse.Namespace) -> int:
     if len(args.target) > len(devices):
         raise PartitionerError(f"{len(args.target)} --target for {len(devices)} --device. Fix: give at most one "
                                "target per device, in the same order.")
-    check_writable_folder(Path(args.output))
+    output = output_path(args.output)
+    check_writable_folder(output)
     progress = Progress("quiet" if args.quiet else "json" if args.json else "live")
     with progress.step(f"capturing {args.model}"):
         captured = load_model_file(args.model)
     if args.report:
         require_real_weights(captured)  # before minutes of timing, not after (profile_model checks --in-model)
     with progress.step(f"profiling on {', '.join(devices)}"):
-        runs = profile_model(captured, devices, Path(args.output), args.min_run_time, in_model=args.in_model,
+        runs = profile_model(captured, devices, output, args.min_run_time, in_model=args.in_model,
                              on_progress=lambda device, done, total: progress.counted(done, total,
                                                                                       f"op signatures on {device}"))
     for index, (device, run) in enumerate(zip(devices, runs)):
@@ -197,8 +196,9 @@ def calibrate_command(args: argparse.Namespace) -> int:
     from cost_models.measured import profiled_device_type
     from cost_models.profile import load_profiles
 
-    check_writable_folder(Path(args.output).parent)
-    check_spec_name(Path(args.output))
+    output = output_path(args.output, example=f"{Path(args.target).stem}-calibrated.toml")
+    check_writable_folder(output.parent)
+    check_spec_name(output)
     target = load_target(args.target)
     device_type = profiled_device_type(target)
     if device_type is None:
@@ -210,7 +210,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
         raise PartitionerError(f"{args.profiles} holds no profile of a {device_type} device for {target.name}. Fix: "
                                f"run partitioner profile MODEL --device {device_type} -o {args.profiles}.")
     calibration = calibrate(profile, target)
-    path = write_calibrated_spec(target, calibration, profile, Path(args.output))
+    path = write_calibrated_spec(target, calibration, profile, output)
     print(f"{target.name} on {profile.identity.describe()}, predicted / measured per op:")
     print(format_calibration(calibration))
     print(f"wrote {path}")
@@ -270,13 +270,14 @@ def export_command(args: argparse.Namespace) -> int:
     from partitioner.onnx.export import MANIFEST_NAME, export_plan
     from partitioner.plan import Plan
 
-    check_writable_folder(Path(args.output).parent)
+    output = output_path(args.output)
+    check_writable_folder(output.parent)
     plan = Plan.load(args.plan)
     if args.model:
         plan = plan.with_source(args.model)
     whole = " with the whole model" if args.whole else ""
     with Progress("live").step(f"exporting {plan.model.name} to ONNX{whole}"):
-        manifest = export_plan(plan, args.output, whole=args.whole, plan_path=args.plan)
+        manifest = export_plan(plan, output, whole=args.whole, plan_path=args.plan)
     for partition in manifest.partitions:
         compiled = f"; its compiler made {', '.join(partition.compiled)}" if partition.compiled else ""
         compiled += f" ({partition.note})" if partition.note else ""
@@ -284,7 +285,7 @@ def export_command(args: argparse.Namespace) -> int:
               f"{len(partition.outputs)} out{compiled}")
     if manifest.whole_model_file:
         print(f"{manifest.whole_model_file:<28}the unpartitioned model")
-    print(f"\nwrote {Path(args.output) / MANIFEST_NAME} (opset {manifest.opset}, every file passed the full checker)")
+    print(f"\nwrote {output / MANIFEST_NAME} (opset {manifest.opset}, every file passed the full checker)")
     return 0
 
 
@@ -337,12 +338,21 @@ def _listed(text: str) -> list[str]:
 
 
 def _device_map(text: str) -> dict[str, str]:
+    """--device-map's TARGET=DEVICE pairs; a device no model runs on (not a torch device, or meta) is refused."""
+    from targets.loader import device_problem
+
     device_map = {}
     for item in _listed(text):
         target, equals, device = (part.strip() for part in item.partition("="))
         if not (equals and target and device):
             raise PartitionerError(f"--device-map item {item!r} is not TARGET=DEVICE. "
                                    "Fix: write e.g. npu-example=cpu,cuda-h100=cuda:0.")
+        problem = device_problem(device)
+        if problem is not None:
+            raise PartitionerError(f"--device-map {item!r}: {problem}. Fix: map {target} to a device that runs "
+                                   "models, e.g. cpu or cuda:0.")
+        if target in device_map:
+            raise PartitionerError(f"--device-map maps {target} twice. Fix: map each target once.")
         device_map[target] = device
     return device_map
 
@@ -352,7 +362,11 @@ def coverage_command(args: argparse.Namespace) -> int:
     from partitioner.frontend.op_graph import annotate
     from partitioner.reporting.coverage import coverage, format_coverage
 
-    targets = [load_target(name) for name in _listed(args.targets)] if args.targets else _every_target()
+    names = _listed(args.targets) if args.targets is not None else None
+    if names == []:
+        raise PartitionerError(f"--targets {args.targets!r} names no target. Fix: name at least one, e.g. "
+                               f"--targets {','.join(DEFAULT_TARGET_NAMES)}, or leave --targets out for every one.")
+    targets = [load_target(name) for name in names] if names is not None else _every_target()
     with Progress("live").step("capturing the model"):
         captured = load_model_file(args.model)
     print(format_coverage(captured.name, coverage(annotate(captured.program), targets), args.top))

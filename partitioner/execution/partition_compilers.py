@@ -24,6 +24,7 @@ from torch.export import ExportedProgram
 from partitioner.errors import PartitionerError
 from partitioner.execution.partitioned_module import PartitionedModule, build_partitioned_module
 from partitioner.execution.split import Partition
+from partitioner.fields import text, texts
 from partitioner.frontend.op_graph import NodeKind, OpGraph
 from partitioner.placement.tagging import Tagging
 from partitioner.plan_records import TargetRecord
@@ -51,7 +52,7 @@ class CompilerRefusal:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> CompilerRefusal:
-        return cls(data["target"], data["partition"], tuple(data["nodes"]), data["reason"])
+        return cls(text(data, "target"), text(data, "partition"), texts(data, "nodes"), text(data, "reason"))
 
 
 class CompilerVerdicts:

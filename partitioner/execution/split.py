@@ -13,6 +13,7 @@ from typing import Mapping
 
 import networkx as nx
 
+from partitioner.fields import text, texts, whole
 from partitioner.frontend.op_graph import OpGraph, OpNode
 
 
@@ -41,7 +42,8 @@ class Partition:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Partition:
-        return cls(data["index"], data["target"], tuple(data["nodes"]), tuple(data["inputs"]), tuple(data["outputs"]))
+        return cls(whole(data, "index"), text(data, "target"), texts(data, "nodes"), texts(data, "inputs"),
+                   texts(data, "outputs"))
 
 
 def split(graph: OpGraph, assignment: Mapping[str, str]) -> tuple[Partition, ...]:

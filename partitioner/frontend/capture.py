@@ -24,6 +24,7 @@ import torch
 from torch.export import ExportedProgram
 
 from partitioner.errors import PartitionerError
+from partitioner.fields import text
 from partitioner.frontend.input_containers import register_input_containers
 
 # This package's own folder, not any folder named "partitioner" (a user's project may have one).
@@ -58,7 +59,8 @@ class ModelSource:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelSource:
-        return cls(data["kind"], data["path"], data.get("function"))
+        return cls(text(data, "kind", choices=("python", "exported_program")), text(data, "path"),
+                   text(data, "function", None))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import shutil
@@ -31,6 +30,8 @@ from partitioner.execution.partitioned_module import (PartitionedModule, build_p
                                                       to_device)
 from partitioner.execution.partition_compilers import compile_partition, plan_compilers
 from partitioner.execution.split import Partition
+from partitioner.fields import FieldError, part, records, sizes, text, texts, value, whole, within
+from partitioner.files import MANIFEST, read_json, write_json
 from partitioner.frontend.capture import split_inputs
 from partitioner.frontend.op_graph import OpGraph, annotate
 from partitioner.onnx.translations import missing_translation, translation_table
@@ -64,7 +65,10 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> TensorSpec:
-        return cls(data["name"], tuple(data["shape"]), data["dtype"], data["source"])
+        source = value(data, "source")
+        if source != "input" and (isinstance(source, bool) or not isinstance(source, int) or source < 0):
+            raise FieldError("source", f"expected \"input\" or a partition's index, got {source!r:.40}")
+        return cls(text(data, "name"), within("shape", sizes, value(data, "shape")), text(data, "dtype"), source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +93,9 @@ class ExportedPartition:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ExportedPartition:
-        return cls(data["index"], data["target"], data["execution_provider"], data["file"],
-                   tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
-                   tuple(TensorSpec.from_dict(t) for t in data["outputs"]), tuple(data.get("compiled", ())),
-                   data.get("note", ""))
+        return cls(whole(data, "index"), text(data, "target"), text(data, "execution_provider"), text(data, "file"),
+                   records(data, "inputs", TensorSpec.from_dict), records(data, "outputs", TensorSpec.from_dict),
+                   texts(data, "compiled", ()), text(data, "note", ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,22 +124,26 @@ class Manifest:
                 f"manifest schema version {data.get('schema_version')!r} is not {MANIFEST_SCHEMA_VERSION}. "
                 "Fix: export the plan again with this version of partitioner."
             )
-        return cls(data["model"]["name"], data["model"]["fingerprint"], data["plan"], data["opset"],
-                   tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
-                   tuple(ExportedPartition.from_dict(p) for p in data["partitions"]),
-                   tuple(TensorSpec.from_dict(t) for t in data["outputs"]), data.get("whole_model_file"))
+        name, fingerprint = part(data, "model", lambda model: (text(model, "name"), text(model, "fingerprint")))
+        return cls(name, fingerprint, text(data, "plan", None), whole(data, "opset"),
+                   records(data, "inputs", TensorSpec.from_dict), records(data, "partitions", ExportedPartition.from_dict),
+                   records(data, "outputs", TensorSpec.from_dict), text(data, "whole_model_file", None))
 
     @classmethod
     def load(cls, path: str | Path) -> Manifest:
+        """The manifest in `path` (or in the folder `path`), read within a bound (partitioner/files.py)."""
         path = Path(path)
         if path.is_dir():
             path = path / MANIFEST_NAME
+        data = read_json(path, MANIFEST)
+        if not isinstance(data, Mapping):
+            raise PartitionerError(f"{path} is not a partitioner manifest: it holds a JSON {type(data).__name__}, "
+                                   "not an object. Fix: export the plan again.")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise PartitionerError(f"manifest {str(path)!r} does not exist. Fix: run partitioner export first.") from None
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-            raise PartitionerError(f"{path} is not a partitioner manifest ({error}). Fix: export again.") from None
+            return cls.from_dict(data)
+        except FieldError as error:
+            raise PartitionerError(f"{path} is not a partitioner manifest: its {error}. Fix: export the plan "
+                                   "again.") from None
 
 
 def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan_path: str | Path | None = None,
@@ -192,7 +199,7 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
         manifest = Manifest(plan.model.name, plan.model.fingerprint,
                             str(Path(plan_path).resolve()) if plan_path else None, opset, model_inputs,
                             tuple(exported), model_outputs, whole_file)
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=1))
+        write_json(staging / MANIFEST_NAME, manifest.to_dict())
         _replace_folder(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -280,9 +287,9 @@ class _Wiring:
             values = pytree.tree_leaves(module(*args, **kwargs))
         returned = pytree.tree_leaves(self.graph.output_node().args[0])
         specs = []
-        for node, value in zip(returned, values):
+        for node, output in zip(returned, values):
             name, source = self.source(node)
-            specs.append(_spec(name, value, source))
+            specs.append(_spec(name, output, source))
         return tuple(specs)
 
 

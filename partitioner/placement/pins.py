@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from partitioner.errors import PartitionerError
+from partitioner.fields import flag, text
 from partitioner.frontend.op_graph import NodeKind, OpGraph, OpNode
 from partitioner.placement.tagging import Tagging
 from targets.spec import TargetSet
@@ -54,7 +55,7 @@ class Pin:
 
     @classmethod
     def from_dict(cls, data: dict) -> Pin:
-        return cls(data["pattern"], data["target"], bool(data.get("forbid", False)))
+        return cls(text(data, "pattern"), text(data, "target"), flag(data, "forbid", False))
 
 
 def apply_pins(graph: OpGraph, tagging: Tagging, targets: TargetSet, pins: Sequence[Pin]) -> Tagging:

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping
 
 from cost_models.base import CostModel, node_seconds
 from partitioner.errors import PartitionerError
+from partitioner.fields import entries, flag, listed, number, records, text, text_lists, texts, whole
 from partitioner.frontend.op_graph import NodeKind, OpGraph
 from partitioner.placement.blocks import repeated_blocks
 from partitioner.placement.tagging import Tagging
@@ -183,23 +184,30 @@ class PlacementProblem:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> PlacementProblem:
+        """The problem a plan file holds, each field checked for its type and range (partitioner/fields.py);
+        whether its names agree is the plan's check (partitioner/plan_checks.py)."""
         return cls(
-            targets=tuple(TargetTerms(t["name"], t["price_per_hour"], t["memory_bytes"]) for t in data["targets"]),
-            fallback=data["fallback"],
-            nodes=tuple(
-                ProblemNode(n["name"], NodeKind(n["kind"]), dict(n["compute_seconds"]), tuple(n["parameters"]),
-                            n["follows"], n.get("working_bytes", 0))
-                for n in data["nodes"]
-            ),
-            values=tuple(ProblemValue(v["producer"], tuple(v["consumers"]), v["bytes"]) for v in data["values"]),
-            parameter_bytes=dict(data["parameter_bytes"]),
-            links={(item["source"], item["destination"]): Link.from_dict(item) for item in data["links"]},
-            blocks=tuple(tuple(tuple(block) for block in family) for family in data.get("blocks", ())),
-            routes={(item["source"], item["destination"]): tuple(item["resources"]) for item in data.get("routes", ())},
-            resource_bandwidth={str(k): float(v) for k, v in data.get("resource_bandwidth", {}).items()},
-            separate_phases=bool(data.get("separate_phases", False)),
-            device_groups={str(place): str(group) for place, group in data.get("device_groups", {}).items()},
+            targets=records(data, "targets", lambda t: TargetTerms(text(t, "name"), number(t, "price_per_hour"),
+                                                                   whole(t, "memory_bytes", minimum=1))),
+            fallback=text(data, "fallback"),
+            nodes=records(data, "nodes", lambda n: ProblemNode(
+                text(n, "name"), NodeKind(text(n, "kind", choices=[kind.value for kind in NodeKind])),
+                entries(n, "compute_seconds", number), texts(n, "parameters"), text(n, "follows", None),
+                whole(n, "working_bytes", 0))),
+            values=records(data, "values", lambda v: ProblemValue(text(v, "producer"), texts(v, "consumers"),
+                                                                  whole(v, "bytes"))),
+            parameter_bytes=entries(data, "parameter_bytes", whole),
+            links=dict(records(data, "links", lambda item: (_pair(item), Link.from_dict(item)))),
+            blocks=listed(data, "blocks", lambda family: text_lists(family, 2), ()),
+            routes=dict(records(data, "routes", lambda item: (_pair(item), texts(item, "resources")), ())),
+            resource_bandwidth=entries(data, "resource_bandwidth", number, {}, minimum=0.0, above=True),
+            separate_phases=flag(data, "separate_phases", False),
+            device_groups=entries(data, "device_groups", text, {}),
         )
+
+
+def _pair(item: Mapping) -> tuple[str, str]:
+    return text(item, "source"), text(item, "destination")
 
 
 def phase_of(node_name: str) -> str:

@@ -55,8 +55,10 @@ class ServingFigures:
         return self.occupancy_seconds.get(resource, 0.0) / self.bottleneck_seconds if self.bottleneck_seconds else 0.0
 
     def to_dict(self) -> dict:
+        # JSON has no infinity: a placement that does no work has no limit on its throughput, written as null.
+        throughput = self.throughput_per_second if self.bottleneck_seconds > 0 else None
         return {"occupancy_seconds": dict(self.occupancy_seconds), "bottleneck": self.bottleneck,
-                "throughput_per_second": self.throughput_per_second, "used_targets": list(self.used_targets),
+                "throughput_per_second": throughput, "used_targets": list(self.used_targets),
                 "price_per_hour": self.price_per_hour, "cost_per_request_at_load": self.cost_per_request_at_load}
 
 

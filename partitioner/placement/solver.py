@@ -19,6 +19,7 @@ from typing import Callable, Mapping
 from ortools.sat.python import cp_model
 
 from partitioner.errors import PartitionerError
+from partitioner.fields import number, text, whole
 from partitioner.placement.cp_sat_model import TIED_GROUPS, PlacementModel, SearchOutOfTime
 from partitioner.placement.infeasibility import explain_infeasible
 from partitioner.placement.integer_units import OBJECTIVE_UNITS, objective_scale
@@ -64,8 +65,9 @@ class SolverReport:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> SolverReport:
-        return cls(data["status"], data["objective"], data["bound"], data["gap"], data["wall_seconds"],
-                   data["origin"], data.get("solved_nodes", 0))
+        return cls(text(data, "status"), number(data, "objective"), number(data, "bound"),
+                   number(data, "gap", maximum=1.0), number(data, "wall_seconds"), text(data, "origin"),
+                   whole(data, "solved_nodes", 0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -208,3 +208,15 @@ def test_calibrating_a_calibrated_spec_again_replaces_its_dtype_tables(tmp_path)
     calibrated = calibrate(profile, stale).applied_to(stale)
 
     assert calibrated.constants_for("matmul", "bfloat16").compute_efficiency == pytest.approx(0.4, rel=1e-3)
+
+
+def test_a_calibration_the_spec_loader_would_refuse_is_refused_before_anything_is_written(tmp_path):
+    """Tiny ops of two seconds each: a launch overhead of 2e6 us, which no device has and the loader refuses."""
+    target = load_target("cpu-x86")
+    profile = profile_made_by(target, 2.0, 0.3, 0.45)
+
+    with pytest.raises(PartitionerError, match="calibrating cpu-x86 gives a spec the loader would refuse .*field "
+                                               "'launch_overhead_microseconds': 2e\\+06 microseconds is not a "
+                                               "plausible figure.*Fix: profile the device again"):
+        write_calibrated_spec(target, calibrate(profile, target), profile, tmp_path / "slow-cpu.toml")
+    assert list(tmp_path.iterdir()) == []

@@ -299,7 +299,7 @@ def test_report_on_a_folder_is_one_line(tmp_path, capsys):
     code = main(["report", str(tmp_path)])
 
     assert code == 2
-    assert_one_line_error(capsys, "Is a directory")
+    assert_one_line_error(capsys, "is not a plan file: it is a folder")
 
 
 def test_a_build_function_that_exits_is_an_error_not_a_silent_success(tmp_path, capsys):
@@ -370,3 +370,24 @@ def test_compile_json_prints_only_the_result_on_stdout_whatever_the_model_prints
     printed = capsys.readouterr()
     assert json.loads(printed.out)["plan"] == str(tmp_path / "out" / "plan.json")
     assert "building the model" in printed.err and "inside build()" in printed.err
+
+
+@pytest.mark.parametrize("argv", [["compile", VISION_CLASSIFIER], ["profile", VISION_CLASSIFIER],
+                                  ["export", "plan.json"], ["calibrate", "profiles", "--target", "cpu-x86"]],
+                         ids=lambda argv: argv[0])
+@pytest.mark.parametrize("output", ["", "  "])
+def test_an_empty_output_path_is_refused_not_read_as_the_current_folder(argv, output, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    code = main([*argv, "-o", output])
+
+    assert code == 2
+    assert_one_line_error(capsys, f"-o {output!r} names no path. Fix: give one, e.g. -o ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_coverage_of_targets_naming_none_is_refused_not_an_empty_table(capsys):
+    code = main(["targets", "coverage", VISION_CLASSIFIER, "--targets", ",,,"])
+
+    assert code == 2
+    assert_one_line_error(capsys, "--targets ',,,' names no target. Fix: name at least one")

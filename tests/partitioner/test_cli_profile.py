@@ -96,14 +96,20 @@ def test_calibrate_writes_a_spec_that_loads(profiled, tmp_path, capsys):
     assert "matmul" in printed and "whole profile: predicted total" in printed
 
 
-def test_calibrate_refuses_to_write_a_spec_named_like_a_builtin_target(profiled, tmp_path, capsys):
+@pytest.mark.parametrize("file, problem", [
+    ("cuda-h100.toml", "the name of a built-in target. Fix: name the file after this device"),
+    ("acme-npu.toml", "the name of a target of the installed plug-in partitioner-example-vendor"),
+    ("my cpu.toml", "'my cpu', which is not a valid target name. Fix: name the file with lowercase letters"),
+    ("this-cpu.json", "is not a .toml path"),
+])
+def test_calibrate_refuses_to_write_a_spec_that_would_not_load_as_itself(profiled, tmp_path, capsys, file, problem):
     _, profiles = profiled
 
-    code = main(["calibrate", str(profiles), "--target", "cpu-x86", "-o", str(tmp_path / "cuda-h100.toml")])
+    code = main(["calibrate", str(profiles), "--target", "cpu-x86", "-o", str(tmp_path / file)])
 
     assert code == 2
-    assert "the name of a built-in target. Fix: name the file after this device" in capsys.readouterr().err
-    assert not (tmp_path / "cuda-h100.toml").exists()
+    assert_one_line_error(capsys, problem)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_profile_report_compares_each_cost_model_with_the_measured_run(profiled, capsys):

@@ -208,7 +208,10 @@ def test_device_map_naming_an_absent_device_names_it(compiled, capsys, monkeypat
 
 
 @pytest.mark.parametrize("device_map, named", [("cuda-h100", "'cuda-h100'"), ("tpu-v9=cpu", "'tpu-v9'"),
-                                               ("cuda-h100=quantum", "'quantum'")])
+                                               ("cuda-h100=quantum", "'quantum'"),
+                                               ("cuda-h100=meta", "'meta' is torch's meta device, which holds no "
+                                                                  "data and runs nothing"),
+                                               ("cuda-h100=cpu,cuda-h100=cuda:0", "maps cuda-h100 twice")])
 def test_malformed_device_map_is_refused(compiled, capsys, device_map, named):
     _, plan_path = compiled
 

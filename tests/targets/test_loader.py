@@ -301,6 +301,22 @@ INVALID_SPECS = {
         ('name = "my-chip"', 'name = "My Chip"'),
         "name", "lowercase letters",
     ),
+    "a limit of nan, which would switch it off": (
+        ("max = 4096", "max = nan"),
+        "support.limits.max", "finite number",
+    ),
+    "dimensions given as booleans": (
+        ("dims = [0]", "dims = [true, false]"),
+        "support.limits.dims", "dims = [2, 3]",
+    ),
+    "the meta device, which runs nothing": (
+        ('torch_device = "cpu"', 'torch_device = "meta"'),
+        "torch_device", "use e.g. 'cpu' or 'cuda'",
+    ),
+    "a device torch does not know": (
+        ('torch_device = "cpu"', 'torch_device = "toaster:0"'),
+        "torch_device", "use e.g. 'cpu' or 'cuda'",
+    ),
 }
 
 
@@ -475,3 +491,22 @@ def test_a_link_to_a_target_nobody_names_is_refused(tmp_path):
     with pytest.raises(PartitionerError, match=r"field 'links.cuda-h1000': no target is named 'cuda-h1000'.*"
                                                r"Fix: did you mean 'cuda-h100'\?"):
         load_targets([write_spec(tmp_path, spec), "cuda-h100"])
+
+
+def test_a_spec_file_named_like_an_installed_plug_in_target_is_refused_rather_than_shadowing_it(tmp_path):
+    """examples/vendor_plugin, which the tests install, registers acme-npu."""
+    path = write_spec(tmp_path, UNIVERSAL_SPEC.format(name="acme-npu", device="cpu", extra_support=""))
+
+    with pytest.raises(PartitionerError, match="'acme-npu' is the name of a target of the installed plug-in "
+                                               "partitioner-example-vendor .*Fix: give it a name of its own"):
+        load_target(path)
+
+
+@pytest.mark.parametrize("text", ["a = " + "[" * 100_000 + "]" * 100_000, "\udcff".encode("utf-8", "surrogatepass")],
+                         ids=["nested 100,000 deep", "not UTF-8"])
+def test_a_spec_file_toml_cannot_read_is_one_error_naming_it(tmp_path, text):
+    path = tmp_path / "deep.toml"
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+
+    with pytest.raises(PartitionerError, match=re.escape(f"{path} is not a target spec: ") + ".*Fix: "):
+        load_target(path)

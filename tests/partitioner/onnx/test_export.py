@@ -474,7 +474,14 @@ def test_manifest_of_a_newer_schema_version_is_refused(manifest_data, tmp_path):
         Manifest.load(path)
 
 
-@pytest.mark.parametrize("text", ["{\"schema_version\": 1, \"model\":", "[1, 2]", "{\"schema_version\": 1}"])
+A_FILE_NAMED_BY_A_NUMBER = json.dumps({
+    "schema_version": 1, "model": {"name": "m", "fingerprint": "f"}, "plan": None, "opset": 18, "inputs": [],
+    "partitions": [{"index": 0, "target": "t", "execution_provider": "CPUExecutionProvider", "file": 5, "inputs": [],
+                    "outputs": []}], "outputs": []})
+
+
+@pytest.mark.parametrize("text", ["{\"schema_version\": 1, \"model\":", "[1, 2]", "{\"schema_version\": 1}",
+                                  A_FILE_NAMED_BY_A_NUMBER])
 def test_corrupt_manifest_is_refused(text, tmp_path):
     path = tmp_path / MANIFEST_NAME
     path.write_text(text)
