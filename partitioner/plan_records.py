@@ -72,7 +72,8 @@ class TargetRecord:
             raise FieldError("torch_device", problem)
         return cls(text(data, "name"), text(data, "kind", choices=TARGET_KINDS), text(data, "description"), device,
                    text(data, "onnx_execution_provider", choices=execution_providers()), text(data, "spec_path"),
-                   text(data, "spec", ""), text(data, "host", ""), text(data, "origin", "built-in"))
+                   text(data, "spec", ""), text(data, "host", ""), text(data, "origin", "built-in"),
+                   flag(data, "compiles", False))
 
 
 @dataclass(frozen=True, slots=True)
