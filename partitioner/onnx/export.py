@@ -10,6 +10,7 @@ that replaces the output folder only once everything succeeded.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -19,10 +20,12 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import onnx
+import onnx_ir as ir
 import torch
+from onnx_ir import tensor_adapters
 from torch.utils import _pytree as pytree
 
 from partitioner.errors import PartitionerError
@@ -42,6 +45,8 @@ OPSET = 18
 MANIFEST_SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 WHOLE_MODEL_FILE = "whole.onnx"
+# ONNX Runtime's names of tensor element types where they differ from torch's.
+_ONNX_TYPE_NAMES = {"float32": "float", "float64": "double"}
 # Above this a model's weights go to a side file: protobuf cannot hold 2 GiB.
 _EXTERNAL_DATA_BYTES = 1 << 30
 
@@ -159,31 +164,22 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
     try:
         exported = []
         for partition in plan.partitions:
-            outputs = [boundary_name(value, partition.index) for value in wiring.outputs(partition.index)]
-            if not outputs:
-                continue  # only runtime checks (asserts): nothing for a device to run
-            inputs = tuple(_spec(name, value, source) for (name, source), value
-                           in zip(wiring.inputs(partition.index), partition_inputs[partition.index]))
-            file = f"{partition.name}.onnx"
-            _export(module.submodule(partition), partition_inputs[partition.index], [t.name for t in inputs],
-                    outputs, staging / file, opset, f"partition {partition.name}")
-            output_values = _run_outputs(module.submodule(partition), partition_inputs[partition.index])
-            compiled = ()
+            exported.append(_export_partition(partition, module, wiring, partition_inputs[partition.index], staging,
+                                              opset, providers[partition.target]))
             if partition.target in compilers:
                 if graph is None:
                     graph = annotate(captured.program)
                 compiled = _write_compiled(compilers[partition.target], partition, module, graph,
                                            partition_inputs[partition.index], staging)
-            exported.append(ExportedPartition(
-                partition.index, partition.target, providers[partition.target], file, inputs,
-                tuple(_spec(name, value, partition.index) for name, value in zip(outputs, output_values)), compiled))
+                exported[-1] = dataclasses.replace(exported[-1], compiled=compiled)
         model_inputs = tuple(_spec(name, value, "input") for name, value in wiring.model_inputs(args, kwargs))
         model_outputs = wiring.model_outputs(module, args, kwargs)
         whole_file = None
         if whole:
             whole_file = WHOLE_MODEL_FILE
-            _export(captured.program.module(), args, [t.name for t in model_inputs],
-                    _distinct_names([t.name for t in model_outputs], [t.name for t in model_inputs]),
+            names = _distinct_names([t.name for t in model_outputs], [t.name for t in model_inputs])
+            _export(captured.program.module(), args, model_inputs,
+                    [dataclasses.replace(spec, name=name) for spec, name in zip(model_outputs, names)],
                     staging / whole_file, opset, "the whole model", kwargs=kwargs)
         manifest = Manifest(plan.model.name, plan.model.fingerprint,
                             str(Path(plan_path).resolve()) if plan_path else None, opset, model_inputs,
@@ -194,6 +190,20 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _export_partition(partition: Partition, module: PartitionedModule, wiring: _Wiring, inputs: tuple,
+                      folder: Path, opset: int, provider: str) -> ExportedPartition:
+    """Export one partition to `folder`, its boundary named and typed as the manifest records it."""
+    submodule = module.submodule(partition)
+    names = [boundary_name(value, partition.index) for value in wiring.outputs(partition.index)]
+    input_specs = tuple(_spec(name, value, source) for (name, source), value
+                        in zip(wiring.inputs(partition.index), inputs))
+    output_specs = tuple(_spec(name, value, partition.index)
+                         for name, value in zip(names, _run_outputs(submodule, inputs)))
+    file = f"{partition.name}.onnx"
+    _export(submodule, inputs, input_specs, output_specs, folder / file, opset, f"partition {partition.name}")
+    return ExportedPartition(partition.index, partition.target, provider, file, input_specs, output_specs)
 
 
 def _write_compiled(target: Target, partition: Partition, module: PartitionedModule, graph: OpGraph,
@@ -302,9 +312,10 @@ def _run_outputs(submodule: torch.nn.Module, inputs: tuple) -> list[torch.Tensor
         return pytree.tree_leaves(submodule(*inputs))
 
 
-def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str], path: Path,
-            opset: int, what: str, kwargs: dict | None = None) -> None:
-    """Export one module to `path`, then run the full checker and strict shape inference on it.
+def _export(module: torch.nn.Module, args: tuple, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+            path: Path, opset: int, what: str, kwargs: dict | None = None) -> None:
+    """Export one module to `path` with the boundary `inputs` and `outputs` (names, shapes and dtypes as torch
+    gives them), then run the full checker and strict shape inference on it and check its boundary.
 
     Autograd is off: with it on, decompositions keep views of tensors that need grad, and some of them
     (e.g. T5's attention reshape) cannot be exported.
@@ -312,27 +323,80 @@ def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output
     try:
         with _quiet(), torch.no_grad():
             program = torch.onnx.export(module, args, kwargs=kwargs, dynamo=True, opset_version=opset,
-                                        input_names=input_names, output_names=output_names, verbose=False,
-                                        custom_translation_table=translation_table())
+                                        input_names=[t.name for t in inputs], output_names=[t.name for t in outputs],
+                                        verbose=False, custom_translation_table=translation_table())
+        _cast_outputs_to(program.model, [t.dtype for t in outputs])
         model = program.model_proto
         large = model.ByteSize() > _EXTERNAL_DATA_BYTES
         onnx.save_model(model, path, save_as_external_data=large, location=f"{path.name}.data" if large else None)
         onnx.checker.check_model(str(path), full_check=True)
         onnx.shape_inference.infer_shapes_path(str(path), str(path), check_type=True, strict_mode=True)
     except Exception as error:
-        cause = _root_cause(error)
-        op = missing_translation(cause)
-        if op is not None:
-            raise PartitionerError(
-                f"cannot export {what} to ONNX: torch.onnx has no translation for the op {op}. Fix: register "
-                f"an onnxscript function for it with partitioner.onnx.translations.register_translation("
-                f"torch.ops.{op}, function) before exporting, or rewrite that op in the model with exportable ones."
-            ) from error
+        raise _export_error(what, error) from error
+    found = file_boundary(onnx.load(str(path), load_external_data=False).graph)
+    mismatch = boundary_mismatch(inputs, outputs, found)
+    if mismatch is not None:
         raise PartitionerError(
-            f"cannot export {what} to ONNX: {type(cause).__name__}: {_first_line(cause)}. "
-            "Fix: every partition goes to ONNX whatever its target, so rewrite that op in the model with "
-            "exportable ones, or register an ONNX translation for it (partitioner.onnx.translations)."
-        ) from error
+            f"cannot export {what} to ONNX: the file does not give what torch computes ({mismatch}). Fix: if a "
+            "translation you registered (partitioner.onnx.translations) makes one of its ops, make it return "
+            "torch's dtype and shape; otherwise report this model.")
+
+
+def _export_error(what: str, error: Exception) -> PartitionerError:
+    """One line for an export that failed: the op without a translation, or the innermost cause."""
+    cause = _root_cause(error)
+    op = missing_translation(cause)
+    if op is not None:
+        return PartitionerError(
+            f"cannot export {what} to ONNX: torch.onnx has no translation for the op {op}. Fix: register "
+            f"an onnxscript function for it with partitioner.onnx.translations.register_translation("
+            f"torch.ops.{op}, function) before exporting, or rewrite that op in the model with exportable ones.")
+    return PartitionerError(
+        f"cannot export {what} to ONNX: {type(cause).__name__}: {_first_line(cause)}. "
+        "Fix: every partition goes to ONNX whatever its target, so rewrite that op in the model with "
+        "exportable ones, or register an ONNX translation for it (partitioner.onnx.translations).")
+
+
+def _cast_outputs_to(model: ir.Model, dtypes: Sequence[str]) -> None:
+    """Give each graph output the dtype torch gives it, by a Cast where the exporter left another.
+
+    torch.onnx computes low-precision reductions (a float16 `sum`, `cumsum`, `prod`) in float32 and casts the
+    result back, but it takes a graph output by the name the op had before that cast was inserted, so the
+    file would return float32 where torch returns float16.
+    """
+    graph = model.graph
+    for position, (value, dtype) in enumerate(zip(list(graph.outputs), dtypes)):
+        wanted = tensor_adapters.from_torch_dtype(getattr(torch, dtype))
+        if value.dtype == wanted:
+            continue
+        cast = ir.node("Cast", [value], {"to": wanted})
+        graph.append(cast)
+        result = cast.outputs[0]
+        result.dtype, result.shape = wanted, value.shape
+        result.name, value.name = value.name, f"{value.name}.before_cast"
+        graph.outputs[position] = result
+
+
+def file_boundary(graph: onnx.GraphProto) -> dict[str, list[tuple[str, tuple, str]]]:
+    """An ONNX graph's inputs and outputs as (name, shape, type), the type as ONNX Runtime writes it, e.g.
+    `tensor(float16)`; a dimension without a fixed size is its name or None."""
+    def described(info: onnx.ValueInfoProto) -> tuple[str, tuple, str]:
+        tensor = info.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
+        return info.name, shape, f"tensor({onnx.TensorProto.DataType.Name(tensor.elem_type).lower()})"
+    return {"input": [described(i) for i in graph.input], "output": [described(o) for o in graph.output]}
+
+
+def boundary_mismatch(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+                      found: Mapping[str, Sequence[tuple[str, tuple, str]]]) -> str | None:
+    """Where a file's inputs or outputs (`file_boundary`'s form) differ from the manifest's names, shapes or
+    dtypes; None where they agree."""
+    for kind, specs in (("input", inputs), ("output", outputs)):
+        wanted = [(spec.name, spec.shape, f"tensor({_ONNX_TYPE_NAMES.get(spec.dtype, spec.dtype)})")
+                  for spec in specs]
+        if list(found[kind]) != wanted:
+            return f"its {kind}s are {list(found[kind])}, the manifest says {wanted}"
+    return None
 
 
 @contextlib.contextmanager
