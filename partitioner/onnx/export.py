@@ -33,7 +33,7 @@ from partitioner.execution.check import require_real_weights
 from partitioner.execution.partitioned_module import (PartitionedModule, build_partitioned_module, partition_index,
                                                       to_device)
 from partitioner.execution.partition_compilers import compile_partition, plan_compilers
-from partitioner.execution.split import Partition
+from partitioner.execution.split import Partition, memory_apart
 from partitioner.frontend.capture import split_inputs
 from partitioner.frontend.op_graph import OpGraph, annotate
 from partitioner.onnx.translations import missing_translation, translation_table
@@ -156,10 +156,12 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
                                       {t.name: torch.device("cpu") for t in plan.targets})
     args, kwargs = split_inputs(captured.example_inputs if captured.example_inputs is not None
                                 else captured.program.example_inputs)
+    graph = annotate(captured.program)
+    _check_partitions_stand_alone(plan, graph)
     partition_inputs = _record_partition_inputs(module, args, kwargs)
     wiring = _Wiring(module)
     providers = {t.name: t.onnx_execution_provider for t in plan.targets}
-    compilers, graph = plan_compilers(plan.targets), None
+    compilers = plan_compilers(plan.targets)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         exported = []
@@ -167,8 +169,6 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
             exported.append(_export_partition(partition, module, wiring, partition_inputs[partition.index], staging,
                                               opset, providers[partition.target]))
             if partition.target in compilers:
-                if graph is None:
-                    graph = annotate(captured.program)
                 compiled = _write_compiled(compilers[partition.target], partition, module, graph,
                                            partition_inputs[partition.index], staging)
                 exported[-1] = dataclasses.replace(exported[-1], compiled=compiled)
@@ -190,6 +190,28 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _check_partitions_stand_alone(plan: Plan, graph: OpGraph) -> None:
+    """Each file must hand on what its partition computes, writes included: ONNX files share no memory, so a
+    partition that only writes into another's memory, or hands nothing on, would be dropped or lose its work."""
+    home = {name: p for p in plan.partitions for name in p.nodes}
+    apart = memory_apart(graph, plan.partitions)
+    if apart is not None:
+        owner, member = apart
+        raise PartitionerError(
+            f"{member} in partition {home[member].name} writes in place into memory that {owner} made in partition "
+            f"{home[owner].name}, and later nodes read that memory: ONNX files share no memory, so the write would "
+            "be lost. Fix: compile the plan again with this version of partitioner, which keeps such writes with "
+            f"their memory; if the plan still splits them, pin the ops between {owner} and {member} to "
+            f"{home[owner].target} (--pin).")
+    for partition in plan.partitions:
+        if not partition.outputs:
+            ops = sorted({record.op for record in plan.nodes if home.get(record.name) is partition})
+            raise PartitionerError(
+                f"partition {partition.name} hands no value to another partition or to the model's outputs (it "
+                f"holds only {', '.join(ops)}), so its file would compute nothing anyone reads. Fix: compile the "
+                "plan again with this version of partitioner.")
 
 
 def _export_partition(partition: Partition, module: PartitionedModule, wiring: _Wiring, inputs: tuple,
