@@ -24,7 +24,7 @@ from partitioner.errors import PartitionerError
 from partitioner.execution.check import CheckResult, compare_outputs, require_real_weights, run_timed
 from partitioner.execution.float32_reference import float32_outputs, has_reduced_precision
 from partitioner.frontend.capture import split_inputs
-from partitioner.onnx.export import MANIFEST_NAME, ExportedPartition, Manifest, boundary_mismatch
+from partitioner.onnx.manifest import MANIFEST_NAME, ExportedPartition, Manifest, boundary_mismatch
 from partitioner.plan import Plan
 
 _CPU = "CPUExecutionProvider"

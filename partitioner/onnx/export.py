@@ -3,8 +3,9 @@
 The last step for vendor toolchains (TensorRT, OpenVINO, QNN, ...), which take
 ONNX: each device gets exactly its share. Partitions are exported with
 `torch.onnx.export` (dynamo path) at a pinned opset, checked with the full
-ONNX checker and strict shape inference, and written into a temporary folder
-that replaces the output folder only once everything succeeded.
+ONNX checker, strict shape inference and against the boundary the manifest
+(manifest.py) records, and written into a temporary folder that replaces the
+output folder only once everything succeeded.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import onnx
 import onnx_ir as ir
@@ -30,115 +30,23 @@ from torch.utils import _pytree as pytree
 
 from partitioner.errors import PartitionerError
 from partitioner.execution.check import require_real_weights
+from partitioner.execution.partition_compilers import compile_partition, plan_compilers
 from partitioner.execution.partitioned_module import (PartitionedModule, build_partitioned_module, partition_index,
                                                       to_device)
-from partitioner.execution.partition_compilers import compile_partition, plan_compilers
 from partitioner.execution.split import Partition, memory_apart
 from partitioner.frontend.capture import split_inputs
 from partitioner.frontend.op_graph import OpGraph, annotate
+from partitioner.onnx.manifest import (MANIFEST_NAME, ExportedPartition, Manifest, TensorSpec, boundary_mismatch,
+                                       file_boundary)
 from partitioner.onnx.translations import missing_translation, translation_table
 from partitioner.plan import Plan
 from targets.hooks import PartitionRefused, plugin_fault
 from targets.spec import Target
 
 OPSET = 18
-MANIFEST_SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 WHOLE_MODEL_FILE = "whole.onnx"
-# ONNX Runtime's names of tensor element types where they differ from torch's.
-_ONNX_TYPE_NAMES = {"float32": "float", "float64": "double"}
 # Above this a model's weights go to a side file: protobuf cannot hold 2 GiB.
 _EXTERNAL_DATA_BYTES = 1 << 30
-
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """A named tensor at a boundary: a model input, a partition's input or output, a model output.
-
-    `source` says where the value comes from: "input" (a model input) or the
-    index of the partition that produces it.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    source: str | int = "input"
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "source": self.source}
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> TensorSpec:
-        return cls(data["name"], tuple(data["shape"]), data["dtype"], data["source"])
-
-
-@dataclass(frozen=True, slots=True)
-class ExportedPartition:
-    """One ONNX file: the partition it holds, where it should run, and its boundary tensors."""
-
-    index: int
-    target: str
-    execution_provider: str
-    file: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    compiled: tuple[str, ...] = ()  # what the target's compiler made of it (a plug-in's hook), beside the file
-
-    def to_dict(self) -> dict:
-        return {"index": self.index, "target": self.target, "execution_provider": self.execution_provider,
-                "file": self.file, "inputs": [t.to_dict() for t in self.inputs],
-                "outputs": [t.to_dict() for t in self.outputs],
-                **({"compiled": list(self.compiled)} if self.compiled else {})}
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> ExportedPartition:
-        return cls(data["index"], data["target"], data["execution_provider"], data["file"],
-                   tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
-                   tuple(TensorSpec.from_dict(t) for t in data["outputs"]), tuple(data.get("compiled", ())))
-
-
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    """How the exported files connect: model inputs, files in run order, and model outputs by source."""
-
-    model_name: str
-    fingerprint: str
-    plan_path: str | None
-    opset: int
-    inputs: tuple[TensorSpec, ...]
-    partitions: tuple[ExportedPartition, ...]
-    outputs: tuple[TensorSpec, ...]
-    whole_model_file: str | None = None
-
-    def to_dict(self) -> dict:
-        return {"schema_version": MANIFEST_SCHEMA_VERSION, "model": {"name": self.model_name,
-                "fingerprint": self.fingerprint}, "plan": self.plan_path, "opset": self.opset,
-                "inputs": [t.to_dict() for t in self.inputs], "partitions": [p.to_dict() for p in self.partitions],
-                "outputs": [t.to_dict() for t in self.outputs], "whole_model_file": self.whole_model_file}
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> Manifest:
-        if data.get("schema_version") != MANIFEST_SCHEMA_VERSION:
-            raise PartitionerError(
-                f"manifest schema version {data.get('schema_version')!r} is not {MANIFEST_SCHEMA_VERSION}. "
-                "Fix: export the plan again with this version of partitioner."
-            )
-        return cls(data["model"]["name"], data["model"]["fingerprint"], data["plan"], data["opset"],
-                   tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
-                   tuple(ExportedPartition.from_dict(p) for p in data["partitions"]),
-                   tuple(TensorSpec.from_dict(t) for t in data["outputs"]), data.get("whole_model_file"))
-
-    @classmethod
-    def load(cls, path: str | Path) -> Manifest:
-        path = Path(path)
-        if path.is_dir():
-            path = path / MANIFEST_NAME
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise PartitionerError(f"manifest {str(path)!r} does not exist. Fix: run partitioner export first.") from None
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-            raise PartitionerError(f"{path} is not a partitioner manifest ({error}). Fix: export again.") from None
 
 
 def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan_path: str | Path | None = None,
@@ -162,6 +70,7 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
     wiring = _Wiring(module)
     providers = {t.name: t.onnx_execution_provider for t in plan.targets}
     compilers = plan_compilers(plan.targets)
+    model_outputs = wiring.model_outputs(module, args, kwargs)  # before the slow part: its outputs may not export
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         exported = []
@@ -173,7 +82,6 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
                                            partition_inputs[partition.index], staging)
                 exported[-1] = dataclasses.replace(exported[-1], compiled=compiled)
         model_inputs = tuple(_spec(name, value, "input") for name, value in wiring.model_inputs(args, kwargs))
-        model_outputs = wiring.model_outputs(module, args, kwargs)
         whole_file = None
         if whole:
             whole_file = WHOLE_MODEL_FILE
@@ -309,10 +217,20 @@ class _Wiring:
             values = pytree.tree_leaves(module(*args, **kwargs))
         returned = pytree.tree_leaves(self.graph.output_node().args[0])
         specs = []
-        for node, value in zip(returned, values):
+        for position, (node, value) in enumerate(zip(returned, values)):
+            if not isinstance(node, torch.fx.Node) or not isinstance(value, torch.Tensor):
+                raise PartitionerError(
+                    f"the model returns {type(value).__name__} {_shortened(value)} (its flattened output "
+                    f"{position}), and an ONNX file returns tensors only. Fix: return only tensors from the model's "
+                    "forward (or compile a wrapper that drops the rest), then compile and export again.")
             name, source = self.source(node)
             specs.append(_spec(name, value, source))
         return tuple(specs)
+
+
+def _shortened(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def _record_partition_inputs(module: PartitionedModule, args: tuple, kwargs: dict) -> dict[int, tuple]:
@@ -397,28 +315,6 @@ def _cast_outputs_to(model: ir.Model, dtypes: Sequence[str]) -> None:
         result.dtype, result.shape = wanted, value.shape
         result.name, value.name = value.name, f"{value.name}.before_cast"
         graph.outputs[position] = result
-
-
-def file_boundary(graph: onnx.GraphProto) -> dict[str, list[tuple[str, tuple, str]]]:
-    """An ONNX graph's inputs and outputs as (name, shape, type), the type as ONNX Runtime writes it, e.g.
-    `tensor(float16)`; a dimension without a fixed size is its name or None."""
-    def described(info: onnx.ValueInfoProto) -> tuple[str, tuple, str]:
-        tensor = info.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
-        return info.name, shape, f"tensor({onnx.TensorProto.DataType.Name(tensor.elem_type).lower()})"
-    return {"input": [described(i) for i in graph.input], "output": [described(o) for o in graph.output]}
-
-
-def boundary_mismatch(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
-                      found: Mapping[str, Sequence[tuple[str, tuple, str]]]) -> str | None:
-    """Where a file's inputs or outputs (`file_boundary`'s form) differ from the manifest's names, shapes or
-    dtypes; None where they agree."""
-    for kind, specs in (("input", inputs), ("output", outputs)):
-        wanted = [(spec.name, spec.shape, f"tensor({_ONNX_TYPE_NAMES.get(spec.dtype, spec.dtype)})")
-                  for spec in specs]
-        if list(found[kind]) != wanted:
-            return f"its {kind}s are {list(found[kind])}, the manifest says {wanted}"
-    return None
 
 
 @contextlib.contextmanager

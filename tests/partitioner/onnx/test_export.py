@@ -445,6 +445,27 @@ def test_a_partition_that_hands_nothing_on_is_refused_at_export_not_dropped(tmp_
         export_plan(plan, tmp_path / "onnx")
 
 
+class Labelled(nn.Module):
+    """Returns a string beside its tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.linear(x), "label"
+
+
+def test_a_model_that_returns_a_string_is_refused_at_export_with_the_fix(tmp_path):
+    plan = compiled(Labelled().eval(), random_inputs((2, 4)))
+
+    with pytest.raises(PartitionerError, match=r"the model returns str 'label' \(its flattened output 1\), and an "
+                                               r"ONNX file returns tensors only. Fix: return only tensors"):
+        export_plan(plan, tmp_path / "onnx")
+
+    assert list(tmp_path.iterdir()) == []
+
+
 def failing_on_second_call(monkeypatch) -> list:
     calls = []
     real_export = torch.onnx.export
