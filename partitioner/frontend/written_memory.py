@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from partitioner.frontend.op_graph import NodeKind, OpGraph
 
 
+# Kinds of node whose value lives in the memory of their first input: views, and items picked from a view that
+# gives several (`split`); asserts too, which read nothing.
+_ALIASING = (NodeKind.VIEW, NodeKind.BOOKKEEPING)
+
+
 @dataclass(frozen=True, slots=True)
 class SharedMemory:
     """Memory made by `owner` that `writers` write in place, through `views`, and later nodes read as memory."""
@@ -54,13 +59,14 @@ def memory_read_after_writes(graph: OpGraph) -> tuple[SharedMemory, ...]:
 
 
 def _aliases(graph: OpGraph, users: dict[str, list[str]], start: str, owner: str) -> set[str]:
-    """`start` and every node whose value lives in its memory: views of it, views of those, writes into them."""
+    """`start` and every node whose value lives in its memory: views of it (an item of a split counts), views of
+    those, writes into them."""
     found, pending = {start}, [start]
     while pending:
         name = pending.pop()
         for user in users[name]:
             node = graph[user]
-            if user not in found and node.inputs[0] == name and (node.kind is NodeKind.VIEW or node.writes == owner):
+            if user not in found and node.inputs[0] == name and (node.kind in _ALIASING or node.writes == owner):
                 found.add(user)
                 pending.append(user)
     return found
@@ -83,7 +89,7 @@ def _write_path(graph: OpGraph, writer: str, owner: str) -> list[str]:
     name = graph[writer].inputs[0] if graph[writer].inputs else owner
     while name != owner:
         node = graph[name]
-        if not node.inputs or not (node.kind is NodeKind.VIEW or node.writes == owner):
+        if not node.inputs or not (node.kind in _ALIASING or node.writes == owner):
             return []  # not an alias of `owner`: the write goes into something else (a model input's memory)
         path.append(name)
         name = node.inputs[0]
