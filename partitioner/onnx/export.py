@@ -107,8 +107,9 @@ def _check_partitions_stand_alone(plan: Plan, graph: OpGraph) -> None:
     apart = memory_apart(graph, plan.partitions)
     if apart is not None:
         owner, member = apart
+        what = "writes in place into" if graph[member].writes is not None else "is a view that writes go through into"
         raise PartitionerError(
-            f"{member} in partition {home[member].name} writes in place into memory that {owner} made in partition "
+            f"{member} in partition {home[member].name} {what} memory that {owner} made in partition "
             f"{home[owner].name}, and later nodes read that memory: ONNX files share no memory, so the write would "
             "be lost. Fix: compile the plan again with this version of partitioner, which keeps such writes with "
             f"their memory; if the plan still splits them, pin the ops between {owner} and {member} to "
