@@ -15,6 +15,7 @@ import networkx as nx
 
 from partitioner.fields import text, texts, whole
 from partitioner.frontend.op_graph import OpGraph, OpNode
+from partitioner.frontend.written_memory import SharedMemory, memory_read_after_writes
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,21 +72,76 @@ def split(graph: OpGraph, assignment: Mapping[str, str]) -> tuple[Partition, ...
 
 
 def _acyclic_groups(graph: OpGraph, assignment: Mapping[str, str]) -> dict[str, str]:
-    """Union-find parents: nodes joined when on one target at the same device-change depth.
+    """Union-find parents: nodes joined when on one target at the same device-change depth, and each memory that
+    later nodes read after in-place writes (written_memory.py) kept whole wherever the placement lets it.
 
     Every edge between groups then strictly increases the depth, so the groups form a DAG.
     """
-    depth: dict[str, int] = {}
-    for node in graph:
-        depth[node.name] = max(
-            (depth[u] + (assignment[u] != assignment[node.name]) for u in _predecessors(node)), default=0
-        )
+    position = {node.name: index for index, node in enumerate(graph)}
+    memories = [m for m in memory_read_after_writes(graph) if _can_keep_whole(graph, assignment, m, position)]
+    depth, memories = _depths(graph, assignment, memories)
     parents = {node.name: node.name for node in graph}
     for node in graph:
         for producer in node.inputs:
             if assignment[producer] == assignment[node.name] and depth[producer] == depth[node.name]:
                 _union(parents, producer, node.name)
+    for memory in memories:
+        for member in memory.members:
+            _union(parents, member, memory.owner)
     return parents
+
+
+def _depths(graph: OpGraph, assignment: Mapping[str, str],
+            memories: list[SharedMemory]) -> tuple[dict[str, int], list[SharedMemory]]:
+    """How many device changes lie upstream of each node, with the members of each memory raised to the deepest
+    of them so that they can form one group; and the memories so kept.
+
+    Raising a memory's owner raises what follows it, so this repeats until nothing moves. Memories that each
+    could be kept may still, together, keep raising one another; then none is kept (export says so).
+    """
+    depth = {node.name: 0 for node in graph}
+    closing = {memory.writers[-1]: memory for memory in memories}
+    for _ in range(len(memories) + 2):
+        changed = False
+        for node in graph:
+            deepest = max((depth[u] + (assignment[u] != assignment[node.name]) for u in _predecessors(node)),
+                          default=0)
+            if deepest > depth[node.name]:
+                depth[node.name], changed = deepest, True
+            memory = closing.get(node.name)
+            if memory is not None:
+                tied = max(depth[m] for m in memory.members)
+                changed |= any(depth[m] != tied for m in memory.members)
+                depth.update(dict.fromkeys(memory.members, tied))
+        if not changed:
+            return depth, memories
+    return _depths(graph, assignment, []) if memories else (depth, [])
+
+
+def _can_keep_whole(graph: OpGraph, assignment: Mapping[str, str], memory: SharedMemory,
+                    position: Mapping[str, int]) -> bool:
+    """Whether one partition can hold `memory`: its members share a target and no path from one to another
+    leaves that target (a value computed elsewhere from the memory and written back into it)."""
+    target = assignment[memory.owner]
+    if any(assignment[m] != target for m in memory.members):
+        return False
+    members = set(memory.members)
+    last = max(position[m] for m in members)
+    successors: dict[str, list[str]] = {}
+    for node in graph.nodes[position[memory.owner]:last + 1]:
+        for producer in _predecessors(node):
+            successors.setdefault(producer, []).append(node.name)
+    seen, pending = set(), [(m, False) for m in members]
+    while pending:
+        name, left = pending.pop()
+        for successor in successors.get(name, ()):
+            away = left or assignment[successor] != target
+            if successor in members and away:
+                return False
+            if (successor, away) not in seen and successor not in members:
+                seen.add((successor, away))
+                pending.append((successor, away))
+    return True
 
 
 def _contracted(graph: OpGraph, groups: dict[str, str]) -> nx.DiGraph:
@@ -157,6 +213,21 @@ def _describe(graph: OpGraph, node_lists: list[list[str]], assignment: Mapping[s
         outputs = [n for n in names if n in model_outputs or any(home[user] != index for user in users[n])]
         partitions.append(Partition(index, assignment[names[0]], tuple(names), tuple(inputs), tuple(outputs)))
     return tuple(partitions)
+
+
+def memory_apart(graph: OpGraph, partitions: tuple[Partition, ...]) -> tuple[str, str] | None:
+    """(owner, member) of a memory that later nodes read after in-place writes (written_memory.py) where the
+    member (a write, or a view one goes through) sits in another partition than the owner; None if there is none.
+
+    Only partitions that share memory (one torch device) see such a write; ONNX files and Ray workers do not.
+    `split` keeps these memories whole where the placement lets it; older plans may not.
+    """
+    home = {name: p.index for p in partitions for name in p.nodes}
+    for memory in memory_read_after_writes(graph):
+        apart = next((m for m in memory.members if home[m] != home[memory.owner]), None)
+        if apart is not None:
+            return memory.owner, apart
+    return None
 
 
 def _check_acyclic(graph: OpGraph, partitions: tuple[Partition, ...]) -> None:

@@ -24,12 +24,10 @@ from partitioner.errors import PartitionerError
 from partitioner.execution.check import CheckResult, compare_outputs, require_real_weights, run_timed
 from partitioner.execution.float32_reference import float32_outputs, has_reduced_precision
 from partitioner.frontend.capture import split_inputs
-from partitioner.onnx.export import MANIFEST_NAME, ExportedPartition, Manifest
+from partitioner.onnx.manifest import MANIFEST_NAME, ExportedPartition, Manifest, boundary_mismatch
 from partitioner.plan import Plan
 
 _CPU = "CPUExecutionProvider"
-# ONNX Runtime's names of tensor element types where they differ from torch's.
-_ONNX_TYPE_NAMES = {"float32": "float", "float64": "double", "bool": "bool", "complex64": "complex64"}
 _RUNTIME_ERRORS = tuple(getattr(_ort_state, name) for name in ("InvalidProtobuf", "Fail", "InvalidGraph",
                                                                "InvalidArgument", "NoSuchFile", "RuntimeException"))
 
@@ -105,14 +103,9 @@ def _manifest_inconsistency(manifest: Manifest) -> str | None:
 
 def _file_inconsistency(partition: ExportedPartition, session: onnxruntime.InferenceSession) -> str | None:
     """Where a file's inputs and outputs differ from the manifest's names, shapes or dtypes."""
-    for kind, specs, items in (("input", partition.inputs, session.get_inputs()),
-                               ("output", partition.outputs, session.get_outputs())):
-        found = [(item.name, tuple(item.shape), item.type) for item in items]
-        wanted = [(spec.name, spec.shape, f"tensor({_ONNX_TYPE_NAMES.get(spec.dtype, spec.dtype)})")
-                  for spec in specs]
-        if found != wanted:
-            return f"its {kind}s are {found}, the manifest says {wanted}"
-    return None
+    found = {kind: [(item.name, tuple(item.shape), item.type) for item in items]
+             for kind, items in (("input", session.get_inputs()), ("output", session.get_outputs()))}
+    return boundary_mismatch(partition.inputs, partition.outputs, found)
 
 
 def _first_line(error: BaseException) -> str:

@@ -3,147 +3,50 @@
 The last step for vendor toolchains (TensorRT, OpenVINO, QNN, ...), which take
 ONNX: each device gets exactly its share. Partitions are exported with
 `torch.onnx.export` (dynamo path) at a pinned opset, checked with the full
-ONNX checker and strict shape inference, and written into a temporary folder
-that replaces the output folder only once everything succeeded.
+ONNX checker, strict shape inference and against the boundary the manifest
+(manifest.py) records, and written into a temporary folder that replaces the
+output folder only once everything succeeded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Sequence
 
 import onnx
+import onnx_ir as ir
 import torch
+from onnx_ir import tensor_adapters
 from torch.utils import _pytree as pytree
 
 from partitioner.errors import PartitionerError
 from partitioner.execution.check import require_real_weights
+from partitioner.execution.partition_compilers import compile_partition, plan_compilers
 from partitioner.execution.partitioned_module import (PartitionedModule, build_partitioned_module, partition_index,
                                                       to_device)
-from partitioner.execution.partition_compilers import compile_partition, plan_compilers
-from partitioner.execution.split import Partition
-from partitioner.fields import FieldError, part, records, sizes, text, texts, value, whole, within
-from partitioner.files import MANIFEST, read_json, write_json
+from partitioner.execution.split import Partition, memory_apart
+from partitioner.files import write_json
 from partitioner.frontend.capture import split_inputs
 from partitioner.frontend.op_graph import OpGraph, annotate
+from partitioner.onnx.manifest import (MANIFEST_NAME, ExportedPartition, Manifest, TensorSpec, boundary_mismatch,
+                                       file_boundary)
 from partitioner.onnx.translations import missing_translation, translation_table
 from partitioner.plan import Plan
 from targets.hooks import PartitionRefused, plugin_fault
 from targets.spec import Target
 
 OPSET = 18
-MANIFEST_SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 WHOLE_MODEL_FILE = "whole.onnx"
 # Above this a model's weights go to a side file: protobuf cannot hold 2 GiB.
 _EXTERNAL_DATA_BYTES = 1 << 30
-
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """A named tensor at a boundary: a model input, a partition's input or output, a model output.
-
-    `source` says where the value comes from: "input" (a model input) or the
-    index of the partition that produces it.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    source: str | int = "input"
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "source": self.source}
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> TensorSpec:
-        source = value(data, "source")
-        if source != "input" and (isinstance(source, bool) or not isinstance(source, int) or source < 0):
-            raise FieldError("source", f"expected \"input\" or a partition's index, got {source!r:.40}")
-        return cls(text(data, "name"), within("shape", sizes, value(data, "shape")), text(data, "dtype"), source)
-
-
-@dataclass(frozen=True, slots=True)
-class ExportedPartition:
-    """One ONNX file: the partition it holds, where it should run, and its boundary tensors."""
-
-    index: int
-    target: str
-    execution_provider: str
-    file: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    compiled: tuple[str, ...] = ()  # what the target's compiler made of it (a plug-in's hook), beside the file
-    note: str = ""  # the compiler's line for the user about what it made
-
-    def to_dict(self) -> dict:
-        return {"index": self.index, "target": self.target, "execution_provider": self.execution_provider,
-                "file": self.file, "inputs": [t.to_dict() for t in self.inputs],
-                "outputs": [t.to_dict() for t in self.outputs],
-                **({"compiled": list(self.compiled)} if self.compiled else {}),
-                **({"note": self.note} if self.note else {})}
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> ExportedPartition:
-        return cls(whole(data, "index"), text(data, "target"), text(data, "execution_provider"), text(data, "file"),
-                   records(data, "inputs", TensorSpec.from_dict), records(data, "outputs", TensorSpec.from_dict),
-                   texts(data, "compiled", ()), text(data, "note", ""))
-
-
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    """How the exported files connect: model inputs, files in run order, and model outputs by source."""
-
-    model_name: str
-    fingerprint: str
-    plan_path: str | None
-    opset: int
-    inputs: tuple[TensorSpec, ...]
-    partitions: tuple[ExportedPartition, ...]
-    outputs: tuple[TensorSpec, ...]
-    whole_model_file: str | None = None
-
-    def to_dict(self) -> dict:
-        return {"schema_version": MANIFEST_SCHEMA_VERSION, "model": {"name": self.model_name,
-                "fingerprint": self.fingerprint}, "plan": self.plan_path, "opset": self.opset,
-                "inputs": [t.to_dict() for t in self.inputs], "partitions": [p.to_dict() for p in self.partitions],
-                "outputs": [t.to_dict() for t in self.outputs], "whole_model_file": self.whole_model_file}
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> Manifest:
-        if data.get("schema_version") != MANIFEST_SCHEMA_VERSION:
-            raise PartitionerError(
-                f"manifest schema version {data.get('schema_version')!r} is not {MANIFEST_SCHEMA_VERSION}. "
-                "Fix: export the plan again with this version of partitioner."
-            )
-        name, fingerprint = part(data, "model", lambda model: (text(model, "name"), text(model, "fingerprint")))
-        return cls(name, fingerprint, text(data, "plan", None), whole(data, "opset"),
-                   records(data, "inputs", TensorSpec.from_dict), records(data, "partitions", ExportedPartition.from_dict),
-                   records(data, "outputs", TensorSpec.from_dict), text(data, "whole_model_file", None))
-
-    @classmethod
-    def load(cls, path: str | Path) -> Manifest:
-        """The manifest in `path` (or in the folder `path`), read within a bound (partitioner/files.py)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / MANIFEST_NAME
-        data = read_json(path, MANIFEST)
-        if not isinstance(data, Mapping):
-            raise PartitionerError(f"{path} is not a partitioner manifest: it holds a JSON {type(data).__name__}, "
-                                   "not an object. Fix: export the plan again.")
-        try:
-            return cls.from_dict(data)
-        except FieldError as error:
-            raise PartitionerError(f"{path} is not a partitioner manifest: its {error}. Fix: export the plan "
-                                   "again.") from None
 
 
 def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan_path: str | Path | None = None,
@@ -161,40 +64,30 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
                                       {t.name: torch.device("cpu") for t in plan.targets})
     args, kwargs = split_inputs(captured.example_inputs if captured.example_inputs is not None
                                 else captured.program.example_inputs)
+    graph = annotate(captured.program)
+    _check_partitions_stand_alone(plan, graph)
     partition_inputs = _record_partition_inputs(module, args, kwargs)
     wiring = _Wiring(module)
     providers = {t.name: t.onnx_execution_provider for t in plan.targets}
-    compilers, graph = plan_compilers(plan.targets, plan.partitions), None
+    compilers = plan_compilers(plan.targets, plan.partitions)
+    model_outputs = wiring.model_outputs(module, args, kwargs)  # before the slow part: its outputs may not export
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         exported = []
         for partition in plan.partitions:
-            outputs = [boundary_name(value, partition.index) for value in wiring.outputs(partition.index)]
-            if not outputs:
-                continue  # only runtime checks (asserts): nothing for a device to run
-            inputs = tuple(_spec(name, value, source) for (name, source), value
-                           in zip(wiring.inputs(partition.index), partition_inputs[partition.index]))
-            file = f"{partition.name}.onnx"
-            _export(module.submodule(partition), partition_inputs[partition.index], [t.name for t in inputs],
-                    outputs, staging / file, opset, f"partition {partition.name}")
-            output_values = _run_outputs(module.submodule(partition), partition_inputs[partition.index])
-            compiled, note = (), ""
+            exported.append(_export_partition(partition, module, wiring, partition_inputs[partition.index], staging,
+                                              opset, providers[partition.target]))
             if partition.target in compilers:
-                if graph is None:
-                    graph = annotate(captured.program)
                 compiled, note = _write_compiled(compilers[partition.target], partition, module, graph,
                                                  partition_inputs[partition.index], staging)
-            exported.append(ExportedPartition(
-                partition.index, partition.target, providers[partition.target], file, inputs,
-                tuple(_spec(name, value, partition.index) for name, value in zip(outputs, output_values)), compiled,
-                note))
+                exported[-1] = dataclasses.replace(exported[-1], compiled=compiled, note=note)
         model_inputs = tuple(_spec(name, value, "input") for name, value in wiring.model_inputs(args, kwargs))
-        model_outputs = wiring.model_outputs(module, args, kwargs)
         whole_file = None
         if whole:
             whole_file = WHOLE_MODEL_FILE
-            _export(captured.program.module(), args, [t.name for t in model_inputs],
-                    _distinct_names([t.name for t in model_outputs], [t.name for t in model_inputs]),
+            names = _distinct_names([t.name for t in model_outputs], [t.name for t in model_inputs])
+            _export(captured.program.module(), args, model_inputs,
+                    [dataclasses.replace(spec, name=name) for spec, name in zip(model_outputs, names)],
                     staging / whole_file, opset, "the whole model", kwargs=kwargs)
         manifest = Manifest(plan.model.name, plan.model.fingerprint,
                             str(Path(plan_path).resolve()) if plan_path else None, opset, model_inputs,
@@ -205,6 +98,43 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _check_partitions_stand_alone(plan: Plan, graph: OpGraph) -> None:
+    """Each file must hand on what its partition computes, writes included: ONNX files share no memory, so a
+    partition that only writes into another's memory, or hands nothing on, would be dropped or lose its work."""
+    home = {name: p for p in plan.partitions for name in p.nodes}
+    apart = memory_apart(graph, plan.partitions)
+    if apart is not None:
+        owner, member = apart
+        what = "writes in place into" if graph[member].writes is not None else "is a view that writes go through into"
+        raise PartitionerError(
+            f"{member} in partition {home[member].name} {what} memory that {owner} made in partition "
+            f"{home[owner].name}, and later nodes read that memory: ONNX files share no memory, so the write would "
+            "be lost. Fix: compile the plan again with this version of partitioner, which keeps such writes with "
+            f"their memory; if the plan still splits them, pin the ops between {owner} and {member} to "
+            f"{home[owner].target} (--pin).")
+    for partition in plan.partitions:
+        if not partition.outputs:
+            ops = sorted({record.op for record in plan.nodes if home.get(record.name) is partition})
+            raise PartitionerError(
+                f"partition {partition.name} hands no value to another partition or to the model's outputs (it "
+                f"holds only {', '.join(ops)}), so its file would compute nothing anyone reads. Fix: compile the "
+                "plan again with this version of partitioner.")
+
+
+def _export_partition(partition: Partition, module: PartitionedModule, wiring: _Wiring, inputs: tuple,
+                      folder: Path, opset: int, provider: str) -> ExportedPartition:
+    """Export one partition to `folder`, its boundary named and typed as the manifest records it."""
+    submodule = module.submodule(partition)
+    names = [boundary_name(value, partition.index) for value in wiring.outputs(partition.index)]
+    input_specs = tuple(_spec(name, value, source) for (name, source), value
+                        in zip(wiring.inputs(partition.index), inputs))
+    output_specs = tuple(_spec(name, value, partition.index)
+                         for name, value in zip(names, _run_outputs(submodule, inputs)))
+    file = f"{partition.name}.onnx"
+    _export(submodule, inputs, input_specs, output_specs, folder / file, opset, f"partition {partition.name}")
+    return ExportedPartition(partition.index, partition.target, provider, file, input_specs, output_specs)
 
 
 def _write_compiled(target: Target, partition: Partition, module: PartitionedModule, graph: OpGraph,
@@ -287,10 +217,20 @@ class _Wiring:
             values = pytree.tree_leaves(module(*args, **kwargs))
         returned = pytree.tree_leaves(self.graph.output_node().args[0])
         specs = []
-        for node, output in zip(returned, values):
+        for position, (node, value) in enumerate(zip(returned, values)):
+            if not isinstance(node, torch.fx.Node) or not isinstance(value, torch.Tensor):
+                raise PartitionerError(
+                    f"the model returns {type(value).__name__} {_shortened(value)} (its flattened output "
+                    f"{position}), and an ONNX file returns tensors only. Fix: return only tensors from the model's "
+                    "forward (or compile a wrapper that drops the rest), then compile and export again.")
             name, source = self.source(node)
-            specs.append(_spec(name, output, source))
+            specs.append(_spec(name, value, source))
         return tuple(specs)
+
+
+def _shortened(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def _record_partition_inputs(module: PartitionedModule, args: tuple, kwargs: dict) -> dict[int, tuple]:
@@ -312,9 +252,10 @@ def _run_outputs(submodule: torch.nn.Module, inputs: tuple) -> list[torch.Tensor
         return pytree.tree_leaves(submodule(*inputs))
 
 
-def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str], path: Path,
-            opset: int, what: str, kwargs: dict | None = None) -> None:
-    """Export one module to `path`, then run the full checker and strict shape inference on it.
+def _export(module: torch.nn.Module, args: tuple, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+            path: Path, opset: int, what: str, kwargs: dict | None = None) -> None:
+    """Export one module to `path` with the boundary `inputs` and `outputs` (names, shapes and dtypes as torch
+    gives them), then run the full checker and strict shape inference on it and check its boundary.
 
     Autograd is off: with it on, decompositions keep views of tensors that need grad, and some of them
     (e.g. T5's attention reshape) cannot be exported.
@@ -322,27 +263,58 @@ def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output
     try:
         with _quiet(), torch.no_grad():
             program = torch.onnx.export(module, args, kwargs=kwargs, dynamo=True, opset_version=opset,
-                                        input_names=input_names, output_names=output_names, verbose=False,
-                                        custom_translation_table=translation_table())
+                                        input_names=[t.name for t in inputs], output_names=[t.name for t in outputs],
+                                        verbose=False, custom_translation_table=translation_table())
+        _cast_outputs_to(program.model, [t.dtype for t in outputs])
         model = program.model_proto
         large = model.ByteSize() > _EXTERNAL_DATA_BYTES
         onnx.save_model(model, path, save_as_external_data=large, location=f"{path.name}.data" if large else None)
         onnx.checker.check_model(str(path), full_check=True)
         onnx.shape_inference.infer_shapes_path(str(path), str(path), check_type=True, strict_mode=True)
     except Exception as error:
-        cause = _root_cause(error)
-        op = missing_translation(cause)
-        if op is not None:
-            raise PartitionerError(
-                f"cannot export {what} to ONNX: torch.onnx has no translation for the op {op}. Fix: register "
-                f"an onnxscript function for it with partitioner.onnx.translations.register_translation("
-                f"torch.ops.{op}, function) before exporting, or rewrite that op in the model with exportable ones."
-            ) from error
+        raise _export_error(what, error) from error
+    found = file_boundary(onnx.load(str(path), load_external_data=False).graph)
+    mismatch = boundary_mismatch(inputs, outputs, found)
+    if mismatch is not None:
         raise PartitionerError(
-            f"cannot export {what} to ONNX: {type(cause).__name__}: {_first_line(cause)}. "
-            "Fix: every partition goes to ONNX whatever its target, so rewrite that op in the model with "
-            "exportable ones, or register an ONNX translation for it (partitioner.onnx.translations)."
-        ) from error
+            f"cannot export {what} to ONNX: the file does not give what torch computes ({mismatch}). Fix: if a "
+            "translation you registered (partitioner.onnx.translations) makes one of its ops, make it return "
+            "torch's dtype and shape; otherwise report this model.")
+
+
+def _export_error(what: str, error: Exception) -> PartitionerError:
+    """One line for an export that failed: the op without a translation, or the innermost cause."""
+    cause = _root_cause(error)
+    op = missing_translation(cause)
+    if op is not None:
+        return PartitionerError(
+            f"cannot export {what} to ONNX: torch.onnx has no translation for the op {op}. Fix: register "
+            f"an onnxscript function for it with partitioner.onnx.translations.register_translation("
+            f"torch.ops.{op}, function) before exporting, or rewrite that op in the model with exportable ones.")
+    return PartitionerError(
+        f"cannot export {what} to ONNX: {type(cause).__name__}: {_first_line(cause)}. "
+        "Fix: every partition goes to ONNX whatever its target, so rewrite that op in the model with "
+        "exportable ones, or register an ONNX translation for it (partitioner.onnx.translations).")
+
+
+def _cast_outputs_to(model: ir.Model, dtypes: Sequence[str]) -> None:
+    """Give each graph output the dtype torch gives it, by a Cast where the exporter left another.
+
+    torch.onnx computes low-precision reductions (a float16 `sum`, `cumsum`, `prod`) in float32 and casts the
+    result back, but it takes a graph output by the name the op had before that cast was inserted, so the
+    file would return float32 where torch returns float16.
+    """
+    graph = model.graph
+    for position, (value, dtype) in enumerate(zip(list(graph.outputs), dtypes)):
+        wanted = tensor_adapters.from_torch_dtype(getattr(torch, dtype))
+        if value.dtype == wanted:
+            continue
+        cast = ir.node("Cast", [value], {"to": wanted})
+        graph.append(cast)
+        result = cast.outputs[0]
+        result.dtype, result.shape = wanted, value.shape
+        result.name, value.name = value.name, f"{value.name}.before_cast"
+        graph.outputs[position] = result
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from cost_models.base import CostModel, node_seconds
 from partitioner.errors import PartitionerError
 from partitioner.fields import entries, flag, listed, number, records, text, text_lists, texts, whole
 from partitioner.frontend.op_graph import NodeKind, OpGraph
+from partitioner.frontend.written_memory import memory_read_after_writes
 from partitioner.placement.blocks import repeated_blocks
 from partitioner.placement.tagging import Tagging
 from targets.spec import Link, TargetSet
@@ -249,13 +250,17 @@ def _colocated_groups(graph: OpGraph, tagging: Tagging) -> tuple[dict[str, str],
     """Nodes that must share a target, each mapped to its group's first node, and each group's targets.
 
     A `getitem` sits with the op whose outputs it picks; an in-place op sits
-    with the value it writes, so every later reader sees the write. A group
-    may use only the targets every member supports (the fallback supports all).
+    with the value it writes, so every later reader sees the write, and so does
+    a view it writes through where later nodes read that memory (see
+    written_memory.py). A group may use only the targets every member supports
+    (the fallback supports all).
     """
+    written_views = {view: memory.owner for memory in memory_read_after_writes(graph) for view in memory.views}
     leaders: dict[str, str] = {}
     supported: dict[str, tuple[str, ...]] = {}
     for node in graph:
         anchor = node.inputs[0] if node.kind is NodeKind.BOOKKEEPING and node.inputs else node.writes
+        anchor = written_views.get(node.name, anchor)
         leader = leaders[anchor] if anchor is not None else node.name
         leaders[node.name] = leader
         own = tagging.supported[node.name]  # an assert on a model input runs anywhere; `tidy` sets it down

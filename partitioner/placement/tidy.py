@@ -7,7 +7,9 @@ nowhere at all. Left where the search dropped it, such a node costs latency,
 money or a partition of its own. `tidy` moves each free node (with the nodes
 that must follow it) to the neighbouring target where its tensors' transfers
 take less time, then money, then bytes, or, with no transfers at stake, where
-the plan uses one target fewer. Moves are judged on the tensors they touch, so
+the plan uses one target fewer. A group that exchanges no tensor at all (an
+assert on a weight or a model input) goes to a target the rest of the plan
+uses, one holding its weights if any does. Moves are judged on the tensors they touch, so
 a 70B graph tidies in seconds; the whole result is then scored once, and kept
 only if its objective is no worse and it is still allowed.
 """
@@ -31,30 +33,70 @@ def tidy(problem: PlacementProblem, assignment: Mapping[str, str], objective: Ob
     moved = dict(assignment)
     groups = _follower_groups(problem)
     touching = _values_touching(problem)
-    runs = Counter(moved.values())
+    tethered, untethered = [], []
     for node in problem.nodes:
-        if not _is_free(node) or node.follows is not None:
-            continue
-        members = groups[node.name]
-        values = list(dict.fromkeys(v for m in members for v in touching[m]))
-        here = moved[node.name]
-        best, best_key = here, (0.0, 0.0, 0, 0)
-        for target in _candidates(problem, members, values, moved, runs):
-            trial = {**moved, **dict.fromkeys(members, target)}
-            before, after = _transfer_figures(problem, values, moved), _transfer_figures(problem, values, trial)
-            fewer_targets = -1 if runs[here] == len(members) and runs[target] > 0 else 0
-            key = (*(_change(old, new) for old, new in zip(before, after)), fewer_targets)
-            if key < best_key:
-                best, best_key = target, key
-        if best != here:
-            moved.update(dict.fromkeys(members, best))
-            runs[here] -= len(members)
-            runs[best] += len(members)
+        if _is_free(node) and node.follows is None:
+            members = groups[node.name]
+            values = list(dict.fromkeys(v for m in members for v in touching[m]))
+            (tethered if values else untethered).append((members, values))
+    runs = Counter(moved[name] for name in moved if name not in {m for members, _ in untethered for m in members})
+    for members, values in tethered:
+        _move_if_cheaper(problem, members, values, moved, runs)
+    _set_down(problem, [members for members, _ in untethered], moved)
     result = score(problem, moved, order or None)
     tolerance = 1e-12 * max(abs(objective.value(original)), 1e-30)
     if allowed(result) and objective.value(result) <= objective.value(original) + tolerance:
         return moved, result
     return dict(assignment), original
+
+
+def _move_if_cheaper(problem: PlacementProblem, members: list[str], values: list[ProblemValue],
+                     assignment: dict[str, str], runs: Counter) -> None:
+    """Move a free group to the neighbouring target where its tensors' transfers take less time, then money, then
+    bytes, or, with no transfers at stake, where the plan uses one target fewer."""
+    here = assignment[members[0]]
+    best, best_key = here, (0.0, 0.0, 0, 0)
+    for target in _candidates(problem, members, values, assignment, runs):
+        trial = {**assignment, **dict.fromkeys(members, target)}
+        before, after = _transfer_figures(problem, values, assignment), _transfer_figures(problem, values, trial)
+        fewer_targets = -1 if runs[here] == len(members) and runs[target] > 0 else 0
+        key = (*(_change(old, new) for old, new in zip(before, after)), fewer_targets)
+        if key < best_key:
+            best, best_key = target, key
+    if best != here:
+        assignment.update(dict.fromkeys(members, best))
+        runs[here] -= len(members)
+        runs[best] += len(members)
+
+
+def _set_down(problem: PlacementProblem, untethered: list[list[str]], assignment: dict[str, str]) -> None:
+    """Put each group that exchanges no tensor with any node (an assert on a weight or a model input) on a target
+    the rest of the plan uses, preferring one that already holds its weights, else staying where it is.
+
+    Judged against the other nodes only: groups like these, left together on a target nothing else uses, would
+    each see the others keep it busy and stay, and make a partition that does nothing.
+    """
+    grouped = {name for members in untethered for name in members}
+    hosts: Counter = Counter()
+    held: dict[str, set[str]] = defaultdict(set)
+    for node in problem.nodes:
+        if node.name not in grouped:
+            hosts[assignment[node.name]] += 1
+            held[assignment[node.name]].update(node.parameters)
+    for members in untethered:
+        here = assignment[members[0]]
+        supported = set.intersection(*(set(problem.node(m).supported) for m in members))
+        options = [t for t in problem.target_names if hosts[t] > 0 and t in supported]
+        if not options:
+            continue  # nothing else in the plan: wherever it is, it is where the plan runs
+        weights = {p for m in members for p in problem.node(m).parameters}
+
+        def added_bytes(target: str, weights: set[str] = weights) -> int:
+            return sum(problem.parameter_bytes.get(p, 0) for p in weights - held[target])
+
+        best = min(options, key=lambda t: (added_bytes(t), t != here))
+        assignment.update(dict.fromkeys(members, best))
+        held[best].update(weights)
 
 
 def _change(old: float, new: float) -> float:
@@ -71,7 +113,7 @@ def _is_free(node: ProblemNode) -> bool:
 def _candidates(problem: PlacementProblem, members: list[str], values: list[ProblemValue],
                 assignment: Mapping[str, str], runs: Counter) -> list[str]:
     """Targets the group could move to: those of its neighbours (only they can save a transfer) or, for a group
-    with none (an assert on a model input, dead code), every target the plan uses; all must support it."""
+    whose tensors stay inside it, every target the plan uses; all must support it."""
     supported = set.intersection(*(set(problem.node(m).supported) for m in members))
     neighbours = {name for v in values for name in (v.producer, *v.consumers)} - set(members)
     near = {assignment[name] for name in neighbours} or {t for t, count in runs.items() if count > 0}

@@ -29,6 +29,24 @@ class BranchesThenReduced(Branches):
         return super().forward(x).softmax(-1).sum(-1)
 
 
+class FilledBuffer(nn.Module):
+    """Fills a new buffer by in-place writes into two slices, the second with a value computed on another target,
+    then reads the buffer: DeepSeek-V3's attention builds its keys so."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Linear(8, 8)
+        self.second = nn.Linear(8, 4)
+
+    def forward(self, x):
+        first = self.first(x)
+        second = torch.sin(self.second(first))
+        buffer = first.new_empty(x.shape[0], 12)
+        buffer[:, :8] = first
+        buffer[:, 8:] = second
+        return buffer * 2
+
+
 def random_inputs(*shapes):
     """Seeded random float inputs of the given shapes, the same on every call."""
     generator = torch.Generator().manual_seed(0)

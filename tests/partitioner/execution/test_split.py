@@ -13,13 +13,38 @@ import networkx as nx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from partitioner.execution.split import Partition, split
+from partitioner.execution.split import Partition, memory_apart, split
 from partitioner.frontend.op_graph import NodeKind, OpGraph, OpNode
 
 
 def op(name: str, *inputs: str) -> OpNode:
     """An op node that reads the values of `inputs` (other op nodes); only the wiring matters to split."""
     return OpNode(name, "aten.relu.default", NodeKind.COMPUTE, inputs, (), (), (), {}, 0, 0)
+
+
+def view(name: str, base: str) -> OpNode:
+    """A view of `base` (a slice): it shares `base`'s memory."""
+    return OpNode(name, "aten.slice.Tensor", NodeKind.VIEW, (base,), (), (), (), {}, 0, 0)
+
+
+def write(name: str, into: str, source: str, owner: str, after: tuple[str, ...] = ()) -> OpNode:
+    """`into.copy_(source)`, an in-place write into memory that `owner` made."""
+    return OpNode(name, "aten.copy_.default", NodeKind.COMPUTE, (into, source), (), (), (), {}, 0, 0,
+                  writes=owner, after=after)
+
+
+def filled_buffer(second_reads: str = "first") -> OpGraph:
+    """`buffer = first.new_empty(...)`, written through two slices (the second with `second`, computed on another
+    target from `second_reads`), then read as `buffer`: DeepSeek-V3's attention builds its keys so."""
+    return graph_of(op("first"), op("buffer", "first"), op("second", second_reads), view("slice_a", "buffer"),
+                    write("copy_a", "slice_a", "first", "buffer"), view("slice_b", "buffer"),
+                    write("copy_b", "slice_b", "second", "buffer", after=("copy_a",)),
+                    OpNode("read", "aten.relu.default", NodeKind.COMPUTE, ("buffer",), (), (), (), {}, 0, 0,
+                           after=("copy_a", "copy_b")))
+
+
+FILLED_BUFFER_PLACEMENT = {"first": "cuda", "second": "npu", "buffer": "cuda", "slice_a": "cuda", "copy_a": "cuda",
+                           "slice_b": "cuda", "copy_b": "cuda", "read": "npu"}
 
 
 def graph_of(*nodes: OpNode, outputs: tuple[str, ...] | None = None) -> OpGraph:
@@ -143,6 +168,28 @@ def test_node_that_reads_only_model_inputs_stays_alone_when_joining_would_make_a
     partitions = split(graph, {"source": "npu", "b": "cuda", "c": "npu"})
 
     assert layout(partitions) == [("npu", ("source",)), ("cuda", ("b",)), ("npu", ("c",))]
+
+
+def test_writes_into_memory_read_later_sit_in_the_partition_that_holds_the_memory():
+    # copy_b waits for `second`, which waits for `first`: by device changes alone it would be a partition of its
+    # own that hands nothing on, and `read` would read the buffer without it wherever partitions share no memory.
+    partitions = split(filled_buffer(), FILLED_BUFFER_PLACEMENT)
+
+    assert layout(partitions) == [("cuda", ("first",)), ("npu", ("second",)),
+                                  ("cuda", ("buffer", "slice_a", "copy_a", "slice_b", "copy_b")), ("npu", ("read",))]
+    assert all(p.outputs for p in partitions)
+    assert memory_apart(filled_buffer(), partitions) is None
+
+
+def test_memory_whose_written_value_is_computed_elsewhere_from_it_stays_apart_and_is_reported():
+    # `second` reads the buffer on the NPU and is written back into it: no one partition can hold the buffer.
+    graph = filled_buffer(second_reads="buffer")
+
+    partitions = split(graph, FILLED_BUFFER_PLACEMENT)
+
+    home = {name: p.index for p in partitions for name in p.nodes}
+    assert home["buffer"] < home["second"] < home["copy_b"]
+    assert memory_apart(graph, partitions) == ("buffer", "copy_b")
 
 
 def test_split_leaves_the_assignment_unchanged():

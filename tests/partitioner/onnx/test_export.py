@@ -26,12 +26,12 @@ import partitioner
 from partitioner.onnx import chained_runner
 from partitioner.cli import main
 from partitioner.errors import PartitionerError
-from partitioner.execution.split import split
+from partitioner.execution.split import Partition, split
 from partitioner.frontend.op_graph import OpNode, annotate
 from partitioner.onnx.chained_runner import ChainedOnnxModel
 from partitioner.onnx.export import MANIFEST_NAME, OPSET, WHOLE_MODEL_FILE, Manifest, boundary_name, export_plan
 from partitioner.plan import Plan
-from tests.partitioner.hand_made_models import Branches, random_inputs
+from tests.partitioner.hand_made_models import Branches, FilledBuffer, random_inputs
 from tests.partitioner.test_cli import assert_one_line_error
 from tests.partitioner.test_cli_run import compile_small_model
 from tests.zoo import ZOO
@@ -376,6 +376,93 @@ def test_partition_with_an_op_onnx_cannot_export_is_named_with_the_op_and_the_re
     assert "torch.onnx has no translation for the op prims.bessel_j0.default" in message
     assert "register_translation" in message
     assert "\n" not in message and "\x1b[" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+# The slices and writes sit with new_empty; the second write waits for sin on the NPU.
+FILLED_BUFFER_PLACEMENT = {"linear": "cuda-h100", "linear_1": "npu-example", "sin": "npu-example",
+                           "new_empty": "cuda-h100", "mul": "npu-example"}
+# As earlier versions split it: the second write alone in a partition that hands nothing on.
+WRITE_APART = (("cuda-h100", ("linear", "new_empty", "slice_1", "copy_", "slice_2")),
+               ("npu-example", ("linear_1", "sin")), ("cuda-h100", ("copy__1",)), ("npu-example", ("mul",)))
+
+
+def test_writes_into_a_buffer_made_before_the_cut_reach_the_chained_files(tmp_path):
+    torch.manual_seed(0)
+    case = export_case(FilledBuffer().eval(), random_inputs((4, 8)),
+                       lambda plan: by_name(plan, FILLED_BUFFER_PLACEMENT), tmp_path / "onnx")
+
+    assert_cut_into_several_partitions_on_both_targets(case.plan, at_least=3)
+    assert len(onnx_files(case.folder)) == len(case.manifest.partitions) == len(case.plan.partitions)
+    assert_outputs_match(ChainedOnnxModel(case.folder).run(flat_inputs(case.inputs)),
+                         torch_outputs(case.model, case.inputs), FLOAT32)
+
+
+def with_partitions(plan: Plan, layout: tuple[tuple[str, tuple[str, ...]], ...]) -> Plan:
+    """`plan` with partitions given by (target, nodes), their inputs and outputs worked out from the graph."""
+    graph = annotate(plan.captured_model().program)
+    home = {name: index for index, (_, names) in enumerate(layout) for name in names}
+    users = graph.users()
+    partitions = tuple(
+        Partition(index, target, names,
+                  tuple(dict.fromkeys(u for n in names for u in graph[n].inputs if home[u] != index)),
+                  tuple(n for n in names if n in graph.outputs or any(home[u] != index for u in users[n])))
+        for index, (target, names) in enumerate(layout))
+    return dataclasses.replace(plan, partitions=partitions)
+
+
+def test_a_plan_that_keeps_a_write_apart_from_its_buffer_is_refused_at_export(tmp_path):
+    torch.manual_seed(0)
+    plan = with_partitions(compiled(FilledBuffer().eval(), random_inputs((4, 8))), WRITE_APART)
+
+    with pytest.raises(PartitionerError, match=r"copy__1 in partition 002_cuda-h100 writes in place into memory that "
+                                               r"new_empty made in partition 000_cuda-h100.* Fix: compile the plan"):
+        export_plan(plan, tmp_path / "onnx")
+
+    assert list(tmp_path.iterdir()) == []
+
+
+class CheckedWeights(nn.Module):
+    """Casts its weights to the dtype they have: the captured graph asserts their metadata, reading only weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 8))
+
+    def forward(self, x):
+        return torch.relu(x @ self.weight.float())
+
+
+def test_a_partition_that_hands_nothing_on_is_refused_at_export_not_dropped(tmp_path):
+    torch.manual_seed(0)
+    plan = compiled(CheckedWeights().eval(), random_inputs((2, 8)))
+    plan = placed(plan, lambda _, node: "npu-example" if node.op.startswith("aten._assert") else "cuda-h100")
+    assert [p.target for p in plan.partitions] == ["npu-example", "cuda-h100"]
+
+    with pytest.raises(PartitionerError, match=r"partition 000_npu-example hands no value to another partition or to "
+                                               r"the model's outputs \(it holds only "
+                                               r"aten._assert_tensor_metadata.default\)"):
+        export_plan(plan, tmp_path / "onnx")
+
+
+class Labelled(nn.Module):
+    """Returns a string beside its tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.linear(x), "label"
+
+
+def test_a_model_that_returns_a_string_is_refused_at_export_with_the_fix(tmp_path):
+    plan = compiled(Labelled().eval(), random_inputs((2, 4)))
+
+    with pytest.raises(PartitionerError, match=r"the model returns str 'label' \(its flattened output 1\), and an "
+                                               r"ONNX file returns tensors only. Fix: return only tensors"):
+        export_plan(plan, tmp_path / "onnx")
+
     assert list(tmp_path.iterdir()) == []
 
 

@@ -14,9 +14,10 @@ import partitioner
 from partitioner.cli import main
 from partitioner.errors import PartitionerError
 from partitioner.execution.check import compare_outputs
-from partitioner.onnx import translations
+from partitioner.onnx import export, translations
 from partitioner.onnx.chained_runner import ChainedOnnxModel
 from partitioner.onnx.export import export_plan
+from tests.partitioner.onnx.test_export import by_name
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*emulating it on the CPU:UserWarning"),
               pytest.mark.filterwarnings("ignore:.*is not available here; running on CPUExecutionProvider")]
@@ -127,3 +128,53 @@ def test_run_onnx_of_a_bfloat16_export_on_the_cpu_provider_is_refused_with_one_l
     assert code == 2
     assert error.startswith("partitioner: error: ONNX Runtime's CPUExecutionProvider has no bfloat16 kernel for ")
     assert "partitioner run PLAN --check" in error
+
+
+class SquaredNorm(nn.Module):
+    """A float16 `pow` + `sum` (torch sums in float32 and rounds back), then more work on it."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.linear(x)
+        squared = torch.sum(torch.pow(h, 2), dim=-1, keepdim=True)
+        return h / torch.sqrt(squared + 1.0), squared.cumsum(0)
+
+
+@pytest.fixture(scope="module")
+def float16_norm():
+    """SquaredNorm in float16, cut right after its `sum`: the sum crosses to the next partition."""
+    torch.manual_seed(0)
+    model, inputs = SquaredNorm().half().eval(), (torch.randn(4, 8, dtype=torch.float16),)
+    plan = partitioner.compile(model, inputs, targets="npu-example,cuda-h100", time_limit_seconds=2.0, workers=1)
+    plan = by_name(plan, {"linear": "npu-example", "pow_1": "npu-example", "sum_1": "npu-example",
+                          "add": "cuda-h100", "sqrt": "cuda-h100", "div": "cuda-h100", "cumsum": "cuda-h100"})
+    return model, inputs, plan
+
+
+def test_float16_reductions_at_a_partition_boundary_are_exported_in_float16(float16_norm, tmp_path):
+    model, inputs, plan = float16_norm
+
+    manifest = export_plan(plan, tmp_path / "onnx")
+
+    boundary = [spec for partition in manifest.partitions for spec in partition.outputs]
+    assert {spec.name: spec.dtype for spec in boundary}["p000.sum_1"] == "float16"
+    assert {spec.dtype for spec in manifest.outputs} == {"float16"}
+    chained = ChainedOnnxModel(tmp_path / "onnx").run([inputs[0].numpy()])  # it checks every file's boundary
+    with torch.no_grad():
+        expected = model(*inputs)
+    for got, want in zip(chained, expected):
+        torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-2, atol=1e-2)
+
+
+def test_a_file_whose_boundary_differs_from_torchs_fails_the_export_naming_the_partition(float16_norm, tmp_path,
+                                                                                          monkeypatch):
+    monkeypatch.setattr(export, "_cast_outputs_to", lambda model, dtypes: None)  # the exporter's float32 sum stays
+
+    with pytest.raises(PartitionerError, match=r"cannot export partition 000_npu-example to ONNX: the file does not "
+                                               r"give what torch computes \(its outputs are .*'tensor\(float\)'"):
+        export_plan(float16_norm[2], tmp_path / "onnx")
+
+    assert not (tmp_path / "onnx").exists()

@@ -10,6 +10,8 @@ from partitioner.frontend.op_graph import NodeKind
 from partitioner.placement.problem import PlacementProblem, TargetTerms, check_assignment
 from partitioner.placement.scoring import score, transfers
 from targets.spec import Link
+from tests.conftest import problem_of
+from tests.partitioner.hand_made_models import FilledBuffer, random_inputs
 from tests.partitioner.placement.problem_builders import CUDA, DSP, GIB, NPU, make_problem, node, value
 
 # Different links each way, so a test notices if a move is costed over the wrong one.
@@ -222,3 +224,11 @@ def test_check_assignment_rejects_a_follower_apart_from_its_node():
     with pytest.raises(AssertionError, match="first must sit with split"):
         check_assignment(problem, {"split": "npu", "first": "cuda"})
     check_assignment(problem, {"split": "npu", "first": "npu"})
+
+
+def test_writes_and_the_views_they_go_through_sit_with_the_memory_later_nodes_read():
+    problem = problem_of(FilledBuffer().eval(), random_inputs((4, 8)))
+
+    assert {name: problem.node(name).follows for name in ("slice_1", "copy_", "slice_2", "copy__1")} == \
+        dict.fromkeys(("slice_1", "copy_", "slice_2", "copy__1"), "new_empty")
+    assert problem.node("mul").follows is None  # what reads the memory may sit anywhere

@@ -68,3 +68,29 @@ def test_makespan_is_seeded_with_the_latency_and_cost_optima():
 
     assert set(seeds) == {"latency plan", "cost plan"}
     assert seeds["latency plan"] == dict(solve(problem, LATENCY, options).assignment)
+
+
+def test_asserts_on_weights_left_alone_on_a_target_join_the_target_that_holds_their_weights():
+    """Two asserts reading only weights, left together on the NPU, kept each other there (and made a partition
+    that does nothing, charged their weights a second time)."""
+    problem = make_problem(nodes=[node("a", parameters=["w1", "w2"], npu=2.0, cuda=1.0),
+                                  node("check_1", NodeKind.BOOKKEEPING, parameters=["w1"], npu=0.0, cuda=0.0),
+                                  node("check_2", NodeKind.BOOKKEEPING, parameters=["w2"], npu=0.0, cuda=0.0)],
+                           parameter_bytes={"w1": 4096, "w2": 4096})
+    placed = {"a": "cuda", "check_1": "npu", "check_2": "npu"}
+
+    tidied, result = tidy(problem, placed, LATENCY, allowed=lambda _: True)
+
+    assert tidied == dict.fromkeys(placed, "cuda")
+    assert result.latency_seconds == score(problem, placed).latency_seconds
+
+
+def test_an_assert_on_a_weight_moves_to_the_used_target_that_already_holds_the_weight():
+    problem = make_problem(nodes=[node("a", parameters=["w1"], npu=1.0, cuda=2.0),
+                                  node("b", parameters=["w2"], cuda=1.0),
+                                  node("check", NodeKind.BOOKKEEPING, parameters=["w2"], npu=0.0, cuda=0.0)],
+                           values=[value("a", "b")], parameter_bytes={"w1": 4096, "w2": 4096})
+
+    tidied, _ = tidy(problem, {"a": "npu", "b": "cuda", "check": "npu"}, LATENCY, allowed=lambda _: True)
+
+    assert tidied["check"] == "cuda"
