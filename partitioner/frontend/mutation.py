@@ -9,6 +9,7 @@ and `split` orders partitions by these extra edges.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -70,16 +71,30 @@ def _written_argument(node: torch.fx.Node) -> torch.fx.Node | None:
 
 
 def _base(node: torch.fx.Node) -> torch.fx.Node:
-    """The node that owns the memory `node`'s value lives in (following views and in-place results)."""
+    """The node that owns the memory `node`'s value lives in (following views, the items of ops that return
+    several views, and in-place results)."""
     while node.op == "call_function":
         written = _written_argument(node)
         if written is not None:
             node = written
         elif is_view(node):
             node = node.args[0]
+        elif _is_view_item(node):
+            node = node.args[0].args[0]
         else:
             break
     return node
+
+
+def _is_view_item(node: torch.fx.Node) -> bool:
+    """Whether `node` picks one of the views an op returns of its first argument (`split`, `unbind`, `chunk`):
+    a write into the item writes that argument's memory."""
+    if node.target is not operator.getitem or not isinstance(node.args[0], torch.fx.Node):
+        return False
+    source = node.args[0]
+    schema = getattr(source.target, "_schema", None)
+    return (schema is not None and bool(source.args) and isinstance(source.args[0], torch.fx.Node)
+            and any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns))
 
 
 def is_view(node: torch.fx.Node) -> bool:

@@ -20,6 +20,17 @@ class NormalisedInPlace(nn.Module):
         return weights * 2
 
 
+class SplitFilled(nn.Module):
+    """Fills a buffer through the items of its split: each item is a view of the buffer, as a slice is."""
+
+    def forward(self, x):
+        buffer = x.new_zeros(x.shape[0], 12)
+        left, right = buffer.split([8, 4], dim=1)
+        left.copy_(torch.sin(x))
+        right.copy_(torch.cos(x[:, :4]))
+        return buffer * 2
+
+
 def test_a_buffer_filled_through_views_and_read_as_the_buffer_is_one_memory_with_its_views_and_writes():
     graph = op_graph_of(FilledBuffer().eval(), random_inputs((4, 8)))
 
@@ -32,3 +43,13 @@ def test_a_write_read_only_through_its_result_is_plain_dataflow():
 
     assert [node.name for node in graph if node.writes is not None] == ["div_"]
     assert memory_read_after_writes(graph) == ()
+
+
+def test_writes_into_the_items_of_a_split_write_the_buffer_and_its_readers_wait_for_them():
+    graph = op_graph_of(SplitFilled().eval(), random_inputs((4, 8)))
+
+    assert [(node.name, node.writes) for node in graph if node.writes is not None] == [
+        ("copy_", "new_zeros"), ("copy__1", "new_zeros")]
+    assert set(graph["mul"].after) == {"copy_", "copy__1"}
+    assert memory_read_after_writes(graph) == (
+        SharedMemory("new_zeros", views=("getitem", "split_with_sizes", "getitem_1"), writers=("copy_", "copy__1")),)
