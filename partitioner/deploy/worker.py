@@ -80,6 +80,13 @@ def _present_or_cpu(device: torch.device, place: str) -> torch.device:
 
 
 def emulated_places(devices: Mapping[str, str], targets: Sequence[TargetRecord]) -> list[str]:
-    """The places whose worker runs on another kind of device than its target's (the CPU, where it is absent)."""
-    kind = {target.name: torch.device(target.torch_device).type for target in targets}
-    return sorted(place for place, device in devices.items() if torch.device(device).type != kind[place])
+    """The places whose worker did not run on their own hardware, given the torch device each worker ran on.
+
+    That is a worker on another type of torch device than its spec names (the CPU, where that device is
+    absent), and a worker on the CPU for a target that is not a CPU: a chip with no torch device here (Trainium,
+    Gaudi, an NPU) names `cpu` in its spec only so that it can run at all.
+    """
+    record = {target.name: target for target in targets}
+    return sorted(place for place, device in devices.items()
+                  if torch.device(device).type != torch.device(record[place].torch_device).type
+                  or (torch.device(device).type == "cpu" and record[place].kind != "cpu"))
