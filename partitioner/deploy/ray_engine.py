@@ -60,11 +60,12 @@ def require_ray():
 def check_timeout(seconds: float, what: str, option: str) -> None:
     """Refuse a timeout that is not a positive number of seconds up to a day."""
     number = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
-    if not (number and 0 < seconds <= MAX_TIMEOUT_SECONDS):
-        shown = f"{seconds:g} s" if number else repr(seconds)
-        raise PartitionerError(f"{what} of {shown} is not over 0 and at most {MAX_TIMEOUT_SECONDS:g} s (a day), the "
-                               f"longest the Ray engine waits. Fix: give {option} a number of seconds up to "
-                               f"{MAX_TIMEOUT_SECONDS:g}.")
+    if number and 0 < seconds <= MAX_TIMEOUT_SECONDS:
+        return
+    problem = f"is over a day ({MAX_TIMEOUT_SECONDS:g} s), the longest the Ray engine waits" if number and (
+        seconds > MAX_TIMEOUT_SECONDS) else "is not a positive number of seconds"
+    raise PartitionerError(f"{what} of {f'{seconds:g} s' if number else repr(seconds)} {problem}. Fix: give "
+                           f"{option} a number of seconds over 0 and at most {MAX_TIMEOUT_SECONDS:g}.")
 
 
 class RayDeployment:
@@ -311,7 +312,7 @@ def deploy_on_ray(plan: Plan, *, address: str | None = None, max_in_flight: int 
     cluster's workers keep torch's own default.
     """
     ray = require_ray()
-    check_timeout(request_timeout_seconds, "a request timeout", "--timeout (request_timeout_seconds)")
+    check_timeout(request_timeout_seconds, "a request timeout", "--timeout")
     check_timeout(startup_timeout_seconds, "a startup timeout", "startup_timeout_seconds")
     if not (isinstance(max_in_flight, int) and max_in_flight >= 1):
         raise PartitionerError(f"max_in_flight must be a whole number of at least 1, got {max_in_flight!r}. Fix: "

@@ -70,7 +70,8 @@ def plan_of_nothing(tmp_path_factory) -> Path:
     ("more in flight than Ray's shared memory holds", ["--requests", "100000", "--concurrency", "100000"],
      ["100000 requests in flight need", "this machine's Ray object store", "Fix: serve at most", "--concurrency"]),
     ("a timeout Ray cannot wait", ["--timeout", "1e308"],
-     ["a request timeout of 1e+308 s is not over 0 and at most 86400 s", "Fix: give --timeout"]),
+     ["a request timeout of 1e+308 s is over a day (86400 s)", "Fix: give --timeout a number of seconds over 0 "
+      "and at most 86400"]),
     ("a model that computes nothing", [], ["computes nothing on any device", "Fix: serve a model"]),
 ])
 def test_serve_refuses_what_cannot_run_in_one_line_before_starting_ray(case, arguments, fragments, plan_path,
