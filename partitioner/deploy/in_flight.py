@@ -75,6 +75,13 @@ def request_bytes(graph_module: torch.fx.GraphModule) -> int:
     return sum(value.numel() * value.element_size() for value in values if isinstance(value, torch.Tensor))
 
 
+def ray_buffer_bytes() -> int:
+    """The smallest buffer of a compiled graph's channel (Ray's DAGContext, 1 MB unless configured)."""
+    from ray.dag import DAGContext
+
+    return int(DAGContext.get_current().buffer_size_bytes)
+
+
 def local_store_bytes() -> int:
     """The object store a local Ray instance gets on this machine: Ray's own default (a share of the free
     memory, within /dev/shm), worked out before Ray starts so that it can be checked and then passed to it."""

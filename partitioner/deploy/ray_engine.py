@@ -30,7 +30,7 @@ import torch
 
 from partitioner.deploy import ray_instance
 from partitioner.deploy.cluster import check_cluster, reserve_hosts, start_fault, start_workers
-from partitioner.deploy.in_flight import channel_memory, local_store_bytes, request_bytes
+from partitioner.deploy.in_flight import channel_memory, local_store_bytes, ray_buffer_bytes, request_bytes
 from partitioner.deploy.measurement import ServeMeasurement
 from partitioner.deploy.ray_instance import StartedRay
 from partitioner.deploy.resources import resources_needed
@@ -126,7 +126,7 @@ class RayDeployment:
             self._closed = True
             compiled, self._compiled = self._compiled, None
             remove(require_ray(), self.workers.values(), self._placement_groups, self._started, compiled,
-                    self._serving)
+                   self._serving)
 
     def _guarded(self, work: Callable[[], _T]) -> _T:
         """Do `work`, which calls the compiled graph, on a thread of its own while this one waits for it.
@@ -317,19 +317,11 @@ def deploy_on_ray(plan: Plan, *, address: str | None = None, max_in_flight: int 
     if not (isinstance(max_in_flight, int) and max_in_flight >= 1):
         raise PartitionerError(f"max_in_flight must be a whole number of at least 1, got {max_in_flight!r}. Fix: "
                                "pass e.g. 8.")
-    captured = plan.captured_model()
-    module = build_partitioned_module(captured.program, plan.partitions,
-                                      {t.name: torch.device("cpu") for t in plan.targets})
-    graph = stage_graph(module)
-    if not graph.stages:
-        raise PartitionerError(f"{plan.model.name} computes nothing on any device (its outputs do not come from "
-                               "an op on a tensor), so there is nothing to serve. Fix: serve a model whose forward "
-                               "computes tensors from its inputs.")
+    module, graph = _stages(plan)
     records = {t.name: t for t in plan.targets}
-    partitions = {p.index: p for p in plan.partitions}
     places = [records[name] for name in dict.fromkeys(stage.target for stage in graph.stages)]
     needed = resources_needed(places)
-    channels = channel_memory(graph, plan, request_bytes(module.graph_module), _buffer_bytes())
+    channels = channel_memory(graph, plan, request_bytes(module.graph_module), ray_buffer_bytes())
     owns_ray = not ray.is_initialized()
     store_bytes = None
     if owns_ray and not address:
@@ -346,26 +338,46 @@ def deploy_on_ray(plan: Plan, *, address: str | None = None, max_in_flight: int 
             started = ray_instance.start(ray, address, needed, store_bytes)
         check_cluster(ray, needed, channels, max_in_flight, address)
         groups, slots = reserve_hosts(ray, places, startup_timeout_seconds)
-        workers = start_workers(ray, places, slots, graph, module, partitions, threads_per_worker)
-        described = dict(zip(workers, ray.get([w.describe.remote() for w in workers.values()],
-                                             timeout=startup_timeout_seconds)))
-        cuda_places = {place for place, (device, _) in described.items() if device.startswith("cuda")}
-        over_nccl = device_to_device(graph, cuda_places)
-        ray.get([worker.keep_on_device.remote([s.partition for s in graph.stages
-                                               if s.target == place and s.partition in over_nccl])
-                 for place, worker in workers.items()], timeout=startup_timeout_seconds)
+        workers = start_workers(ray, places, slots, graph, module, {p.index: p for p in plan.partitions},
+                                threads_per_worker)
+        devices, nodes, over_nccl = _ready(ray, workers, graph, startup_timeout_seconds)
     except BaseException as error:
         remove(ray, workers.values(), groups, started)
         fault = start_fault(ray, error, startup_timeout_seconds)
         if fault is None:
             raise
         raise fault from error
-    emulated = emulated_places({place: device for place, (device, _) in described.items()}, plan.targets)
+    emulated = emulated_places(devices, plan.targets)
     if emulated:  # the workers' own warnings stay in their logs
         warnings.warn(f"{', '.join(emulated)}: no such device on the node, emulated on the CPU", stacklevel=2)
     return RayDeployment(plan, graph, workers, groups, started, max_in_flight, request_timeout_seconds,
-                         over_nccl, {place: node for place, (_, node) in described.items()},
-                         {place: device for place, (device, _) in described.items()})
+                         over_nccl, nodes, devices)
+
+
+def _stages(plan: Plan) -> tuple[Any, StageGraph]:
+    """The plan's partitioned module (on the CPU: each worker moves its own partitions) and its stages."""
+    module = build_partitioned_module(plan.captured_model().program, plan.partitions,
+                                      {t.name: torch.device("cpu") for t in plan.targets})
+    graph = stage_graph(module)
+    if not graph.stages:
+        raise PartitionerError(f"{plan.model.name} computes nothing on any device (its outputs do not come from "
+                               "an op on a tensor), so there is nothing to serve. Fix: serve a model whose forward "
+                               "computes tensors from its inputs.")
+    return module, graph
+
+
+def _ready(ray: Any, workers: Mapping[str, Any], graph: StageGraph, timeout: float
+           ) -> tuple[dict[str, str], dict[str, str], set[int]]:
+    """Wait for the workers: the torch device and Ray node of each, and the partitions that travel over NCCL
+    (which their workers keep on the device)."""
+    described = dict(zip(workers, ray.get([w.describe.remote() for w in workers.values()], timeout=timeout)))
+    cuda_places = {place for place, (device, _) in described.items() if device.startswith("cuda")}
+    over_nccl = device_to_device(graph, cuda_places)
+    ray.get([worker.keep_on_device.remote([s.partition for s in graph.stages
+                                           if s.target == place and s.partition in over_nccl])
+             for place, worker in workers.items()], timeout=timeout)
+    return ({place: device for place, (device, _) in described.items()},
+            {place: node for place, (_, node) in described.items()}, over_nccl)
 
 
 def device_to_device(graph: StageGraph, cuda_places: set[str]) -> set[int]:
@@ -375,16 +387,3 @@ def device_to_device(graph: StageGraph, cuda_places: set[str]) -> set[int]:
             if place_of[partition] in cuda_places and readers
             and all(r is not None and place_of[r] in cuda_places and place_of[r] != place_of[partition]
                     for r in readers)}
-
-
-
-
-
-
-
-
-def _buffer_bytes() -> int:
-    """The smallest buffer of a compiled graph's channel (Ray's DAGContext, 1 MB unless configured)."""
-    from ray.dag import DAGContext
-
-    return int(DAGContext.get_current().buffer_size_bytes)
