@@ -255,13 +255,14 @@ def serve_command(args: argparse.Namespace) -> int:
     plan = Plan.load(args.plan)
     if args.model:
         plan = plan.with_source(args.model)
+    in_flight = min(args.concurrency, args.requests)  # more in flight than requests sent holds nothing more
     progress = Progress("live")
     with progress.step(f"starting one Ray actor per device of {plan.model.name}"):
-        deployment = deploy_on_ray(plan, address=args.address, max_in_flight=args.concurrency,
-                            request_timeout_seconds=args.timeout)
+        deployment = deploy_on_ray(plan, address=args.address, max_in_flight=in_flight,
+                                   request_timeout_seconds=args.timeout)
     with deployment:
-        with progress.step(f"serving {args.requests} requests, {args.concurrency} in flight"):
-            measurement = deployment.benchmark(args.requests, args.concurrency)
+        with progress.step(f"serving {args.requests} requests, {in_flight} in flight"):
+            measurement = deployment.benchmark(args.requests, in_flight)
     print(format_measurement(measurement, plan))
     return 0
 

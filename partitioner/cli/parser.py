@@ -122,9 +122,11 @@ def command_parser() -> argparse.ArgumentParser:
                                                 "start a local one where every device absent here runs on the CPU")
     serve_parser.add_argument("--requests", type=positive_int, default=100, help="requests to send (default: 100)")
     serve_parser.add_argument("--concurrency", type=positive_int, default=8,
-                              help="requests in flight at once (default: 8)")
+                              help="requests in flight at once (default: 8); at most what Ray's object store holds "
+                                   "of the plan's channels, a number serve gives when it refuses more")
     serve_parser.add_argument("--timeout", type=positive_float, default=60.0, metavar="SECONDS",
-                              help="the longest one request may take before the deployment is ended (default: 60)")
+                              help="the longest one request may take before the deployment is ended (default: 60, "
+                                   "at most 86400: a day)")
     serve_parser.add_argument("--model", help="the model again, if the plan's recorded source moved")
     serve_parser.set_defaults(command=commands.serve_command)
 

@@ -70,6 +70,23 @@ class Stage:
                 seen.setdefault(FromPartition(argument.partition))
         return tuple(seen)
 
+    @property
+    def reads_request(self) -> bool:
+        """Whether this stage is sent the request's inputs: it reads one, or it reads nothing else.
+
+        A Ray Compiled Graph reaches every call from its input, so a stage that computes from constants alone
+        (a mask, positions) is sent the request too, and ignores it.
+        """
+        return not self.upstream or any(isinstance(source, FromInput) for source in self.upstream)
+
+    def arguments_given(self, inputs: Sequence[Any] | None, results: Sequence[Any]) -> list[Any]:
+        """This stage's arguments, given the request's flat inputs (None where it reads none) and the results
+        of the partitions it reads, in the order of `upstream`."""
+        partition_results = iter(results)
+        received = [inputs[source.position] if isinstance(source, FromInput) else next(partition_results)
+                    for source in self.upstream]
+        return self.arguments_from(received)
+
     def arguments_from(self, received: Sequence[Any]) -> list[Any]:
         """This stage's arguments, given the values of `upstream` in order."""
         slot = {source: position for position, source in enumerate(self.upstream)}

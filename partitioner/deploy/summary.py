@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from partitioner.deploy.ray_engine import ServeMeasurement, emulated_places
+from partitioner.deploy.measurement import ServeMeasurement
+from partitioner.deploy.worker import emulated_places
 from partitioner.plan import Plan
 from partitioner.units import format_seconds
 

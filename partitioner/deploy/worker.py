@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch.utils import _pytree as pytree
 
 from partitioner.deploy.stages import Stage
+from partitioner.plan_records import TargetRecord
+
+# The workers' concurrency group that answers while the compiled graph holds their main thread.
+STATISTICS = "statistics"
 
 
 class DeviceWorker:
@@ -44,8 +48,10 @@ class DeviceWorker:
         """Return these partitions' results on this device (only CUDA workers read them)."""
         self.on_device = set(partitions)
 
-    def run(self, partition: int, *received: Any) -> Any:
-        arguments = pytree.tree_map_only(torch.Tensor, self._here, self.stages[partition].arguments_from(received))
+    def run(self, partition: int, inputs: Any, *upstream_results: Any) -> Any:
+        """Run `partition` on the request's flat inputs (None where it reads none) and its upstream results."""
+        arguments = pytree.tree_map_only(torch.Tensor, self._here,
+                                         self.stages[partition].arguments_given(inputs, upstream_results))
         started = time.perf_counter()
         with torch.inference_mode():
             results = self.modules[partition](*arguments)
@@ -71,3 +77,16 @@ def _present_or_cpu(device: torch.device, place: str) -> torch.device:
         return device
     warnings.warn(f"{place}: no {device} device in this worker, emulating it on the CPU", stacklevel=2)
     return torch.device("cpu")
+
+
+def emulated_places(devices: Mapping[str, str], targets: Sequence[TargetRecord]) -> list[str]:
+    """The places whose worker did not run on their own hardware, given the torch device each worker ran on.
+
+    That is a worker on another type of torch device than its spec names (the CPU, where that device is
+    absent), and a worker on the CPU for a target that is not a CPU: a chip with no torch device here (Trainium,
+    Gaudi, an NPU) names `cpu` in its spec only so that it can run at all.
+    """
+    record = {target.name: target for target in targets}
+    return sorted(place for place, device in devices.items()
+                  if torch.device(device).type != torch.device(record[place].torch_device).type
+                  or (torch.device(device).type == "cpu" and record[place].kind != "cpu"))

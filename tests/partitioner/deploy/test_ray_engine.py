@@ -8,6 +8,8 @@ custom resources of this one machine, and every worker runs on the CPU.
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 
 import pytest
 import torch
@@ -23,6 +25,8 @@ from targets.fleet import load_fleet
 
 ray = pytest.importorskip("ray")
 from partitioner.deploy.ray_engine import deploy_on_ray  # noqa: E402
+from partitioner.deploy.ray_instance import descendants, running  # noqa: E402
+from tests.partitioner.deploy.test_serve_command import command_line  # noqa: E402
 
 FLEET = "npu-example=2,cuda-h100=1"
 
@@ -125,6 +129,41 @@ def test_a_dead_worker_ends_the_deployment_with_one_error_and_nothing_left_runni
         deployment(*inputs)
 
 
+class ConstantFirst(nn.Module):
+    """Its first ops compute from constants alone (a ramp the input is shifted by), as a mask or positions do."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.relu(torch.arange(8, dtype=torch.float32).reshape(2, 4) * 2.0 - 3.0)
+        return torch.relu(x + ramp) * 2
+
+
+def test_a_stage_that_reads_no_input_runs_on_ray():
+    model, inputs = ConstantFirst(), (torch.randn(2, 4),)
+    plan = partitioner.compile(model, inputs, load_fleet(FLEET), objective="throughput", time_limit_seconds=2)
+    plan = staged(plan, ("npu-example.0", "cuda-h100"))
+    assert not stage_graph(plan.module({"cuda-h100": "cpu"})).stages[0].upstream, "the first stage reads nothing"
+
+    with deploy_on_ray(plan, max_in_flight=2) as deployment:
+        torch.testing.assert_close(deployment(*inputs), model(*inputs))
+
+
+def test_a_local_instance_leaves_no_process_behind_even_after_its_raylet_died(two_stage_plan, model_and_inputs):
+    """A raylet that dies (killed, or out of file descriptors) leaves its workers and agents to live on for minutes:
+    the deployment that started Ray ends every process of it."""
+    _, inputs = model_and_inputs
+    deployment = deploy_on_ray(two_stage_plan, max_in_flight=2)
+    deployment(*inputs)
+    node = ray._private.worker._global_node
+    processes = descendants({info.process.pid for infos in node.all_processes.values() for info in infos})
+    assert any(command_line(pid).startswith("ray::DeviceWorker") for pid in processes)
+    os.kill(node.all_processes["raylet"][0].process.pid, signal.SIGKILL)
+
+    deployment.shutdown()
+
+    assert not ray.is_initialized()
+    assert not [command_line(pid) for pid, started in processes.items() if running(pid, started)]
+
+
 def test_a_request_past_its_timeout_is_one_error_and_the_deployment_is_removed(two_stage_plan, model_and_inputs):
     _, inputs = model_and_inputs
     deployment = deploy_on_ray(two_stage_plan, max_in_flight=2, request_timeout_seconds=1e-4)
@@ -135,8 +174,10 @@ def test_a_request_past_its_timeout_is_one_error_and_the_deployment_is_removed(t
 
 def test_a_cluster_without_the_plans_devices_is_refused_before_anything_starts(two_stage_plan):
     ray.init(num_cpus=1, resources={"npu-example": 1}, include_dashboard=False, log_to_driver=False)
-    with pytest.raises(PartitionerError, match=r"lacks the plan's devices: 1 x GPU \(it has 0\)"):
+    with pytest.raises(PartitionerError, match=r"lacks the plan's devices: 1 x GPU \(it has 0\)") as refused:
         deploy_on_ray(two_stage_plan)
+    assert f"ray start --address={ray.get_runtime_context().gcs_address} --num-gpus=1" in str(refused.value), (
+        "the fix names the cluster's own address, not a made-up port")
     assert ray.is_initialized(), "a cluster the deployment joined is left running"
     assert not ray.util.list_named_actors(all_namespaces=True)
 
