@@ -56,6 +56,13 @@ class TargetRecord:
     def spec_name(self) -> str:
         return self.spec or self.name
 
+    def emulated_on(self, device: str) -> bool:
+        """Whether running this target's work on torch `device` only stands in for its hardware: another type of
+        device than its spec names (the CPU, where that device is absent), or the CPU for a target that is not a
+        CPU (a chip with no torch device here, Trainium or an NPU, names `cpu` in its spec only so that it runs)."""
+        kind = device.split(":")[0]
+        return kind != self.torch_device.split(":")[0] or (kind == "cpu" and self.kind != "cpu")
+
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "description": self.description,
                 "torch_device": self.torch_device, "onnx_execution_provider": self.onnx_execution_provider,

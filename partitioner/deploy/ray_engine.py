@@ -39,7 +39,9 @@ from partitioner.deploy.teardown import quiet_compiled_graphs, remove
 from partitioner.deploy.worker import STATISTICS, emulated_places
 from partitioner.errors import PartitionerError
 from partitioner.execution.partitioned_module import build_partitioned_module
+from partitioner.execution.split import memory_kept_whole
 from partitioner.frontend.capture import split_inputs
+from partitioner.frontend.op_graph import annotate
 from partitioner.plan import Plan
 
 # The longest a request or the start may be given: Ray counts timeouts in milliseconds in a 64-bit integer, and a
@@ -356,8 +358,9 @@ def deploy_on_ray(plan: Plan, *, address: str | None = None, max_in_flight: int 
 
 def _stages(plan: Plan) -> tuple[Any, StageGraph]:
     """The plan's partitioned module (on the CPU: each worker moves its own partitions) and its stages."""
-    module = build_partitioned_module(plan.captured_model().program, plan.partitions,
-                                      {t.name: torch.device("cpu") for t in plan.targets})
+    program = plan.captured_model().program
+    memory_kept_whole(annotate(program), plan.partitions, "Ray's workers")
+    module = build_partitioned_module(program, plan.partitions, {t.name: torch.device("cpu") for t in plan.targets})
     graph = stage_graph(module)
     if not graph.stages:
         raise PartitionerError(f"{plan.model.name} computes nothing on any device (its outputs do not come from "

@@ -87,6 +87,4 @@ def emulated_places(devices: Mapping[str, str], targets: Sequence[TargetRecord])
     Gaudi, an NPU) names `cpu` in its spec only so that it can run at all.
     """
     record = {target.name: target for target in targets}
-    return sorted(place for place, device in devices.items()
-                  if torch.device(device).type != torch.device(record[place].torch_device).type
-                  or (torch.device(device).type == "cpu" and record[place].kind != "cpu"))
+    return sorted(place for place, device in devices.items() if record[place].emulated_on(device))

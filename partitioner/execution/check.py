@@ -239,13 +239,13 @@ def _describe(tensor: torch.Tensor) -> str:
 
 
 def _devices(plan: Plan, device_map: Mapping[str, str] | None) -> tuple[dict[str, torch.device], dict[str, str]]:
-    """Each target's torch device, and for targets emulated on the CPU the device their spec asks for."""
-    spec_devices = {t.name: t.torch_device for t in plan.targets}
+    """Each target's torch device, and for targets that do not run on their own hardware (TargetRecord.emulated_on)
+    the spec they stand in for."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the emulated targets are reported in the result instead
-        devices = resolve_devices(spec_devices, device_map)
-    emulated = {name: spec for name, spec in spec_devices.items()
-                if name not in (device_map or {}) and devices[name] != torch.device(spec)}
+        devices = resolve_devices({t.name: t.torch_device for t in plan.targets}, device_map)
+    emulated = {t.name: t.spec_name for t in plan.targets
+                if t.name not in (device_map or {}) and t.emulated_on(str(devices[t.name]))}
     return devices, emulated
 
 

@@ -13,6 +13,7 @@ from typing import Mapping
 
 import networkx as nx
 
+from partitioner.errors import PartitionerError
 from partitioner.fields import text, texts, whole
 from partitioner.frontend.op_graph import OpGraph, OpNode
 from partitioner.frontend.written_memory import SharedMemory, memory_read_after_writes
@@ -228,6 +229,23 @@ def memory_apart(graph: OpGraph, partitions: tuple[Partition, ...]) -> tuple[str
         if apart is not None:
             return memory.owner, apart
     return None
+
+
+def memory_kept_whole(graph: OpGraph, partitions: tuple[Partition, ...], runner: str) -> None:
+    """Refuse, for a `runner` whose partitions share no memory (ONNX files, Ray workers), a plan that splits a
+    memory written in place from its readers (`memory_apart`): run there, the write would be lost."""
+    apart = memory_apart(graph, partitions)
+    if apart is None:
+        return
+    owner, member = apart
+    home = {name: p for p in partitions for name in p.nodes}
+    what = "writes in place into" if graph[member].writes is not None else "is a view that writes go through into"
+    raise PartitionerError(
+        f"{member} in partition {home[member].name} {what} memory that {owner} made in partition "
+        f"{home[owner].name}, and later nodes read that memory: {runner} share no memory, so the write would be "
+        "lost. Fix: compile the plan again with this version of partitioner, which keeps such writes with their "
+        f"memory; if the plan still splits them, pin the ops between {owner} and {member} to "
+        f"{home[owner].target} (--pin).")
 
 
 def _check_acyclic(graph: OpGraph, partitions: tuple[Partition, ...]) -> None:

@@ -32,7 +32,7 @@ from partitioner.execution.check import require_real_weights
 from partitioner.execution.partition_compilers import compile_partition, plan_compilers
 from partitioner.execution.partitioned_module import (PartitionedModule, build_partitioned_module, partition_index,
                                                       to_device)
-from partitioner.execution.split import Partition, memory_apart
+from partitioner.execution.split import Partition, memory_kept_whole
 from partitioner.files import write_json
 from partitioner.frontend.capture import split_inputs
 from partitioner.frontend.op_graph import OpGraph, annotate
@@ -104,16 +104,7 @@ def _check_partitions_stand_alone(plan: Plan, graph: OpGraph) -> None:
     """Each file must hand on what its partition computes, writes included: ONNX files share no memory, so a
     partition that only writes into another's memory, or hands nothing on, would be dropped or lose its work."""
     home = {name: p for p in plan.partitions for name in p.nodes}
-    apart = memory_apart(graph, plan.partitions)
-    if apart is not None:
-        owner, member = apart
-        what = "writes in place into" if graph[member].writes is not None else "is a view that writes go through into"
-        raise PartitionerError(
-            f"{member} in partition {home[member].name} {what} memory that {owner} made in partition "
-            f"{home[owner].name}, and later nodes read that memory: ONNX files share no memory, so the write would "
-            "be lost. Fix: compile the plan again with this version of partitioner, which keeps such writes with "
-            f"their memory; if the plan still splits them, pin the ops between {owner} and {member} to "
-            f"{home[owner].target} (--pin).")
+    memory_kept_whole(graph, plan.partitions, "ONNX files")
     for partition in plan.partitions:
         if not partition.outputs:
             ops = sorted({record.op for record in plan.nodes if home.get(record.name) is partition})

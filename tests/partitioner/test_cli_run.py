@@ -123,7 +123,7 @@ def test_check_passes_and_reports_partitions_devices_and_errors(compiled, capsys
     out = capsys.readouterr().out
     assert code == 0, out
     assert f"{plan_path}: small, {len(Plan.load(plan_path).partitions)} partitions (free-conv -> cuda-h100" in out
-    assert "free-conv: cpu" in out and "cuda-h100: cpu (emulating cuda)" in out
+    assert "free-conv: cpu (emulating free-conv)" in out and "cuda-h100: cpu (emulating cuda-h100)" in out
     assert "output float32[2, 10]" in out
     assert "max abs error 0\n" in out and "max rel error 0\n" in out
     assert "float32 rtol 1.3e-06 atol 1e-05" in out

@@ -25,6 +25,7 @@ from torch.utils import _pytree as pytree
 import partitioner
 from partitioner.onnx import chained_runner
 from partitioner.cli import main
+from partitioner.deploy.ray_engine import deploy_on_ray
 from partitioner.errors import PartitionerError
 from partitioner.execution.split import Partition, split
 from partitioner.frontend.op_graph import OpNode, annotate
@@ -416,10 +417,14 @@ def test_a_plan_that_keeps_a_write_apart_from_its_buffer_is_refused_at_export(tm
     plan = with_partitions(compiled(FilledBuffer().eval(), random_inputs((4, 8))), WRITE_APART)
 
     with pytest.raises(PartitionerError, match=r"copy__1 in partition 002_cuda-h100 writes in place into memory that "
-                                               r"new_empty made in partition 000_cuda-h100.* Fix: compile the plan"):
+                                               r"new_empty made in partition 000_cuda-h100.*ONNX files share no "
+                                               r"memory.* Fix: compile the plan"):
         export_plan(plan, tmp_path / "onnx")
 
     assert list(tmp_path.iterdir()) == []
+    # Ray's workers share no memory either: the plan is refused before Ray starts.
+    with pytest.raises(PartitionerError, match=r"copy__1 .* Ray's workers share no memory"):
+        deploy_on_ray(plan)
 
 
 class CheckedWeights(nn.Module):
