@@ -351,7 +351,7 @@ def deploy_on_ray(plan: Plan, *, address: str | None = None, max_in_flight: int 
         raise fault from error
     emulated = emulated_places(devices, plan.targets)
     if emulated:  # the workers' own warnings stay in their logs
-        warnings.warn(f"{', '.join(emulated)}: no such device on the node, emulated on the CPU", stacklevel=2)
+        warnings.warn(f"{', '.join(emulated)}: not on its own hardware here, emulated on the CPU", stacklevel=2)
     return RayDeployment(plan, graph, workers, groups, started, max_in_flight, request_timeout_seconds,
                          over_nccl, nodes, devices)
 
