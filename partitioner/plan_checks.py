@@ -12,49 +12,21 @@ from __future__ import annotations
 import math
 from typing import Iterator, Mapping, Protocol
 
-from partitioner.execution.partition_compilers import CompilerRefusal
-from partitioner.execution.split import Partition
-from partitioner.placement.objectives import Objective
 from partitioner.placement.pins import Pin
 from partitioner.placement.problem import PlacementProblem
-from partitioner.placement.scoring import Score
-from partitioner.placement.solver import SolverReport
-from partitioner.plan_records import ModelInfo, NodeRecord, TargetRecord
+from partitioner.reporting.summary import ReportedPlan
 
 
-class CheckedPlan(Protocol):
-    """What the checks read of a plan; `partitioner.plan.Plan` is one (a protocol, so that this module stays
-    below partitioner/plan.py, which checks every plan it reads)."""
+class CheckedPlan(ReportedPlan, Protocol):
+    """What the checks read of a plan: what reports read, and its baselines, order and pins; `partitioner.plan.Plan`
+    is one (a protocol, so that this module stays below partitioner/plan.py, which checks every plan it reads)."""
 
-    @property
-    def model(self) -> ModelInfo: ...
-    @property
-    def targets(self) -> tuple[TargetRecord, ...]: ...
-    @property
-    def objective(self) -> Objective: ...
-    @property
-    def problem(self) -> PlacementProblem: ...
-    @property
-    def nodes(self) -> tuple[NodeRecord, ...]: ...
-    @property
-    def placement(self) -> Mapping[str, str]: ...
-    @property
-    def solver(self) -> SolverReport: ...
     @property
     def baselines(self) -> Mapping[str, Mapping[str, str]]: ...
     @property
-    def partitions(self) -> tuple[Partition, ...]: ...
-    @property
-    def max_latency_seconds(self) -> float | None: ...
-    @property
     def order(self) -> tuple[str, ...]: ...
     @property
-    def min_throughput(self) -> float | None: ...
-    @property
     def pins(self) -> tuple[Pin, ...]: ...
-    @property
-    def compiler_refusals(self) -> tuple[CompilerRefusal, ...]: ...
-    def score(self) -> Score: ...
 
 
 def plan_inconsistency(plan: CheckedPlan) -> str | None:
