@@ -15,7 +15,8 @@ from cost_models.calibration import Calibration
 from cost_models.profile import Profile
 from partitioner.errors import PartitionerError
 from partitioner.files import SPEC, read_text, write_atomically
-from targets.loader import TARGET_NAME_PATTERN, parse_target, shadowed_target
+from targets.loader import parse_target, shadowed_target
+from targets.spec_reader import TARGET_NAME_PATTERN
 from targets.spec import Target
 
 

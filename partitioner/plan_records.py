@@ -11,7 +11,7 @@ from typing import Mapping
 
 from partitioner.fields import FieldError, entries, flag, listed, part, sizes, text, texts, whole
 from partitioner.frontend.capture import ModelSource
-from targets.loader import TARGET_KINDS, device_problem, execution_providers
+from targets.spec_reader import TARGET_KINDS, device_problem, execution_providers
 
 
 @dataclass(frozen=True, slots=True)

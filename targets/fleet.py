@@ -29,7 +29,8 @@ from typing import Any
 
 from partitioner.errors import PartitionerError
 from partitioner.files import FLEET
-from targets.loader import TomlReader, check_link_peers, choose_fallback, load_target, read_toml
+from targets.loader import check_link_peers, choose_fallback, load_target
+from targets.spec_reader import TomlReader, read_toml
 from targets.spec import Link, Target, TargetSet, Topology
 
 FLEETS_DIR = Path(__file__).parent / "builtin" / "fleets"

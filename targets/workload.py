@@ -25,7 +25,7 @@ from pathlib import Path
 
 from partitioner.errors import PartitionerError
 from partitioner.files import WORKLOAD
-from targets.loader import TomlReader, read_toml
+from targets.spec_reader import TomlReader, read_toml
 
 WORKLOADS_DIR = Path(__file__).parent / "builtin" / "workloads"
 _FIELDS = {"name", "description", "prompt_tokens", "output_tokens", "batch_size", "max_batch_size",

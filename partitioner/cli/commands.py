@@ -340,7 +340,7 @@ def _listed(text: str) -> list[str]:
 
 def _device_map(text: str) -> dict[str, str]:
     """--device-map's TARGET=DEVICE pairs; a device no model runs on (not a torch device, or meta) is refused."""
-    from targets.loader import device_problem
+    from targets.spec_reader import device_problem
 
     device_map = {}
     for item in _listed(text):

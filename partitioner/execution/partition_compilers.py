@@ -29,7 +29,8 @@ from partitioner.frontend.op_graph import NodeKind, OpGraph
 from partitioner.placement.tagging import Tagging
 from partitioner.plan_records import TargetRecord
 from targets.hooks import CompiledPartition, PartitionRefused, PartitionToCompile, compile_with_hook, plugin_fault
-from targets.loader import load_target, plugin_targets, read_toml
+from targets.loader import load_target, plugin_targets
+from targets.spec_reader import read_toml
 from targets.spec import Target, TargetSet
 
 
