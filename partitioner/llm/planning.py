@@ -50,6 +50,9 @@ from targets.workload import Workload
 DEPLOYMENTS = ("co-located", "disaggregated")
 BATCH_CANDIDATES = (1, 4, 16, 64, 256)
 DEFAULT_EXPERT_SHARDS = 2
+# Tries searched at once: CP-SAT releases the GIL while it searches, so one try's search overlaps the next one's
+# Python (its joint problem, baselines and model).
+TRIES_IN_FLIGHT = 2
 
 
 def plan_llm(model: torch.nn.Module, workload: Workload, fleet: Fleet, *, time_limit_seconds: float = 60.0,
@@ -107,9 +110,11 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
     runs, tried = _fitting(batches, prefill, kv_per_request)
     decodes = {batch: _costed(decode_graphs, {batch: 1.0}, targets, cost_model) for batch in {b for _, b in runs}}
     runs = _within_reach(runs, workload, prefill, decodes, tried)
-    # One stop for every try, so that Ctrl-C (seen by this thread) ends the searches in the others too.
-    per_solve = replace(options, time_limit_seconds=options.time_limit_seconds / max(1, len(runs)),
-                        stop=options.stop or threading.Event())
+    # The tries share the time limit, TRIES_IN_FLIGHT at a time: each may take (building its search included) its
+    # share of that many limits, and the limit still covers them all. One stop serves every try, so that Ctrl-C
+    # (seen by this thread) ends the searches in the others too.
+    share = options.time_limit_seconds * TRIES_IN_FLIGHT / max(1, len(runs))
+    per_solve = replace(options, time_limit_seconds=share, stop=options.stop or threading.Event())
 
     def attempt(deployment: str, batch: int) -> tuple[PlacementProblem, Tried]:
         joint = _joint(prefill, decodes[batch], workload, batch, deployment == "disaggregated")
@@ -215,12 +220,12 @@ def _search(runs: list[tuple[str, int]], attempt: Callable[[str, int], tuple[Pla
         else:
             cheapest[deployment] = outcome.result
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=TRIES_IN_FLIGHT) as pool:
         try:
             for deployment, batch in order:
                 if deployment not in stopped:
                     in_flight.append((deployment, batch, pool.submit(attempt, deployment, batch)))
-                if len(in_flight) == 2:
+                if len(in_flight) == TRIES_IN_FLIGHT:
                     settle()
             while in_flight:
                 settle()
