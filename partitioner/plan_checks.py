@@ -12,9 +12,12 @@ from __future__ import annotations
 import math
 from typing import Iterator, Mapping, Protocol
 
+from partitioner.placement.baselines import BASELINES, SERVING_BASELINES
+from partitioner.placement.objectives import registered_objectives
 from partitioner.placement.pins import Pin
 from partitioner.placement.problem import PlacementProblem
 from partitioner.reporting.summary import ReportedPlan
+from targets.spec_reader import torch_dtype_names
 
 
 class CheckedPlan(ReportedPlan, Protocol):
@@ -61,10 +64,13 @@ def _unknown_problem_names(problem: PlacementProblem) -> Iterator[str]:
         missing = next((p for p in node.parameters if p not in problem.parameter_bytes), None)
         if missing is not None:
             yield f"{node.name} uses the parameter {missing!r}, whose size it does not record"
+    position = {name: index for index, name in enumerate(nodes)}
     for value in problem.values:
         stranger = next((n for n in (value.producer, *value.consumers) if n not in known), None)
         if stranger is not None:
             yield f"a value of {value.producer!r} names {stranger!r}, which is not one of its nodes"
+        elif any(position[consumer] <= position[value.producer] for consumer in value.consumers):
+            yield f"the value of {value.producer} is read by a node before it (its nodes run in graph order)"
     pairs = {(source, destination) for source in targets for destination in targets if source != destination}
     if set(problem.links) != pairs:
         yield "its links are not one per ordered pair of its targets"
@@ -93,6 +99,9 @@ def _record_names(plan: CheckedPlan) -> str | None:
         strange = next((t for t in (*record.refusals, *record.measured_on) if t not in targets), None)
         if strange is not None:
             return f"node {record.name} names {strange!r}, which is not one of its targets"
+        dtype = next((d for d in record.dtypes if d not in torch_dtype_names()), None)
+        if dtype is not None:
+            return f"node {record.name} names the dtype {dtype!r}, which torch does not have"
     specs = {t.spec_name for t in plan.targets} | set(targets)
     for pin in plan.pins:
         if pin.target not in specs:
@@ -136,14 +145,38 @@ def _placement_inconsistency(plan: CheckedPlan) -> str | None:
     if sorted(home) != sorted(names) or sum(len(p.nodes) for p in plan.partitions) != len(names):
         return "its partitions do not hold every node exactly once"
     for index, partition in enumerate(plan.partitions):
+        if not partition.nodes:
+            return f"partition {partition.name} holds no node"
         if partition.index != index or any(plan.placement[name] != partition.target for name in partition.nodes):
             return f"partition {partition.name} is out of order or not on the target of its nodes"
+    boundary = _boundary_inconsistency(plan, home)
+    if boundary is not None:
+        return boundary
     backwards = next((value.producer for value in problem.values for consumer in value.consumers
                       if home[value.producer] > home[consumer]), None)
     if backwards is not None:
         return f"the value of {backwards} flows back to an earlier partition"
     if plan.order and sorted(plan.order) != sorted(names):
         return "its order does not list every node once"
+    return None
+
+
+def _boundary_inconsistency(plan: CheckedPlan, home: Mapping[str, int]) -> str | None:
+    """A partition input or output that is no value crossing its boundary, or a crossing value it does not list."""
+    for partition in plan.partitions:
+        strange = next((n for n in partition.inputs if n not in home or home[n] >= partition.index), None)
+        if strange is not None:
+            return f"partition {partition.name} reads {strange!r}, which no earlier partition makes"
+        strange = next((n for n in partition.outputs if home.get(n) != partition.index), None)
+        if strange is not None:
+            return f"partition {partition.name} hands on {strange!r}, which it does not hold"
+    for value in plan.problem.values:
+        source = plan.partitions[home[value.producer]]
+        for consumer in value.consumers:
+            reader = plan.partitions[home[consumer]]
+            if reader is not source and (value.producer not in source.outputs or value.producer not in reader.inputs):
+                return (f"the value of {value.producer} crosses from partition {source.name} to {reader.name}, "
+                        "which do not list it as an output and an input")
     return None
 
 
@@ -193,6 +226,17 @@ def _report_inconsistency(plan: CheckedPlan) -> str | None:
         return f"its solver status {report.status!r} is neither OPTIMAL nor FEASIBLE"
     if not 0 <= report.gap <= 1 or not 0 <= report.bound <= report.objective * (1 + 1e-9):
         return f"its solver gap {report.gap:g} or bound {report.bound:g} is impossible"
+    gap = (report.objective - report.bound) / report.objective if report.objective > 0 else 0.0
+    if abs(report.gap - gap) > 1e-6 or (report.status == "OPTIMAL" and gap > 1e-6):
+        return (f"its solver says {report.status} with gap {report.gap:g}, and its objective {report.objective:g} "
+                f"and bound {report.bound:g} make the gap {gap:g}")
+    strategies = {*BASELINES, *SERVING_BASELINES}
+    unknown = next((name for name in plan.baselines if name not in strategies), None)
+    if unknown is not None:
+        return f"it has a baseline {unknown!r}, which is no strategy of this version ({', '.join(strategies)})"
+    seeds = {f"{objective.name} plan" for objective in registered_objectives()}
+    if report.origin not in {"cp-sat", *plan.baselines, *seeds}:
+        return f"its solver says its placement came from {report.origin!r}, neither cp-sat nor one of its baselines"
     rescored = plan.objective.value(plan.score())
     if not math.isfinite(rescored) or abs(rescored - report.objective) > 1e-9 * max(abs(rescored),
                                                                                     abs(report.objective), 1e-30):

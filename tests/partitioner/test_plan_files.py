@@ -149,6 +149,23 @@ TAMPERINGS = {
         lambda d: d.update(compiler_refusals=[{"target": "tpu-v9", "partition": "000_tpu-v9",
                                                "nodes": ["relu"], "reason": "no"}]),
         "a compiler refusal names 'tpu-v9', which is not one of its targets"),
+    "a value read before it is made": (lambda d: d["problem"]["values"][1].update(consumers=["conv2d"]),
+                                       "is read by a node before it"),
+    "an empty partition": (lambda d: d["partitions"].append({"index": len(d["partitions"]), "target": "npu-example",
+                                                             "nodes": [], "inputs": [], "outputs": []}),
+                           "holds no node"),
+    "a partition reading a value no partition makes": (lambda d: d["partitions"][1].update(inputs=["ghost"]),
+                                                       "reads 'ghost', which no earlier partition makes"),
+    "a partition that hands nothing on": (lambda d: d["partitions"][0].update(outputs=[]),
+                                          "which do not list it as an output and an input"),
+    "a proof with a bound far below its objective": (lambda d: d["solver"].update(bound=1e-30),
+                                                     "says OPTIMAL with gap 0"),
+    "a baseline of no strategy": (lambda d: d["baselines"].update(ghost=d["baselines"]["priority"]),
+                                  "it has a baseline 'ghost', which is no strategy of this version"),
+    "a placement of unknown origin": (lambda d: d["solver"].update(origin="magic"),
+                                      "came from 'magic', neither cp-sat nor one of its baselines"),
+    "a dtype torch does not have": (lambda d: d["nodes"][0].update(dtypes=["float128"]),
+                                    "names the dtype 'float128', which torch does not have"),
 }
 
 
