@@ -163,8 +163,14 @@ def _checked_plan(data: Any, source: str | None = None) -> Plan:
         raise PartitionerError(f"{f'{source} is' if source else 'this is'} not a plan file: a plan holds a JSON "
                                f"object, not a JSON {type(data).__name__}. Fix: give the plan.json that compile wrote.")
     version = data.get("schema_version")
+    if version is None and {"workload", "best", "tried"} <= data.keys():
+        raise PartitionerError(f"{source or 'this'} is an LLM serving plan (written by compile --workload), which "
+                               "this version's report, explain, run, export and serve do not read yet. Fix: read "
+                               "its figures in compile's summary or the JSON itself; to run or export a model, "
+                               "compile it without --workload and give that plan.json.")
     if version is None:
-        raise PartitionerError("this plan has no schema_version (an early plan file, or not a plan). Fix: "
+        raise PartitionerError(f"{source or 'this'} is not a plan: it has no schema_version (a plan file from before "
+                               "versions, or another JSON file). Fix: give the plan.json that compile wrote, or "
                                "compile the model again with this version.")
     if version != SCHEMA_VERSION or isinstance(version, bool):  # True == 1 in Python, not in a plan
         newer = isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION

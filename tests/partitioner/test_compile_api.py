@@ -173,7 +173,8 @@ def test_plan_without_schema_version_asks_to_compile_again(plans, tmp_path):
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(data))
 
-    with pytest.raises(PartitionerError, match="Fix: compile the model again"):
+    with pytest.raises(PartitionerError, match="is not a plan: it has no schema_version .* Fix: give the plan.json "
+                                               "that compile wrote, or compile the model again"):
         Plan.load(path)
 
 

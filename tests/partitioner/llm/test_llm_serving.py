@@ -224,6 +224,10 @@ def test_compile_with_a_workload_plans_both_phases_per_token_and_writes_the_plan
     assert {t["batch_size"] for t in plan["tried"]} == {1, 4}
     assert {t["deployment"] for t in plan["tried"]} == {"co-located", "disaggregated"}
     assert "per 1M output tokens" in out and "TTFT" in out and "TPOT" in out and "KV cache" in out
+    # The commands that read plans say what an LLM plan is to them, not that it is an early plan.
+    assert main(["report", str(tmp_path / "out" / "llm_plan.json")]) == 2
+    assert "is an LLM serving plan (written by compile --workload), which this version's report" in \
+        capsys.readouterr().err
 
 
 def test_disaggregation_with_one_device_that_both_phases_need_names_that_device():
