@@ -65,6 +65,10 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
     args, kwargs = split_inputs(captured.example_inputs if captured.example_inputs is not None
                                 else captured.program.example_inputs)
     graph = annotate(captured.program)
+    if not plan.partitions:
+        raise PartitionerError(f"{plan.model.name} computes nothing (its outputs come from no op on a tensor), so "
+                               "there is no partition to export. Fix: export a model whose forward computes tensors "
+                               "from its inputs.")
     _check_partitions_stand_alone(plan, graph)
     partition_inputs = _record_partition_inputs(module, args, kwargs)
     wiring = _Wiring(module)
@@ -192,6 +196,11 @@ class _Wiring:
         if node in self.index_of:
             index = self.index_of[node]
             return boundary_name(self.outputs(index)[0], index), index
+        if node.op == "get_attr":
+            raise PartitionerError(
+                f"the model returns its weight {node.target} as it is, which no op computes, and the exported "
+                "files return what their ops compute (or the model's inputs). Fix: return a copy of it from the "
+                f"model (e.g. self.{node.target}.clone()), or leave it out of the outputs.")
         raise AssertionError(f"unexpected top-level node {node.format_node()}")
 
     def inputs(self, index: int) -> list[tuple[str, str | int]]:

@@ -471,6 +471,33 @@ def test_a_model_that_returns_a_string_is_refused_at_export_with_the_fix(tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+class ReturnsItsWeight(nn.Module):
+    """Returns a weight as it is beside a computed value."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        return self.scale, x * 2
+
+
+class Identity(nn.Module):
+    def forward(self, x):
+        return x
+
+
+def test_a_model_that_returns_a_weight_as_it_is_or_computes_nothing_is_refused_at_export(tmp_path):
+    with pytest.raises(PartitionerError, match=r"the model returns its weight scale as it is, which no op computes.*"
+                                               r"Fix: return a copy of it from the model \(e.g. self.scale.clone"):
+        export_plan(compiled(ReturnsItsWeight().eval(), random_inputs((2, 4))), tmp_path / "onnx")
+    with pytest.raises(PartitionerError, match=r"computes nothing \(its outputs come from no op on a tensor\), so "
+                                               r"there is no partition to export"):
+        export_plan(compiled(Identity().eval(), random_inputs((2, 4))), tmp_path / "onnx")
+
+    assert list(tmp_path.iterdir()) == []
+
+
 def failing_on_second_call(monkeypatch) -> list:
     calls = []
     real_export = torch.onnx.export
