@@ -7,18 +7,17 @@ original model's under per-dtype tolerances. `partitioner run` is its CLI.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch.utils import _pytree as pytree
 
 from partitioner.errors import PartitionerError
-from partitioner.execution.partitioned_module import build_partitioned_module, resolve_devices
+from partitioner.execution.partitioned_module import build_partitioned_module, buffers_kept, resolve_devices
 from partitioner.frontend.capture import CapturedModel, split_inputs
 from partitioner.plan import Plan
 
@@ -100,8 +99,9 @@ def run_plan(plan: Plan, device_map: Mapping[str, str] | None = None, *, check: 
     example_inputs = _example_inputs(captured)
     original = None
     if check:
-        with _buffers_restored(captured):  # the partitioned run starts from the state the original run did
-            original = run_timed(_reference_module(captured), example_inputs)
+        reference = _reference_module(captured)
+        with buffers_kept(reference):  # the partitioned run starts from the state the original run did
+            original = run_timed(reference, example_inputs)
     module = build_partitioned_module(captured.program, plan.partitions, devices)
     partitioned = run_timed(module, example_inputs)
     used = dict.fromkeys(p.target for p in plan.partitions)
@@ -262,23 +262,6 @@ def _example_inputs(captured: CapturedModel) -> Any:
         f"the model {captured.name} comes without example inputs to run it on. "
         "Fix: pass a Python file whose build() returns (model, example_inputs) with --model."
     )
-
-
-@contextlib.contextmanager
-def _buffers_restored(captured: CapturedModel) -> Iterator[None]:
-    """Within, the model's buffers may change (a forward that updates its own state: a running sum, a cache);
-    on leaving, each holds again what it held. The original model and the partitioned one share their buffers,
-    so a check that ran one after the other would start the second from the first's updated state."""
-    buffers = {id(tensor): tensor for tensor in (*captured.program.state_dict.values(),
-                                                 *(captured.model.buffers() if captured.model is not None else ()))
-               if isinstance(tensor, torch.Tensor) and not isinstance(tensor, torch.nn.Parameter)}
-    saved = {key: tensor.detach().clone() for key, tensor in buffers.items()}
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for key, tensor in buffers.items():
-                tensor.copy_(saved[key])
 
 
 def _reference_module(captured: CapturedModel) -> Callable:

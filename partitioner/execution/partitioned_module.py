@@ -9,8 +9,9 @@ real device here are emulated on the CPU, with one warning each.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch.export import ExportedProgram
@@ -50,6 +51,21 @@ class PartitionedModule(torch.nn.Module):
     def submodule(self, partition: Partition) -> torch.fx.GraphModule:
         """The GraphModule that runs `partition`."""
         return self.graph_module.get_submodule(f"{_PARTITION_PREFIX}{partition.index}")
+
+
+@contextlib.contextmanager
+def buffers_kept(*modules: torch.nn.Module | None) -> Iterator[None]:
+    """Within, a run may update the modules' buffers (a forward that keeps state: a running sum, a cache); on
+    leaving, each holds again what it held. A partitioned module shares its buffers with the model it was built
+    from, so two runs, or a run and an export, would otherwise see each other's updates."""
+    buffers = {id(b): b for module in modules if module is not None for b in module.buffers()}
+    saved = {key: buffer.detach().clone() for key, buffer in buffers.items()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for key, buffer in buffers.items():
+                buffer.copy_(saved[key])
 
 
 def resolve_devices(targets: Mapping[str, str], device_map: Mapping[str, str] | None = None) -> dict[str, torch.device]:

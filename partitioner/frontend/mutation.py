@@ -17,7 +17,8 @@ import torch
 
 @dataclass(frozen=True, slots=True)
 class MutationFacts:
-    """For one node: the op node whose memory it writes (None if none, or a model input) and
+    """For one node: the op node whose memory it writes (None if none; for a model input or weight written in
+    place, the first node that writes it, None for that node itself) and
     the nodes it must run after although it reads none of their outputs."""
 
     writes: str | None = None
@@ -34,12 +35,17 @@ def mutation_facts(graph: torch.fx.Graph) -> dict[str, MutationFacts]:
         aliases.setdefault(base[node], []).append(node)
     writes: dict[str, str | None] = {}
     after: dict[str, dict[str, None]] = {}
+    first_writer: dict[torch.fx.Node, torch.fx.Node] = {}  # per input or weight written in place
     for writer in nodes:
         written = _written_argument(writer)
         if written is None:
             continue
         root = base[written]
-        writes[writer.name] = root.name if root.op == "call_function" else None
+        if root.op == "call_function":
+            writes[writer.name] = root.name
+        else:  # memory the model holds or is given (a buffer, a cache): its first writer stands for it
+            owner = first_writer.setdefault(root, writer)
+            writes[writer.name] = owner.name if owner is not writer else None
         readers = {user for alias in aliases[root] for user in alias.users
                    if user is not writer and base[user] is not root}
         readers |= {alias for alias in aliases[root] if alias is not writer and _written_argument(alias) is not None}

@@ -152,6 +152,9 @@ class OpGraph:
     nodes: tuple[OpNode, ...]
     parameter_bytes: Mapping[str, int]
     outputs: tuple[str, ...]
+    # Parameters some node writes in place (a buffer the model updates, a KV cache given as an input): state whose
+    # every user must share one copy of it.
+    written_state: frozenset[str] = frozenset()
     _index: Mapping[str, OpNode] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -213,7 +216,8 @@ def annotate(program: ExportedProgram, sizes: Mapping[str, int] | None = None) -
     outputs = tuple(
         dict.fromkeys(n.name for n in output_node.all_input_nodes if n.op == "call_function")
     )
-    return OpGraph(nodes, parameter_bytes, outputs)
+    written = frozenset(parameter_names[name] for name in written_inputs(program.graph) if name in parameter_names)
+    return OpGraph(nodes, parameter_bytes, outputs, written)
 
 
 class _Values:

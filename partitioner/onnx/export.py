@@ -30,8 +30,8 @@ from torch.utils import _pytree as pytree
 from partitioner.errors import PartitionerError
 from partitioner.execution.check import require_real_weights
 from partitioner.execution.partition_compilers import compile_partition, plan_compilers
-from partitioner.execution.partitioned_module import (PartitionedModule, build_partitioned_module, partition_index,
-                                                      to_device)
+from partitioner.execution.partitioned_module import (PartitionedModule, buffers_kept, build_partitioned_module,
+                                                      partition_index, to_device)
 from partitioner.execution.split import Partition, memory_kept_whole
 from partitioner.files import write_json
 from partitioner.frontend.capture import split_inputs
@@ -213,7 +213,7 @@ class _Wiring:
                 if isinstance(value, torch.Tensor)]
 
     def model_outputs(self, module: PartitionedModule, args: tuple, kwargs: dict) -> tuple[TensorSpec, ...]:
-        with torch.inference_mode():
+        with torch.inference_mode(), buffers_kept(module):
             values = pytree.tree_leaves(module(*args, **kwargs))
         returned = pytree.tree_leaves(self.graph.output_node().args[0])
         specs = []
@@ -234,12 +234,18 @@ def _shortened(value: Any) -> str:
 
 
 def _record_partition_inputs(module: PartitionedModule, args: tuple, kwargs: dict) -> dict[int, tuple]:
-    """Run the module once and keep each partition's actual inputs: the example inputs for its export."""
+    """Run the module once and keep (a copy of) each partition's actual inputs: the example inputs for its export.
+    The buffers a run updates are put back after it, as every run of export does: each file holds the model's
+    state as it was, not as export's own runs left it."""
     recorded: dict[int, tuple] = {}
+
+    def keep(index: int, inputs: tuple) -> None:
+        recorded[index] = pytree.tree_map_only(torch.Tensor, torch.clone, inputs)
+
     hooks = [module.submodule(p).register_forward_pre_hook(
-        lambda _module, inputs, index=p.index: recorded.__setitem__(index, inputs)) for p in module.partitions]
+        lambda _module, inputs, index=p.index: keep(index, inputs)) for p in module.partitions]
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), buffers_kept(module):
             module(*args, **kwargs)
     finally:
         for hook in hooks:
@@ -248,7 +254,7 @@ def _record_partition_inputs(module: PartitionedModule, args: tuple, kwargs: dic
 
 
 def _run_outputs(submodule: torch.nn.Module, inputs: tuple) -> list[torch.Tensor]:
-    with torch.inference_mode():
+    with torch.inference_mode(), buffers_kept(submodule):
         return pytree.tree_leaves(submodule(*inputs))
 
 

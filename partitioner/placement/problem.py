@@ -252,18 +252,34 @@ def _colocated_groups(graph: OpGraph, tagging: Tagging) -> tuple[dict[str, str],
     A `getitem` sits with the op whose outputs it picks; an in-place op sits
     with the value it writes, so every later reader sees the write, and so does
     a view it writes through where later nodes read that memory (see
-    written_memory.py). A group may use only the targets every member supports
-    (the fallback supports all).
+    written_memory.py); every user of state the model writes in place (a buffer
+    it updates) sits with the others, since each device would hold its own copy.
+    A group may use only the targets every member supports (the fallback
+    supports all).
     """
     written_views = {view: memory.owner for memory in memory_read_after_writes(graph) for view in memory.views}
-    leaders: dict[str, str] = {}
+    position = {node.name: index for index, node in enumerate(graph)}
+    parent: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    first_user: dict[str, str] = {}
+    for node in graph:
+        parent[node.name] = node.name
+        anchors = [node.inputs[0] if node.kind is NodeKind.BOOKKEEPING and node.inputs else node.writes,
+                   written_views.get(node.name)]
+        anchors += [first_user.setdefault(p, node.name) for p in node.parameters if p in graph.written_state]
+        for anchor in (a for a in anchors if a is not None):
+            roots = sorted((find(anchor), find(node.name)), key=position.__getitem__)
+            parent[roots[1]] = roots[0]  # a group is named by its first node
+    leaders = {node.name: find(node.name) for node in graph}
     supported: dict[str, tuple[str, ...]] = {}
     for node in graph:
-        anchor = node.inputs[0] if node.kind is NodeKind.BOOKKEEPING and node.inputs else node.writes
-        anchor = written_views.get(node.name, anchor)
-        leader = leaders[anchor] if anchor is not None else node.name
-        leaders[node.name] = leader
-        own = tagging.supported[node.name]  # an assert on a model input runs anywhere; `tidy` sets it down
+        leader, own = leaders[node.name], tagging.supported[node.name]  # an assert on a model input runs anywhere
         group = supported.get(leader, own)
         supported[leader] = tuple(t for t in group if t in own)
         if not supported[leader]:  # only pins narrow the fallback away (see partitioner/placement/pins.py)

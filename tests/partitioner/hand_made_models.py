@@ -47,6 +47,24 @@ class FilledBuffer(nn.Module):
         return buffer * 2
 
 
+class UpdatesItsState(nn.Module):
+    """Updates buffers it holds, one in place and then through a view of it, one through a slice, and reads both
+    after: a running sum, a cache. Every user of a buffer the model writes must share its one copy."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+        self.register_buffer("total", torch.zeros(2, 8))
+        self.register_buffer("cache", torch.zeros(4, 8))
+
+    def forward(self, x):
+        y = self.linear(x)
+        self.total.add_(y)
+        self.total[:, :4].mul_(2)
+        self.cache[1:3].copy_(y)
+        return torch.softmax(self.total, -1) + torch.layer_norm(self.cache, (8,)).sum(0)
+
+
 def random_inputs(*shapes):
     """Seeded random float inputs of the given shapes, the same on every call."""
     generator = torch.Generator().manual_seed(0)

@@ -7,6 +7,7 @@ chained outputs are compared with the torch model's flattened outputs by torch.t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import textwrap
@@ -32,7 +33,8 @@ from partitioner.frontend.op_graph import OpNode, annotate
 from partitioner.onnx.chained_runner import ChainedOnnxModel
 from partitioner.onnx.export import MANIFEST_NAME, OPSET, WHOLE_MODEL_FILE, Manifest, boundary_name, export_plan
 from partitioner.plan import Plan
-from tests.partitioner.hand_made_models import Branches, FilledBuffer, random_inputs
+from targets.fleet import load_fleet
+from tests.partitioner.hand_made_models import Branches, FilledBuffer, UpdatesItsState, random_inputs
 from tests.partitioner.test_cli import assert_one_line_error
 from tests.partitioner.test_cli_run import compile_small_model
 from tests.zoo import ZOO
@@ -469,6 +471,19 @@ def test_a_model_that_returns_a_string_is_refused_at_export_with_the_fix(tmp_pat
         export_plan(plan, tmp_path / "onnx")
 
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_that_updates_its_buffers_spread_over_a_fleet_exports_one_file_per_partition_as_it_runs(tmp_path):
+    torch.manual_seed(0)
+    model, inputs = UpdatesItsState().eval(), random_inputs((2, 8))
+    expected = torch_outputs(copy.deepcopy(model), inputs)  # one call from the state the model is in
+    plan = partitioner.compile(model, inputs, targets=load_fleet("neuron-trn2-h100"), objective="throughput",
+                               time_limit_seconds=2.0, workers=1)
+
+    manifest = export_plan(plan, tmp_path / "onnx")
+
+    assert len(onnx_files(tmp_path / "onnx")) == len(manifest.partitions) == len(plan.partitions) > 1
+    assert_outputs_match(ChainedOnnxModel(tmp_path / "onnx").run(flat_inputs(inputs)), expected, FLOAT32)
 
 
 class ReturnsItsWeight(nn.Module):

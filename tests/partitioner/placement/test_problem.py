@@ -11,7 +11,7 @@ from partitioner.placement.problem import PlacementProblem, TargetTerms, check_a
 from partitioner.placement.scoring import score, transfers
 from targets.spec import Link
 from tests.conftest import problem_of
-from tests.partitioner.hand_made_models import FilledBuffer, random_inputs
+from tests.partitioner.hand_made_models import FilledBuffer, UpdatesItsState, random_inputs
 from tests.partitioner.placement.problem_builders import CUDA, DSP, GIB, NPU, make_problem, node, value
 
 # Different links each way, so a test notices if a move is costed over the wrong one.
@@ -232,3 +232,12 @@ def test_writes_and_the_views_they_go_through_sit_with_the_memory_later_nodes_re
     assert {name: problem.node(name).follows for name in ("slice_1", "copy_", "slice_2", "copy__1")} == \
         dict.fromkeys(("slice_1", "copy_", "slice_2", "copy__1"), "new_empty")
     assert problem.node("mul").follows is None  # what reads the memory may sit anywhere
+
+
+def test_every_user_of_a_buffer_the_model_updates_sits_with_its_first_writer():
+    problem = problem_of(UpdatesItsState().eval(), random_inputs((2, 8)))
+    leaders = {node.name: node.follows or node.name for node in problem.nodes}
+
+    # total: add_ writes it, mul_ writes it again through a slice; cache: copy_ writes it, layer_norm reads it.
+    assert leaders["slice_1"] == leaders["mul_"] == "add_"
+    assert leaders["copy_"] == leaders["layer_norm"] == leaders["slice_2"]
