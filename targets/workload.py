@@ -31,6 +31,9 @@ WORKLOADS_DIR = Path(__file__).parent / "builtin" / "workloads"
 _FIELDS = {"name", "description", "prompt_tokens", "output_tokens", "batch_size", "max_batch_size",
            "requests_per_second", "ttft_ms", "tpot_ms"}
 DEFAULT_MAX_BATCH = 256
+# Each prompt length is a prefill graph annotated and costed on every device: more than this many would take
+# minutes outside the search's time limit.
+MOST_PROMPT_BUCKETS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +150,14 @@ class _WorkloadReader(TomlReader):
         total = sum(share for _, share in buckets)
         if not math.isclose(total, 1.0, abs_tol=1e-6):
             raise self.fail(field, f"the shares sum to {total:g}, not 1", "make the buckets' shares add up to 1")
-        return Lengths(tuple(buckets))
+        merged: dict[int, float] = {}
+        for tokens, share in buckets:  # two buckets of one length are one bucket
+            merged[tokens] = merged.get(tokens, 0.0) + share
+        if field == "prompt_tokens" and len(merged) > MOST_PROMPT_BUCKETS:
+            raise self.fail(field, f"{len(merged)} prompt lengths, and each is a prefill graph to cost",
+                            f"merge them into at most {MOST_PROMPT_BUCKETS} buckets (round lengths to a few sizes, "
+                            "adding their shares)")
+        return Lengths(tuple(merged.items()))
 
     def _whole(self, field: str, default: int | None) -> int | None:
         value = self.data.get(field, default)

@@ -390,3 +390,14 @@ def test_compile_with_a_workload_takes_the_solver_options_and_refuses_targets_be
     assert "--fleet and --targets both say what to plan on" in capsys.readouterr().err
     assert main([*common, "--fleet", "cuda-h100=1", "--workers", "3", "--seed", "7", "--deterministic"]) == 2
     assert (given["workers"], given["seed"], given["deterministic"]) == (3, 7, True)
+
+
+def test_prompt_buckets_of_one_length_are_one_bucket_and_too_many_lengths_are_refused(tmp_path):
+    twice = load_workload_text('prompt_tokens = [{ tokens = 16, share = 0.25 }, { tokens = 16, share = 0.25 },'
+                               ' { tokens = 32, share = 0.5 }]\noutput_tokens = 8\n')
+    assert twice.prompt.buckets == ((16, 0.5), (32, 0.5))
+
+    many = ", ".join(f"{{ tokens = {n}, share = 0.025 }}" for n in range(1, 41))
+    with pytest.raises(PartitionerError, match=r"field 'prompt_tokens': 40 prompt lengths, and each is a prefill "
+                                               r"graph to cost. Fix: merge them into at most 32 buckets"):
+        load_workload_text(f"prompt_tokens = [{many}]\noutput_tokens = 8\n")
