@@ -66,18 +66,24 @@ class Fleet:
         """One target per device, named for its place; the fallback is the first place of the fallback spec
         (`fallback`, else the fleet's, else the first CUDA spec that runs every op).
 
-        `most_of_each` keeps at most that many of each host's devices of one spec (the first ones, named as in
-        the whole fleet): they are interchangeable, and a model of N ops runs on N devices at most, so planning
-        on N of each loses nothing, and a fleet of thousands costs no more than N of each to plan."""
+        `most_of_each` keeps at most that many of each host's devices of one spec, and of hosts with the same
+        devices (the first ones, named as in the whole fleet): they are interchangeable, and a model of N ops
+        runs on N devices (so N hosts) at most, so planning on N of each loses nothing, and a fleet of thousands
+        costs no more than N of each to plan."""
         totals = self.counts()
         numbered: dict[str, int] = {}
         places, host_of, spec_of = [], {}, {}
+        hosts_of_a_kind: dict[tuple, int] = {}
         for host in self.hosts:
+            # Hosts of the same devices reach each other over the one network: beyond so many, they are spares too.
+            kind = (tuple((g.target.name, g.count) for g in host.devices), host.pcie_bytes_per_second)
+            hosts_of_a_kind[kind] = hosts_of_a_kind.get(kind, 0) + 1
+            spare = most_of_each is not None and hosts_of_a_kind[kind] > most_of_each
             for group in host.devices:
                 for position in range(group.count):
                     index = numbered.setdefault(group.target.name, 0)
                     numbered[group.target.name] += 1
-                    if most_of_each is not None and position >= most_of_each:
+                    if spare or (most_of_each is not None and position >= most_of_each):
                         continue
                     name = group.target.name if totals[group.target.name] == 1 else f"{group.target.name}.{index}"
                     places.append(replace(group.target, name=name))

@@ -101,3 +101,18 @@ def test_building_a_search_that_outlasts_the_time_limit_gives_the_best_baseline_
         placement = solve(problem, THROUGHPUT, SolverOptions(time_limit_seconds=1e-4), hints=hints)
 
     assert placement.report.origin in hints and placement.report.status == "FEASIBLE"
+
+
+def test_hosts_with_the_same_devices_are_spares_beyond_as_many_as_the_model_can_use(tmp_path):
+    hosts = "".join(f'[[hosts]]\nname = "node{i}"\ndevices = [{{ target = "npu-example", count = 2 }}]\n'
+                    for i in range(300))
+    fleet_file = tmp_path / "many.toml"
+    fleet_file.write_text(f'{hosts}[[hosts]]\nname = "gpus"\ndevices = [{{ target = "cuda-h100", count = 1 }}]\n'
+                          "[network]\nbandwidth_gb_per_second = 50\nlatency_microseconds = 10\n")
+
+    places = load_fleet(str(fleet_file)).target_set(most_of_each=3)
+
+    # Three hosts of two NPUs hold every way three ops can spread over NPUs; the rest are spares.
+    assert [places.group_of(name) for name in places.names] == [
+        "npu-example@node0", "npu-example@node0", "npu-example@node1", "npu-example@node1", "npu-example@node2",
+        "npu-example@node2", "cuda-h100@gpus"]
