@@ -108,7 +108,8 @@ def serving_lines(plan: ReportedPlan, result: Score, alone: Score | None = None)
     busiest = sorted(serving.occupancy_seconds, key=lambda r: -serving.occupancy_seconds[r])[:6]
     utilisation = ", ".join(f"{r} {100 * serving.utilisation(r):.0f}%" for r in busiest)
     kinds = Counter(device_kind(name) for name in serving.used_targets)
-    off_fallback = sum(n.flops for n in plan.nodes if plan.placement[n.name] != plan.fallback)
+    fallback_kind = device_kind(plan.fallback)  # a fleet's other devices of the fallback's spec are no cheaper
+    off_fallback = sum(n.flops for n in plan.nodes if device_kind(plan.placement[n.name]) != fallback_kind)
     total = sum(n.flops for n in plan.nodes) or 1
     requirement = f" (at least {plan.min_throughput:.4g} required)" if plan.min_throughput else ""
     return [
@@ -118,7 +119,7 @@ def serving_lines(plan: ReportedPlan, result: Score, alone: Score | None = None)
         f"{format_seconds(result.latency_seconds)} through the pipeline",
         f"           utilisation {utilisation}",
         f"           devices used {' + '.join(f'{n} x {k}' for k, n in kinds.items())} "
-        f"({format_money(serving.price_per_hour)}/h); {100 * off_fallback / total:.1f}% of FLOPs off {plan.fallback}",
+        f"({format_money(serving.price_per_hour)}/h); {100 * off_fallback / total:.1f}% of FLOPs off {fallback_kind}",
         *([_same_price_line(plan, result, alone)] if alone is not None else []),
     ]
 
@@ -128,7 +129,9 @@ def _same_price_line(plan: ReportedPlan, result: Score, alone: Score) -> str:
     price = plan.problem.target(plan.fallback).price_per_hour
     rival = same_price_replicas(result.serving, alone.serving, device, price)
     ratio = result.serving.throughput_per_second / rival.throughput_per_second
-    verdict = "" if ratio >= 1 else ": the cheaper devices do not pay here"
+    others = any(device_kind(name) != device for name in result.serving.used_targets)
+    verdict = ("" if ratio >= 1 else ": the cheaper devices do not pay here" if others
+               else f": whole-model replicas serve more than this split over {device} devices")
     return (f"           all-{device} fleet of the same price ({rival.replicas:.3g} x {device}) serves "
             f"{rival.throughput_per_second:.4g} req/s at {format_money(rival.cost_per_request_at_load * 1e6)} per 1M "
             f"requests; the plan serves {ratio:.2f}x the requests{verdict}")

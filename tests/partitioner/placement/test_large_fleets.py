@@ -116,3 +116,15 @@ def test_hosts_with_the_same_devices_are_spares_beyond_as_many_as_the_model_can_
     assert [places.group_of(name) for name in places.names] == [
         "npu-example@node0", "npu-example@node0", "npu-example@node1", "npu-example@node1", "npu-example@node2",
         "npu-example@node2", "cuda-h100@gpus"]
+
+
+def test_a_fleet_of_one_kind_of_device_is_summarised_as_what_it_is(tmp_path, capsys):
+    model = tmp_path / "five_ops.py"
+    model.write_text(FIVE_OPS)
+
+    assert main(["compile", str(model), "--fleet", "cuda-h100=3", "--objective", "throughput", "--time-limit", "5",
+                 "-o", str(tmp_path / "out")]) == 0
+
+    summary = capsys.readouterr().out
+    assert "0.0% of FLOPs off cuda-h100" in summary  # the fleet's other H100s are not off the fallback's kind
+    assert "cheaper devices" not in summary
