@@ -23,8 +23,8 @@ def explain_infeasible(problem: PlacementProblem, max_latency_seconds: float | N
     best = max((result.serving.throughput_per_second for result in fitting), default=0.0)  # baselines, seeds
     if min_throughput is not None and fitting and best < min_throughput:
         return (f"throughput: no placement that fits in memory serves {min_throughput:.4g} requests/s on these "
-                f"devices (the best plan found serves {best:.4g}/s). Fix: lower --min-throughput, or add devices to "
-                "the fleet (--objective throughput finds the most this fleet serves).")
+                f"devices (the best baseline serves {best:.4g}/s). Fix: lower --min-throughput (--objective "
+                "throughput finds the most this fleet serves), or add devices to the fleet.")
     if max_latency_seconds is not None and fitting:
         fastest = min(result.latency_seconds for result in fitting)
         return (
