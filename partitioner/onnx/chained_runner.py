@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import onnx
 import onnxruntime
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedByRuntime
@@ -26,6 +27,7 @@ from partitioner.execution.float32_reference import float32_outputs, has_reduced
 from partitioner.frontend.capture import split_inputs
 from partitioner.onnx.manifest import MANIFEST_NAME, ExportedPartition, Manifest, boundary_mismatch
 from partitioner.plan import Plan
+from targets.spec_reader import torch_dtype_names
 
 _CPU = "CPUExecutionProvider"
 _RUNTIME_ERRORS = tuple(getattr(_ort_state, name) for name in ("InvalidProtobuf", "Fail", "InvalidGraph",
@@ -58,7 +60,7 @@ class ChainedOnnxModel:
             except _RUNTIME_ERRORS as error:
                 raise PartitionerError(f"{file} is not an ONNX file ONNX Runtime can load ({_first_line(error)}). "
                                        "Fix: export the plan again.") from None
-            problem = _file_inconsistency(partition, session)
+            problem = _file_inconsistency(partition, session) or _opset_inconsistency(file, self.manifest.opset)
             if problem is not None:
                 raise PartitionerError(f"{file} does not match the manifest: {problem}. Fix: export the plan again.")
             self.sessions.append(session)
@@ -81,24 +83,41 @@ class ChainedOnnxModel:
 
 
 def _manifest_inconsistency(manifest: Manifest) -> str | None:
-    """What in a manifest cannot be right: no files, a file outside its folder, an unknown execution provider,
-    a tensor read before any partition produces it."""
-    if not manifest.partitions:
-        return "it lists no partitions"
+    """What in a manifest cannot be right: no files or outputs, a file listed twice or outside its folder, files
+    out of run order, an unknown execution provider, an opset other than the files', a dtype torch lacks, a tensor
+    read from somewhere that does not make it (or as another shape or dtype than made there)."""
+    if not manifest.partitions or not manifest.outputs:
+        return "it lists no partitions" if not manifest.partitions else "it lists no model outputs"
     known_providers = set(onnxruntime.get_all_providers())
-    produced = {spec.name for spec in manifest.inputs}
-    for position, partition in enumerate(manifest.partitions):
+    made: dict[str, tuple] = {spec.name: (spec.source, spec.shape, spec.dtype) for spec in manifest.inputs}
+    files = [partition.file for partition in manifest.partitions]
+    if len(set(files)) != len(files) or [p.index for p in manifest.partitions] != list(range(len(files))):
+        return "its files are not each listed once, in run order"
+    if manifest.whole_model_file is not None and Path(manifest.whole_model_file).name != manifest.whole_model_file:
+        return f"its whole-model file {manifest.whole_model_file!r} is not a file in the export folder"
+    for partition in manifest.partitions:
         if Path(partition.file).name != partition.file or not partition.file.endswith(".onnx"):
             return f"file {partition.file!r} is not an .onnx file in the export folder"
         if partition.execution_provider not in known_providers:
             return f"{partition.execution_provider!r} is not an ONNX Runtime execution provider"
+        strange = next((s.dtype for s in (*manifest.inputs, *partition.inputs, *partition.outputs)
+                        if s.dtype not in torch_dtype_names()), None)
+        if strange is not None:
+            return f"{partition.file} names the dtype {strange!r}, which torch does not have"
         for spec in partition.inputs:
-            if spec.name not in produced or (spec.source != "input" and not
-                                             (isinstance(spec.source, int) and spec.source < partition.index)):
-                return f"{partition.file} reads {spec.name}, which no earlier file or model input provides"
-        produced.update(spec.name for spec in partition.outputs)
-    missing = next((spec.name for spec in manifest.outputs if spec.name not in produced), None)
+            if made.get(spec.name) != (spec.source, spec.shape, spec.dtype):
+                return (f"{partition.file} reads {spec.name} as {spec.dtype}{list(spec.shape)} from {spec.source!r}, "
+                        "and no model input or earlier file makes it so")
+        made.update({spec.name: (partition.index, spec.shape, spec.dtype) for spec in partition.outputs})
+    missing = next((spec.name for spec in manifest.outputs if made.get(spec.name, (None,))[0] != spec.source), None)
     return f"model output {missing} comes from no file" if missing else None
+
+
+def _opset_inconsistency(file: Path, opset: int) -> str | None:
+    """Where a file's ONNX opset is not the one the manifest records."""
+    imports = onnx.load(str(file), load_external_data=False).opset_import
+    found = next((entry.version for entry in imports if entry.domain in ("", "ai.onnx")), None)
+    return None if found == opset else f"its files are of opset {found}, the manifest says {opset}"
 
 
 def _file_inconsistency(partition: ExportedPartition, session: onnxruntime.InferenceSession) -> str | None:

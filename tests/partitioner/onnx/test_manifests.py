@@ -48,9 +48,20 @@ def garbage_file(data: dict, folder: Path) -> None:
 
 
 EDITS = {
-    "a changed shape": (lambda d, _: first_input(d).update({"shape": [7, 7]}), "does not match the manifest"),
-    "a changed dtype": (lambda d, _: first_input(d).update({"dtype": "int8"}), "does not match the manifest"),
-    "a changed source": (lambda d, _: first_input(d).update({"source": 99}), "which no earlier file"),
+    "a changed shape": (lambda d, _: first_input(d).update({"shape": [7, 7]}),
+                        "as float32[7, 7] from 'input', and no model input or earlier file makes it so"),
+    "a changed dtype": (lambda d, _: first_input(d).update({"dtype": "int8"}),
+                        "as int8[2, 3, 16, 16] from 'input', and no model input or earlier file makes it so"),
+    "a changed source": (lambda d, _: first_input(d).update({"source": 99}),
+                         "from 99, and no model input or earlier file makes it so"),
+    "a file listed twice": (lambda d, _: d["partitions"].append(dict(d["partitions"][-1])),
+                            "its files are not each listed once, in run order"),
+    "a dtype torch lacks": (lambda d, _: d["inputs"][0].update({"dtype": "float128"}),
+                            "names the dtype 'float128', which torch does not have"),
+    "no model outputs": (lambda d, _: d.update({"outputs": []}), "it lists no model outputs"),
+    "a whole-model file outside the folder": (lambda d, _: d.update({"whole_model_file": "../plan.json"}),
+                                              "its whole-model file '../plan.json' is not a file in the export"),
+    "another opset than the files'": (lambda d, _: d.update({"opset": 17}), "its files are of opset 18"),
     "a path outside the folder": (lambda d, _: d["partitions"][0].update({"file": "../../etc/passwd.onnx"}),
                                   "is not an .onnx file in the export folder"),
     "a bogus execution provider": (lambda d, _: d["partitions"][0].update({"execution_provider": "ToasterEP"}),
