@@ -9,19 +9,26 @@ and their options, `commands.py` runs them, `arguments.py` checks option values.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import warnings
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from partitioner.cli.parser import command_parser
 from partitioner.errors import PartitionerError
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, ended as Ctrl-C is: what the command started is removed, and nothing half-written is left."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = command_parser()
     args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _terminated_as_interrupted():
             warnings.formatwarning = _warning_line
             return args.command(args)
     except PartitionerError as error:
@@ -32,9 +39,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"partitioner: error: {where}{error.strerror or error}. Fix: check that the path exists, is a file or "
               "folder as the command expects, and that you may write there.", file=sys.stderr)
         return 2
+    except Terminated:
+        print("partitioner: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("partitioner: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _terminated_as_interrupted() -> Iterator[None]:
+    """Within, SIGTERM raises Terminated in the main thread, so a command ends the way Ctrl-C ends it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,

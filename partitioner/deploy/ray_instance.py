@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import socket
 import time
 from dataclasses import dataclass, field
@@ -33,7 +34,17 @@ class StartedRay:
 
 def start(ray: Any, address: str | None, needed: Mapping[str, int], store_bytes: int | None) -> StartedRay:
     """Join the cluster at `address`, or start a local instance that declares the devices `needed` and has an
-    object store of `store_bytes`."""
+    object store of `store_bytes`. The caller's SIGTERM handling is kept: Ray's own handler would dump a stack
+    and abort, where the caller ends a deployment as it ends one on Ctrl-C."""
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        return _start(ray, address, needed, store_bytes)
+    finally:
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _start(ray: Any, address: str | None, needed: Mapping[str, int], store_bytes: int | None) -> StartedRay:
     if address:
         _check_reachable(address)
         try:

@@ -147,15 +147,17 @@ def run_search(solver: cp_model.CpSolver, model: cp_model.CpModel,
 
     thread = threading.Thread(target=search, name="cp-sat search", daemon=True)
     thread.start()
+    interrupt: KeyboardInterrupt = KeyboardInterrupt()
     try:
         while thread.is_alive() and not stop.is_set():
             thread.join(0.05)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as raised:  # Ctrl-C, or SIGTERM as the CLI raises it
+        interrupt = raised
         stop.set()
     if stop.is_set():
         solver.stop_search()
         thread.join()
-        raise KeyboardInterrupt
+        raise interrupt
     if "error" in outcome:
         raise outcome["error"]
     return outcome["status"]

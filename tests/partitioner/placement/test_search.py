@@ -75,3 +75,19 @@ def test_an_interrupted_compile_exits_130_and_writes_nothing(tmp_path, monkeypat
 
     assert "interrupted" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_sigterm_during_a_search_ends_the_command_as_ctrl_c_does_with_exit_143(tmp_path, monkeypatch, capsys):
+    problem = hard_problem()
+
+    def searching(*args, **kwargs):
+        return solve(problem, MAKESPAN, LONG_SEARCH, hints={"fallback": fallback_placement(problem)})
+
+    monkeypatch.setattr("partitioner.compiler.compile_captured", searching)
+    threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    out = tmp_path / "out"
+
+    assert main(["compile", "examples/vision_classifier.py", "-o", str(out)]) == 143
+
+    assert "terminated" in capsys.readouterr().err
+    assert not out.exists()
