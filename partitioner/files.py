@@ -75,15 +75,33 @@ def read_json(path: str | Path, kind: FileKind) -> Any:
     Python writes them) and nesting deeper than Python can follow are PartitionerErrors too."""
     text = read_text(path, kind)
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant, parse_int=_whole_number,
+                          object_pairs_hook=_object_of_distinct_keys)
     except _NotJson as error:
-        raise PartitionerError(f"{path} is not a {kind.noun}: it holds {error}, a figure that is not finite, which "
-                               f"JSON has no number for. Fix: {kind.fix}.") from None
+        raise PartitionerError(f"{path} is not a {kind.noun}: it holds {error}. Fix: {kind.fix}.") from None
     except RecursionError:
         raise PartitionerError(f"{path} is not a {kind.noun}: its JSON nests deeper than Python reads. Fix: "
                                f"{kind.fix}.") from None
-    except ValueError as error:  # JSONDecodeError, or an integer of more digits than Python converts
+    except ValueError as error:  # JSONDecodeError
         raise PartitionerError(f"{path} is not a {kind.noun}: it is not JSON ({error}). Fix: {kind.fix}.") from None
+
+
+def _whole_number(text: str) -> int:
+    """A JSON integer, refused past what any figure of ours holds (Python would refuse past 4,300 digits with
+    advice about its own settings)."""
+    if len(text.lstrip("-")) > 30:
+        raise _NotJson(f"a whole number of {len(text.lstrip('-'))} digits, far past any figure a file of ours holds")
+    return int(text)
+
+
+def _object_of_distinct_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each given once (Python would keep the last of two silently)."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _NotJson(f"the key {key!r} twice in one object")
+        found[key] = value
+    return found
 
 
 class _NotJson(ValueError):
@@ -91,7 +109,7 @@ class _NotJson(ValueError):
 
 
 def _refuse_constant(name: str) -> Any:
-    raise _NotJson(name)
+    raise _NotJson(f"{name}, a figure that is not finite, which JSON has no number for")
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -49,6 +49,7 @@ _CURVE_FIELDS = {"compute_half_efficiency_mflop", "memory_half_efficiency_mib"}
 _LINK_FIELDS = {"bandwidth_gb_per_second", "latency_microseconds"}
 _SUPPORT_FIELDS = {"ops", "dtypes", "max_rank", "static_shapes_only", "limits", "op_dtypes"}
 _LIMIT_FIELDS = {"op", "argument", "max", "min", "allowed", "dims"}
+_MOST_DIMS = 64  # torch's limit on a tensor's dimensions
 
 
 @functools.cache
@@ -353,9 +354,11 @@ class SpecReader(TomlReader):
             raise self.fail(field + ".allowed", f"expected a list of finite values, got {allowed!r}",
                             "write e.g. allowed = [1, 2]")
         dims = table.get("dims", [])
-        if not isinstance(dims, list) or any(isinstance(d, bool) or not isinstance(d, int) for d in dims):
-            raise self.fail(field + ".dims", f"expected a list of dimension indices, got {dims!r}",
-                            "write e.g. dims = [2, 3]")
+        if not isinstance(dims, list) or any(isinstance(d, bool) or not isinstance(d, int)
+                                             or not -_MOST_DIMS <= d < _MOST_DIMS for d in dims):
+            raise self.fail(field + ".dims", f"expected a list of dimension indices (from -{_MOST_DIMS} to "
+                                             f"{_MOST_DIMS - 1}: torch tensors have at most {_MOST_DIMS} dimensions), "
+                                             f"got {dims!r}", "write e.g. dims = [2, 3]")
         if bounds["max"] is None and bounds["min"] is None and not allowed:
             raise self.fail(field, f"the limit on {op} {argument} bounds nothing", "add max, min or allowed")
         return OpLimit(op, argument, bounds["max"], bounds["min"], tuple(allowed), tuple(dims))

@@ -51,7 +51,8 @@ class ChainedOnnxModel:
         for partition in self.manifest.partitions:
             file = self.folder / partition.file
             if not file.is_file():
-                raise PartitionerError(f"{file} is missing from the export. Fix: export the plan again.")
+                what = "is not a regular file" if file.exists() or file.is_symlink() else "is missing from the export"
+                raise PartitionerError(f"{file} {what}. Fix: export the plan again.")
             providers = _providers(partition.execution_provider, partition.target, available)
             try:
                 session = onnxruntime.InferenceSession(str(file), options, providers=providers)

@@ -57,6 +57,10 @@ class SolverOptions:
         if not (isinstance(self.workers, int) and 0 <= self.workers <= MOST_WORKERS):
             raise PartitionerError(f"{self.workers!r} workers: CP-SAT takes 0 (the default search) to "
                                    f"{MOST_WORKERS}. Fix: give a number in that range.")
+        if self.deterministic and self.workers > 1:
+            raise PartitionerError(f"a deterministic search runs one worker (so every run gives the same plan), and "
+                                   f"{self.workers} workers were asked for. Fix: drop the workers, or drop "
+                                   "--deterministic.")
         if not (isinstance(self.seed, int) and 0 <= self.seed <= MOST_SEED):
             raise PartitionerError(f"seed {self.seed!r} is not one CP-SAT takes (a whole number from 0 to "
                                    f"{MOST_SEED}). Fix: give a seed in that range.")

@@ -51,9 +51,10 @@ def test_a_file_larger_than_any_of_its_kind_is_refused_and_one_within_the_bound_
     ('{"a": NaN}', "it holds NaN, a figure that is not finite"),
     ('{"a": -Infinity}', "it holds -Infinity"),
     ("[" * 100_000 + "]" * 100_000, "its JSON nests deeper than Python reads"),
-    ('{"a": ' + "9" * 5000 + "}", "it is not JSON"),  # more digits than Python turns into an int
+    ('{"a": ' + "9" * 5000 + "}", "it holds a whole number of 5000 digits, far past any figure"),
+    ('{"a": 1, "a": 2}', "it holds the key 'a' twice in one object"),  # Python would keep the last silently
     (b"\xff\xfe{}", "it is not a text file"),
-], ids=["NaN", "Infinity", "deep", "digits", "binary"])
+], ids=["NaN", "Infinity", "deep", "digits", "a key twice", "binary"])
 def test_json_that_is_not_json_or_too_deep_is_one_error(tmp_path, text, says):
     path = tmp_path / "file.json"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())

@@ -309,6 +309,10 @@ INVALID_SPECS = {
         ("dims = [0]", "dims = [true, false]"),
         "support.limits.dims", "dims = [2, 3]",
     ),
+    "a dimension no tensor has": (
+        ("dims = [0]", "dims = [2, 99999999999999999999]"),
+        "support.limits.dims", "dims = [2, 3]",
+    ),
     "the meta device, which runs nothing": (
         ('torch_device = "cpu"', 'torch_device = "meta"'),
         "torch_device", "use e.g. 'cpu' or 'cuda'",

@@ -4,6 +4,7 @@ itself and against the files it names."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -47,6 +48,12 @@ def garbage_file(data: dict, folder: Path) -> None:
     (folder / data["partitions"][0]["file"]).write_bytes(b"not a model")
 
 
+def pipe_for_a_file(data: dict, folder: Path) -> None:
+    file = folder / data["partitions"][0]["file"]
+    file.unlink()
+    os.mkfifo(file)
+
+
 EDITS = {
     "a changed shape": (lambda d, _: first_input(d).update({"shape": [7, 7]}),
                         "as float32[7, 7] from 'input', and no model input or earlier file makes it so"),
@@ -69,6 +76,7 @@ EDITS = {
     "no partitions": (lambda d, _: d.update({"partitions": []}), "it lists no partitions"),
     "swapped files": (swap_files, "does not match the manifest"),
     "a garbage file": (garbage_file, "is not an ONNX file ONNX Runtime can load"),
+    "a pipe for a file": (pipe_for_a_file, "is not a regular file"),
 }
 
 

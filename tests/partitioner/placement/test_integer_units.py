@@ -76,6 +76,7 @@ def test_a_term_worth_more_than_a_thousand_reference_plans_is_capped_there():
     ({"seed": -1}, "seed -1 is not one CP-SAT takes"),
     ({"workers": 10**6}, "1000000 workers: CP-SAT takes 0"),
     ({"time_limit_seconds": float("nan")}, "time limit nan s is not a number of seconds"),
+    ({"deterministic": True, "workers": 8}, "a deterministic search runs one worker"),
 ])
 def test_solver_options_cp_sat_cannot_take_are_refused_in_one_line(options, problem):
     with pytest.raises(PartitionerError, match=problem):
