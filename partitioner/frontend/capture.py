@@ -99,7 +99,7 @@ def capture(model: torch.nn.Module, example_inputs: Any, name: str | None = None
                 torch.fx.traceback.preserve_node_meta():
             program = torch.export.export(model, args, kwargs=kwargs, strict=False, dynamic_shapes=dynamic_shapes)
     except Exception as error:  # torch raises many types here; all mean "this model did not trace"
-        raise PartitionerError(_capture_failure(model, error)) from error
+        raise PartitionerError(_capture_failure(model, error, args, kwargs)) from error
     _remove_dead_code(program)
     return CapturedModel(program, name or type(model).__name__, source, model, example_inputs)
 
@@ -254,9 +254,15 @@ def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     )
 
 
-def _capture_failure(model: torch.nn.Module, error: Exception) -> str:
+def _capture_failure(model: torch.nn.Module, error: Exception, args: tuple, kwargs: dict) -> str:
     location = _user_frame(error)
     where = f" at {location}" if location else ""
+    eager = _eager_failure(model, args, kwargs)
+    if eager is not None:  # not the tracing: the model does not run on these inputs at all
+        eager_where = f" at {location}" if (location := _user_frame(eager)) else ""
+        return (f"{type(model).__name__} fails when called on its example inputs{eager_where}: {_describe(eager)}. "
+                "Fix: give example inputs the model takes (calling it on them must run), from build() or "
+                "partitioner.compile.")
     unsupported = re.search(r"Unsupported input type <class '([^']+)'>", str(error))
     if unsupported:
         return (
@@ -270,6 +276,25 @@ def _capture_failure(model: torch.nn.Module, error: Exception) -> str:
         "Fix: make that code traceable (no data-dependent Python control flow, no unsupported calls), "
         "or export the model yourself and pass the .pt2 file."
     )
+
+
+def _eager_failure(model: torch.nn.Module, args: tuple, kwargs: dict) -> Exception | None:
+    """What calling `model` on the inputs raises, if anything (its buffers put back after): whether a failed
+    capture owes to the inputs rather than to tracing. A model on the meta device is not called (some ops do not
+    run there), and None is said."""
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        return None
+    saved = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            model(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 - any failure here is the inputs' or the model's own
+        return error
+    finally:
+        with torch.no_grad():
+            for buffer, values in saved:
+                buffer.copy_(values)
+    return None
 
 
 def _user_frame(error: BaseException) -> str | None:

@@ -348,3 +348,12 @@ def test_ops_whose_results_nothing_reads_are_not_captured():
     ops = [node.target for node in captured.program.graph.nodes if node.op == "call_function"]
     assert ops == [torch.ops.aten.mul.Tensor]
     torch.testing.assert_close(captured.program.module()(torch.ones(2, 4)), torch.full((2, 4), 2.0))
+
+
+def test_example_inputs_the_model_does_not_take_are_named_as_the_fault_not_its_tracing():
+    model = torch.nn.Linear(8, 8)
+
+    with pytest.raises(PartitionerError, match=r"Linear fails when called on its example inputs: RuntimeError: mat1 "
+                                               r"and mat2 shapes cannot be multiplied .* Fix: give example inputs "
+                                               r"the model takes"):
+        capture(model, (torch.randn(2, 9),))
