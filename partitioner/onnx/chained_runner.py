@@ -25,7 +25,8 @@ from partitioner.errors import PartitionerError
 from partitioner.execution.check import CheckResult, compare_outputs, require_real_weights, run_timed
 from partitioner.execution.float32_reference import float32_outputs, has_reduced_precision
 from partitioner.frontend.capture import split_inputs
-from partitioner.onnx.manifest import MANIFEST_NAME, ExportedPartition, Manifest, boundary_mismatch
+from partitioner.onnx.manifest import (MANIFEST_NAME, ExportedPartition, Manifest, boundary_mismatch,
+                                       weights_digest)
 from partitioner.plan import Plan
 from targets.spec_reader import torch_dtype_names
 
@@ -184,6 +185,12 @@ def check_manifest(manifest_path: str | Path, model_source: str | None = None, *
                                f"{chain.manifest.plan_path}. Fix: export the plan again.")
     captured = plan.captured_model()
     require_real_weights(captured)
+    if chain.manifest.weights_digest not in (None, weights_digest(captured.program)):
+        raise PartitionerError(
+            f"the model built again from {plan.model.source} has other weights than the exported files hold (its "
+            "build() draws random weights without a fixed seed, say, or loads another weights file), so the check "
+            "would compare two models. Fix: make build() give the same weights every time (torch.manual_seed, or "
+            "load saved weights), then export again.")
     expected = run_timed(captured.model or captured.program.module(), captured.example_inputs).outputs
     args, kwargs = split_inputs(captured.example_inputs)
     # Flags such as use_cache=False were fixed at capture: the files take the tensors only.

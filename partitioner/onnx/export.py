@@ -37,7 +37,7 @@ from partitioner.files import write_json
 from partitioner.frontend.capture import split_inputs
 from partitioner.frontend.op_graph import OpGraph, annotate
 from partitioner.onnx.manifest import (MANIFEST_NAME, ExportedPartition, Manifest, TensorSpec, boundary_mismatch,
-                                       file_boundary)
+                                       file_boundary, weights_digest)
 from partitioner.onnx.translations import missing_translation, translation_table
 from partitioner.plan import Plan
 from targets.hooks import PartitionRefused, plugin_fault
@@ -95,7 +95,7 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
                     staging / whole_file, opset, "the whole model", kwargs=kwargs)
         manifest = Manifest(plan.model.name, plan.model.fingerprint,
                             str(Path(plan_path).resolve()) if plan_path else None, opset, model_inputs,
-                            tuple(exported), model_outputs, whole_file)
+                            tuple(exported), model_outputs, whole_file, weights_digest(captured.program))
         write_json(staging / MANIFEST_NAME, manifest.to_dict())
         _replace_folder(staging, output_dir)
     except BaseException:

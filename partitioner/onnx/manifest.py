@@ -7,11 +7,13 @@ boundary with the manifest the same way (`boundary_mismatch`).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import onnx
+import torch
 
 from partitioner.errors import PartitionerError
 from partitioner.fields import FieldError, part, records, sizes, text, texts, value, whole, within
@@ -86,12 +88,14 @@ class Manifest:
     partitions: tuple[ExportedPartition, ...]
     outputs: tuple[TensorSpec, ...]
     whole_model_file: str | None = None
+    weights_digest: str | None = None  # of the weights the files hold (`weights_digest`); None in older exports
 
     def to_dict(self) -> dict:
         return {"schema_version": MANIFEST_SCHEMA_VERSION, "model": {"name": self.model_name,
                 "fingerprint": self.fingerprint}, "plan": self.plan_path, "opset": self.opset,
                 "inputs": [t.to_dict() for t in self.inputs], "partitions": [p.to_dict() for p in self.partitions],
-                "outputs": [t.to_dict() for t in self.outputs], "whole_model_file": self.whole_model_file}
+                "outputs": [t.to_dict() for t in self.outputs], "whole_model_file": self.whole_model_file,
+                **({"weights_digest": self.weights_digest} if self.weights_digest else {})}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Manifest:
@@ -103,7 +107,8 @@ class Manifest:
         name, fingerprint = part(data, "model", lambda model: (text(model, "name"), text(model, "fingerprint")))
         return cls(name, fingerprint, text(data, "plan", None), whole(data, "opset"),
                    records(data, "inputs", TensorSpec.from_dict), records(data, "partitions", ExportedPartition.from_dict),
-                   records(data, "outputs", TensorSpec.from_dict), text(data, "whole_model_file", None))
+                   records(data, "outputs", TensorSpec.from_dict), text(data, "whole_model_file", None),
+                   text(data, "weights_digest", None))
 
     @classmethod
     def load(cls, path: str | Path) -> Manifest:
@@ -120,6 +125,17 @@ class Manifest:
         except FieldError as error:
             raise PartitionerError(f"{path} is not a partitioner manifest: its {error}. Fix: export the plan "
                                    "again.") from None
+
+
+def weights_digest(program: torch.export.ExportedProgram) -> str:
+    """A digest of a captured model's weights, buffers and constants: what an export's files hold, so that a check
+    can tell a model rebuilt with other weights (a build() drawing random ones without a seed) from a wrong file."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted({**program.state_dict, **program.constants}.items()):
+        if isinstance(tensor, torch.Tensor):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def file_boundary(graph: onnx.GraphProto) -> dict[str, list[tuple[str, tuple, str]]]:

@@ -92,3 +92,16 @@ def test_run_onnx_of_an_edited_export_exits_2_with_one_line(edit, export, tmp_pa
     assert code == 2
     assert len(errors) == 1 and errors[0].startswith("partitioner: error: ")
     assert expected in errors[0] and errors[0].endswith("Fix: export the plan again.")
+
+
+def test_run_onnx_of_a_model_rebuilt_with_other_weights_says_so_rather_than_failing_the_comparison(tmp_path, capsys):
+    model = tmp_path / "unseeded.py"
+    model.write_text("import torch\n\ndef build():\n    return torch.nn.Linear(8, 8).eval(), (torch.ones(2, 8),)\n")
+    assert main(["compile", str(model), "-o", str(tmp_path / "out"), "--quiet"]) == 0
+    assert main(["export", str(tmp_path / "out" / "plan.json"), "-o", str(tmp_path / "onnx")]) == 0
+    capsys.readouterr()
+
+    assert main(["run-onnx", str(tmp_path / "onnx"), "--check"]) == 2
+
+    error = capsys.readouterr().err
+    assert "has other weights than the exported files hold" in error and "Fix: make build() give the same" in error
