@@ -234,7 +234,7 @@ def _report_inconsistency(plan: CheckedPlan) -> str | None:
     unknown = next((name for name in plan.baselines if name not in strategies), None)
     if unknown is not None:
         return f"it has a baseline {unknown!r}, which is no strategy of this version ({', '.join(strategies)})"
-    seeds = {f"{objective.name} plan" for objective in registered_objectives()}
+    seeds = {f"{seeding.name} plan" for seeding in registered_objectives()}
     if report.origin not in {"cp-sat", *plan.baselines, *seeds}:
         return f"its solver says its placement came from {report.origin!r}, neither cp-sat nor one of its baselines"
     rescored = plan.objective.value(plan.score())
