@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, replace
 from time import monotonic
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -23,7 +23,7 @@ from partitioner.frontend.op_graph import OpGraph, annotate
 from partitioner.placement.baselines import BASELINES, SERVING_BASELINES
 from partitioner.placement.objectives import Objective, objective_named
 from partitioner.placement.pins import Pin, apply_pins, parse_pins
-from partitioner.placement.problem import PlacementProblem, build_problem
+from partitioner.placement.problem import DEFAULT_ENGINE_HOP_SECONDS, PlacementProblem, build_problem
 from partitioner.placement.solver import Placement, SolverOptions, solve
 from partitioner.placement.tagging import Tagging, tag
 from partitioner.plan import Plan
@@ -90,9 +90,12 @@ def compile_captured(
     cost_model: CostModel | None = None,
     pins: Sequence[Pin] = (),
     progress: Progress | None = None,
+    engine_hop_seconds: float = DEFAULT_ENGINE_HOP_SECONDS,
 ) -> Plan:
     """`compile` for a model that is already captured (e.g. loaded from a file by the CLI); `progress` shows each
-    round of planning again after targets' compilers refused part of a plan."""
+    round of planning again after targets' compilers refused part of a plan. `engine_hop_seconds` is what the
+    serving engine adds to every hop between partitions (partitioner/placement/hops.py): its default is an
+    in-process pipeline's; a distributed engine's is measured by `benchmarks/engine_hop.py`."""
     started = monotonic()  # the time limit covers all of planning: costing and building as well as searching
     objective = objective_named(objective)
     graph = annotate(captured.program)
@@ -102,7 +105,9 @@ def compile_captured(
     cost_model = cost_model or RooflineCostModel()
     tagging = apply_pins(graph, tag(graph, target_set), target_set, pins)
     planned = _plan_until_compilers_accept(
-        captured, graph, tagging, target_set, cost_model, objective, solver_options, progress,
+        captured, graph, tagging, target_set, lambda tags: build_problem(graph, tags, target_set, cost_model,
+                                                                         engine_hop_seconds),
+        objective, solver_options, progress,
         {"max_latency_seconds": max_latency_seconds, "min_throughput": min_throughput}, started)
     placement = planned.placement
     return Plan(
@@ -141,7 +146,8 @@ class _Planned:
 
 
 def _plan_until_compilers_accept(captured: CapturedModel, graph: OpGraph, tagging: Tagging, targets: TargetSet,
-                                 cost_model: CostModel, objective: Objective, options: SolverOptions,
+                                 problem_of: Callable[[Tagging], PlacementProblem], objective: Objective,
+                                 options: SolverOptions,
                                  progress: Progress | None, limits: dict[str, float | None],
                                  started: float) -> _Planned:
     """Solve, split, and hand each partition to its target's compiler; while a compiler refuses, plan again
@@ -157,7 +163,7 @@ def _plan_until_compilers_accept(captured: CapturedModel, graph: OpGraph, taggin
                              f"rounds: planning again without what compilers refused ({count} so far)")
         if progress is not None:
             progress.note(f"costing {len(graph)} ops on {len(targets)} devices")
-        problem = build_problem(graph, tagging, targets, cost_model)
+        problem = problem_of(tagging)
         baselines = {name: strategy(problem) for name, strategy in strategies.items()}
         if progress is not None:
             progress.note(f"searching ({', '.join(baselines)} found; {_moves(problem):,} possible moves of tensors)")

@@ -83,6 +83,12 @@ def _unknown_problem_names(problem: PlacementProblem) -> Iterator[str]:
     block_node = next((n for family in problem.blocks for block in family for n in block if n not in known), None)
     if block_node is not None:
         yield f"a block of its problem names {block_node!r}, which is not one of its nodes"
+    hop_place = next((place for place in problem.hop_seconds if place not in targets), None)
+    if hop_place is not None:
+        yield f"it prices hops into {hop_place!r}, which is not one of its targets"
+    adjacent_node = next((n for pair in problem.adjacent or () for n in pair[:2] if n not in known), None)
+    if adjacent_node is not None:
+        yield f"its sequence of ops names {adjacent_node!r}, which is not one of its nodes"
 
 
 def _record_names(plan: CheckedPlan) -> str | None:

@@ -150,6 +150,9 @@ class Target:
     op_classes: Mapping[str, RooflineConstants] = field(default_factory=dict)
     # The fixed time of a view or bookkeeping op (eager dispatch; no device work, no launch).
     view_overhead_seconds: float = 0.0
+    # The fixed time a partition boundary costs on this target: launching a separately compiled graph and waiting
+    # for the stage before it (partitioner/placement/hops.py). Spec field `stage_launch_microseconds`.
+    stage_launch_seconds: float = 0.0
     origin: str = "built-in"  # where the spec came from: "built-in", "file", or "plug-in <package> <version>"
     hooks: TargetHooks | None = None  # a plug-in's code for what the spec's data cannot say (targets/hooks.py)
 

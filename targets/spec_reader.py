@@ -27,8 +27,8 @@ TARGET_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _TOP_LEVEL_FIELDS = {
     "name", "kind", "description", "torch_device", "onnx_execution_provider",
     "price_per_hour", "memory_gib", "memory_bandwidth_gb_per_second",
-    "launch_overhead_microseconds", "view_overhead_microseconds", "compute_efficiency", "memory_efficiency",
-    "peak_tflops", "host_link", "links", "support", "op_classes",
+    "launch_overhead_microseconds", "view_overhead_microseconds", "stage_launch_microseconds", "compute_efficiency",
+    "memory_efficiency", "peak_tflops", "host_link", "links", "support", "op_classes",
 }
 # What no real device comes near, in each field's unit: a figure outside is a typo or a unit mix-up
 # (GB/s written as bytes/s, say), and would make a plan silently absurd.
@@ -39,6 +39,7 @@ _PLAUSIBLE = {
     "bandwidth_gb_per_second": (1e-3, 1e6, "GB/s"),
     "launch_overhead_microseconds": (0.0, 1e6, "microseconds"),
     "view_overhead_microseconds": (0.0, 1e6, "microseconds"),
+    "stage_launch_microseconds": (0.0, 1e6, "microseconds"),
     "compute_half_efficiency_mflop": (0.0, 1e9, "MFLOP"),
     "memory_half_efficiency_mib": (0.0, 1e7, "MiB"),
     "latency_microseconds": (0.0, 1e7, "microseconds"),
@@ -63,6 +64,13 @@ def torch_dtype_names() -> frozenset[str]:
 
 # What a device is, in the words the runtime and the plan use (Ray resources, reports); a spec names one.
 TARGET_KINDS = frozenset({"cpu", "gpu", "npu", "dsp", "tpu", "hpu", "fpga", "asic"})
+# What a partition boundary costs a kind of device when its spec does not say (`stage_launch_microseconds`): on a
+# GPU, a CUDA graph launch (a few us) and an event wait on the stage before (NCCL's small-message send/recv
+# latency within a host is about 10 us, nccl-tests); a CPU, a call and a queue hand-off; a chip that runs whole
+# compiled graphs (Neuron, Gaudi, Cloud AI 100, TPU), one graph execution's fixed overhead and a host-side
+# synchronisation, of order 100 us in their runtimes' profiles. Modelling defaults, not measurements.
+DEFAULT_STAGE_LAUNCH_MICROSECONDS = {"cpu": 10.0, "gpu": 20.0}
+COMPILED_GRAPH_STAGE_LAUNCH_MICROSECONDS = 100.0
 
 
 def execution_providers() -> list[str]:
@@ -197,6 +205,7 @@ class SpecReader(TomlReader):
             launch_overhead_seconds=self.number("launch_overhead_microseconds", minimum=0.0) * _MICRO,
             view_overhead_seconds=self.number("view_overhead_microseconds", {"view_overhead_microseconds": 0.0,
                                                                              **self.data}, minimum=0.0) * _MICRO,
+            stage_launch_seconds=self.stage_launch_microseconds() * _MICRO,
             host_link=self.link(self.table("host_link"), "host_link"),
             links={
                 peer: self.link(value, f"links.{peer}") for peer, value in self.table("links", default={}).items()
@@ -205,6 +214,13 @@ class SpecReader(TomlReader):
             spec_path=str(self.path),
             op_classes=self.op_classes(),
         )
+
+    def stage_launch_microseconds(self) -> float:
+        """The spec's `stage_launch_microseconds`, or its kind's default (DEFAULT_STAGE_LAUNCH_MICROSECONDS)."""
+        kind = self.data.get("kind")
+        default = DEFAULT_STAGE_LAUNCH_MICROSECONDS.get(kind, COMPILED_GRAPH_STAGE_LAUNCH_MICROSECONDS)
+        return self.number("stage_launch_microseconds", {"stage_launch_microseconds": default, **self.data},
+                           minimum=0.0)
 
     def op_classes(self) -> dict[str, RooflineConstants]:
         """Per-class roofline constants, keyed "matmul" or, for one dtype of a class, "matmul.bfloat16" (an

@@ -63,7 +63,7 @@ def _compile(args: argparse.Namespace, result_stream: TextIO) -> int:
     with progress.step("planning"):
         plan = compile_captured(captured, targets, objective, max_latency_seconds=args.max_latency,
                                 min_throughput=args.min_throughput, fallback=args.fallback, solver_options=options,
-                                cost_model=cost_model, pins=pins, progress=progress)
+                                cost_model=cost_model, pins=pins, progress=progress, **_engine_hop(args))
     if isinstance(cost_model, MeasuredCostModel) and not any(node.measured_on for node in plan.nodes):
         print(f"partitioner: warning: no op of this model is in {args.cost_model.removeprefix('measured:')} for any "
               "of the targets, so every cost is the roofline's. Fix: profile this model on the devices of your "
@@ -134,7 +134,7 @@ def _compile_llm(args: argparse.Namespace, output: Path, progress: Progress, cos
         plan = plan_llm(model, workload, fleet, time_limit_seconds=args.time_limit, cost_model=cost_model,
                         source=source, name=Path(source.path).stem, fallback=args.fallback,
                         expert_shards=args.expert_shards, workers=args.workers, seed=args.seed,
-                        deterministic=args.deterministic)
+                        deterministic=args.deterministic, **_engine_hop(args))
     path = output / "llm_plan.json"
     write_json(path, plan.to_dict())
     if args.json:
@@ -393,3 +393,8 @@ def _every_target() -> tuple[Target, ...]:
     for problem in problems:
         print(f"partitioner: warning: {problem}", file=sys.stderr)
     return targets
+
+
+def _engine_hop(args: argparse.Namespace) -> dict[str, float]:
+    """The engine's time per hop the command was given (--engine-hop), as planning's keyword; none: the default."""
+    return {} if args.engine_hop is None else {"engine_hop_seconds": args.engine_hop}

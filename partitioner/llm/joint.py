@@ -63,8 +63,12 @@ def joint_problem(prefill: PlacementProblem, decode: PlacementProblem, state: fr
     values += _cache_handoffs(prefill, decode, state, handoff_share)
     blocks = tuple(tuple(tuple(f"{phase}/{name}" for name in block) for block in family)
                    for phase, problem in (("prefill", prefill), ("decode", decode)) for family in problem.blocks)
+    # Each phase runs as its own graph, decode_weight times per request for decode: its hops as often.
+    adjacent = tuple((f"{phase}/{before}", f"{phase}/{after}", times * weight)
+                     for phase, problem, weight in (("prefill", prefill, 1.0), ("decode", decode, decode_weight))
+                     for before, after, times in problem.sequence())
     return prefill.with_graph(nodes, values, parameter_bytes=parameter_bytes, blocks=blocks,
-                              separate_phases=separate_phases)
+                              separate_phases=separate_phases, adjacent=adjacent)
 
 
 def phase_assignment(joint_assignment: Mapping[str, str], phase: str) -> dict[str, str]:

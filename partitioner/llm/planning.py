@@ -36,9 +36,9 @@ from partitioner.llm.joint import joint_problem, phase_split_placements
 from partitioner.llm.phases import PhaseGraphs, capture_phases, context_limit, decoder_layers
 from partitioner.placement.baselines import BASELINES, SERVING_BASELINES
 from partitioner.placement.infeasibility import phases_sharing_a_device
-from partitioner.placement.latency_floor import latency_floor_seconds
+from partitioner.placement.floors import latency_floor_seconds
 from partitioner.placement.objectives import THROUGHPUT
-from partitioner.placement.problem import PlacementProblem, build_problem
+from partitioner.placement.problem import DEFAULT_ENGINE_HOP_SECONDS, PlacementProblem, build_problem
 from partitioner.placement.scoring import score
 from partitioner.placement.solver import SolverOptions, solve
 from partitioner.placement.tagging import tag
@@ -58,7 +58,7 @@ TRIES_IN_FLIGHT = 2
 def plan_llm(model: torch.nn.Module, workload: Workload, fleet: Fleet, *, time_limit_seconds: float = 60.0,
              cost_model: CostModel | None = None, source: ModelSource | None = None, name: str | None = None,
              fallback: str | None = None, expert_shards: int | None = None, workers: int = 0, seed: int = 0,
-             deterministic: bool = False) -> LLMPlan:
+             deterministic: bool = False, engine_hop_seconds: float = DEFAULT_ENGINE_HOP_SECONDS) -> LLMPlan:
     """The cheapest way per output token to serve `workload` with `model` on `fleet`, within its limits.
 
     The model is planned through its weightless twin (partitioner/frontend/meta_twin.py): its weights and caches
@@ -67,7 +67,8 @@ def plan_llm(model: torch.nn.Module, workload: Workload, fleet: Fleet, *, time_l
     (partitioner/llm/experts.py): by default 2 on a fleet of several devices, so a layer's experts can be
     split between two. Every shard runs the routing's gathers and elementwise ops on the whole batch, so each
     shard adds ops (and their launch overhead) to every step: more shards place finer and cost more.
-    `time_limit_seconds` covers every solve together; `workers`, `seed` and `deterministic` are as for `compile`.
+    `time_limit_seconds` covers every solve together; `workers`, `seed`, `deterministic` and `engine_hop_seconds`
+    are as for `compile`.
     """
     name = name or type(model).__name__
     _check_context(model, workload, name)
@@ -79,7 +80,7 @@ def plan_llm(model: torch.nn.Module, workload: Workload, fleet: Fleet, *, time_l
     twin = meta_twin(model)
     with experts_sharded(twin, shards) as sharded_layers:
         return _plan(twin, workload, fleet, fallback, options, cost_model or RooflineCostModel(), source, name,
-                     min(shards, experts_per_layer(twin)) if sharded_layers else 0)
+                     min(shards, experts_per_layer(twin)) if sharded_layers else 0, engine_hop_seconds)
 
 
 def _check_context(model: torch.nn.Module, workload: Workload, name: str) -> None:
@@ -96,7 +97,8 @@ def _check_context(model: torch.nn.Module, workload: Workload, name: str) -> Non
 
 
 def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: str | None, options: SolverOptions,
-          cost_model: CostModel, source: ModelSource | None, name: str, expert_shards: int) -> LLMPlan:
+          cost_model: CostModel, source: ModelSource | None, name: str, expert_shards: int,
+          engine_hop_seconds: float) -> LLMPlan:
     started = time.perf_counter()
     prompts = workload.prompt.buckets
     batches = (workload.batch_size,) if workload.batch_size else tuple(
@@ -105,10 +107,11 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
                                                    workload.context_tokens, source, name)
     ops = len(next(iter(prefill_graphs.graphs.values()))) + len(next(iter(decode_graphs.graphs.values())))
     targets = fleet.target_set(fallback, most_of_each=ops)  # more identical devices than ops would stay idle
-    prefill = _costed(prefill_graphs, dict(prompts), targets, cost_model)
+    prefill = _costed(prefill_graphs, dict(prompts), targets, cost_model, engine_hop_seconds)
     kv_per_request = prefill_graphs.state_bytes(prompts[0][0])
     runs, tried = _fitting(batches, prefill, kv_per_request)
-    decodes = {batch: _costed(decode_graphs, {batch: 1.0}, targets, cost_model) for batch in {b for _, b in runs}}
+    decodes = {batch: _costed(decode_graphs, {batch: 1.0}, targets, cost_model, engine_hop_seconds)
+               for batch in {b for _, b in runs}}
     runs = _within_reach(runs, workload, prefill, decodes, tried)
     # The tries share the time limit, TRIES_IN_FLIGHT at a time: each may take (building its search included) its
     # share of that many limits, and the limit still covers them all. One stop serves every try, so that Ctrl-C
@@ -158,7 +161,7 @@ def _fitting(batches: tuple[int, ...], prefill: CostedPhase,
 def _within_reach(runs: list[tuple[str, int]], workload: Workload, prefill: CostedPhase,
                   decodes: Mapping[int, CostedPhase], tried: list[Tried]) -> list[tuple[str, int]]:
     """The runs whose TTFT and TPOT limits some placement might meet; the others go to `tried`, refused with the
-    least TTFT or TPOT any placement that fits the fleet's memory can have (partitioner/placement/latency_floor.py):
+    least TTFT or TPOT any placement that fits the fleet's memory can have (partitioner/placement/floors.py):
     a search for them could only fail. Raises when that leaves nothing to search."""
     longest = max(prefill.by_size)
     ttft = latency_floor_seconds(prefill.by_size[longest]) if workload.ttft_seconds else 0.0
@@ -235,11 +238,11 @@ def _search(runs: list[tuple[str, int]], attempt: Callable[[str, int], tuple[Pla
     return joints
 
 
-def _costed(phase: PhaseGraphs, shares: Mapping[int, float], targets: TargetSet,
-            cost_model: CostModel) -> CostedPhase:
+def _costed(phase: PhaseGraphs, shares: Mapping[int, float], targets: TargetSet, cost_model: CostModel,
+            engine_hop_seconds: float) -> CostedPhase:
     """A phase at the sizes `shares` names, each with its share of requests, costed and averaged per request."""
     graphs = {size: phase.graphs[size] for size in shares}
-    by_size = on_one_graph({size: build_problem(graph, tag(graph, targets), targets, cost_model)
+    by_size = on_one_graph({size: build_problem(graph, tag(graph, targets), targets, cost_model, engine_hop_seconds)
                             for size, graph in graphs.items()})
     problem = mean_problem([(by_size[size], share) for size, share in shares.items()])
     graph = graphs[max(graphs)]  # the graph every size is planned on (see on_one_graph)

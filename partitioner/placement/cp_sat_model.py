@@ -53,6 +53,8 @@ class PlacementModel:
         self.move_terms: list[tuple[cp_model.IntVar, int, str, str, Callable[[Mapping[str, str]], bool]]] = []
         self.bottleneck: cp_model.IntVar | None = None
         self.on = self._placement_variables()
+        # Every (boolean, seconds, device entered, whether an assignment sets it): the plan's hops (hops.py).
+        self.hop_terms = self._hop_variables()
         self._memory_limits()
         if problem.separate_phases:
             self._separate_phases()
@@ -149,6 +151,8 @@ class PlacementModel:
             for target, seconds in node.compute_seconds.items():
                 loads.setdefault(target, []).append((self.on[node.name, target], seconds,
                                                      lambda a, n=node.name, t=target: a[n] == t))
+        for var, seconds, destination, is_set in self.hop_terms:
+            loads.setdefault(destination, []).append((var, seconds, is_set))
         for var, num_bytes, source, destination, is_set in self.move_terms:
             for resource in self.problem.route(source, destination):
                 loads.setdefault(resource, []).append((var, num_bytes / self.problem.bandwidth(resource), is_set))
@@ -198,6 +202,33 @@ class PlacementModel:
                 for target in node.compute_seconds:
                     self.model.add(on[node.name, target] == on[node.follows, target])
         return on
+
+    def _hop_variables(self) -> list[tuple[cp_model.IntVar, float, str, Callable[[Mapping[str, str]], bool]]]:
+        """Per pair of ops that run one after the other (problem.sequence) and device the second may run on, a
+        boolean that is true when the second runs there and the first does not: a hop into that device. Pairs
+        are merged where a reduction made them one, their times per request added up."""
+        pairs: dict[tuple[str, str], float] = {}
+        for before, after, times in self.problem.sequence() if self.problem.hop_seconds else ():
+            pairs[before, after] = pairs.get((before, after), 0.0) + times
+        terms = []
+        for (before, after), times in pairs.items():
+            self.check_time()
+            for target in self.problem.node(after).compute_seconds:
+                seconds = times * self.problem.hop_seconds.get(target, 0.0)
+                if seconds <= 0:
+                    continue
+                def is_set(a: Mapping[str, str], b=before, n=after, t=target) -> bool:
+                    return a[n] == t and a[b] != t
+
+                if (before, target) not in self.on:  # the first never runs there: a hop whenever the second does
+                    entered = self.on[after, target]
+                else:
+                    entered = self.model.new_bool_var("")
+                    self.model.add(entered >= self.on[after, target] - self.on[before, target])
+                    self.derived.append((entered, is_set))
+                terms.append((entered, seconds, target, is_set))
+                self.busy_terms.append((entered, seconds, (target,)))
+        return terms
 
     def _needed_on(self, consumers: Sequence[str]) -> dict[str, cp_model.IntVar]:
         """Per target, a boolean that is true when some consumer sits there."""

@@ -99,6 +99,11 @@ class BusySecondsObjective(Objective):
         model.add_transfers()
         return model.priced_seconds(lambda busy: self.rate(model.problem, busy))
 
+    def lower_bound(self, problem: PlacementProblem) -> float:
+        from partitioner.placement.floors import priced_floor
+
+        return priced_floor(problem, lambda target: self.rate(problem, (target,)))
+
 
 class Latency(BusySecondsObjective):
     """Seconds per request with every op and transfer one after another."""
@@ -169,6 +174,11 @@ class Throughput(Objective):
 
     def add_to(self, model: PlacementModel) -> cp_model.LinearExprT:
         return model.add_bottleneck()
+
+    def lower_bound(self, problem: PlacementProblem) -> float:
+        from partitioner.placement.floors import bottleneck_floor_seconds
+
+        return bottleneck_floor_seconds(problem)
 
 
 class ServingCost(Objective):

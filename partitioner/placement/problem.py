@@ -19,12 +19,18 @@ from typing import Any, Iterable, Mapping
 
 from cost_models.base import CostModel, node_seconds
 from partitioner.errors import PartitionerError
-from partitioner.fields import entries, flag, listed, number, records, text, text_lists, texts, whole
+from partitioner.fields import FieldError, entries, flag, listed, number, records, text, text_lists, texts, whole
 from partitioner.frontend.op_graph import NodeKind, OpGraph
 from partitioner.frontend.written_memory import memory_read_after_writes
 from partitioner.placement.blocks import repeated_blocks
 from partitioner.placement.tagging import Tagging
 from targets.spec import Link, TargetSet
+
+
+# The serving engine's own time per hop when none is given (partitioner/placement/hops.py): an in-process
+# pipeline handing a tensor to the next stage (a Python call and a stream wait); a distributed engine pays far more
+# (the Ray engine: about 1-3 ms a hop on this project's 2-core CI machine, `benchmarks/engine_hop.py`).
+DEFAULT_ENGINE_HOP_SECONDS = 10e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +105,12 @@ class PlacementProblem:
     # places of a group have the same costs, price, memory and links, so a plan may swap them. A place absent
     # is a group of its own.
     device_groups: Mapping[str, str] = field(default_factory=dict)
+    # Per place, the fixed seconds a partition boundary into it costs (partitioner/placement/hops.py); none: hops
+    # are free (a plan from before hops were priced).
+    hop_seconds: Mapping[str, float] = field(default_factory=dict)
+    # The pairs of nodes that run one after the other, with how many times per request (see `sequence`); None:
+    # the nodes in their order, once each.
+    adjacent: tuple[tuple[str, str, float], ...] | None = None
     _node_index: dict[str, ProblemNode] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -108,7 +120,14 @@ class PlacementProblem:
                    ) -> PlacementProblem:
         """The same targets, links and devices over other nodes and values (and any field in `changes`): what
         the passes that reshape a problem build (the reduction, a phase on its own, both phases joined)."""
-        return replace(self, nodes=tuple(nodes), values=tuple(values), _node_index={}, **changes)
+        return replace(self, nodes=tuple(nodes), values=tuple(values), _node_index={}, **{"adjacent": None, **changes})
+
+    def sequence(self) -> tuple[tuple[str, str, float], ...]:
+        """The pairs of nodes that run one after the other, each with how many times per request it does: where
+        they sit on different devices, the plan hops (partitioner/placement/hops.py)."""
+        if self.adjacent is not None:
+            return self.adjacent
+        return tuple((a.name, b.name, 1.0) for a, b in zip(self.nodes, self.nodes[1:]))
 
     def group(self, place: str) -> str:
         """The group of identical devices `place` belongs to (see `device_groups`)."""
@@ -181,6 +200,8 @@ class PlacementProblem:
                 "resource_bandwidth": dict(self.resource_bandwidth)} if self.routes else {}),
             **({"separate_phases": True} if self.separate_phases else {}),
             **({"device_groups": dict(self.device_groups)} if self.device_groups else {}),
+            **({"hop_seconds": dict(self.hop_seconds)} if self.hop_seconds else {}),
+            **({"adjacent": [list(pair) for pair in self.adjacent]} if self.adjacent is not None else {}),
         }
 
     @classmethod
@@ -204,7 +225,16 @@ class PlacementProblem:
             resource_bandwidth=entries(data, "resource_bandwidth", number, {}, minimum=0.0, above=True),
             separate_phases=flag(data, "separate_phases", False),
             device_groups=entries(data, "device_groups", text, {}),
+            hop_seconds=entries(data, "hop_seconds", number, {}),
+            adjacent=listed(data, "adjacent", _adjacent_pair) if data.get("adjacent") is not None else None,
         )
+
+
+def _adjacent_pair(item: object) -> tuple[str, str, float]:
+    if not (isinstance(item, list) and len(item) == 3 and all(isinstance(name, str) for name in item[:2])
+            and isinstance(item[2], (int, float)) and not isinstance(item[2], bool) and item[2] >= 0):
+        raise FieldError("", f"{item!r} is not [before, after, times per request]")
+    return item[0], item[1], float(item[2])
 
 
 def _pair(item: Mapping) -> tuple[str, str]:
@@ -216,8 +246,10 @@ def phase_of(node_name: str) -> str:
     return node_name.partition("/")[0] if "/" in node_name else ""
 
 
-def build_problem(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_model: CostModel) -> PlacementProblem:
-    """Cost every (node, supporting target) pair and every link of the target set."""
+def build_problem(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_model: CostModel,
+                  engine_hop_seconds: float = DEFAULT_ENGINE_HOP_SECONDS) -> PlacementProblem:
+    """Cost every (node, supporting target) pair, every link of the target set, and a hop into each target: its
+    stage launch plus the serving engine's `engine_hop_seconds` (partitioner/placement/hops.py)."""
     target_by_name = {t.name: t for t in targets}
     leaders, supported = _colocated_groups(graph, tagging)
     nodes = []
@@ -242,8 +274,10 @@ def build_problem(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_mod
     terms = tuple(TargetTerms(t.name, t.price_per_hour, t.memory_bytes) for t in targets)
     routes = {pair: targets.route(*pair) for pair in links}
     groups = {name: targets.group_of(name) for name in targets.names} if targets.topology else {}
+    hop_seconds = {t.name: t.stage_launch_seconds + engine_hop_seconds for t in targets}
     return PlacementProblem(terms, targets.fallback, tuple(nodes), values, dict(graph.parameter_bytes), links,
-                            repeated_blocks(graph), routes, targets.resources(), device_groups=groups)
+                            repeated_blocks(graph), routes, targets.resources(), device_groups=groups,
+                            hop_seconds=hop_seconds)
 
 
 def _colocated_groups(graph: OpGraph, tagging: Tagging) -> tuple[dict[str, str], dict[str, tuple]]:

@@ -17,7 +17,9 @@ the same score. Where views cost nothing, an optimum of the reduced problem is
 an optimum of the original (for its objective and for latency, so a latency
 limit holds too). Where targets charge a view its dispatch overhead (a few
 microseconds), a view runs where its data is by design: it is never worth a
-cut on its own, and the optimum is over placements that keep it there.
+cut on its own, and the optimum is over placements that keep it there. Hops
+(partitioner/placement/hops.py) are charged between the groups that place the
+ops run one after the other, so a reduced placement's hops are its original's.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def reduce_problem(problem: PlacementProblem, objective: Objective) -> Reduction
     node (a merged in-place op would wait for all of its group's inputs) and
     only free nodes merge.
     """
-    groups = _Groups(problem)
+    groups = NodeGroups(problem)
     for node in problem.nodes:
         if node.follows is not None and not objective.schedules_ops:
             groups.merge(node.name, into=node.follows)
@@ -74,7 +76,7 @@ def reduce_problem(problem: PlacementProblem, objective: Objective) -> Reduction
     return groups.reduction()
 
 
-def _free_group_destination(problem: PlacementProblem, groups: _Groups, group: str, objective: Objective) -> str | None:
+def _free_group_destination(problem: PlacementProblem, groups: NodeGroups, group: str, objective: Objective) -> str | None:
     """The group a free group may join without loss, or None when no rule proves it safe."""
     incoming = groups.incoming(group)
     outgoing = groups.outgoing(group)
@@ -103,12 +105,12 @@ def _free_group_destination(problem: PlacementProblem, groups: _Groups, group: s
     return producer
 
 
-def _supports_all(groups: _Groups, group: str, other: str) -> bool:
+def _supports_all(groups: NodeGroups, group: str, other: str) -> bool:
     """Whether `group` may sit wherever `other` may."""
     return set(groups.supported(other)) <= set(groups.supported(group))
 
 
-def _direct_never_worse(problem: PlacementProblem, groups: _Groups, producer: str, middle: str, consumer: str,
+def _direct_never_worse(problem: PlacementProblem, groups: NodeGroups, producer: str, middle: str, consumer: str,
                         input_bytes: int, output_bytes: int, objective: Objective) -> bool:
     """Whether sending the output straight from the producer's device is never dearer than a detour
     via the middle node's device (the input's move there plus the output's onward move).
@@ -151,7 +153,7 @@ def is_free(node: ProblemNode) -> bool:
     return not node.parameters and (node.kind is not NodeKind.COMPUTE or not any(node.compute_seconds.values()))
 
 
-class _Groups:
+class NodeGroups:
     """Disjoint groups of nodes, each named by its leader, and the tensors that enter and leave them."""
 
     def __init__(self, problem: PlacementProblem):
@@ -222,5 +224,16 @@ class _Groups:
                                             representative[c] != producer))
             if consumers:
                 values.append(ProblemValue(producer, consumers, value.num_bytes))
-        reduced = self.problem.with_graph(nodes, values, blocks=self._blocks(representative))
+        reduced = self.problem.with_graph(nodes, values, blocks=self._blocks(representative),
+                                          adjacent=self._sequence(representative))
         return Reduction(reduced, representative)
+
+    def _sequence(self, representative: Mapping[str, str]) -> tuple[tuple[str, str, float], ...]:
+        """The problem's pairs of ops run one after the other, between the groups that place them: a pair within
+        one group never hops, and pairs between the same two groups hop together (their times added)."""
+        pairs: dict[tuple[str, str], float] = {}
+        for before, after, times in self.problem.sequence() if self.problem.hop_seconds else ():
+            pair = representative[before], representative[after]
+            if pair[0] != pair[1]:
+                pairs[pair] = pairs.get(pair, 0.0) + times
+        return tuple((before, after, times) for (before, after), times in pairs.items())

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
+from partitioner.placement.hops import hops
 from partitioner.placement.memory import memory_bytes
 from partitioner.placement.problem import PlacementProblem
 from partitioner.placement.schedule import makespan_seconds
@@ -32,8 +33,9 @@ class Transfer:
 class Score:
     """What a placement costs: sequential latency, money per request, makespan and their parts.
 
-    A device is busy while it computes and while it sends or receives a
-    transfer; money per request is each device's busy seconds times its price.
+    A device is busy while it computes, while it sends or receives a transfer,
+    and while it starts a stage at a hop; money per request is each device's
+    busy seconds times its price.
     The makespan is the latency when devices run concurrently.
     """
 
@@ -48,6 +50,8 @@ class Score:
     transfer_bytes: int
     transfer_seconds: float
     serving: ServingFigures  # the same placement under a stream of requests (partitioner/placement/serving.py)
+    hop_count: float = 0.0  # device changes per request (partitioner/placement/hops.py)
+    hop_seconds: float = 0.0  # what they cost per request, in the latency and on the devices entered
     phase_conflicts: tuple[str, ...] = ()  # devices serving two phases where they must not (problem.separate_phases)
 
     @property
@@ -67,6 +71,8 @@ class Score:
             "transfer_bytes": self.transfer_bytes,
             "transfer_seconds": self.transfer_seconds,
             "serving": self.serving.to_dict(),
+            "hop_count": self.hop_count,
+            "hop_seconds": self.hop_seconds,
             **({"phase_conflicts": list(self.phase_conflicts)} if self.phase_conflicts else {}),
         }
 
@@ -90,7 +96,12 @@ def score(problem: PlacementProblem, assignment: Mapping[str, str], order: Seque
     compute = dict.fromkeys(names, 0.0)
     for node in problem.nodes:
         compute[assignment[node.name]] += node.compute_seconds[assignment[node.name]]
-    busy = dict(compute)
+    stage_starts = dict.fromkeys(names, 0.0)  # hop seconds per device entered
+    made = list(hops(problem, assignment))
+    for hop in made:
+        stage_starts[hop.destination] += hop.seconds
+    working = {name: compute[name] + stage_starts[name] for name in names}
+    busy = dict(working)
     moves = list(transfers(problem, assignment))
     for move in moves:
         busy[move.source] += move.seconds
@@ -98,8 +109,9 @@ def score(problem: PlacementProblem, assignment: Mapping[str, str], order: Seque
     memory = memory_bytes(problem, assignment)
     over = {t.name: memory[t.name] - t.memory_bytes for t in problem.targets if memory[t.name] > t.memory_bytes}
     transfer_seconds = sum(move.seconds for move in moves)
+    hop_seconds = sum(stage_starts.values())
     return Score(
-        latency_seconds=sum(compute.values()) + transfer_seconds,
+        latency_seconds=sum(compute.values()) + transfer_seconds + hop_seconds,
         cost_per_request=sum(busy[t.name] * t.price_per_second for t in problem.targets),
         makespan_seconds=makespan_seconds(problem, assignment, order),
         compute_seconds=compute,
@@ -109,7 +121,9 @@ def score(problem: PlacementProblem, assignment: Mapping[str, str], order: Seque
         transfer_count=len(moves),
         transfer_bytes=sum(move.num_bytes for move in moves),
         transfer_seconds=transfer_seconds,
-        serving=serving_figures(problem, assignment, compute,
+        serving=serving_figures(problem, assignment, working,
                                 ((move.source, move.destination, move.num_bytes) for move in moves)),
+        hop_count=sum(hop.times for hop in made),
+        hop_seconds=hop_seconds,
         phase_conflicts=problem.phase_conflicts(assignment),
     )

@@ -95,6 +95,16 @@ def phases(options: SolverOptions, objective: Objective, has_blocks: bool) -> tu
     return tied + (Phase(1, untied * 2 / 3), Phase(DEFAULT_WORKERS, untied / 3))
 
 
+def refining_phases(options: SolverOptions) -> tuple[Phase, ...]:
+    """The run a search from a good plan makes (the structured search, partitioner/placement/structure.py): the
+    parallel portfolio, whose local search improves on its hint, unless the options fix the workers or count
+    deterministic time."""
+    limit = options.time_limit_seconds
+    if options.deterministic:
+        return (Phase(1, limit, deterministic=True),)
+    return (Phase(options.workers or DEFAULT_WORKERS, limit),)
+
+
 def progress_watcher(solver: cp_model.CpSolver, report: Callable[[float | None, float | None], None],
                       scale: float, tied: bool) -> cp_model.CpSolverSolutionCallback:
     """A solution callback (and a bound callback on `solver`) passing improvements on in the objective's unit;

@@ -28,15 +28,25 @@ from partitioner.placement.objectives import LATENCY, Objective, objective_named
 from partitioner.placement.problem import PlacementProblem, check_assignment
 from partitioner.placement.reduction import Reduction, reduce_problem
 from partitioner.placement.scoring import Score, score
+from partitioner.placement.structure import stage_boundaries, structured_problem, worth_structuring
 from partitioner.placement.tidy import tidy
 
 # DEFAULT_WORKERS and SolverOptions are re-exported: callers configure a solve from here.
 from partitioner.placement.search import (DEFAULT_WORKERS, SolverOptions, configured_solver, phases,  # noqa: F401, I001
-                                          progress_watcher, run_search)
+                                          progress_watcher, refining_phases, run_search)
 
 # Share of the time limit each seeding objective's solve may take (see `_seed_plans`): on graphs too large for
 # the makespan search to get far (Llama-70B), a seed is the plan, so it gets the time a good one needs.
 SEED_SHARE = 0.25
+# Shares of the time limit the structured search takes (see `solve`): placing blocks whole, then refining the
+# blocks at its stage boundaries op by op; how close to the objective's floor its plan must come for the op-level
+# search to be left out (it could gain at most that much), and the most ops (after exact reduction) that search
+# is tried on after a structured one.
+WHOLE_BLOCKS_SHARE = 0.15
+REFINING_SHARE = 0.35
+CLOSE_ENOUGH = 1e-3
+FLOOR_TOLERANCE = 2e-6  # a floor is GLOP's optimum less 1e-6 of it (partitioner/placement/floors.py)
+MOST_OP_LEVEL_NODES = 1000
 # A proof of optimality is claimed only for a plan worth at least OBJECTIVE_UNITS / FINEST_PROOF integer units: below
 # that, rounding each term to a unit could hide differences of a per cent.
 FINEST_PROOF = 10**4
@@ -92,6 +102,8 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
     second at full load, under the serving model) is a load to serve, which `serving-cost` needs.
     `hints` maps a baseline's name to its assignment; the best one that fits
     memory (and the limit) seeds the search and is returned if the solver finds nothing better.
+    A model with repeated blocks is searched by its structure first (partitioner/placement/structure.py), with
+    WHOLE_BLOCKS_SHARE and REFINING_SHARE of the time; the op-level search then starts from that plan.
     """
     _check_limits(objective, max_latency_seconds, min_throughput)
     started, time_limit = time.perf_counter(), options.time_limit_seconds
@@ -111,26 +123,48 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
     candidates = {name: entry for name, entry in hint_scores.items() if allowed(entry[1])}
     best_hint = _best(candidates, objective)
     reference = objective.value(candidates[best_hint][1]) if best_hint else _upper_estimate(problem, objective)
-    reduction = reduce_problem(problem, objective)
-    search = _Search(problem, reduction, objective, allowed, candidates, max_latency_seconds, min_throughput,
-                     hint_scores)
+    floor = objective.lower_bound(problem)
+    search = _Search(problem, reduce_problem(problem, objective), objective, allowed, candidates,
+                     max_latency_seconds, min_throughput, hint_scores, floor)
     # The time limit covers building the model too; where it is counted in work, the clock stops building only,
     # at four times the limit, as it stops a deterministic search.
     deadline = started + time_limit * (4 if options.deterministic else 1)
     scale = objective_scale(reference)
-    search.run(scale, options, deadline)
+    op_level = len(search.reduction.problem.nodes) <= MOST_OP_LEVEL_NODES
+    if worth_structuring(problem):
+        # Too large a graph for the op-level search to get anywhere in the time (Llama-7B: 1,555 ops on 5 devices,
+        # no plan in minutes) leaves all the time to the structured search.
+        whole = options.time_limit_seconds * WHOLE_BLOCKS_SHARE
+        refine = options.time_limit_seconds * (REFINING_SHARE if op_level else 1 - WHOLE_BLOCKS_SHARE)
+        search.run(scale, replace(options, time_limit_seconds=whole), min(deadline, time.perf_counter() + whole),
+                   restriction=structured_problem(problem, objective))
+        if (best := _best(candidates, objective)) is not None:  # refine: its stage boundaries' blocks op by op
+            boundaries = stage_boundaries(problem, candidates[best][0])
+            search.run(scale, replace(options, time_limit_seconds=refine),
+                       min(deadline, time.perf_counter() + refine),
+                       restriction=structured_problem(problem, objective, op_level=boundaries))
+        options = replace(options, time_limit_seconds=options.time_limit_seconds - whole - refine)
+    best = _best(candidates, objective)
+    best_value = objective.value(candidates[best][1]) if best is not None else math.inf
+    if best_value <= floor * (1 + CLOSE_ENOUGH) or (worth_structuring(problem) and not op_level):
+        # The best plan is as good as any, or the op-level search hopeless: the floor is the bound, and a plan on
+        # it (to GLOP's tolerance) is optimal.
+        search.bound_units, search.proven = floor * scale, best_value <= floor * (1 + FLOOR_TOLERANCE)
+    else:
+        search.run(scale, options, deadline)
     kept = objective.value(candidates["cp-sat"][1]) if "cp-sat" in candidates else 0.0
-    if 0 < kept * scale < OBJECTIVE_UNITS / FINEST_PROOF:
+    if search.searched and 0 < kept * scale < OBJECTIVE_UNITS / FINEST_PROOF:
         # The reference (a baseline dominated by some absurdly slow op, or the rough estimate) was so far above
         # the plans found that rounding hid their differences: search again, at the scale of the best one, in
         # the time left (at least a tenth of the limit; all of it again where time is counted in work).
         scale = objective_scale(kept)
         search.run(scale, options, max(deadline, time.perf_counter() + time_limit / 10))
     proven, bound_units, order = search.proven, search.bound_units, search.order
-    if search.out_of_time and time_limit > 0:  # a limit of 0 asks for the best baseline, and gets it quietly
-        _out_of_time(reduction.problem, time_limit, _best(candidates, objective), hint_scores,
-                     max_latency_seconds, min_throughput)
     origin = _best(candidates, objective)
+    # A limit of 0 asks for the best baseline, and gets it quietly; a structured plan is the solver's own.
+    if search.out_of_time and time_limit > 0 and origin != "cp-sat":
+        _out_of_time(search.reduction.problem, time_limit, origin, hint_scores, max_latency_seconds,
+                     min_throughput)
     if origin is None:
         raise PartitionerError(_nothing_qualifies(time_limit, hint_scores, max_latency_seconds,
                                                   min_throughput))
@@ -142,7 +176,7 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
     bound = value if proven else max(0.0, min(bound_units / scale, value))
     report = SolverReport("OPTIMAL" if proven else "FEASIBLE", value, bound,
                           0.0 if proven or value <= 0 else max(0.0, (value - bound) / value),
-                          time.perf_counter() - started, origin, len(reduction.problem.nodes))
+                          time.perf_counter() - started, origin, len(search.reduction.problem.nodes))
     return Placement(assignment, objective, report, order)
 
 
@@ -168,20 +202,26 @@ class _Search:
     def __init__(self, problem: PlacementProblem, reduction: Reduction, objective: Objective,
                  allowed: Callable[[Score], bool], candidates: dict[str, tuple[Mapping[str, str], Score]],
                  max_latency_seconds: float | None, min_throughput: float | None,
-                 hint_scores: Mapping[str, tuple[Mapping[str, str], Score]]):
+                 hint_scores: Mapping[str, tuple[Mapping[str, str], Score]], floor: float):
         self.problem, self.reduction, self.objective = problem, reduction, objective
         self.allowed, self.candidates, self.hint_scores = allowed, candidates, hint_scores
         self.max_latency_seconds, self.min_throughput = max_latency_seconds, min_throughput
+        self.floor = floor  # the objective's own bound (partitioner/placement/floors.py), valid for any search
         self.proven, self.bound_units, self.order, self.out_of_time = False, 0.0, (), False
+        self.searched = False  # whether an op-level search ran
 
-    def run(self, scale: float, options: SolverOptions, deadline: float) -> None:
+    def run(self, scale: float, options: SolverOptions, deadline: float, restriction: Reduction | None = None
+            ) -> None:
         """Build the model at `scale` and run the phases in what is left until `deadline` (perf_counter seconds;
         where time is counted in work, the phases take their nominal limits and the clock only stops building);
         `proven` and `bound_units` (at `scale`) say what the last run proved, `out_of_time` whether building
-        took all the time."""
-        objective, reduction, candidates = self.objective, self.reduction, self.candidates
-        # Where the search ends before proving a bound (large graphs), the objective's own bound still holds.
-        self.proven, self.bound_units = False, objective.lower_bound(self.problem) * scale
+        took all the time. With a `restriction` (the structured search), its plans join the candidates, and
+        what it proves, about the restricted plans alone, is not kept."""
+        objective, candidates = self.objective, self.candidates
+        reduction = restriction or self.reduction
+        if restriction is None:
+            # Where the search ends before proving a bound (large graphs), the objective's own bound still holds.
+            self.proven, self.bound_units, self.searched = False, self.floor * scale, True
         try:
             untied = PlacementModel(reduction.problem, scale, deadline)
             untied.model.minimize(objective.add_to(untied))
@@ -191,21 +231,25 @@ class _Search:
                 untied.require_throughput(self.min_throughput)
             untied.check_time()
         except SearchOutOfTime:
-            self.out_of_time = True
+            self.out_of_time = restriction is None
             return
         if not options.deterministic:
             options = replace(options, time_limit_seconds=min(options.time_limit_seconds,
                                                               deadline - time.perf_counter()))
-        for phase in phases(options, objective, has_blocks=_worth_tying(reduction.problem)):
+        runs = (phases(options, objective, has_blocks=_worth_tying(reduction.problem)) if restriction is None
+                else refining_phases(options))
+        for phase in runs:
             model = untied.with_blocks_tied() if phase.tied else untied
             model.model.clear_hints()
             best_so_far = _best(candidates, objective)
-            if best_so_far is not None and phase.workers > 1:
+            if best_so_far is not None and (phase.workers > 1 or restriction is not None):
                 model.hint(reduction.restrict(candidates[best_so_far][0]))
             solver = configured_solver(phase, options)
             watcher = (progress_watcher(solver, options.on_progress, scale, phase.tied) if options.on_progress
                        else None)
             status = run_search(solver, model.model, watcher, options.stop)
+            if status == cp_model.INFEASIBLE and restriction is not None:
+                return  # no plan of the restricted shape: the op-level search looks further
             if status == cp_model.INFEASIBLE and not phase.tied:
                 raise PartitionerError(explain_infeasible(self.problem, self.max_latency_seconds, self.hint_scores,
                                                           self.min_throughput))
@@ -218,7 +262,7 @@ class _Search:
                 if accepted and ("cp-sat" not in candidates or _rank("cp-sat", result, objective)
                                  < _rank("cp-sat", candidates["cp-sat"][1], objective)):
                     candidates["cp-sat"], self.order = (found, result), found_order
-            if not phase.tied:  # a tied search bounds only the tied plans
+            if not phase.tied and restriction is None:  # a tied or restricted search bounds only its own plans
                 self.bound_units = max(self.bound_units, solver.best_objective_bound)
                 if status == cp_model.OPTIMAL:
                     # Only a plan we keep can carry the proof, and only at a scale fine enough for it (nothing

@@ -176,6 +176,8 @@ def format_summary(plan: ReportedPlan) -> str:
         f"{' -> '.join(p.target for p in plan.partitions[:6])}{' -> ...' if len(plan.partitions) > 6 else ''})",
         f"cut tensors {result.transfer_count} ({format_bytes(result.transfer_bytes)}, "
         f"{format_seconds(result.transfer_seconds)})",
+        *([f"hops        {result.hop_count:g} per request ({format_seconds(result.hop_seconds)} of stage launches "
+           "and engine hand-offs)"] if plan.problem.hop_seconds else []),
         *replanned_lines(plan),
         "",
     ]

@@ -22,7 +22,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.mark.parametrize("objective", [COST, MAKESPAN], ids=lambda o: o.name)
-def test_an_earlier_plan_file_loads_and_writes_back_the_same_json_plus_its_serving_figures(objective):
+def test_an_earlier_plan_file_loads_and_writes_back_the_same_json_plus_its_serving_figures_and_no_hops(objective):
     path = FIXTURES / f"plan_v1_{objective.name}.json"
 
     plan = Plan.load(path)
@@ -30,6 +30,7 @@ def test_an_earlier_plan_file_loads_and_writes_back_the_same_json_plus_its_servi
     written = plan.to_dict()
     scores = [written["score"], *(entry["score"] for entry in written["baselines"].values())]
     assert all(0 < s.pop("serving")["throughput_per_second"] < float("inf") for s in scores)
+    assert all((s.pop("hop_count"), s.pop("hop_seconds")) == (0, 0) for s in scores)  # hops were free then
     assert plan.objective is objective
     assert written == json.loads(path.read_text())  # every score and baseline re-scored to the same figures
 

@@ -27,7 +27,7 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def deep_mlp(width: int = 64, depth: int = 4) -> nn.Sequential:
+def deep_mlp(width: int = 64, depth: int = 8) -> nn.Sequential:
     """Linear layers around a layer norm: in float16 under the cost objective it splits npu | cuda | npu."""
     def block():
         return [layer for _ in range(depth) for layer in (nn.Linear(width, width), nn.ReLU())]

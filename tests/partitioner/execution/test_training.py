@@ -36,7 +36,7 @@ class SmallConvNet(nn.Module):
         return self.head(torch.tanh(self.hidden(features)))
 
 
-def deep_mlp(width: int = 64, depth: int = 4) -> nn.Sequential:
+def deep_mlp(width: int = 64, depth: int = 8) -> nn.Sequential:
     """Linear layers around a layer norm: under the cost objective the solver splits it npu | cuda | npu."""
     def block():
         return [layer for _ in range(depth) for layer in (nn.Linear(width, width), nn.ReLU())]

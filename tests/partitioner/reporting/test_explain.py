@@ -24,17 +24,18 @@ def node_named(plan: Plan, op: str) -> str:
 
 def test_explain_shows_the_cost_on_every_target_and_the_change_a_move_would_make(plan_path):
     plan = Plan.load(plan_path)
-    conv = node_named(plan, "aten.conv2d.default")
+    relu = node_named(plan, "aten.relu.default")  # free to move: the convolutions are pinned
+    other = next(target for target in plan.problem.target_names if target != plan.placement[relu])
 
-    text = explain_node(plan, conv)
+    text = explain_node(plan, relu)
 
-    assert f"node       {conv}: aten.conv2d.default in conv1" in text
-    assert f"placed on  {plan.placement[conv]}" in text
-    moved = score(plan.problem, {**plan.placement, conv: "cuda-h100"})
+    assert f"node       {relu}: aten.relu.default" in text
+    assert f"placed on  {plan.placement[relu]}" in text
+    moved = score(plan.problem, {**plan.placement, relu: other})
     change = moved.cost_per_request - plan.score().cost_per_request
-    cuda_line = next(line for line in text.splitlines() if line.startswith("cuda-h100"))
-    assert f"+${change:.3g}" in cuda_line
-    assert "estimated" in cuda_line
+    other_line = next(line for line in text.splitlines() if line.startswith(other))
+    assert f"{'+' if change >= 0 else '-'}${abs(change):.3g}" in other_line
+    assert "estimated" in other_line
 
 
 def test_explain_gives_each_refusal_reason(plan_path):

@@ -1,10 +1,10 @@
-"""The latency floor: the least latency any placement that fits memory can have, known before any search."""
+"""The floors: the least latency, money or busiest device any placement that fits memory can have, known before any search."""
 
 from __future__ import annotations
 
 import pytest
 
-from partitioner.placement.latency_floor import latency_floor_seconds
+from partitioner.placement.floors import bottleneck_floor_seconds, latency_floor_seconds
 from partitioner.placement.problem import TargetTerms
 from tests.partitioner.placement.problem_builders import GIB, make_problem, node, value
 

@@ -1,0 +1,139 @@
+"""The structured search and the price of a hop: repeated blocks placed as the pieces they are, stages that split
+only where a split pays for its hops, and a bound that holds for the whole problem.
+
+Every problem here is a stack of identical blocks written out by hand, so each optimum can be worked out on
+paper (and, where small enough, by brute force).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+
+from partitioner.placement.floors import bottleneck_floor_seconds
+from partitioner.placement.objectives import THROUGHPUT
+from partitioner.placement.problem import PlacementProblem, TargetTerms
+from partitioner.placement.scoring import score
+from partitioner.placement.solver import SolverOptions, solve
+from partitioner.placement.structure import stage_boundaries, structured_problem
+from targets.spec import Link
+from tests.partitioner.placement.problem_builders import GIB, make_problem, node, value
+
+TWIN = (TargetTerms("gpu.0", 2.0, 80 * GIB), TargetTerms("gpu.1", 2.0, 80 * GIB))
+GROUPS = {"gpu.0": "gpu", "gpu.1": "gpu"}
+
+
+def stack(blocks: int, hop_seconds: float, targets: tuple[TargetTerms, ...] = TWIN,
+          seconds: dict[str, float] | None = None) -> PlacementProblem:
+    """`blocks` identical blocks of two ops (attention, mlp), 1 s each on every target unless `seconds` says,
+    each handing 1 MB to the next, with a hop into any target costing `hop_seconds`."""
+    seconds = seconds or {t.name: 1.0 for t in targets}
+    nodes, values, family = [], [], []
+    for index in range(blocks):
+        names = (f"attention_{index}", f"mlp_{index}")
+        nodes += [node(name, **seconds) for name in names]
+        values.append(value(names[0], names[1]))
+        if index:
+            values.append(value(f"mlp_{index - 1}", names[0]))
+        family.append(names)
+    problem = make_problem(nodes, values, targets=targets, fallback=targets[-1].name,
+                           links=Link(0.0, 1e12), blocks=(tuple(family),),
+                           device_groups=GROUPS if targets == TWIN else None)
+    return dataclasses.replace(problem, hop_seconds={t.name: hop_seconds for t in targets})
+
+
+def per_device(placement) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for target in placement.assignment.values():
+        counts[target] = counts.get(target, 0) + 1
+    return counts
+
+
+def test_two_identical_devices_split_the_layers_evenly_and_pay_one_hop():
+    problem = stack(blocks=4, hop_seconds=0.01)
+
+    placement = solve(problem, THROUGHPUT, SolverOptions(time_limit_seconds=5))
+
+    # 8 ops of 1 s: 4 on each device, and the device entered at the split pays one hop: 4.01 s per request.
+    assert sorted(per_device(placement).values()) == [4, 4]
+    assert placement.report.objective == pytest.approx(4.01)
+    assert score(problem, placement.assignment).hop_count == 1
+
+
+def test_a_hop_dearer_than_what_the_split_saves_keeps_the_model_on_one_device():
+    problem = stack(blocks=4, hop_seconds=7.5)
+
+    placement = solve(problem, THROUGHPUT, SolverOptions(time_limit_seconds=5))
+
+    # Whole, one device is busy 8 s. Split k ops / 8 - k, the device entered is busy 8 - k + 7.5 s, at least 8.5 s
+    # (k = 7); at a hop of 5 s the 6 / 2 split would pay (6 s against 2 + 5 s).
+    assert len(set(placement.assignment.values())) == 1
+    assert placement.report.objective == pytest.approx(8.0)
+
+
+def test_hops_make_a_plan_that_scatters_ops_lose_to_one_that_keeps_stages_whole():
+    problem = stack(blocks=4, hop_seconds=0.25)
+    alternating = {n.name: TWIN[index % 2].name for index, n in enumerate(problem.nodes)}
+    stages = {n.name: TWIN[index // 4].name for index, n in enumerate(problem.nodes)}
+
+    # Alternating op by op: 7 hops, 3 or 4 into each device (4 s + 1 s); in two stages: one hop (4.25 s).
+    assert score(problem, alternating).serving.bottleneck_seconds == pytest.approx(5.0)
+    assert score(problem, stages).serving.bottleneck_seconds == pytest.approx(4.25)
+    assert score(problem, stages).latency_seconds == pytest.approx(8.25)
+
+
+def test_the_structured_restriction_places_each_block_whole_and_expands_to_the_same_score():
+    problem = stack(blocks=6, hop_seconds=0.01)
+
+    restriction = structured_problem(problem, THROUGHPUT)
+
+    assert len(restriction.problem.nodes) == 6  # one piece per block: both ops run on every device
+    placed = {n.name: TWIN[index // 3].name for index, n in enumerate(restriction.problem.nodes)}
+    expanded = restriction.expand(placed)
+    assert score(restriction.problem, placed).serving.bottleneck_seconds == pytest.approx(
+        score(problem, expanded).serving.bottleneck_seconds)
+
+
+def test_a_block_with_an_op_only_the_fallback_runs_is_cut_into_pieces_alike_in_every_block():
+    cheap, fallback = TargetTerms("npu", 1.0, 80 * GIB), TargetTerms("cuda", 10.0, 80 * GIB)
+    problem = stack(blocks=4, hop_seconds=0.01, targets=(cheap, fallback))
+    nodes = [dataclasses.replace(n, compute_seconds={"cuda": 1.0}) if n.name.startswith("attention") else n
+             for n in problem.nodes]
+    problem = problem.with_graph(nodes, problem.values)
+
+    restriction = structured_problem(problem, THROUGHPUT)
+
+    assert len(restriction.problem.nodes) == 8  # attention on the fallback, the mlp anywhere: two pieces a block
+
+
+def test_the_blocks_at_a_stage_boundary_are_freed_for_the_refining_search():
+    problem = stack(blocks=6, hop_seconds=0.01)
+    stages = {n.name: TWIN[0].name if index < 6 else TWIN[1].name for index, n in enumerate(problem.nodes)}
+
+    freed = stage_boundaries(problem, stages)
+
+    assert freed == {"attention_2", "attention_3"}  # the last block of the first stage and the first of the next
+    assert len(structured_problem(problem, THROUGHPUT, op_level=freed).problem.nodes) == 4 + 4
+
+
+def test_the_bottleneck_floor_shares_the_work_as_the_devices_speeds_allow():
+    fast, slow = TargetTerms("fast", 1.0, 80 * GIB), TargetTerms("slow", 1.0, 80 * GIB)
+    problem = stack(blocks=3, hop_seconds=0.0, targets=(fast, slow), seconds={"fast": 1.0, "slow": 2.0})
+
+    # 6 ops: in shares, the fast device does 4 of them (4 s) and the slow one 2 at half the speed (4 s).
+    assert bottleneck_floor_seconds(problem) == pytest.approx(4.0, rel=1e-5)
+
+
+def test_the_plan_is_the_true_optimum_and_its_bound_holds_for_every_placement():
+    devices = (TargetTerms("a", 1.0, 80 * GIB), TargetTerms("b", 1.0, 80 * GIB), TargetTerms("c", 1.0, 80 * GIB))
+    problem = stack(blocks=4, hop_seconds=0.3, targets=devices, seconds={"a": 1.0, "b": 1.5, "c": 2.0})
+
+    placement = solve(problem, THROUGHPUT, SolverOptions(time_limit_seconds=5))
+
+    names = [n.name for n in problem.nodes]
+    best = min(score(problem, dict(zip(names, places))).serving.bottleneck_seconds
+               for places in itertools.product([d.name for d in devices], repeat=len(names)))
+    assert placement.report.objective == pytest.approx(best)
+    assert placement.report.bound <= best * (1 + 1e-9)
