@@ -53,7 +53,7 @@ def command_parser() -> argparse.ArgumentParser:
                                 help="latency limit per request, e.g. 50ms, 2.5ms, 800us or 0.05 (seconds); "
                                      "with --objective cost, the cheapest plan within it")
     compile_parser.add_argument("--engine-hop", type=duration, default=None, metavar="TIME",
-                                help="what the serving engine adds to every hop between partitions, e.g. 2ms for "
+                                help="what the serving engine adds to every hop between partitions, e.g. 0.5ms for "
                                      "Ray on a small machine (benchmarks/engine_hop.py measures it; default: 10us, "
                                      "an in-process pipeline); each device's own stage launch comes from its spec")
     compile_parser.add_argument("--time-limit", type=time_limit, default=30.0, metavar="SECONDS",

@@ -29,7 +29,7 @@ from targets.spec import Link, TargetSet
 
 # The serving engine's own time per hop when none is given (partitioner/placement/hops.py): an in-process
 # pipeline handing a tensor to the next stage (a Python call and a stream wait); a distributed engine pays far more
-# (the Ray engine: about 1-3 ms a hop on this project's 2-core CI machine, `benchmarks/engine_hop.py`).
+# (the Ray engine: about 0.5 ms a hop on a 2-core machine, measured by `benchmarks/engine_hop.py`).
 DEFAULT_ENGINE_HOP_SECONDS = 10e-6
 
 

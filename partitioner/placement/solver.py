@@ -58,7 +58,9 @@ class SolverReport:
 
     `gap` is (objective - bound) / objective; 0 means proven optimal. `origin` is
     "cp-sat", or the baseline's name when no solver plan beat it in time.
-    `solved_nodes` is how many nodes the solver placed after exact graph reduction.
+    `solved_nodes` is how many nodes the solver placed after exact graph reduction. `method` says how the search
+    went where it searched the model's structure (partitioner/placement/structure.py), e.g. "structured: 90 pieces,
+    then 12 blocks op by op; op-level search left out (1,555 ops)"; empty otherwise.
     """
 
     status: str
@@ -68,16 +70,18 @@ class SolverReport:
     wall_seconds: float
     origin: str
     solved_nodes: int = 0
+    method: str = ""
 
     def to_dict(self) -> dict:
         return {"status": self.status, "objective": self.objective, "bound": self.bound, "gap": self.gap,
-                "wall_seconds": self.wall_seconds, "origin": self.origin, "solved_nodes": self.solved_nodes}
+                "wall_seconds": self.wall_seconds, "origin": self.origin, "solved_nodes": self.solved_nodes,
+                **({"method": self.method} if self.method else {})}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> SolverReport:
         return cls(text(data, "status"), number(data, "objective"), number(data, "bound"),
                    number(data, "gap", maximum=1.0), number(data, "wall_seconds"), text(data, "origin"),
-                   whole(data, "solved_nodes", 0))
+                   whole(data, "solved_nodes", 0), text(data, "method", ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,18 +135,22 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
     deadline = started + time_limit * (4 if options.deterministic else 1)
     scale = objective_scale(reference)
     op_level = len(search.reduction.problem.nodes) <= MOST_OP_LEVEL_NODES
+    method = []
     if worth_structuring(problem):
         # Too large a graph for the op-level search to get anywhere in the time (Llama-7B: 1,555 ops on 5 devices,
         # no plan in minutes) leaves all the time to the structured search.
         whole = options.time_limit_seconds * WHOLE_BLOCKS_SHARE
         refine = options.time_limit_seconds * (REFINING_SHARE if op_level else 1 - WHOLE_BLOCKS_SHARE)
+        restriction = structured_problem(problem, objective)
         search.run(scale, replace(options, time_limit_seconds=whole), min(deadline, time.perf_counter() + whole),
-                   restriction=structured_problem(problem, objective))
+                   restriction=restriction)
+        method.append(f"structured: blocks as {len(restriction.problem.nodes):,} pieces")
         if (best := _best(candidates, objective)) is not None:  # refine: its stage boundaries' blocks op by op
             boundaries = stage_boundaries(problem, candidates[best][0])
             search.run(scale, replace(options, time_limit_seconds=refine),
                        min(deadline, time.perf_counter() + refine),
                        restriction=structured_problem(problem, objective, op_level=boundaries))
+            method[-1] += f", then {len(boundaries)} blocks at stage boundaries op by op"
         options = replace(options, time_limit_seconds=options.time_limit_seconds - whole - refine)
     best = _best(candidates, objective)
     best_value = objective.value(candidates[best][1]) if best is not None else math.inf
@@ -150,8 +158,13 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
         # The best plan is as good as any, or the op-level search hopeless: the floor is the bound, and a plan on
         # it (to GLOP's tolerance) is optimal.
         search.bound_units, search.proven = floor * scale, best_value <= floor * (1 + FLOOR_TOLERANCE)
+        if method:
+            method.append(f"op-level search left out ({len(search.reduction.problem.nodes):,} ops"
+                          f"{', the plan on the floor' if best_value <= floor * (1 + CLOSE_ENOUGH) else ''})")
     else:
         search.run(scale, options, deadline)
+        if method:
+            method.append("then the op-level search")
     kept = objective.value(candidates["cp-sat"][1]) if "cp-sat" in candidates else 0.0
     if search.searched and 0 < kept * scale < OBJECTIVE_UNITS / FINEST_PROOF:
         # The reference (a baseline dominated by some absurdly slow op, or the rough estimate) was so far above
@@ -176,7 +189,8 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
     bound = value if proven else max(0.0, min(bound_units / scale, value))
     report = SolverReport("OPTIMAL" if proven else "FEASIBLE", value, bound,
                           0.0 if proven or value <= 0 else max(0.0, (value - bound) / value),
-                          time.perf_counter() - started, origin, len(search.reduction.problem.nodes))
+                          time.perf_counter() - started, origin, len(search.reduction.problem.nodes),
+                          "; ".join(method))
     return Placement(assignment, objective, report, order)
 
 

@@ -211,7 +211,8 @@ def replanned_lines(plan: ReportedPlan) -> list[str]:
 def solver_line(report: SolverReport, objective: Objective, separator: str = ", ") -> str:
     """How the solver did, in the objective's unit: status, origin, objective, bound, gap and time."""
     return (f"{report.status} ({report.origin}){separator}objective {objective.format(report.objective)}, "
-            f"bound {objective.format(report.bound)}, gap {100 * report.gap:.2f}%, {report.wall_seconds:.2f} s")
+            f"bound {objective.format(report.bound)}, gap {100 * report.gap:.2f}%, {report.wall_seconds:.2f} s"
+            + (f"{separator}{report.method}" if report.method else ""))
 
 
 def _strategy_line(name: str, strategy: Score, objective: Objective, width: int) -> str:
