@@ -12,6 +12,9 @@ Sits between `build_problem` and the solver. Two rules merge nodes into groups:
   transfers: the view's output is no larger than its input, and no transfer via
   the view's device beats the direct one.
 
+Where hops are priced, a free node joins only where it runs between two ops as
+often, one of them its destination's: sitting there never adds a hop.
+
 Every placement of the reduced problem maps back to one of the original with
 the same score. Where views cost nothing, an optimum of the reduced problem is
 an optimum of the original (for its objective and for latency, so a latency
@@ -68,12 +71,43 @@ def reduce_problem(problem: PlacementProblem, objective: Objective) -> Reduction
     for node in problem.nodes:
         if node.follows is not None and not objective.schedules_ops:
             groups.merge(node.name, into=node.follows)
+    neighbours = _Neighbours(problem)
     for node in problem.nodes:
         if groups.leader(node.name) == node.name and groups.is_free(node.name):
             target_group = _free_group_destination(problem, groups, node.name, objective)
-            if target_group is not None:
+            if target_group is not None and neighbours.never_adds_hops(groups, node.name, target_group):
                 groups.merge(node.name, into=target_group)
     return groups.reduction()
+
+
+class _Neighbours:
+    """Each op's neighbours in the problem's sequence (the ops run right before and after it, and how often), where
+    hops are priced (partitioner/placement/hops.py)."""
+
+    def __init__(self, problem: PlacementProblem):
+        self.priced = bool(problem.hop_seconds)
+        self.after: dict[str, tuple[str, float] | None] = {}
+        self.before: dict[str, tuple[str, float] | None] = {}
+        for first, second, times in problem.sequence() if self.priced else ():
+            # An op with two successors or predecessors (pairs a reduction kept) is no run: None stands for "many".
+            self.after[first] = None if first in self.after else (second, times)
+            self.before[second] = None if second in self.before else (first, times)
+        self.position = {node.name: index for index, node in enumerate(problem.nodes)}
+
+    def never_adds_hops(self, groups: NodeGroups, group: str, destination: str) -> bool:
+        """Whether every placement's hops are as cheap with `group` joined to `destination`: the group's ops run
+        one right after another, between two ops as often, one of them the destination's. Between ops on devices
+        P (before) and N (after), such a run makes hops into N alone (or none) if it sits on P or on N, and more
+        anywhere else, so sitting with the destination loses nothing."""
+        if not self.priced:
+            return True
+        members = sorted(groups.members[group], key=self.position.__getitem__)
+        if any((self.after.get(a) or ("",))[0] != b for a, b in zip(members, members[1:])):
+            return False
+        before, after = self.before.get(members[0]), self.after.get(members[-1])
+        if before is None or after is None or before[1] != after[1]:
+            return False
+        return destination in (groups.leader(before[0]), groups.leader(after[0]))
 
 
 def _free_group_destination(problem: PlacementProblem, groups: NodeGroups, group: str, objective: Objective) -> str | None:

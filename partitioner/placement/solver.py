@@ -28,7 +28,7 @@ from partitioner.placement.objectives import LATENCY, Objective, objective_named
 from partitioner.placement.problem import PlacementProblem, check_assignment
 from partitioner.placement.reduction import Reduction, reduce_problem
 from partitioner.placement.scoring import Score, score
-from partitioner.placement.structure import stage_boundaries, structured_problem, worth_structuring
+from partitioner.placement.structure import structured_problem, worth_structuring
 from partitioner.placement.tidy import tidy
 
 # DEFAULT_WORKERS and SolverOptions are re-exported: callers configure a solve from here.
@@ -141,16 +141,15 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
         # no plan in minutes) leaves all the time to the structured search.
         whole = options.time_limit_seconds * WHOLE_BLOCKS_SHARE
         refine = options.time_limit_seconds * (REFINING_SHARE if op_level else 1 - WHOLE_BLOCKS_SHARE)
-        restriction = structured_problem(problem, objective)
+        restriction = structured_problem(search.reduction, objective)
         search.run(scale, replace(options, time_limit_seconds=whole), min(deadline, time.perf_counter() + whole),
                    restriction=restriction)
         method.append(f"structured: blocks as {len(restriction.problem.nodes):,} pieces")
         if (best := _best(candidates, objective)) is not None:  # refine: its stage boundaries' blocks op by op
-            boundaries = stage_boundaries(problem, candidates[best][0])
+            refining = structured_problem(search.reduction, objective, around=candidates[best][0])
             search.run(scale, replace(options, time_limit_seconds=refine),
-                       min(deadline, time.perf_counter() + refine),
-                       restriction=structured_problem(problem, objective, op_level=boundaries))
-            method[-1] += f", then {len(boundaries)} blocks at stage boundaries op by op"
+                       min(deadline, time.perf_counter() + refine), restriction=refining)
+            method[-1] += f", then refined as {len(refining.problem.nodes):,} around its stage boundaries"
         options = replace(options, time_limit_seconds=options.time_limit_seconds - whole - refine)
     best = _best(candidates, objective)
     best_value = objective.value(candidates[best][1]) if best is not None else math.inf

@@ -39,11 +39,14 @@ def worth_structuring(problem: PlacementProblem) -> bool:
     return any(len(family) >= LEAST_FAMILY for family in problem.blocks)
 
 
-def structured_problem(problem: PlacementProblem, objective: Objective,
-                       op_level: frozenset[str] = frozenset()) -> Reduction:
-    """The restriction of `problem` that places every segment of every repeated block whole (see the module's
-    docstring), but for the blocks whose first node `op_level` names, with the ops that must sit together
-    (`follows`) merged as the exact reduction merges them."""
+def structured_problem(exact: Reduction, objective: Objective, around: Mapping[str, str] | None = None
+                       ) -> Reduction:
+    """The restriction of a problem, given as its exact reduction, that places every segment of every repeated
+    block whole (see the module's docstring), but for the blocks at the stage boundaries of the placement `around`
+    (of the original problem), placed op by op. Built on the exact reduction, so that its plans keep what the
+    reduction keeps together (a view with its data), where the op-level search's bound speaks for them too."""
+    problem = exact.problem
+    op_level = stage_boundaries(problem, exact.restrict(around)) if around is not None else frozenset()
     groups = NodeGroups(problem)
     if not objective.schedules_ops:
         for node in problem.nodes:
@@ -63,7 +66,9 @@ def structured_problem(problem: PlacementProblem, objective: Objective,
             groups.merge(node.name, into=start)
         else:
             start = node.name if block is not None else None
-    return groups.reduction()
+    segments = groups.reduction()
+    return Reduction(segments.problem, {name: segments.representative[group]
+                                        for name, group in exact.representative.items()})
 
 
 def stage_boundaries(problem: PlacementProblem, assignment: Mapping[str, str]) -> frozenset[str]:

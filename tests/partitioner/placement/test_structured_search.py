@@ -17,6 +17,7 @@ from partitioner.placement.objectives import THROUGHPUT
 from partitioner.placement.problem import PlacementProblem, TargetTerms
 from partitioner.placement.scoring import score
 from partitioner.placement.solver import SolverOptions, solve
+from partitioner.placement.reduction import reduce_problem
 from partitioner.placement.structure import stage_boundaries, structured_problem
 from targets.spec import Link
 from tests.partitioner.placement.problem_builders import GIB, make_problem, node, value
@@ -87,7 +88,7 @@ def test_hops_make_a_plan_that_scatters_ops_lose_to_one_that_keeps_stages_whole(
 def test_the_structured_restriction_places_each_block_whole_and_expands_to_the_same_score():
     problem = stack(blocks=6, hop_seconds=0.01)
 
-    restriction = structured_problem(problem, THROUGHPUT)
+    restriction = structured_problem(reduce_problem(problem, THROUGHPUT), THROUGHPUT)
 
     assert len(restriction.problem.nodes) == 6  # one piece per block: both ops run on every device
     placed = {n.name: TWIN[index // 3].name for index, n in enumerate(restriction.problem.nodes)}
@@ -103,7 +104,7 @@ def test_a_block_with_an_op_only_the_fallback_runs_is_cut_into_pieces_alike_in_e
              for n in problem.nodes]
     problem = problem.with_graph(nodes, problem.values)
 
-    restriction = structured_problem(problem, THROUGHPUT)
+    restriction = structured_problem(reduce_problem(problem, THROUGHPUT), THROUGHPUT)
 
     assert len(restriction.problem.nodes) == 8  # attention on the fallback, the mlp anywhere: two pieces a block
 
@@ -115,7 +116,8 @@ def test_the_blocks_at_a_stage_boundary_are_freed_for_the_refining_search():
     freed = stage_boundaries(problem, stages)
 
     assert freed == {"attention_2", "attention_3"}  # the last block of the first stage and the first of the next
-    assert len(structured_problem(problem, THROUGHPUT, op_level=freed).problem.nodes) == 4 + 4
+    refining = structured_problem(reduce_problem(problem, THROUGHPUT), THROUGHPUT, around=stages)
+    assert len(refining.problem.nodes) == 4 + 4  # four blocks whole, two op by op
 
 
 def test_the_bottleneck_floor_shares_the_work_as_the_devices_speeds_allow():
