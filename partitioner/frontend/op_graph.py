@@ -386,9 +386,24 @@ def _node_kind(node: torch.fx.Node, values: _Values, key: str, inputs: tuple[Ten
         return NodeKind.BOOKKEEPING
     if key == "aten.dropout.default" and not node.args[2]:
         return NodeKind.VIEW
+    if _changes_metadata_only(node):
+        return NodeKind.VIEW
     # Aliasing schemas also cover casts such as `to.dtype`, which do real work when the dtype changes, and ops
     # that may copy (`reshape` of a transposed tensor, `contiguous`): a view is one whose output shares storage.
     return NodeKind.VIEW if _may_alias(node, inputs, outputs) and _shares_storage(node, values) else NodeKind.COMPUTE
+
+
+def _changes_metadata_only(node: torch.fx.Node) -> bool:
+    """Whether the op is the in-place form of a view op (`detach_`, `squeeze_`, `t_`): it rewrites its input's
+    metadata, not its data, so it moves and computes nothing, as the view does. (torch.export writes
+    `torch.tensor(...)` in a forward as `lift_fresh_copy` then `detach_`.)"""
+    schema = getattr(node.target, "_schema", None)
+    name = schema.name.removeprefix("aten::") if schema is not None and schema.name.startswith("aten::") else ""
+    if not name.endswith("_") or name.endswith("__"):
+        return False
+    twin = getattr(getattr(torch.ops.aten, name[:-1], None), "default", None)
+    returns = getattr(getattr(twin, "_schema", None), "returns", ())
+    return bool(returns) and all(r.alias_info is not None and not r.alias_info.is_write for r in returns)
 
 
 def _may_alias(node: torch.fx.Node, inputs: tuple[TensorMeta, ...], outputs: tuple[TensorMeta, ...]) -> bool:

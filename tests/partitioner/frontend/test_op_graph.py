@@ -162,6 +162,16 @@ def test_dropout_in_eval_mode_is_a_view():
     assert only_node(graph, "aten.dropout.default").kind is NodeKind.VIEW
 
 
+def test_the_in_place_form_of_a_view_op_is_a_view_so_no_target_refuses_it():
+    class MakesAConstant(torch.nn.Module):
+        def forward(self, x):  # torch.export writes the constant as lift_fresh_copy, then detach_ (as Mistral's does)
+            return torch.cat([x, torch.tensor([1.0, 2.0])])
+
+    graph = op_graph_of(MakesAConstant(), (torch.randn(2),))
+
+    assert only_node(graph, "aten.detach_.default").kind is NodeKind.VIEW
+
+
 def test_getitem_of_multi_output_op_is_bookkeeping():
     class TopK(torch.nn.Module):
         def forward(self, x):
