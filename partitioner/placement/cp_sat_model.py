@@ -205,13 +205,10 @@ class PlacementModel:
 
     def _hop_variables(self) -> list[tuple[cp_model.IntVar, float, str, Callable[[Mapping[str, str]], bool]]]:
         """Per pair of ops that run one after the other (problem.sequence) and device the second may run on, a
-        boolean that is true when the second runs there and the first does not: a hop into that device. Pairs
-        are merged where a reduction made them one, their times per request added up."""
-        pairs: dict[tuple[str, str], float] = {}
-        for before, after, times in self.problem.sequence() if self.problem.hop_seconds else ():
-            pairs[before, after] = pairs.get((before, after), 0.0) + times
+        boolean that is true when the second runs there and the first does not: a hop into that device (a
+        reduced problem's sequence names each pair once, partitioner/placement/reduction.py)."""
         terms = []
-        for (before, after), times in pairs.items():
+        for before, after, times in self.problem.sequence() if self.problem.hop_seconds else ():
             self.check_time()
             for target in self.problem.node(after).compute_seconds:
                 seconds = times * self.problem.hop_seconds.get(target, 0.0)

@@ -69,7 +69,7 @@ def _floor(problem: PlacementProblem, rate: Callable[[str], float], bottleneck: 
     room = {t.name: solver.Constraint(-solver.infinity(), t.memory_bytes / _GIB) for t in problem.targets}
     busiest = solver.NumVar(0.0, solver.infinity(), "busiest") if bottleneck else None
     load = {t.name: solver.Constraint(-solver.infinity(), 0.0) for t in problem.targets} if bottleneck else {}
-    for name, busy in load.items():
+    for busy in load.values():
         busy.SetCoefficient(busiest, -1.0)
 
     def charge(variable: pywraplp.Variable, target: str, seconds: float) -> None:

@@ -19,9 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
-from partitioner.placement.problem import DEFAULT_ENGINE_HOP_SECONDS, PlacementProblem
-
-__all__ = ["DEFAULT_ENGINE_HOP_SECONDS", "Hop", "hops"]
+from partitioner.placement.problem import PlacementProblem
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,8 +135,8 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
     deadline = started + time_limit * (4 if options.deterministic else 1)
     scale = objective_scale(reference)
     op_level = len(search.reduction.problem.nodes) <= MOST_OP_LEVEL_NODES
-    method = []
-    if worth_structuring(problem):
+    method, structured = [], worth_structuring(problem)
+    if structured:
         # Too large a graph for the op-level search to get anywhere in the time (Llama-7B: 1,555 ops on 5 devices,
         # no plan in minutes) leaves all the time to the structured search.
         whole = options.time_limit_seconds * WHOLE_BLOCKS_SHARE
@@ -153,16 +153,16 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
         options = replace(options, time_limit_seconds=options.time_limit_seconds - whole - refine)
     best = _best(candidates, objective)
     best_value = objective.value(candidates[best][1]) if best is not None else math.inf
-    if best_value <= floor * (1 + CLOSE_ENOUGH) or (worth_structuring(problem) and not op_level):
+    if best_value <= floor * (1 + CLOSE_ENOUGH) or (structured and not op_level):
         # The best plan is as good as any, or the op-level search hopeless: the floor is the bound, and a plan on
         # it (to GLOP's tolerance) is optimal.
         search.bound_units, search.proven = floor * scale, best_value <= floor * (1 + FLOOR_TOLERANCE)
-        if method:
+        if structured:
             method.append(f"op-level search left out ({len(search.reduction.problem.nodes):,} ops"
                           f"{', the plan on the floor' if best_value <= floor * (1 + CLOSE_ENOUGH) else ''})")
     else:
         search.run(scale, options, deadline)
-        if method:
+        if structured:
             method.append("then the op-level search")
     kept = objective.value(candidates["cp-sat"][1]) if "cp-sat" in candidates else 0.0
     if search.searched and 0 < kept * scale < OBJECTIVE_UNITS / FINEST_PROOF:
