@@ -16,6 +16,7 @@ from partitioner.placement.baselines import BASELINES, SERVING_BASELINES
 from partitioner.placement.objectives import registered_objectives
 from partitioner.placement.pins import Pin
 from partitioner.placement.problem import PlacementProblem
+from partitioner.placement.rounding import ROUNDED_FLOOR
 from partitioner.reporting.summary import ReportedPlan
 from targets.spec_reader import torch_dtype_names
 
@@ -241,8 +242,9 @@ def _report_inconsistency(plan: CheckedPlan) -> str | None:
     if unknown is not None:
         return f"it has a baseline {unknown!r}, which is no strategy of this version ({', '.join(strategies)})"
     seeds = {f"{seeding.name} plan" for seeding in registered_objectives()}
-    if report.origin not in {"cp-sat", *plan.baselines, *seeds}:
-        return f"its solver says its placement came from {report.origin!r}, neither cp-sat nor one of its baselines"
+    if report.origin not in {"cp-sat", ROUNDED_FLOOR, *plan.baselines, *seeds}:
+        return (f"its solver says its placement came from {report.origin!r}, neither cp-sat, the {ROUNDED_FLOOR} "
+                "nor one of its baselines")
     rescored = plan.objective.value(plan.score())
     if not math.isfinite(rescored) or abs(rescored - report.objective) > 1e-9 * max(abs(rescored),
                                                                                     abs(report.objective), 1e-30):

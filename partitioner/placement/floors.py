@@ -17,18 +17,26 @@ gives linear programs whose optima no placement beats:
   whatever search found the plan (the structured one of
   partitioner/placement/structure.py included).
 
-Transfers, hops and activations only add to a plan, so leaving them out keeps
-both bounds valid. Identical repeated blocks are one block in the program, its
-figures summed over the family: averaging any fractional placement over the
-family's blocks gives one that places every block alike, as good and as
-feasible, so the program's optimum is the same, and a 70B model's program
-holds one layer instead of eighty. Solved with OR-Tools' GLOP.
+Hops and transfers are relaxed the same way: a hop into a device costs at
+least the share of the next op newly there, and a tensor crosses from a device
+to another at most the share its producer has there and at least the share of
+a consumer the other device has beyond the producer's own (a flow of shares
+over every pair of devices, each pair priced on its link, or on the link
+resources its route occupies in the serving model). Without them an op-by-op
+split that plays on each device's best ops looks free, and the floor sits far
+below any plan a split must pay for. Activations only add to a plan, so leaving
+them out keeps both bounds valid; so does leaving out what crosses between
+blocks. Identical repeated blocks are one block in the program, its figures
+summed over the family: averaging any fractional placement over the family's
+blocks gives one that places every block alike, as good and as feasible, so
+the program's optimum is the same, and a 70B model's program holds one layer
+instead of eighty. Solved with OR-Tools' GLOP.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from ortools.linear_solver import pywraplp
 
@@ -46,41 +54,117 @@ class _Work:
     new_weights_gib: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Pair:
+    """Two works (indices into the program's works) run one after the other, `times` per request. A pair from
+    one block to the next of a family is counted as if the last block were followed by the first (each block
+    alike then, so the averaging argument holds), and the pair that wrap adds, `wrapped` times per request, is
+    taken off again as the most it could cost."""
+
+    before: int
+    after: int
+    times: float
+    wrapped: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Crossing:
+    """A tensor that the work at `producer` writes and the works at `consumers` read (indices into the
+    program's works), `times` per request: the tensors at one position of every block of a family are one;
+    `wrapped`: 1 where it goes from one block to the next, as for `_Pair`."""
+
+    producer: int
+    consumers: tuple[int, ...]
+    num_bytes: int
+    times: int
+    wrapped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Program:
+    """What the linear programs place: the works, the pairs of them run one after the other (with their times per
+    request) and the tensors between them."""
+
+    works: list[_Work]
+    hop_pairs: list[_Pair]
+    crossings: list[_Crossing]
+    work_of: Mapping[str, int]  # each node's work
+
+
+# The most places whose every pair the transfer terms price (a flow variable per pair and tensor): beyond it the
+# floors leave transfers out, still floors, and a fleet of thousands of devices keeps a small program.
+MOST_PLACES_PRICED_FOR_TRANSFERS = 24
+
+
+@dataclass(frozen=True, slots=True)
+class Relaxation:
+    """A floor and the fractional placement that attains it: per node, its share on each device (the shares of
+    the ops at one position of a family of identical blocks are theirs together). Rounded, the shares are a
+    plan close to the floor where the floor is close to the optimum (partitioner/placement/rounding.py)."""
+
+    value: float
+    shares: Mapping[str, Mapping[str, float]]
+
+
 def latency_floor_seconds(problem: PlacementProblem) -> float:
-    """A lower bound on the sequential latency (compute alone) of every placement of `problem` that fits memory."""
-    return priced_floor(problem, lambda target: 1.0)
+    """A lower bound on the sequential latency of every placement of `problem` that fits memory."""
+    return priced_relaxation(problem, lambda busy: 1.0).value
 
 
-def priced_floor(problem: PlacementProblem, rate: Callable[[str], float]) -> float:
-    """A lower bound on the compute of every placement of `problem` that fits memory, each second on a device
-    priced at `rate(device)` (1: the latency floor; its price per second: the floor of money per request)."""
+def priced_relaxation(problem: PlacementProblem, rate: Callable[[Sequence[str]], float]) -> Relaxation:
+    """A lower bound on the busy seconds of every placement of `problem` that fits memory, each second that keeps
+    devices busy priced at `rate(those devices)` (1: the latency floor; the sum of their prices per second: the
+    floor of money per request)."""
     return _floor(problem, rate, bottleneck=False)
 
 
-def bottleneck_floor_seconds(problem: PlacementProblem) -> float:
-    """A lower bound on the busiest device's seconds per request (the serving model's bottleneck) of every
+def bottleneck_relaxation(problem: PlacementProblem) -> Relaxation:
+    """A lower bound on the busiest resource's seconds per request (the serving model's bottleneck) of every
     placement of `problem` that fits memory."""
-    return _floor(problem, lambda target: 1.0, bottleneck=True)
+    return _floor(problem, lambda busy: 1.0, bottleneck=True)
 
 
-def _floor(problem: PlacementProblem, rate: Callable[[str], float], bottleneck: bool) -> float:
+def bottleneck_floor_seconds(problem: PlacementProblem) -> float:
+    """`bottleneck_relaxation`'s floor alone."""
+    return bottleneck_relaxation(problem).value
+
+
+def _floor(problem: PlacementProblem, rate: Callable[[Sequence[str]], float], bottleneck: bool) -> Relaxation:
     solver = pywraplp.Solver.CreateSolver("GLOP")
     objective = solver.Objective()
     room = {t.name: solver.Constraint(-solver.infinity(), t.memory_bytes / _GIB) for t in problem.targets}
     busiest = solver.NumVar(0.0, solver.infinity(), "busiest") if bottleneck else None
-    load = {t.name: solver.Constraint(-solver.infinity(), 0.0) for t in problem.targets} if bottleneck else {}
-    for busy in load.values():
-        busy.SetCoefficient(busiest, -1.0)
+    load: dict[str, pywraplp.Constraint] = {}  # per device and link resource, its seconds <= the busiest's
+
+    def load_of(resource: str) -> pywraplp.Constraint:
+        if resource not in load:
+            load[resource] = solver.Constraint(-solver.infinity(), 0.0)
+            load[resource].SetCoefficient(busiest, -1.0)
+        return load[resource]
+
+    def occupy(resource: str, variable: pywraplp.Variable, seconds: float) -> None:
+        load_of(resource).SetCoefficient(variable, load_of(resource).GetCoefficient(variable) + seconds)
+
+    def less(terms: Mapping[pywraplp.Variable, float], forgiven: float) -> dict[pywraplp.Variable, float]:
+        """`terms` (a sum of variables times coefficients) less `forgiven`, but not below 0: as terms to charge."""
+        if not forgiven:
+            return dict(terms)
+        rest = solver.NumVar(0.0, solver.infinity(), "")
+        at_least = solver.Constraint(-forgiven, solver.infinity())  # rest >= terms - forgiven
+        at_least.SetCoefficient(rest, 1.0)
+        for variable, coefficient in terms.items():
+            at_least.SetCoefficient(variable, -coefficient)
+        return {rest: 1.0}
 
     def charge(variable: pywraplp.Variable, target: str, seconds: float) -> None:
         if bottleneck:
-            load[target].SetCoefficient(variable, seconds)
+            occupy(target, variable, seconds)
         else:
-            objective.SetCoefficient(variable, seconds * rate(target))
+            objective.SetCoefficient(variable, objective.GetCoefficient(variable) + seconds * rate((target,)))
 
-    works, hop_pairs = _work(problem)
+    program = _program(problem)
     shares: list[dict[str, pywraplp.Variable]] = []
-    for work in works:
+    for work in program.works:
         whole = solver.Constraint(1.0, 1.0)  # the work runs, in shares, on the targets that support it
         shares.append({})
         for target, seconds in work.compute_seconds.items():
@@ -89,30 +173,74 @@ def _floor(problem: PlacementProblem, rate: Callable[[str], float], bottleneck: 
             charge(share, target, seconds)
             if work.new_weights_gib:
                 room[target].SetCoefficient(share, work.new_weights_gib)
-    for (before, after), times in hop_pairs.items():  # a hop into a device: at least the share newly there
-        for target, share in shares[after].items():
+    for pair in program.hop_pairs:  # a hop into a device: at least the share of the work newly there
+        for target, share in shares[pair.after].items():
             if problem.hop_seconds.get(target, 0.0) > 0:
-                entered = solver.NumVar(0.0, 1.0, "")
-                step = solver.Constraint(0.0, solver.infinity())  # entered >= share after - share before
-                step.SetCoefficient(entered, 1.0)
-                step.SetCoefficient(share, -1.0)
-                if target in shares[before]:
-                    step.SetCoefficient(shares[before][target], 1.0)
-                charge(entered, target, times * problem.hop_seconds[target])
+                entered = _at_least_the_rise(solver, share, shares[pair.before].get(target))
+                for variable, times in less({entered: pair.times}, pair.wrapped).items():
+                    charge(variable, target, times * problem.hop_seconds[target])
+    for crossing in program.crossings:
+        produced = shares[crossing.producer]
+        destinations = dict.fromkeys(target for c in crossing.consumers for target in shares[c])  # in order
+        flows = {(source, destination): solver.NumVar(0.0, 1.0, "") for source in produced
+                 for destination in destinations if source != destination}
+        spent: dict[str, dict[pywraplp.Variable, float]] = {}  # per link resource, or "" (the objective)
+        for (source, destination), flow in flows.items():
+            at_most_made = solver.Constraint(-solver.infinity(), 0.0)  # flow <= the producer's share at the source
+            at_most_made.SetCoefficient(flow, 1.0)
+            at_most_made.SetCoefficient(produced[source], -1.0)
+            if bottleneck:  # a copy occupies the link resources of its route, not the devices
+                for resource in problem.route(source, destination):
+                    spent.setdefault(resource, {})[flow] = crossing.num_bytes / problem.bandwidth(resource)
+            else:  # both ends are busy for it
+                spent.setdefault("", {})[flow] = (problem.transfer_seconds(crossing.num_bytes, source, destination)
+                                                  * rate((source, destination)))
+        for resource, each in spent.items():  # where the copies may wrap, one copy of the most it costs is forgiven
+            terms = less({flow: crossing.times * seconds for flow, seconds in each.items()},
+                         crossing.wrapped * max(each.values()))
+            for variable, seconds in terms.items():
+                if resource:
+                    occupy(resource, variable, seconds)
+                else:
+                    objective.SetCoefficient(variable, objective.GetCoefficient(variable) + seconds)
+        for consumer in crossing.consumers:  # what arrives covers the consumer's share beyond the producer's
+            for destination, share in shares[consumer].items():
+                arrives = solver.Constraint(0.0, solver.infinity())
+                arrives.SetCoefficient(share, -1.0)
+                if destination in produced:
+                    arrives.SetCoefficient(produced[destination], 1.0)
+                for source in produced:
+                    if source != destination:
+                        arrives.SetCoefficient(flows[source, destination], 1.0)
     if bottleneck:
         objective.SetCoefficient(busiest, 1.0)
     objective.SetMinimization()
     if solver.Solve() != pywraplp.Solver.OPTIMAL:
-        return 0.0  # the weights fit nowhere even in shares: the search says so with its own message
-    return objective.Value() * (1 - 1e-6)  # GLOP's optimum is exact to its tolerances: stay below it
+        return Relaxation(0.0, {})  # the weights fit nowhere even in shares: the search says so with its own message
+    placed = [{target: share.solution_value() for target, share in work.items()} for work in shares]
+    # GLOP's optimum is exact to its tolerances: stay below it.
+    return Relaxation(max(0.0, objective.Value() * (1 - 1e-6)),
+                      {name: placed[index] for name, index in program.work_of.items()})
 
 
-def _work(problem: PlacementProblem) -> tuple[list[_Work], dict[tuple[int, int], float]]:
-    """The problem's ops as the programs place them, and the pairs of them run one after the other (indices into
-    the list, with their times per request): each op alone, except that the ops at one position of a family of
-    identical blocks (the same compute on every device) are one, their figures summed. A pair within a block
-    counts where every block of its family has it alike; pairs across blocks are left out (fewer hops keep the
-    floor a floor), so the program stays the same for every order of the blocks."""
+def _at_least_the_rise(solver: pywraplp.Solver, after: pywraplp.Variable, before: pywraplp.Variable | None
+                       ) -> pywraplp.Variable:
+    """A variable in [0, 1] at least `after - before` (`before` None: 0)."""
+    rise = solver.NumVar(0.0, 1.0, "")
+    step = solver.Constraint(0.0, solver.infinity())
+    step.SetCoefficient(rise, 1.0)
+    step.SetCoefficient(after, -1.0)
+    if before is not None:
+        step.SetCoefficient(before, 1.0)
+    return rise
+
+
+def _program(problem: PlacementProblem) -> _Program:
+    """The problem's ops as the programs place them: each op alone, except that the ops at one position of a
+    family of identical blocks (the same compute on every device) are one, their figures summed. A pair run one
+    after the other, or a tensor, within a block counts where every block of its family has it alike; those
+    across blocks are left out (less to pay keeps the floor a floor), so the program stays the same for every
+    order of the blocks."""
     seen: set[str] = set()
     new_weights: dict[str, float] = {}
     for node in problem.nodes:
@@ -127,29 +255,57 @@ def _work(problem: PlacementProblem) -> tuple[list[_Work], dict[tuple[int, int],
                                                             for n in nodes):
                 stands_for[position[0]] = list(position)
                 block_of.update({name: (index, number) for number, name in enumerate(position)})
-    work, index_of = [], {}
+    works, index_of = [], {}
     for node in problem.nodes:
         if node.name in stands_for:
             members = stands_for[node.name]
-            index_of.update(dict.fromkeys(members, len(work)))
-            work.append(_Work({t: s * len(members) for t, s in node.compute_seconds.items()},
-                              sum(new_weights[m] for m in members)))
+            index_of.update(dict.fromkeys(members, len(works)))
+            works.append(_Work({t: s * len(members) for t, s in node.compute_seconds.items()},
+                               sum(new_weights[m] for m in members)))
         elif node.name not in block_of:
-            index_of[node.name] = len(work)
-            work.append(_Work(node.compute_seconds, new_weights[node.name]))
-    pairs: dict[tuple[int, int], float] = {}
-    in_blocks: dict[tuple[int, int], dict[tuple[int, int], float]] = {}  # pair -> per block, its times
+            index_of[node.name] = len(works)
+            works.append(_Work(node.compute_seconds, new_weights[node.name]))
+
+    outside: dict[tuple, float] = {}  # a pair or a crossing -> its times or bytes per request
+    per_block: dict[tuple, dict[int, float]] = {}  # (within or across, family, key) -> per block, the same
     for before, after, times in problem.sequence() if problem.hop_seconds else ():
-        pair = index_of[before], index_of[after]
-        if pair[0] == pair[1]:
-            continue
-        if before not in block_of and after not in block_of:
-            pairs[pair] = pairs.get(pair, 0.0) + times
-        elif block_of.get(before, (-1, -1)) == block_of.get(after):
-            per_block = in_blocks.setdefault(pair, {})
-            per_block[block_of[after]] = per_block.get(block_of[after], 0.0) + times
-    for pair, per_block in in_blocks.items():
-        family = problem.blocks[next(iter(per_block))[0]]
-        if len(per_block) == len(family) and len(set(per_block.values())) == 1:
-            pairs[pair] = sum(per_block.values())
-    return work, pairs
+        _count((index_of[before], index_of[after]), times, (before, after), block_of, outside, per_block)
+    if len(problem.targets) <= MOST_PLACES_PRICED_FOR_TRANSFERS:
+        for value in problem.values:
+            producer = index_of[value.producer]
+            consumers = tuple(sorted({index_of[c] for c in value.consumers} - {producer}))
+            if consumers and value.num_bytes:
+                _count((producer, consumers), value.num_bytes, (value.producer, *value.consumers), block_of,
+                       outside, per_block)
+    counted = {(key, False): (amount, 1) for key, amount in outside.items()}  # -> (amount each time, times)
+    for (where, family, key), amounts in per_block.items():
+        blocks = len(problem.blocks[family])
+        if len(amounts) == blocks - (where == _ACROSS) and len(set(amounts.values())) == 1:
+            counted[key, where == _ACROSS] = (next(iter(amounts.values())), blocks)
+    hop_pairs = [_Pair(key[0], key[1], amount * times, amount * wraps)
+                 for (key, wraps), (amount, times) in counted.items() if isinstance(key[1], int) and key[0] != key[1]]
+    crossings = [_Crossing(key[0], key[1], round(amount), times, int(wraps))
+                 for (key, wraps), (amount, times) in counted.items() if isinstance(key[1], tuple)]
+    return _Program(works, hop_pairs, crossings, index_of)
+
+
+_WITHIN, _ACROSS = "within", "across"
+
+
+def _count(key: tuple, amount: float, nodes: Sequence[str], block_of: Mapping[str, tuple[int, int]],
+           outside: dict[tuple, float], per_block: dict[tuple, dict[int, float]]) -> None:
+    """Add `amount` to what `key` (a pair of works or a crossing, between `nodes`, the first one the earlier)
+    carries: outside the blocks, within a block, or across from a block to the next of its family; else (the
+    nodes lie elsewhere) it is left out."""
+    blocks = [block_of.get(name) for name in nodes]
+    if all(block is None for block in blocks):
+        outside[key] = outside.get(key, 0.0) + amount
+        return
+    if blocks[0] is None or any(block is None or block[0] != blocks[0][0] for block in blocks):
+        return
+    family, number = blocks[0]
+    later = {block[1] - number for block in blocks[1:]}
+    where = _WITHIN if later == {0} else _ACROSS if later <= {0, 1} else None
+    if where is not None:
+        amounts = per_block.setdefault((where, family, key), {})
+        amounts[number] = amounts.get(number, 0.0) + amount

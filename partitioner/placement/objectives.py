@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar, Sequence
 
 from partitioner.errors import PartitionerError
+from partitioner.placement.floors import Relaxation, bottleneck_relaxation, priced_relaxation
 from partitioner.units import DOLLARS, DOLLARS_PER_HOUR, SECONDS, SECONDS_PER_REQUEST, Unit
 
 if TYPE_CHECKING:  # the CLI lists the objectives before it needs the solver, torch or OR-Tools
@@ -73,7 +74,13 @@ class Objective(ABC):
 
     def lower_bound(self, problem: PlacementProblem) -> float:
         """A bound no placement beats, known before any search (0 when nothing better is known)."""
-        return 0.0
+        relaxation = self.relaxation(problem)
+        return relaxation.value if relaxation is not None else 0.0
+
+    def relaxation(self, problem: PlacementProblem) -> Relaxation | None:
+        """The linear relaxation that gives this objective's floor, with its fractional placement
+        (partitioner/placement/floors.py); None where the objective has none."""
+        return None
 
     def __eq__(self, other: object) -> bool:
         # Plans once held the objective's name: `plan.objective == "cost"` keeps meaning what it meant.
@@ -99,10 +106,8 @@ class BusySecondsObjective(Objective):
         model.add_transfers()
         return model.priced_seconds(lambda busy: self.rate(model.problem, busy))
 
-    def lower_bound(self, problem: PlacementProblem) -> float:
-        from partitioner.placement.floors import priced_floor
-
-        return priced_floor(problem, lambda target: self.rate(problem, (target,)))
+    def relaxation(self, problem: PlacementProblem) -> Relaxation | None:
+        return priced_relaxation(problem, lambda busy: self.rate(problem, busy))
 
 
 class Latency(BusySecondsObjective):
@@ -175,10 +180,8 @@ class Throughput(Objective):
     def add_to(self, model: PlacementModel) -> cp_model.LinearExprT:
         return model.add_bottleneck()
 
-    def lower_bound(self, problem: PlacementProblem) -> float:
-        from partitioner.placement.floors import bottleneck_floor_seconds
-
-        return bottleneck_floor_seconds(problem)
+    def relaxation(self, problem: PlacementProblem) -> Relaxation | None:
+        return bottleneck_relaxation(problem)
 
 
 class ServingCost(Objective):

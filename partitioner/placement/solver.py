@@ -27,6 +27,7 @@ from partitioner.placement.memory import targets_whose_memory_can_bind
 from partitioner.placement.objectives import LATENCY, Objective, objective_named, registered_objectives
 from partitioner.placement.problem import PlacementProblem, check_assignment
 from partitioner.placement.reduction import Reduction, reduce_problem
+from partitioner.placement.rounding import ROUNDED_FLOOR, rounded_placement
 from partitioner.placement.scoring import Score, score
 from partitioner.placement.structure import structured_problem, worth_structuring
 from partitioner.placement.tidy import tidy
@@ -113,6 +114,10 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
     started, time_limit = time.perf_counter(), options.time_limit_seconds
     seeds = _seed_plans(problem, objective, options, hints or {})
     hints = {**(hints or {}), **seeds}
+    relaxation = objective.relaxation(problem)
+    floor = relaxation.value if relaxation is not None else objective.lower_bound(problem)
+    if relaxation is not None and relaxation.shares:  # the floor's shares, rounded: a plan that starts near it
+        hints[ROUNDED_FLOOR] = rounded_placement(problem, relaxation.shares)
     if seeds:  # the search gets what the seeds left: all but their share, or, on the clock, all they did not use
         nominal = options.time_limit_seconds * (1 - SEED_SHARE * len(seeds))
         left = nominal if options.deterministic else options.time_limit_seconds - (time.perf_counter() - started)
@@ -127,7 +132,6 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
     candidates = {name: entry for name, entry in hint_scores.items() if allowed(entry[1])}
     best_hint = _best(candidates, objective)
     reference = objective.value(candidates[best_hint][1]) if best_hint else _upper_estimate(problem, objective)
-    floor = objective.lower_bound(problem)
     search = _Search(problem, reduce_problem(problem, objective), objective, allowed, candidates,
                      max_latency_seconds, min_throughput, hint_scores, floor)
     # The time limit covers building the model too; where it is counted in work, the clock stops building only,
@@ -153,13 +157,16 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
         options = replace(options, time_limit_seconds=options.time_limit_seconds - whole - refine)
     best = _best(candidates, objective)
     best_value = objective.value(candidates[best][1]) if best is not None else math.inf
-    if best_value <= floor * (1 + CLOSE_ENOUGH) or (structured and not op_level):
-        # The best plan is as good as any, or the op-level search hopeless: the floor is the bound, and a plan on
-        # it (to GLOP's tolerance) is optimal.
-        search.bound_units, search.proven = floor * scale, best_value <= floor * (1 + FLOOR_TOLERANCE)
+    on_floor = best_value <= floor * (1 + FLOOR_TOLERANCE)
+    close = not on_floor and best_value <= floor * (1 + CLOSE_ENOUGH)
+    if on_floor or (structured and (close or not op_level)):
+        # The best plan is as good as any (on a large model, as good as any to CLOSE_ENOUGH), or the op-level search
+        # hopeless: the floor is the bound, and a plan on it (to GLOP's tolerance) is optimal.
+        search.bound_units, search.proven = floor * scale, on_floor
         if structured:
             method.append(f"op-level search left out ({len(search.reduction.problem.nodes):,} ops"
-                          f"{', the plan on the floor' if best_value <= floor * (1 + CLOSE_ENOUGH) else ''})")
+                          f"{', the plan on the floor' if on_floor else ''}"
+                          f"{f', the plan within {CLOSE_ENOUGH:.1%} of the floor' if close else ''})")
     else:
         search.run(scale, options, deadline)
         if structured:
@@ -296,7 +303,8 @@ def _out_of_time(problem: PlacementProblem, seconds: float, origin: str | None,
     if origin is None:
         why = _why_baselines_fail(hint_scores, max_latency_seconds, min_throughput)
         raise PartitionerError(f"{what}, and no baseline to fall back on qualifies{why}. Fix: {fix}.")
-    warnings.warn(f"{what}: the plan is the best baseline, {origin}. Fix: {fix}.", stacklevel=3)
+    warnings.warn(f"{what}: the plan is the best one it would have started from, {origin}. Fix: {fix}.",
+                  stacklevel=3)
 
 
 def _nothing_qualifies(seconds: float, hint_scores: Mapping[str, tuple[Mapping[str, str], Score]],

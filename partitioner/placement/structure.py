@@ -4,9 +4,13 @@ An LLM is a stack of identical decoder layers; placing each of their ops on
 its own gives the solver a million booleans for a 70B model and plans that
 scatter a layer over several devices. Here each block of a family
 (partitioner/placement/blocks.py) is cut into segments: runs of its ops, next
-to each other in graph order, that the same devices support. A segment is placed whole, so a
-layer the cheap devices run entirely is one piece, and one with an op they lack
-is a few pieces, the same in every layer. The ops outside the blocks (the
+to each other in graph order, that the same devices support, and that lie on
+one side of the block's waists. A waist is a point inside the block where no
+more crosses than what enters a block (a decoder layer's residual stream
+between its attention and its MLP): a split there costs what a split between
+layers does, and lets each half go to the device best at it (attention on a
+cheap GPU, the MLP's large matmuls on a fast one). A segment is placed whole,
+so a layer is a few pieces, the same in every layer. The ops outside the blocks (the
 embeddings, the final norm, the LM head) and graphs without repeated blocks
 keep the op-level model.
 
@@ -52,8 +56,9 @@ def structured_problem(exact: Reduction, objective: Objective, around: Mapping[s
         for node in problem.nodes:
             if node.follows is not None:
                 groups.merge(node.name, into=node.follows)
-    block_of = {name: (index, number) for index, family in enumerate(problem.blocks)
-                for number, block in enumerate(family) if block[0] not in op_level for name in block}
+    block_of = {name: (index, number, piece) for index, family in enumerate(problem.blocks)
+                for number, block in enumerate(family) if block[0] not in op_level
+                for name, piece in zip(block, _pieces(problem, family))}
     # A segment is a run of ops next to each other in graph order (a run that an op from outside the block
     # interrupts is two), so the segments keep the graph's order: none waits on an op placed after it.
     start = None
@@ -69,6 +74,51 @@ def structured_problem(exact: Reduction, objective: Objective, around: Mapping[s
     segments = groups.reduction()
     return Reduction(segments.problem, {name: segments.representative[group]
                                         for name, group in exact.representative.items()})
+
+
+# A waist splits a block only where each side has at least this share of the block's compute (on the devices
+# slowest at each op): a waist next to a free op (an assert, a view) would make a piece not worth a hop.
+LEAST_PIECE_SHARE = 0.1
+
+
+def block_segments(problem: PlacementProblem, family: tuple[tuple[str, ...], ...]) -> list[int]:
+    """Per position of the family's blocks, which segment of the block it lies in (see the module's docstring):
+    a new one at each waist and wherever the devices that support the ops change."""
+    segments, segment, before = [], -1, None
+    for piece, name in zip(_pieces(problem, family), family[0]):
+        here = (piece, frozenset(problem.node(name).compute_seconds))
+        segment += here != before
+        segments.append(segment)
+        before = here
+    return segments
+
+
+def _pieces(problem: PlacementProblem, family: tuple[tuple[str, ...], ...]) -> list[int]:
+    """Per position of the family's blocks, which piece of the block it lies in: the block cut at its waists
+    (see the module's docstring), found on a block that follows another (whose input is a block's output)."""
+    block = family[min(1, len(family) - 1)]
+    position = {name: index for index, name in enumerate(block)}
+    crossing = [0] * (len(block) + 1)  # bytes live across the cut before each position (0: what enters)
+    for value in problem.values:
+        uses = [position[c] for c in value.consumers if c in position]
+        made = position.get(value.producer)
+        if made is None and uses:  # made before the block: live until its last use in it
+            first, last = 0, max(uses)
+        elif made is not None and (uses or len(uses) < len(value.consumers)):
+            first, last = made + 1, len(block) if len(uses) < len(value.consumers) else max(uses)
+        else:
+            continue
+        for cut in range(first, last + 1):
+            crossing[cut] += value.num_bytes
+    work = [max(problem.node(name).compute_seconds.values()) for name in block]
+    total, done, pieces, piece, since = sum(work), 0.0, [], 0, 0.0
+    for index, seconds in enumerate(work):
+        if (index and crossing[index] <= crossing[0] and since >= LEAST_PIECE_SHARE * total
+                and total - done >= LEAST_PIECE_SHARE * total):
+            piece, since = piece + 1, 0.0
+        pieces.append(piece)
+        done, since = done + seconds, since + seconds
+    return pieces
 
 
 def stage_boundaries(problem: PlacementProblem, assignment: Mapping[str, str]) -> frozenset[str]:

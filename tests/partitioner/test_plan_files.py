@@ -164,7 +164,7 @@ TAMPERINGS = {
     "a baseline of no strategy": (lambda d: d["baselines"].update(ghost=d["baselines"]["priority"]),
                                   "it has a baseline 'ghost', which is no strategy of this version"),
     "a placement of unknown origin": (lambda d: d["solver"].update(origin="magic"),
-                                      "came from 'magic', neither cp-sat nor one of its baselines"),
+                                      "came from 'magic', neither cp-sat, the rounded floor nor one of its baselines"),
     "a dtype torch does not have": (lambda d: d["nodes"][0].update(dtypes=["float128"]),
                                     "names the dtype 'float128', which torch does not have"),
 }

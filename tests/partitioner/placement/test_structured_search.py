@@ -12,12 +12,13 @@ import itertools
 
 import pytest
 
-from partitioner.placement.floors import bottleneck_floor_seconds
+from partitioner.placement.floors import bottleneck_floor_seconds, bottleneck_relaxation
 from partitioner.placement.objectives import THROUGHPUT
 from partitioner.placement.problem import PlacementProblem, TargetTerms
 from partitioner.placement.scoring import score
 from partitioner.placement.solver import SolverOptions, solve
 from partitioner.placement.reduction import reduce_problem
+from partitioner.placement.rounding import rounded_placement
 from partitioner.placement.structure import stage_boundaries, structured_problem
 from targets.spec import Link
 from tests.partitioner.placement.problem_builders import GIB, make_problem, node, value
@@ -27,15 +28,17 @@ GROUPS = {"gpu.0": "gpu", "gpu.1": "gpu"}
 
 
 def stack(blocks: int, hop_seconds: float, targets: tuple[TargetTerms, ...] = TWIN,
-          seconds: dict[str, float] | None = None) -> PlacementProblem:
-    """`blocks` identical blocks of two ops (attention, mlp), 1 s each on every target unless `seconds` says,
-    each handing 1 MB to the next, with a hop into any target costing `hop_seconds`."""
+          seconds: dict[str, float] | None = None, inner_bytes: int = 1_000_000,
+          mlp_seconds: dict[str, float] | None = None) -> PlacementProblem:
+    """`blocks` identical blocks of two ops (attention, mlp), 1 s each on every target unless `seconds` (and
+    `mlp_seconds` for the mlp) say, each handing 1 MB to the next block and `inner_bytes` from its attention to
+    its mlp, with a hop into any target costing `hop_seconds`."""
     seconds = seconds or {t.name: 1.0 for t in targets}
     nodes, values, family = [], [], []
     for index in range(blocks):
         names = (f"attention_{index}", f"mlp_{index}")
-        nodes += [node(name, **seconds) for name in names]
-        values.append(value(names[0], names[1]))
+        nodes += [node(names[0], **seconds), node(names[1], **(mlp_seconds or seconds))]
+        values.append(value(names[0], names[1], num_bytes=inner_bytes))
         if index:
             values.append(value(f"mlp_{index - 1}", names[0]))
         family.append(names)
@@ -86,15 +89,67 @@ def test_hops_make_a_plan_that_scatters_ops_lose_to_one_that_keeps_stages_whole(
 
 
 def test_the_structured_restriction_places_each_block_whole_and_expands_to_the_same_score():
-    problem = stack(blocks=6, hop_seconds=0.01)
+    problem = stack(blocks=6, hop_seconds=0.01, inner_bytes=3_000_000)
 
     restriction = structured_problem(reduce_problem(problem, THROUGHPUT), THROUGHPUT)
 
-    assert len(restriction.problem.nodes) == 6  # one piece per block: both ops run on every device
+    # One piece per block: both ops run on every device, and more crosses between them (3 MB) than enters a block.
+    assert len(restriction.problem.nodes) == 6
     placed = {n.name: TWIN[index // 3].name for index, n in enumerate(restriction.problem.nodes)}
     expanded = restriction.expand(placed)
     assert score(restriction.problem, placed).serving.bottleneck_seconds == pytest.approx(
         score(problem, expanded).serving.bottleneck_seconds)
+
+
+def test_a_block_is_cut_at_its_waist_where_no_more_crosses_than_enters_a_block():
+    problem = stack(blocks=6, hop_seconds=0.01, inner_bytes=1_000_000)
+
+    restriction = structured_problem(reduce_problem(problem, THROUGHPUT), THROUGHPUT)
+
+    # 1 MB enters each block and 1 MB crosses from its attention to its mlp: a split there costs what one between
+    # blocks does, so each half is a piece.
+    assert len(restriction.problem.nodes) == 12
+
+
+def test_halves_of_every_block_go_to_the_device_best_at_each_and_the_floor_and_its_rounding_say_so():
+    # The npu runs attention in 1 s and the mlp in 4 s; the gpu the other way round. Whole blocks on either
+    # device take 5 s each: 4 blocks share out at best 2 + 2, 10 s on each device. Split at the waist, every
+    # attention on the npu and every mlp on the gpu: 4 s each, plus a hop into each device per block.
+    npu, gpu = TargetTerms("npu", 1.0, 80 * GIB), TargetTerms("gpu", 1.0, 80 * GIB)
+    problem = stack(blocks=4, hop_seconds=0.01, targets=(npu, gpu), seconds={"npu": 1.0, "gpu": 4.0},
+                    mlp_seconds={"npu": 4.0, "gpu": 1.0})
+
+    placement = solve(problem, THROUGHPUT, SolverOptions(time_limit_seconds=5))
+    relaxation = bottleneck_relaxation(problem)
+
+    names = [n.name for n in problem.nodes]
+    best = min(score(problem, dict(zip(names, places))).serving.bottleneck_seconds
+               for places in itertools.product(["npu", "gpu"], repeat=len(names)))
+    assert best == pytest.approx(4.04)  # 4 hops into the gpu (4.04 s); 3 back into the npu (4.03 s)
+    assert placement.report.objective == pytest.approx(best)
+    assert placement.assignment == {**{f"attention_{i}": "npu" for i in range(4)},
+                                    **{f"mlp_{i}": "gpu" for i in range(4)}}
+    # In shares, x of the mlps on the gpu: the gpu is busy 4x + 0.04x; the npu 4 + 16 (1 - x), plus the hops back
+    # into it between blocks, counted as a ring (0.04x) less the one hop the ring adds (0.01). Even at x = 0.9995.
+    assert relaxation.value == pytest.approx(4.04 * 19.99 / 20, rel=1e-5)
+    assert rounded_placement(problem, relaxation.shares) == placement.assignment
+
+
+def test_the_floor_prices_the_copies_a_split_block_makes_on_the_links_they_cross():
+    # As above, but each attention hands its mlp 1 GB over a 1 GB/s link: 1 s per block on the npu's way out.
+    # Split, the link is busy 4 s a request at least, as busy as the devices; whole blocks, 10 s on each device.
+    npu, gpu = TargetTerms("npu", 1.0, 80 * GIB), TargetTerms("gpu", 1.0, 80 * GIB)
+    problem = dataclasses.replace(
+        stack(blocks=4, hop_seconds=0.0, targets=(npu, gpu), seconds={"npu": 1.0, "gpu": 4.0},
+              mlp_seconds={"npu": 4.0, "gpu": 1.0}, inner_bytes=10**9),
+        links={("npu", "gpu"): Link(0.0, 1e9), ("gpu", "npu"): Link(0.0, 1e9)})
+
+    # Every mlp on the gpu moves 1 GB; with only 1 MB moving back, the link the other way stays idle.
+    assert bottleneck_floor_seconds(problem) == pytest.approx(4.0, rel=1e-5)
+    slower_link = dataclasses.replace(problem, links={("npu", "gpu"): Link(0.0, 0.5e9),
+                                                      ("gpu", "npu"): Link(0.0, 0.5e9)})
+    # At 0.5 GB/s the link would be busy 8 s: the floor mixes splits and whole blocks, above 4 s.
+    assert bottleneck_floor_seconds(slower_link) > 4.0 * (1 + 1e-3)
 
 
 def test_a_block_with_an_op_only_the_fallback_runs_is_cut_into_pieces_alike_in_every_block():
@@ -110,7 +165,7 @@ def test_a_block_with_an_op_only_the_fallback_runs_is_cut_into_pieces_alike_in_e
 
 
 def test_the_blocks_at_a_stage_boundary_are_freed_for_the_refining_search():
-    problem = stack(blocks=6, hop_seconds=0.01)
+    problem = stack(blocks=6, hop_seconds=0.01, inner_bytes=3_000_000)  # no waist: one piece a block
     stages = {n.name: TWIN[0].name if index < 6 else TWIN[1].name for index, n in enumerate(problem.nodes)}
 
     freed = stage_boundaries(problem, stages)

@@ -1,0 +1,86 @@
+"""Rounding the floor's fractional placement into a plan: a seed for the search that starts near the floor.
+
+The floors' linear programs (partitioner/placement/floors.py) place each op in
+shares, and the ops at one position of a family of identical blocks together:
+"the MLP of 91% of the layers on the H100, the rest on an L4". Where the floor
+is close to the optimum, a plan that follows those shares is close to both, and
+CP-SAT, which on a large model may not find such a plan in its time (every
+layer split between two devices, in the right proportions), only has to polish
+it. Each op outside the blocks goes where its largest share is; the blocks of a
+family are dealt out in order, each segment's blocks to devices in proportion
+to its shares, a segment staying on the device of the segment before it in its
+block, or of its place in the block before, while that device's quota lasts, so
+the plan hops as little as the shares allow. The blocks are dealt out by the
+segments the structured search places (partitioner/placement/structure.py), so
+the plan is one of its plans.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from partitioner.placement.problem import PlacementProblem
+from partitioner.placement.structure import block_segments
+
+# The rounded plan's name among the plans a search starts from (and its origin where nothing found beats it).
+ROUNDED_FLOOR = "rounded floor"
+# A device's quota at a position (its share times the family's blocks) takes one more block while at least this
+# much of it is left: shares round to whole blocks, to the nearest.
+LEAST_QUOTA = 0.5
+
+
+def rounded_placement(problem: PlacementProblem, shares: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
+    """A placement of every node of `problem` following the fractional `shares` (node -> device -> share, as a
+    floor's relaxation gives them): see the module's docstring. Nodes without shares go to the fallback."""
+    placed: dict[str, str] = {}
+    for node in problem.nodes:
+        placed[node.name] = _largest(shares.get(node.name, {}), node.compute_seconds)
+    for family in problem.blocks:
+        segments = block_segments(problem, family)
+        members = [[index for index, segment in enumerate(segments) if segment == number]
+                   for number in range(max(segments) + 1)]
+        quotas = [_quota(problem, shares, family, positions) for positions in members]
+        previous_block: tuple[str, ...] | None = None
+        for block in family:
+            previous: str | None = None  # the device of the block's segment before
+            for positions, quota in zip(members, quotas):
+                supported = _supported_by_all(problem, [block[index] for index in positions])
+                preferred = (previous, placed[previous_block[positions[0]]] if previous_block else None)
+                target = next((t for t in preferred if t in supported and quota.get(t, 0.0) >= LEAST_QUOTA),
+                              None) or _largest(quota, supported)
+                quota[target] = quota.get(target, 0.0) - 1.0
+                placed.update({block[index]: target for index in positions})
+                previous = target
+            previous_block = block
+    for node in problem.nodes:  # a node that follows another sits with it
+        if node.follows is not None:
+            placed[node.name] = placed[node.follows]
+    return placed
+
+
+def _quota(problem: PlacementProblem, shares: Mapping[str, Mapping[str, float]],
+           family: tuple[tuple[str, ...], ...], positions: list[int]) -> dict[str, float]:
+    """How many of the family's blocks the segment at `positions` should place on each device: the segment's
+    shares, each op's weighted by its work, summed over the blocks."""
+    quota: dict[str, float] = {}
+    for block in family:
+        nodes = [problem.node(block[index]) for index in positions]
+        weights = [max(node.compute_seconds.values(), default=0.0) for node in nodes]
+        total = sum(weights)
+        for node, weight in zip(nodes, weights):
+            for target, share in shares.get(node.name, {}).items():
+                part = weight / total if total > 0 else 1.0 / len(nodes)
+                quota[target] = quota.get(target, 0.0) + share * part
+    return quota
+
+
+def _supported_by_all(problem: PlacementProblem, names: list[str]) -> list[str]:
+    """The devices that run every one of the nodes `names`, in the first one's priority order."""
+    first = problem.node(names[0]).compute_seconds
+    return [t for t in first if all(t in problem.node(name).compute_seconds for name in names[1:])]
+
+
+def _largest(shares: Mapping[str, float], supported: Mapping[str, float] | list[str]) -> str:
+    """The supported device with the largest share (the first in priority order on ties)."""
+    order = list(supported)
+    return max(order, key=lambda target: (shares.get(target, float("-inf")), -order.index(target)))
