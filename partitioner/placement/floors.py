@@ -89,11 +89,16 @@ class _Program:
     hop_pairs: list[_Pair]
     crossings: list[_Crossing]
     work_of: Mapping[str, int]  # each node's work
+    first: int  # the work of the request's first op
 
 
 # The most places whose every pair the transfer terms price (a flow variable per pair and tensor): beyond it the
 # floors leave transfers out, still floors, and a fleet of thousands of devices keeps a small program.
 MOST_PLACES_PRICED_FOR_TRANSFERS = 24
+# The most places whose use the floor decides as a yes or no (see `_floor`), and the time SCIP gets to: its best
+# bound when time runs out is still a floor.
+MOST_PLACES_DECIDED_USED = 16
+USED_DEVICES_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +135,20 @@ def bottleneck_floor_seconds(problem: PlacementProblem) -> float:
 
 
 def _floor(problem: PlacementProblem, rate: Callable[[Sequence[str]], float], bottleneck: bool) -> Relaxation:
-    solver = pywraplp.Solver.CreateSolver("GLOP")
+    # Whether a device is used at all is a yes or no (a few binaries, searched by SCIP): a pipeline's stages
+    # are each entered once a request, which shares of blocks spread evenly do not show. Where SCIP finds no
+    # solution in its time, the program is solved again without them.
+    mixed = (bool(problem.hop_seconds) and problem.adjacent is None
+             and len(problem.targets) <= MOST_PLACES_DECIDED_USED)
+    solved = _solved(problem, rate, bottleneck, mixed=True) if mixed else None
+    return solved or _solved(problem, rate, bottleneck, mixed=False)
+
+
+def _solved(problem: PlacementProblem, rate: Callable[[Sequence[str]], float], bottleneck: bool, mixed: bool
+            ) -> Relaxation | None:
+    solver = pywraplp.Solver.CreateSolver("SCIP" if mixed else "GLOP")
+    if mixed:
+        solver.SetTimeLimit(round(USED_DEVICES_SECONDS * 1000))
     objective = solver.Objective()
     room = {t.name: solver.Constraint(-solver.infinity(), t.memory_bytes / _GIB) for t in problem.targets}
     busiest = solver.NumVar(0.0, solver.infinity(), "busiest") if bottleneck else None
@@ -173,12 +191,29 @@ def _floor(problem: PlacementProblem, rate: Callable[[Sequence[str]], float], bo
             charge(share, target, seconds)
             if work.new_weights_gib:
                 room[target].SetCoefficient(share, work.new_weights_gib)
+    hops_into: dict[str, dict[pywraplp.Variable, float]] = {}  # per device, its hops per request as terms
     for pair in program.hop_pairs:  # a hop into a device: at least the share of the work newly there
         for target, share in shares[pair.after].items():
             if problem.hop_seconds.get(target, 0.0) > 0:
                 entered = _at_least_the_rise(solver, share, shares[pair.before].get(target))
                 for variable, times in less({entered: pair.times}, pair.wrapped).items():
-                    charge(variable, target, times * problem.hop_seconds[target])
+                    hops_into.setdefault(target, {})[variable] = times
+    used = _used_devices(solver, problem, shares) if mixed else {}
+    for target in problem.target_names:
+        if problem.hop_seconds.get(target, 0.0) <= 0 or (target not in hops_into and target not in used):
+            continue
+        hops = solver.NumVar(0.0, solver.infinity(), "")
+        at_least = solver.Constraint(0.0, solver.infinity())  # hops >= the pairs' entries into the device
+        at_least.SetCoefficient(hops, 1.0)
+        for variable, times in hops_into.get(target, {}).items():
+            at_least.SetCoefficient(variable, -times)
+        if target in used:  # a device used is entered at least once, unless it runs the request's first op
+            once = solver.Constraint(0.0, solver.infinity())  # hops >= used - the first op's share there
+            once.SetCoefficient(hops, 1.0)
+            once.SetCoefficient(used[target], -1.0)
+            if target in shares[program.first]:
+                once.SetCoefficient(shares[program.first][target], 1.0)
+        charge(hops, target, problem.hop_seconds[target])
     for crossing in program.crossings:
         produced = shares[crossing.producer]
         destinations = dict.fromkeys(target for c in crossing.consumers for target in shares[c])  # in order
@@ -215,12 +250,30 @@ def _floor(problem: PlacementProblem, rate: Callable[[Sequence[str]], float], bo
     if bottleneck:
         objective.SetCoefficient(busiest, 1.0)
     objective.SetMinimization()
-    if solver.Solve() != pywraplp.Solver.OPTIMAL:
-        return Relaxation(0.0, {})  # the weights fit nowhere even in shares: the search says so with its own message
+    exact = pywraplp.MPSolverParameters()  # SCIP stops at a gap of 1e-4 by default: its bound would lose that much
+    exact.SetDoubleParam(exact.RELATIVE_MIP_GAP, 1e-7)
+    status = solver.Solve(exact)
+    if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
+        # Out of time (SCIP: solved again as a linear program), or the weights fit nowhere even in shares (the
+        # search says so with its own message).
+        return None if mixed else Relaxation(0.0, {})
     placed = [{target: share.solution_value() for target, share in work.items()} for work in shares]
-    # GLOP's optimum is exact to its tolerances: stay below it.
-    return Relaxation(max(0.0, objective.Value() * (1 - 1e-6)),
-                      {name: placed[index] for name, index in program.work_of.items()})
+    # SCIP stopped in time bounds the optimum from below by its best bound; GLOP's optimum is exact to its
+    # tolerances: stay below both.
+    value = objective.BestBound() if mixed else objective.Value()
+    return Relaxation(max(0.0, value * (1 - 1e-6)), {name: placed[index] for name, index in program.work_of.items()})
+
+
+def _used_devices(solver: pywraplp.Solver, problem: PlacementProblem, shares: list[dict[str, pywraplp.Variable]]
+                  ) -> dict[str, pywraplp.Variable]:
+    """Per device, a binary that is 1 where the device runs a share of any work."""
+    used = {target: solver.BoolVar("") for target in problem.target_names}
+    for work in shares:
+        for target, share in work.items():
+            at_most = solver.Constraint(-solver.infinity(), 0.0)  # share <= used
+            at_most.SetCoefficient(share, 1.0)
+            at_most.SetCoefficient(used[target], -1.0)
+    return used
 
 
 def _at_least_the_rise(solver: pywraplp.Solver, after: pywraplp.Variable, before: pywraplp.Variable | None
@@ -286,7 +339,7 @@ def _program(problem: PlacementProblem) -> _Program:
                  for (key, wraps), (amount, times) in counted.items() if isinstance(key[1], int) and key[0] != key[1]]
     crossings = [_Crossing(key[0], key[1], round(amount), times, int(wraps))
                  for (key, wraps), (amount, times) in counted.items() if isinstance(key[1], tuple)]
-    return _Program(works, hop_pairs, crossings, index_of)
+    return _Program(works, hop_pairs, crossings, index_of, index_of[problem.nodes[0].name])
 
 
 _WITHIN, _ACROSS = "within", "across"

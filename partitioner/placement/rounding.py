@@ -29,33 +29,81 @@ ROUNDED_FLOOR = "rounded floor"
 LEAST_QUOTA = 0.5
 
 
-def rounded_placement(problem: PlacementProblem, shares: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
-    """A placement of every node of `problem` following the fractional `shares` (node -> device -> share, as a
-    floor's relaxation gives them): see the module's docstring. Nodes without shares go to the fallback."""
-    placed: dict[str, str] = {}
+def rounded_placements(problem: PlacementProblem, shares: Mapping[str, Mapping[str, float]]
+                       ) -> tuple[dict[str, str], dict[str, str]]:
+    """Two placements of every node of `problem` following the fractional `shares` (node -> device -> share, as a
+    floor's relaxation gives them), see the module's docstring: segments dealt out whole, and the same stages
+    cut at their share of a block's work (a stage of 6.4 blocks ends 40% into its seventh), which balances the
+    devices as the shares do at the price of a split inside a segment."""
+    whole: dict[str, str] = {}
     for node in problem.nodes:
-        placed[node.name] = _largest(shares.get(node.name, {}), node.compute_seconds)
+        whole[node.name] = _largest(shares.get(node.name, {}), node.compute_seconds)
+    cut = dict(whole)
     for family in problem.blocks:
         segments = block_segments(problem, family)
         members = [[index for index, segment in enumerate(segments) if segment == number]
                    for number in range(max(segments) + 1)]
         quotas = [_quota(problem, shares, family, positions) for positions in members]
-        previous_block: tuple[str, ...] | None = None
-        for block in family:
-            previous: str | None = None  # the device of the block's segment before
-            for positions, quota in zip(members, quotas):
-                supported = _supported_by_all(problem, [block[index] for index in positions])
-                preferred = (previous, placed[previous_block[positions[0]]] if previous_block else None)
-                target = next((t for t in preferred if t in supported and quota.get(t, 0.0) >= LEAST_QUOTA),
-                              None) or _largest(quota, supported)
-                quota[target] = quota.get(target, 0.0) - 1.0
-                placed.update({block[index]: target for index in positions})
-                previous = target
-            previous_block = block
-    for node in problem.nodes:  # a node that follows another sits with it
-        if node.follows is not None:
-            placed[node.name] = placed[node.follows]
-    return placed
+        _deal_whole(problem, family, members, [dict(quota) for quota in quotas], whole)
+        _deal_cut(problem, family, members, quotas, _stage_order(problem, family, whole), cut)
+    for placed in (whole, cut):
+        for node in problem.nodes:  # a node that follows another sits with it
+            if node.follows is not None:
+                placed[node.name] = placed[node.follows]
+    return whole, cut
+
+
+def _deal_whole(problem: PlacementProblem, family: tuple[tuple[str, ...], ...], members: list[list[int]],
+                quotas: list[dict[str, float]], placed: dict[str, str]) -> None:
+    """Deal the family's blocks out segment by segment, each whole, in proportion to `quotas` (used up)."""
+    previous_block: tuple[str, ...] | None = None
+    for block in family:
+        previous: str | None = None  # the device of the block's segment before
+        for positions, quota in zip(members, quotas):
+            supported = _supported_by_all(problem, [block[index] for index in positions])
+            preferred = (previous, placed[previous_block[positions[0]]] if previous_block else None)
+            target = next((t for t in preferred if t in supported and quota.get(t, 0.0) >= LEAST_QUOTA),
+                          None) or _largest(quota, supported)
+            quota[target] = quota.get(target, 0.0) - 1.0
+            placed.update({block[index]: target for index in positions})
+            previous = target
+        previous_block = block
+
+
+def _stage_order(problem: PlacementProblem, family: tuple[tuple[str, ...], ...], placed: Mapping[str, str]
+                 ) -> list[str]:
+    """The devices in the order the family's blocks reach them in `placed` (by the mean index of the blocks each
+    holds a segment of; devices holding none last), so that every segment's stages follow one order."""
+    blocks_of: dict[str, list[int]] = {}
+    for number, block in enumerate(family):
+        for target in dict.fromkeys(placed[name] for name in block):
+            blocks_of.setdefault(target, []).append(number)
+    mean = {target: sum(numbers) / len(numbers) for target, numbers in blocks_of.items()}
+    return sorted(problem.target_names, key=lambda target: mean.get(target, float("inf")))
+
+
+def _deal_cut(problem: PlacementProblem, family: tuple[tuple[str, ...], ...], members: list[list[int]],
+              quotas: list[dict[str, float]], order: list[str], placed: dict[str, str]) -> None:
+    """Deal the family's blocks out as stages in `order`, each segment's stage on a device as long as its quota
+    (in blocks), cut inside a segment where a quota ends: an op goes to the stage that holds the middle of its
+    work, counted in blocks from the family's start."""
+    for positions, quota in zip(members, quotas):
+        weights = [max(problem.node(family[0][index]).compute_seconds.values(), default=0.0) for index in positions]
+        total = sum(weights) or 1.0
+        ends, reached = [], 0.0  # each stage's end, in blocks
+        for target in order:
+            reached += quota.get(target, 0.0)
+            ends.append((reached, target))
+        middles, done = [], 0.0
+        for weight in weights:
+            middles.append((done + weight / 2) / total)
+            done += weight
+        for number, block in enumerate(family):
+            for index, middle in zip(positions, middles):
+                at = number + middle
+                target = next((t for end, t in ends if at < end and quota.get(t, 0.0) > 0), ends[-1][1])
+                if target in problem.node(block[index]).compute_seconds:
+                    placed[block[index]] = target
 
 
 def _quota(problem: PlacementProblem, shares: Mapping[str, Mapping[str, float]],

@@ -27,7 +27,7 @@ from partitioner.placement.memory import targets_whose_memory_can_bind
 from partitioner.placement.objectives import LATENCY, Objective, objective_named, registered_objectives
 from partitioner.placement.problem import PlacementProblem, check_assignment
 from partitioner.placement.reduction import Reduction, reduce_problem
-from partitioner.placement.rounding import ROUNDED_FLOOR, rounded_placement
+from partitioner.placement.rounding import ROUNDED_FLOOR, rounded_placements
 from partitioner.placement.scoring import Score, score
 from partitioner.placement.structure import structured_problem, worth_structuring
 from partitioner.placement.tidy import tidy
@@ -117,7 +117,8 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
     relaxation = objective.relaxation(problem)
     floor = relaxation.value if relaxation is not None else objective.lower_bound(problem)
     if relaxation is not None and relaxation.shares:  # the floor's shares, rounded: a plan that starts near it
-        hints[ROUNDED_FLOOR] = rounded_placement(problem, relaxation.shares)
+        hints[ROUNDED_FLOOR] = min(rounded_placements(problem, relaxation.shares),
+                                   key=lambda rounded: _rank("", score(problem, rounded), objective))
     if seeds:  # the search gets what the seeds left: all but their share, or, on the clock, all they did not use
         nominal = options.time_limit_seconds * (1 - SEED_SHARE * len(seeds))
         left = nominal if options.deterministic else options.time_limit_seconds - (time.perf_counter() - started)
@@ -154,7 +155,7 @@ def solve(problem: PlacementProblem, objective: Objective = LATENCY, options: So
             search.run(scale, replace(options, time_limit_seconds=refine),
                        min(deadline, time.perf_counter() + refine), restriction=refining)
             method[-1] += f", then refined as {len(refining.problem.nodes):,} around its stage boundaries"
-        options = replace(options, time_limit_seconds=options.time_limit_seconds - whole - refine)
+        options = replace(options, time_limit_seconds=max(0.0, options.time_limit_seconds - whole - refine))
     best = _best(candidates, objective)
     best_value = objective.value(candidates[best][1]) if best is not None else math.inf
     on_floor = best_value <= floor * (1 + FLOOR_TOLERANCE)
