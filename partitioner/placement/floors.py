@@ -89,7 +89,7 @@ class _Program:
     hop_pairs: list[_Pair]
     crossings: list[_Crossing]
     work_of: Mapping[str, int]  # each node's work
-    first: int  # the work of the request's first op
+    first: int | None  # the work of the request's first op (None: a graph of no ops)
 
 
 # The most places whose every pair the transfer terms price (a flow variable per pair and tensor): beyond it the
@@ -211,7 +211,7 @@ def _solved(problem: PlacementProblem, rate: Callable[[Sequence[str]], float], b
             once = solver.Constraint(0.0, solver.infinity())  # hops >= used - the first op's share there
             once.SetCoefficient(hops, 1.0)
             once.SetCoefficient(used[target], -1.0)
-            if target in shares[program.first]:
+            if program.first is not None and target in shares[program.first]:
                 once.SetCoefficient(shares[program.first][target], 1.0)
         charge(hops, target, problem.hop_seconds[target])
     for crossing in program.crossings:
@@ -339,7 +339,8 @@ def _program(problem: PlacementProblem) -> _Program:
                  for (key, wraps), (amount, times) in counted.items() if isinstance(key[1], int) and key[0] != key[1]]
     crossings = [_Crossing(key[0], key[1], round(amount), times, int(wraps))
                  for (key, wraps), (amount, times) in counted.items() if isinstance(key[1], tuple)]
-    return _Program(works, hop_pairs, crossings, index_of, index_of[problem.nodes[0].name])
+    return _Program(works, hop_pairs, crossings, index_of,
+                    index_of[problem.nodes[0].name] if problem.nodes else None)
 
 
 _WITHIN, _ACROSS = "within", "across"
