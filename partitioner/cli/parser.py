@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from partitioner.cli import commands
-from partitioner.cli.arguments import (duration, positive_float, positive_int, rate, seed, time_limit, tolerance,
-                                       workers)
+from partitioner.cli.arguments import (duration, duration_or_none, positive_float, positive_int, rate, seed,
+                                       time_limit, tolerance, workers)
 from partitioner.placement.objectives import registered_objectives
 from targets.loader import DEFAULT_TARGET_NAMES
 
@@ -52,10 +52,10 @@ def command_parser() -> argparse.ArgumentParser:
     compile_parser.add_argument("--max-latency", type=duration, metavar="TIME",
                                 help="latency limit per request, e.g. 50ms, 2.5ms, 800us or 0.05 (seconds); "
                                      "with --objective cost, the cheapest plan within it")
-    compile_parser.add_argument("--engine-hop", type=duration, default=None, metavar="TIME",
+    compile_parser.add_argument("--engine-hop", type=duration_or_none, default=None, metavar="TIME",
                                 help="what the serving engine adds to every hop between partitions, e.g. 0.5ms for "
                                      "Ray on a small machine (benchmarks/engine_hop.py measures it; default: 10us, "
-                                     "an in-process pipeline); each device's own stage launch comes from its spec")
+                                     "an in-process pipeline; 0: nothing); each device's own stage launch comes from its spec")
     compile_parser.add_argument("--time-limit", type=time_limit, default=30.0, metavar="SECONDS",
                                 help="solver time limit (default: 30)")
     compile_parser.add_argument("--workers", type=workers, default=0,

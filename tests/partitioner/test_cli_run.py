@@ -243,3 +243,17 @@ def test_model_with_meta_weights_can_be_planned_but_not_run(tmp_path, capsys, ch
 
     assert code == 2
     assert_one_line_error(capsys, "weights on the meta device", "Fix: build it with real weights", "--model")
+
+
+def test_an_engine_that_adds_nothing_to_a_hop_leaves_each_device_its_stage_launch(tmp_path, capsys):
+    model_file, _ = compile_small_model(tmp_path)
+    out = tmp_path / "no-engine"
+
+    assert main(["compile", str(model_file), "--targets", f"{tmp_path / 'free-conv.toml'},cuda-h100",
+                 "--objective", "cost", "--engine-hop", "0", "-o", str(out)]) == 0
+
+    hops = json.loads((out / "plan.json").read_text())["problem"]["hop_seconds"]
+    assert hops["cuda-h100"] == pytest.approx(20e-6)  # the H100's stage launch alone, no engine on top
+    with pytest.raises(SystemExit) as refused:
+        main(["compile", str(model_file), "--engine-hop=-1ms", "-o", str(out)])
+    assert refused.value.code == 2 and "must be a time of 0 or more" in capsys.readouterr().err
