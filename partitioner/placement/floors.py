@@ -95,10 +95,11 @@ class _Program:
 # The most places whose every pair the transfer terms price (a flow variable per pair and tensor): beyond it the
 # floors leave transfers out, still floors, and a fleet of thousands of devices keeps a small program.
 MOST_PLACES_PRICED_FOR_TRANSFERS = 24
-# The most places whose use the floor decides as a yes or no (see `_floor`), and the time SCIP gets to: its best
-# bound when time runs out is still a floor.
+# The most places whose use the floor decides as a yes or no (see `_floor`), and the branch-and-bound nodes and
+# seconds SCIP gets to prove its optimum (else the floor is the linear program's).
 MOST_PLACES_DECIDED_USED = 16
-USED_DEVICES_SECONDS = 2.0
+USED_DEVICES_NODES = 200
+USED_DEVICES_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,8 @@ def _floor(problem: PlacementProblem, rate: Callable[[Sequence[str]], float], bo
 def _solved(problem: PlacementProblem, rate: Callable[[Sequence[str]], float], bottleneck: bool, mixed: bool
             ) -> Relaxation | None:
     solver = pywraplp.Solver.CreateSolver("SCIP" if mixed else "GLOP")
-    if mixed:
+    if mixed:  # a node limit keeps the bound the same from run to run; the time limit is a guard
+        solver.SetSolverSpecificParametersAsString(f"limits/nodes = {USED_DEVICES_NODES}\n")
         solver.SetTimeLimit(round(USED_DEVICES_SECONDS * 1000))
     objective = solver.Objective()
     room = {t.name: solver.Constraint(-solver.infinity(), t.memory_bytes / _GIB) for t in problem.targets}
@@ -252,22 +254,29 @@ def _solved(problem: PlacementProblem, rate: Callable[[Sequence[str]], float], b
     objective.SetMinimization()
     exact = pywraplp.MPSolverParameters()  # SCIP stops at a gap of 1e-4 by default: its bound would lose that much
     exact.SetDoubleParam(exact.RELATIVE_MIP_GAP, 1e-7)
-    status = solver.Solve(exact)
-    if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
-        # Out of time (SCIP: solved again as a linear program), or the weights fit nowhere even in shares (the
-        # search says so with its own message).
+    if solver.Solve(exact) != pywraplp.Solver.OPTIMAL:
+        # SCIP out of nodes or time (solved again as a linear program: its best bound may not even be the linear
+        # program's yet), or the weights fit nowhere even in shares (the search says so with its own message).
         return None if mixed else Relaxation(0.0, {})
     placed = [{target: share.solution_value() for target, share in work.items()} for work in shares]
-    # SCIP stopped in time bounds the optimum from below by its best bound; GLOP's optimum is exact to its
-    # tolerances: stay below both.
+    # SCIP's optimum is its best bound, to its gap; GLOP's is exact to its tolerances: stay below both.
     value = objective.BestBound() if mixed else objective.Value()
     return Relaxation(max(0.0, value * (1 - 1e-6)), {name: placed[index] for name, index in program.work_of.items()})
 
 
 def _used_devices(solver: pywraplp.Solver, problem: PlacementProblem, shares: list[dict[str, pywraplp.Variable]]
                   ) -> dict[str, pywraplp.Variable]:
-    """Per device, a binary that is 1 where the device runs a share of any work."""
+    """Per device, a binary that is 1 where the device runs a share of any work; of a group of identical devices,
+    those used are the first ones (any plan can swap identical devices, so the floor stays a floor)."""
     used = {target: solver.BoolVar("") for target in problem.target_names}
+    members: dict[str, list[str]] = {}
+    for target in problem.target_names:
+        members.setdefault(problem.group(target), []).append(target)
+    for group in members.values():  # identical devices can swap: the ones used come first (no search over which)
+        for earlier, later in zip(group, group[1:]):
+            in_order = solver.Constraint(0.0, solver.infinity())
+            in_order.SetCoefficient(used[earlier], 1.0)
+            in_order.SetCoefficient(used[later], -1.0)
     for work in shares:
         for target, share in work.items():
             at_most = solver.Constraint(-solver.infinity(), 0.0)  # share <= used
