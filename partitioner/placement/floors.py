@@ -24,13 +24,20 @@ a consumer the other device has beyond the producer's own (a flow of shares
 over every pair of devices, each pair priced on its link, or on the link
 resources its route occupies in the serving model). Without them an op-by-op
 split that plays on each device's best ops looks free, and the floor sits far
-below any plan a split must pay for. Activations only add to a plan, so leaving
-them out keeps both bounds valid; so does leaving out what crosses between
-blocks. Identical repeated blocks are one block in the program, its figures
-summed over the family: averaging any fractional placement over the family's
-blocks gives one that places every block alike, as good and as feasible, so
-the program's optimum is the same, and a 70B model's program holds one layer
-instead of eighty. Solved with OR-Tools' GLOP.
+below any plan a split must pay for. Whether a device is used at all is a yes
+or no: a device used is entered at least once a request unless it runs the
+request's first op, which a pipeline's stages pay and shares spread evenly over
+blocks do not show (a few binaries, one per device, solved by SCIP; without
+its proof, the linear program alone). Activations only add to a plan, so
+leaving them out keeps every bound valid.
+
+Identical repeated blocks are one block in the program, its figures summed
+over the family: averaging any fractional placement over the family's blocks
+gives one that places every block alike, as good and as feasible, so the
+program's optimum is the same, and a 70B model's program holds one layer
+instead of eighty. What passes from one block to the next is counted as if the
+blocks formed a ring (the averaging argument needs every block alike), less the
+one hop and copy the ring adds. Solved with OR-Tools' GLOP (or SCIP, above).
 """
 
 from __future__ import annotations
