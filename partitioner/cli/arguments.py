@@ -17,28 +17,23 @@ MIN_TIME_LIMIT_SECONDS = 0.01
 
 def duration(text: str) -> float:
     """Seconds from `50ms`, `800us`, `1.5s` or a bare number of seconds."""
-    value = _seconds(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive time such as 50ms, got {text}")
-    return value
+    return _seconds(text, zero_taken=False)
 
 
 def duration_or_none(text: str) -> float:
     """As `duration`, but 0 (nothing at all: an engine that adds nothing to a hop, say) is taken too."""
-    value = _seconds(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a time of 0 or more such as 50ms, got {text}")
-    return value
+    return _seconds(text, zero_taken=True)
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, zero_taken: bool) -> float:
     unit = next((u for u in ("us", "ms", "s") if text.endswith(u)), "")
     number_text = text.removesuffix(unit)
     if not _NUMBER.fullmatch(number_text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a time; write e.g. 50ms, 800us or 0.05")
     value = float(number_text) * _TIME_UNITS.get(unit, 1.0)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite time such as 50ms, got {text}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_taken):
+        rule = "a time of 0 or more" if zero_taken else "a positive time"
+        raise argparse.ArgumentTypeError(f"must be {rule} such as 50ms, got {text}")
     return value
 
 
