@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from partitioner.placement.floors import bottleneck_floor_seconds, latency_floor_seconds
+from partitioner.placement.floors import latency_floor_seconds
 from partitioner.placement.problem import TargetTerms
 from tests.partitioner.placement.problem_builders import GIB, make_problem, node, value
 
@@ -29,3 +29,11 @@ def test_a_weight_two_ops_share_is_held_once_and_ops_only_the_slow_device_runs_c
                            targets=(FAST, SLOW), fallback="slow", parameter_bytes={"w": GIB})
 
     assert latency_floor_seconds(problem) == pytest.approx(1.0 + 2.0 + 3.0, rel=1e-5)
+
+
+def test_a_tensor_between_ops_that_only_different_devices_run_is_copied_in_the_floor_too():
+    problem = make_problem([node("a", fast=1.0), node("b", slow=1.0)], values=[value("a", "b")],
+                           targets=(FAST, SLOW), fallback="slow")
+
+    # 1 s on each device, and the 1 MB between them must cross the link: 1 ms of latency plus 1 ms at 1 GB/s.
+    assert latency_floor_seconds(problem) == pytest.approx(2.002, rel=1e-5)
