@@ -55,7 +55,8 @@ def command_parser() -> argparse.ArgumentParser:
     compile_parser.add_argument("--engine-hop", type=duration_or_none, default=None, metavar="TIME",
                                 help="what the serving engine adds to every hop between partitions, e.g. 0.5ms for "
                                      "Ray on a small machine (benchmarks/engine_hop.py measures it; default: 10us, "
-                                     "an in-process pipeline; 0: nothing); each device's own stage launch comes from its spec")
+                                     "an in-process pipeline; 0: nothing); each device's own stage launch comes "
+                                     "from its spec")
     compile_parser.add_argument("--time-limit", type=time_limit, default=30.0, metavar="SECONDS",
                                 help="solver time limit (default: 30)")
     compile_parser.add_argument("--workers", type=workers, default=0,

@@ -144,16 +144,19 @@ def bottleneck_floor_seconds(problem: PlacementProblem) -> float:
 
 def _floor(problem: PlacementProblem, rate: Callable[[Sequence[str]], float], bottleneck: bool) -> Relaxation:
     # Whether a device is used at all is a yes or no (a few binaries, searched by SCIP): a pipeline's stages
-    # are each entered once a request, which shares of blocks spread evenly do not show. Where SCIP finds no
-    # solution in its time, the program is solved again without them.
+    # are each entered once a request, which shares of blocks spread evenly do not show. Where SCIP does not
+    # prove its optimum within its nodes and time, the program is solved again without them.
+    program = _program(problem)
     mixed = (bool(problem.hop_seconds) and problem.adjacent is None
              and len(problem.targets) <= MOST_PLACES_DECIDED_USED)
-    solved = _solved(problem, rate, bottleneck, mixed=True) if mixed else None
-    return solved or _solved(problem, rate, bottleneck, mixed=False)
+    solved = _solved(problem, program, rate, bottleneck, mixed=True) if mixed else None
+    return solved or _solved(problem, program, rate, bottleneck, mixed=False)
 
 
-def _solved(problem: PlacementProblem, rate: Callable[[Sequence[str]], float], bottleneck: bool, mixed: bool
-            ) -> Relaxation | None:
+def _solved(problem: PlacementProblem, program: _Program, rate: Callable[[Sequence[str]], float], bottleneck: bool,
+            mixed: bool) -> Relaxation | None:
+    """The floor's program solved, with the devices' use as binaries where `mixed` (None where SCIP does not
+    prove its optimum)."""
     solver = pywraplp.Solver.CreateSolver("SCIP" if mixed else "GLOP")
     if mixed:  # a node limit keeps the bound the same from run to run; the time limit is a guard
         solver.SetSolverSpecificParametersAsString(f"limits/nodes = {USED_DEVICES_NODES}\n")
@@ -189,7 +192,6 @@ def _solved(problem: PlacementProblem, rate: Callable[[Sequence[str]], float], b
         else:
             objective.SetCoefficient(variable, objective.GetCoefficient(variable) + seconds * rate((target,)))
 
-    program = _program(problem)
     shares: list[dict[str, pywraplp.Variable]] = []
     for work in program.works:
         whole = solver.Constraint(1.0, 1.0)  # the work runs, in shares, on the targets that support it
@@ -307,9 +309,9 @@ def _at_least_the_rise(solver: pywraplp.Solver, after: pywraplp.Variable, before
 def _program(problem: PlacementProblem) -> _Program:
     """The problem's ops as the programs place them: each op alone, except that the ops at one position of a
     family of identical blocks (the same compute on every device) are one, their figures summed. A pair run one
-    after the other, or a tensor, within a block counts where every block of its family has it alike; those
-    across blocks are left out (less to pay keeps the floor a floor), so the program stays the same for every
-    order of the blocks."""
+    after the other, or a tensor, within a block or from a block to the next counts where every block of its
+    family has it alike (from one block to the next, as a ring: see `_Pair`); others that touch a block are left
+    out (less to pay keeps the floor a floor)."""
     seen: set[str] = set()
     new_weights: dict[str, float] = {}
     for node in problem.nodes:

@@ -15,13 +15,13 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar, Sequence
 
 from partitioner.errors import PartitionerError
-from partitioner.placement.floors import Relaxation, bottleneck_relaxation, priced_relaxation
 from partitioner.units import DOLLARS, DOLLARS_PER_HOUR, SECONDS, SECONDS_PER_REQUEST, Unit
 
 if TYPE_CHECKING:  # the CLI lists the objectives before it needs the solver, torch or OR-Tools
     from ortools.sat.python import cp_model
 
     from partitioner.placement.cp_sat_model import PlacementModel
+    from partitioner.placement.floors import Relaxation
     from partitioner.placement.problem import PlacementProblem
     from partitioner.placement.scoring import Score
 
@@ -107,6 +107,8 @@ class BusySecondsObjective(Objective):
         return model.priced_seconds(lambda busy: self.rate(model.problem, busy))
 
     def relaxation(self, problem: PlacementProblem) -> Relaxation | None:
+        from partitioner.placement.floors import priced_relaxation
+
         return priced_relaxation(problem, lambda busy: self.rate(problem, busy))
 
 
@@ -181,6 +183,8 @@ class Throughput(Objective):
         return model.add_bottleneck()
 
     def relaxation(self, problem: PlacementProblem) -> Relaxation | None:
+        from partitioner.placement.floors import bottleneck_relaxation
+
         return bottleneck_relaxation(problem)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from partitioner.placement.problem import PlacementProblem
-from partitioner.placement.structure import block_segments
+from partitioner.placement.structure import block_segments, op_work
 
 # The rounded plan's name among the plans a search starts from (and its origin where nothing found beats it).
 ROUNDED_FLOOR = "rounded floor"
@@ -88,7 +88,7 @@ def _deal_cut(problem: PlacementProblem, family: tuple[tuple[str, ...], ...], me
     (in blocks), cut inside a segment where a quota ends: an op goes to the stage that holds the middle of its
     work, counted in blocks from the family's start."""
     for positions, quota in zip(members, quotas):
-        weights = [max(problem.node(family[0][index]).compute_seconds.values(), default=0.0) for index in positions]
+        weights = [op_work(problem.node(family[0][index])) for index in positions]
         total = sum(weights) or 1.0
         ends, reached = [], 0.0  # each stage's end, in blocks
         for target in order:
@@ -113,11 +113,11 @@ def _quota(problem: PlacementProblem, shares: Mapping[str, Mapping[str, float]],
     quota: dict[str, float] = {}
     for block in family:
         nodes = [problem.node(block[index]) for index in positions]
-        weights = [max(node.compute_seconds.values(), default=0.0) for node in nodes]
+        weights = [op_work(node) for node in nodes]
         total = sum(weights)
         for node, weight in zip(nodes, weights):
+            part = weight / total if total > 0 else 1.0 / len(nodes)
             for target, share in shares.get(node.name, {}).items():
-                part = weight / total if total > 0 else 1.0 / len(nodes)
                 quota[target] = quota.get(target, 0.0) + share * part
     return quota
 
@@ -131,4 +131,5 @@ def _supported_by_all(problem: PlacementProblem, names: list[str]) -> list[str]:
 def _largest(shares: Mapping[str, float], supported: Mapping[str, float] | list[str]) -> str:
     """The supported device with the largest share (the first in priority order on ties)."""
     order = list(supported)
-    return max(order, key=lambda target: (shares.get(target, float("-inf")), -order.index(target)))
+    best = max(range(len(order)), key=lambda index: (shares.get(order[index], float("-inf")), -index))
+    return order[best]

@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from partitioner.placement.objectives import Objective
-from partitioner.placement.problem import PlacementProblem
+from partitioner.placement.problem import PlacementProblem, ProblemNode
 from partitioner.placement.reduction import Reduction, NodeGroups
 
 # A family this long or longer is worth the structured search: below it, the op-level search is fast on its own.
@@ -81,6 +81,11 @@ def structured_problem(exact: Reduction, objective: Objective, around: Mapping[s
 LEAST_PIECE_SHARE = 0.1
 
 
+def op_work(node: ProblemNode) -> float:
+    """What an op weighs within its block: its seconds on the device slowest at it."""
+    return max(node.compute_seconds.values(), default=0.0)
+
+
 def block_segments(problem: PlacementProblem, family: tuple[tuple[str, ...], ...]) -> list[int]:
     """Per position of the family's blocks, which segment of the block it lies in (see the module's docstring):
     a new one at each waist and wherever the devices that support the ops change."""
@@ -104,13 +109,13 @@ def _pieces(problem: PlacementProblem, family: tuple[tuple[str, ...], ...]) -> l
         made = position.get(value.producer)
         if made is None and uses:  # made before the block: live until its last use in it
             first, last = 0, max(uses)
-        elif made is not None and (uses or len(uses) < len(value.consumers)):
+        elif made is not None and value.consumers:  # live until its last use, or past the block if used after it
             first, last = made + 1, len(block) if len(uses) < len(value.consumers) else max(uses)
         else:
             continue
         for cut in range(first, last + 1):
             crossing[cut] += value.num_bytes
-    work = [max(problem.node(name).compute_seconds.values()) for name in block]
+    work = [op_work(problem.node(name)) for name in block]
     total, done, pieces, piece, since = sum(work), 0.0, [], 0, 0.0
     for index, seconds in enumerate(work):
         if (index and crossing[index] <= crossing[0] and since >= LEAST_PIECE_SHARE * total
