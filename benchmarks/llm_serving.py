@@ -6,7 +6,8 @@ size, and keeps the cheapest per output token within the workload's limits.
 The table gives money per 1M output tokens, output tokens/s, TTFT, TPOT, the
 batch and deployment chosen, against all on the H100 and `priority` (same
 batch, co-located) and an all-H100 fleet of the same hourly price; planning
-seconds and the throughput search's gap. Not a test; writes Markdown and JSON.
+seconds and the gap in money per token (the plan against the least any plan can cost).
+Not a test; writes Markdown and JSON.
 
     python benchmarks/llm_serving.py [--models llama-7b,...] [--workloads chat,...] [--fleets ...]
                                      [--time-limit 60] [--out DIR]
@@ -87,7 +88,8 @@ def run(models, workloads, fleets, time_limit: float) -> list[dict]:
                              if priority.fits_memory else None,
                              "same_price_h100_tokens_per_second": plan.same_price_fallback_tokens_per_second()[1]
                              if h100.fits_memory else None,
-                             "other_deployment": _other(plan), "gap": best.solver.gap if best.solver else None,
+                             "other_deployment": _other(plan), "gap": plan.gap,
+                             "throughput_gap": best.solver.gap if best.solver else None,
                              "seconds": plan.planning_seconds})
                 print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -123,7 +125,7 @@ def markdown(rows: list[dict], time_limit: float) -> str:
             + (f"{other['deployment']} b{other['batch']} ${other['per_1m_out']:.3g}" if other else "none qualified")
             + " | " + (f"{row['same_price_h100_tokens_per_second']:.4g}"
                        if row["same_price_h100_tokens_per_second"] is not None else "-") + " | "
-            + (f"{100 * row['gap']:.0f}%" if row["gap"] is not None else "-") + f" | {row['seconds']:.0f} |")
+            + (f"{100 * row['gap']:.1f}%" if row["gap"] is not None else "-") + f" | {row['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -101,6 +101,15 @@ class LLMPlan:
     fallback_price_per_hour: float
     planning_seconds: float
     expert_shards: int  # shards per mixture-of-experts layer, each placed on its own (0: a dense model)
+    # The least money per 1M output tokens any plan of the batches and deployments tried can cost: the search's
+    # bound (partitioner/llm/rentals.py).
+    cost_floor_per_million_output_tokens: float = 0.0
+
+    @property
+    def gap(self) -> float:
+        """How far the plan's money per output token may be above the cheapest plan's: 0 means proven cheapest."""
+        cost = self.best.cost_per_million_output_tokens
+        return max(0.0, 1 - self.cost_floor_per_million_output_tokens / cost) if cost > 0 else 0.0
 
     def same_price_fallback_tokens_per_second(self) -> tuple[float, float]:
         """How many fallback devices the plan's hourly price buys (fractional), and the output tokens per second
@@ -118,7 +127,8 @@ class LLMPlan:
                 "fallback": self.fallback, "planning_seconds": self.planning_seconds,
                 "expert_shards": self.expert_shards,
                 "kv_cache_bytes_per_request": self.kv_cache_bytes_per_request,
-                "best": self.best.to_dict(),
+                "cost_floor_per_million_output_tokens": self.cost_floor_per_million_output_tokens,
+                "gap": self.gap, "best": self.best.to_dict(),
                 "tried": [{"deployment": t.deployment, "batch_size": t.batch_size, "refusal": t.refusal,
                            **({"result": t.result.to_dict()} if t.result else {})} for t in self.tried],
                 "baselines": {name: d.to_dict() for name, d in self.baselines.items()}}

@@ -110,7 +110,7 @@ def phase_split_placements(joint: PlacementProblem) -> dict[str, dict[str, str]]
             prefill = _phase_on(joint, "prefill", prefill_devices)
             decode = _phase_on(joint, "decode", decode_devices)
             if prefill is not None and decode is not None:
-                label = f"prefill on {_describe(prefill_devices)}, decode on {_describe(decode_devices)}"
+                label = f"prefill on {describe_devices(prefill_devices)}, decode on {describe_devices(decode_devices)}"
                 placements[label] = {**fastest_first_placement(prefill), **fastest_first_placement(decode)}
     return placements
 
@@ -129,7 +129,7 @@ def _phase_on(joint: PlacementProblem, phase: str, devices: list[str]) -> Placem
     return joint.with_graph(nodes, values, blocks=(), separate_phases=False)
 
 
-def _describe(devices: list[str]) -> str:
+def describe_devices(devices: list[str]) -> str:
     """`4 x trn2`, `cuda-h100` or `2 x trn2 + cuda-h100`: how many devices of each kind."""
     counts: dict[str, int] = {}
     for device in devices:

@@ -3,23 +3,30 @@
 Prefill is captured for the workload's prompt lengths and a decode step for the
 batch sizes worth trying (partitioner/llm/phases.py), costed (prompt buckets as
 their share-weighted mean, partitioner/llm/buckets.py), joined into one serving
-problem (partitioner/llm/joint.py) and solved for throughput: with each weight
-placed once (co-located) and with each device given to one phase (disaggregated).
-Batch sizes whose weights and KV cache exceed the fleet's memory are refused
-unsolved; the others are tried from the largest down, stopping once a batch
-meets the limits and the next smaller one costs more per token. The batch and
-deployment with the least money per output token (partitioner/llm/deployment.py)
-that meets the workload's limits is the plan; the others are reported.
+problem (partitioner/llm/joint.py): with each weight placed once (co-located) and
+with each device given to one phase (disaggregated). Batch sizes whose weights
+and KV cache exceed the fleet's memory are refused unsolved.
+
+What is minimised is money per output token, by one search over every
+(deployment, batch, devices rented): each rental (partitioner/llm/rentals.py)
+is priced at least at its floor, and the cheapest floor is worked on first:
+ruled out by its TTFT or TPOT floor, priced again by its linear program, or
+searched for throughput on its devices alone (money per token is their price
+over that throughput). The search stops when its plan is within 1% of every
+floor left, and the least floor left is the plan's bound: its gap is in money
+per token. The plan is the deployment with the least money per output token
+(partitioner/llm/deployment.py) that meets the workload's limits; each other
+(deployment, batch) is reported with its best plan or why it was not searched.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 import threading
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 
@@ -32,11 +39,12 @@ from partitioner.frontend.op_graph import OpGraph
 from partitioner.llm.buckets import mean_problem, on_one_graph
 from partitioner.llm.deployment import CostedPhase, Deployment, LLMPlan, Tried, deployment_figures
 from partitioner.llm.experts import expert_shard, experts_per_layer, experts_sharded
-from partitioner.llm.joint import joint_problem, phase_split_placements
+from partitioner.llm.joint import describe_devices, joint_problem, phase_split_placements
 from partitioner.llm.phases import PhaseGraphs, capture_phases, context_limit, decoder_layers
+from partitioner.llm.rentals import Rental, per_million_output_tokens, rentals
 from partitioner.placement.baselines import BASELINES, SERVING_BASELINES
 from partitioner.placement.infeasibility import phases_sharing_a_device
-from partitioner.placement.floors import latency_floor_seconds
+from partitioner.placement.floors import bottleneck_relaxation, latency_floor_seconds, priced_relaxation
 from partitioner.placement.objectives import THROUGHPUT
 from partitioner.placement.problem import DEFAULT_ENGINE_HOP_SECONDS, PlacementProblem, build_problem
 from partitioner.placement.scoring import score
@@ -50,9 +58,14 @@ from targets.workload import Workload
 DEPLOYMENTS = ("co-located", "disaggregated")
 BATCH_CANDIDATES = (1, 4, 16, 64, 256)
 DEFAULT_EXPERT_SHARDS = 2
-# Tries searched at once: CP-SAT releases the GIL while it searches, so one try's search overlaps the next one's
-# Python (its joint problem, baselines and model).
-TRIES_IN_FLIGHT = 2
+# A rental's search takes at most this share of the time limit, so that a search that cannot prove its plan
+# leaves time for the next rentals.
+SEARCHES_IN_A_LIMIT = 3
+# The share of the time limit in which rentals' floors are worked out before they are searched (after it, they are
+# searched in the order of the floors they have).
+FLOORS_SHARE = 0.5
+# The search stops once its plan costs at most this much more per token than every rental left may.
+CLOSE_ENOUGH_PER_TOKEN = 0.01
 
 
 def plan_llm(model: torch.nn.Module, workload: Workload, fleet: Fleet, *, time_limit_seconds: float = 60.0,
@@ -113,17 +126,9 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
     decodes = {batch: _costed(decode_graphs, {batch: 1.0}, targets, cost_model, engine_hop_seconds)
                for batch in {b for _, b in runs}}
     runs = _within_reach(runs, workload, prefill, decodes, tried)
-    # The tries share the time limit, TRIES_IN_FLIGHT at a time: each may take (building its search included) its
-    # share of that many limits, and the limit still covers them all. One stop serves every try, so that Ctrl-C
-    # (seen by this thread) ends the searches in the others too.
-    share = options.time_limit_seconds * TRIES_IN_FLIGHT / max(1, len(runs))
-    per_solve = replace(options, time_limit_seconds=share, stop=options.stop or threading.Event())
-
-    def attempt(deployment: str, batch: int) -> tuple[PlacementProblem, Tried]:
-        joint = _joint(prefill, decodes[batch], workload, batch, deployment == "disaggregated")
-        return joint, _try(deployment, batch, joint, prefill, decodes[batch], workload, per_solve)
-
-    joints = _search(runs, attempt, tried, per_solve.stop)
+    joints = {(deployment, batch): _joint(prefill, decodes[batch], workload, batch, deployment == "disaggregated")
+              for deployment, batch in runs}
+    floor = _search(joints, prefill, decodes, workload, _weight_bytes(prefill), kv_per_request, options, tried)
     tried.sort(key=lambda t: (t.batch_size, DEPLOYMENTS.index(t.deployment)))
     meeting = [t.result for t in tried if t.result is not None and t.refusal is None]
     if not meeting:
@@ -135,15 +140,16 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
                                            decode, workload, assignment, None)
                  for label, assignment in ((label, strategy(joint)) for label, strategy in BASELINES.items())}
     fallback_price = next(t.price_per_hour for t in targets if t.name == targets.fallback)
-    return LLMPlan(name, workload, fleet.describe(planned_on=len(targets), ops=ops), targets.fallback, decoder_layers(model), kv_per_request, best,
-                   tuple(tried), baselines, fallback_price, time.perf_counter() - started, expert_shards)
+    return LLMPlan(name, workload, fleet.describe(planned_on=len(targets), ops=ops), targets.fallback,
+                   decoder_layers(model), kv_per_request, best, tuple(tried), baselines, fallback_price,
+                   time.perf_counter() - started, expert_shards, min(floor, best.cost_per_million_output_tokens))
 
 
 def _fitting(batches: tuple[int, ...], prefill: CostedPhase,
              kv_per_request: int) -> tuple[list[tuple[str, int]], list[Tried]]:
     """The (deployment, batch) pairs whose weights (once co-located, twice disaggregated) and KV caches (the
     decode batch's and a prefill's) fit the fleet's memory at all, and the others, refused with the figures."""
-    weights = sum(size for p, size in prefill.problem.parameter_bytes.items() if p not in prefill.state)
+    weights = _weight_bytes(prefill)
     memory = sum(t.memory_bytes for t in prefill.problem.targets)
     runs, refused = [], []
     for batch in batches:
@@ -156,6 +162,11 @@ def _fitting(batches: tuple[int, ...], prefill: CostedPhase,
                                      f"{format_bytes(kv_per_request * batch)} of KV cache exceed the fleet's "
                                      f"{format_bytes(memory)}", "add devices or memory to the fleet"))
     return runs, refused
+
+
+def _weight_bytes(prefill: CostedPhase) -> int:
+    """The model's weights (its parameters other than the KV cache)."""
+    return sum(size for p, size in prefill.problem.parameter_bytes.items() if p not in prefill.state)
 
 
 def _within_reach(runs: list[tuple[str, int]], workload: Workload, prefill: CostedPhase,
@@ -197,45 +208,133 @@ def _relax(workload: Workload, ttft_floor: float, tpot_floor: float) -> str:
     return f"relax {' or '.join(limits or ['ttft_ms', 'tpot_ms'])} in the workload"
 
 
-def _search(runs: list[tuple[str, int]], attempt: Callable[[str, int], tuple[PlacementProblem, Tried]],
-            tried: list[Tried], stop: threading.Event) -> dict[tuple[str, int], PlacementProblem]:
-    """Try (deployment, batch) pairs, each deployment's largest batch first, adding each result to `tried`; returns
-    the joint problem of each pair tried. A smaller batch reads the same weights for fewer tokens, so it costs
-    more per token unless the larger misses TPOT: once a batch meets the limits and the next smaller one is
-    dearer, smaller ones are not tried. CP-SAT releases the GIL while it searches, so two tries are in flight at
-    once: one's search overlaps the other's Python (its joint problem, baselines and model)."""
-    order = [(d, b) for d in DEPLOYMENTS for b in sorted((b for d2, b in runs if d2 == d), reverse=True)]
-    joints: dict[tuple[str, int], PlacementProblem] = {}
-    cheapest: dict[str, Deployment] = {}
-    stopped: set[str] = set()
-    in_flight: deque = deque()
+def _search(joints: Mapping[tuple[str, int], PlacementProblem], prefill: CostedPhase,
+            decodes: Mapping[int, CostedPhase], workload: Workload, weights: int, kv_per_request: int,
+            options: SolverOptions, tried: list[Tried]) -> float:
+    """Search the rentals (partitioner/llm/rentals.py) of every (deployment, batch) in `joints`, least floor first,
+    adding one outcome per (deployment, batch) to `tried`; returns the least money per 1M output tokens any plan
+    can cost (the floors of the rentals not searched, the bounds of those searched).
 
-    def settle() -> None:
-        deployment, batch, future = in_flight.popleft()
-        joints[deployment, batch], outcome = future.result()
-        tried.append(outcome)
-        if outcome.result is None or outcome.refusal is not None:
-            return
-        previous = cheapest.get(deployment)
-        if previous is not None and \
-                outcome.result.cost_per_million_output_tokens >= previous.cost_per_million_output_tokens:
-            stopped.add(deployment)
+    A rental is first priced by its quick floor; when it comes up, its TTFT and TPOT floors on its devices rule
+    it out or its linear program's floor prices it again; when it comes up with that, it is searched for
+    throughput on its devices alone (what it costs per token is its price over that). Floors are worked out in
+    the first FLOORS_SHARE of the time only, so that a fleet of many rentals still leaves time to search. The
+    search ends when the cheapest plan meeting the limits is within CLOSE_ENOUGH_PER_TOKEN of every floor left,
+    or when the time is up."""
+    deadline = time.monotonic() + options.time_limit_seconds
+    floors_until = time.monotonic() + options.time_limit_seconds * FLOORS_SHARE
+    stop = options.stop or threading.Event()
+    # Least floor first; of equal floors, the fewest devices (their search is the smallest and hops the least).
+    queue: list[tuple[float, int, int, Rental]] = []
+    for (deployment, batch), joint in joints.items():
+        memory = (2 if deployment == "disaggregated" else 1) * weights + kv_per_request * (batch + 1)
+        for rental in rentals(joint, deployment, batch, workload.output_tokens, memory):
+            heapq.heappush(queue, (rental.floor, len(rental.devices), len(queue), rental))
+    outcomes: dict[tuple[str, int], list[Tried]] = {}
+    ruled_out: dict[tuple[str, int], str] = {}
+    bounds: dict[tuple[str, int], float] = {}  # per (deployment, batch), the least bound of its rentals searched
+    limits = _LatencyFloors(prefill, decodes, workload)
+    cheapest = math.inf
+    for (deployment, batch), joint in joints.items():  # the baselines first: no plan may be worse than one
+        for outcome in _baselines(deployment, batch, joint, prefill, decodes[batch], workload):
+            outcomes.setdefault((deployment, batch), []).append(outcome)
+            if outcome.refusal is None:
+                cheapest = min(cheapest, outcome.result.cost_per_million_output_tokens)
+    pushed = len(queue)
+    while queue and queue[0][0] * (1 + CLOSE_ENOUGH_PER_TOKEN) < cheapest:
+        left = deadline - time.monotonic()
+        if left <= 0 or stop.is_set():
+            break
+        floor, _, _, rental = heapq.heappop(queue)
+        key = (rental.deployment, rental.batch)
+        problem = joints[key].on_devices(rental.devices)
+        if problem is None:
+            continue
+        if not rental.exact and time.monotonic() < floors_until:
+            miss = limits.missed(rental.batch, rental.devices, problem)
+            if miss:
+                ruled_out.setdefault(key, miss)
+                continue
+            relaxation = bottleneck_relaxation(problem, decide_used=False)
+            if relaxation.fits:
+                exact = per_million_output_tokens(rental.price_per_hour, relaxation.value, workload.output_tokens)
+                pushed += 1
+                heapq.heappush(queue, (max(floor, exact), len(rental.devices), pushed,
+                                       replace(rental, floor=max(floor, exact), exact=True)))
+            continue
+        share = replace(options, time_limit_seconds=min(left, options.time_limit_seconds / SEARCHES_IN_A_LIMIT),
+                        stop=stop)
+        outcome = _try(rental.deployment, rental.batch, problem, prefill, decodes[rental.batch], workload, share,
+                       joints[key])
+        outcomes.setdefault(key, []).append(outcome)
+        searched = floor
+        if outcome.result is not None and outcome.result.solver is not None:
+            searched = max(floor, per_million_output_tokens(rental.price_per_hour, outcome.result.solver.bound,
+                                                            workload.output_tokens))
+            if outcome.refusal is None:
+                cheapest = min(cheapest, outcome.result.cost_per_million_output_tokens)
+        bounds[key] = min(bounds.get(key, math.inf), searched)
+    for *_, rental in queue:
+        key = (rental.deployment, rental.batch)
+        bounds[key] = min(bounds.get(key, math.inf), rental.floor)
+    for key in joints:
+        if key in outcomes:
+            tried.append(min(outcomes[key], key=lambda t: (t.result is None, t.refusal is not None,
+                                                           t.result.cost_per_million_output_tokens if t.result
+                                                           else 0.0)))
+        elif key in bounds:
+            tried.append(Tried(*key, None, f"not searched: a plan of it costs at least ${bounds[key]:.3g} per 1M "
+                                           "output tokens, no less than the plan's"
+                                           if bounds[key] * (1 + CLOSE_ENOUGH_PER_TOKEN) >= cheapest
+                               else f"not searched in the time (it may cost as little as ${bounds[key]:.3g} per 1M "
+                                    "output tokens)", "raise the time limit"))
         else:
-            cheapest[deployment] = outcome.result
+            tried.append(Tried(*key, None, ruled_out.get(key, "no part of the fleet holds its weights and KV cache"),
+                               _relax(workload, math.inf, math.inf) if key in ruled_out
+                               else "add devices or memory to the fleet"))
+    return min(bounds.values(), default=math.inf)
 
-    with ThreadPoolExecutor(max_workers=TRIES_IN_FLIGHT) as pool:
-        try:
-            for deployment, batch in order:
-                if deployment not in stopped:
-                    in_flight.append((deployment, batch, pool.submit(attempt, deployment, batch)))
-                if len(in_flight) == TRIES_IN_FLIGHT:
-                    settle()
-            while in_flight:
-                settle()
-        except KeyboardInterrupt:
-            stop.set()  # the tries in flight stop searching, so the pool ends at once
-            raise
-    return joints
+
+class _LatencyFloors:
+    """The least TTFT and TPOT any placement on a set of devices has (the latency floor of the longest prompt's
+    prefill, and of a decode step at each batch), worked out once per set."""
+
+    def __init__(self, prefill: CostedPhase, decodes: Mapping[int, CostedPhase], workload: Workload):
+        self.prefill, self.decodes, self.workload = prefill, decodes, workload
+        self.longest = max(prefill.by_size)
+        self._ttft: dict[tuple[str, ...], float] = {}
+        self._tpot: dict[tuple[int, tuple[str, ...]], float] = {}
+
+    def missed(self, batch: int, devices: tuple[str, ...], problem: PlacementProblem) -> str | None:
+        """Which of the workload's limits no placement on `devices` meets, with the floors that prove it."""
+        misses = []
+        if self.workload.ttft_seconds:
+            if devices not in self._ttft:
+                self._ttft[devices] = _latency_floor_on(self.prefill.by_size[self.longest], devices)
+            if self._ttft[devices] > self.workload.ttft_seconds:
+                misses.append(_over(self._ttft[devices], self.workload.ttft_seconds,
+                                    f"TTFT for {self.longest}-token prompts", devices))
+        if self.workload.tpot_seconds:
+            if (batch, devices) not in self._tpot:
+                self._tpot[batch, devices] = _latency_floor_on(self.decodes[batch].problem, devices)
+            if self._tpot[batch, devices] > self.workload.tpot_seconds:
+                misses.append(_over(self._tpot[batch, devices], self.workload.tpot_seconds, "TPOT", devices))
+        return "; ".join(misses) or None
+
+
+def _over(floor: float, limit: float, what: str, devices: tuple[str, ...]) -> str:
+    """Why no placement on `devices` meets a limit: the floor over it, or no room at all."""
+    where = describe_devices(list(devices))
+    if math.isinf(floor):
+        return f"{what}: no placement of its weights and KV cache fits {where}"
+    return f"on {where}, {what} at least {floor * 1e3:.3g} ms, over {limit * 1e3:g} ms"
+
+
+def _latency_floor_on(problem: PlacementProblem, devices: tuple[str, ...]) -> float:
+    """The latency floor of `problem` on `devices` alone (infinite where it has no placement there)."""
+    restricted = problem.on_devices(devices)
+    relaxation = priced_relaxation(restricted, lambda busy: 1.0, decide_used=False) if restricted else None
+    return relaxation.value if relaxation is not None and relaxation.fits else math.inf
 
 
 def _costed(phase: PhaseGraphs, shares: Mapping[int, float], targets: TargetSet, cost_model: CostModel,
@@ -269,7 +368,10 @@ def _joint(prefill: CostedPhase, decode: CostedPhase, workload: Workload, batch:
 
 
 def _try(deployment: str, batch: int, joint: PlacementProblem, prefill: CostedPhase, decode: CostedPhase,
-         workload: Workload, options: SolverOptions) -> Tried:
+         workload: Workload, options: SolverOptions, whole: PlacementProblem) -> Tried:
+    """Search `joint` (a rental: the problem on part of the fleet) for throughput, and keep the cheapest per token
+    of its plan and its seeds, read off `whole` (the problem on the whole fleet, whose fallback the figures
+    compare with)."""
     if (clash := phases_sharing_a_device(joint)) is not None:  # no need to search to know
         return Tried(deployment, batch, None, *clash.removesuffix(".").split(". Fix: "))
     hints = {label: strategy(joint) for label, strategy in {**BASELINES, **SERVING_BASELINES}.items()}
@@ -287,11 +389,26 @@ def _try(deployment: str, batch: int, joint: PlacementProblem, prefill: CostedPh
         result = score(joint, assignment)
         if label == "cp-sat" or (result.fits_memory and not result.phase_conflicts):
             report = placement.report if label == "cp-sat" else replace(placement.report, origin=label)
-            results[label] = deployment_figures(deployment, batch, joint, result, prefill, decode, workload,
+            results[label] = deployment_figures(deployment, batch, whole, result, prefill, decode, workload,
                                                 assignment, report)
     misses = {label: _misses(workload, result) for label, result in results.items()}
     kept = min(results, key=lambda label: (bool(misses[label]), results[label].cost_per_million_output_tokens))
     return Tried(deployment, batch, results[kept], "; ".join(misses[kept]) or None)
+
+
+def _baselines(deployment: str, batch: int, joint: PlacementProblem, prefill: CostedPhase, decode: CostedPhase,
+               workload: Workload) -> list[Tried]:
+    """The one-request baselines on the whole fleet that fit and keep the phases apart where they must be, each
+    as an outcome (with the limits it misses): scored, not searched."""
+    outcomes = []
+    for label, strategy in BASELINES.items():
+        assignment = strategy(joint)
+        result = score(joint, assignment)
+        if result.fits_memory and not result.phase_conflicts:
+            figures = deployment_figures(deployment, batch, joint, result, prefill, decode, workload, assignment,
+                                         None)
+            outcomes.append(Tried(deployment, batch, figures, "; ".join(_misses(workload, figures)) or None))
+    return outcomes
 
 
 def _misses(workload: Workload, result: Deployment) -> list[str]:

@@ -55,11 +55,14 @@ def format_llm_summary(plan: LLMPlan) -> str:
                         + (f"{format_money(t.result.cost_per_million_output_tokens)}/1M" if t.result else "no plan")
                         + reason)
     lines += ["", "tried      " + "; ".join(attempts)]
+    floor = format_money(plan.cost_floor_per_million_output_tokens)
+    lines.append(f"search     no plan can cost under {floor} per 1M output tokens: gap {100 * plan.gap:.2f}%; "
+                 f"planning {plan.planning_seconds:.1f} s in all")
     solver = best.solver
     if solver is not None:
-        lines.append(f"solver     throughput search {solver.status}, gap {100 * solver.gap:.2f}%; kept the "
-                     f"{solver.origin} placement, the cheapest per token; planning "
-                     f"{plan.planning_seconds:.1f} s in all")
+        lines.append(f"solver     on {', '.join(sorted(set(best.assignment.values())))}: throughput search "
+                     f"{solver.status}, gap {100 * solver.gap:.2f}%; kept the {solver.origin} placement, the "
+                     "cheapest per token")
     return "\n".join(lines)
 
 

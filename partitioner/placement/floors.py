@@ -26,10 +26,12 @@ resources its route occupies in the serving model). Without them an op-by-op
 split that plays on each device's best ops looks free, and the floor sits far
 below any plan a split must pay for. Whether a device is used at all is a yes
 or no: a device used is entered at least once a request unless it runs the
-request's first op, which a pipeline's stages pay and shares spread evenly over
-blocks do not show (a few binaries, one per device, solved by SCIP; without
-its proof, the linear program alone). Activations only add to a plan, so
-leaving them out keeps every bound valid.
+first op of a phase (of the request, or of an LLM's prefill or decode step),
+which a pipeline's stages pay and shares spread evenly over blocks do not show
+(a few binaries, one per device, solved by SCIP; without its proof, the linear
+program alone). An op that follows another (a decode layer's matmul and the
+prefill one whose weights it shares) takes the same shares. Activations only
+add to a plan, so leaving them out keeps every bound valid.
 
 Identical repeated blocks are one block in the program, its figures summed
 over the family: averaging any fractional placement over the family's blocks
@@ -42,6 +44,7 @@ one hop and copy the ring adds. Solved with OR-Tools' GLOP (or SCIP, above).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -96,7 +99,11 @@ class _Program:
     hop_pairs: list[_Pair]
     crossings: list[_Crossing]
     work_of: Mapping[str, int]  # each node's work
-    first: int | None  # the work of the request's first op (None: a graph of no ops)
+    # The works holding an op no pair leads into (a phase's first op), each with how many ops it stands for: a
+    # device that runs none of them is entered by a hop before its first op.
+    starts: Mapping[int, int]
+    least_times: float  # the fewest times per request a pair runs: what entering a device costs at least, in hops
+    ties: list[tuple[int, int]]  # works placed alike (an op that follows another: weights shared by two phases)
 
 
 # The most places whose every pair the transfer terms price (a flow variable per pair and tensor): beyond it the
@@ -117,6 +124,7 @@ class Relaxation:
 
     value: float
     shares: Mapping[str, Mapping[str, float]]
+    fits: bool = True  # false where the weights fit the devices in no shares at all (the value is then 0)
 
 
 def latency_floor_seconds(problem: PlacementProblem) -> float:
@@ -124,17 +132,19 @@ def latency_floor_seconds(problem: PlacementProblem) -> float:
     return priced_relaxation(problem, lambda busy: 1.0).value
 
 
-def priced_relaxation(problem: PlacementProblem, rate: Callable[[Sequence[str]], float]) -> Relaxation:
+def priced_relaxation(problem: PlacementProblem, rate: Callable[[Sequence[str]], float],
+                       decide_used: bool = True) -> Relaxation:
     """A lower bound on the busy seconds of every placement of `problem` that fits memory, each second that keeps
     devices busy priced at `rate(those devices)` (1: the latency floor; the sum of their prices per second: the
-    floor of money per request)."""
-    return _floor(problem, rate, bottleneck=False)
+    floor of money per request). `decide_used=False` leaves out the binaries (see `_floor`): a lower floor, found
+    in a fraction of the time, for callers that need many."""
+    return _floor(problem, rate, bottleneck=False, decide_used=decide_used)
 
 
-def bottleneck_relaxation(problem: PlacementProblem) -> Relaxation:
+def bottleneck_relaxation(problem: PlacementProblem, decide_used: bool = True) -> Relaxation:
     """A lower bound on the busiest resource's seconds per request (the serving model's bottleneck) of every
-    placement of `problem` that fits memory."""
-    return _floor(problem, lambda busy: 1.0, bottleneck=True)
+    placement of `problem` that fits memory (`decide_used` as for `priced_relaxation`)."""
+    return _floor(problem, lambda busy: 1.0, bottleneck=True, decide_used=decide_used)
 
 
 def bottleneck_floor_seconds(problem: PlacementProblem) -> float:
@@ -142,13 +152,13 @@ def bottleneck_floor_seconds(problem: PlacementProblem) -> float:
     return bottleneck_relaxation(problem).value
 
 
-def _floor(problem: PlacementProblem, rate: Callable[[Sequence[str]], float], bottleneck: bool) -> Relaxation:
+def _floor(problem: PlacementProblem, rate: Callable[[Sequence[str]], float], bottleneck: bool,
+           decide_used: bool = True) -> Relaxation:
     # Whether a device is used at all is a yes or no (a few binaries, searched by SCIP): a pipeline's stages
     # are each entered once a request, which shares of blocks spread evenly do not show. Where SCIP does not
     # prove its optimum within its nodes and time, the program is solved again without them.
     program = _program(problem)
-    mixed = (bool(problem.hop_seconds) and problem.adjacent is None
-             and len(problem.targets) <= MOST_PLACES_DECIDED_USED)
+    mixed = decide_used and bool(problem.hop_seconds) and len(problem.targets) <= MOST_PLACES_DECIDED_USED
     solved = _solved(problem, program, rate, bottleneck, mixed=True) if mixed else None
     return solved or _solved(problem, program, rate, bottleneck, mixed=False)
 
@@ -202,6 +212,12 @@ def _solved(problem: PlacementProblem, program: _Program, rate: Callable[[Sequen
             charge(share, target, seconds)
             if work.new_weights_gib:
                 room[target].SetCoefficient(share, work.new_weights_gib)
+    for follower, leader in program.ties:  # placed alike, share for share
+        for target, share in shares[follower].items():
+            alike = solver.Constraint(0.0, 0.0)
+            alike.SetCoefficient(share, 1.0)
+            if target in shares[leader]:
+                alike.SetCoefficient(shares[leader][target], -1.0)
     hops_into: dict[str, dict[pywraplp.Variable, float]] = {}  # per device, its hops per request as terms
     for pair in program.hop_pairs:  # a hop into a device: at least the share of the work newly there
         for target, share in shares[pair.after].items():
@@ -218,12 +234,13 @@ def _solved(problem: PlacementProblem, program: _Program, rate: Callable[[Sequen
         at_least.SetCoefficient(hops, 1.0)
         for variable, times in hops_into.get(target, {}).items():
             at_least.SetCoefficient(variable, -times)
-        if target in used:  # a device used is entered at least once, unless it runs the request's first op
-            once = solver.Constraint(0.0, solver.infinity())  # hops >= used - the first op's share there
+        if target in used:  # a device used is entered at least once, unless it runs a phase's first op
+            once = solver.Constraint(0.0, solver.infinity())  # hops >= least times x (used - the starts' shares)
             once.SetCoefficient(hops, 1.0)
-            once.SetCoefficient(used[target], -1.0)
-            if program.first is not None and target in shares[program.first]:
-                once.SetCoefficient(shares[program.first][target], 1.0)
+            once.SetCoefficient(used[target], -program.least_times)
+            for start, ops in program.starts.items():
+                if target in shares[start]:
+                    once.SetCoefficient(shares[start][target], program.least_times * ops)
         charge(hops, target, problem.hop_seconds[target])
     for crossing in program.crossings:
         produced = shares[crossing.producer]
@@ -263,10 +280,11 @@ def _solved(problem: PlacementProblem, program: _Program, rate: Callable[[Sequen
     objective.SetMinimization()
     exact = pywraplp.MPSolverParameters()  # SCIP stops at a gap of 1e-4 by default: its bound would lose that much
     exact.SetDoubleParam(exact.RELATIVE_MIP_GAP, 1e-7)
-    if solver.Solve(exact) != pywraplp.Solver.OPTIMAL:
+    status = solver.Solve(exact)
+    if status != pywraplp.Solver.OPTIMAL:
         # SCIP out of nodes or time (solved again as a linear program: its best bound may not even be the linear
         # program's yet), or the weights fit nowhere even in shares (the search says so with its own message).
-        return None if mixed else Relaxation(0.0, {})
+        return None if mixed else Relaxation(0.0, {}, fits=status != pywraplp.Solver.INFEASIBLE)
     placed = [{target: share.solution_value() for target, share in work.items()} for work in shares]
     # SCIP's optimum is its best bound, to its gap; GLOP's is exact to its tolerances: stay below both.
     value = objective.BestBound() if mixed else objective.Value()
@@ -357,8 +375,29 @@ def _program(problem: PlacementProblem) -> _Program:
                  for (key, wraps), (amount, times) in counted.items() if isinstance(key[1], int) and key[0] != key[1]]
     crossings = [_Crossing(key[0], key[1], round(amount), times, int(wraps))
                  for (key, wraps), (amount, times) in counted.items() if isinstance(key[1], tuple)]
-    return _Program(works, hop_pairs, crossings, index_of,
-                    index_of[problem.nodes[0].name] if problem.nodes else None)
+    sequence = problem.sequence() if problem.hop_seconds else ()
+    entered = {after for _, after, _ in sequence}
+    ops_of = Counter(index_of.values())
+    starts = {index_of[node.name]: ops_of[index_of[node.name]] for node in problem.nodes if node.name not in entered}
+    return _Program(works, hop_pairs, crossings, index_of, starts,
+                    min((times for _, _, times in sequence), default=0.0), _ties(problem, index_of))
+
+
+def _ties(problem: PlacementProblem, index_of: Mapping[str, int]) -> list[tuple[int, int]]:
+    """The pairs of works whose shares are equal in every plan: an op and the op it follows, or the ops at one
+    position of a family and those at the position they follow, where every op of the one follows an op of the
+    other and each of those is followed alike (so their shares, averaged over the family, are equal too)."""
+    members: dict[int, list[str]] = {}
+    for node in problem.nodes:
+        members.setdefault(index_of[node.name], []).append(node.name)
+    followed: dict[tuple[int, int], dict[str, int]] = {}  # (follower's work, leader's work) -> leader -> followers
+    for node in problem.nodes:
+        if node.follows is not None and index_of[node.name] != index_of[node.follows]:
+            counts = followed.setdefault((index_of[node.name], index_of[node.follows]), {})
+            counts[node.follows] = counts.get(node.follows, 0) + 1
+    return [(follower, leader) for (follower, leader), counts in followed.items()
+            if sum(counts.values()) == len(members[follower]) and set(counts) == set(members[leader])
+            and len(set(counts.values())) == 1]
 
 
 _WITHIN, _ACROSS = "within", "across"

@@ -122,6 +122,25 @@ class PlacementProblem:
         the passes that reshape a problem build (the reduction, a phase on its own, both phases joined)."""
         return replace(self, nodes=tuple(nodes), values=tuple(values), _node_index={}, **{"adjacent": None, **changes})
 
+    def on_devices(self, devices: Iterable[str]) -> PlacementProblem | None:
+        """The same problem on part of the fleet (the devices one would rent): every op placed among `devices`
+        alone (None where one of them runs on none). The fallback stays where it is kept, else the kept device
+        with the most memory takes its place."""
+        kept = set(devices)
+        nodes = []
+        for node in self.nodes:
+            compute = {target: seconds for target, seconds in node.compute_seconds.items() if target in kept}
+            if not compute:
+                return None
+            nodes.append(replace(node, compute_seconds=compute))
+        targets = tuple(t for t in self.targets if t.name in kept)
+        fallback = self.fallback if self.fallback in kept else max(targets, key=lambda t: t.memory_bytes).name
+        return replace(self, targets=targets, fallback=fallback, nodes=tuple(nodes), _node_index={},
+                       links={pair: link for pair, link in self.links.items() if kept.issuperset(pair)},
+                       routes={pair: route for pair, route in self.routes.items() if kept.issuperset(pair)},
+                       device_groups={place: group for place, group in self.device_groups.items() if place in kept},
+                       hop_seconds={place: seconds for place, seconds in self.hop_seconds.items() if place in kept})
+
     def sequence(self) -> tuple[tuple[str, str, float], ...]:
         """The pairs of nodes that run one after the other, each with how many times per request it does: where
         they sit on different devices, the plan hops (partitioner/placement/hops.py)."""

@@ -17,6 +17,7 @@ the plan is one of its plans.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Mapping
 
 from partitioner.placement.problem import PlacementProblem
@@ -47,10 +48,34 @@ def rounded_placements(problem: PlacementProblem, shares: Mapping[str, Mapping[s
         _deal_whole(problem, family, members, [dict(quota) for quota in quotas], whole)
         _deal_cut(problem, family, members, quotas, _stage_order(problem, family, whole), cut)
     for placed in (whole, cut):
-        for node in problem.nodes:  # a node that follows another sits with it
-            if node.follows is not None:
-                placed[node.name] = placed[node.follows]
+        _follow(problem, placed)
+        for family in problem.blocks:
+            _with_leaders(problem, family, placed)
+        _follow(problem, placed)
     return whole, cut
+
+
+def _follow(problem: PlacementProblem, placed: dict[str, str]) -> None:
+    """Put every node that follows another with it."""
+    for node in problem.nodes:
+        if node.follows is not None:
+            placed[node.name] = placed[node.follows]
+
+
+def _with_leaders(problem: PlacementProblem, family: tuple[tuple[str, ...], ...], placed: dict[str, str]) -> None:
+    """Move each segment of the family's blocks whose ops follow others (a decode layer's matmuls sit with the
+    prefill layer holding the same weights) to where most of its followers went, where every op of it runs
+    (its followers then follow their own leaders again): dealt out on its own, the rest of the segment would hop
+    to and fro between its followers' device and its own."""
+    segments = block_segments(problem, family)
+    for block in family:
+        for number in range(max(segments) + 1):
+            names = [name for name, segment in zip(block, segments) if segment == number]
+            leaders = Counter(placed[name] for name in names if problem.node(name).follows is not None)
+            if leaders:
+                target = leaders.most_common(1)[0][0]
+                if all(target in problem.node(name).compute_seconds for name in names):
+                    placed.update({name: target for name in names if problem.node(name).follows is None})
 
 
 def _deal_whole(problem: PlacementProblem, family: tuple[tuple[str, ...], ...], members: list[list[int]],

@@ -37,3 +37,13 @@ def test_a_tensor_between_ops_that_only_different_devices_run_is_copied_in_the_f
 
     # 1 s on each device, and the 1 MB between them must cross the link: 1 ms of latency plus 1 ms at 1 GB/s.
     assert latency_floor_seconds(problem) == pytest.approx(2.002, rel=1e-5)
+
+
+def test_an_op_that_follows_another_is_placed_with_it_in_the_floor_too():
+    # b follows a (the two phases of an LLM share a layer's weights): each is 1 s on its best device and 10 s on
+    # the other, but together they run 11 s wherever they go, in any shares.
+    problem = make_problem([node("a", parameters=["w"], fast=1.0, slow=10.0),
+                            node("b", parameters=["w"], follows="a", fast=10.0, slow=1.0)],
+                           targets=(FAST, SLOW), fallback="slow", parameter_bytes={"w": GIB})
+
+    assert latency_floor_seconds(problem) == pytest.approx(11.0, rel=1e-5)

@@ -208,3 +208,48 @@ def test_the_floor_charges_every_device_used_one_hop_unless_it_runs_the_first_op
     # whole ops pays 4.01).
     assert bottleneck_floor_seconds(problem) == pytest.approx(4.005, rel=1e-5)
     assert solve(problem, THROUGHPUT, SolverOptions(time_limit_seconds=5)).report.objective == pytest.approx(4.01)
+
+
+def test_a_device_that_runs_the_first_op_of_a_later_phase_is_not_charged_a_hop_into_it():
+    # Two phases, each its own graph run once a request (prefill, then a decode step): each phase on a device of
+    # its own takes 2 s there and never hops, so the floor must not charge either device an entry.
+    ops = [node(name, **{"gpu.0": 1.0, "gpu.1": 1.0}) for name in ("prefill_a", "prefill_b", "decode_a", "decode_b")]
+    problem = dataclasses.replace(
+        make_problem(ops, [value("prefill_a", "prefill_b"), value("decode_a", "decode_b")], targets=TWIN,
+                     fallback="gpu.1", links=Link(0.0, 1e12), device_groups=GROUPS),
+        adjacent=(("prefill_a", "prefill_b", 1.0), ("decode_a", "decode_b", 1.0)),
+        hop_seconds={"gpu.0": 0.01, "gpu.1": 0.01})
+
+    assert bottleneck_floor_seconds(problem) == pytest.approx(2.0, rel=1e-5)
+    assert solve(problem, THROUGHPUT, SolverOptions(time_limit_seconds=5)).report.objective == pytest.approx(2.0)
+
+
+def test_a_rounded_block_whose_ops_follow_another_family_sits_with_the_block_it_follows():
+    # Co-located LLM phases: each decode block's mlp shares its weights with (follows) the prefill block's mlp. The
+    # decode family's own shares lean to gpu.0, the prefill family's are even; dealt out alone, decode blocks
+    # would hop between gpu.0 and wherever their mlps must go. Each goes whole where its prefill block went.
+    nodes, values, families = [], [], []
+    for phase in ("prefill", "decode"):
+        family = []
+        for index in range(4):
+            attention, mlp = f"{phase}/attention_{index}", f"{phase}/mlp_{index}"
+            nodes += [node(attention, **{"gpu.0": 1.0, "gpu.1": 1.0}),
+                      node(mlp, parameters=[f"w{index}"], follows=f"prefill/mlp_{index}" if phase == "decode" else None,
+                           **{"gpu.0": 1.0, "gpu.1": 1.0})]
+            values.append(value(attention, mlp, num_bytes=3_000_000))
+            if index:
+                values.append(value(f"{phase}/mlp_{index - 1}", attention))
+            family.append((attention, mlp))
+        families.append(tuple(family))
+    problem = make_problem(nodes, values, targets=TWIN, fallback="gpu.1", links=Link(0.0, 1e12),
+                           blocks=tuple(families), device_groups=GROUPS,
+                           parameter_bytes={f"w{index}": GIB for index in range(4)})
+    shares = {n.name: ({"gpu.0": 0.9, "gpu.1": 0.1} if n.name.startswith("decode/attention")
+                       else {"gpu.0": 0.5, "gpu.1": 0.5}) for n in problem.nodes}
+
+    for placed in rounded_placements(problem, shares):
+        for index in range(4):
+            where = placed[f"prefill/mlp_{index}"]
+            assert {placed[f"{phase}/{op}_{index}"] for phase in ("prefill", "decode")
+                    for op in ("attention", "mlp")} == {where}
+        assert sorted(placed.values()).count("gpu.0") == 8  # the prefill family's even shares, kept

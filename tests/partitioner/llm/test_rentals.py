@@ -1,0 +1,71 @@
+"""Rentals: which devices of a fleet an LLM deployment pays for, each priced at least at what a plan on them costs,
+and a search in money per token that rents no more than pays.
+
+Each expected figure is worked out by hand from the numbers on the page.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from partitioner.llm.planning import plan_llm
+from partitioner.llm.rentals import per_million_output_tokens, rentals
+from partitioner.placement.problem import TargetTerms
+from partitioner.placement.solver import CLOSE_ENOUGH
+from targets.fleet import load_fleet
+from tests.partitioner.llm.test_llm_serving import load_workload_text, small_llama
+from tests.partitioner.placement.problem_builders import GIB, make_problem, node, value
+
+# Two identical cheap devices ($1/h, 10 GiB) and a dear fast one ($10/h, 80 GiB).
+CHEAP = (TargetTerms("cheap.0", 1.0, 10 * GIB), TargetTerms("cheap.1", 1.0, 10 * GIB))
+DEAR = TargetTerms("dear", 10.0, 80 * GIB)
+
+
+def fleet_problem(*nodes):
+    return make_problem(nodes, [value(nodes[0].name, nodes[1].name)], targets=(*CHEAP, DEAR), fallback="dear",
+                        device_groups={"cheap.0": "cheap", "cheap.1": "cheap"})
+
+
+def test_every_count_of_each_group_of_identical_devices_is_a_rental_priced_at_its_least_work_shared_evenly():
+    problem = fleet_problem(node("a", **{"cheap.0": 2.0, "cheap.1": 2.0, "dear": 1.0}),
+                            node("b", **{"cheap.0": 2.0, "cheap.1": 2.0, "dear": 1.0}))
+
+    found = {rental.devices: rental for rental in rentals(problem, "co-located", 1, output_tokens=100,
+                                                           memory_needed=0)}
+
+    # Identical devices are interchangeable: one cheap device or two (never "the second alone"), with the dear
+    # one or without. Each op at its fastest among the kinds rented, the sum shared out evenly.
+    assert set(found) == {("cheap.0",), ("cheap.0", "cheap.1"), ("dear",), ("cheap.0", "dear"),
+                          ("cheap.0", "cheap.1", "dear")}
+    least = {("cheap.0",): 4.0, ("cheap.0", "cheap.1"): 2.0, ("dear",): 2.0, ("cheap.0", "dear"): 1.0,
+             ("cheap.0", "cheap.1", "dear"): 2.0 / 3}
+    for devices, seconds in least.items():
+        price = sum(10.0 if device == "dear" else 1.0 for device in devices)
+        assert found[devices].price_per_hour == price
+        assert found[devices].floor == pytest.approx(1e6 * price / 3600 * seconds / 100)
+    assert per_million_output_tokens(3600.0, 1.0, 10**6) == pytest.approx(1.0)
+
+
+def test_a_rental_without_room_for_the_weights_or_a_device_for_every_op_is_none():
+    problem = dataclasses.replace(fleet_problem(node("a", **{"cheap.0": 2.0, "cheap.1": 2.0, "dear": 1.0}),
+                                                node("only_dear", dear=1.0)), separate_phases=True)
+
+    found = [r.devices for r in rentals(problem, "disaggregated", 4, output_tokens=100, memory_needed=15 * GIB)]
+
+    # `only_dear` needs the dear device; kept apart, the phases need two devices; 15 GiB needs more than one cheap.
+    assert found == [("cheap.0", "dear"), ("cheap.0", "cheap.1", "dear")]
+
+
+def test_the_plan_rents_one_of_two_identical_devices_when_the_second_only_adds_hops_and_proves_it_cheapest():
+    short = load_workload_text('name = "short"\nprompt_tokens = 16\noutput_tokens = 8\nmax_batch_size = 4\n')
+
+    plan = plan_llm(small_llama(), short, load_fleet("cuda-h100=2"), time_limit_seconds=20)
+
+    # Two H100s serve at best twice as fast for twice the price, and pay for the hops between them: one is
+    # cheaper per token, and the floors of the rentals left prove it.
+    assert len(set(plan.best.assignment.values())) == 1
+    assert plan.best.batch_size == 4
+    assert plan.gap <= CLOSE_ENOUGH
+    assert plan.cost_floor_per_million_output_tokens <= plan.best.cost_per_million_output_tokens
