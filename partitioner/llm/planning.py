@@ -60,7 +60,7 @@ BATCH_CANDIDATES = (1, 4, 16, 64, 256)
 DEFAULT_EXPERT_SHARDS = 2
 # A rental's search takes at most this share of the time limit, so that a search that cannot prove its plan
 # leaves time for the next rentals.
-SEARCHES_IN_A_LIMIT = 3
+SEARCHES_IN_A_LIMIT = 6
 # The share of the time limit in which rentals' floors are worked out before they are searched (after it, they are
 # searched in the order of the floors they have).
 FLOORS_SHARE = 0.5
@@ -282,12 +282,12 @@ def _search(joints: Mapping[tuple[str, int], PlacementProblem], prefill: CostedP
             tried.append(min(outcomes[key], key=lambda t: (t.result is None, t.refusal is not None,
                                                            t.result.cost_per_million_output_tokens if t.result
                                                            else 0.0)))
-        elif key in bounds:
+        elif key in bounds and bounds[key] * (1 + CLOSE_ENOUGH_PER_TOKEN) >= cheapest:
             tried.append(Tried(*key, None, f"not searched: a plan of it costs at least ${bounds[key]:.3g} per 1M "
-                                           "output tokens, no less than the plan's"
-                                           if bounds[key] * (1 + CLOSE_ENOUGH_PER_TOKEN) >= cheapest
-                               else f"not searched in the time (it may cost as little as ${bounds[key]:.3g} per 1M "
-                                    "output tokens)", "raise the time limit"))
+                                           "output tokens, no less than the plan's"))
+        elif key in bounds:
+            tried.append(Tried(*key, None, f"not searched in the time (it may cost as little as ${bounds[key]:.3g} "
+                                           "per 1M output tokens)", "raise the time limit"))
         else:
             tried.append(Tried(*key, None, ruled_out.get(key, "no part of the fleet holds its weights and KV cache"),
                                _relax(workload, math.inf, math.inf) if key in ruled_out

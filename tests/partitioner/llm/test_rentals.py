@@ -69,3 +69,17 @@ def test_the_plan_rents_one_of_two_identical_devices_when_the_second_only_adds_h
     assert plan.best.batch_size == 4
     assert plan.gap <= CLOSE_ENOUGH
     assert plan.cost_floor_per_million_output_tokens <= plan.best.cost_per_million_output_tokens
+
+
+def test_without_time_to_search_the_plan_is_the_cheapest_baseline_of_any_batch_and_its_gap_says_how_far_it_may_be():
+    short = load_workload_text('name = "short"\nprompt_tokens = 16\noutput_tokens = 8\nmax_batch_size = 4\n')
+
+    plan = plan_llm(small_llama(), short, load_fleet("npu-example=2,cuda-h100=1"), time_limit_seconds=1e-6)
+
+    # Every (deployment, batch)'s baselines are scored before any search: the plan is the cheapest of them, and
+    # the rentals left unsearched say so, with the least they may cost.
+    assert plan.best.solver is None
+    assert plan.best.cost_per_million_output_tokens == min(
+        t.result.cost_per_million_output_tokens for t in plan.tried if t.result is not None and t.refusal is None)
+    assert 0 < plan.gap < 1
+    assert any("not searched in the time" in (t.refusal or "") for t in plan.tried)

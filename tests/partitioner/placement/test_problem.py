@@ -241,3 +241,17 @@ def test_every_user_of_a_buffer_the_model_updates_sits_with_its_first_writer():
     # total: add_ writes it, mul_ writes it again through a slice; cache: copy_ writes it, layer_norm reads it.
     assert leaders["slice_1"] == leaders["mul_"] == "add_"
     assert leaders["copy_"] == leaders["layer_norm"] == leaders["slice_2"]
+
+
+def test_a_problem_on_part_of_the_fleet_keeps_those_devices_their_links_and_a_fallback_among_them():
+    problem = make_problem([node("a", npu=1.0, dsp=2.0, cuda=3.0), node("b", dsp=1.0, cuda=1.0)],
+                           [value("a", "b")], targets=(NPU, DSP, CUDA), links=THREE_TARGET_LINKS)
+
+    kept = problem.on_devices(["npu", "dsp"])
+
+    assert kept.target_names == ("npu", "dsp")
+    assert dict(kept.node("a").compute_seconds) == {"npu": 1.0, "dsp": 2.0}
+    assert set(kept.links) == {("npu", "dsp"), ("dsp", "npu")}
+    assert kept.fallback == "npu"  # cuda is not kept: the kept device with the most memory (8 GiB, the dsp 4)
+    assert problem.on_devices(["cuda", "npu"]).fallback == "cuda"
+    assert problem.on_devices(["npu"]) is None  # b runs on neither dsp nor cuda there
