@@ -59,8 +59,9 @@ DEPLOYMENTS = ("co-located", "disaggregated")
 BATCH_CANDIDATES = (1, 4, 16, 64, 256)
 DEFAULT_EXPERT_SHARDS = 2
 # A rental's search takes at most this share of the time limit, so that a search that cannot prove its plan
-# leaves time for the next rentals.
+# leaves time for the next rentals (until one has found a plan within the limits, the larger share).
 SEARCHES_IN_A_LIMIT = 6
+FIRST_SEARCHES_IN_A_LIMIT = 3
 # The share of the time limit in which rentals' floors are worked out before they are searched (after it, they are
 # searched in the order of the floors they have).
 FLOORS_SHARE = 0.5
@@ -240,7 +241,7 @@ def _search(joints: Mapping[tuple[str, int], PlacementProblem], prefill: CostedP
             outcomes.setdefault((deployment, batch), []).append(outcome)
             if outcome.refusal is None:
                 cheapest = min(cheapest, outcome.result.cost_per_million_output_tokens)
-    pushed = len(queue)
+    pushed, found = len(queue), False
     while queue and queue[0][0] * (1 + CLOSE_ENOUGH_PER_TOKEN) < cheapest:
         left = deadline - time.monotonic()
         if left <= 0 or stop.is_set():
@@ -262,8 +263,10 @@ def _search(joints: Mapping[tuple[str, int], PlacementProblem], prefill: CostedP
                 heapq.heappush(queue, (max(floor, exact), len(rental.devices), pushed,
                                        replace(rental, floor=max(floor, exact), exact=True)))
             continue
-        share = replace(options, time_limit_seconds=min(left, options.time_limit_seconds / SEARCHES_IN_A_LIMIT),
-                        stop=stop)
+        # Until a search has found a plan within the limits, a search may take longer: a large model's first
+        # plan (its search's model alone takes seconds to build) is worth more than a look at more rentals.
+        most = options.time_limit_seconds / (SEARCHES_IN_A_LIMIT if found else FIRST_SEARCHES_IN_A_LIMIT)
+        share = replace(options, time_limit_seconds=min(left, most), stop=stop)
         outcome = _try(rental.deployment, rental.batch, problem, prefill, decodes[rental.batch], workload, share,
                        joints[key])
         outcomes.setdefault(key, []).append(outcome)
@@ -273,6 +276,7 @@ def _search(joints: Mapping[tuple[str, int], PlacementProblem], prefill: CostedP
                                                             workload.output_tokens))
             if outcome.refusal is None:
                 cheapest = min(cheapest, outcome.result.cost_per_million_output_tokens)
+                found = True
         bounds[key] = min(bounds.get(key, math.inf), searched)
     for *_, rental in queue:
         key = (rental.deployment, rental.batch)
