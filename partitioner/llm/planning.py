@@ -256,8 +256,12 @@ def _search(joints: Mapping[tuple[str, int], PlacementProblem], prefill: CostedP
             if miss:
                 ruled_out.setdefault(key, miss)
                 continue
-            relaxation = bottleneck_relaxation(problem, decide_used=False)
-            if relaxation.fits:
+            relaxation = bottleneck_relaxation(problem, decide_used=False,
+                                               phase_limits=_phase_limits(workload, rental.batch))
+            if not relaxation.fits:
+                ruled_out.setdefault(key, f"on {describe_devices(list(rental.devices))}, no placement both fits "
+                                          "memory and keeps its compute within TTFT and TPOT")
+            else:
                 exact = per_million_output_tokens(rental.price_per_hour, relaxation.value, workload.output_tokens)
                 pushed += 1
                 heapq.heappush(queue, (max(floor, exact), len(rental.devices), pushed,
@@ -297,6 +301,18 @@ def _search(joints: Mapping[tuple[str, int], PlacementProblem], prefill: CostedP
                                _relax(workload, math.inf, math.inf) if key in ruled_out
                                else "add devices or memory to the fleet"))
     return min(bounds.values(), default=math.inf)
+
+
+def _phase_limits(workload: Workload, batch: int) -> dict[str, float]:
+    """The most compute seconds per request each phase of a joint problem may take within the workload's limits:
+    a prefill's within TTFT (the mean prompt's, no longer than the longest's), the decode steps' within TPOT each
+    (output_tokens / batch steps a request)."""
+    limits = {}
+    if workload.ttft_seconds:
+        limits["prefill"] = workload.ttft_seconds
+    if workload.tpot_seconds:
+        limits["decode"] = workload.tpot_seconds * workload.output_tokens / batch
+    return limits
 
 
 class _LatencyFloors:

@@ -50,7 +50,7 @@ from typing import Callable, Mapping, Sequence
 
 from ortools.linear_solver import pywraplp
 
-from partitioner.placement.problem import PlacementProblem
+from partitioner.placement.problem import PlacementProblem, phase_of
 
 _GIB = 2.0**30
 
@@ -62,6 +62,7 @@ class _Work:
 
     compute_seconds: Mapping[str, float]
     new_weights_gib: float
+    phase: str = ""  # the phase of a joint problem it belongs to ("" outside one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +142,15 @@ def priced_relaxation(problem: PlacementProblem, rate: Callable[[Sequence[str]],
     return _floor(problem, rate, bottleneck=False, decide_used=decide_used)
 
 
-def bottleneck_relaxation(problem: PlacementProblem, decide_used: bool = True) -> Relaxation:
+def bottleneck_relaxation(problem: PlacementProblem, decide_used: bool = True,
+                          phase_limits: Mapping[str, float] | None = None) -> Relaxation:
     """A lower bound on the busiest resource's seconds per request (the serving model's bottleneck) of every
-    placement of `problem` that fits memory (`decide_used` as for `priced_relaxation`)."""
-    return _floor(problem, lambda busy: 1.0, bottleneck=True, decide_used=decide_used)
+    placement of `problem` that fits memory (`decide_used` as for `priced_relaxation`) and, per phase of a joint
+    problem in `phase_limits`, keeps the compute seconds of that phase's ops within the limit (an LLM's TTFT, or
+    its TPOT times the decode steps a request makes: a placement's latency is at least its compute). Where no
+    placement in shares does, the relaxation does not fit."""
+    return _floor(problem, lambda busy: 1.0, bottleneck=True, decide_used=decide_used,
+                  phase_limits=phase_limits or {})
 
 
 def bottleneck_floor_seconds(problem: PlacementProblem) -> float:
@@ -153,18 +159,19 @@ def bottleneck_floor_seconds(problem: PlacementProblem) -> float:
 
 
 def _floor(problem: PlacementProblem, rate: Callable[[Sequence[str]], float], bottleneck: bool,
-           decide_used: bool = True) -> Relaxation:
+           decide_used: bool = True, phase_limits: Mapping[str, float] | None = None) -> Relaxation:
     # Whether a device is used at all is a yes or no (a few binaries, searched by SCIP): a pipeline's stages
     # are each entered once a request, which shares of blocks spread evenly do not show. Where SCIP does not
     # prove its optimum within its nodes and time, the program is solved again without them.
     program = _program(problem)
     mixed = decide_used and bool(problem.hop_seconds) and len(problem.targets) <= MOST_PLACES_DECIDED_USED
-    solved = _solved(problem, program, rate, bottleneck, mixed=True) if mixed else None
-    return solved or _solved(problem, program, rate, bottleneck, mixed=False)
+    limits = phase_limits or {}
+    solved = _solved(problem, program, rate, bottleneck, mixed=True, phase_limits=limits) if mixed else None
+    return solved or _solved(problem, program, rate, bottleneck, mixed=False, phase_limits=limits)
 
 
 def _solved(problem: PlacementProblem, program: _Program, rate: Callable[[Sequence[str]], float], bottleneck: bool,
-            mixed: bool) -> Relaxation | None:
+            mixed: bool, phase_limits: Mapping[str, float]) -> Relaxation | None:
     """The floor's program solved, with the devices' use as binaries where `mixed` (None where SCIP does not
     prove its optimum)."""
     solver = pywraplp.Solver.CreateSolver("SCIP" if mixed else "GLOP")
@@ -212,6 +219,11 @@ def _solved(problem: PlacementProblem, program: _Program, rate: Callable[[Sequen
             charge(share, target, seconds)
             if work.new_weights_gib:
                 room[target].SetCoefficient(share, work.new_weights_gib)
+    within = {phase: solver.Constraint(-solver.infinity(), limit) for phase, limit in phase_limits.items()}
+    for work, placed in zip(program.works, shares):  # a phase's compute within its limit
+        if work.phase in within:
+            for target, share in placed.items():
+                within[work.phase].SetCoefficient(share, work.compute_seconds[target])
     for follower, leader in program.ties:  # placed alike, share for share
         for target, share in shares[follower].items():
             alike = solver.Constraint(0.0, 0.0)
@@ -350,10 +362,10 @@ def _program(problem: PlacementProblem) -> _Program:
             members = stands_for[node.name]
             index_of.update(dict.fromkeys(members, len(works)))
             works.append(_Work({t: s * len(members) for t, s in node.compute_seconds.items()},
-                               sum(new_weights[m] for m in members)))
+                               sum(new_weights[m] for m in members), phase_of(node.name)))
         elif node.name not in block_of:
             index_of[node.name] = len(works)
-            works.append(_Work(node.compute_seconds, new_weights[node.name]))
+            works.append(_Work(node.compute_seconds, new_weights[node.name], phase_of(node.name)))
 
     outside: dict[tuple, float] = {}  # a pair or a crossing -> its times or bytes per request
     per_block: dict[tuple, dict[int, float]] = {}  # (within or across, family, key) -> per block, the same

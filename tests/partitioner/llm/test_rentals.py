@@ -83,3 +83,19 @@ def test_without_time_to_search_the_plan_is_the_cheapest_baseline_of_any_batch_a
         t.result.cost_per_million_output_tokens for t in plan.tried if t.result is not None and t.refusal is None)
     assert 0 < plan.gap < 1
     assert any("not searched in the time" in (t.refusal or "") for t in plan.tried)
+
+
+def test_the_bottleneck_floor_held_to_a_tpot_limit_is_the_least_any_plan_within_it_has():
+    from partitioner.llm.joint import joint_problem
+    from partitioner.placement.floors import bottleneck_relaxation
+    from tests.partitioner.llm.test_llm_serving import phases
+
+    prefill, decode = phases(kv_bytes=10**6)
+    joint = joint_problem(prefill, decode, frozenset({"kv"}), 1.0, 1.0, False)
+
+    # Co-located, the prefill op (gpu 1 s, hbm 10 s) and the decode op (gpu 4 s, hbm 1 s) share a weight: in
+    # shares, x of both on the gpu loads it 5x and the hbm 11 (1 - x), balanced at x = 11/16 (3.4375 s). Held to
+    # 2 s of decode compute (1 + 3x <= 2), x is at most 1/3: the hbm is busy 22/3 s.
+    assert bottleneck_relaxation(joint).value == pytest.approx(55 / 16, rel=1e-5)
+    assert bottleneck_relaxation(joint, phase_limits={"decode": 2.0}).value == pytest.approx(22 / 3, rel=1e-5)
+    assert not bottleneck_relaxation(joint, phase_limits={"decode": 0.5}).fits  # under the hbm's 1 s
