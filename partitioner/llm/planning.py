@@ -22,6 +22,7 @@ per token. The plan is the deployment with the least money per output token
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import threading
 import time
@@ -227,10 +228,11 @@ def _search(joints: Mapping[tuple[str, int], PlacementProblem], prefill: CostedP
     stop = options.stop or threading.Event()
     # Least floor first; of equal floors, the fewest devices (their search is the smallest and hops the least).
     queue: list[tuple[float, int, int, Rental]] = []
+    order = itertools.count()  # the last tie-break: rentals are not compared
     for (deployment, batch), joint in joints.items():
         memory = (2 if deployment == "disaggregated" else 1) * weights + kv_per_request * (batch + 1)
         for rental in rentals(joint, deployment, batch, workload.output_tokens, memory):
-            heapq.heappush(queue, (rental.floor, len(rental.devices), len(queue), rental))
+            heapq.heappush(queue, (rental.floor, len(rental.devices), next(order), rental))
     outcomes: dict[tuple[str, int], list[Tried]] = {}
     ruled_out: dict[tuple[str, int], str] = {}
     bounds: dict[tuple[str, int], float] = {}  # per (deployment, batch), the least bound of its rentals searched
@@ -241,7 +243,7 @@ def _search(joints: Mapping[tuple[str, int], PlacementProblem], prefill: CostedP
             outcomes.setdefault((deployment, batch), []).append(outcome)
             if outcome.refusal is None:
                 cheapest = min(cheapest, outcome.result.cost_per_million_output_tokens)
-    pushed, found = len(queue), False
+    found = False
     while queue and queue[0][0] * (1 + CLOSE_ENOUGH_PER_TOKEN) < cheapest:
         left = deadline - time.monotonic()
         if left <= 0 or stop.is_set():
@@ -252,7 +254,7 @@ def _search(joints: Mapping[tuple[str, int], PlacementProblem], prefill: CostedP
         if problem is None:
             continue
         if not rental.exact and time.monotonic() < floors_until:
-            miss = limits.missed(rental.batch, rental.devices, problem)
+            miss = limits.missed(rental.batch, rental.devices)
             if miss:
                 ruled_out.setdefault(key, miss)
                 continue
@@ -263,8 +265,7 @@ def _search(joints: Mapping[tuple[str, int], PlacementProblem], prefill: CostedP
                                           "memory and keeps its compute within TTFT and TPOT")
             else:
                 exact = per_million_output_tokens(rental.price_per_hour, relaxation.value, workload.output_tokens)
-                pushed += 1
-                heapq.heappush(queue, (max(floor, exact), len(rental.devices), pushed,
+                heapq.heappush(queue, (max(floor, exact), len(rental.devices), next(order),
                                        replace(rental, floor=max(floor, exact), exact=True)))
             continue
         # Until a search has found a plan within the limits, a search may take longer: a large model's first
@@ -325,7 +326,7 @@ class _LatencyFloors:
         self._ttft: dict[tuple[str, ...], float] = {}
         self._tpot: dict[tuple[int, tuple[str, ...]], float] = {}
 
-    def missed(self, batch: int, devices: tuple[str, ...], problem: PlacementProblem) -> str | None:
+    def missed(self, batch: int, devices: tuple[str, ...]) -> str | None:
         """Which of the workload's limits no placement on `devices` meets, with the floors that prove it."""
         misses = []
         if self.workload.ttft_seconds:
