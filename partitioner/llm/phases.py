@@ -31,6 +31,7 @@ from partitioner.frontend.capture import CapturedModel, ModelSource, capture, sp
 from partitioner.frontend.input_containers import register_input_containers
 from partitioner.frontend.mutation import written_inputs
 from partitioner.frontend.op_graph import OpGraph, annotate
+from partitioner.llm.layer_stack import LayerStack, grown, shallow_twin
 
 PREFILL, DECODE = "prefill", "decode"
 LARGEST_BATCH = 1 << 16
@@ -214,10 +215,40 @@ def capture_phases(model: torch.nn.Module, prompt_lengths: Sequence[int], batche
                    name: str | None = None) -> tuple[PhaseGraphs, PhaseGraphs]:
     """Prefill at each of `prompt_lengths` and a decode step at each of `batches`, for a static cache of
     `context_tokens`, one after the other in this process: a process forked after torch has run deadlocks in
-    torch's thread pool, and a spawned one would have to build the model again."""
+    torch's thread pool, and a spawned one would have to build the model again. A transformers model whose
+    layers are copies of one another is captured with a few of them and its graphs grown (layer_stack.py)."""
+    own_inputs = serving_inputs(model) is model
+    with contextlib.nullcontext() if own_inputs else shallow_twin(model) as stack:
+        inputs = serving_inputs(model)
+        phases = (capture_prefill(model, prompt_lengths, context_tokens, source, name, inputs),
+                  capture_decode(model, batches, context_tokens, source, name, inputs))
+    if stack is None:
+        return phases
+    grown_phases = tuple(_grown(phase, stack) for phase in phases)
+    if any(phase is None for phase in grown_phases):
+        return capture_phases_in_full(model, prompt_lengths, batches, context_tokens, source, name)
+    return grown_phases
+
+
+def capture_phases_in_full(model: torch.nn.Module, prompt_lengths: Sequence[int], batches: Sequence[int],
+                           context_tokens: int, source: ModelSource | None = None,
+                           name: str | None = None) -> tuple[PhaseGraphs, PhaseGraphs]:
+    """`capture_phases` tracing every layer (what a grown capture must equal)."""
     inputs = serving_inputs(model)
     return (capture_prefill(model, prompt_lengths, context_tokens, source, name, inputs),
             capture_decode(model, batches, context_tokens, source, name, inputs))
+
+
+def _grown(phase: PhaseGraphs, stack: LayerStack) -> PhaseGraphs | None:
+    """A phase captured on a shallow twin, grown to the whole stack at every size; None where a size's graph
+    does not grow."""
+    graphs, state = {}, phase.state
+    for size, graph in phase.graphs.items():
+        grown_graph = grown(graph, stack, phase.state)
+        if grown_graph is None:
+            return None
+        graphs[size], state = grown_graph
+    return PhaseGraphs(phase.phase, graphs, state)
 
 
 def capture_prefill(model: torch.nn.Module, prompt_lengths: Sequence[int], context_tokens: int,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from typing import Sequence
 
 from partitioner.frontend.op_graph import OpGraph, OpNode
 
@@ -35,11 +36,11 @@ def repeated_blocks(graph: OpGraph, minimum_family_size: int = 2) -> tuple[tuple
             blocks[match["container"], int(match["index"])].append(node)
     families: dict[tuple, list[Block]] = defaultdict(list)
     for (container, _), nodes in sorted(blocks.items()):
-        families[container, _signature(nodes, graph)].append(tuple(node.name for node in nodes))
+        families[container, block_signature(nodes, graph)].append(tuple(node.name for node in nodes))
     return tuple(tuple(family) for family in families.values() if len(family) >= minimum_family_size)
 
 
-def _signature(nodes: list[OpNode], graph: OpGraph) -> tuple:
+def block_signature(nodes: Sequence[OpNode], graph: OpGraph) -> tuple:
     """What must match, node for node, for two blocks to be copies: ops, output shapes and dtypes, weights."""
     return tuple(
         (node.op, node.kind, tuple((t.shape, t.dtype) for t in node.output_tensors),
