@@ -34,7 +34,11 @@ from targets.fleet import load_fleet  # noqa: E402
 
 MODELS = ("llama-7b", "llama-70b", "mixtral-8x7b")
 WORKLOADS = ("chat", "summarisation", "offline")
-FLEETS = ("inf2-h100", "two-hosts", "l4-h100", "neuron-inf2-h100", "neuron-trn2-h100")
+FLEETS = ("inf2-h100", "two-hosts", "l4-h100", "neuron-inf2-h100", "neuron-trn2-h100", "cuda-h100=8", "gaudi3=8")
+# MLPerf Inference v4.1, Llama-2-70B, closed division, offline: 8 x H100-SXM-80GB (NVIDIA's submission, FP8,
+# TensorRT-LLM), tokens per second. What `--mlperf` sets a plan's prediction beside.
+MLPERF_OFFLINE_8_H100_TOKENS_PER_SECOND = 24_525
+MLPERF_WORKLOAD = Path(__file__).parent / "mlperf_offline.toml"
 
 
 def build(name: str) -> torch.nn.Module:
@@ -79,6 +83,8 @@ def run(models, workloads, fleets, time_limit: float) -> list[dict]:
                 best, h100, priority = plan.best, plan.baselines["fallback"], plan.baselines["priority"]
                 rows.append({"model": model_name, "workload": workload_name, "fleet": fleet_name,
                              "deployment": best.name, "batch": best.batch_size,
+                             "devices": sorted(set(best.assignment.values())),
+                             "collectives": {place: c.to_dict() for place, c in best.collectives.items()},
                              "per_1m_out": best.cost_per_million_output_tokens,
                              "tokens_per_second": best.output_tokens_per_second, "ttft": best.ttft_seconds,
                              "tpot": best.tpot_seconds, "off_cuda": best.off_fallback_flops,
@@ -101,6 +107,32 @@ def _other(plan) -> dict | None:
                                        "per_1m_out": other.cost_per_million_output_tokens}
 
 
+def _devices(places: list[str]) -> str:
+    """`3 x cuda-h100.tp2 + 1 x inf2`: the places a plan uses, counted per kind (tensor-parallel degree kept)."""
+    counts: dict[str, int] = {}
+    for place in places:
+        kind = place.rsplit(".", 1)[0] if ".tp" in place else place.split(".", 1)[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    return " + ".join(f"{n} x {kind}" for kind, n in counts.items())
+
+
+def mlperf(time_limit: float) -> str:
+    """Llama-2-70B's shape served offline on 8 H100s at MLPerf's lengths: the plan's predicted tokens/s, scaled
+    to all 8 GPUs (replicas of the plan where it rents fewer), beside MLPerf v4.1's measured figure."""
+    plan = plan_llm(build("llama-70b"), load_workload(MLPERF_WORKLOAD), load_fleet("cuda-h100=8"),
+                    time_limit_seconds=time_limit, name="llama-70b")
+    best = plan.best
+    gpus = sum(best.collectives[place].degree if place in best.collectives else 1
+               for place in set(best.assignment.values()))
+    predicted = best.output_tokens_per_second * 8 / gpus
+    return (f"MLPerf offline, Llama-2-70B shape (bf16) on 8 x H100: plan {best.name} b{best.batch_size} on "
+            f"{_devices(sorted(set(best.assignment.values())))} ({gpus} GPUs): "
+            f"{best.output_tokens_per_second:.5g} output tokens/s, {predicted:.5g} for 8 GPUs; MLPerf v4.1 "
+            f"measured {MLPERF_OFFLINE_8_H100_TOKENS_PER_SECOND:,} (FP8): predicted / measured "
+            f"{predicted / MLPERF_OFFLINE_8_H100_TOKENS_PER_SECOND:.2f}; "
+            f"${best.cost_per_million_output_tokens:.3g} per 1M output tokens; planned in {plan.planning_seconds:.0f} s")
+
+
 def markdown(rows: list[dict], time_limit: float) -> str:
     lines = [f"# LLM serving per token ({time_limit:g} s of solving per plan, roofline costs, meta weights)", "",
              "| model | workload | fleet | plan | $/1M out | tokens/s | TTFT | TPOT | FLOPs off CUDA (prefill/decode)"
@@ -114,6 +146,7 @@ def markdown(rows: list[dict], time_limit: float) -> str:
         other = row["other_deployment"]
         lines.append(
             f"| {row['model']} | {row['workload']} | {row['fleet']} | {row['deployment']} b{row['batch']}"
+            + (f" on {_devices(row['devices'])}" if row.get("devices") else "")
             + (" (expert shards: " + ", ".join(f"{d} {n}" for d, n in row["expert_shards_on"].items()) + ")"
                if row["expert_shards_on"] else "") + " "
             f"| ${row['per_1m_out']:.3g} | {row['tokens_per_second']:.4g} | {row['ttft'] * 1e3:.3g} ms "
@@ -138,7 +171,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--merge", action="store_true",
                         help="keep the results file's rows of other models, workloads and fleets")
+    parser.add_argument("--mlperf", action="store_true",
+                        help="only plan Llama-2-70B offline on 8 H100s at MLPerf's lengths and compare")
     args = parser.parse_args()
+    if args.mlperf:
+        print(mlperf(args.time_limit))
+        return
     rows = run(args.models.split(","), args.workloads.split(","), args.fleets.split(","), args.time_limit)
     out = Path(args.out)
     if args.merge and (out / "llm_serving.json").is_file():

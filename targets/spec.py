@@ -128,8 +128,32 @@ class TargetHooks:
 
 
 @dataclass(frozen=True, slots=True)
+class TensorParallel:
+    """A group of identical devices running each layer split `degree` ways (Megatron-style tensor parallelism):
+    the places it occupies, one member's spec, and the link the collectives between members cross."""
+
+    degree: int
+    members: tuple[str, ...]
+    member: Target
+    link: Link
+
+    def all_reduce_seconds(self, num_bytes: int) -> float:
+        """A ring all-reduce of `num_bytes` over the members (NCCL's ring: 2(d-1) steps of 1/d of the bytes each)."""
+        steps = 2 * (self.degree - 1)
+        return steps * self.link.latency_seconds + steps * num_bytes / self.degree / \
+            self.link.bandwidth_bytes_per_second if num_bytes > 0 else 0.0
+
+    def all_gather_seconds(self, num_bytes: int) -> float:
+        """A ring all-gather whose result is `num_bytes` (d-1 steps of 1/d of them each)."""
+        steps = self.degree - 1
+        return steps * self.link.latency_seconds + steps * num_bytes / self.degree / \
+            self.link.bandwidth_bytes_per_second if num_bytes > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
-    """One device kind that can run part of a model, as described by its spec file."""
+    """One device kind that can run part of a model, as described by its spec file; or, with `tensor_parallel`,
+    a group of identical devices running layers split across them, as one place (targets/tensor_parallel.py)."""
 
     name: str
     kind: str
@@ -155,6 +179,7 @@ class Target:
     stage_launch_seconds: float = 0.0
     origin: str = "built-in"  # where the spec came from: "built-in", "file", or "plug-in <package> <version>"
     hooks: TargetHooks | None = None  # a plug-in's code for what the spec's data cannot say (targets/hooks.py)
+    tensor_parallel: TensorParallel | None = None
 
     @property
     def price_per_second(self) -> float:
@@ -215,7 +240,8 @@ class TargetSet:
         """The group of identical devices a place belongs to: its spec in its host (`npu-example@node0`). Places
         of one group have the same costs, price, memory and links to every other place, so a plan may swap them."""
         spec = self.topology.spec_of[name] if self.topology else name
-        return f"{spec}@{self._host(name)}"
+        split = self[name].tensor_parallel
+        return f"{spec}@{self._host(name)}" + (f"/tp{split.degree}" if split else "")
 
     def __iter__(self):
         return iter(self.targets)

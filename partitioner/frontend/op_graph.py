@@ -48,6 +48,24 @@ class NodeKind(str, enum.Enum):
     BOOKKEEPING = "bookkeeping"  # getitem of a multi-output op, runtime asserts: sits with its input
 
 
+class Sharding(str, enum.Enum):
+    """How an op runs on a tensor-parallel group of devices (frontend/sharding.py reads it off the model's plan);
+    an op without one runs whole on every member."""
+
+    SPLIT = "split"                # inside a split layer part: every tensor it touches is split by heads or width
+    COLUMNS = "columns"            # a column-parallel matmul: the input whole, its weight and output split
+    COLUMNS_GATHERED = "columns gathered"  # column-parallel, its output gathered whole (an LM head)
+    ROWS = "rows"                  # a row-parallel matmul (or a vocabulary-split embedding): partial sums all-reduced
+
+    @property
+    def reads_input_whole(self) -> bool:
+        return self in (Sharding.COLUMNS, Sharding.COLUMNS_GATHERED)
+
+    @property
+    def writes_output_whole(self) -> bool:
+        return self is Sharding.ROWS
+
+
 @dataclass(frozen=True, slots=True)
 class TensorMeta:
     """Shape and dtype of one tensor; `shape` entries are None where symbolic."""
@@ -104,6 +122,7 @@ class OpNode:
     unwritten_bytes: int = 0
     flops_known: bool = True
     copies_only: bool = False  # a layout copy (clone, contiguous, a reshape that cannot view): any device makes it
+    sharding: Sharding | None = None  # how it splits across a tensor-parallel group; None: whole on each member
 
     @property
     def bytes_read(self) -> int:

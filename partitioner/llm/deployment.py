@@ -9,7 +9,7 @@ they deliver; time to first token (TTFT) is one prefill through its placement
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from partitioner.llm.joint import phase_assignment
@@ -18,6 +18,23 @@ from partitioner.placement.scoring import Score, score
 from partitioner.placement.serving import device_kind
 from partitioner.placement.solver import SolverReport
 from targets.workload import Workload
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCollectives:
+    """A tensor-parallel place's collectives in a deployment (targets/tensor_parallel.py): how many a decode step
+    and a prefill (of the longest prompt) run, and the seconds they take."""
+
+    degree: int
+    per_decode_step: int
+    decode_step_seconds: float
+    per_prefill: int
+    prefill_seconds: float
+
+    def to_dict(self) -> dict:
+        return {"degree": self.degree, "per_decode_step": self.per_decode_step,
+                "decode_step_seconds": self.decode_step_seconds, "per_prefill": self.per_prefill,
+                "prefill_seconds": self.prefill_seconds}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +60,7 @@ class Deployment:
     expert_shards_on: Mapping[str, int]  # per device, the expert shards its decode holds (a mixture of experts)
     over_capacity_bytes: Mapping[str, int]  # per device, the bytes it would need beyond its memory (none: it fits)
     solver: SolverReport | None = None
+    collectives: Mapping[str, GroupCollectives] = field(default_factory=dict)  # per tensor-parallel place used
 
     @property
     def fits_memory(self) -> bool:
@@ -60,6 +78,7 @@ class Deployment:
                 "kv_cache_bytes": dict(self.kv_cache_bytes), "memory_bytes": dict(self.memory_bytes),
                 "devices": {p: list(d) for p, d in self.devices.items()},
                 "off_fallback_flops": dict(self.off_fallback_flops),
+                "collectives": {place: c.to_dict() for place, c in self.collectives.items()},
                 "solver": self.solver.to_dict() if self.solver else None, "placement": dict(self.assignment)}
 
 
@@ -74,6 +93,10 @@ class CostedPhase:
     state: frozenset[str]
     flops: Mapping[str, float]
     expert_shards: Mapping[str, str]  # node -> the expert shard whose weights it holds (a mixture of experts)
+    # node -> {tensor-parallel place: seconds of the collective it ends with there} (the longest prompt's, for
+    # prefill), and each such place's degree.
+    collective_seconds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    degrees: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +189,27 @@ def deployment_figures(deployment: str, batch: int, joint: PlacementProblem, res
                       serving.price_per_hour, 1e6 * per_request / workload.output_tokens,
                       1e6 * per_request * share / workload.prompt.mean, max(ttft.values()),
                       decode_alone.latency_seconds, serving.bottleneck, kv_bytes, dict(result.memory_bytes),
-                      devices, off, ttft, shards, dict(result.over_capacity_bytes), report)
+                      devices, off, ttft, shards, dict(result.over_capacity_bytes), report,
+                      _collectives(placed, prefill, decode))
+
+
+
+def _collectives(placed: Mapping[str, Mapping[str, str]], prefill: CostedPhase, decode: CostedPhase
+                 ) -> dict[str, GroupCollectives]:
+    """Per tensor-parallel place the plan uses, its collectives in a decode step and in a prefill."""
+    counts: dict[tuple[str, str], int] = {}
+    seconds: dict[tuple[str, str], float] = {}
+    degrees: dict[str, int] = {}
+    for phase, costed in (("prefill", prefill), ("decode", decode)):
+        for node, on_place in costed.collective_seconds.items():
+            place = placed[phase].get(node)
+            if place in on_place:
+                degrees[place] = costed.degrees[place]
+                counts[place, phase] = counts.get((place, phase), 0) + 1
+                seconds[place, phase] = seconds.get((place, phase), 0.0) + on_place[place]
+    return {place: GroupCollectives(degree, counts.get((place, "decode"), 0), seconds.get((place, "decode"), 0.0),
+                                    counts.get((place, "prefill"), 0), seconds.get((place, "prefill"), 0.0))
+            for place, degree in sorted(degrees.items())}
 
 
 def _prefill_share(joint: PlacementProblem, assignment: Mapping[str, str], bottleneck: str) -> float:

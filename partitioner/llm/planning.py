@@ -33,10 +33,13 @@ import torch
 
 from cost_models.base import CostModel
 from cost_models.roofline import RooflineCostModel
+from cost_models.tensor_parallel import collective_seconds
 from partitioner.errors import PartitionerError
 from partitioner.frontend.capture import ModelSource
 from partitioner.frontend.meta_twin import meta_twin
+from partitioner.frontend.grouped_attention import fuse_grouped_attention
 from partitioner.frontend.op_graph import OpGraph
+from partitioner.frontend.sharding import ShardingPlan, model_sharding, replicated_weight_bytes, shard_graph
 from partitioner.llm.buckets import mean_problem, on_one_graph
 from partitioner.llm.deployment import CostedPhase, Deployment, LLMPlan, Tried, deployment_figures
 from partitioner.llm.experts import expert_shard, experts_per_layer, experts_sharded
@@ -54,6 +57,7 @@ from partitioner.placement.tagging import tag
 from partitioner.units import format_bytes
 from targets.fleet import Fleet
 from targets.spec import TargetSet
+from targets.tensor_parallel import devices_alone, with_tensor_parallel_places
 from targets.workload import Workload
 
 DEPLOYMENTS = ("co-located", "disaggregated")
@@ -118,10 +122,15 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
     prompts = workload.prompt.buckets
     batches = (workload.batch_size,) if workload.batch_size else tuple(
         b for b in BATCH_CANDIDATES if b <= workload.max_batch_size)
-    prefill_graphs, decode_graphs = capture_phases(model, [tokens for tokens, _ in prompts], batches,
-                                                   workload.context_tokens, source, name)
+    sharding = model_sharding(model)
+    prefill_graphs, decode_graphs = (_as_served(phase, sharding) for phase in capture_phases(
+        model, [tokens for tokens, _ in prompts], batches, workload.context_tokens, source, name))
     ops = len(next(iter(prefill_graphs.graphs.values()))) + len(next(iter(decode_graphs.graphs.values())))
     targets = fleet.target_set(fallback, most_of_each=ops)  # more identical devices than ops would stay idle
+    any_graph = next(iter(prefill_graphs.graphs.values()))
+    targets = with_tensor_parallel_places(targets, sharding.degrees,
+                                          replicated_weight_bytes(any_graph, prefill_graphs.state))
+    alone = devices_alone(targets)
     prefill = _costed(prefill_graphs, dict(prompts), targets, cost_model, engine_hop_seconds)
     kv_per_request = prefill_graphs.state_bytes(prompts[0][0])
     runs, tried = _fitting(batches, prefill, kv_per_request)
@@ -130,7 +139,8 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
     runs = _within_reach(runs, workload, prefill, decodes, tried)
     joints = {(deployment, batch): _joint(prefill, decodes[batch], workload, batch, deployment == "disaggregated")
               for deployment, batch in runs}
-    floor = _search(joints, prefill, decodes, workload, _weight_bytes(prefill), kv_per_request, options, tried)
+    floor = _search(joints, prefill, decodes, workload, _weight_bytes(prefill), kv_per_request, options, tried,
+                    alone)
     tried.sort(key=lambda t: (t.batch_size, DEPLOYMENTS.index(t.deployment)))
     meeting = [t.result for t in tried if t.result is not None and t.refusal is None]
     if not meeting:
@@ -138,6 +148,7 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
     best = min(meeting, key=lambda d: d.cost_per_million_output_tokens)
     decode = decodes[best.batch_size]
     joint = joints.get(("co-located", best.batch_size)) or _joint(prefill, decode, workload, best.batch_size, False)
+    joint = joint.on_devices(alone) or joint
     baselines = {label: deployment_figures("co-located", best.batch_size, joint, score(joint, assignment), prefill,
                                            decode, workload, assignment, None)
                  for label, assignment in ((label, strategy(joint)) for label, strategy in BASELINES.items())}
@@ -212,7 +223,7 @@ def _relax(workload: Workload, ttft_floor: float, tpot_floor: float) -> str:
 
 def _search(joints: Mapping[tuple[str, int], PlacementProblem], prefill: CostedPhase,
             decodes: Mapping[int, CostedPhase], workload: Workload, weights: int, kv_per_request: int,
-            options: SolverOptions, tried: list[Tried]) -> float:
+            options: SolverOptions, tried: list[Tried], alone: tuple[str, ...]) -> float:
     """Search the rentals (partitioner/llm/rentals.py) of every (deployment, batch) in `joints`, least floor first,
     adding one outcome per (deployment, batch) to `tried`; returns the least money per 1M output tokens any plan
     can cost (the floors of the rentals not searched, the bounds of those searched).
@@ -222,7 +233,8 @@ def _search(joints: Mapping[tuple[str, int], PlacementProblem], prefill: CostedP
     throughput on its devices alone (what it costs per token is its price over that). Floors are worked out in
     the first FLOORS_SHARE of the time only, so that a fleet of many rentals still leaves time to search. The
     search ends when the cheapest plan meeting the limits is within CLOSE_ENOUGH_PER_TOKEN of every floor left,
-    or when the time is up."""
+    or when the time is up. The baselines are scored on `alone`, the fleet's devices without its tensor-parallel
+    places (a plan may not use both a group and its devices)."""
     deadline = time.monotonic() + options.time_limit_seconds
     floors_until = time.monotonic() + options.time_limit_seconds * FLOORS_SHARE
     stop = options.stop or threading.Event()
@@ -239,7 +251,8 @@ def _search(joints: Mapping[tuple[str, int], PlacementProblem], prefill: CostedP
     limits = _LatencyFloors(prefill, decodes, workload)
     cheapest = math.inf
     for (deployment, batch), joint in joints.items():  # the baselines first: no plan may be worse than one
-        for outcome in _baselines(deployment, batch, joint, prefill, decodes[batch], workload):
+        for outcome in _baselines(deployment, batch, joint.on_devices(alone) or joint, prefill, decodes[batch],
+                                  workload):
             outcomes.setdefault((deployment, batch), []).append(outcome)
             if outcome.refusal is None:
                 cheapest = min(cheapest, outcome.result.cost_per_million_output_tokens)
@@ -302,6 +315,14 @@ def _search(joints: Mapping[tuple[str, int], PlacementProblem], prefill: CostedP
                                _relax(workload, math.inf, math.inf) if key in ruled_out
                                else "add devices or memory to the fleet"))
     return min(bounds.values(), default=math.inf)
+
+
+def _as_served(phase: PhaseGraphs, sharding: ShardingPlan) -> PhaseGraphs:
+    """`phase` as a serving engine runs it: grouped-query attention reading each KV head in place
+    (frontend/grouped_attention.py), each op marked with how it splits across a tensor-parallel group
+    (frontend/sharding.py)."""
+    return replace(phase, graphs={size: shard_graph(fuse_grouped_attention(graph), sharding)
+                                  for size, graph in phase.graphs.items()})
 
 
 def _phase_limits(workload: Workload, batch: int) -> dict[str, float]:
@@ -369,7 +390,11 @@ def _costed(phase: PhaseGraphs, shares: Mapping[int, float], targets: TargetSet,
     flops = {node.name: sum(_flops_at(graphs[size], graph, node.name) * share for size, share in shares.items())
              for node in graph}
     shards = {node.name: shard for node in graph if node.parameters and (shard := expert_shard(node.module_path))}
-    return CostedPhase(problem, by_size, phase.state, flops, shards)
+    groups = [t for t in targets if t.tensor_parallel is not None]
+    collectives = {node.name: seconds for node in graph
+                   if (seconds := {t.name: s for t in groups if (s := collective_seconds(node, t)) > 0})}
+    return CostedPhase(problem, by_size, phase.state, flops, shards, collectives,
+                       {t.name: t.tensor_parallel.degree for t in groups})
 
 
 def _flops_at(graph: OpGraph, base: OpGraph, name: str) -> float:

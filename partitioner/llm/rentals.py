@@ -5,7 +5,7 @@ At full load a plan pays for the devices it uses, whatever else the fleet holds:
 hourly price times the bottleneck's seconds per request (partitioner/placement/serving.py). Which devices to rent
 is therefore part of the choice, and the fastest plan on the whole fleet is seldom the cheapest per token (it
 rents the H100 to be a little faster). Every count of each group of identical devices is a rental (the first k
-of a group: identical devices are interchangeable), priced at least at its price times the least bottleneck any
+of a group: identical devices are interchangeable; or k tensor-parallel places of one degree made of them), priced at least at its price times the least bottleneck any
 placement on those devices alone has: first a quick floor (the least work shared out evenly, and the work only
 one group runs shared among its devices), then the linear program's (partitioner/placement/floors.py). A plan uses exactly one rental's devices, so the floors of the
 rentals not searched and the bounds of those searched bound every plan: the LLM search's gap is in money per
@@ -45,12 +45,9 @@ def rentals(joint: PlacementProblem, deployment: str, batch: int, output_tokens:
     """Every part of the fleet `joint` (one deployment at one batch) could run on: each count of each group of
     identical devices, with room for `memory_needed` bytes (weights and KV caches) in all, two devices at least
     where the phases are kept apart, and some device for every op; each with its quick floor."""
-    groups: dict[str, list[str]] = {}
-    for name in joint.target_names:
-        groups.setdefault(joint.group(name), []).append(name)
     least_work: dict[frozenset[str], _Work | None] = {}  # per set of groups present
-    for counts in itertools.product(*(range(len(members) + 1) for members in groups.values())):
-        devices = tuple(place for members, count in zip(groups.values(), counts) for place in members[:count])
+    for picks in itertools.product(*_choices(joint)):
+        devices = tuple(place for pick in picks for place in pick)
         if len(devices) < (2 if joint.separate_phases else 1):
             continue
         terms = [joint.target(place) for place in devices]
@@ -66,6 +63,20 @@ def rentals(joint: PlacementProblem, deployment: str, batch: int, output_tokens:
                           + [seconds / count[group] for group, seconds in work.only.items()])
             price = sum(t.price_per_hour for t in terms)
             yield Rental(deployment, batch, devices, price, per_million_output_tokens(price, busiest, output_tokens))
+
+
+def _choices(joint: PlacementProblem) -> list[list[tuple[str, ...]]]:
+    """Per group of identical devices, what a rental may take of it: none, the first k of its devices, or the
+    first k of the tensor-parallel places of one degree made of them (which occupy those devices)."""
+    groups: dict[str, list[str]] = {}
+    for name in joint.target_names:
+        groups.setdefault(joint.group(name), []).append(name)
+    pools: dict[str, list[list[str]]] = {}
+    for group, members in groups.items():
+        occupies = joint.target(members[0]).occupies
+        pools.setdefault(joint.group(occupies[0]) if occupies else group, []).append(members)
+    return [[(), *(tuple(members[:count]) for members in pool for count in range(1, len(members) + 1))]
+            for pool in pools.values()]
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,6 +83,11 @@ def _placement_lines(deployment: Deployment, fallback_kind: str) -> list[str]:
     kv = ", ".join(f"{device} {format_bytes(size)}" for device, size in sorted(deployment.kv_cache_bytes.items())
                    if size >= 1024)  # not the position counters a cache also keeps
     lines.append(f"KV cache   {kv or 'none'}")
+    for place, collectives in deployment.collectives.items():
+        lines.append(f"tensor     {place}: {collectives.degree} x {device_kind(place)} splitting each layer; "
+                     f"{collectives.per_decode_step} collectives a decode step "
+                     f"({format_seconds(collectives.decode_step_seconds)}), {collectives.per_prefill} a prefill "
+                     f"({format_seconds(collectives.prefill_seconds)})")
     if deployment.expert_shards_on:
         lines.append("experts    decode's expert shards: " + ", ".join(
             f"{device} {count}" for device, count in deployment.expert_shards_on.items()))

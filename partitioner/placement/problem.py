@@ -35,11 +35,13 @@ DEFAULT_ENGINE_HOP_SECONDS = 10e-6
 
 @dataclass(frozen=True, slots=True)
 class TargetTerms:
-    """What the problem needs of a target: its price and its memory capacity."""
+    """What the problem needs of a target: its price and its memory capacity; for a tensor-parallel place, the
+    devices it occupies (a plan uses it or them, never both)."""
 
     name: str
     price_per_hour: float
     memory_bytes: int
+    occupies: tuple[str, ...] = ()
 
     @property
     def price_per_second(self) -> float:
@@ -198,7 +200,8 @@ class PlacementProblem:
     def to_dict(self) -> dict:
         return {
             "targets": [
-                {"name": t.name, "price_per_hour": t.price_per_hour, "memory_bytes": t.memory_bytes}
+                {"name": t.name, "price_per_hour": t.price_per_hour, "memory_bytes": t.memory_bytes,
+                 **({"occupies": list(t.occupies)} if t.occupies else {})}
                 for t in self.targets
             ],
             "fallback": self.fallback,
@@ -229,7 +232,8 @@ class PlacementProblem:
         whether its names agree is the plan's check (partitioner/plan_checks.py)."""
         return cls(
             targets=records(data, "targets", lambda t: TargetTerms(text(t, "name"), number(t, "price_per_hour"),
-                                                                   whole(t, "memory_bytes", minimum=1))),
+                                                                   whole(t, "memory_bytes", minimum=1),
+                                                                   texts(t, "occupies", ()))),
             fallback=text(data, "fallback"),
             nodes=records(data, "nodes", lambda n: ProblemNode(
                 text(n, "name"), NodeKind(text(n, "kind", choices=[kind.value for kind in NodeKind])),
@@ -290,7 +294,8 @@ def build_problem(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_mod
         for destination in targets.names
         if source != destination
     }
-    terms = tuple(TargetTerms(t.name, t.price_per_hour, t.memory_bytes) for t in targets)
+    terms = tuple(TargetTerms(t.name, t.price_per_hour, t.memory_bytes,
+                              t.tensor_parallel.members if t.tensor_parallel else ()) for t in targets)
     routes = {pair: targets.route(*pair) for pair in links}
     groups = {name: targets.group_of(name) for name in targets.names} if targets.topology else {}
     hop_seconds = {t.name: t.stage_launch_seconds + engine_hop_seconds for t in targets}

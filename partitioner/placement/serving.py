@@ -23,8 +23,9 @@ from partitioner.placement.problem import PlacementProblem
 
 
 def device_kind(place: str) -> str:
-    """The target spec a fleet's place is a device of: `npu-example.3` -> `npu-example` (spec names hold no dot)."""
-    return place.rsplit(".", 1)[0]
+    """The target spec a fleet's place is made of: `npu-example.3` and `cuda-h100.tp8.0` -> the spec's name
+    (spec names hold no dot)."""
+    return place.split(".", 1)[0]
 
 
 @dataclass(frozen=True, slots=True)
