@@ -34,7 +34,7 @@ from targets.fleet import load_fleet  # noqa: E402
 
 MODELS = ("llama-7b", "llama-70b", "mixtral-8x7b")
 WORKLOADS = ("chat", "summarisation", "offline")
-FLEETS = ("inf2-h100", "two-hosts", "l4-h100", "neuron-inf2-h100", "neuron-trn2-h100", "cuda-h100=8", "gaudi3=8")
+FLEETS = ("inf2-h100", "two-hosts", "l4-h100", "neuron-inf2-h100", "neuron-trn2-h100", "cuda-h100=8", "gaudi3-h100")
 # MLPerf Inference v4.1, Llama-2-70B, closed division, offline: 8 x H100-SXM-80GB (NVIDIA's submission, FP8,
 # TensorRT-LLM), tokens per second. What `--mlperf` sets a plan's prediction beside.
 MLPERF_OFFLINE_8_H100_TOKENS_PER_SECOND = 24_525
