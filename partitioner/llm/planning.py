@@ -70,6 +70,10 @@ FIRST_SEARCHES_IN_A_LIMIT = 3
 # The share of the time limit in which rentals' floors are worked out before they are searched (after it, they are
 # searched in the order of the floors they have).
 FLOORS_SHARE = 0.5
+# Of the time limit (which covers capture and costing too), the share kept for scoring the plan after the search,
+# and the least share the search gets however long capture took.
+SCORING_RESERVE = 0.05
+LEAST_SEARCH_SHARE = 0.1
 # The search stops once its plan costs at most this much more per token than every rental left may.
 CLOSE_ENOUGH_PER_TOKEN = 0.01
 
@@ -86,7 +90,8 @@ def plan_llm(model: torch.nn.Module, workload: Workload, fleet: Fleet, *, time_l
     (partitioner/llm/experts.py): by default 2 on a fleet of several devices, so a layer's experts can be
     split between two. Every shard runs the routing's gathers and elementwise ops on the whole batch, so each
     shard adds ops (and their launch overhead) to every step: more shards place finer and cost more.
-    `time_limit_seconds` covers every solve together; `workers`, `seed`, `deterministic` and `engine_hop_seconds`
+    `time_limit_seconds` covers the whole planning (capture and costing too; the search gets what they leave,
+    at least a tenth of it); `workers`, `seed`, `deterministic` and `engine_hop_seconds`
     are as for `compile`.
     """
     name = name or type(model).__name__
@@ -139,8 +144,12 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
     runs = _within_reach(runs, workload, prefill, decodes, tried)
     joints = {(deployment, batch): _joint(prefill, decodes[batch], workload, batch, deployment == "disaggregated")
               for deployment, batch in runs}
-    floor = _search(joints, prefill, decodes, workload, _weight_bytes(prefill), kv_per_request, options, tried,
-                    alone)
+    # The limit covers the whole planning: the search gets what capture and costing left of it, less a reserve
+    # for scoring the plan found (at least a tenth of the limit, where capture alone took longer).
+    left = options.time_limit_seconds * (1 - SCORING_RESERVE) - (time.perf_counter() - started)
+    search_options = replace(options, time_limit_seconds=max(left, options.time_limit_seconds * LEAST_SEARCH_SHARE))
+    floor = _search(joints, prefill, decodes, workload, _weight_bytes(prefill), kv_per_request, search_options,
+                    tried, alone)
     tried.sort(key=lambda t: (t.batch_size, DEPLOYMENTS.index(t.deployment)))
     meeting = [t.result for t in tried if t.result is not None and t.refusal is None]
     if not meeting:
