@@ -162,7 +162,7 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
                                            decode, workload, assignment, None)
                  for label, assignment in ((label, strategy(joint)) for label, strategy in BASELINES.items())}
     fallback_price = next(t.price_per_hour for t in targets if t.name == targets.fallback)
-    return LLMPlan(name, workload, fleet.describe(planned_on=len(targets), ops=ops), targets.fallback,
+    return LLMPlan(name, workload, fleet.describe(planned_on=len(alone), ops=ops), targets.fallback,
                    decoder_layers(model), kv_per_request, best, tuple(tried), baselines, fallback_price,
                    time.perf_counter() - started, expert_shards, min(floor, best.cost_per_million_output_tokens))
 

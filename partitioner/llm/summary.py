@@ -10,8 +10,9 @@ from partitioner.units import format_bytes, format_money, format_seconds
 def format_llm_summary(plan: LLMPlan) -> str:
     best, workload = plan.best, plan.workload
     fallback_kind = device_kind(plan.fallback)
+    layers = f"{plan.layers} layer{'s' if plan.layers > 1 else ''}, " if plan.layers else ""
     lines = [
-        f"model      {plan.model_name}: {f'{plan.layers} layers, ' if plan.layers else ''}"
+        f"model      {plan.model_name}: {layers}"
         f"{f'experts in {plan.expert_shards} shards a layer, ' if plan.expert_shards else ''}KV cache "
         f"{format_bytes(plan.kv_cache_bytes_per_request)} per request at {workload.context_tokens} tokens of context",
         f"workload   {workload.describe()}",
