@@ -198,9 +198,11 @@ def _wiring(block: tuple[OpNode, ...], previous: tuple[OpNode, ...]) -> Wiring:
 
 
 def _settled(wiring: Wiring) -> Wiring:
-    """`wiring` without the orders on nodes outside the layers: torch.export reads a batch size off one layer's
-    cache (which layer varies with the depth), and that layer's cache write then runs after the read."""
-    return tuple((inputs, tuple(r for r in after if r[0] != "shared"), writes) for inputs, after, writes in wiring)
+    """`wiring` without the orders on nodes outside the layers (torch.export reads a batch size off one layer's
+    cache, which layer varying with the depth, and that layer's cache write then runs after the read), and with
+    the orders as sets (which comes first among the nodes a write waits for is no fact of the model)."""
+    return tuple((inputs, tuple(sorted(r for r in after if r[0] != "shared")), writes)
+                 for inputs, after, writes in wiring)
 
 
 def _common(wiring: Wiring, other: Wiring) -> Wiring:

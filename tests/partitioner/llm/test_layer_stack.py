@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, Mixtra
 
 from partitioner.frontend.op_graph import OpGraph
 from partitioner.llm import layer_stack
+from partitioner.llm.experts import experts_sharded
 from partitioner.llm.phases import capture_phases, capture_phases_in_full
 
 PROMPTS, BATCHES, CONTEXT = [16, 32], [1, 4], 64
@@ -36,14 +37,16 @@ def wiring(graph: OpGraph) -> list[tuple]:
             for node in graph]
 
 
-@pytest.mark.parametrize("config", [LlamaConfig(num_hidden_layers=7, **SMALL),
-                                    MixtralConfig(num_hidden_layers=7, num_local_experts=4, **SMALL)],
-                         ids=["llama", "mixtral"])
-def test_a_grown_capture_equals_the_full_capture_node_for_node(config):
+@pytest.mark.parametrize(("config", "expert_shards"), [
+    (LlamaConfig(num_hidden_layers=7, **SMALL), 1),
+    (MixtralConfig(num_hidden_layers=7, num_local_experts=4, **SMALL), 2),  # each layer's experts in two shards
+], ids=["llama", "mixtral"])
+def test_a_grown_capture_equals_the_full_capture_node_for_node(config, expert_shards):
     model = meta_model(config)
 
-    grown = capture_phases(model, PROMPTS, BATCHES, CONTEXT)
-    full = capture_phases_in_full(model, PROMPTS, BATCHES, CONTEXT)
+    with experts_sharded(model, expert_shards):
+        grown = capture_phases(model, PROMPTS, BATCHES, CONTEXT)
+        full = capture_phases_in_full(model, PROMPTS, BATCHES, CONTEXT)
 
     for grown_phase, full_phase in zip(grown, full):
         assert grown_phase.state == full_phase.state
