@@ -185,6 +185,9 @@ class OpGraph:
     def __iter__(self) -> Iterator[OpNode]:
         return iter(self.nodes)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
     def __len__(self) -> int:
         return len(self.nodes)
 

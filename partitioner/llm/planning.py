@@ -74,6 +74,9 @@ FLOORS_SHARE = 0.5
 # and the least share the search gets however long capture took.
 SCORING_RESERVE = 0.05
 LEAST_SEARCH_SHARE = 0.1
+# The share of the time limit the whole fleet's TTFT and TPOT floors may take before the search (each is a linear
+# program over every place, tensor-parallel ones included).
+FLOORS_BEFORE_SEARCH = 0.25
 # The search stops once its plan costs at most this much more per token than every rental left may.
 CLOSE_ENOUGH_PER_TOKEN = 0.01
 
@@ -141,7 +144,7 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
     runs, tried = _fitting(batches, prefill, kv_per_request)
     decodes = {batch: _costed(decode_graphs, {batch: 1.0}, targets, cost_model, engine_hop_seconds)
                for batch in {b for _, b in runs}}
-    runs = _within_reach(runs, workload, prefill, decodes, tried)
+    runs = _within_reach(runs, workload, prefill, decodes, tried, options.time_limit_seconds * FLOORS_BEFORE_SEARCH)
     joints = {(deployment, batch): _joint(prefill, decodes[batch], workload, batch, deployment == "disaggregated")
               for deployment, batch in runs}
     # The limit covers the whole planning: the search gets what capture and costing left of it, less a reserve
@@ -192,13 +195,20 @@ def _weight_bytes(prefill: CostedPhase) -> int:
 
 
 def _within_reach(runs: list[tuple[str, int]], workload: Workload, prefill: CostedPhase,
-                  decodes: Mapping[int, CostedPhase], tried: list[Tried]) -> list[tuple[str, int]]:
+                  decodes: Mapping[int, CostedPhase], tried: list[Tried], seconds: float) -> list[tuple[str, int]]:
     """The runs whose TTFT and TPOT limits some placement might meet; the others go to `tried`, refused with the
     least TTFT or TPOT any placement that fits the fleet's memory can have (partitioner/placement/floors.py):
-    a search for them could only fail. Raises when that leaves nothing to search."""
+    a search for them could only fail. Raises when that leaves nothing to search. The floors are worked out for
+    `seconds` at most (on a fleet of many places each takes seconds); a run whose floor was not reached is kept,
+    for its rentals' own floors to rule on."""
+    until = time.monotonic() + seconds
+
+    def floor_of(problem: PlacementProblem) -> float:
+        return latency_floor_seconds(problem) if time.monotonic() < until else 0.0
+
     longest = max(prefill.by_size)
-    ttft = latency_floor_seconds(prefill.by_size[longest]) if workload.ttft_seconds else 0.0
-    tpot = {b: latency_floor_seconds(decodes[b].problem) for b in decodes} if workload.tpot_seconds else {}
+    ttft = floor_of(prefill.by_size[longest]) if workload.ttft_seconds else 0.0
+    tpot = {b: floor_of(decodes[b].problem) for b in sorted(decodes)} if workload.tpot_seconds else {}
     kept = []
     for deployment, batch in runs:
         floors = []
@@ -396,7 +406,10 @@ def _costed(phase: PhaseGraphs, shares: Mapping[int, float], targets: TargetSet,
                             for size, graph in graphs.items()})
     problem = mean_problem([(by_size[size], share) for size, share in shares.items()])
     graph = graphs[max(graphs)]  # the graph every size is planned on (see on_one_graph)
-    flops = {node.name: sum(_flops_at(graphs[size], graph, node.name) * share for size, share in shares.items())
+    scale = {size: other.total_flops / graph.total_flops if graph.total_flops else 1.0
+             for size, other in graphs.items()}
+    flops = {node.name: sum(_flops_at(graphs[size], graph, node.name, scale[size]) * share
+                            for size, share in shares.items())
              for node in graph}
     shards = {node.name: shard for node in graph if node.parameters and (shard := expert_shard(node.module_path))}
     groups = [t for t in targets if t.tensor_parallel is not None]
@@ -406,12 +419,12 @@ def _costed(phase: PhaseGraphs, shares: Mapping[int, float], targets: TargetSet,
                        {t.name: t.tensor_parallel.degree for t in groups})
 
 
-def _flops_at(graph: OpGraph, base: OpGraph, name: str) -> float:
+def _flops_at(graph: OpGraph, base: OpGraph, name: str, scale: float) -> float:
     """The FLOPs of `base`'s node `name` in `graph`, the same model at another size: its own where the graphs
-    are one, else `base`'s scaled by the two graphs' totals."""
-    if name in {node.name for node in graph} and len(graph) == len(base):
+    are one, else `base`'s times `scale` (the two graphs' totals' ratio)."""
+    if len(graph) == len(base) and name in graph:
         return graph[name].flops
-    return base[name].flops * (graph.total_flops / base.total_flops if base.total_flops else 1.0)
+    return base[name].flops * scale
 
 
 def _joint(prefill: CostedPhase, decode: CostedPhase, workload: Workload, batch: int,
