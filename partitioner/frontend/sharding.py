@@ -19,13 +19,16 @@ from typing import Mapping
 
 import torch
 
-from partitioner.frontend.op_graph import OpGraph, Sharding
+from partitioner.frontend.op_graph import NodeKind, OpGraph, Sharding
 
 # The styles of transformers' plans we price; a module of any other style (an MLA latent projection, experts
 # split their own way) runs whole, and so does the part around it.
 _STYLES = {"colwise": Sharding.COLUMNS, "rowwise": Sharding.ROWS, "colwise_gather_output": Sharding.COLUMNS_GATHERED,
-           "embedding_rowwise": Sharding.ROWS}
+           "embedding_rowwise": Sharding.ROWS,
+           # A per-head norm (Qwen3's q_norm, k_norm): each member normalises its own heads with the whole weight.
+           "replicated_with_grad_allreduce": Sharding.SPLIT}
 _LARGEST_DEGREE = 64
+_STATE_SLIVER = 0.01  # the share of the state that may be held whole by every member (counters, not caches)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +55,8 @@ def model_sharding(model: torch.nn.Module) -> ShardingPlan:
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     sizes = [getattr(config, field, None) for field in ("num_attention_heads", "num_key_value_heads",
                                                         "intermediate_size")]
-    common = math.gcd(*(size for size in sizes if isinstance(size, int) and size > 0))
+    known = [size for size in sizes if isinstance(size, int) and size > 0]
+    common = math.gcd(*known) if known else 1  # no sizes known: no degree is known to divide them
     degrees = tuple(d for d in (2 ** k for k in range(1, 7)) if d <= _LARGEST_DEGREE and common % d == 0)
     return ShardingPlan(styles, degrees)
 
@@ -73,18 +77,37 @@ def shard_graph(graph: OpGraph, plan: ShardingPlan) -> OpGraph:
     split_parts = [_pattern(part, inside=True) for part, priced in parts.items() if priced]
     nodes = []
     for node in graph:
-        sharding = next((style for pattern, style in planned if pattern.fullmatch(node.module_path)), None)
+        # The planned style (and the collective after it) is the module's weighted op's alone: its other ops (a
+        # cast, an embedding's scale) run on what that op left, split inside a part, else whole.
+        sharding = next((style for pattern, style in planned if pattern.fullmatch(node.module_path)
+                         and node.kind is NodeKind.COMPUTE and node.parameters), None)
         if sharding is None and any(part.fullmatch(node.module_path) for part in split_parts):
             sharding = Sharding.SPLIT
         nodes.append(dataclasses.replace(node, sharding=sharding) if sharding else node)
     return dataclasses.replace(graph, nodes=tuple(nodes), _index={})
 
 
+def unsplit_state(graph: OpGraph, state: frozenset[str]) -> frozenset[str]:
+    """The state (KV cache tensors, position counters) no split op reads: each member of a tensor-parallel group
+    holds it whole."""
+    split = {p for node in graph if node.sharding is not None for p in node.parameters}
+    return frozenset(name for name in state if name not in split)
+
+
+def splits_its_state(graph: OpGraph, state: frozenset[str]) -> bool:
+    """Whether the KV cache is split across a group's members: all but a sliver of the state (a position
+    counter) is read by split ops. Where it is not (an attention that runs whole), each member would hold the
+    whole cache, and no group is worth offering."""
+    whole = sum(graph.parameter_bytes[name] for name in unsplit_state(graph, state))
+    return whole <= _STATE_SLIVER * sum(graph.parameter_bytes[name] for name in state)
+
+
 def replicated_weight_bytes(graph: OpGraph, state: frozenset[str]) -> int:
-    """Bytes of the weights no split op reads: each member of a tensor-parallel group holds them whole."""
+    """Bytes each member of a tensor-parallel group holds whole: the weights no split op reads, and the state
+    none reads (position counters)."""
     split = {p for node in graph if node.sharding is not None for p in node.parameters}
     read = {p for node in graph for p in node.parameters}
-    return sum(graph.parameter_bytes[p] for p in read - split - state)
+    return sum(graph.parameter_bytes[p] for p in (read - split - state) | unsplit_state(graph, state))
 
 
 def _in_a_part(path: str, style: str) -> bool:

@@ -39,7 +39,8 @@ from partitioner.frontend.capture import ModelSource
 from partitioner.frontend.meta_twin import meta_twin
 from partitioner.frontend.grouped_attention import fuse_grouped_attention
 from partitioner.frontend.op_graph import OpGraph
-from partitioner.frontend.sharding import ShardingPlan, model_sharding, replicated_weight_bytes, shard_graph
+from partitioner.frontend.sharding import (ShardingPlan, model_sharding, replicated_weight_bytes, shard_graph,
+                                          splits_its_state)
 from partitioner.llm.buckets import mean_problem, on_one_graph
 from partitioner.llm.deployment import CostedPhase, Deployment, LLMPlan, Tried, deployment_figures
 from partitioner.llm.experts import expert_shard, experts_per_layer, experts_sharded
@@ -136,8 +137,10 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
     ops = len(next(iter(prefill_graphs.graphs.values()))) + len(next(iter(decode_graphs.graphs.values())))
     targets = fleet.target_set(fallback, most_of_each=ops)  # more identical devices than ops would stay idle
     any_graph = next(iter(prefill_graphs.graphs.values()))
-    targets = with_tensor_parallel_places(targets, sharding.degrees,
-                                          replicated_weight_bytes(any_graph, prefill_graphs.state))
+    if all(splits_its_state(graph, phase.state) for phase in (prefill_graphs, decode_graphs)
+           for graph in phase.graphs.values()):
+        targets = with_tensor_parallel_places(targets, sharding.degrees,
+                                              replicated_weight_bytes(any_graph, prefill_graphs.state))
     alone = devices_alone(targets)
     prefill = _costed(prefill_graphs, dict(prompts), targets, cost_model, engine_hop_seconds)
     kv_per_request = prefill_graphs.state_bytes(prompts[0][0])

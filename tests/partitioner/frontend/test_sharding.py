@@ -10,7 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM, DeepseekV3Config, LlamaConfig
 
 from partitioner.frontend.op_graph import NodeKind, Sharding
-from partitioner.frontend.sharding import ShardingPlan, model_sharding, replicated_weight_bytes, shard_graph
+from partitioner.frontend.sharding import (ShardingPlan, model_sharding, replicated_weight_bytes, shard_graph,
+                                          splits_its_state)
 from partitioner.llm.phases import capture_decode
 
 
@@ -34,6 +35,10 @@ def test_a_llamas_attention_and_mlp_split_between_their_column_and_row_parallel_
     assert by_module["model.embed_tokens"] is Sharding.ROWS
     attention = Counter(node.sharding for node in graph if node.op == "aten.scaled_dot_product_attention.default")
     assert attention == {Sharding.SPLIT: 2}
+    # One collective per row-parallel module: its matmul (or lookup), not the casts around it.
+    assert Counter(node.op for node in graph if node.sharding is Sharding.ROWS) == {
+        "aten.embedding.default": 1, "aten.linear.default": 4}
+    assert splits_its_state(graph, state)  # every KV cache read and write is split by heads
     assert by_module["model.layers.1.post_attention_layernorm"] is None
     # Only the norms' weights and the rotary table are held whole by every member.
     whole = {p for node in graph if node.sharding is None for p in node.parameters} - state
@@ -48,12 +53,13 @@ def test_an_attention_with_a_projection_of_a_style_not_priced_runs_whole_matmuls
                               num_attention_heads=4, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2,
                               n_group=1, topk_group=1, first_k_dense_replace=1, q_lora_rank=32, kv_lora_rank=32,
                               qk_rope_head_dim=16, qk_nope_head_dim=16, v_head_dim=32, vocab_size=100)
-    _, graph, _ = decode_graph(config)
+    _, graph, state = decode_graph(config)
 
     attention = {node.sharding for node in graph if ".self_attn" in node.module_path}
     mlp = {node.sharding for node in graph if node.module_path.startswith("model.layers.0.mlp.down_proj")}
     assert attention == {None}  # its latent projection is "mla_kv_a_proj"
     assert mlp == {Sharding.ROWS}
+    assert not splits_its_state(graph, state)  # each member would hold the whole cache: no group is offered
 
 
 def test_a_model_without_a_plan_has_no_degrees_and_its_graph_is_left_as_it_is():
