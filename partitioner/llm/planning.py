@@ -500,6 +500,7 @@ def _nothing_meets(workload: Workload, tried: list[Tried]) -> str:
     if not solved:
         reasons = list(dict.fromkeys(t.refusal for t in tried if t.refusal))[:2]
         fixes = list(dict.fromkeys(t.fix for t in tried if t.fix))
+        fixes = [fix for fix in fixes if not any(fix != other and fix in other for other in fixes)]  # no repeats
         return (f"no deployment of {workload.name} can be planned on this fleet ({'; '.join(reasons)}). Fix: "
                 f"{'; or '.join(fixes) or 'add devices or memory to the fleet'}.")
     limits = []  # (workload field, what the best plan reaches against the limit, whether some plan meets it)
