@@ -126,14 +126,15 @@ def grown(graph: OpGraph, stack: LayerStack, state: frozenset[str]) -> tuple[OpG
                         names[stack.depth - 2], renames) for position, node in enumerate(last)]
     rename_last = {old: _renamed(old, renames.shifts[old], last_shift) for old in renames.last_names}
     start = graph.nodes.index(last[0])
-    # Outside the layers, a node that reads the last layer's cache (for its size, say) reads the model's last's.
-    after_stack = [dataclasses.replace(node, parameters=tuple(rename_last.get(p, p) for p in node.parameters))
-               for node in graph.nodes[start + len(last):]]
     layer_names = {node.name for block in blocks for node in block}
-    before = [node if node.name in layer_names else
-              dataclasses.replace(node, parameters=tuple(rename_last.get(p, p) for p in node.parameters))
-              for node in graph.nodes[:start]]
-    nodes = (*before, *new_nodes, *after_stack)
+
+    def outside(node: OpNode) -> OpNode:
+        """A node outside the layers that reads the last layer's cache (for its size, say) reads the model's last's."""
+        if node.name in layer_names:
+            return node
+        return dataclasses.replace(node, parameters=tuple(rename_last.get(p, p) for p in node.parameters))
+
+    nodes = (*map(outside, graph.nodes[:start]), *new_nodes, *map(outside, graph.nodes[start + len(last):]))
     if len({node.name for node in nodes}) != len(nodes):
         return None
     parameter_bytes = {rename_last.get(name, name): size for name, size in graph.parameter_bytes.items()}
