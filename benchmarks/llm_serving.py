@@ -130,7 +130,8 @@ def mlperf(time_limit: float) -> str:
             f"{best.output_tokens_per_second:.5g} output tokens/s, {predicted:.5g} for 8 GPUs; MLPerf v4.1 "
             f"measured {MLPERF_OFFLINE_8_H100_TOKENS_PER_SECOND:,} (FP8): predicted / measured "
             f"{predicted / MLPERF_OFFLINE_8_H100_TOKENS_PER_SECOND:.2f}; "
-            f"${best.cost_per_million_output_tokens:.3g} per 1M output tokens; planned in {plan.planning_seconds:.0f} s")
+            f"${best.cost_per_million_output_tokens:.3g} per 1M output tokens; "
+            f"planned in {plan.planning_seconds:.0f} s")
 
 
 def markdown(rows: list[dict], time_limit: float) -> str:

@@ -193,7 +193,6 @@ def deployment_figures(deployment: str, batch: int, joint: PlacementProblem, res
                       _collectives(placed, prefill, decode))
 
 
-
 def _collectives(placed: Mapping[str, Mapping[str, str]], prefill: CostedPhase, decode: CostedPhase
                  ) -> dict[str, GroupCollectives]:
     """Per tensor-parallel place the plan uses, its collectives in a decode step and in a prefill."""

@@ -5,10 +5,11 @@ At full load a plan pays for the devices it uses, whatever else the fleet holds:
 hourly price times the bottleneck's seconds per request (partitioner/placement/serving.py). Which devices to rent
 is therefore part of the choice, and the fastest plan on the whole fleet is seldom the cheapest per token (it
 rents the H100 to be a little faster). Every count of each group of identical devices is a rental (the first k
-of a group: identical devices are interchangeable; or k tensor-parallel places of one degree made of them), priced at least at its price times the least bottleneck any
-placement on those devices alone has: first a quick floor (the least work shared out evenly, and the work only
-one group runs shared among its devices), then the linear program's (partitioner/placement/floors.py). A plan uses exactly one rental's devices, so the floors of the
-rentals not searched and the bounds of those searched bound every plan: the LLM search's gap is in money per
+of a group: identical devices are interchangeable; or k tensor-parallel places of one degree made of them),
+priced at least at its price times the least bottleneck any placement on those devices alone has: first a quick
+floor (the least work shared out evenly, and the work only one group runs shared among its devices), then the
+linear program's (partitioner/placement/floors.py). A plan uses exactly one rental's devices, so the floors of
+the rentals not searched and the bounds of those searched bound every plan: the LLM search's gap is in money per
 token (partitioner/llm/planning.py).
 """
 
