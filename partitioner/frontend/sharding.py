@@ -39,11 +39,6 @@ class ShardingPlan:
     styles: Mapping[str, str]
     degrees: tuple[int, ...]
 
-    @property
-    def whole_modules(self) -> tuple[str, ...]:
-        """The modules of the plan that run whole (a style this planner does not split)."""
-        return tuple(pattern for pattern, style in self.styles.items() if style not in _STYLES)
-
 
 def model_sharding(model: torch.nn.Module) -> ShardingPlan:
     """The tensor-parallel plan `model` declares (transformers' `tp_plan`), with the degrees at which its heads,
@@ -107,7 +102,7 @@ def replicated_weight_bytes(graph: OpGraph, state: frozenset[str]) -> int:
     none reads (position counters)."""
     split = {p for node in graph if node.sharding is not None for p in node.parameters}
     read = {p for node in graph for p in node.parameters}
-    return sum(graph.parameter_bytes[p] for p in (read - split - state) | unsplit_state(graph, state))
+    return sum(graph.parameter_bytes[p] for p in (read | state) - split)
 
 
 def _in_a_part(path: str, style: str) -> bool:
