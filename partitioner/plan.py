@@ -156,6 +156,11 @@ class Plan:
         return _checked_plan(read_json(path, PLAN), str(path))
 
 
+def is_llm_plan(data: Any) -> bool:
+    """Whether `data` (a plan file's JSON) is an LLM serving plan, which compile --workload writes."""
+    return isinstance(data, Mapping) and {"workload", "best", "tried"} <= data.keys()
+
+
 def _checked_plan(data: Any, source: str | None = None) -> Plan:
     """The plan in `data` (read from the file `source`, if any), or a PartitionerError that names the field that
     is not right, or says what in the plan contradicts the rest."""
@@ -163,11 +168,12 @@ def _checked_plan(data: Any, source: str | None = None) -> Plan:
         raise PartitionerError(f"{f'{source} is' if source else 'this is'} not a plan file: a plan holds a JSON "
                                f"object, not a JSON {type(data).__name__}. Fix: give the plan.json that compile wrote.")
     version = data.get("schema_version")
-    if version is None and {"workload", "best", "tried"} <= data.keys():
+    if version is None and is_llm_plan(data):
         raise PartitionerError(f"{source or 'this'} is an LLM serving plan (written by compile --workload), which "
-                               "this version's report, explain, run, export and serve do not read yet. Fix: read "
-                               "its figures in compile's summary or the JSON itself; to run or export a model, "
-                               "compile it without --workload and give that plan.json.")
+                               "this version's report, explain, export and serve do not read yet (run --check "
+                               "checks its tensor-parallel groups). Fix: read its figures in compile's summary or "
+                               "the JSON itself; to export or serve a model, compile it without --workload and "
+                               "give that plan.json.")
     if version is None:
         raise PartitionerError(f"{source or 'this'} is not a plan: it has no schema_version (a plan file from before "
                                "versions, or another JSON file). Fix: give the plan.json that compile wrote, or "

@@ -224,6 +224,8 @@ class _FleetReader(TomlReader):
             try:
                 target = load_target(str(device["target"]))
             except PartitionerError as error:
+                if "Fix:" in str(error):  # the spec itself is wrong: its own fix is the one to give
+                    raise PartitionerError(f"{self.path}: field '{field}.target': {error}") from None
                 raise self.fail(f"{field}.target", str(error).rstrip("."), "name a built-in target or a .toml spec")
             count = device.get("count", 1)
             if not isinstance(count, int) or isinstance(count, bool):

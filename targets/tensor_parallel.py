@@ -24,15 +24,11 @@ def with_tensor_parallel_places(targets: TargetSet, degrees: tuple[int, ...], re
     tensor-parallel plan does not split): a place's memory is its members' less the extra copies of them."""
     if not degrees or targets.topology is None:
         return targets
-    groups: dict[str, list[str]] = {}
-    for name in targets.names:
-        groups.setdefault(targets.group_of(name), []).append(name)
+    groups = _groups(targets)
     places, host_of, spec_of = [], dict(targets.topology.host_of), dict(targets.topology.spec_of)
     numbered: dict[tuple[str, int], int] = {}
     for members in groups.values():
         member = targets[members[0]]
-        if member.is_host:
-            continue  # the host CPU's cores already run an op together
         link = targets.link(members[0], members[1]) if len(members) > 1 else None
         for degree in sorted(d for d in degrees if 1 < d <= len(members)):
             memory = member.memory_bytes * degree - replicated_bytes * (degree - 1)
@@ -54,3 +50,18 @@ def with_tensor_parallel_places(targets: TargetSet, degrees: tuple[int, ...], re
 def devices_alone(targets: TargetSet) -> tuple[str, ...]:
     """The places of `targets` that are single devices (no tensor-parallel groups)."""
     return tuple(t.name for t in targets if t.tensor_parallel is None)
+
+
+def can_split(targets: TargetSet) -> bool:
+    """Whether `targets` has a group of two or more identical devices that could split a layer among them."""
+    return targets.topology is not None and any(len(members) > 1 for members in _groups(targets).values())
+
+
+def _groups(targets: TargetSet) -> dict[str, list[str]]:
+    """The devices of each group of identical devices (one spec in one host), host CPUs left out: their cores
+    already run an op together."""
+    groups: dict[str, list[str]] = {}
+    for target in targets:
+        if not target.is_host and target.tensor_parallel is None:
+            groups.setdefault(targets.group_of(target.name), []).append(target.name)
+    return groups

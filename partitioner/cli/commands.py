@@ -235,8 +235,12 @@ def explain_command(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     from partitioner.execution.check import run_plan
-    from partitioner.plan import Plan
+    from partitioner.files import PLAN, read_json
+    from partitioner.plan import Plan, is_llm_plan
 
+    data = read_json(args.plan, PLAN)
+    if is_llm_plan(data):
+        return _check_llm_plan(args, data)
     plan = Plan.load(args.plan)
     if args.model:
         plan = plan.with_source(args.model)
@@ -244,6 +248,54 @@ def run_command(args: argparse.Namespace) -> int:
         result = run_plan(plan, _device_map(args.device_map), check=args.check, rtol=args.rtol, atol=args.atol)
     _print_run(args.plan, result)
     return 0 if result.check is None or result.check.passed else 1
+
+
+def _check_llm_plan(args: argparse.Namespace, data: dict) -> int:
+    """run --check on an LLM plan: each tensor-parallel group of its deployment, its members as processes here,
+    generates beside the model's own greedy `generate`."""
+    from partitioner.execution.tensor_parallel import check_split, example_prompts, split_runs
+    from partitioner.fields import FieldError
+    from partitioner.frontend.capture import ModelSource, build_model_file
+    from partitioner.llm.deployment import GroupCollectives
+
+    if not args.check:
+        raise PartitionerError("an LLM plan runs as a check of its tensor-parallel groups against the model. Fix: "
+                               "add --check.")
+    try:
+        groups = [GroupCollectives.from_dict(group) for group in data["best"].get("collectives", {}).values()]
+        recorded = data.get("model_source")
+        spec = args.model or (str(ModelSource.from_dict(recorded)) if recorded else None)
+    except (FieldError, AttributeError, TypeError) as error:
+        raise PartitionerError(f"{args.plan} is not a valid LLM plan: {error}. Fix: compile the model again with "
+                               "--workload (the file was edited or damaged).") from None
+    runs = split_runs(groups)
+    if not runs:
+        raise PartitionerError("this LLM plan splits no layer across a group of devices, and running an LLM plan "
+                               "otherwise (prefill, then decode with its KV cache) is not built yet. Fix: check a "
+                               "model planned without --workload, or a plan with tensor-parallel places (a fleet "
+                               "with several identical devices in a host).")
+    if spec is None:
+        raise PartitionerError(f"{args.plan} does not say where its model came from (written before plans recorded "
+                               "it). Fix: give the model with --model file.py[:function].")
+    model, _, _ = build_model_file(spec)
+    if any(parameter.is_meta for parameter in model.parameters()):
+        raise PartitionerError(f"{spec} builds its model on the meta device, without weights to run. Fix: build it "
+                               "with weights (for example from its config on the CPU) and give it with --model.")
+    prompts = example_prompts(model)
+    failed = 0
+    for run in runs:
+        with Progress("live").step(f"generating with {run.degree} members splitting {len(run.modules)} modules, "
+                                   "and with the model"):
+            check = check_split(model, run, prompts, rtol=args.rtol, atol=args.atol)
+        tokens = "the model's tokens" if check.same_tokens else "OTHER tokens than the model's"
+        verdict = "OK" if check.passed else "MISMATCH"
+        print(f"tensor-parallel group of {run.degree} ({len(run.modules)} modules split): {tokens} for "
+              f"{prompts.shape[0]} prompts of {prompts.shape[1]} tokens; logits at most {check.logits.max_abs_error:.3g} "
+              f"from the model's -> {verdict} ({check.seconds:.1f} s)")
+        for line in check.logits.mismatches:
+            print(f"  {line}")
+        failed += not check.passed
+    return 1 if failed else 0
 
 
 def serve_command(args: argparse.Namespace) -> int:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from partitioner.fields import number, texts, whole
+from partitioner.frontend.capture import ModelSource
 from partitioner.llm.joint import phase_assignment
 from partitioner.placement.problem import PlacementProblem, phase_of
 from partitioner.placement.scoring import Score, score
@@ -23,18 +25,25 @@ from targets.workload import Workload
 @dataclass(frozen=True, slots=True)
 class GroupCollectives:
     """A tensor-parallel place's collectives in a deployment (targets/tensor_parallel.py): how many a decode step
-    and a prefill (of the longest prompt) run, and the seconds they take."""
+    and a prefill (of the longest prompt) run, the seconds they take, and the modules split across its members
+    (what running the place shards: partitioner/execution/tensor_parallel.py)."""
 
     degree: int
     per_decode_step: int
     decode_step_seconds: float
     per_prefill: int
     prefill_seconds: float
+    split_modules: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {"degree": self.degree, "per_decode_step": self.per_decode_step,
                 "decode_step_seconds": self.decode_step_seconds, "per_prefill": self.per_prefill,
-                "prefill_seconds": self.prefill_seconds}
+                "prefill_seconds": self.prefill_seconds, "split_modules": list(self.split_modules)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> GroupCollectives:
+        return cls(whole(data, "degree", minimum=2), whole(data, "per_decode_step"), number(data, "decode_step_seconds"),
+                   whole(data, "per_prefill"), number(data, "prefill_seconds"), texts(data, "split_modules", ()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +106,7 @@ class CostedPhase:
     # prefill), and each such place's degree.
     collective_seconds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     degrees: Mapping[str, int] = field(default_factory=dict)
+    split_modules: Mapping[str, str] = field(default_factory=dict)  # node -> its module, for each op that splits
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +137,8 @@ class LLMPlan:
     # The least money per 1M output tokens any plan of the batches and deployments tried can cost: the search's
     # bound (partitioner/llm/rentals.py).
     cost_floor_per_million_output_tokens: float = 0.0
+    source: ModelSource | None = None  # where the model came from, so later commands can build it again
+    kept_whole: str | None = None  # why no layer may split across a group of devices, where none may
 
     @property
     def gap(self) -> float:
@@ -146,12 +158,13 @@ class LLMPlan:
         return min(found, key=lambda d: d.cost_per_million_output_tokens, default=None)
 
     def to_dict(self) -> dict:
-        return {"model": self.model_name, "workload": self.workload.to_dict(), "fleet": self.fleet,
+        return {"model": self.model_name, "model_source": self.source.to_dict() if self.source else None,
+                "workload": self.workload.to_dict(), "fleet": self.fleet,
                 "fallback": self.fallback, "planning_seconds": self.planning_seconds,
                 "expert_shards": self.expert_shards,
                 "kv_cache_bytes_per_request": self.kv_cache_bytes_per_request,
                 "cost_floor_per_million_output_tokens": self.cost_floor_per_million_output_tokens,
-                "gap": self.gap, "best": self.best.to_dict(),
+                "gap": self.gap, "tensor_parallel_refused": self.kept_whole, "best": self.best.to_dict(),
                 "tried": [{"deployment": t.deployment, "batch_size": t.batch_size, "refusal": t.refusal,
                            **({"result": t.result.to_dict()} if t.result else {})} for t in self.tried],
                 "baselines": {name: d.to_dict() for name, d in self.baselines.items()}}
@@ -199,7 +212,13 @@ def _collectives(placed: Mapping[str, Mapping[str, str]], prefill: CostedPhase, 
     counts: dict[tuple[str, str], int] = {}
     seconds: dict[tuple[str, str], float] = {}
     degrees: dict[str, int] = {}
+    modules: dict[str, set[str]] = {}
     for phase, costed in (("prefill", prefill), ("decode", decode)):
+        for node, module in costed.split_modules.items():
+            place = placed[phase].get(node)
+            if place in costed.degrees:
+                degrees[place] = costed.degrees[place]
+                modules.setdefault(place, set()).add(module)
         for node, on_place in costed.collective_seconds.items():
             place = placed[phase].get(node)
             if place in on_place:
@@ -207,7 +226,8 @@ def _collectives(placed: Mapping[str, Mapping[str, str]], prefill: CostedPhase, 
                 counts[place, phase] = counts.get((place, phase), 0) + 1
                 seconds[place, phase] = seconds.get((place, phase), 0.0) + on_place[place]
     return {place: GroupCollectives(degree, counts.get((place, "decode"), 0), seconds.get((place, "decode"), 0.0),
-                                    counts.get((place, "prefill"), 0), seconds.get((place, "prefill"), 0.0))
+                                    counts.get((place, "prefill"), 0), seconds.get((place, "prefill"), 0.0),
+                                    tuple(sorted(modules.get(place, ()))))
             for place, degree in sorted(degrees.items())}
 
 

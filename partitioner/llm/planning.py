@@ -58,7 +58,7 @@ from partitioner.placement.tagging import tag
 from partitioner.units import format_bytes
 from targets.fleet import Fleet
 from targets.spec import TargetSet
-from targets.tensor_parallel import devices_alone, with_tensor_parallel_places
+from targets.tensor_parallel import can_split, devices_alone, with_tensor_parallel_places
 from targets.workload import Workload
 
 DEPLOYMENTS = ("co-located", "disaggregated")
@@ -137,8 +137,9 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
     ops = len(next(iter(prefill_graphs.graphs.values()))) + len(next(iter(decode_graphs.graphs.values())))
     targets = fleet.target_set(fallback, most_of_each=ops)  # more identical devices than ops would stay idle
     any_graph = next(iter(prefill_graphs.graphs.values()))
-    if all(splits_its_state(graph, phase.state) for phase in (prefill_graphs, decode_graphs)
-           for graph in phase.graphs.values()):
+    splits_state = all(splits_its_state(graph, phase.state) for phase in (prefill_graphs, decode_graphs)
+                       for graph in phase.graphs.values())
+    if splits_state:
         targets = with_tensor_parallel_places(targets, sharding.degrees,
                                               replicated_weight_bytes(any_graph, prefill_graphs.state))
     alone = devices_alone(targets)
@@ -170,7 +171,8 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
     fallback_price = next(t.price_per_hour for t in targets if t.name == targets.fallback)
     return LLMPlan(name, workload, fleet.describe(planned_on=len(alone), ops=ops), targets.fallback,
                    decoder_layers(model), kv_per_request, best, tuple(tried), baselines, fallback_price,
-                   time.perf_counter() - started, expert_shards, min(floor, best.cost_per_million_output_tokens))
+                   time.perf_counter() - started, expert_shards, min(floor, best.cost_per_million_output_tokens),
+                   source, _kept_whole(name, sharding, splits_state) if can_split(targets) else None)
 
 
 def _fitting(batches: tuple[int, ...], prefill: CostedPhase,
@@ -339,6 +341,19 @@ def _search(joints: Mapping[tuple[str, int], PlacementProblem], prefill: CostedP
     return min(bounds.values(), default=math.inf)
 
 
+def _kept_whole(name: str, sharding: ShardingPlan, splits_state: bool) -> str | None:
+    """Why no layer of the model may split across a group, where none may (None where groups were offered)."""
+    if not sharding.styles:
+        return f"{name} declares no tensor-parallel plan (tp_plan), so every layer runs whole on one device"
+    if not sharding.degrees:
+        return (f"{name}'s heads, KV heads and MLP width share no power-of-two factor, so no group splits them "
+                "evenly and every layer runs whole")
+    if not splits_state:
+        return (f"{name}'s attention has modules of a style not priced here (such as a latent projection), so it "
+                "runs whole and each member would hold the whole KV cache: every layer runs whole")
+    return None
+
+
 def _as_served(phase: PhaseGraphs, sharding: ShardingPlan) -> PhaseGraphs:
     """`phase` as a serving engine runs it: grouped-query attention reading each KV head in place
     (frontend/grouped_attention.py), each op marked with how it splits across a tensor-parallel group
@@ -418,8 +433,9 @@ def _costed(phase: PhaseGraphs, shares: Mapping[int, float], targets: TargetSet,
     groups = [t for t in targets if t.tensor_parallel is not None]
     collectives = {node.name: seconds for node in graph
                    if (seconds := {t.name: s for t in groups if (s := collective_seconds(node, t)) > 0})}
+    split = {node.name: node.module_path for node in graph if node.sharding is not None}
     return CostedPhase(problem, by_size, phase.state, flops, shards, collectives,
-                       {t.name: t.tensor_parallel.degree for t in groups})
+                       {t.name: t.tensor_parallel.degree for t in groups}, split)
 
 
 def _flops_at(graph: OpGraph, base: OpGraph, name: str, scale: float) -> float:

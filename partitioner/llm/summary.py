@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from partitioner.llm.deployment import Deployment, LLMPlan
 from partitioner.placement.serving import device_kind
 from partitioner.units import format_bytes, format_money, format_seconds
@@ -25,6 +27,7 @@ def format_llm_summary(plan: LLMPlan) -> str:
         f"full load; TTFT {_ttft(best)}, TPOT {format_seconds(best.tpot_seconds)}; "
         f"bottleneck {best.bottleneck}",
         *_placement_lines(best, fallback_kind),
+        *([f"tensor     none: {plan.kept_whole}"] if plan.kept_whole else []),
         "",
         f"{'strategy':<28}{'per 1M out':>12}{'tokens/s':>11}{'TTFT':>10}{'TPOT':>10}   vs plan",
     ]
@@ -85,7 +88,8 @@ def _placement_lines(deployment: Deployment, fallback_kind: str) -> list[str]:
                    if size >= 1024)  # not the position counters a cache also keeps
     lines.append(f"KV cache   {kv or 'none'}")
     for place, collectives in deployment.collectives.items():
-        lines.append(f"tensor     {place}: {collectives.degree} x {device_kind(place)} splitting each layer; "
+        lines.append(f"tensor     {place}: {collectives.degree} x {device_kind(place)} splitting "
+                     f"{_split_parts(collectives.split_modules)}; "
                      f"{collectives.per_decode_step} collectives a decode step "
                      f"({format_seconds(collectives.decode_step_seconds)}), {collectives.per_prefill} a prefill "
                      f"({format_seconds(collectives.prefill_seconds)})")
@@ -93,6 +97,16 @@ def _placement_lines(deployment: Deployment, fallback_kind: str) -> list[str]:
         lines.append("experts    decode's expert shards: " + ", ".join(
             f"{device} {count}" for device, count in deployment.expert_shards_on.items()))
     return lines
+
+
+def _split_parts(modules: tuple[str, ...]) -> str:
+    """What a group splits, in a model's terms: the layers it holds modules of (by their number in the module
+    names; a stage may begin or end inside a layer), the embedding, the LM head."""
+    layers = {match.group(1) for module in modules if (match := re.search(r"\.(\d+)\.", module))}
+    parts = [f"what it holds of {len(layers)} layer{'s' if len(layers) != 1 else ''}"] if layers else []
+    parts += ["the embedding"] if any("embed" in module for module in modules) else []
+    parts += ["the LM head"] if any("lm_head" in module for module in modules) else []
+    return ", ".join(parts) or f"{len(modules)} modules"
 
 
 def _row(label: str, deployment: Deployment, best: Deployment) -> str:

@@ -1,6 +1,7 @@
 """LLM plans on groups of identical GPUs may split each layer across a group (tensor parallelism): where a TPOT
 limit sits between one GPU's decode step and a pair's, the pair splitting each layer is the plan; over a link too
-slow for the collectives, splitting never pays and the plan keeps each layer whole."""
+slow for the collectives, splitting never pays and the plan keeps each layer whole. The summary says what each
+group splits, and why no layer may split where none may."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from cost_models.roofline import RooflineCostModel
 from partitioner.errors import PartitionerError
 from partitioner.frontend.sharding import model_sharding, replicated_weight_bytes, shard_graph
 from partitioner.llm.phases import capture_decode
 from partitioner.llm.planning import plan_llm
+from partitioner.llm.summary import format_llm_summary
 from partitioner.placement.problem import build_problem
 from partitioner.placement.scoring import score
 from partitioner.placement.tagging import tag
@@ -39,10 +41,10 @@ def workload(tpot_ms: float | None) -> str:
     return f'name = "tight"\nprompt_tokens = 32\noutput_tokens = 16\nbatch_size = {BATCH}\n{limit}'
 
 
-def decode_step_seconds(model, fleet_text: str, place: str) -> float:
+def decode_step_seconds(model, fleet_text: str, place: str, batch: int = BATCH, context: int = CONTEXT) -> float:
     """One decode step with every op on `place` of the fleet (a device, or a tensor-parallel place)."""
-    phase = capture_decode(model, [BATCH], CONTEXT)
-    graph = shard_graph(phase.graphs[BATCH], model_sharding(model))
+    phase = capture_decode(model, [batch], context)
+    graph = shard_graph(phase.graphs[batch], model_sharding(model))
     targets = with_tensor_parallel_places(load_fleet(fleet_text).target_set(), (2,),
                                           replicated_weight_bytes(graph, phase.state))
     problem = build_problem(graph, tag(graph, targets), targets, RooflineCostModel())
@@ -92,3 +94,24 @@ def test_over_a_link_too_slow_for_the_collectives_each_layer_stays_whole(tmp_pat
     with pytest.raises(PartitionerError, match="tpot_ms"):
         plan_llm(model, load_workload_text(workload(one * 0.9 * 1e3)), load_fleet(fleet), time_limit_seconds=10,
                  workers=1, deterministic=True)
+
+
+def test_the_summary_says_what_each_group_splits_and_why_none_may_where_none_may():
+    model = wide_llama()
+    one = decode_step_seconds(model, "cuda-h100=2", "cuda-h100.0")
+    pair = decode_step_seconds(model, "cuda-h100=2", "cuda-h100.tp2.0")
+    plan = plan_llm(model, load_workload_text(workload((one + pair) / 2 * 1e3)), load_fleet("cuda-h100=2"),
+                    time_limit_seconds=10, workers=1, deterministic=True)
+    assert "2 x cuda-h100 splitting what it holds of 1 layer, the embedding, the LM head;" in format_llm_summary(plan)
+    assert plan.kept_whole is None
+
+    config = GPT2Config(n_layer=1, n_embd=64, n_head=4, vocab_size=128, n_positions=64, bos_token_id=0,
+                        eos_token_id=0)
+    with torch.device("meta"):
+        unplanned = GPT2LMHeadModel(config).eval()
+    plan = plan_llm(unplanned, load_workload_text(workload(None)), load_fleet("cuda-h100=2"), time_limit_seconds=10,
+                    workers=1, deterministic=True)
+    assert "tensor     none: GPT2LMHeadModel declares no tensor-parallel plan" in format_llm_summary(plan)
+    alone = plan_llm(unplanned, load_workload_text(workload(None)), load_fleet("cuda-h100=1"),
+                     time_limit_seconds=10, workers=1, deterministic=True)
+    assert alone.kept_whole is None  # no group to split across: nothing to say

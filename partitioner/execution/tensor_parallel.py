@@ -1,0 +1,313 @@
+"""Run what a plan splits across a tensor-parallel group, as a serving engine runs it, and check it against the model.
+
+A plan's tensor-parallel place (`GroupCollectives` in partitioner/llm/deployment.py) names the modules its
+members split. Each member is a process with its own copy of the model: it shards those modules with
+transformers' own tensor-parallel layers (`apply_tensor_parallelism`: column-parallel weights split by output
+feature, row-parallel ones by input feature with their partial sums all-reduced, the embedding by vocabulary,
+the LM head gathered; each member's attention and KV cache hold its heads) over a torch.distributed process
+group (gloo on CPU, NCCL on CUDA), and generates. The members run the same steps in lockstep, joined by the
+collectives, so the first member's tokens are the group's. Members are processes on this machine
+(`Members.PROCESSES`) or actors on a Ray instance (`Members.RAY`): one member per device of the group.
+
+A run splits, at one degree, every module the plan's places of that degree split: a module's arithmetic at a
+degree does not depend on which place runs it. Modules the plan keeps whole run whole on every member (each
+holds their weights), which gives the same numbers as running them on another device.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+from partitioner.errors import PartitionerError
+from partitioner.execution.check import CheckResult, compare_outputs
+from partitioner.llm.deployment import Deployment, GroupCollectives
+
+DEFAULT_TIMEOUT_SECONDS = 300.0
+NEW_TOKENS = 8  # generated per prompt by a check
+
+
+class Members(enum.Enum):
+    """Where a tensor-parallel group's members run."""
+
+    PROCESSES = "processes"  # one process each on this machine
+    RAY = "ray"  # one Ray actor each, on a local instance or a cluster
+
+
+@dataclass(frozen=True, slots=True)
+class SplitRun:
+    """One run of a tensor-parallel group: its degree (members) and the modules split across them."""
+
+    degree: int
+    modules: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SplitGeneration:
+    """What a group generated: the token ids (prompt included) and each generated step's logits."""
+
+    run: SplitRun
+    tokens: torch.Tensor
+    logits: torch.Tensor  # [steps, batch, vocabulary]
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class SplitCheck:
+    """A group's generation beside the model's own greedy `generate`: whether the tokens are the same, and how
+    far the logits of every step are from the model's."""
+
+    run: SplitRun
+    same_tokens: bool
+    logits: CheckResult
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return self.same_tokens and self.logits.passed
+
+
+def split_runs(groups: Iterable[GroupCollectives]) -> tuple[SplitRun, ...]:
+    """One run per tensor-parallel degree of a deployment's `groups` (its places' collectives), splitting every
+    module its places of that degree split; none where it uses no tensor-parallel place."""
+    modules: dict[int, set[str]] = {}
+    for collectives in groups:
+        modules.setdefault(collectives.degree, set()).update(collectives.split_modules)
+    return tuple(SplitRun(degree, tuple(sorted(names))) for degree, names in sorted(modules.items()))
+
+
+def member_plan(model: torch.nn.Module, modules: Sequence[str]) -> dict[str, str]:
+    """transformers' tensor-parallel plan of `model` (module and parameter names to styles) with only `modules`
+    split: the entries of the model's own `tp_plan` for those of them it declares (a module a plan marks split
+    for running on its share, such as an attention's rotary, needs no entry). A layer part (an attention, an
+    MLP) must split all its planned modules or none: a column-parallel projection whose row-parallel partner
+    runs whole would hand it a share of its input."""
+    from transformers.distributed.parallel_utils import replace_layer_number_by_wildcard
+
+    styles = dict(getattr(model, "tp_plan", None) or {})
+    if not styles:
+        raise PartitionerError(f"{type(model).__name__} declares no tensor-parallel plan (no tp_plan), so its "
+                               "modules cannot be split. Fix: plan it again with this version, which keeps every "
+                               "layer whole on a model that declares none.")
+    wanted = set(modules)
+    plan: dict[str, str] = {}
+    split_parts: dict[str, list[bool]] = {}
+    for name, module in model.named_modules():
+        style = styles.get(replace_layer_number_by_wildcard(name))
+        if style is None:
+            continue
+        if style in ("colwise", "rowwise"):
+            split_parts.setdefault(name.rpartition(".")[0], []).append(name in wanted)
+        if name in wanted:
+            plan[name] = style
+            plan.update({f"{name}.{parameter}": style for parameter, _ in module.named_parameters(recurse=False)})
+    partial = sorted(part for part, split in split_parts.items() if any(split) and not all(split))
+    if partial:
+        raise PartitionerError(f"the plan splits some of the projections of {', '.join(partial[:3])} and keeps the "
+                               "others whole, which no group can run. Fix: plan the model again (this version "
+                               "splits a layer part whole or not at all).")
+    if not plan and wanted:
+        raise PartitionerError(f"none of the modules the plan splits ({', '.join(sorted(wanted)[:3])}, ...) is one "
+                               f"{type(model).__name__} declares in its tensor-parallel plan: the plan is of another "
+                               "model. Fix: run it with the model it was compiled for.")
+    return plan
+
+
+def generate_split(model: torch.nn.Module, run: SplitRun, input_ids: torch.Tensor, new_tokens: int, *,
+                   members: Members = Members.PROCESSES, address: str | None = None,
+                   timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> SplitGeneration:
+    """Greedy generation of `new_tokens` after `input_ids` by a group of `run.degree` members splitting
+    `run.modules`, each holding a copy of `model` (on Ray, `address` joins a cluster; none starts a local
+    instance that is removed after)."""
+    member_plan(model, run.modules)  # refuse a plan this model cannot run before any member starts
+    started = time.perf_counter()
+    launch = _on_ray if members is Members.RAY else _in_processes
+    tokens, logits = launch(model, run, input_ids, new_tokens, address, timeout_seconds)
+    return SplitGeneration(run, tokens, logits, time.perf_counter() - started)
+
+
+def check_split(model: torch.nn.Module, run: SplitRun, input_ids: torch.Tensor, new_tokens: int = NEW_TOKENS, *,
+                members: Members = Members.PROCESSES, address: str | None = None,
+                timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, rtol: float | None = None,
+                atol: float | None = None) -> SplitCheck:
+    """`run`'s generation beside `model.generate`'s (greedy, the same prompt and length); the logits compared
+    under `rtol`/`atol`, or the dtype's defaults (partitioner/execution/check.py)."""
+    expected_tokens, expected_logits = generate_as_member(model, input_ids, new_tokens)
+    got = generate_split(model, run, input_ids, new_tokens, members=members, address=address,
+                         timeout_seconds=timeout_seconds)
+    same = got.tokens.shape == expected_tokens.shape and bool(torch.equal(got.tokens, expected_tokens))
+    steps = min(len(got.logits), len(expected_logits))
+    logits = compare_outputs(expected_logits[:steps], got.logits[:steps], rtol=rtol, atol=atol)
+    return SplitCheck(run, same, logits, got.seconds)
+
+
+def example_prompts(model: torch.nn.Module, prompts: int = 2, tokens: int = 8, seed: int = 0) -> torch.Tensor:
+    """Prompts of random token ids from the model's vocabulary, the same for a seed."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(1, config.vocab_size, (prompts, tokens), generator=generator)
+
+
+def generate_as_member(model: torch.nn.Module, input_ids: torch.Tensor, new_tokens: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy generation: the token ids and every generated step's logits (what each member returns)."""
+    with torch.no_grad():
+        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, pad_token_id=0)
+    return out.sequences.cpu(), torch.stack(out.logits).float().cpu()
+
+
+def run_member(rank: int, run: SplitRun, rendezvous: str, model: torch.nn.Module, input_ids: torch.Tensor,
+               new_tokens: int, timeout_seconds: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One member: join the group's process group at `rendezvous`, shard `model`, generate, leave."""
+    import datetime
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from transformers.distributed.tensor_parallel import apply_tensor_parallelism
+
+    device = next(model.parameters()).device
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=rendezvous, rank=rank,
+                            world_size=run.degree, timeout=datetime.timedelta(seconds=timeout_seconds))
+    try:
+        mesh = init_device_mesh(device.type, (run.degree,))
+        apply_tensor_parallelism(model, mesh, member_plan(model, run.modules))
+        return generate_as_member(model, input_ids.to(device), new_tokens)
+    finally:
+        dist.destroy_process_group()
+
+
+def free_rendezvous(host: str = "127.0.0.1") -> str:
+    """A TCP address at `host` (this machine's) for a process group to meet at: a port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return f"tcp://{host}:{probe.getsockname()[1]}"
+
+
+def _in_processes(model: torch.nn.Module, run: SplitRun, input_ids: torch.Tensor, new_tokens: int,
+                  address: str | None, timeout_seconds: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The members as processes on this machine (fresh interpreters, so a caller's script is not imported again
+    and no thread pool is forked); the first one's result, or one error naming a member's."""
+    if address is not None:
+        raise PartitionerError("an address joins a Ray cluster, and these members run as processes here. Fix: run "
+                               "the members on Ray, or give no address.")
+    rendezvous = free_rendezvous()
+    with tempfile.TemporaryDirectory(prefix="partitioner-tp-") as folder:
+        work = Path(folder) / "work.pt"
+        torch.save((run, rendezvous, model, input_ids, new_tokens, timeout_seconds), work)
+        outcomes = [Path(folder) / f"member{rank}.pt" for rank in range(run.degree)]
+        logs = [(Path(folder) / f"member{rank}.log").open("w") for rank in range(run.degree)]
+        processes = [subprocess.Popen([sys.executable, "-c", _MEMBER_PROCESS, str(rank), str(work), str(outcome)],
+                                      stdout=subprocess.DEVNULL, stderr=log)
+                     for rank, (outcome, log) in enumerate(zip(outcomes, logs))]
+        try:
+            _wait(processes, timeout_seconds)
+        finally:
+            for process, log in zip(processes, logs):
+                process.kill()
+                process.wait()
+                log.close()
+        results = [_outcome(rank, outcome, process, Path(log.name), run.degree)
+                   for rank, (outcome, process, log) in enumerate(zip(outcomes, processes, logs))]
+    return results[0]
+
+
+_MEMBER_PROCESS = "import sys; from partitioner.execution.tensor_parallel import member_process; member_process(*sys.argv[1:])"
+
+
+def member_process(rank: str, work: str, outcome: str) -> None:
+    """A member process's body: read the work, run the member, write its result or its error."""
+    run, rendezvous, model, input_ids, new_tokens, timeout_seconds = torch.load(work, weights_only=False)
+    try:
+        result = run_member(int(rank), run, rendezvous, model, input_ids, new_tokens, timeout_seconds)
+    except Exception as error:  # reported by the parent, which raises one error
+        result = f"{type(error).__name__}: {error}"
+    torch.save(result, outcome)
+
+
+def _wait(processes: Sequence[subprocess.Popen], timeout_seconds: float) -> None:
+    """Wait for every member; stop at the first that fails (the others would wait for it until their timeout)."""
+    deadline = time.monotonic() + timeout_seconds
+    while any(process.poll() is None for process in processes):
+        if any(process.returncode not in (None, 0) for process in processes):
+            return
+        if time.monotonic() > deadline:
+            raise PartitionerError(f"the tensor-parallel group gave no result in {timeout_seconds:g} s. Fix: give it "
+                                   "more time, or check that this machine has the memory for a copy of the model "
+                                   "per member.")
+        time.sleep(0.05)
+
+
+def _outcome(rank: int, outcome: Path, process: subprocess.Popen, log: Path, degree: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A member's result, or one error saying why it has none."""
+    result = torch.load(outcome, weights_only=False) if outcome.exists() else None
+    if isinstance(result, tuple):
+        return result
+    if isinstance(result, str):
+        raise PartitionerError(f"tensor-parallel member {rank} of {degree} failed: {result.splitlines()[0]}")
+    last = log.read_text(errors="replace").strip().splitlines()
+    raise PartitionerError(f"tensor-parallel member {rank} of {degree} ended with exit code {process.returncode} "
+                           f"and no result{': ' + last[-1] if last else ''}")
+
+
+def _on_ray(model: torch.nn.Module, run: SplitRun, input_ids: torch.Tensor, new_tokens: int,
+            address: str | None, timeout_seconds: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The members as Ray actors, one per device of the group; the first one's result."""
+    from partitioner.deploy import ray_instance, teardown
+    from partitioner.deploy.ray_engine import require_ray
+
+    ray = require_ray()
+    started = ray_instance.start(ray, address, {}, None)
+    member = ray.remote(_RayMember)
+    actors: list[Any] = []
+    try:
+        gpu = next(model.parameters()).device.type == "cuda"
+        actors = [member.options(num_cpus=0, num_gpus=1 if gpu else 0).remote() for _ in range(run.degree)]
+        rendezvous = ray.get(actors[0].rendezvous.remote(), timeout=timeout_seconds)
+        shared = ray.put(model)
+        calls = [actor.generate.remote(rank, run, rendezvous, shared, input_ids, new_tokens, timeout_seconds)
+                 for rank, actor in enumerate(actors)]
+        try:
+            return ray.get(calls, timeout=timeout_seconds)[0]
+        except ray.exceptions.GetTimeoutError:
+            raise PartitionerError(f"the tensor-parallel group on Ray gave no result in {timeout_seconds:g} s. Fix: "
+                                   "check that the cluster has a CPU (or GPU) free for each member.") from None
+        except ray.exceptions.RayError as error:
+            raise PartitionerError(f"a tensor-parallel member on Ray failed: "
+                                   f"{ray_instance.first_line(error.__cause__ or error)}") from error
+    finally:
+        teardown.remove(ray, actors, (), started)
+
+
+class _RayMember:
+    """A member as a Ray actor (made remote where it is used, so importing this module needs no Ray)."""
+
+    def rendezvous(self) -> str:
+        import ray
+
+        return free_rendezvous(ray.util.get_node_ip_address())
+
+    def generate(self, rank: int, run: SplitRun, rendezvous: str, model: torch.nn.Module, input_ids: torch.Tensor,
+                 new_tokens: int, timeout_seconds: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return run_member(rank, run, rendezvous, model, input_ids, new_tokens, timeout_seconds)
+
+
+def split_checks(deployment: Deployment, model: torch.nn.Module, input_ids: torch.Tensor,
+                 new_tokens: int = NEW_TOKENS, *,
+                 members: Members = Members.PROCESSES, address: str | None = None,
+                 timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> Mapping[int, SplitCheck]:
+    """Per tensor-parallel degree the deployment uses, its group's generation checked against the model's."""
+    return {run.degree: check_split(model, run, input_ids, new_tokens, members=members, address=address,
+                                    timeout_seconds=timeout_seconds)
+            for run in split_runs(deployment.collectives.values())}

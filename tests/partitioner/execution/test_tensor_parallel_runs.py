@@ -1,0 +1,148 @@
+"""A tensor-parallel plan runs as it is priced: each member of the group a process (or a Ray actor) holding its
+share of the modules the plan splits, joined by all-reduces and gathers over a process group, generating the
+model's own tokens."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from partitioner.cli import main
+from partitioner.errors import PartitionerError
+from partitioner.execution.tensor_parallel import (Members, SplitRun, check_split, generate_as_member,
+                                                   generate_split, member_plan, split_checks, split_runs)
+from partitioner.llm.planning import plan_llm
+from targets.fleet import load_fleet
+from tests.partitioner.llm.test_llm_serving import load_workload_text
+from tests.partitioner.test_cli import assert_one_line_error
+from tests.partitioner.llm.test_tensor_parallel_plans import decode_step_seconds
+
+BUILTIN = Path(__file__).parents[3] / "targets" / "builtin"
+PROMPT = torch.tensor([[1, 5, 9, 14, 3, 7], [2, 4, 6, 8, 10, 12]])
+
+
+def small_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(config).eval()
+
+
+def slow_device_fleet(folder: Path) -> str:
+    """Two identical devices slow enough at compute and memory that halving a layer's work pays, joined by a fast
+    link: the small Llama's decode step is then worth splitting."""
+    spec = (BUILTIN / "cuda-h100.toml").read_text().split("[links.cuda-h100]")[0]
+    for field, value in (("name", '"slow"'), ("memory_bandwidth_gb_per_second", "1"),
+                         ("launch_overhead_microseconds", "0"), ("view_overhead_microseconds", "0"),
+                         ("float32", "0.001")):
+        spec = re.sub(rf"^{field} = .*$", f"{field} = {value}", spec, flags=re.MULTILINE)
+    (folder / "slow.toml").write_text(spec + "[links.slow]\nbandwidth_gb_per_second = 400\n"
+                                      'latency_microseconds = 1\n[support]\nops = "all"\n')
+    fleet = folder / "fleet.toml"
+    fleet.write_text(f'name = "slow pair"\n[[hosts]]\nname = "node0"\n'
+                     f'devices = [{{ target = "{folder / "slow.toml"}", count = 2 }}]\n')
+    return str(fleet)
+
+
+@pytest.fixture(scope="module")
+def split_plan(tmp_path_factory):
+    """The small Llama planned on the slow pair with a TPOT only the pair splitting each layer meets."""
+    model = small_llama()
+    fleet = slow_device_fleet(tmp_path_factory.mktemp("fleet"))
+    workload = 'name = "tight"\nprompt_tokens = 6\noutput_tokens = 8\nbatch_size = 4\n'
+    one = decode_step_seconds(model, fleet, "slow.0", batch=4, context=14)
+    pair = decode_step_seconds(model, fleet, "slow.tp2.0", batch=4, context=14)
+    assert pair < one
+    tpot_ms = (one + pair) / 2 * 1e3
+    plan = plan_llm(model, load_workload_text(workload + f"tpot_ms = {tpot_ms}\n"), load_fleet(fleet),
+                    time_limit_seconds=10, workers=1, deterministic=True)
+    return model, plan
+
+
+def test_the_plan_records_the_modules_each_group_splits(split_plan):
+    _, plan = split_plan
+    assert plan.best.devices["decode"] == ("slow.tp2.0",)
+    runs = split_runs(plan.best.collectives.values())
+    assert [run.degree for run in runs] == [2]
+    for layer in range(2):
+        for module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                       "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
+            assert f"model.layers.{layer}.{module}" in runs[0].modules
+    written = json.loads(json.dumps(plan.to_dict()))
+    assert written["best"]["collectives"]["slow.tp2.0"]["split_modules"] == list(
+        plan.best.collectives["slow.tp2.0"].split_modules)
+
+
+def test_a_tensor_parallel_plan_generates_the_models_own_tokens_with_its_members_as_processes(split_plan):
+    model, plan = split_plan
+    checks = split_checks(plan.best, model, PROMPT, new_tokens=6)
+
+    assert list(checks) == [2]
+    assert checks[2].same_tokens
+    assert checks[2].logits.passed, checks[2].logits.mismatches
+
+
+def test_a_tensor_parallel_plan_generates_the_models_own_tokens_with_its_members_on_ray(split_plan):
+    pytest.importorskip("ray")
+    model, plan = split_plan
+    checks = split_checks(plan.best, model, PROMPT, new_tokens=6, members=Members.RAY)
+
+    assert checks[2].passed, checks[2].logits.mismatches
+
+
+def test_a_group_holding_other_weights_generates_other_tokens():
+    """The check compares what the members compute: a group whose weights differ from the model's is caught."""
+    model, other = small_llama(seed=0), small_llama(seed=1)
+    run = SplitRun(2, tuple(name for name, _ in model.named_modules() if name.endswith("_proj")))
+    expected, _ = generate_as_member(model, PROMPT, 6)
+
+    got = generate_split(other, run, PROMPT, 6)
+
+    assert not torch.equal(got.tokens, expected)
+    assert check_split(model, run, PROMPT, 6).passed
+
+
+def test_a_layer_part_split_halfway_is_refused_before_any_member_starts():
+    model = small_llama()
+    with pytest.raises(PartitionerError, match="model.layers.0.mlp"):
+        member_plan(model, ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"])
+
+
+def test_a_plan_of_another_model_is_refused():
+    with pytest.raises(PartitionerError, match="another model"):
+        member_plan(small_llama(), ["decoder.blocks.0.attn.q"])
+
+
+def test_run_check_on_an_llm_plan_generates_with_each_group_and_the_model(tmp_path, capsys):
+    model = small_llama()
+    fleet = slow_device_fleet(tmp_path)
+    one = decode_step_seconds(model, fleet, "slow.0", batch=4, context=14)
+    pair = decode_step_seconds(model, fleet, "slow.tp2.0", batch=4, context=14)
+    (tmp_path / "workload.toml").write_text('name = "tight"\nprompt_tokens = 6\noutput_tokens = 8\nbatch_size = 4\n'
+                                            f"tpot_ms = {(one + pair) / 2 * 1e3}\n")
+    (tmp_path / "small_llama.py").write_text(
+        "import torch\nfrom tests.partitioner.execution.test_tensor_parallel_runs import small_llama\n\n"
+        "def build():\n    return small_llama(), (torch.tensor([[1, 2, 3]]),)\n")
+    out = tmp_path / "out"
+    assert main(["compile", str(tmp_path / "small_llama.py"), "--workload", str(tmp_path / "workload.toml"),
+                 "--fleet", fleet, "--time-limit", "10", "--workers", "1", "--quiet", "-o", str(out)]) == 0
+    capsys.readouterr()
+
+    assert main(["run", str(out / "llm_plan.json"), "--check"]) == 0
+
+    printed = capsys.readouterr().out
+    assert "tensor-parallel group of 2 (" in printed and "the model's tokens" in printed and "-> OK" in printed
+
+
+def test_run_on_an_llm_plan_that_splits_nothing_says_what_is_not_built(tmp_path, capsys):
+    plan = {"model": "tiny", "workload": {}, "tried": [], "best": {"collectives": {}}, "model_source": None}
+    path = tmp_path / "llm_plan.json"
+    path.write_text(json.dumps(plan))
+
+    assert main(["run", str(path), "--check"]) == 2
+    assert_one_line_error(capsys, "splits no layer", "Fix:")
