@@ -277,22 +277,24 @@ def _check_llm_plan(args: argparse.Namespace, data: dict) -> int:
     if spec is None:
         raise PartitionerError(f"{args.plan} does not say where its model came from (written before plans recorded "
                                "it). Fix: give the model with --model file.py[:function].")
+    if args.device_map:
+        raise PartitionerError("--device-map does not apply to an LLM plan's check: each member of a group runs on "
+                               "the device the model is built on. Fix: drop --device-map.")
     model, _, _ = build_model_file(spec)
-    if any(parameter.is_meta for parameter in model.parameters()):
-        raise PartitionerError(f"{spec} builds its model on the meta device, without weights to run. Fix: build it "
-                               "with weights (for example from its config on the CPU) and give it with --model.")
+    model.eval()  # generation, as served: no dropout
     prompts = example_prompts(model)
     failed = 0
     for run in runs:
         with Progress("live").step(f"generating with {run.degree} members splitting {len(run.modules)} modules, "
                                    "and with the model"):
             check = check_split(model, run, prompts, rtol=args.rtol, atol=args.atol)
-        tokens = "the model's tokens" if check.same_tokens else "OTHER tokens than the model's"
+        tokens = "the model's tokens" if check.same_tokens else (
+            f"the model's tokens for {check.same_steps} of {check.steps} steps, then others")
         verdict = "OK" if check.passed else "MISMATCH"
-        print(f"tensor-parallel group of {run.degree} ({len(run.modules)} modules split): {tokens} for "
-              f"{prompts.shape[0]} prompts of {prompts.shape[1]} tokens; logits at most {check.logits.max_abs_error:.3g} "
-              f"from the model's -> {verdict} ({check.seconds:.1f} s)")
-        for line in check.logits.mismatches:
+        print(f"tensor-parallel group of {run.degree} ({len(run.modules)} modules split), {prompts.shape[0]} prompts "
+              f"of {prompts.shape[1]} tokens: {tokens}; logits at most {check.logits.max_abs_error:.3g} from the "
+              f"model's -> {verdict} ({check.seconds:.1f} s)")
+        for line in (*check.logits.mismatches, *check.logits.notes):
             print(f"  {line}")
         failed += not check.passed
     return 1 if failed else 0

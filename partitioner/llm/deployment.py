@@ -164,7 +164,7 @@ class LLMPlan:
                 "expert_shards": self.expert_shards,
                 "kv_cache_bytes_per_request": self.kv_cache_bytes_per_request,
                 "cost_floor_per_million_output_tokens": self.cost_floor_per_million_output_tokens,
-                "gap": self.gap, "tensor_parallel_refused": self.kept_whole, "best": self.best.to_dict(),
+                "gap": self.gap, "kept_whole": self.kept_whole, "best": self.best.to_dict(),
                 "tried": [{"deployment": t.deployment, "batch_size": t.batch_size, "refusal": t.refusal,
                            **({"result": t.result.to_dict()} if t.result else {})} for t in self.tried],
                 "baselines": {name: d.to_dict() for name, d in self.baselines.items()}}
