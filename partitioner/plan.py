@@ -168,12 +168,11 @@ def _checked_plan(data: Any, source: str | None = None) -> Plan:
         raise PartitionerError(f"{f'{source} is' if source else 'this is'} not a plan file: a plan holds a JSON "
                                f"object, not a JSON {type(data).__name__}. Fix: give the plan.json that compile wrote.")
     version = data.get("schema_version")
-    if version is None and is_llm_plan(data):
+    if is_llm_plan(data):
         raise PartitionerError(f"{source or 'this'} is an LLM serving plan (written by compile --workload), which "
-                               "this version's report, explain, export and serve do not read yet (run --check "
-                               "checks its tensor-parallel groups). Fix: read its figures in compile's summary or "
-                               "the JSON itself; to export or serve a model, compile it without --workload and "
-                               "give that plan.json.")
+                               "this version's explain, export and serve do not read yet (report shows it, run "
+                               "--check checks its tensor-parallel groups). Fix: to explain, export or serve a "
+                               "model, compile it without --workload and give that plan.json.")
     if version is None:
         raise PartitionerError(f"{source or 'this'} is not a plan: it has no schema_version (a plan file from before "
                                "versions, or another JSON file). Fix: give the plan.json that compile wrote, or "

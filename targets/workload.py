@@ -21,9 +21,11 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 from pathlib import Path
 
 from partitioner.errors import PartitionerError
+from partitioner.fields import FieldError, each, listed, number, text, whole
 from partitioner.files import WORKLOAD
 from targets.spec_reader import TomlReader, read_toml
 
@@ -89,7 +91,31 @@ class Workload:
         return {"name": self.name, "prompt_tokens": [list(b) for b in self.prompt.buckets],
                 "output_tokens": [list(b) for b in self.output.buckets], "batch_size": self.batch_size,
                 "max_batch_size": self.max_batch_size, "requests_per_second": self.requests_per_second,
-                "ttft_seconds": self.ttft_seconds, "tpot_seconds": self.tpot_seconds}
+                "ttft_seconds": self.ttft_seconds, "tpot_seconds": self.tpot_seconds,
+                "description": self.description}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Workload:
+        """The workload `to_dict` wrote (a plan file's); raises FieldError naming a field that is not right."""
+        return cls(text(data, "name"), Lengths(listed(data, "prompt_tokens", _bucket)),
+                   Lengths(listed(data, "output_tokens", _bucket)), _optional(data, "batch_size", whole, minimum=1),
+                   whole(data, "max_batch_size", DEFAULT_MAX_BATCH, minimum=1),
+                   _optional(data, "requests_per_second", number), _optional(data, "ttft_seconds", number),
+                   _optional(data, "tpot_seconds", number), text(data, "description", ""))
+
+
+def _bucket(found: Any) -> tuple[int, float]:
+    """A [tokens, share] pair of a plan file's workload."""
+    pair = each(found, lambda item: item)
+    if len(pair) != 2:
+        raise FieldError("", f"expected [tokens, share], got {len(pair)} items")
+    tokens, share = pair
+    return whole({"tokens": tokens}, "tokens", minimum=1), number({"share": share}, "share", maximum=1.0)
+
+
+def _optional(data: Mapping, key: str, read: Callable[..., Any], **limits: Any) -> Any:
+    """A field that may be null (a limit the workload does not set)."""
+    return None if data.get(key) is None else read(data, key, **limits)
 
 
 def builtin_workload_names() -> list[str]:

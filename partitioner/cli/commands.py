@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from partitioner.errors import PartitionerError
-from partitioner.files import check_writable_folder, output_path, write_json
+from partitioner.files import check_writable_folder, output_path
 from partitioner.placement.objectives import objective_named
 from partitioner.progress import Progress
 from targets.loader import DEFAULT_TARGET_NAMES, load_target, loadable_targets
@@ -135,8 +135,7 @@ def _compile_llm(args: argparse.Namespace, output: Path, progress: Progress, cos
                         source=source, name=Path(source.path).stem, fallback=args.fallback,
                         expert_shards=args.expert_shards, workers=args.workers, seed=args.seed,
                         deterministic=args.deterministic, **_engine_hop(args))
-    path = output / "llm_plan.json"
-    write_json(path, plan.to_dict())
+    path = plan.save(output / "llm_plan.json")
     if args.json:
         print(json.dumps({"plan": str(path), **{k: v for k, v in plan.best.to_dict().items() if k != "placement"}}),
               file=result_stream)
@@ -218,9 +217,16 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from partitioner.plan import Plan
+    from partitioner.files import PLAN, read_json
+    from partitioner.llm.deployment import checked_llm_plan
+    from partitioner.llm.summary import format_llm_summary
+    from partitioner.plan import Plan, is_llm_plan
     from partitioner.reporting.tables import print_report
 
+    data = read_json(args.plan, PLAN)
+    if is_llm_plan(data):
+        print(format_llm_summary(checked_llm_plan(data, args.plan)))
+        return 0
     print_report(Plan.load(args.plan))
     return 0
 
@@ -254,20 +260,15 @@ def _check_llm_plan(args: argparse.Namespace, data: dict) -> int:
     """run --check on an LLM plan: each tensor-parallel group of its deployment, its members as processes here,
     generates beside the model's own greedy `generate`."""
     from partitioner.execution.tensor_parallel import check_split, example_prompts, split_runs
-    from partitioner.fields import FieldError
-    from partitioner.frontend.capture import ModelSource, build_model_file
-    from partitioner.llm.deployment import GroupCollectives
+    from partitioner.frontend.capture import build_model_file
+    from partitioner.llm.deployment import checked_llm_plan
 
     if not args.check:
         raise PartitionerError("an LLM plan runs as a check of its tensor-parallel groups against the model. Fix: "
                                "add --check.")
-    try:
-        groups = [GroupCollectives.from_dict(group) for group in data["best"].get("collectives", {}).values()]
-        recorded = data.get("model_source")
-        spec = args.model or (str(ModelSource.from_dict(recorded)) if recorded else None)
-    except (FieldError, AttributeError, TypeError) as error:
-        raise PartitionerError(f"{args.plan} is not a valid LLM plan: {error}. Fix: compile the model again with "
-                               "--workload (the file was edited or damaged).") from None
+    plan = checked_llm_plan(data, args.plan)
+    groups = plan.best.collectives.values()
+    spec = args.model or (str(plan.source) if plan.source else None)
     runs = split_runs(groups)
     if not runs:
         raise PartitionerError("this LLM plan splits no layer across a group of devices, and running an LLM plan "

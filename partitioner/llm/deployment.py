@@ -10,9 +10,12 @@ they deliver; time to first token (TTFT) is one prefill through its placement
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from pathlib import Path
+from typing import Any, Mapping
 
-from partitioner.fields import number, texts, whole
+from partitioner.errors import PartitionerError
+from partitioner.fields import FieldError, entries, number, part, records, text, texts, whole
+from partitioner.files import PLAN, read_json, write_json
 from partitioner.frontend.capture import ModelSource
 from partitioner.llm.joint import phase_assignment
 from partitioner.placement.problem import PlacementProblem, phase_of
@@ -20,6 +23,9 @@ from partitioner.placement.scoring import Score, score
 from partitioner.placement.serving import device_kind
 from partitioner.placement.solver import SolverReport
 from targets.workload import Workload
+
+LLM_SCHEMA_VERSION = 1
+LLM_PLAN_KIND = "llm-serving"  # what tells an LLM plan file from a plan.json (partitioner/plan.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +96,25 @@ class Deployment:
                 "collectives": {place: c.to_dict() for place, c in self.collectives.items()},
                 "solver": self.solver.to_dict() if self.solver else None, "placement": dict(self.assignment)}
 
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Deployment:
+        """The deployment `to_dict` wrote; raises FieldError naming a field that is not right."""
+        by_prompt = entries(data, "ttft_seconds_by_prompt_tokens", number)
+        if not all(tokens.isdigit() for tokens in by_prompt):
+            raise FieldError("ttft_seconds_by_prompt_tokens", "expected prompt lengths (whole numbers) as keys")
+        return cls(text(data, "name"), whole(data, "batch_size", minimum=1), entries(data, "placement", text),
+                   number(data, "requests_per_second"), number(data, "output_tokens_per_second"),
+                   number(data, "price_per_hour"), number(data, "cost_per_million_output_tokens"),
+                   number(data, "cost_per_million_input_tokens"), number(data, "ttft_seconds"),
+                   number(data, "tpot_seconds"), text(data, "bottleneck"), entries(data, "kv_cache_bytes", whole),
+                   entries(data, "memory_bytes", whole), entries(data, "devices", texts),
+                   entries(data, "off_fallback_flops", number, maximum=1.0),
+                   {int(tokens): seconds for tokens, seconds in by_prompt.items()},
+                   entries(data, "expert_shards_on", whole), entries(data, "over_capacity_bytes", whole),
+                   part(data, "solver", SolverReport.from_dict) if data.get("solver") is not None else None,
+                   entries(data, "collectives", lambda table, name: part(table, name, GroupCollectives.from_dict),
+                           {}))
+
 
 @dataclass(frozen=True, slots=True)
 class CostedPhase:
@@ -118,6 +143,16 @@ class Tried:
     result: Deployment | None
     refusal: str | None
     fix: str | None = None  # what would let a refused one through, where it was refused
+
+    def to_dict(self) -> dict:
+        return {"deployment": self.deployment, "batch_size": self.batch_size, "refusal": self.refusal,
+                "fix": self.fix, **({"result": self.result.to_dict()} if self.result else {})}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Tried:
+        return cls(text(data, "deployment"), whole(data, "batch_size", minimum=1),
+                   part(data, "result", Deployment.from_dict) if data.get("result") is not None else None,
+                   text(data, "refusal", None), text(data, "fix", None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,16 +193,58 @@ class LLMPlan:
         return min(found, key=lambda d: d.cost_per_million_output_tokens, default=None)
 
     def to_dict(self) -> dict:
-        return {"model": self.model_name, "model_source": self.source.to_dict() if self.source else None,
-                "workload": self.workload.to_dict(), "fleet": self.fleet,
+        return {"schema_version": LLM_SCHEMA_VERSION, "kind": LLM_PLAN_KIND, "model": self.model_name,
+                "model_source": self.source.to_dict() if self.source else None, "layers": self.layers,
+                "fallback_price_per_hour": self.fallback_price_per_hour, "workload": self.workload.to_dict(), "fleet": self.fleet,
                 "fallback": self.fallback, "planning_seconds": self.planning_seconds,
                 "expert_shards": self.expert_shards,
                 "kv_cache_bytes_per_request": self.kv_cache_bytes_per_request,
                 "cost_floor_per_million_output_tokens": self.cost_floor_per_million_output_tokens,
                 "gap": self.gap, "kept_whole": self.kept_whole, "best": self.best.to_dict(),
-                "tried": [{"deployment": t.deployment, "batch_size": t.batch_size, "refusal": t.refusal,
-                           **({"result": t.result.to_dict()} if t.result else {})} for t in self.tried],
+                "tried": [t.to_dict() for t in self.tried],
                 "baselines": {name: d.to_dict() for name, d in self.baselines.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> LLMPlan:
+        """The plan `to_dict` wrote; raises FieldError naming a field that is not right."""
+        recorded = data.get("model_source")
+        return cls(text(data, "model"), part(data, "workload", Workload.from_dict), text(data, "fleet"),
+                   text(data, "fallback"), whole(data, "layers", minimum=1) if data.get("layers") is not None
+                   else None, whole(data, "kv_cache_bytes_per_request"), part(data, "best", Deployment.from_dict),
+                   records(data, "tried", Tried.from_dict),
+                   entries(data, "baselines", lambda table, name: part(table, name, Deployment.from_dict)),
+                   number(data, "fallback_price_per_hour"), number(data, "planning_seconds"),
+                   whole(data, "expert_shards"), number(data, "cost_floor_per_million_output_tokens"),
+                   part(data, "model_source", ModelSource.from_dict) if recorded is not None else None,
+                   text(data, "kept_whole", None))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the plan as versioned JSON (partitioner/files.py writes it whole or not at all)."""
+        write_json(Path(path), self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LLMPlan:
+        """The LLM plan in the file `path`, or one error naming what is wrong with it and the fix."""
+        return checked_llm_plan(read_json(path, PLAN), str(path))
+
+
+def checked_llm_plan(data: Any, source: str) -> LLMPlan:
+    """The LLM plan in `data` (read from the file `source`), or a PartitionerError that says what is wrong."""
+    version = data.get("schema_version") if isinstance(data, Mapping) else None
+    if version is None:
+        raise PartitionerError(f"{source} is an LLM serving plan from an earlier version, which wrote no "
+                               "schema_version. Fix: compile the model again with --workload (this version "
+                               "writes one every command reads).")
+    if version != LLM_SCHEMA_VERSION or isinstance(version, bool):
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > LLM_SCHEMA_VERSION
+        fix = "upgrade partitioner" if newer else "compile the model again with --workload"
+        raise PartitionerError(f"LLM plan schema version {version!r} is not {LLM_SCHEMA_VERSION}. Fix: {fix}.")
+    try:
+        return LLMPlan.from_dict(data)
+    except FieldError as error:
+        raise PartitionerError(f"{source} is not a valid LLM plan file: its {error}. Fix: compile the model "
+                               "again with --workload (the file was edited or damaged).") from None
 
 
 def deployment_figures(deployment: str, batch: int, joint: PlacementProblem, result: Score, prefill: CostedPhase,

@@ -176,9 +176,10 @@ def test_run_check_on_an_llm_plan_generates_with_each_group_and_the_model(tmp_pa
 
 
 def test_run_on_an_llm_plan_that_splits_nothing_says_what_is_not_built(tmp_path, capsys):
-    plan = {"model": "tiny", "workload": {}, "tried": [], "best": {"collectives": {}}, "model_source": None}
-    path = tmp_path / "llm_plan.json"
-    path.write_text(json.dumps(plan))
+    plan = plan_llm(small_llama(), load_workload_text('name = "short"\nprompt_tokens = 6\noutput_tokens = 4\n'
+                                                     "batch_size = 1\n"), load_fleet("cuda-h100=1"),
+                    time_limit_seconds=5, workers=1, deterministic=True)
+    path = plan.save(tmp_path / "llm_plan.json")
 
     assert main(["run", str(path), "--check"]) == 2
     assert_one_line_error(capsys, "splits no layer", "Fix:")

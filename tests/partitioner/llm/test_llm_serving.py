@@ -18,6 +18,7 @@ from partitioner.frontend.op_graph import annotate
 from partitioner.llm.joint import joint_problem, phase_assignment, phase_split_placements
 from partitioner.llm.buckets import mean_problem, on_one_graph
 from partitioner.llm.experts import expert_shard, experts_sharded
+from partitioner.llm.deployment import LLMPlan
 from partitioner.llm.planning import plan_llm
 from partitioner.llm.phases import LayerCache, TransformersInputs, cache_layout, capture_decode, capture_prefill
 from targets.workload import load_workload
@@ -227,10 +228,39 @@ def test_compile_with_a_workload_plans_both_phases_per_token_and_writes_the_plan
     assert {t["batch_size"] for t in plan["tried"]} == {1, 4}
     assert {t["deployment"] for t in plan["tried"]} == {"co-located", "disaggregated"}
     assert "per 1M output tokens" in out and "TTFT" in out and "TPOT" in out and "KV cache" in out
-    # The commands that read plans say what an LLM plan is to them, not that it is an early plan.
-    assert main(["report", str(tmp_path / "out" / "llm_plan.json")]) == 2
-    assert "is an LLM serving plan (written by compile --workload), which this version's report" in \
-        capsys.readouterr().err
+    written = tmp_path / "out" / "llm_plan.json"
+    assert plan["schema_version"] == 1 and plan["kind"] == "llm-serving"
+    # The file is the plan: it reads back as the plan compile summarised, and report shows that summary.
+    assert main(["report", str(written)]) == 0
+    assert capsys.readouterr().out.strip() == out.split("\nwrote ")[0].strip()
+    # The commands that do not read LLM plans yet say so, not that it is an early plan.
+    assert main(["explain", str(written), "decode/mm"]) == 2
+    assert "is an LLM serving plan (written by compile --workload), which this version's explain, export and " \
+           "serve do not read yet" in capsys.readouterr().err
+
+
+def test_an_llm_plan_reads_back_as_the_plan_it_was(tmp_path):
+    workload = load_workload_text('name = "short"\nprompt_tokens = [{ tokens = 16, share = 0.5 }, '
+                                  '{ tokens = 32, share = 0.5 }]\noutput_tokens = 8\n'
+                                  "max_batch_size = 4\ntpot_ms = 50\n")
+    plan = plan_llm(small_llama(), workload, load_fleet("npu-example=1,cuda-h100=2"), time_limit_seconds=8,
+                    workers=1, deterministic=True)
+
+    assert LLMPlan.load(plan.save(tmp_path / "llm_plan.json")) == plan
+
+
+def test_an_llm_plan_from_an_earlier_version_or_a_damaged_one_gets_the_true_fix(tmp_path, capsys):
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"model": "tiny", "workload": {}, "best": {}, "tried": []}))
+    assert main(["report", str(earlier)]) == 2
+    assert "from an earlier version, which wrote no schema_version. Fix: compile the model again with --workload" \
+        in capsys.readouterr().err
+
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text(json.dumps({"schema_version": 1, "kind": "llm-serving", "model": "tiny", "workload": {},
+                                   "best": {}, "tried": []}))
+    assert main(["run", str(damaged), "--check"]) == 2
+    assert "is not a valid LLM plan file: its field 'workload.name'" in capsys.readouterr().err
 
 
 def test_disaggregation_with_one_device_that_both_phases_need_names_that_device():
