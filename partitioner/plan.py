@@ -158,7 +158,9 @@ class Plan:
 
 def is_llm_plan(data: Any) -> bool:
     """Whether `data` (a plan file's JSON) is an LLM serving plan, which compile --workload writes."""
-    return isinstance(data, Mapping) and {"workload", "best", "tried"} <= data.keys()
+    if not isinstance(data, Mapping):
+        return False
+    return data.get("kind") == "llm-serving" or {"workload", "best", "tried"} <= data.keys()
 
 
 def _checked_plan(data: Any, source: str | None = None) -> Plan:

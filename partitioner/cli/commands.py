@@ -261,7 +261,7 @@ def _check_llm_plan(args: argparse.Namespace, data: dict) -> int:
     generates beside the model's own greedy `generate`."""
     from partitioner.execution.tensor_parallel import check_split, example_prompts, split_runs
     from partitioner.frontend.capture import build_model_file
-    from partitioner.llm.deployment import checked_llm_plan
+    from partitioner.llm.deployment import checked_llm_plan, model_fingerprint
 
     if not args.check:
         raise PartitionerError("an LLM plan runs as a check of its tensor-parallel groups against the model. Fix: "
@@ -271,18 +271,25 @@ def _check_llm_plan(args: argparse.Namespace, data: dict) -> int:
     spec = args.model or (str(plan.source) if plan.source else None)
     runs = split_runs(groups)
     if not runs:
-        raise PartitionerError("this LLM plan splits no layer across a group of devices, and running an LLM plan "
-                               "otherwise (prefill, then decode with its KV cache) is not built yet. Fix: check a "
-                               "model planned without --workload, or a plan with tensor-parallel places (a fleet "
-                               "with several identical devices in a host).")
+        why = plan.kept_whole or "splitting a layer across a group did not pay on this fleet"
+        raise PartitionerError(f"this LLM plan splits no layer across a group of devices ({why}), and running an "
+                               "LLM plan otherwise (prefill, then decode with its KV cache) is not built yet. Fix: "
+                               "to check a placement, compile the model without --workload and run that plan.")
     if spec is None:
         raise PartitionerError(f"{args.plan} does not say where its model came from (written before plans recorded "
                                "it). Fix: give the model with --model file.py[:function].")
+    if not args.model and plan.source.kind == "python" and not Path(plan.source.path).is_file():
+        raise PartitionerError(f"the plan's model file {plan.source.path!r} is not there (moved or deleted). Fix: "
+                               "give the model with --model file.py[:function].")
     if args.device_map:
         raise PartitionerError("--device-map does not apply to an LLM plan's check: each member of a group runs on "
                                "the device the model is built on. Fix: drop --device-map.")
     model, _, _ = build_model_file(spec)
     model.eval()  # generation, as served: no dropout
+    if plan.model_fingerprint and model_fingerprint(model) != plan.model_fingerprint:
+        raise PartitionerError(f"{spec} builds {model_fingerprint(model)}, and the plan is of "
+                               f"{plan.model_fingerprint}. Fix: give the model the plan was compiled for, or "
+                               "compile this one with --workload.")
     prompts = example_prompts(model)
     failed = 0
     for run in runs:

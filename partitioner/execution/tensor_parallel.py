@@ -1,7 +1,8 @@
-"""Run what a plan splits across a tensor-parallel group, as a serving engine runs it, and check it against the model.
+"""Run what a plan splits across a tensor-parallel group, and check it against the model.
 
 A plan's tensor-parallel place (`GroupCollectives` in partitioner/llm/deployment.py) names the modules its
-members split. Each member is a process with its own copy of the model: it shards those modules with
+members split. Each member is a process that is handed a copy of the whole model (a check, not a deployment:
+it needs the memory of `degree` models, where a served member holds its share): it shards those modules with
 transformers' own tensor-parallel layers (`apply_tensor_parallelism`: column-parallel weights split by output
 feature, row-parallel ones by input feature with their partial sums all-reduced, the embedding by vocabulary,
 the LM head gathered; each member's attention and KV cache hold its heads) over a torch.distributed process
@@ -114,6 +115,7 @@ def member_plan(model: torch.nn.Module, modules: Sequence[str]) -> dict[str, str
                                "modules cannot be split. Fix: plan it again with this version, which keeps every "
                                "layer whole on a model that declares none.")
     wanted = set(modules)
+    parameters = {name for name, _ in model.named_parameters()}  # a tied weight once, under its first owner's name
     if not wanted:
         raise PartitionerError("the plan names no module its group splits (a plan written before plans recorded "
                                "them). Fix: compile the model again with --workload.")
@@ -127,7 +129,8 @@ def member_plan(model: torch.nn.Module, modules: Sequence[str]) -> dict[str, str
             split_parts.setdefault(name.rpartition(".")[0], []).append(name in wanted)
         if name in wanted:
             plan[name] = style
-            plan.update({f"{name}.{parameter}": style for parameter, _ in module.named_parameters(recurse=False)})
+            plan.update({f"{name}.{parameter}": style for parameter, _ in module.named_parameters(recurse=False)
+                         if f"{name}.{parameter}" in parameters})
     partial = sorted(part for part, split in split_parts.items() if any(split) and not all(split))
     if partial:
         raise PartitionerError(f"the plan splits some of the projections of {', '.join(partial[:3])} and keeps the "
@@ -255,6 +258,8 @@ def run_member(rank: int, run: SplitRun, rendezvous: str, model: torch.nn.Module
     try:
         mesh = init_device_mesh(device.type, (run.degree,))
         apply_tensor_parallelism(model, mesh, member_plan(model, run.modules))
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()  # sharding replaced a tied weight where it is listed: its other user takes the shard
         return generate_as_member(model, input_ids.to(device), new_tokens)
     finally:
         dist.destroy_process_group()

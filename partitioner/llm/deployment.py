@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
 from partitioner.errors import PartitionerError
 from partitioner.fields import FieldError, entries, number, part, records, text, texts, whole
 from partitioner.files import PLAN, read_json, write_json
@@ -48,7 +50,10 @@ class GroupCollectives:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> GroupCollectives:
-        return cls(whole(data, "degree", minimum=2), whole(data, "per_decode_step"), number(data, "decode_step_seconds"),
+        degree = whole(data, "degree", minimum=2)
+        if degree & (degree - 1):
+            raise FieldError("degree", f"{degree} is not a power of two (the degrees a plan splits at)")
+        return cls(degree, whole(data, "per_decode_step"), number(data, "decode_step_seconds"),
                    whole(data, "per_prefill"), number(data, "prefill_seconds"), texts(data, "split_modules", ()))
 
 
@@ -80,6 +85,17 @@ class Deployment:
     @property
     def fits_memory(self) -> bool:
         return not self.over_capacity_bytes
+
+    def misses(self, workload: Workload) -> list[str]:
+        """The workload's limits this deployment does not meet, each with its figure."""
+        misses = []
+        if workload.ttft_seconds and self.ttft_seconds > workload.ttft_seconds:
+            misses.append(f"TTFT {self.ttft_seconds * 1e3:.3g} ms over {workload.ttft_seconds * 1e3:g} ms")
+        if workload.tpot_seconds and self.tpot_seconds > workload.tpot_seconds:
+            misses.append(f"TPOT {self.tpot_seconds * 1e3:.3g} ms over {workload.tpot_seconds * 1e3:g} ms")
+        if workload.requests_per_second and self.requests_per_second < workload.requests_per_second:
+            misses.append(f"{self.requests_per_second:.3g} req/s under {workload.requests_per_second:g}")
+        return misses
 
     def to_dict(self) -> dict:
         return {"name": self.name, "batch_size": self.batch_size, "requests_per_second": self.requests_per_second,
@@ -174,6 +190,7 @@ class LLMPlan:
     cost_floor_per_million_output_tokens: float = 0.0
     source: ModelSource | None = None  # where the model came from, so later commands can build it again
     kept_whole: str | None = None  # why no layer may split across a group of devices, where none may
+    model_fingerprint: str = ""  # its class, parameter count and dtype: what tells another model given to run it
 
     @property
     def gap(self) -> float:
@@ -194,6 +211,7 @@ class LLMPlan:
 
     def to_dict(self) -> dict:
         return {"schema_version": LLM_SCHEMA_VERSION, "kind": LLM_PLAN_KIND, "model": self.model_name,
+                "model_fingerprint": self.model_fingerprint,
                 "model_source": self.source.to_dict() if self.source else None, "layers": self.layers,
                 "fallback_price_per_hour": self.fallback_price_per_hour, "workload": self.workload.to_dict(), "fleet": self.fleet,
                 "fallback": self.fallback, "planning_seconds": self.planning_seconds,
@@ -216,7 +234,7 @@ class LLMPlan:
                    number(data, "fallback_price_per_hour"), number(data, "planning_seconds"),
                    whole(data, "expert_shards"), number(data, "cost_floor_per_million_output_tokens"),
                    part(data, "model_source", ModelSource.from_dict) if recorded is not None else None,
-                   text(data, "kept_whole", None))
+                   text(data, "kept_whole", None), text(data, "model_fingerprint", ""))
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as versioned JSON (partitioner/files.py writes it whole or not at all)."""
@@ -227,6 +245,14 @@ class LLMPlan:
     def load(cls, path: str | Path) -> LLMPlan:
         """The LLM plan in the file `path`, or one error naming what is wrong with it and the fix."""
         return checked_llm_plan(read_json(path, PLAN), str(path))
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """What tells one LLM from another without its weights: its class, its parameter count, its dtype."""
+    parameters = list(model.parameters())
+    count = sum(parameter.numel() for parameter in parameters)
+    dtype = str(parameters[0].dtype).removeprefix("torch.") if parameters else "no weights"
+    return f"{type(model).__name__}, {count:,} parameters, {dtype}"
 
 
 def checked_llm_plan(data: Any, source: str) -> LLMPlan:
@@ -240,6 +266,10 @@ def checked_llm_plan(data: Any, source: str) -> LLMPlan:
         newer = isinstance(version, int) and not isinstance(version, bool) and version > LLM_SCHEMA_VERSION
         fix = "upgrade partitioner" if newer else "compile the model again with --workload"
         raise PartitionerError(f"LLM plan schema version {version!r} is not {LLM_SCHEMA_VERSION}. Fix: {fix}.")
+    if data.get("kind") != LLM_PLAN_KIND:
+        raise PartitionerError(f"{source} is not a valid LLM plan file: its kind is {data.get('kind')!r}, not "
+                               f"{LLM_PLAN_KIND!r}. Fix: compile the model again with --workload (the file was "
+                               "edited or damaged).")
     try:
         return LLMPlan.from_dict(data)
     except FieldError as error:

@@ -42,7 +42,8 @@ from partitioner.frontend.op_graph import OpGraph
 from partitioner.frontend.sharding import (ShardingPlan, model_sharding, replicated_weight_bytes, shard_graph,
                                           splits_its_state)
 from partitioner.llm.buckets import mean_problem, on_one_graph
-from partitioner.llm.deployment import CostedPhase, Deployment, LLMPlan, Tried, deployment_figures
+from partitioner.llm.deployment import (CostedPhase, LLMPlan, Tried, deployment_figures,
+                                        model_fingerprint)
 from partitioner.llm.experts import expert_shard, experts_per_layer, experts_sharded
 from partitioner.llm.joint import describe_devices, joint_problem, phase_split_placements
 from partitioner.llm.phases import PhaseGraphs, capture_phases, context_limit, decoder_layers
@@ -172,7 +173,8 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
     return LLMPlan(name, workload, fleet.describe(planned_on=len(alone), ops=ops), targets.fallback,
                    decoder_layers(model), kv_per_request, best, tuple(tried), baselines, fallback_price,
                    time.perf_counter() - started, expert_shards, min(floor, best.cost_per_million_output_tokens),
-                   source, _kept_whole(name, sharding, splits_state) if can_split(targets) else None)
+                   source, _kept_whole(name, sharding, splits_state) if can_split(targets) else None,
+                   model_fingerprint(model))
 
 
 def _fitting(batches: tuple[int, ...], prefill: CostedPhase,
@@ -180,7 +182,7 @@ def _fitting(batches: tuple[int, ...], prefill: CostedPhase,
     """The (deployment, batch) pairs whose weights (once co-located, twice disaggregated) and KV caches (the
     decode batch's and a prefill's) fit the fleet's memory at all, and the others, refused with the figures."""
     weights = _weight_bytes(prefill)
-    memory = sum(t.memory_bytes for t in prefill.problem.targets)
+    memory = sum(t.memory_bytes for t in prefill.problem.targets if not t.occupies)  # each device once
     runs, refused = [], []
     for batch in batches:
         for deployment in DEPLOYMENTS:
@@ -189,7 +191,8 @@ def _fitting(batches: tuple[int, ...], prefill: CostedPhase,
                 runs.append((deployment, batch))
             else:
                 refused.append(Tried(deployment, batch, None, f"{copies} x {format_bytes(weights)} of weights and "
-                                     f"{format_bytes(kv_per_request * batch)} of KV cache exceed the fleet's "
+                                     f"{format_bytes(kv_per_request * (batch + 1))} of KV cache (the batch's and "
+                                     f"a prefill's) exceed the fleet's "
                                      f"{format_bytes(memory)}", "add devices or memory to the fleet"))
     return runs, refused
 
@@ -478,7 +481,7 @@ def _try(deployment: str, batch: int, joint: PlacementProblem, prefill: CostedPh
             report = placement.report if label == "cp-sat" else replace(placement.report, origin=label)
             results[label] = deployment_figures(deployment, batch, whole, result, prefill, decode, workload,
                                                 assignment, report)
-    misses = {label: _misses(workload, result) for label, result in results.items()}
+    misses = {label: result.misses(workload) for label, result in results.items()}
     kept = min(results, key=lambda label: (bool(misses[label]), results[label].cost_per_million_output_tokens))
     return Tried(deployment, batch, results[kept], "; ".join(misses[kept]) or None)
 
@@ -494,20 +497,8 @@ def _baselines(deployment: str, batch: int, joint: PlacementProblem, prefill: Co
         if result.fits_memory and not result.phase_conflicts:
             figures = deployment_figures(deployment, batch, joint, result, prefill, decode, workload, assignment,
                                          None)
-            outcomes.append(Tried(deployment, batch, figures, "; ".join(_misses(workload, figures)) or None))
+            outcomes.append(Tried(deployment, batch, figures, "; ".join(figures.misses(workload)) or None))
     return outcomes
-
-
-def _misses(workload: Workload, result: Deployment) -> list[str]:
-    """The workload's limits `result` does not meet, each with its figure."""
-    misses = []
-    if workload.ttft_seconds and result.ttft_seconds > workload.ttft_seconds:
-        misses.append(f"TTFT {result.ttft_seconds * 1e3:.3g} ms over {workload.ttft_seconds * 1e3:g} ms")
-    if workload.tpot_seconds and result.tpot_seconds > workload.tpot_seconds:
-        misses.append(f"TPOT {result.tpot_seconds * 1e3:.3g} ms over {workload.tpot_seconds * 1e3:g} ms")
-    if workload.requests_per_second and result.requests_per_second < workload.requests_per_second:
-        misses.append(f"{result.requests_per_second:.3g} req/s under {workload.requests_per_second:g}")
-    return misses
 
 
 def _nothing_meets(workload: Workload, tried: list[Tried]) -> str:

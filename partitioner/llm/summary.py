@@ -7,6 +7,7 @@ import re
 from partitioner.llm.deployment import Deployment, LLMPlan
 from partitioner.placement.serving import device_kind
 from partitioner.units import format_bytes, format_money, format_seconds
+from targets.workload import Workload
 
 
 def format_llm_summary(plan: LLMPlan) -> str:
@@ -37,7 +38,7 @@ def format_llm_summary(plan: LLMPlan) -> str:
         rows.append((f"best {other.name} (batch {other.batch_size})", other))
     rows += [(f"{name} (batch {d.batch_size})", d) for name, d in plan.baselines.items()]
     for label, deployment in rows:
-        lines.append(_row(label, deployment, best))
+        lines.append(_row(label, deployment, best, workload))
     replicas, rate = plan.same_price_fallback_tokens_per_second()
     if not plan.baselines["fallback"].fits_memory:
         lines.append(f"the model does not fit one {fallback_kind}, so an all-{fallback_kind} fleet of the same price "
@@ -109,13 +110,15 @@ def _split_parts(modules: tuple[str, ...]) -> str:
     return ", ".join(parts) or f"{len(modules)} modules"
 
 
-def _row(label: str, deployment: Deployment, best: Deployment) -> str:
+def _row(label: str, deployment: Deployment, best: Deployment, workload: Workload) -> str:
     saving = 1 - best.cost_per_million_output_tokens / deployment.cost_per_million_output_tokens \
         if deployment.cost_per_million_output_tokens else 0.0
     versus = "" if deployment is best else f"plan saves {100 * saving:.1f}% per token"
     if not deployment.fits_memory:
         device, excess = max(deployment.over_capacity_bytes.items(), key=lambda item: item[1])
         versus = f"does not fit: {device} {format_bytes(excess)} over its memory"
+    elif misses := deployment.misses(workload):
+        versus = f"misses the limits: {'; '.join(misses)}"
     return (f"{label:<28}{format_money(deployment.cost_per_million_output_tokens):>12}"
             f"{deployment.output_tokens_per_second:>11.4g}{format_seconds(deployment.ttft_seconds):>10}"
             f"{format_seconds(deployment.tpot_seconds):>10}   {versus}")

@@ -18,6 +18,7 @@ from partitioner.execution import tensor_parallel
 from partitioner.execution.tensor_parallel import (Members, SplitRun, check_split, generate_split, member_plan,
                                                    split_checks, split_runs)
 from partitioner.llm.planning import plan_llm
+from partitioner.llm.summary import format_llm_summary
 from targets.fleet import load_fleet
 from tests.partitioner.llm.test_llm_serving import load_workload_text
 from tests.partitioner.test_cli import assert_one_line_error
@@ -74,6 +75,9 @@ def test_the_plan_records_the_modules_each_group_splits(split_plan):
         for module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
             assert f"model.layers.{layer}.{module}" in runs[0].modules
+    # The baselines on one device are cheaper per token but too slow: the summary says so beside their price.
+    assert "misses the limits: TPOT" in next(line for line in format_llm_summary(plan).splitlines()
+                                             if line.startswith("fallback (batch"))
     written = json.loads(json.dumps(plan.to_dict()))
     assert written["best"]["collectives"]["slow.tp2.0"]["split_modules"] == list(
         plan.best.collectives["slow.tp2.0"].split_modules)
@@ -149,6 +153,20 @@ def test_a_layer_part_split_halfway_is_refused_before_any_member_starts():
         member_plan(model, ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"])
 
 
+def test_a_tied_lm_head_splits_with_the_embedding_it_shares_its_weight_with():
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config).eval()
+
+    plan = member_plan(model, ["model.embed_tokens", "lm_head"])
+
+    # One weight, sharded once under the name the model lists it by; the head's forward still gathers, on the shard.
+    assert plan == {"model.embed_tokens": "embedding_rowwise", "model.embed_tokens.weight": "embedding_rowwise",
+                    "lm_head": "colwise_gather_output"}
+    assert check_split(model, SplitRun(2, ("model.embed_tokens", "lm_head")), PROMPT, 4).passed
+
+
 def test_a_plan_of_another_model_is_refused():
     with pytest.raises(PartitionerError, match="another model"):
         member_plan(small_llama(), ["decoder.blocks.0.attn.q"])
@@ -173,6 +191,15 @@ def test_run_check_on_an_llm_plan_generates_with_each_group_and_the_model(tmp_pa
 
     printed = capsys.readouterr().out
     assert "tensor-parallel group of 2 (" in printed and "the model's tokens" in printed and "-> OK" in printed
+
+    # Another model given in its place is refused before any member starts, whatever modules it shares.
+    (tmp_path / "other.py").write_text(
+        "import torch\nfrom transformers import LlamaConfig, LlamaForCausalLM\n\n"
+        "def build():\n    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=256, "
+        "num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)\n"
+        "    return LlamaForCausalLM(config), None\n")
+    assert main(["run", str(out / "llm_plan.json"), "--check", "--model", str(tmp_path / "other.py")]) == 2
+    assert_one_line_error(capsys, "and the plan is of LlamaForCausalLM", "Fix: give the model the plan was compiled")
 
 
 def test_run_on_an_llm_plan_that_splits_nothing_says_what_is_not_built(tmp_path, capsys):
