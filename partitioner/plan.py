@@ -20,6 +20,7 @@ from partitioner.fields import FieldError, entries, number, part, records, text,
 from partitioner.files import PLAN, read_json, write_json
 from partitioner.frontend.capture import CapturedModel, ModelSource, capture, load_model_source
 from partitioner.frontend.op_graph import annotate
+from partitioner.llm.deployment import LLM_PLAN_KIND
 from partitioner.placement.objectives import Objective, objective_named
 from partitioner.placement.problem import PlacementProblem
 from partitioner.placement.scoring import Score, score
@@ -160,7 +161,7 @@ def is_llm_plan(data: Any) -> bool:
     """Whether `data` (a plan file's JSON) is an LLM serving plan, which compile --workload writes."""
     if not isinstance(data, Mapping):
         return False
-    return data.get("kind") == "llm-serving" or {"workload", "best", "tried"} <= data.keys()
+    return data.get("kind") == LLM_PLAN_KIND or {"workload", "best", "tried"} <= data.keys()  # or an earlier one's
 
 
 def _checked_plan(data: Any, source: str | None = None) -> Plan:
