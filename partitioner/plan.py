@@ -174,7 +174,7 @@ def _checked_plan(data: Any, source: str | None = None) -> Plan:
     if is_llm_plan(data):
         raise PartitionerError(f"{source or 'this'} is an LLM serving plan (written by compile --workload), which "
                                "this version's explain, export and serve do not read yet (report shows it, run "
-                               "--check checks its tensor-parallel groups). Fix: to explain, export or serve a "
+                               "--check runs its phases as placed and checks its tensor-parallel groups). Fix: to explain, export or serve a "
                                "model, compile it without --workload and give that plan.json.")
     if version is None:
         raise PartitionerError(f"{source or 'this'} is not a plan: it has no schema_version (a plan file from before "

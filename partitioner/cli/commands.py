@@ -257,24 +257,21 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _check_llm_plan(args: argparse.Namespace, data: dict) -> int:
-    """run --check on an LLM plan: each tensor-parallel group of its deployment, its members as processes here,
-    generates beside the model's own greedy `generate`."""
+    """run --check on an LLM plan: prefill and a decode step run as placed beside the model; then each
+    tensor-parallel group of its deployment, its members as processes here, generates beside the model's own
+    greedy `generate`."""
+    from partitioner.execution.llm_phases import check_phases
     from partitioner.execution.tensor_parallel import check_split, example_prompts, split_runs
     from partitioner.frontend.capture import build_model_file
     from partitioner.llm.deployment import checked_llm_plan, model_fingerprint
 
     if not args.check:
-        raise PartitionerError("an LLM plan runs as a check of its tensor-parallel groups against the model. Fix: "
-                               "add --check.")
+        raise PartitionerError("an LLM plan runs as a check against the model (its phases as placed, its "
+                               "tensor-parallel groups). Fix: add --check.")
     plan = checked_llm_plan(data, args.plan)
     groups = plan.best.collectives.values()
     spec = args.model or (str(plan.source) if plan.source else None)
     runs = split_runs(groups)
-    if not runs:
-        why = plan.kept_whole or "splitting a layer across a group did not pay on this fleet"
-        raise PartitionerError(f"this LLM plan splits no layer across a group of devices ({why}), and running an "
-                               "LLM plan otherwise (prefill, then decode with its KV cache) is not built yet. Fix: "
-                               "to check a placement, compile the model without --workload and run that plan.")
     if spec is None:
         raise PartitionerError(f"{args.plan} does not say where its model came from (written before plans recorded "
                                "it). Fix: give the model with --model file.py[:function].")
@@ -290,8 +287,19 @@ def _check_llm_plan(args: argparse.Namespace, data: dict) -> int:
         raise PartitionerError(f"{spec} builds {model_fingerprint(model)}, and the plan is of "
                                f"{plan.model_fingerprint}. Fix: give the model the plan was compiled for, or "
                                "compile this one with --workload.")
-    prompts = example_prompts(model)
     failed = 0
+    with Progress("live").step("running prefill and a decode step as placed, and the model"):
+        phases = check_phases(plan, model)
+    for phase in phases:
+        size = f"of {phase.size} prompt tokens" if phase.phase == "prefill" else f"step at batch {phase.size}"
+        verdict = "OK" if phase.check.passed else "MISMATCH"
+        partitions = f"{phase.partitions} partition{'s' if phase.partitions != 1 else ''}"
+        print(f"{phase.phase} {size} as placed ({partitions} on {', '.join(phase.places)}): "
+              f"logits and KV cache at most {phase.check.max_abs_error:.3g} from the model's -> {verdict}")
+        for line in (*phase.check.mismatches, *phase.check.notes):
+            print(f"  {line}")
+        failed += not phase.check.passed
+    prompts = example_prompts(model)
     for run in runs:
         with Progress("live").step(f"generating with {run.degree} members splitting {len(run.modules)} modules, "
                                    "and with the model"):

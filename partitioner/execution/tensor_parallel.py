@@ -152,7 +152,7 @@ def generate_split(model: torch.nn.Module, run: SplitRun, input_ids: torch.Tenso
     `run.modules`, each holding a copy of `model` (on Ray, `address` joins a cluster; none starts a local
     instance that is removed after)."""
     member_plan(model, run.modules)  # refuse a plan this model cannot run before any member starts
-    _require_weights(model)
+    require_weights(model)
     started = time.perf_counter()
     launch = _on_ray if members is Members.RAY else _in_processes
     results = launch(model, run, input_ids, new_tokens, address, timeout_seconds)
@@ -165,7 +165,8 @@ def generate_split(model: torch.nn.Module, run: SplitRun, input_ids: torch.Tenso
     return SplitGeneration(run, tokens, logits, time.perf_counter() - started)
 
 
-def _require_weights(model: torch.nn.Module) -> None:
+def require_weights(model: torch.nn.Module) -> None:
+    """Refuse a model without weights to run (on the meta device), before anything starts."""
     if any(parameter.is_meta for parameter in model.parameters()):
         raise PartitionerError(f"{type(model).__name__} is on the meta device, without weights to run. Fix: build "
                                "it with weights (for example from its config on the CPU).")
@@ -177,7 +178,7 @@ def check_split(model: torch.nn.Module, run: SplitRun, input_ids: torch.Tensor, 
                 atol: float | None = None) -> SplitCheck:
     """`run`'s generation beside `model.generate`'s (greedy, the same prompt and length); the logits compared
     under `rtol`/`atol`, or the dtype's defaults (partitioner/execution/check.py)."""
-    _require_weights(model)
+    require_weights(model)
     expected_tokens, expected_logits = generate_as_member(model, input_ids, new_tokens)
     got = generate_split(model, run, input_ids, new_tokens, members=members, address=address,
                          timeout_seconds=timeout_seconds)

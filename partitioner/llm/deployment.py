@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from partitioner.errors import PartitionerError
-from partitioner.fields import FieldError, entries, number, part, records, text, texts, whole
+from partitioner.fields import FieldError, each, entries, listed, number, part, records, text, texts, whole
 from partitioner.files import PLAN, read_json, write_json
 from partitioner.frontend.capture import ModelSource
 from partitioner.llm.joint import phase_assignment
@@ -55,6 +55,24 @@ class GroupCollectives:
             raise FieldError("degree", f"{degree} is not a power of two (the degrees a plan splits at)")
         return cls(degree, whole(data, "per_decode_step"), number(data, "decode_step_seconds"),
                    whole(data, "per_prefill"), number(data, "prefill_seconds"), texts(data, "split_modules", ()))
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseOp:
+    """One op of a phase as planned, in graph order: its node, its aten op and the module it belongs to (what lays a
+    capture of the model with its weights beside the plan: partitioner/execution/llm_phases.py)."""
+
+    name: str
+    op: str
+    module: str
+
+    def to_list(self) -> list[str]:
+        return [self.name, self.op, self.module]
+
+    @classmethod
+    def from_list(cls, found: Any) -> PhaseOp:
+        name, op, module = each(found, lambda item: text({"item": item}, "item", choices=None))
+        return cls(name, op, module)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +209,7 @@ class LLMPlan:
     source: ModelSource | None = None  # where the model came from, so later commands can build it again
     kept_whole: str | None = None  # why no layer may split across a group of devices, where none may
     model_fingerprint: str = ""  # its class, parameter count and dtype: what tells another model given to run it
+    phase_ops: Mapping[str, tuple[PhaseOp, ...]] = field(default_factory=dict)  # per phase, its ops in order
 
     @property
     def gap(self) -> float:
@@ -220,7 +239,8 @@ class LLMPlan:
                 "cost_floor_per_million_output_tokens": self.cost_floor_per_million_output_tokens,
                 "gap": self.gap, "kept_whole": self.kept_whole, "best": self.best.to_dict(),
                 "tried": [t.to_dict() for t in self.tried],
-                "baselines": {name: d.to_dict() for name, d in self.baselines.items()}}
+                "baselines": {name: d.to_dict() for name, d in self.baselines.items()},
+                "phase_ops": {phase: [op.to_list() for op in ops] for phase, ops in self.phase_ops.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LLMPlan:
@@ -234,7 +254,8 @@ class LLMPlan:
                    number(data, "fallback_price_per_hour"), number(data, "planning_seconds"),
                    whole(data, "expert_shards"), number(data, "cost_floor_per_million_output_tokens"),
                    part(data, "model_source", ModelSource.from_dict) if recorded is not None else None,
-                   text(data, "kept_whole", None), text(data, "model_fingerprint", ""))
+                   text(data, "kept_whole", None), text(data, "model_fingerprint", ""),
+                   entries(data, "phase_ops", lambda table, name: listed(table, name, PhaseOp.from_list), {}))
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as versioned JSON (partitioner/files.py writes it whole or not at all)."""

@@ -42,7 +42,7 @@ from partitioner.frontend.op_graph import OpGraph
 from partitioner.frontend.sharding import (ShardingPlan, model_sharding, replicated_weight_bytes, shard_graph,
                                           splits_its_state)
 from partitioner.llm.buckets import mean_problem, on_one_graph
-from partitioner.llm.deployment import (CostedPhase, LLMPlan, Tried, deployment_figures,
+from partitioner.llm.deployment import (CostedPhase, LLMPlan, PhaseOp, Tried, deployment_figures,
                                         model_fingerprint)
 from partitioner.llm.experts import expert_shard, experts_per_layer, experts_sharded
 from partitioner.llm.joint import describe_devices, joint_problem, phase_split_placements
@@ -174,7 +174,8 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
                    decoder_layers(model), kv_per_request, best, tuple(tried), baselines, fallback_price,
                    time.perf_counter() - started, expert_shards, min(floor, best.cost_per_million_output_tokens),
                    source, _kept_whole(name, sharding, splits_state) if can_split(targets) else None,
-                   model_fingerprint(model))
+                   model_fingerprint(model), {phase.phase: _phase_ops(phase) for phase in (prefill_graphs,
+                                                                                          decode_graphs)})
 
 
 def _fitting(batches: tuple[int, ...], prefill: CostedPhase,
@@ -342,6 +343,11 @@ def _search(joints: Mapping[tuple[str, int], PlacementProblem], prefill: CostedP
                                _relax(workload, math.inf, math.inf) if key in ruled_out
                                else "add devices or memory to the fleet"))
     return min(bounds.values(), default=math.inf)
+
+
+def _phase_ops(phase: PhaseGraphs) -> tuple[PhaseOp, ...]:
+    """The ops of the graph a phase is planned on (its largest size's: see `_costed`), in order."""
+    return tuple(PhaseOp(node.name, node.op, node.module_path) for node in phase.graphs[max(phase.graphs)])
 
 
 def _kept_whole(name: str, sharding: ShardingPlan, splits_state: bool) -> str | None:

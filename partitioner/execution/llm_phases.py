@@ -1,0 +1,114 @@
+"""Run each phase of an LLM plan as placed, and check it against the model: a prefill and a decode step.
+
+An LLM plan places the ops of two graphs (partitioner/llm/planning.py): a prefill of the workload's longest
+prompt into a static KV cache, and a decode step of its batch. They were captured from the model's weightless
+twin, with its layer stack grown from a few layers (partitioner/llm/layer_stack.py), so their nodes are named
+otherwise than a capture of the model with its weights. This module captures the model with its weights at the
+plan's sizes, lays its ops beside the plan's (`PhaseOp`: each op's aten name and module, in graph order; a
+weightless capture may differ by an op, such as a `contiguous` the meta device keeps), gives each op the place
+the plan gave its counterpart, and runs the phase split into partitions, every place on this machine's CPU,
+against the model's own exported program: the logits and every KV cache tensor it writes are compared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from partitioner.errors import PartitionerError
+from partitioner.execution.check import CheckResult, check_partitioned
+from partitioner.execution.partitioned_module import build_partitioned_module
+from partitioner.execution.split import split
+from partitioner.execution.tensor_parallel import require_weights
+from partitioner.frontend.capture import capture
+from partitioner.frontend.input_containers import register_input_containers
+from partitioner.frontend.op_graph import OpGraph, annotate
+from partitioner.llm.deployment import LLMPlan, PhaseOp
+from partitioner.llm.experts import experts_sharded
+from partitioner.llm.joint import phase_assignment
+from partitioner.llm.phases import DECODE, PREFILL, serving_inputs
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseCheck:
+    """One phase of a plan run as placed beside the model: its size (prompt tokens, or decode batch), the
+    partitions it ran as, the places they ran for, the ops laid beside none of the plan's, and the comparison."""
+
+    phase: str
+    size: int
+    partitions: int
+    places: tuple[str, ...]
+    unmatched_ops: int
+    check: CheckResult
+
+
+def check_phases(plan: LLMPlan, model: torch.nn.Module, *, seed: int = 0) -> tuple[PhaseCheck, ...]:
+    """Prefill and a decode step of `model` (with its weights), each split as `plan` places it, beside the model."""
+    require_weights(model)
+    if not plan.phase_ops:
+        raise PartitionerError("the plan keeps no list of its phases' ops (a plan written before plans recorded "
+                               "them). Fix: compile the model again with --workload.")
+    workload, best = plan.workload, plan.best
+    sizes = {PREFILL: workload.prompt.longest, DECODE: best.batch_size}
+    checks = []
+    with experts_sharded(model, plan.expert_shards) if plan.expert_shards else contextlib.nullcontext():
+        inputs = serving_inputs(model)
+        register_input_containers(model)
+        for phase, size in sizes.items():
+            example = (inputs.prefill_inputs(size, workload.context_tokens) if phase == PREFILL
+                       else inputs.decode_inputs(size, workload.context_tokens))
+            example = _filled(example, model, phase, seed)
+            captured = capture(model, example, f"{plan.model_name} {phase}")
+            graph = annotate(captured.program)
+            assignment, unmatched = placed_like(graph, plan.phase_ops[phase], phase_assignment(best.assignment,
+                                                                                                 phase))
+            partitions = split(graph, assignment)
+            places = tuple(dict.fromkeys(partition.target for partition in partitions))
+            module = build_partitioned_module(captured.program, partitions,
+                                              {place: torch.device("cpu") for place in places})
+            result = check_partitioned(captured.program.module(), module, captured.example_inputs)
+            checks.append(PhaseCheck(phase, size, len(partitions), places, unmatched, result))
+    return tuple(checks)
+
+
+def placed_like(graph: OpGraph, planned: Sequence[PhaseOp], places: Mapping[str, str]
+                ) -> tuple[dict[str, str], int]:
+    """Each node of `graph` placed where the plan placed its counterpart among `planned` (the same op of the same
+    module, in order), and how many nodes have none: those run where the node before them runs."""
+    ours = [(node.op, node.module_path) for node in graph]
+    theirs = [(op.op, op.module) for op in planned]
+    counterpart: dict[int, str] = {}
+    for block in difflib.SequenceMatcher(None, ours, theirs, autojunk=False).get_matching_blocks():
+        for offset in range(block.size):
+            counterpart[block.a + offset] = planned[block.b + offset].name
+    if len(counterpart) < len(graph.nodes) / 2:
+        raise PartitionerError("the model's ops are not the ones the plan placed (fewer than half are laid beside "
+                               "the plan's): the plan is of another model. Fix: give the model the plan was "
+                               "compiled for.")
+    assignment: dict[str, str] = {}
+    last = places[planned[0].name]
+    for index, node in enumerate(graph):
+        last = places[counterpart[index]] if index in counterpart else last
+        assignment[node.name] = last
+    return assignment, len(graph.nodes) - len(counterpart)
+
+
+def _filled(example: Any, model: torch.nn.Module, phase: str, seed: int) -> Any:
+    """The phase's example inputs with token ids from the vocabulary and, for a decode step, a KV cache of
+    values (zeros would hide a cache read from the wrong place), the same for a seed."""
+    generator = torch.Generator().manual_seed(seed)
+    if isinstance(example, dict) and isinstance(example.get("input_ids"), torch.Tensor):
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        ids = example["input_ids"]
+        example["input_ids"] = torch.randint(0, config.vocab_size, ids.shape, generator=generator).to(ids.device)
+    cache = example.get("past_key_values") if isinstance(example, dict) else None
+    if phase == DECODE and cache is not None:
+        for layer in getattr(cache, "layers", ()):
+            for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+                if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                    tensor.copy_(torch.randn(tensor.shape, generator=generator).to(tensor.dtype))
+    return example
