@@ -4,7 +4,6 @@ cache it writes compared)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -18,23 +17,15 @@ from partitioner.execution.partitioned_module import PartitionedModule
 from partitioner.llm.deployment import LLMPlan
 from partitioner.llm.planning import plan_llm
 from targets.fleet import load_fleet
+from tests.partitioner.execution.test_tensor_parallel_runs import fleet_of_copies
 from tests.partitioner.llm.test_llm_serving import load_workload_text
 
-BUILTIN = Path(__file__).parents[3] / "targets" / "builtin"
 WORKLOAD = 'name = "short"\nprompt_tokens = 6\noutput_tokens = 4\nbatch_size = 2\n'
 
 
 def small_memory_fleet(folder: Path) -> str:
     """Four identical devices of 400 KiB each: a small model must be split across at least two."""
-    spec = (BUILTIN / "cuda-h100.toml").read_text().split("[links.cuda-h100]")[0]
-    spec = re.sub(r"^name = .*$", 'name = "tiny"', spec, flags=re.MULTILINE)
-    spec = re.sub(r"^memory_gib = .*$", "memory_gib = 0.0004", spec, flags=re.MULTILINE)
-    (folder / "tiny.toml").write_text(spec + "[links.tiny]\nbandwidth_gb_per_second = 400\n"
-                                      'latency_microseconds = 1\n[support]\nops = "all"\n')
-    fleet = folder / "fleet.toml"
-    fleet.write_text(f'name = "tiny four"\n[[hosts]]\nname = "node0"\n'
-                     f'devices = [{{ target = "{folder / "tiny.toml"}", count = 4 }}]\n')
-    return str(fleet)
+    return fleet_of_copies(folder, "tiny", 4, {"memory_gib": "0.0004"})
 
 
 def small_gpt2() -> GPT2LMHeadModel:

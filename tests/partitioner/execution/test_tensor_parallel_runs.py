@@ -35,20 +35,25 @@ def small_llama(seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
+def fleet_of_copies(folder: Path, name: str, count: int, fields: dict[str, str]) -> str:
+    """A fleet of `count` copies of an H100 spec renamed `name` with `fields` changed, in one host, joined by a
+    fast link; the path of its fleet file."""
+    spec = (BUILTIN / "cuda-h100.toml").read_text().split("[links.cuda-h100]")[0]
+    for field, value in {"name": f'"{name}"', **fields}.items():
+        spec = re.sub(rf"^{field} = .*$", f"{field} = {value}", spec, flags=re.MULTILINE)
+    (folder / f"{name}.toml").write_text(spec + f"[links.{name}]\nbandwidth_gb_per_second = 400\n"
+                                         'latency_microseconds = 1\n[support]\nops = "all"\n')
+    fleet = folder / "fleet.toml"
+    fleet.write_text(f'name = "{count} x {name}"\n[[hosts]]\nname = "node0"\n'
+                     f'devices = [{{ target = "{folder / f"{name}.toml"}", count = {count} }}]\n')
+    return str(fleet)
+
+
 def slow_device_fleet(folder: Path) -> str:
     """Two identical devices slow enough at compute and memory that halving a layer's work pays, joined by a fast
     link: the small Llama's decode step is then worth splitting."""
-    spec = (BUILTIN / "cuda-h100.toml").read_text().split("[links.cuda-h100]")[0]
-    for field, value in (("name", '"slow"'), ("memory_bandwidth_gb_per_second", "1"),
-                         ("launch_overhead_microseconds", "0"), ("view_overhead_microseconds", "0"),
-                         ("float32", "0.001")):
-        spec = re.sub(rf"^{field} = .*$", f"{field} = {value}", spec, flags=re.MULTILINE)
-    (folder / "slow.toml").write_text(spec + "[links.slow]\nbandwidth_gb_per_second = 400\n"
-                                      'latency_microseconds = 1\n[support]\nops = "all"\n')
-    fleet = folder / "fleet.toml"
-    fleet.write_text(f'name = "slow pair"\n[[hosts]]\nname = "node0"\n'
-                     f'devices = [{{ target = "{folder / "slow.toml"}", count = 2 }}]\n')
-    return str(fleet)
+    return fleet_of_copies(folder, "slow", 2, {"memory_bandwidth_gb_per_second": "1", "float32": "0.001",
+                                               "launch_overhead_microseconds": "0", "view_overhead_microseconds": "0"})
 
 
 @pytest.fixture(scope="module")
