@@ -257,11 +257,11 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _check_llm_plan(args: argparse.Namespace, data: dict) -> int:
-    """run --check on an LLM plan: prefill and a decode step run as placed beside the model; then each
-    tensor-parallel group of its deployment, its members as processes here, generates beside the model's own
+    """run --check on an LLM plan: prefill and a decode step run as placed beside the model, then greedy
+    generation through them beside `generate`; then each tensor-parallel group of its deployment, its members as processes here, generates beside the model's own
     greedy `generate`."""
-    from partitioner.execution.llm_phases import check_phases
-    from partitioner.execution.tensor_parallel import check_split, example_prompts, split_runs
+    from partitioner.execution.llm_phases import check_generation, check_phases
+    from partitioner.execution.tensor_parallel import NEW_TOKENS, check_split, example_prompts, split_runs
     from partitioner.frontend.capture import build_model_file
     from partitioner.llm.deployment import checked_llm_plan, model_fingerprint
 
@@ -300,6 +300,14 @@ def _check_llm_plan(args: argparse.Namespace, data: dict) -> int:
             print(f"  {line}")
         failed += not phase.check.passed
     prompts = example_prompts(model)
+    with Progress("live").step("generating through the placed phases, and with the model"):
+        generation = check_generation(plan, model, prompts, NEW_TOKENS)
+    agreed = "the model's tokens" if generation.same_steps == generation.new_tokens else (
+        f"the model's tokens for {generation.same_steps} of {generation.new_tokens} steps, then others"
+        + (" (reduced precision: judged by the phases' logits above)" if generation.reduced_precision else ""))
+    print(f"generation as placed, {generation.prompts} prompts of {prompts.shape[1]} tokens each prefilled alone, "
+          f"their KV caches handed to one decode batch: {agreed} -> {'OK' if generation.passed else 'MISMATCH'}")
+    failed += not generation.passed
     for run in runs:
         with Progress("live").step(f"generating with {run.degree} members splitting {len(run.modules)} modules, "
                                    "and with the model"):

@@ -20,10 +20,11 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from partitioner.errors import PartitionerError
-from partitioner.execution.check import CheckResult, check_partitioned
+from partitioner.execution.check import REDUCED_PRECISION, CheckResult, check_partitioned
 from partitioner.execution.partitioned_module import build_partitioned_module
 from partitioner.execution.split import split
-from partitioner.execution.tensor_parallel import require_weights
+from partitioner.execution.tensor_parallel import (computing_dtype, generate_as_member, require_weights,
+                                                   same_steps)
 from partitioner.frontend.capture import capture
 from partitioner.frontend.input_containers import register_input_containers
 from partitioner.frontend.op_graph import OpGraph, annotate
@@ -46,33 +47,109 @@ class PhaseCheck:
     check: CheckResult
 
 
+@dataclass(frozen=True, slots=True)
+class GenerationCheck:
+    """Greedy generation through the placed phases beside the model's own `generate`: for how many of the new
+    tokens the two agree. In float16 and bfloat16 a capture and the model's eager run may round apart, and
+    greedy choices between near-equal logits with them; in float32 every token must agree."""
+
+    prompts: int
+    new_tokens: int
+    same_steps: int
+    reduced_precision: bool
+
+    @property
+    def passed(self) -> bool:
+        return self.same_steps == self.new_tokens or self.reduced_precision
+
+
+def check_generation(plan: LLMPlan, model: torch.nn.Module, prompts: torch.Tensor, new_tokens: int
+                     ) -> GenerationCheck:
+    """`generate_as_placed` beside `model.generate` (greedy, the same prompts and length)."""
+    got = generate_as_placed(plan, model, prompts, new_tokens)
+    expected, _ = generate_as_member(model, prompts, new_tokens)
+    start = prompts.shape[1]
+    return GenerationCheck(prompts.shape[0], new_tokens, same_steps(expected[:, start:], got[:, start:]),
+                           computing_dtype(model) in REDUCED_PRECISION)
+
+
 def check_phases(plan: LLMPlan, model: torch.nn.Module, *, seed: int = 0) -> tuple[PhaseCheck, ...]:
     """Prefill and a decode step of `model` (with its weights), each split as `plan` places it, beside the model."""
+    workload, best = plan.workload, plan.best
+    sizes = {PREFILL: workload.prompt.longest, DECODE: best.batch_size}
+    checks = []
+    with _as_planned(plan, model) as inputs:
+        for phase, size in sizes.items():
+            example = _filled(_phase_inputs(inputs, phase, size, workload.context_tokens), model, phase, seed)
+            captured, module, partitions, unmatched = _placed_phase(plan, model, phase, example)
+            result = check_partitioned(captured.program.module(), module, captured.example_inputs)
+            places = tuple(dict.fromkeys(partition.target for partition in partitions))
+            checks.append(PhaseCheck(phase, size, len(partitions), places, unmatched, result))
+    return tuple(checks)
+
+
+def generate_as_placed(plan: LLMPlan, model: torch.nn.Module, prompts: torch.Tensor, new_tokens: int
+                       ) -> torch.Tensor:
+    """Greedy generation through the placed phases, as a co-located deployment serves: each prompt prefilled
+    alone into its own KV cache, the caches handed to one decode batch, then decode steps of the whole batch
+    reading and writing that cache. The token ids, prompts included (`generate`'s layout)."""
+    batch, prompt = prompts.shape
+    context = prompt + new_tokens
+    with _as_planned(plan, model) as inputs:
+        _, prefill, _, _ = _placed_phase(plan, model, PREFILL, _phase_inputs(inputs, PREFILL, prompt, context))
+        _, decode, _, _ = _placed_phase(plan, model, DECODE, _phase_inputs(inputs, DECODE, batch, context))
+        cache = _phase_inputs(inputs, DECODE, batch, context)["past_key_values"]
+        chosen = []
+        with torch.inference_mode():
+            for row in range(batch):
+                own = _phase_inputs(inputs, PREFILL, prompt, context)["past_key_values"]
+                logits = prefill(input_ids=prompts[row:row + 1], past_key_values=own,
+                                 cache_position=torch.arange(prompt), use_cache=True).logits
+                chosen.append(logits[0, -1].argmax())
+                for into, held in zip(cache.layers, own.layers, strict=True):  # the KV cache handed to decode
+                    _hand_over(held, into, row)
+            tokens = [torch.stack(chosen)]
+            for step in range(new_tokens - 1):
+                logits = decode(input_ids=tokens[-1][:, None], past_key_values=cache,
+                                cache_position=torch.tensor([prompt + step]), use_cache=True).logits
+                tokens.append(logits[:, -1].argmax(-1))
+    return torch.cat([prompts, torch.stack(tokens, dim=1)], dim=1)
+
+
+def _hand_over(held: Any, into: Any, row: int) -> None:
+    """One layer's cache of one prefilled prompt handed to row `row` of a decode batch's: its keys and values, and
+    the position counters the cache keeps beside them (the prompts of a batch are of one length here)."""
+    for name, value in vars(held).items():
+        if isinstance(value, torch.Tensor):
+            target = getattr(into, name)
+            (target if value.dim() == 0 else target[row]).copy_(value if value.dim() == 0 else value[0])
+
+
+@contextlib.contextmanager
+def _as_planned(plan: LLMPlan, model: torch.nn.Module):
+    """`model` as the plan was made on it (its experts in the plan's shards), and how to call it in each phase."""
     require_weights(model)
     if not plan.phase_ops:
         raise PartitionerError("the plan keeps no list of its phases' ops (a plan written before plans recorded "
                                "them). Fix: compile the model again with --workload.")
-    workload, best = plan.workload, plan.best
-    sizes = {PREFILL: workload.prompt.longest, DECODE: best.batch_size}
-    checks = []
     with experts_sharded(model, plan.expert_shards) if plan.expert_shards else contextlib.nullcontext():
-        inputs = serving_inputs(model)
         register_input_containers(model)
-        for phase, size in sizes.items():
-            example = (inputs.prefill_inputs(size, workload.context_tokens) if phase == PREFILL
-                       else inputs.decode_inputs(size, workload.context_tokens))
-            example = _filled(example, model, phase, seed)
-            captured = capture(model, example, f"{plan.model_name} {phase}")
-            graph = annotate(captured.program)
-            assignment, unmatched = placed_like(graph, plan.phase_ops[phase], phase_assignment(best.assignment,
-                                                                                                 phase))
-            partitions = split(graph, assignment)
-            places = tuple(dict.fromkeys(partition.target for partition in partitions))
-            module = build_partitioned_module(captured.program, partitions,
-                                              {place: torch.device("cpu") for place in places})
-            result = check_partitioned(captured.program.module(), module, captured.example_inputs)
-            checks.append(PhaseCheck(phase, size, len(partitions), places, unmatched, result))
-    return tuple(checks)
+        yield serving_inputs(model)
+
+
+def _phase_inputs(inputs: Any, phase: str, size: int, context: int) -> Any:
+    return inputs.prefill_inputs(size, context) if phase == PREFILL else inputs.decode_inputs(size, context)
+
+
+def _placed_phase(plan: LLMPlan, model: torch.nn.Module, phase: str, example: Any):
+    """The model captured for `phase` on `example`, its partitioned module as the plan places it (every place on
+    the CPU), its partitions and the ops laid beside none of the plan's."""
+    captured = capture(model, example, f"{plan.model_name} {phase}")
+    graph = annotate(captured.program)
+    assignment, unmatched = placed_like(graph, plan.phase_ops[phase], phase_assignment(plan.best.assignment, phase))
+    partitions = split(graph, assignment)
+    devices = {partition.target: torch.device("cpu") for partition in partitions}
+    return captured, build_partitioned_module(captured.program, partitions, devices), partitions, unmatched
 
 
 def placed_like(graph: OpGraph, planned: Sequence[PhaseOp], places: Mapping[str, str]

@@ -184,13 +184,13 @@ def check_split(model: torch.nn.Module, run: SplitRun, input_ids: torch.Tensor, 
                          timeout_seconds=timeout_seconds)
     prompt = input_ids.shape[1]
     steps = expected_tokens.shape[1] - prompt
-    same = _same_steps(expected_tokens[:, prompt:], got.tokens[:, prompt:])
+    same = same_steps(expected_tokens[:, prompt:], got.tokens[:, prompt:])
     if same < steps or len(got.logits) != len(expected_logits):
         # Past a token that differs, the model's logits along the tokens the group chose (one pass, each position
         # seeing the tokens before it): every step of the group's decode, its sharded KV cache included, is judged.
         expected_logits = _logits_along(model, got.tokens, prompt, len(got.logits))
     # generate hands logits over in float32; they were computed in the model's dtype, and are judged in it
-    dtype = _computing_dtype(model)
+    dtype = computing_dtype(model)
     reduced = dtype in REDUCED_PRECISION
     reference = [_logits_along(copy.deepcopy(model).float(), got.tokens, prompt, len(got.logits))] if reduced \
         else None
@@ -199,7 +199,7 @@ def check_split(model: torch.nn.Module, run: SplitRun, input_ids: torch.Tensor, 
     return SplitCheck(run, same, steps, logits, got.seconds, reduced)
 
 
-def _computing_dtype(model: torch.nn.Module) -> torch.dtype:
+def computing_dtype(model: torch.nn.Module) -> torch.dtype:
     """The dtype a model computes its logits in: its LM head's, else its first floating-point weight's."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     weights = [head.weight] if head is not None else []
@@ -207,7 +207,7 @@ def _computing_dtype(model: torch.nn.Module) -> torch.dtype:
     return weights[0].dtype if weights else torch.float32
 
 
-def _same_steps(expected: torch.Tensor, got: torch.Tensor) -> int:
+def same_steps(expected: torch.Tensor, got: torch.Tensor) -> int:
     """How many generated steps, from the first, chose the same token for every prompt."""
     steps = min(expected.shape[1], got.shape[1]) if expected.shape[0] == got.shape[0] else 0
     differs = (expected[:, :steps] != got[:, :steps]).any(dim=0).nonzero()

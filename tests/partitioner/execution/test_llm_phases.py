@@ -12,7 +12,7 @@ from torch.utils import _pytree as pytree
 from transformers import GPT2Config, GPT2LMHeadModel, MixtralConfig, MixtralForCausalLM
 
 from partitioner.errors import PartitionerError
-from partitioner.execution.llm_phases import check_phases
+from partitioner.execution.llm_phases import check_generation, check_phases
 from partitioner.execution.partitioned_module import PartitionedModule
 from partitioner.llm.deployment import LLMPlan
 from partitioner.llm.planning import plan_llm
@@ -80,6 +80,7 @@ def test_a_mixture_of_experts_runs_with_its_experts_in_the_plans_shards(tmp_path
     checks = check_phases(plan, model)
 
     assert plan.expert_shards == 2 and all(check.check.passed for check in checks)
+    assert check_generation(plan, model, torch.tensor([[5, 17, 3, 99, 42, 8], [1, 2, 3, 4, 5, 6]]), 6).passed
 
 
 def test_a_model_without_weights_is_refused(pipeline_plan):
@@ -88,3 +89,14 @@ def test_a_model_without_weights_is_refused(pipeline_plan):
         weightless = small_gpt2()
     with pytest.raises(PartitionerError, match="meta device"):
         check_phases(plan, weightless)
+
+
+def test_generation_through_the_placed_phases_gives_the_models_own_tokens(pipeline_plan):
+    """Each prompt prefilled alone as placed, its KV cache (and the cache's position counter) handed to one decode
+    batch, decode steps as placed: the tokens `generate` gives."""
+    model, plan = pipeline_plan
+    prompts = torch.tensor([[5, 17, 3, 99, 42, 8], [1, 2, 3, 4, 5, 6]])
+
+    check = check_generation(plan, model, prompts, 8)
+
+    assert (check.same_steps, check.new_tokens, check.passed) == (8, 8, True)

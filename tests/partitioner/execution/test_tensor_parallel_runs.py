@@ -197,6 +197,7 @@ def test_run_check_on_an_llm_plan_generates_with_each_group_and_the_model(tmp_pa
     printed = capsys.readouterr().out
     assert "prefill of 6 prompt tokens as placed (1 partition on slow.tp2.0)" in printed
     assert "decode step at batch 4 as placed" in printed
+    assert "generation as placed, 2 prompts of 8 tokens each prefilled alone" in printed
     assert "tensor-parallel group of 2 (" in printed and "the model's tokens" in printed
     assert "MISMATCH" not in printed
 
