@@ -283,6 +283,10 @@ def _check_llm_plan(args: argparse.Namespace, data: dict) -> int:
                                "the device the model is built on. Fix: drop --device-map.")
     model, _, _ = build_model_file(spec)
     model.eval()  # generation, as served: no dropout
+    if any(parameter.is_meta for parameter in model.parameters()):
+        raise PartitionerError(f"{spec} builds its model on the meta device (planning needs no weights; a check "
+                               "runs them). Fix: give a build of the same model with weights, e.g. from its config "
+                               "on the CPU, with --model file.py[:function].")
     if plan.model_fingerprint and model_fingerprint(model) != plan.model_fingerprint:
         raise PartitionerError(f"{spec} builds {model_fingerprint(model)}, and the plan is of "
                                f"{plan.model_fingerprint}. Fix: give the model the plan was compiled for, or "
