@@ -149,6 +149,14 @@ def each(found: Any, read: Callable[[Any], T]) -> tuple[T, ...]:
     return tuple(within(f"[{index}]", read, item) for index, item in enumerate(found))
 
 
+def exactly(found: Any, count: int, read: Callable[[Any], T], shape: str) -> tuple[T, ...]:
+    """`found`, a list of `count` items (written as `shape`, e.g. "[tokens, share]"), each read by `read`."""
+    items = each(found, read)
+    if len(items) != count:
+        raise FieldError("", f"expected {shape}, got {len(items)} items")
+    return items
+
+
 def listed(data: Mapping, key: str, read: Callable[[Any], T], default: Any = REQUIRED) -> tuple[T, ...]:
     """A field holding a list, each item read by `read` (its fields named `key[index]...`)."""
     return within(key, lambda found: each(found, read), items(data, key, default))

@@ -170,3 +170,12 @@ def check_writable_folder(path: Path, option: str = "-o") -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PartitionerError(f"{path} cannot be written: {existing} is not writable for you. Fix: give a folder "
                                f"you may write to with {option}.")
+
+
+def check_schema_version(version: Any, current: int, what: str, again: str) -> None:
+    """Refuse a file of another schema version than `current`: a newer one asks for an upgrade, an older one (or a
+    version that is no number) for `again`, the command that writes the file anew. `what` names the file."""
+    if version != current or isinstance(version, bool):  # True == 1 in Python, not in a file
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > current
+        fix = "upgrade partitioner" if newer else again
+        raise PartitionerError(f"{what} schema version {version!r} is not {current}. Fix: {fix}.")

@@ -17,7 +17,7 @@ from partitioner.execution.partition_compilers import CompilerRefusal
 from partitioner.execution.partitioned_module import PartitionedModule, build_partitioned_module, resolve_devices
 from partitioner.execution.split import Partition
 from partitioner.fields import FieldError, entries, number, part, records, text, texts
-from partitioner.files import PLAN, read_json, write_json
+from partitioner.files import PLAN, check_schema_version, read_json, write_json
 from partitioner.frontend.capture import CapturedModel, ModelSource, capture, load_model_source
 from partitioner.frontend.op_graph import annotate
 from partitioner.llm.deployment import LLM_PLAN_KIND
@@ -180,10 +180,7 @@ def _checked_plan(data: Any, source: str | None = None) -> Plan:
         raise PartitionerError(f"{source or 'this'} is not a plan: it has no schema_version (a plan file from before "
                                "versions, or another JSON file). Fix: give the plan.json that compile wrote, or "
                                "compile the model again with this version.")
-    if version != SCHEMA_VERSION or isinstance(version, bool):  # True == 1 in Python, not in a plan
-        newer = isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION
-        fix = "upgrade partitioner" if newer else "compile the model again with this version"
-        raise PartitionerError(f"plan schema version {version!r} is not {SCHEMA_VERSION}. Fix: {fix}.")
+    check_schema_version(version, SCHEMA_VERSION, "plan", "compile the model again with this version")
     try:
         plan, fallback = _read(data), text(data, "fallback", None)
     except FieldError as error:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 from pathlib import Path
 
 from partitioner.errors import PartitionerError
-from partitioner.fields import FieldError, each, listed, number, text, whole
+from partitioner.fields import exactly, listed, number, text, whole
 from partitioner.files import WORKLOAD
 from targets.spec_reader import TomlReader, read_toml
 
@@ -106,10 +106,7 @@ class Workload:
 
 def _bucket(found: Any) -> tuple[int, float]:
     """A [tokens, share] pair of a plan file's workload."""
-    pair = each(found, lambda item: item)
-    if len(pair) != 2:
-        raise FieldError("", f"expected [tokens, share], got {len(pair)} items")
-    tokens, share = pair
+    tokens, share = exactly(found, 2, lambda item: item, "[tokens, share]")
     return whole({"tokens": tokens}, "tokens", minimum=1), number({"share": share}, "share", maximum=1.0)
 
 

@@ -16,8 +16,8 @@ from typing import Any, Mapping
 import torch
 
 from partitioner.errors import PartitionerError
-from partitioner.fields import FieldError, each, entries, listed, number, part, records, text, texts, whole
-from partitioner.files import PLAN, read_json, write_json
+from partitioner.fields import FieldError, entries, exactly, listed, number, part, records, text, texts, whole
+from partitioner.files import PLAN, check_schema_version, read_json, write_json
 from partitioner.frontend.capture import ModelSource
 from partitioner.llm.joint import phase_assignment
 from partitioner.placement.problem import PlacementProblem, phase_of
@@ -71,7 +71,7 @@ class PhaseOp:
 
     @classmethod
     def from_list(cls, found: Any) -> PhaseOp:
-        name, op, module = each(found, lambda item: text({"item": item}, "item", choices=None))
+        name, op, module = exactly(found, 3, lambda item: text({"item": item}, "item"), "[node, op, module]")
         return cls(name, op, module)
 
 
@@ -232,7 +232,8 @@ class LLMPlan:
         return {"schema_version": LLM_SCHEMA_VERSION, "kind": LLM_PLAN_KIND, "model": self.model_name,
                 "model_fingerprint": self.model_fingerprint,
                 "model_source": self.source.to_dict() if self.source else None, "layers": self.layers,
-                "fallback_price_per_hour": self.fallback_price_per_hour, "workload": self.workload.to_dict(), "fleet": self.fleet,
+                "fallback_price_per_hour": self.fallback_price_per_hour, "workload": self.workload.to_dict(),
+                "fleet": self.fleet,
                 "fallback": self.fallback, "planning_seconds": self.planning_seconds,
                 "expert_shards": self.expert_shards,
                 "kv_cache_bytes_per_request": self.kv_cache_bytes_per_request,
@@ -283,10 +284,7 @@ def checked_llm_plan(data: Any, source: str) -> LLMPlan:
         raise PartitionerError(f"{source} is an LLM serving plan from an earlier version, which wrote no "
                                "schema_version. Fix: compile the model again with --workload (this version "
                                "writes one every command reads).")
-    if version != LLM_SCHEMA_VERSION or isinstance(version, bool):
-        newer = isinstance(version, int) and not isinstance(version, bool) and version > LLM_SCHEMA_VERSION
-        fix = "upgrade partitioner" if newer else "compile the model again with --workload"
-        raise PartitionerError(f"LLM plan schema version {version!r} is not {LLM_SCHEMA_VERSION}. Fix: {fix}.")
+    check_schema_version(version, LLM_SCHEMA_VERSION, "LLM plan", "compile the model again with --workload")
     if data.get("kind") != LLM_PLAN_KIND:
         raise PartitionerError(f"{source} is not a valid LLM plan file: its kind is {data.get('kind')!r}, not "
                                f"{LLM_PLAN_KIND!r}. Fix: compile the model again with --workload (the file was "
