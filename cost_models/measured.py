@@ -81,11 +81,15 @@ def measure_ops_in_model(program: ExportedProgram, graph: OpGraph, example_input
     inputs = [to_device(value, torch.device(device))
               for value in torch.utils._pytree.tree_leaves(split_inputs(example_inputs))]
     timer = _NodeTimer(module, synchronize=torch.device(device).type == "cuda")
+
+    def fresh() -> list:  # each run on the inputs as given: a model may write into them (a KV cache, its counter)
+        return [value.clone() if isinstance(value, torch.Tensor) else value for value in inputs]
+
     with torch.no_grad():
-        timer.run(*inputs)  # warm-up
+        timer.run(*fresh())  # warm-up
         timer.seconds.clear()
         for _ in range(runs):
-            timer.run(*inputs)
+            timer.run(*fresh())
     by_signature: dict[str, list[float]] = {}
     nodes: dict[str, OpNode] = {}
     for node in graph:

@@ -27,7 +27,7 @@ from partitioner.placement.problem import DEFAULT_ENGINE_HOP_SECONDS, PlacementP
 from partitioner.placement.solver import Placement, SolverOptions, solve
 from partitioner.placement.tagging import Tagging, tag
 from partitioner.plan import Plan
-from partitioner.plan_records import ModelInfo, NodeRecord, TargetRecord
+from partitioner.plan_records import ModelInfo, NodeRecord, target_records
 from partitioner.progress import Progress
 from targets.fleet import Fleet
 from targets.loader import as_target_set
@@ -113,7 +113,7 @@ def compile_captured(
     return Plan(
         model=ModelInfo(captured.name, captured.source, graph.fingerprint(), len(graph),
                         sum(graph.parameter_bytes.values()), graph.total_flops),
-        targets=_target_records(target_set),
+        targets=target_records(target_set),
         objective=objective,
         cost_model=cost_model.name,
         problem=planned.problem,
@@ -207,16 +207,6 @@ def _still_refused(refusals: Sequence[CompilerRefusal]) -> PartitionerError:
         f"the targets' compilers still refused part of the plan after {MAX_PLANNING_ROUNDS} rounds of planning, "
         f"each without what they had refused ({named}). Fix: keep the ops they refuse off {target} with --forbid "
         f"PATTERN={target}, plan without {target}, or report the refusals to its vendor.")
-
-
-def _target_records(targets: TargetSet) -> tuple[TargetRecord, ...]:
-    """Each target as the plan records it; a fleet's device also says which spec it is and on which host."""
-    topology = targets.topology
-    return tuple(TargetRecord(t.name, t.kind, t.description, t.torch_device, t.onnx_execution_provider, t.spec_path,
-                              spec=topology.spec_of[t.name] if topology else "",
-                              host=topology.host_of[t.name] if topology else "", origin=t.origin,
-                              compiles=bool(t.hooks and t.hooks.compile))
-                 for t in targets)
 
 
 def _node_records(graph: OpGraph, tagging: Tagging, targets: TargetSet, cost_model: CostModel

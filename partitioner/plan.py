@@ -173,9 +173,8 @@ def _checked_plan(data: Any, source: str | None = None) -> Plan:
     version = data.get("schema_version")
     if is_llm_plan(data):
         raise PartitionerError(f"{source or 'this'} is an LLM serving plan (written by compile --workload), which "
-                               "this version's explain, export and serve do not read yet (report shows it, run "
-                               "--check runs its phases as placed and checks its tensor-parallel groups). Fix: to explain, export or serve a "
-                               "model, compile it without --workload and give that plan.json.")
+                               "this command does not read yet (report, explain, run --check and serve do). Fix: "
+                               "to export a model to ONNX, compile it without --workload and give that plan.json.")
     if version is None:
         raise PartitionerError(f"{source or 'this'} is not a plan: it has no schema_version (a plan file from before "
                                "versions, or another JSON file). Fix: give the plan.json that compile wrote, or "

@@ -7,11 +7,14 @@ that reports depend on these records rather than on the plan itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Collection, Mapping
 
 from partitioner.fields import FieldError, entries, flag, listed, part, sizes, text, texts, whole
 from partitioner.frontend.capture import ModelSource
 from targets.spec_reader import TARGET_KINDS, device_problem, execution_providers
+
+if TYPE_CHECKING:
+    from targets.spec import TargetSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,16 @@ class TargetRecord:
                    text(data, "onnx_execution_provider", choices=execution_providers()), text(data, "spec_path"),
                    text(data, "spec", ""), text(data, "host", ""), text(data, "origin", "built-in"),
                    flag(data, "compiles", False))
+
+
+def target_records(targets: TargetSet, names: Collection[str] | None = None) -> tuple[TargetRecord, ...]:
+    """Each target as the plan records it; a fleet's device also says which spec it is and on which host."""
+    topology = targets.topology
+    return tuple(TargetRecord(t.name, t.kind, t.description, t.torch_device, t.onnx_execution_provider, t.spec_path,
+                              spec=topology.spec_of[t.name] if topology else "",
+                              host=topology.host_of[t.name] if topology else "", origin=t.origin,
+                              compiles=bool(t.hooks and t.hooks.compile))
+                 for t in targets if names is None or t.name in names)
 
 
 @dataclass(frozen=True, slots=True)

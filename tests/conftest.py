@@ -28,3 +28,19 @@ def problem_of(model: torch.nn.Module, example_inputs, targets=("npu-example", "
 @pytest.fixture
 def default_targets():
     return load_targets(["npu-example", "cuda-h100"])
+
+
+@pytest.fixture(scope="session")
+def pipeline_plan(tmp_path_factory):
+    """A small GPT-2 too big for one device of a fleet of four: its layers placed across two devices. Planned
+    once for every test that runs or reads an LLM plan (about 10 s)."""
+    from partitioner.llm.planning import plan_llm
+    from targets.fleet import load_fleet
+    from tests.partitioner.execution.test_llm_phases import WORKLOAD, small_gpt2, small_memory_fleet
+    from tests.partitioner.llm.test_llm_serving import load_workload_text
+
+    model = small_gpt2()
+    plan = plan_llm(model, load_workload_text(WORKLOAD), load_fleet(small_memory_fleet(tmp_path_factory.mktemp("f"))),
+                    time_limit_seconds=10, workers=1, deterministic=True)
+    assert len(plan.best.devices["decode"]) >= 2
+    return model, plan

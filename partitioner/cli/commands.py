@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from targets.spec import Target
     from partitioner.execution.check import PlanRun
     from targets.fleet import Fleet
+    import torch
+    from partitioner.llm.deployment import LLMPlan
 
 
 def compile_command(args: argparse.Namespace) -> int:
@@ -232,9 +234,16 @@ def report_command(args: argparse.Namespace) -> int:
 
 
 def explain_command(args: argparse.Namespace) -> int:
-    from partitioner.plan import Plan
+    from partitioner.files import PLAN, read_json
+    from partitioner.llm.deployment import checked_llm_plan
+    from partitioner.plan import Plan, is_llm_plan
     from partitioner.reporting.explain import explain_node
+    from partitioner.reporting.explain_llm import explain_llm_node
 
+    data = read_json(args.plan, PLAN)
+    if is_llm_plan(data):
+        print(explain_llm_node(checked_llm_plan(data, args.plan), args.node))
+        return 0
     print(explain_node(Plan.load(args.plan), args.node))
     return 0
 
@@ -262,35 +271,17 @@ def _check_llm_plan(args: argparse.Namespace, data: dict) -> int:
     greedy `generate`."""
     from partitioner.execution.llm_phases import check_generation, check_phases
     from partitioner.execution.tensor_parallel import NEW_TOKENS, check_split, example_prompts, split_runs
-    from partitioner.frontend.capture import build_model_file
-    from partitioner.llm.deployment import checked_llm_plan, model_fingerprint
+    from partitioner.llm.deployment import checked_llm_plan
 
     if not args.check:
         raise PartitionerError("an LLM plan runs as a check against the model (its phases as placed, its "
                                "tensor-parallel groups). Fix: add --check.")
     plan = checked_llm_plan(data, args.plan)
-    groups = plan.best.collectives.values()
-    spec = args.model or (str(plan.source) if plan.source else None)
-    runs = split_runs(groups)
-    if spec is None:
-        raise PartitionerError(f"{args.plan} does not say where its model came from (written before plans recorded "
-                               "it). Fix: give the model with --model file.py[:function].")
-    if not args.model and plan.source.kind == "python" and not Path(plan.source.path).is_file():
-        raise PartitionerError(f"the plan's model file {plan.source.path!r} is not there (moved or deleted). Fix: "
-                               "give the model with --model file.py[:function].")
     if args.device_map:
         raise PartitionerError("--device-map does not apply to an LLM plan's check: each member of a group runs on "
                                "the device the model is built on. Fix: drop --device-map.")
-    model, _, _ = build_model_file(spec)
-    model.eval()  # generation, as served: no dropout
-    if any(parameter.is_meta for parameter in model.parameters()):
-        raise PartitionerError(f"{spec} builds its model on the meta device (planning needs no weights; a check "
-                               "runs them). Fix: give a build of the same model with weights, e.g. from its config "
-                               "on the CPU, with --model file.py[:function].")
-    if plan.model_fingerprint and model_fingerprint(model) != plan.model_fingerprint:
-        raise PartitionerError(f"{spec} builds {model_fingerprint(model)}, and the plan is of "
-                               f"{plan.model_fingerprint}. Fix: give the model the plan was compiled for, or "
-                               "compile this one with --workload.")
+    runs = split_runs(plan.best.collectives.values())
+    model = _llm_plan_model(plan, args.plan, args.model)
     failed = 0
     with Progress("live").step("running prefill and a decode step as placed, and the model"):
         phases = check_phases(plan, model)
@@ -328,16 +319,54 @@ def _check_llm_plan(args: argparse.Namespace, data: dict) -> int:
     return 1 if failed else 0
 
 
+def _llm_plan_model(plan: LLMPlan, plan_path: str, model_spec: str | None) -> torch.nn.Module:
+    """The model an LLM plan was compiled for, built again with its weights from where the plan says it came
+    from (or `model_spec`), in eval mode; one error where it cannot be, or is another model."""
+    from partitioner.frontend.capture import build_model_file
+    from partitioner.llm.deployment import model_fingerprint
+
+    spec = model_spec or (str(plan.source) if plan.source else None)
+    if spec is None:
+        raise PartitionerError(f"{plan_path} does not say where its model came from (written before plans recorded "
+                               "it). Fix: give the model with --model file.py[:function].")
+    if not model_spec and plan.source.kind == "python" and not Path(plan.source.path).is_file():
+        raise PartitionerError(f"the plan's model file {plan.source.path!r} is not there (moved or deleted). Fix: "
+                               "give the model with --model file.py[:function].")
+    model, _, _ = build_model_file(spec)
+    model.eval()  # generation, as served: no dropout
+    if any(parameter.is_meta for parameter in model.parameters()):
+        raise PartitionerError(f"{spec} builds its model on the meta device (planning needs no weights; running it "
+                               "does). Fix: give a build of the same model with weights, e.g. from its config "
+                               "on the CPU, with --model file.py[:function].")
+    if plan.model_fingerprint and model_fingerprint(model) != plan.model_fingerprint:
+        raise PartitionerError(f"{spec} builds {model_fingerprint(model)}, and the plan is of "
+                               f"{plan.model_fingerprint}. Fix: give the model the plan was compiled for, or "
+                               "compile this one with --workload.")
+    return model
+
+
+# Requests in flight a plan's deployment serves by default (an LLM plan's: its decode batches, one per device).
+DEFAULT_CONCURRENCY = 8
+
+
 def serve_command(args: argparse.Namespace) -> int:
     from partitioner.deploy.ray_engine import deploy_on_ray, require_ray
     from partitioner.deploy.summary import format_measurement
-    from partitioner.plan import Plan
+    from partitioner.files import PLAN, read_json
+    from partitioner.llm.deployment import checked_llm_plan
+    from partitioner.plan import Plan, is_llm_plan
 
     require_ray()
+    data = read_json(args.plan, PLAN)
+    if is_llm_plan(data):
+        return _serve_llm_plan(args, checked_llm_plan(data, args.plan))
     plan = Plan.load(args.plan)
     if args.model:
         plan = plan.with_source(args.model)
-    in_flight = min(args.concurrency, args.requests)  # more in flight than requests sent holds nothing more
+    if args.prompts:
+        raise PartitionerError("--prompts gives an LLM plan its requests; this plan serves copies of its model's "
+                               "example inputs. Fix: drop --prompts.")
+    in_flight = min(args.concurrency or DEFAULT_CONCURRENCY, args.requests)  # more in flight than requests sent holds nothing more
     progress = Progress("live")
     with progress.step(f"starting one Ray actor per device of {plan.model.name}"):
         deployment = deploy_on_ray(plan, address=args.address, max_in_flight=in_flight,
@@ -346,6 +375,30 @@ def serve_command(args: argparse.Namespace) -> int:
         with progress.step(f"serving {args.requests} requests, {in_flight} in flight"):
             measurement = deployment.benchmark(args.requests, in_flight)
     print(format_measurement(measurement, plan))
+    return 0
+
+
+def _serve_llm_plan(args: argparse.Namespace, plan: LLMPlan) -> int:
+    """serve on an LLM plan: one actor per device generating tokens for requests drawn from the workload (or read
+    from --prompts), measured beside the plan's tokens per second, TTFT and TPOT."""
+    from partitioner.deploy.llm_engine import deploy_llm_on_ray
+    from partitioner.deploy.llm_requests import jsonl_requests, workload_requests
+    from partitioner.deploy.summary import format_llm_measurement
+    from partitioner.llm.phases import vocabulary_size
+
+    model = _llm_plan_model(plan, args.plan, args.model)
+    vocabulary = vocabulary_size(model)
+    requests = (jsonl_requests(args.prompts, vocabulary, plan.workload.output.longest) if args.prompts
+                else workload_requests(plan.workload, args.requests, vocabulary, seed=args.seed))
+    progress = Progress("live")
+    with progress.step(f"capturing both phases of {plan.model_name} and starting one Ray actor per device"):
+        deployment = deploy_llm_on_ray(plan, model, address=args.address, batches_in_flight=args.concurrency,
+                                       timeout_seconds=args.timeout)
+    with deployment:
+        with progress.step(f"serving {len(requests)} requests, {deployment.batches_in_flight} decode batches of "
+                           f"{deployment.batch_size} in flight"):
+            measurement = deployment.benchmark(requests)
+    print(format_llm_measurement(measurement, plan))
     return 0
 
 

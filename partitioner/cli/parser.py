@@ -121,14 +121,20 @@ def command_parser() -> argparse.ArgumentParser:
 
     serve_parser = subcommands.add_parser("serve", help="run a plan on a Ray cluster, one actor per device, with "
                                                      "requests in flight, and measure it against the plan")
-    serve_parser.add_argument("plan", help="plan.json written by compile")
+    serve_parser.add_argument("plan", help="plan.json (or llm_plan.json) written by compile")
     serve_parser.add_argument("--engine", choices=("ray",), default="ray", help="what runs the plan (default: ray)")
     serve_parser.add_argument("--address", help="join this Ray cluster (auto, or host:port of its head); default: "
                                                 "start a local one where every device absent here runs on the CPU")
-    serve_parser.add_argument("--requests", type=positive_int, default=100, help="requests to send (default: 100)")
-    serve_parser.add_argument("--concurrency", type=positive_int, default=8,
+    serve_parser.add_argument("--requests", type=positive_int, default=100,
+                              help="requests to send (default: 100); of an LLM plan, drawn from its workload's "
+                                   "prompt and output lengths")
+    serve_parser.add_argument("--concurrency", type=positive_int,
                               help="requests in flight at once (default: 8); at most what Ray's object store holds "
-                                   "of the plan's channels, a number serve gives when it refuses more")
+                                   "of the plan's channels, a number serve gives when it refuses more. Of an LLM "
+                                   "plan: decode batches in flight (default: one per device decode runs on)")
+    serve_parser.add_argument("--prompts", metavar="FILE.jsonl",
+                              help="an LLM plan's requests, one a line: {\"input_ids\": [...], \"max_new_tokens\": N}")
+    serve_parser.add_argument("--seed", type=int, default=0, help="the seed an LLM plan's requests are drawn with")
     serve_parser.add_argument("--timeout", type=positive_float, default=60.0, metavar="SECONDS",
                               help="the longest one request may take before the deployment is ended (default: 60, "
                                    "at most 86400: a day)")

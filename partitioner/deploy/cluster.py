@@ -24,6 +24,13 @@ def check_cluster(ray: Any, needed: Mapping[str, int], channels: ChannelMemory, 
                   address: str | None) -> None:
     """Refuse a cluster without the devices, with others holding them, or whose object stores cannot hold the
     requests in flight (the smallest node's: any may hold a host's workers)."""
+    check_devices(ray, needed, address)
+    stores = [node["Resources"].get("object_store_memory", 0.0) for node in ray.nodes() if node.get("Alive")]
+    channels.check(max_in_flight, min(stores, default=0.0), "the smallest Ray node's object store")
+
+
+def check_devices(ray: Any, needed: Mapping[str, int], address: str | None) -> None:
+    """Refuse a cluster without the devices `needed`, or with others holding them."""
     lacking = missing_resources(needed, ray.cluster_resources())
     if lacking:
         raise PartitionerError(_lacking_message(lacking, address, ray_instance.gcs_address(ray)))
@@ -33,8 +40,6 @@ def check_cluster(ray: Any, needed: Mapping[str, int], channels: ChannelMemory, 
         raise PartitionerError(f"the Ray cluster has the plan's devices, but others hold them now: {what}. "
                                "Fix: shut down the deployment or job that holds them (ray status), then deploy "
                                "again.")
-    stores = [node["Resources"].get("object_store_memory", 0.0) for node in ray.nodes() if node.get("Alive")]
-    channels.check(max_in_flight, min(stores, default=0.0), "the smallest Ray node's object store")
 
 
 def reserve_hosts(ray: Any, places: Sequence[TargetRecord], timeout: float

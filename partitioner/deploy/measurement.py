@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,5 +38,10 @@ class ServeMeasurement:
         return min(self.concurrency / self.predicted_latency_seconds, self.predicted_requests_per_second)
 
     def latency_percentile(self, percent: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(round(percent / 100 * (len(ordered) - 1))))]
+        return percentile(self.latencies, percent)
+
+
+def percentile(values: Sequence[float], percent: float) -> float:
+    """The value `percent` of the way through `values` sorted (nearest rank); 0 for none."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(percent / 100 * (len(ordered) - 1))))] if ordered else 0.0

@@ -32,7 +32,7 @@ class DeviceWorker:
         if threads:
             torch.set_num_threads(threads)
         self.place = place
-        self.device = _present_or_cpu(torch.device(torch_device), place)
+        self.device = present_or_cpu(torch.device(torch_device), place)
         self.stages = dict(stages)
         self.modules = {index: module.to(self.device) for index, module in modules.items()}
         self.on_device: set[int] = set()
@@ -70,7 +70,7 @@ class DeviceWorker:
         return tensor.to(self.device)
 
 
-def _present_or_cpu(device: torch.device, place: str) -> torch.device:
+def present_or_cpu(device: torch.device, place: str) -> torch.device:
     module = getattr(torch, device.type, None)
     if device.type in ("cpu", "meta") or (module is not None and hasattr(module, "is_available")
                                           and module.is_available()):

@@ -31,7 +31,7 @@ from partitioner.frontend.op_graph import OpGraph, annotate
 from partitioner.llm.deployment import LLMPlan, PhaseOp
 from partitioner.llm.experts import experts_sharded
 from partitioner.llm.joint import phase_assignment
-from partitioner.llm.phases import DECODE, PREFILL, serving_inputs
+from partitioner.llm.phases import DECODE, PREFILL, serving_inputs, vocabulary_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +78,10 @@ def check_phases(plan: LLMPlan, model: torch.nn.Module, *, seed: int = 0) -> tup
     workload, best = plan.workload, plan.best
     sizes = {PREFILL: workload.prompt.longest, DECODE: best.batch_size}
     checks = []
-    with _as_planned(plan, model) as inputs:
+    with as_planned(plan, model) as inputs:
         for phase, size in sizes.items():
-            example = _filled(_phase_inputs(inputs, phase, size, workload.context_tokens), model, phase, seed)
-            captured, module, partitions, unmatched = _placed_phase(plan, model, phase, example)
+            example = _filled(phase_inputs(inputs, phase, size, workload.context_tokens), model, phase, seed)
+            captured, module, partitions, unmatched = placed_phase(plan, model, phase, example)
             result = check_partitioned(captured.program.module(), module, captured.example_inputs)
             places = tuple(dict.fromkeys(partition.target for partition in partitions))
             checks.append(PhaseCheck(phase, size, len(partitions), places, unmatched, result))
@@ -95,14 +95,14 @@ def generate_as_placed(plan: LLMPlan, model: torch.nn.Module, prompts: torch.Ten
     reading and writing that cache. The token ids, prompts included (`generate`'s layout)."""
     batch, prompt = prompts.shape
     context = prompt + new_tokens
-    with _as_planned(plan, model) as inputs:
-        _, prefill, _, _ = _placed_phase(plan, model, PREFILL, _phase_inputs(inputs, PREFILL, prompt, context))
-        _, decode, _, _ = _placed_phase(plan, model, DECODE, _phase_inputs(inputs, DECODE, batch, context))
-        cache = _phase_inputs(inputs, DECODE, batch, context)["past_key_values"]
+    with as_planned(plan, model) as inputs:
+        _, prefill, _, _ = placed_phase(plan, model, PREFILL, phase_inputs(inputs, PREFILL, prompt, context))
+        _, decode, _, _ = placed_phase(plan, model, DECODE, phase_inputs(inputs, DECODE, batch, context))
+        cache = phase_inputs(inputs, DECODE, batch, context)["past_key_values"]
         chosen = []
         with torch.inference_mode():
             for row in range(batch):
-                own = _phase_inputs(inputs, PREFILL, prompt, context)["past_key_values"]
+                own = phase_inputs(inputs, PREFILL, prompt, context)["past_key_values"]
                 logits = prefill(input_ids=prompts[row:row + 1], past_key_values=own,
                                  cache_position=torch.arange(prompt), use_cache=True).logits
                 chosen.append(logits[0, -1].argmax())
@@ -126,7 +126,7 @@ def _hand_over(held: Any, into: Any, row: int) -> None:
 
 
 @contextlib.contextmanager
-def _as_planned(plan: LLMPlan, model: torch.nn.Module):
+def as_planned(plan: LLMPlan, model: torch.nn.Module):
     """`model` as the plan was made on it (its experts in the plan's shards), and how to call it in each phase."""
     require_weights(model)
     if not plan.phase_ops:
@@ -137,11 +137,11 @@ def _as_planned(plan: LLMPlan, model: torch.nn.Module):
         yield serving_inputs(model)
 
 
-def _phase_inputs(inputs: Any, phase: str, size: int, context: int) -> Any:
+def phase_inputs(inputs: Any, phase: str, size: int, context: int) -> Any:
     return inputs.prefill_inputs(size, context) if phase == PREFILL else inputs.decode_inputs(size, context)
 
 
-def _placed_phase(plan: LLMPlan, model: torch.nn.Module, phase: str, example: Any):
+def placed_phase(plan: LLMPlan, model: torch.nn.Module, phase: str, example: Any):
     """The model captured for `phase` on `example`, its partitioned module as the plan places it (every place on
     the CPU), its partitions and the ops laid beside none of the plan's."""
     captured = capture(model, example, f"{plan.model_name} {phase}")
@@ -179,9 +179,8 @@ def _filled(example: Any, model: torch.nn.Module, phase: str, seed: int) -> Any:
     values (zeros would hide a cache read from the wrong place), the same for a seed."""
     generator = torch.Generator().manual_seed(seed)
     if isinstance(example, dict) and isinstance(example.get("input_ids"), torch.Tensor):
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         ids = example["input_ids"]
-        example["input_ids"] = torch.randint(0, config.vocab_size, ids.shape, generator=generator).to(ids.device)
+        example["input_ids"] = torch.randint(0, vocabulary_size(model), ids.shape, generator=generator).to(ids.device)
     cache = example.get("past_key_values") if isinstance(example, dict) else None
     if phase == DECODE and cache is not None:
         for layer in getattr(cache, "layers", ()):

@@ -35,6 +35,7 @@ import torch
 from partitioner.errors import PartitionerError
 from partitioner.execution.check import REDUCED_PRECISION, CheckResult, compare_outputs
 from partitioner.llm.deployment import Deployment, GroupCollectives
+from partitioner.llm.phases import vocabulary_size
 
 DEFAULT_TIMEOUT_SECONDS = 300.0
 NEW_TOKENS = 8  # generated per prompt by a check
@@ -225,9 +226,8 @@ def _logits_along(model: torch.nn.Module, tokens: torch.Tensor, prompt: int, ste
 
 def example_prompts(model: torch.nn.Module, prompts: int = 2, tokens: int = 8, seed: int = 0) -> torch.Tensor:
     """Prompts of random token ids from the model's vocabulary, the same for a seed."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(1, config.vocab_size, (prompts, tokens), generator=generator)
+    return torch.randint(1, vocabulary_size(model), (prompts, tokens), generator=generator)
 
 
 def generate_as_member(model: torch.nn.Module, input_ids: torch.Tensor, new_tokens: int

@@ -24,6 +24,7 @@ from partitioner.placement.problem import PlacementProblem, phase_of
 from partitioner.placement.scoring import Score, score
 from partitioner.placement.serving import device_kind
 from partitioner.placement.solver import SolverReport
+from partitioner.plan_records import TargetRecord
 from targets.workload import Workload
 
 LLM_SCHEMA_VERSION = 1
@@ -210,6 +211,12 @@ class LLMPlan:
     kept_whole: str | None = None  # why no layer may split across a group of devices, where none may
     model_fingerprint: str = ""  # its class, parameter count and dtype: what tells another model given to run it
     phase_ops: Mapping[str, tuple[PhaseOp, ...]] = field(default_factory=dict)  # per phase, its ops in order
+    # The devices and tensor-parallel places the plan's deployment uses, as serving them needs (torch device,
+    # host, spec): what `serve` starts one actor each for.
+    targets: tuple[TargetRecord, ...] = ()
+    # Per phase, per op, its compute seconds on one device of each group of identical devices that runs it (and
+    # on each tensor-parallel place kind): a prefill's per request (prompt lengths by share), a decode step's.
+    op_seconds: Mapping[str, Mapping[str, Mapping[str, float]]] = field(default_factory=dict)
 
     @property
     def gap(self) -> float:
@@ -241,7 +248,10 @@ class LLMPlan:
                 "gap": self.gap, "kept_whole": self.kept_whole, "best": self.best.to_dict(),
                 "tried": [t.to_dict() for t in self.tried],
                 "baselines": {name: d.to_dict() for name, d in self.baselines.items()},
-                "phase_ops": {phase: [op.to_list() for op in ops] for phase, ops in self.phase_ops.items()}}
+                "phase_ops": {phase: [op.to_list() for op in ops] for phase, ops in self.phase_ops.items()},
+                "targets": [target.to_dict() for target in self.targets],
+                "op_seconds": {phase: {node: dict(costs) for node, costs in ops.items()}
+                               for phase, ops in self.op_seconds.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LLMPlan:
@@ -256,7 +266,10 @@ class LLMPlan:
                    whole(data, "expert_shards"), number(data, "cost_floor_per_million_output_tokens"),
                    part(data, "model_source", ModelSource.from_dict) if recorded is not None else None,
                    text(data, "kept_whole", None), text(data, "model_fingerprint", ""),
-                   entries(data, "phase_ops", lambda table, name: listed(table, name, PhaseOp.from_list), {}))
+                   entries(data, "phase_ops", lambda table, name: listed(table, name, PhaseOp.from_list), {}),
+                   records(data, "targets", TargetRecord.from_dict, ()),
+                   entries(data, "op_seconds", lambda table, phase: entries(
+                       table, phase, lambda ops, node: entries(ops, node, number)), {}))
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as versioned JSON (partitioner/files.py writes it whole or not at all)."""

@@ -149,6 +149,15 @@ def context_limit(model: torch.nn.Module) -> tuple[int, str] | None:
     return None
 
 
+def vocabulary_size(model: torch.nn.Module) -> int:
+    """How many token ids the model takes (its text config's vocab_size)."""
+    size = getattr(_text_config(model), "vocab_size", None)
+    if not isinstance(size, int) or size < 1:
+        raise PartitionerError(f"{type(model).__name__} has no config.vocab_size to draw token ids from. Fix: give a "
+                               "causal LM with a transformers config.")
+    return size
+
+
 def _text_config(model: torch.nn.Module):
     config = getattr(model, "config", None)
     return config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config

@@ -46,7 +46,7 @@ from partitioner.llm.deployment import (CostedPhase, LLMPlan, PhaseOp, Tried, de
                                         model_fingerprint)
 from partitioner.llm.experts import expert_shard, experts_per_layer, experts_sharded
 from partitioner.llm.joint import describe_devices, joint_problem, phase_split_placements
-from partitioner.llm.phases import PhaseGraphs, capture_phases, context_limit, decoder_layers
+from partitioner.llm.phases import DECODE, PREFILL, PhaseGraphs, capture_phases, context_limit, decoder_layers
 from partitioner.llm.rentals import Rental, per_million_output_tokens, rentals
 from partitioner.placement.baselines import BASELINES, SERVING_BASELINES
 from partitioner.placement.infeasibility import phases_sharing_a_device
@@ -54,11 +54,13 @@ from partitioner.placement.floors import bottleneck_relaxation, latency_floor_se
 from partitioner.placement.objectives import THROUGHPUT
 from partitioner.placement.problem import DEFAULT_ENGINE_HOP_SECONDS, PlacementProblem, build_problem
 from partitioner.placement.scoring import score
+from partitioner.placement.serving import device_kind
 from partitioner.placement.solver import SolverOptions, solve
 from partitioner.placement.tagging import tag
+from partitioner.plan_records import target_records
 from partitioner.units import format_bytes
 from targets.fleet import Fleet
-from targets.spec import TargetSet
+from targets.spec import Target, TargetSet
 from targets.tensor_parallel import can_split, devices_alone, with_tensor_parallel_places
 from targets.workload import Workload
 
@@ -147,7 +149,7 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
     prefill = _costed(prefill_graphs, dict(prompts), targets, cost_model, engine_hop_seconds)
     kv_per_request = prefill_graphs.state_bytes(prompts[0][0])
     runs, tried = _fitting(batches, prefill, kv_per_request)
-    decodes = {batch: _costed(decode_graphs, {batch: 1.0}, targets, cost_model, engine_hop_seconds)
+    decodes = {batch: _costed(decode_graphs, {batch: 1.0}, targets, cost_model, engine_hop_seconds, token_loop=True)
                for batch in {b for _, b in runs}}
     runs = _within_reach(runs, workload, prefill, decodes, tried, options.time_limit_seconds * FLOORS_BEFORE_SEARCH)
     joints = {(deployment, batch): _joint(prefill, decodes[batch], workload, batch, deployment == "disaggregated")
@@ -175,7 +177,9 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
                    time.perf_counter() - started, expert_shards, min(floor, best.cost_per_million_output_tokens),
                    source, _kept_whole(name, sharding, splits_state) if can_split(targets) else None,
                    model_fingerprint(model), {phase.phase: _phase_ops(phase) for phase in (prefill_graphs,
-                                                                                          decode_graphs)})
+                                                                                          decode_graphs)},
+                   target_records(targets), {PREFILL: _op_seconds(prefill.problem, targets),
+                                             DECODE: _op_seconds(decode.problem, targets)})
 
 
 def _fitting(batches: tuple[int, ...], prefill: CostedPhase,
@@ -425,13 +429,37 @@ def _latency_floor_on(problem: PlacementProblem, devices: tuple[str, ...]) -> fl
     return relaxation.value if relaxation is not None and relaxation.fits else math.inf
 
 
+def _op_seconds(problem: PlacementProblem, targets: TargetSet) -> dict[str, dict[str, float]]:
+    """Each op's compute seconds on one place of each kind (identical devices cost the same)."""
+    kinds = list(dict.fromkeys(_kind(target) for target in targets))
+    first = {kind: next(t.name for t in targets if _kind(t) == kind) for kind in kinds}
+    return {node.name: {kind: node.compute_seconds[place] for kind, place in first.items()
+                        if place in node.compute_seconds} for node in problem.nodes}
+
+
+def _kind(target: Target) -> str:
+    """A device's spec name, or a tensor-parallel place's name less its number (`cuda-h100.tp2`)."""
+    return target.name.rsplit(".", 1)[0] if target.tensor_parallel is not None else device_kind(target.name)
+
+
+def _looped(problem: PlacementProblem) -> PlacementProblem:
+    """`problem` with its last node followed by its first: the step that comes next."""
+    first, last = problem.nodes[0].name, problem.nodes[-1].name
+    return replace(problem, adjacent=(*problem.sequence(), (last, first, 1.0)))
+
+
 def _costed(phase: PhaseGraphs, shares: Mapping[int, float], targets: TargetSet, cost_model: CostModel,
-            engine_hop_seconds: float) -> CostedPhase:
-    """A phase at the sizes `shares` names, each with its share of requests, costed and averaged per request."""
+            engine_hop_seconds: float, token_loop: bool = False) -> CostedPhase:
+    """A phase at the sizes `shares` names, each with its share of requests, costed and averaged per request.
+    `token_loop` (decode): a step's token goes back from its last op (the logits) to its first for the next
+    step, one hop more where they sit on different devices, as in any pipelined decode."""
     graphs = {size: phase.graphs[size] for size in shares}
     by_size = on_one_graph({size: build_problem(graph, tag(graph, targets), targets, cost_model, engine_hop_seconds)
                             for size, graph in graphs.items()})
     problem = mean_problem([(by_size[size], share) for size, share in shares.items()])
+    if token_loop:
+        by_size = {size: _looped(one) for size, one in by_size.items()}
+        problem = _looped(problem)
     graph = graphs[max(graphs)]  # the graph every size is planned on (see on_one_graph)
     scale = {size: other.total_flops / graph.total_flops if graph.total_flops else 1.0
              for size, other in graphs.items()}

@@ -34,16 +34,6 @@ def small_gpt2() -> GPT2LMHeadModel:
                                       bos_token_id=0, eos_token_id=0)).eval()
 
 
-@pytest.fixture(scope="module")
-def pipeline_plan(tmp_path_factory):
-    """A small GPT-2 too big for one device of the fleet: its layers placed across two devices."""
-    model = small_gpt2()
-    plan = plan_llm(model, load_workload_text(WORKLOAD), load_fleet(small_memory_fleet(tmp_path_factory.mktemp("f"))),
-                    time_limit_seconds=10, workers=1, deterministic=True)
-    assert len(plan.best.devices["decode"]) >= 2
-    return model, plan
-
-
 def test_each_phase_runs_split_as_placed_and_computes_what_the_model_does(pipeline_plan, tmp_path):
     model, plan = pipeline_plan
     plan = LLMPlan.load(plan.save(tmp_path / "llm_plan.json"))  # as a later command reads it

@@ -233,10 +233,17 @@ def test_compile_with_a_workload_plans_both_phases_per_token_and_writes_the_plan
     # The file is the plan: it reads back as the plan compile summarised, and report shows that summary.
     assert main(["report", str(written)]) == 0
     assert capsys.readouterr().out.strip() == out.split("\nwrote ")[0].strip()
-    # The commands that do not read LLM plans yet say so, not that it is an early plan.
-    assert main(["explain", str(written), "decode/mm"]) == 2
-    assert "is an LLM serving plan (written by compile --workload), which this version's explain, export and " \
-           "serve do not read yet" in capsys.readouterr().err
+    # explain reads a node of a phase: where it sits and what it costs on each kind of device.
+    node, op, _ = next(entry for entry in plan["phase_ops"]["decode"] if entry[1].startswith("aten.linear")
+                       or entry[1].startswith("aten.mm") or entry[1].startswith("aten.addmm"))
+    assert main(["explain", str(written), f"decode/{node}"]) == 0
+    explained = capsys.readouterr().out
+    assert f"node       decode/{node}: {op}" in explained and "placed on  " in explained
+    assert "placed here" in explained and "device kind" in explained
+    # A command that does not read LLM plans yet says so, not that it is an early plan.
+    assert main(["export", str(written), "-o", str(tmp_path / "onnx")]) == 2
+    assert "is an LLM serving plan (written by compile --workload), which this command does not read yet" \
+           in capsys.readouterr().err
 
 
 def test_an_llm_plan_reads_back_as_the_plan_it_was(tmp_path):

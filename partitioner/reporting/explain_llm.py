@@ -1,0 +1,103 @@
+"""Why an op of an LLM plan's phase sits where it sits: read from the plan file alone.
+
+An LLM plan places the ops of two graphs, a prefill and a decode step (partitioner/llm/planning.py); a node is
+named by its phase, `decode/linear_3`, or by its name alone where only one phase has it. `explain_llm_node`
+gives its op and module, where the plan put it and what else of its module sits there, its compute time on
+each kind of device of the fleet (identical devices cost the same; a tensor-parallel place its members' share),
+the kinds that do not run it, and, where it sits in a tensor-parallel group, whether the group splits it.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from partitioner.errors import PartitionerError
+from partitioner.llm.deployment import LLMPlan, PhaseOp
+from partitioner.llm.phases import DECODE, PREFILL
+from partitioner.placement.serving import device_kind
+from partitioner.units import format_seconds
+
+PHASES = (PREFILL, DECODE)
+
+
+def explain_llm_node(plan: LLMPlan, name: str) -> str:
+    """A readable account of one op of `plan`'s prefill or decode step."""
+    phase, op = _find(plan, name)
+    best = plan.best
+    here = best.assignment[f"{phase}/{op.name}"]
+    run = ("one prefill (per request: the workload's prompt lengths by share)" if phase == PREFILL
+           else f"one decode step of batch {best.batch_size}")
+    lines = [f"node       {phase}/{op.name}: {op.op}" + (f" in {op.module}" if op.module else ""),
+             f"placed on  {here}, in {run}; {phase} runs on {', '.join(best.devices[phase])}"]
+    if op.module:
+        lines.append(_module_line(plan, phase, op, here))
+    group = best.collectives.get(here)
+    if group is not None:
+        split = any(op.module == module or op.module.startswith(f"{module}.") for module in group.split_modules)
+        lines.append(f"group      {here} is {group.degree} devices in tensor parallel: "
+                     + ("this op's module is split among them, each computing its share" if split else
+                        "this op runs whole on each member (its module is not split)"))
+    costs = plan.op_seconds.get(phase, {}).get(op.name)
+    if costs is None:
+        lines.append("costs      the plan keeps no per-op costs (written before plans recorded them). Fix: compile "
+                     "the model again with --workload to see them.")
+        return "\n".join(lines)
+    placed_kind = _kind(here)
+    lines += ["", f"{'device kind':<24}{'compute':>12}   note"]
+    for kind in _kinds(plan):
+        seconds = costs.get(kind)
+        note = "placed here" if kind == placed_kind else ""
+        shown = format_seconds(seconds) if seconds is not None else "-"
+        if seconds is None:
+            note = "does not run this op"
+        lines.append(f"{kind:<24}{shown:>12}   {note}".rstrip())
+    return "\n".join(lines)
+
+
+def _find(plan: LLMPlan, name: str) -> tuple[str, PhaseOp]:
+    """The phase and op `name` names: `phase/node`, or a node only one phase has."""
+    if not plan.phase_ops:
+        raise PartitionerError("the plan keeps no list of its phases' ops (written before plans recorded them). "
+                               "Fix: compile the model again with --workload.")
+    ops = {phase: {op.name: op for op in plan.phase_ops.get(phase, ())} for phase in PHASES}
+    phase, _, node = name.partition("/")
+    if node and phase in ops and node in ops[phase]:
+        return phase, ops[phase][node]
+    having = [phase for phase in PHASES if name in ops[phase]]
+    if len(having) == 1:
+        return having[0], ops[having[0]][name]
+    if len(having) > 1:
+        raise PartitionerError(f"both phases have a node {name!r}. Fix: name it with its phase, "
+                               f"{' or '.join(f'{phase}/{name}' for phase in having)}.")
+    names = [f"{phase}/{node}" for phase in PHASES for node in ops[phase]]
+    close = difflib.get_close_matches(name, names, n=3)
+    hint = f"did you mean {', '.join(close)}" if close else "an LLM plan's nodes are phase/node, e.g. decode/linear"
+    raise PartitionerError(f"no node {name!r} in this LLM plan. Fix: {hint} (the plan file lists them under "
+                           "phase_ops).")
+
+
+def _module_line(plan: LLMPlan, phase: str, op: PhaseOp, here: str) -> str:
+    """Where the other ops of the op's module sit in the phase."""
+    places = {}
+    for other in plan.phase_ops[phase]:
+        if other.module == op.module:
+            place = plan.best.assignment[f"{phase}/{other.name}"]
+            places[place] = places.get(place, 0) + 1
+    total = sum(places.values())
+    if set(places) == {here}:
+        return f"module     all {total} ops of {op.module} sit on {here}"
+    spread = ", ".join(f"{count} on {place}" for place, count in sorted(places.items(), key=lambda kv: -kv[1]))
+    return f"module     the {total} ops of {op.module}: {spread}"
+
+
+def _kinds(plan: LLMPlan) -> list[str]:
+    """The kinds of device the plan's costs name, the fleet's order."""
+    kinds = list(dict.fromkeys(_kind(target.name) for target in plan.targets))
+    recorded = {kind for ops in plan.op_seconds.values() for costs in ops.values() for kind in costs}
+    return kinds + sorted(recorded - set(kinds))
+
+
+def _kind(place: str) -> str:
+    """A place's kind as the costs name it: `cuda-h100` for `cuda-h100.3`, `cuda-h100.tp2` for a group."""
+    parts = place.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 else device_kind(place)
