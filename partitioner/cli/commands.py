@@ -113,6 +113,7 @@ def _compile_llm(args: argparse.Namespace, output: Path, progress: Progress, cos
     from partitioner.frontend.capture import build_model_file
     from partitioner.llm.planning import plan_llm
     from partitioner.llm.summary import format_llm_summary
+    from partitioner.reporting.llm_html_report import write_llm_html_report
     from targets.fleet import Fleet, load_fleet
     from targets.workload import load_workload
 
@@ -138,12 +139,13 @@ def _compile_llm(args: argparse.Namespace, output: Path, progress: Progress, cos
                         expert_shards=args.expert_shards, workers=args.workers, seed=args.seed,
                         deterministic=args.deterministic, **_engine_hop(args))
     path = plan.save(output / "llm_plan.json")
+    page = write_llm_html_report(plan, output / "report.html")
     if args.json:
-        print(json.dumps({"plan": str(path), **{k: v for k, v in plan.best.to_dict().items() if k != "placement"}}),
-              file=result_stream)
+        print(json.dumps({"plan": str(path), "report": str(page),
+                          **{k: v for k, v in plan.best.to_dict().items() if k != "placement"}}), file=result_stream)
     elif not args.quiet:
         print(format_llm_summary(plan))
-        print(f"\nwrote {path}")
+        print(f"\nwrote {path} and {page}")
     return 0
 
 

@@ -54,13 +54,13 @@ from partitioner.placement.floors import bottleneck_relaxation, latency_floor_se
 from partitioner.placement.objectives import THROUGHPUT
 from partitioner.placement.problem import DEFAULT_ENGINE_HOP_SECONDS, PlacementProblem, build_problem
 from partitioner.placement.scoring import score
-from partitioner.placement.serving import device_kind
+from partitioner.placement.serving import place_kind
 from partitioner.placement.solver import SolverOptions, solve
 from partitioner.placement.tagging import tag
 from partitioner.plan_records import target_records
 from partitioner.units import format_bytes
 from targets.fleet import Fleet
-from targets.spec import Target, TargetSet
+from targets.spec import TargetSet
 from targets.tensor_parallel import can_split, devices_alone, with_tensor_parallel_places
 from targets.workload import Workload
 
@@ -431,15 +431,10 @@ def _latency_floor_on(problem: PlacementProblem, devices: tuple[str, ...]) -> fl
 
 def _op_seconds(problem: PlacementProblem, targets: TargetSet) -> dict[str, dict[str, float]]:
     """Each op's compute seconds on one place of each kind (identical devices cost the same)."""
-    kinds = list(dict.fromkeys(_kind(target) for target in targets))
-    first = {kind: next(t.name for t in targets if _kind(t) == kind) for kind in kinds}
+    kinds = list(dict.fromkeys(place_kind(target.name) for target in targets))
+    first = {kind: next(t.name for t in targets if place_kind(t.name) == kind) for kind in kinds}
     return {node.name: {kind: node.compute_seconds[place] for kind, place in first.items()
                         if place in node.compute_seconds} for node in problem.nodes}
-
-
-def _kind(target: Target) -> str:
-    """A device's spec name, or a tensor-parallel place's name less its number (`cuda-h100.tp2`)."""
-    return target.name.rsplit(".", 1)[0] if target.tensor_parallel is not None else device_kind(target.name)
 
 
 def _looped(problem: PlacementProblem) -> PlacementProblem:

@@ -28,6 +28,14 @@ def device_kind(place: str) -> str:
     return place.split(".", 1)[0]
 
 
+def place_kind(place: str) -> str:
+    """What identical places share (their costs, in an LLM plan's `op_seconds`): the spec of a device
+    (`cuda-h100.3` -> `cuda-h100`), the spec and degree of a tensor-parallel place (`cuda-h100.tp2.0` ->
+    `cuda-h100.tp2`)."""
+    parts = place.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 else parts[0]
+
+
 @dataclass(frozen=True, slots=True)
 class ServingFigures:
     """What a placement delivers at full load: seconds per request on every resource, and what follows."""

@@ -14,7 +14,8 @@ import difflib
 from partitioner.errors import PartitionerError
 from partitioner.llm.deployment import LLMPlan, PhaseOp
 from partitioner.llm.phases import DECODE, PREFILL
-from partitioner.placement.serving import device_kind
+from partitioner.placement.blocks import numbered_block
+from partitioner.placement.serving import place_kind
 from partitioner.units import format_seconds
 
 PHASES = (PREFILL, DECODE)
@@ -42,7 +43,7 @@ def explain_llm_node(plan: LLMPlan, name: str) -> str:
         lines.append("costs      the plan keeps no per-op costs (written before plans recorded them). Fix: compile "
                      "the model again with --workload to see them.")
         return "\n".join(lines)
-    placed_kind = _kind(here)
+    placed_kind = place_kind(here)
     lines += ["", f"{'device kind':<24}{'compute':>12}   note"]
     for kind in _kinds(plan):
         seconds = costs.get(kind)
@@ -77,27 +78,23 @@ def _find(plan: LLMPlan, name: str) -> tuple[str, PhaseOp]:
 
 
 def _module_line(plan: LLMPlan, phase: str, op: PhaseOp, here: str) -> str:
-    """Where the other ops of the op's module sit in the phase."""
-    places = {}
+    """Where the ops of the op's layer (or, outside the layers, of its module) sit in the phase."""
+    block = numbered_block(op.module) or op.module
+    places: dict[str, int] = {}
     for other in plan.phase_ops[phase]:
-        if other.module == op.module:
+        if other.module == block or other.module.startswith(f"{block}."):
             place = plan.best.assignment[f"{phase}/{other.name}"]
             places[place] = places.get(place, 0) + 1
     total = sum(places.values())
+    label = "layer     " if block != op.module else "module    "
     if set(places) == {here}:
-        return f"module     all {total} ops of {op.module} sit on {here}"
+        return f"{label} {block}: {'its one op' if total == 1 else f'all {total} of its ops'} on {here}"
     spread = ", ".join(f"{count} on {place}" for place, count in sorted(places.items(), key=lambda kv: -kv[1]))
-    return f"module     the {total} ops of {op.module}: {spread}"
+    return f"{label} {block}: its {total} ops, {spread}"
 
 
 def _kinds(plan: LLMPlan) -> list[str]:
     """The kinds of device the plan's costs name, the fleet's order."""
-    kinds = list(dict.fromkeys(_kind(target.name) for target in plan.targets))
+    kinds = list(dict.fromkeys(place_kind(target.name) for target in plan.targets))
     recorded = {kind for ops in plan.op_seconds.values() for costs in ops.values() for kind in costs}
     return kinds + sorted(recorded - set(kinds))
-
-
-def _kind(place: str) -> str:
-    """A place's kind as the costs name it: `cuda-h100` for `cuda-h100.3`, `cuda-h100.tp2` for a group."""
-    parts = place.split(".")
-    return ".".join(parts[:2]) if len(parts) > 2 else device_kind(place)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 from collections import defaultdict
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import networkx as nx
 
@@ -27,7 +27,7 @@ from partitioner.units import count, format_bytes, format_money, format_seconds
 
 # Graphs with more nodes than this are drawn as their partitions.
 MOST_NODES_DRAWN = 150
-_PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f", "#bab0ac")
+PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f", "#bab0ac")
 _CUT = "#d62728"
 
 
@@ -39,7 +39,7 @@ def write_html_report(plan: Plan, path: str | Path) -> Path:
 
 
 def render_html_report(plan: Plan) -> str:
-    colours = {target.name: _PALETTE[i % len(_PALETTE)] for i, target in enumerate(plan.problem.targets)}
+    colours = {target.name: PALETTE[i % len(PALETTE)] for i, target in enumerate(plan.problem.targets)}
     result = plan.score()
     uses = target_uses(plan, result)
     legend = " ".join(f'<span class="key" style="background:{c}"></span>{html.escape(t)}' for t, c in colours.items())
@@ -63,10 +63,10 @@ def render_html_report(plan: Plan) -> str:
         "<h2>Ops only the fallback runs</h2>", _unsupported_table(plan),
     ]
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(plan.model.name)} "
-            f"plan</title><style>{_STYLE}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n")
+            f"plan</title><style>{STYLE}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n")
 
 
-_STYLE = """
+STYLE = """
 body { font: 14px system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }
 .warning { color: #8a4b00; background: #fff4e0; padding: 6px 10px; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
@@ -197,11 +197,17 @@ def _layered_svg(graph: nx.DiGraph, colours: Mapping[str, str]) -> str:
 
 def _layer_strip(plan: Plan, colours: Mapping[str, str]) -> str:
     """Per numbered block (layer), the share of its FLOPs (ops, when it has none) on each target."""
+    return layer_strip(((node.module_path, plan.placement[node.name], node.flops or 1e-9) for node in plan.nodes),
+                       colours, "FLOPs")
+
+
+def layer_strip(ops: Iterable[tuple[str, str, float]], colours: Mapping[str, str], measure: str) -> str:
+    """Per numbered block (layer) of `ops` (module, place, amount), the share of its `measure` on each place."""
     layers: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for node in plan.nodes:
-        block = numbered_block(node.module_path)
+    for module, place, amount in ops:
+        block = numbered_block(module)
         if block is not None:
-            layers[block][plan.placement[node.name]] += node.flops or 1e-9
+            layers[block][place] += amount
     if not layers:
         return "<p>The model has no numbered layers.</p>"
     rows = []
@@ -212,7 +218,7 @@ def _layer_strip(plan: Plan, colours: Mapping[str, str]) -> str:
             width = 400 * value / total
             segments.append(f'<rect x="{x:.1f}" y="{row * 16 + 2}" width="{width:.1f}" height="13" '
                             f'fill="{colours[target]}"><title>{html.escape(layer)}: {100 * value / total:.0f}% '
-                            f'of FLOPs on {html.escape(target)}</title></rect>')
+                            f'of {measure} on {html.escape(target)}</title></rect>')
             x += width
         rows.append(f'<text x="0" y="{row * 16 + 12}">{html.escape(layer)}</text>{"".join(segments)}')
     return (f'<svg class="layers" width="580" height="{len(layers) * 16 + 6}" '

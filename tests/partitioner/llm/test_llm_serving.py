@@ -229,6 +229,9 @@ def test_compile_with_a_workload_plans_both_phases_per_token_and_writes_the_plan
     assert {t["deployment"] for t in plan["tried"]} == {"co-located", "disaggregated"}
     assert "per 1M output tokens" in out and "TTFT" in out and "TPOT" in out and "KV cache" in out
     written = tmp_path / "out" / "llm_plan.json"
+    page = (tmp_path / "out" / "report.html").read_text()  # beside it, the plan as a page
+    assert "LLM serving plan" in page and "Decode step: where each layer" in page and "<svg" in page
+    assert f"wrote {written} and {tmp_path / 'out' / 'report.html'}" in out
     assert plan["schema_version"] == 1 and plan["kind"] == "llm-serving"
     # The file is the plan: it reads back as the plan compile summarised, and report shows that summary.
     assert main(["report", str(written)]) == 0
