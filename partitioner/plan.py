@@ -172,9 +172,9 @@ def _checked_plan(data: Any, source: str | None = None) -> Plan:
                                f"object, not a JSON {type(data).__name__}. Fix: give the plan.json that compile wrote.")
     version = data.get("schema_version")
     if is_llm_plan(data):
-        raise PartitionerError(f"{source or 'this'} is an LLM serving plan (written by compile --workload), which "
-                               "this command does not read yet (report, explain, run --check and serve do). Fix: "
-                               "to export a model to ONNX, compile it without --workload and give that plan.json.")
+        raise PartitionerError(f"{source or 'this'} is an LLM serving plan (written by compile --workload), not a "
+                               "plan.json. Fix: read it with LLMPlan.load (partitioner.llm.deployment); report, "
+                               "explain, run --check, export and serve read it as it is.")
     if version is None:
         raise PartitionerError(f"{source or 'this'} is not a plan: it has no schema_version (a plan file from before "
                                "versions, or another JSON file). Fix: give the plan.json that compile wrote, or "

@@ -405,11 +405,16 @@ def _serve_llm_plan(args: argparse.Namespace, plan: LLMPlan) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
+    from partitioner.files import PLAN, read_json
+    from partitioner.llm.deployment import checked_llm_plan
     from partitioner.onnx.export import MANIFEST_NAME, export_plan
-    from partitioner.plan import Plan
+    from partitioner.plan import Plan, is_llm_plan
 
     output = output_path(args.output)
     check_writable_folder(output.parent)
+    data = read_json(args.plan, PLAN)
+    if is_llm_plan(data):
+        return _export_llm_plan(args, checked_llm_plan(data, args.plan), output)
     plan = Plan.load(args.plan)
     if args.model:
         plan = plan.with_source(args.model)
@@ -424,6 +429,22 @@ def export_command(args: argparse.Namespace) -> int:
     if manifest.whole_model_file:
         print(f"{manifest.whole_model_file:<28}the unpartitioned model")
     print(f"\nwrote {output / MANIFEST_NAME} (opset {manifest.opset}, every file passed the full checker)")
+    return 0
+
+
+def _export_llm_plan(args: argparse.Namespace, plan: LLMPlan, output: Path) -> int:
+    """export on an LLM plan: each phase at each size it serves, one ONNX file per partition, a folder each."""
+    from partitioner.onnx.llm_export import LLM_MANIFEST_NAME, export_llm_plan
+
+    model = _llm_plan_model(plan, args.plan, args.model)
+    with Progress("live").step(f"capturing and exporting each phase of {plan.model_name} to ONNX"):
+        phases = export_llm_plan(plan, model, output, whole=args.whole, plan_path=args.plan)
+    for exported in phases:
+        for partition in exported.manifest.partitions:
+            print(f"{exported.folder + '/' + partition.file:<36}{partition.execution_provider:<26}"
+                  f"{len(partition.inputs)} in, {len(partition.outputs)} out")
+    print(f"\nwrote {output / LLM_MANIFEST_NAME} ({len(phases)} phases, each with its manifest.json; every file "
+          "passed the full checker)")
     return 0
 
 

@@ -34,12 +34,13 @@ from partitioner.execution.partitioned_module import (PartitionedModule, buffers
                                                       partition_index, to_device)
 from partitioner.execution.split import Partition, memory_kept_whole
 from partitioner.files import write_json
-from partitioner.frontend.capture import split_inputs
+from partitioner.frontend.capture import CapturedModel, split_inputs
 from partitioner.frontend.op_graph import OpGraph, annotate
 from partitioner.onnx.manifest import (MANIFEST_NAME, ExportedPartition, Manifest, TensorSpec, boundary_mismatch,
                                        file_boundary, weights_digest)
 from partitioner.onnx.translations import missing_translation, translation_table
 from partitioner.plan import Plan
+from partitioner.plan_records import TargetRecord
 from targets.hooks import PartitionRefused, plugin_fault
 from targets.spec import Target
 
@@ -56,29 +57,36 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
     `whole` also exports the unpartitioned model, so users can compare. The
     folder appears complete or not at all.
     """
+    return export_partitions(plan.captured_model(), plan.partitions, plan.targets, plan.model.name,
+                             plan.model.fingerprint, output_dir, whole=whole, plan_path=plan_path, opset=opset)
+
+
+def export_partitions(captured: CapturedModel, partitions: Sequence[Partition], targets: Sequence[TargetRecord],
+                      model_name: str, fingerprint: str, output_dir: str | Path, *, whole: bool = False,
+                      plan_path: str | Path | None = None, opset: int = OPSET) -> Manifest:
+    """Write one checked ONNX file per partition of the captured program and `manifest.json` into `output_dir`
+    (a plan's partitions, or one phase's of an LLM plan), each for its target's execution provider."""
     output_dir = Path(output_dir)
-    _check_output_folder(output_dir)
-    captured = plan.captured_model()
+    check_output_folder(output_dir)
     require_real_weights(captured)
-    module = build_partitioned_module(captured.program, plan.partitions,
-                                      {t.name: torch.device("cpu") for t in plan.targets})
+    module = build_partitioned_module(captured.program, partitions, {t.name: torch.device("cpu") for t in targets})
     args, kwargs = split_inputs(captured.example_inputs if captured.example_inputs is not None
                                 else captured.program.example_inputs)
     graph = annotate(captured.program)
-    if not plan.partitions:
-        raise PartitionerError(f"{plan.model.name} computes nothing (its outputs come from no op on a tensor), so "
+    if not partitions:
+        raise PartitionerError(f"{model_name} computes nothing (its outputs come from no op on a tensor), so "
                                "there is no partition to export. Fix: export a model whose forward computes tensors "
                                "from its inputs.")
-    _check_partitions_stand_alone(plan, graph)
-    partition_inputs = _record_partition_inputs(module, args, kwargs)
+    _check_partitions_stand_alone(partitions, graph)
+    partition_inputs = _record_partition_inputs(module, *_fresh(args, kwargs))
     wiring = _Wiring(module)
-    providers = {t.name: t.onnx_execution_provider for t in plan.targets}
-    compilers = plan_compilers(plan.targets, plan.partitions)
-    model_outputs = wiring.model_outputs(module, args, kwargs)  # before the slow part: its outputs may not export
+    providers = {t.name: t.onnx_execution_provider for t in targets}
+    compilers = plan_compilers(targets, partitions)
+    model_outputs = wiring.model_outputs(module, *_fresh(args, kwargs))  # before the slow part: it may not export
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         exported = []
-        for partition in plan.partitions:
+        for partition in partitions:
             exported.append(_export_partition(partition, module, wiring, partition_inputs[partition.index], staging,
                                               opset, providers[partition.target]))
             if partition.target in compilers:
@@ -90,28 +98,28 @@ def export_plan(plan: Plan, output_dir: str | Path, *, whole: bool = False, plan
         if whole:
             whole_file = WHOLE_MODEL_FILE
             names = _distinct_names([t.name for t in model_outputs], [t.name for t in model_inputs])
-            _export(captured.program.module(), args, model_inputs,
+            whole_args, whole_kwargs = _fresh(args, kwargs)
+            _export(captured.program.module(), whole_args, model_inputs,
                     [dataclasses.replace(spec, name=name) for spec, name in zip(model_outputs, names)],
-                    staging / whole_file, opset, "the whole model", kwargs=kwargs)
-        manifest = Manifest(plan.model.name, plan.model.fingerprint,
-                            str(Path(plan_path).resolve()) if plan_path else None, opset, model_inputs,
-                            tuple(exported), model_outputs, whole_file, weights_digest(captured.program))
+                    staging / whole_file, opset, "the whole model", kwargs=whole_kwargs)
+        manifest = Manifest(model_name, fingerprint, str(Path(plan_path).resolve()) if plan_path else None, opset,
+                            model_inputs, tuple(exported), model_outputs, whole_file,
+                            weights_digest(captured.program))
         write_json(staging / MANIFEST_NAME, manifest.to_dict())
-        _replace_folder(staging, output_dir)
+        replace_folder(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
 
 
-def _check_partitions_stand_alone(plan: Plan, graph: OpGraph) -> None:
+def _check_partitions_stand_alone(partitions: Sequence[Partition], graph: OpGraph) -> None:
     """Each file must hand on what its partition computes, writes included: ONNX files share no memory, so a
     partition that only writes into another's memory, or hands nothing on, would be dropped or lose its work."""
-    home = {name: p for p in plan.partitions for name in p.nodes}
-    memory_kept_whole(graph, plan.partitions, "ONNX files")
-    for partition in plan.partitions:
+    memory_kept_whole(graph, partitions, "ONNX files")
+    for partition in partitions:
         if not partition.outputs:
-            ops = sorted({record.op for record in plan.nodes if home.get(record.name) is partition})
+            ops = sorted({graph[name].op for name in partition.nodes})
             raise PartitionerError(
                 f"partition {partition.name} hands no value to another partition or to the model's outputs (it "
                 f"holds only {', '.join(ops)}), so its file would compute nothing anyone reads. Fix: compile the "
@@ -255,7 +263,13 @@ def _record_partition_inputs(module: PartitionedModule, args: tuple, kwargs: dic
 
 def _run_outputs(submodule: torch.nn.Module, inputs: tuple) -> list[torch.Tensor]:
     with torch.inference_mode(), buffers_kept(submodule):
-        return pytree.tree_leaves(submodule(*inputs))
+        return pytree.tree_leaves(submodule(*_fresh(inputs, {})[0]))
+
+
+def _fresh(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Copies of a run's inputs: a model may write into its inputs (a KV cache and its position counter), and
+    each of export's runs must see them as given."""
+    return pytree.tree_map_only(torch.Tensor, torch.clone, (tuple(args), dict(kwargs or {})))
 
 
 def _export(module: torch.nn.Module, args: tuple, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
@@ -343,13 +357,13 @@ def _spec(name: str, value: Any, source: str | int) -> TensorSpec:
     return TensorSpec(name, tuple(value.shape), str(value.dtype).removeprefix("torch."), source)
 
 
-def _check_output_folder(path: Path) -> None:
+def check_output_folder(path: Path) -> None:
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / MANIFEST_NAME).exists())):
         raise PartitionerError(f"{path} exists and is not an earlier export. Fix: give a new or empty folder with -o.")
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _replace_folder(staging: Path, output_dir: Path) -> None:
+def replace_folder(staging: Path, output_dir: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp makes folders private; an export is an ordinary folder

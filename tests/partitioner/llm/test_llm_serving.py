@@ -27,6 +27,7 @@ from partitioner.placement.objectives import THROUGHPUT
 from partitioner.placement.problem import TargetTerms
 from partitioner.placement.scoring import score
 from partitioner.placement.solver import SolverOptions, solve
+from partitioner.plan import Plan
 from targets.fleet import load_fleet
 from targets.loader import load_target
 from targets.spec import Link
@@ -243,10 +244,9 @@ def test_compile_with_a_workload_plans_both_phases_per_token_and_writes_the_plan
     explained = capsys.readouterr().out
     assert f"node       decode/{node}: {op}" in explained and "placed on  " in explained
     assert "placed here" in explained and "device kind" in explained
-    # A command that does not read LLM plans yet says so, not that it is an early plan.
-    assert main(["export", str(written), "-o", str(tmp_path / "onnx")]) == 2
-    assert "is an LLM serving plan (written by compile --workload), which this command does not read yet" \
-           in capsys.readouterr().err
+    # Read as a plan.json from Python, it says what it is and how to read it, not that it is an early plan.
+    with pytest.raises(PartitionerError, match="is an LLM serving plan .* read it with LLMPlan.load"):
+        Plan.load(written)
 
 
 def test_an_llm_plan_reads_back_as_the_plan_it_was(tmp_path):
