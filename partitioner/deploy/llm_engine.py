@@ -50,7 +50,7 @@ from partitioner.deploy.worker import STATISTICS, emulated_places
 from partitioner.errors import PartitionerError
 from partitioner.execution.tensor_parallel import require_weights
 from partitioner.llm.deployment import LLMPlan
-from partitioner.llm.phases import DECODE, PREFILL
+from partitioner.llm.phases import DECODE, PREFILL, token_positions
 
 _T = TypeVar("_T")
 # Prefills timed alone per prompt length for the measurement's TTFT beside the plan's (the median is kept).
@@ -218,7 +218,7 @@ class LLMRayDeployment:
         awaited, chosen = {}, []
         for row, request in enumerate(batch.requests):
             slot = next(self._slots)
-            refs = self._submit(prefill, slot, request.prompt[None], torch.arange(request.prompt_tokens), {})
+            refs = self._submit(prefill, slot, request.prompt[None], 0, {})
             chosen.append(refs[prefill.logits.partition])
             awaited[chosen[-1]] = (batch, row, prefill.logits)
             for place, ref in self._hand_over(prefill, decode, slot, batch.slot, row, refs).items():
@@ -228,8 +228,7 @@ class LLMRayDeployment:
         fed = (tuple(chosen), prefill.logits.item)  # the first step reads each row's first token
         blank = torch.zeros(self.batch_size, 1, dtype=torch.long)  # rows past the requests read token 0
         for step in range(steps):
-            refs = self._submit(decode, batch.slot, blank, torch.tensor([batch.prompt_tokens + step]), batch.waits,
-                                fed)
+            refs = self._submit(decode, batch.slot, blank, batch.prompt_tokens + step, batch.waits, fed)
             batch.waits = {}
             for partition, ref in refs.items():
                 batch.waits.setdefault(self._place_of(decode, partition), []).append(ref)
@@ -260,14 +259,17 @@ class LLMRayDeployment:
         ray.get([ref for refs in batch.waits.values() for ref in refs], timeout=self.timeout_seconds)
         batch.waits = {}
 
-    def _submit(self, phase: PhaseStages, slot: int, tokens: torch.Tensor, positions: torch.Tensor,
+    def _submit(self, phase: PhaseStages, slot: int, tokens: torch.Tensor, start: int,
                 waits: Mapping[str, Sequence[Any]], fed: tuple[tuple[Any, ...], int | None] | None = None
                 ) -> dict[int, Any]:
         """Each stage of `phase` as a call on its actor, chained by results; per partition, its result. A call
         follows `waits` on its actor and the phase's calls before it there (they may write a cache it reads).
-        `fed`: results holding tokens chosen before (and their item), which fill the first rows of `tokens` in
-        the calls that read them, actor to actor."""
-        values = {**phase.constants, phase.tokens_at: tokens, phase.positions_at: positions}
+        `tokens` go to positions from `start` on; `fed`: results holding tokens chosen before (and their item),
+        which fill the first rows of `tokens` in the calls that read them, actor to actor."""
+        rows, count = tokens.shape
+        positions = token_positions(start, count, rows)
+        values = {**phase.constants, phase.tokens_at: tokens,
+                  **{at: positions[name] for name, at in phase.positions_at.items()}}
         refs: dict[int, Any] = {}
         before = {place: list(refs) for place, refs in waits.items()}
         for stage in phase.graph.stages:
@@ -287,7 +289,7 @@ class LLMRayDeployment:
         phase = self._phase(PREFILL, length)
         slot = next(self._slots)
         started = time.perf_counter()
-        refs = self._submit(phase, slot, prompt[None], torch.arange(length), {})
+        refs = self._submit(phase, slot, prompt[None], 0, {})
         ray.get(refs[phase.logits.partition], timeout=self.timeout_seconds)  # its first token
         seconds = time.perf_counter() - started
         ray.get(list(refs.values()), timeout=self.timeout_seconds)

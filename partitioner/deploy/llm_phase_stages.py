@@ -19,6 +19,7 @@ from partitioner.deploy.stages import FromInput, FromPartition, StageGraph, stag
 from partitioner.errors import PartitionerError
 from partitioner.execution.llm_phases import as_planned, phase_inputs, placed_phase
 from partitioner.llm.deployment import LLMPlan
+from partitioner.llm.phases import token_positions
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +34,7 @@ class PhaseStages:
     holder: Mapping[str, str]  # cache tensor name -> the place whose stages read it
     sent: Mapping[int, tuple[int, ...]]  # partition -> the flat inputs the engine sends it (no cache)
     tokens_at: int  # flat position of the token ids
-    positions_at: int  # flat position of the cache positions
+    positions_at: Mapping[str, int]  # flat position of each input that says where the tokens go (token_positions)
     constants: Mapping[int, Any]  # other flat inputs, the same every call (use_cache)
     logits: FromPartition
 
@@ -63,12 +64,13 @@ def phase_stages(plan: LLMPlan, model: torch.nn.Module, phase: str, size: int, c
              for index, tensor in enumerate(cache_tensors)}
     key = f"{phase}/{size}"
     holder = _holders(graph, cache, plan.model_name, phase)
-    tokens_at, positions_at = at[id(example["input_ids"])], at[id(example["cache_position"])]
+    tokens_at = at[id(example["input_ids"])]
+    positions_at = {name: at[id(example[name])] for name in token_positions(0, 1, 1) if name in example}
     sent = {stage.partition: tuple(source.position for source in stage.upstream
                                    if isinstance(source, FromInput) and source.position not in cache)
             for stage in graph.stages}
     constants = {position: value for position, value in enumerate(flat)
-                 if position not in cache and position not in (tokens_at, positions_at)}
+                 if position not in cache and position != tokens_at and position not in positions_at.values()}
     stages = PhaseStages(key, phase, size, graph, cache, holder, sent, tokens_at, positions_at, constants,
                          _logits_source(graph, plan.model_name))
     return stages, _worker_phases(stages, module)

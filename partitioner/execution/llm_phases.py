@@ -31,7 +31,8 @@ from partitioner.frontend.op_graph import OpGraph, annotate
 from partitioner.llm.deployment import LLMPlan, PhaseOp
 from partitioner.llm.experts import experts_sharded
 from partitioner.llm.joint import phase_assignment
-from partitioner.llm.phases import DECODE, PREFILL, serving_inputs, vocabulary_size
+from partitioner.llm.phases import (DECODE, PREFILL, rolling_windows, serving_inputs, sliding_windows_as_static,
+                                    token_positions, vocabulary_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +105,14 @@ def generate_as_placed(plan: LLMPlan, model: torch.nn.Module, prompts: torch.Ten
             for row in range(batch):
                 own = phase_inputs(inputs, PREFILL, prompt, context)["past_key_values"]
                 logits = prefill(input_ids=prompts[row:row + 1], past_key_values=own,
-                                 cache_position=torch.arange(prompt), use_cache=True).logits
+                                 **token_positions(0, prompt, 1), use_cache=True).logits
                 chosen.append(logits[0, -1].argmax())
                 for into, held in zip(cache.layers, own.layers, strict=True):  # the KV cache handed to decode
                     _hand_over(held, into, row)
             tokens = [torch.stack(chosen)]
             for step in range(new_tokens - 1):
                 logits = decode(input_ids=tokens[-1][:, None], past_key_values=cache,
-                                cache_position=torch.tensor([prompt + step]), use_cache=True).logits
+                                **token_positions(prompt + step, 1, batch), use_cache=True).logits
                 tokens.append(logits[:, -1].argmax(-1))
     return torch.cat([prompts, torch.stack(tokens, dim=1)], dim=1)
 
@@ -144,7 +145,14 @@ def phase_inputs(inputs: Any, phase: str, size: int, context: int) -> Any:
 def placed_phase(plan: LLMPlan, model: torch.nn.Module, phase: str, example: Any):
     """The model captured for `phase` on `example`, its partitioned module as the plan places it (every place on
     the CPU), its partitions and the ops laid beside none of the plan's."""
-    captured = capture(model, example, f"{plan.model_name} {phase}")
+    windows = rolling_windows(example.get("past_key_values") if isinstance(example, dict) else None)
+    if windows:
+        raise PartitionerError(f"{plan.model_name}'s sliding-window attention keeps {min(windows)} tokens, fewer than "
+                               f"the plan's {plan.workload.context_tokens} of context: its cache rolls as a request "
+                               "goes on, which one captured step cannot follow, so it is not run here. Fix: plan a "
+                               "workload whose longest prompt plus longest output fits the window.")
+    with sliding_windows_as_static():
+        captured = capture(model, example, f"{plan.model_name} {phase}")
     graph = annotate(captured.program)
     assignment, unmatched = placed_like(graph, plan.phase_ops[phase], phase_assignment(plan.best.assignment, phase))
     partitions = split(graph, assignment)

@@ -133,6 +133,36 @@ def _as_exporting() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def sliding_windows_as_static() -> Iterator[None]:
+    """Within, a static sliding-window cache layer whose window holds the whole context (it never rolls) gives
+    its length as its tensor counter, as a full layer does, not as its Python counter. Masks read a layer's
+    length for the queries' positions; a capture keeps a Python number as a constant, so a decode step captured
+    with the Python counter would mask every later step as the first (Gemma 2's sliding layers)."""
+    try:
+        from transformers.cache_utils import StaticSlidingWindowLayer
+    except ImportError:
+        yield
+        return
+    original = StaticSlidingWindowLayer.get_seq_length
+
+    def length(self: Any) -> Any:
+        return self.cumulative_length if getattr(self, "_is_croppable", False) else original(self)
+
+    StaticSlidingWindowLayer.get_seq_length = length
+    try:
+        yield
+    finally:
+        StaticSlidingWindowLayer.get_seq_length = original
+
+
+def rolling_windows(cache: Any) -> list[int]:
+    """The windows of a cache's sliding layers that hold fewer tokens than its context: they roll as a request
+    goes on, which one captured step cannot follow."""
+    return [layer.max_cache_len for layer in getattr(cache, "layers", ())
+            if getattr(layer, "is_sliding", False) and not getattr(layer, "_is_croppable", True)]
+
+
 def decoder_layers(model: torch.nn.Module) -> int | None:
     """How many decoder layers a transformers model's config says it has (None for a model of one's own)."""
     return getattr(_text_config(model), "num_hidden_layers", None)
@@ -167,6 +197,15 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
+def token_positions(start: int, count: int, rows: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Where `count` tokens from position `start` go, for each of `rows` sequences: their cache slots
+    (`cache_position`) and their positions (`position_ids`, which rotary embeddings and masks read). Both are
+    given: a model that derives positions from its cache instead reads a sliding-window layer's Python counter,
+    which a capture would keep as a constant."""
+    positions = torch.arange(start, start + count, device=device)
+    return {"cache_position": positions, "position_ids": positions[None].repeat(rows, 1)}
+
+
 class TransformersInputs:
     """The inputs of a transformers causal LM in each phase: token ids and a `StaticCache` for the context."""
 
@@ -178,12 +217,12 @@ class TransformersInputs:
     def prefill_inputs(self, prompt_tokens: int, context_tokens: int) -> dict:
         return {"input_ids": torch.zeros(1, prompt_tokens, dtype=torch.long, device=self.device),
                 "past_key_values": self._static_cache(1, context_tokens),
-                "cache_position": torch.arange(prompt_tokens, device=self.device), "use_cache": True}
+                **token_positions(0, prompt_tokens, 1, self.device), "use_cache": True}
 
     def decode_inputs(self, batch: int, context_tokens: int) -> dict:
         return {"input_ids": torch.zeros(batch, 1, dtype=torch.long, device=self.device),
                 "past_key_values": self._static_cache(batch, context_tokens),
-                "cache_position": torch.tensor([context_tokens - 1], device=self.device), "use_cache": True}
+                **token_positions(context_tokens - 1, 1, batch, self.device), "use_cache": True}
 
     def _static_cache(self, batch: int, context: int):
         """A StaticCache of the model's layout, allocated now (transformers allocates it lazily, inside the first
@@ -300,7 +339,8 @@ def _capture_phase(model: torch.nn.Module, phase: str, inputs: ServingInputs, in
         dim = torch.export.Dim(phase, min=symbolic_range.start, max=symbolic_range.stop - 1)
         dynamic = _dynamic_shapes(example, inputs_at(second), first, second, dim)
         try:
-            captured = capture(model, example, label, source, dynamic_shapes=dynamic) if dynamic else None
+            with sliding_windows_as_static():
+                captured = capture(model, example, label, source, dynamic_shapes=dynamic) if dynamic else None
         except PartitionerError:
             captured = None  # the model fixes that size somewhere: capture each size instead
         symbol = _size_symbol(captured) if captured is not None else None
@@ -308,7 +348,8 @@ def _capture_phase(model: torch.nn.Module, phase: str, inputs: ServingInputs, in
             graphs = {size: annotate(captured.program, {symbol: size}) for size in wanted}
             return PhaseGraphs(phase, graphs, frozenset(written_inputs(captured.program.graph)))
     try:
-        programs = {size: capture(model, inputs_at(size), label, source).program for size in wanted}
+        with sliding_windows_as_static():
+            programs = {size: capture(model, inputs_at(size), label, source).program for size in wanted}
     except PartitionerError as error:
         if isinstance(inputs, TransformersInputs) and not inputs.layout.measured:
             raise PartitionerError(

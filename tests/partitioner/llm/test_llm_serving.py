@@ -9,18 +9,20 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
+from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
 from partitioner.cli import main
 from partitioner.errors import PartitionerError
 from partitioner.frontend.capture import capture
+from partitioner.frontend.input_containers import register_input_containers
 from partitioner.frontend.op_graph import annotate
 from partitioner.llm.joint import joint_problem, phase_assignment, phase_split_placements
 from partitioner.llm.buckets import mean_problem, on_one_graph
 from partitioner.llm.experts import expert_shard, experts_sharded
 from partitioner.llm.deployment import LLMPlan
 from partitioner.llm.planning import plan_llm
-from partitioner.llm.phases import LayerCache, TransformersInputs, cache_layout, capture_decode, capture_prefill
+from partitioner.llm.phases import (LayerCache, TransformersInputs, cache_layout, capture_decode, capture_prefill,
+                                    sliding_windows_as_static, token_positions)
 from targets.workload import load_workload
 from partitioner.placement.baselines import BASELINES
 from partitioner.placement.objectives import THROUGHPUT
@@ -90,6 +92,35 @@ def test_one_symbolic_capture_of_decode_gives_each_batch_what_a_capture_at_that_
         assert sum(n.bytes_read + n.bytes_written for n in graph) == sum(n.bytes_read + n.bytes_written for n in own)
     # The cache grows with the batch: 2 x 2 heads x 16 x 40 tokens x 4 bytes x 2 layers = 20,480 bytes a sequence.
     assert [decode.state_bytes(b) // 20_480 for b in (1, 4, 16)] == [1, 4, 16]
+
+
+def test_a_decode_step_captured_once_serves_every_position_of_a_sliding_window_model():
+    """Gemma 2's sliding layers keep their length as a Python number, which masks read for the queries' positions;
+    captured with it, a decode step would mask every later step as the first. Within a window that holds the whole
+    context the capture reads the tensor counter, so one captured step gives the model's logits at any position."""
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(Gemma2Config(vocab_size=100, hidden_size=64, intermediate_size=128,
+                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                           head_dim=16, sliding_window=64)).eval()
+    register_input_containers(model)
+    inputs = TransformersInputs(model)
+    with sliding_windows_as_static():
+        step = capture(model, inputs.decode_inputs(1, 20)).program.module()
+    prompt = torch.randint(0, 100, (1, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        eager = inputs.prefill_inputs(9, 20)
+        model(input_ids=prompt, past_key_values=eager["past_key_values"], **token_positions(0, 9, 1), use_cache=True)
+        handed = inputs.decode_inputs(1, 20)["past_key_values"]  # the capture's cache, its tensors the prompt's
+        for into, held in zip(handed.layers, eager["past_key_values"].layers):
+            for name, value in vars(held).items():
+                if isinstance(value, torch.Tensor):
+                    getattr(into, name).copy_(value)
+        token = torch.tensor([[7]])
+        for position in (9, 10, 11):
+            expected = model(input_ids=token, past_key_values=eager["past_key_values"],
+                             **token_positions(position, 1, 1), use_cache=True).logits
+            got = step(input_ids=token, past_key_values=handed, **token_positions(position, 1, 1), use_cache=True)
+            torch.testing.assert_close(got.logits, expected)
 
 
 def test_prompt_buckets_are_priced_at_their_shares_and_a_node_runs_only_where_every_length_runs():
