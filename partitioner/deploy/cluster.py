@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 from partitioner.deploy import ray_instance
 from partitioner.deploy.in_flight import ChannelMemory
 from partitioner.deploy.resources import actor_options, bundle, missing_resources, resource_of
+from partitioner.deploy.shipment import shipped
 from partitioner.deploy.stages import StageGraph
 from partitioner.deploy.worker import STATISTICS, DeviceWorker
 from partitioner.errors import PartitionerError
@@ -80,11 +81,11 @@ def start_workers(ray: Any, places: Sequence[TargetRecord], slots: Mapping[str, 
         strategy = ray.util.scheduling_strategies.PlacementGroupSchedulingStrategy(
             group, placement_group_bundle_index=bundle_index)
         stages = {s.partition: s for s in graph.stages if s.target == place.name}
+        modules = {p: module.submodule(partitions[p]) for p in stages}
         workers[place.name] = remote_worker.options(
             **actor_options(resource_of(place)), scheduling_strategy=strategy, max_restarts=0,
             name=f"partitioner-{run_id}-{place.name}").remote(
-            place.name, place.torch_device, stages, {p: module.submodule(partitions[p]) for p in stages},
-            threads_per_worker)
+            place.name, place.torch_device, stages, shipped(modules, modules.values()), threads_per_worker)
     return workers
 
 

@@ -44,6 +44,7 @@ from partitioner.deploy.llm_worker import LLMDeviceWorker, WorkerPhase
 from partitioner.deploy.ray_engine import check_timeout, require_ray
 from partitioner.deploy.ray_instance import StartedRay
 from partitioner.deploy.resources import actor_options, resource_of, resources_needed
+from partitioner.deploy.shipment import shipped
 from partitioner.deploy.stages import FromPartition
 from partitioner.deploy.teardown import remove
 from partitioner.deploy.worker import STATISTICS, emulated_places
@@ -218,31 +219,28 @@ class LLMRayDeployment:
         awaited, chosen = {}, []
         for row, request in enumerate(batch.requests):
             slot = next(self._slots)
-            refs = self._submit(prefill, slot, request.prompt[None], 0, {})
+            refs, calls = self._submit(prefill, slot, request.prompt[None], 0, {})
             chosen.append(refs[prefill.logits.partition])
             awaited[chosen[-1]] = (batch, row, prefill.logits)
-            for place, ref in self._hand_over(prefill, decode, slot, batch.slot, row, refs).items():
+            for place, ref in self._hand_over(prefill, decode, slot, batch.slot, row, calls).items():
                 batch.waits.setdefault(place, []).append(ref)
         steps = batch.output_tokens - 1
         batch.steps, batch.step_at = [torch.empty(0)] * steps, [0.0] * steps
         fed = (tuple(chosen), prefill.logits.item)  # the first step reads each row's first token
         blank = torch.zeros(self.batch_size, 1, dtype=torch.long)  # rows past the requests read token 0
         for step in range(steps):
-            refs = self._submit(decode, batch.slot, blank, batch.prompt_tokens + step, batch.waits, fed)
-            batch.waits = {}
-            for partition, ref in refs.items():
-                batch.waits.setdefault(self._place_of(decode, partition), []).append(ref)
+            refs, batch.waits = self._submit(decode, batch.slot, blank, batch.prompt_tokens + step, batch.waits, fed)
             fed = ((refs[decode.logits.partition],), decode.logits.item)
             awaited[refs[decode.logits.partition]] = (batch, -1 - step, decode.logits)
         return awaited
 
     def _hand_over(self, prefill: PhaseStages, decode: PhaseStages, prefill_slot: int, decode_slot: int, row: int,
-                   refs: Mapping[int, Any]) -> dict[str, Any]:
+                   calls: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
         """The prompt's cache taken from each actor that wrote part of it and put into the decode slot's row on
         each actor that reads part of it; per decode actor, its put (what its first step must follow)."""
         taken = {}
         for place in dict.fromkeys(prefill.holder.values()):
-            after = [ref for partition, ref in refs.items() if self._place_of(prefill, partition) == place]
+            after = calls.get(place, ())
             taken[place] = self.workers[place].take_prompt.remote(prefill.key, prefill_slot,
                                                                   int(prefill.size), *after)
         puts = {}
@@ -261,9 +259,10 @@ class LLMRayDeployment:
 
     def _submit(self, phase: PhaseStages, slot: int, tokens: torch.Tensor, start: int,
                 waits: Mapping[str, Sequence[Any]], fed: tuple[tuple[Any, ...], int | None] | None = None
-                ) -> dict[int, Any]:
-        """Each stage of `phase` as a call on its actor, chained by results; per partition, its result. A call
-        follows `waits` on its actor and the phase's calls before it there (they may write a cache it reads).
+                ) -> tuple[dict[int, Any], dict[str, list[Any]]]:
+        """Each stage of `phase` as a call on its actor, chained by results: per partition its result, and per place
+        its calls in order. A call follows `waits` on its actor and the phase's calls before it there (they may
+        write a cache it reads).
         `tokens` go to positions from `start` on; `fed`: results holding tokens chosen before (and their item),
         which fill the first rows of `tokens` in the calls that read them, actor to actor."""
         rows, count = tokens.shape
@@ -271,6 +270,7 @@ class LLMRayDeployment:
         values = {**phase.constants, phase.tokens_at: tokens,
                   **{at: positions[name] for name, at in phase.positions_at.items()}}
         refs: dict[int, Any] = {}
+        calls: dict[str, list[Any]] = {}
         before = {place: list(refs) for place, refs in waits.items()}
         for stage in phase.graph.stages:
             upstream = [refs[source.partition] for source in stage.upstream if isinstance(source, FromPartition)]
@@ -280,7 +280,13 @@ class LLMRayDeployment:
                 phase.key, slot, stage.partition, sent, (len(feeds), item), *feeds, *upstream,
                 *before.get(stage.target, ()))
             before[stage.target] = [refs[stage.partition]]
-        return refs
+            calls.setdefault(stage.target, []).append(refs[stage.partition])
+        for name, source in phase.write_backs.items():  # a cache tensor another place wrote, copied home
+            holder = phase.holder[name]
+            before[holder] = [self.workers[holder].write_back.remote(
+                phase.key, slot, name, refs[source.partition], source.item, *before.get(holder, ()))]
+            calls.setdefault(holder, []).append(before[holder][0])
+        return refs, calls
 
     def _prefill_alone(self, requests: Sequence[LLMRequest], length: int) -> float:
         """Seconds of one prefill of `length` tokens with nothing else in flight, to its logits."""
@@ -289,10 +295,10 @@ class LLMRayDeployment:
         phase = self._phase(PREFILL, length)
         slot = next(self._slots)
         started = time.perf_counter()
-        refs = self._submit(phase, slot, prompt[None], 0, {})
+        refs, calls = self._submit(phase, slot, prompt[None], 0, {})
         ray.get(refs[phase.logits.partition], timeout=self.timeout_seconds)  # its first token
         seconds = time.perf_counter() - started
-        ray.get(list(refs.values()), timeout=self.timeout_seconds)
+        ray.get([ref for made in calls.values() for ref in made], timeout=self.timeout_seconds)
         ray.get([self.workers[place].free.remote(phase.key, slot) for place in phase.places()],
                 timeout=self.timeout_seconds)
         return seconds
@@ -304,14 +310,10 @@ class LLMRayDeployment:
         if key not in self.phases:
             stages, held = phase_stages(self.plan, self.model, phase, size, self.context)
             _check_places(stages, self.workers)
-            require_ray().get([self.workers[place].add_phase.remote(key, part) for place, part in held.items()],
-                              timeout=self.timeout_seconds)
+            require_ray().get([self.workers[place].add_phase.remote(key, shipped(part, part.modules.values()))
+                               for place, part in held.items()], timeout=self.timeout_seconds)
             self.phases[key] = stages
         return self.phases[key]
-
-    @staticmethod
-    def _place_of(phase: PhaseStages, partition: int) -> str:
-        return next(stage.target for stage in phase.graph.stages if stage.partition == partition)
 
     def _busy(self) -> dict[str, float]:
         ray = require_ray()
@@ -466,7 +468,9 @@ def _start_workers(ray: Any, places: Sequence[Any], slots: Mapping[str, tuple[An
         workers[place.name] = remote_worker.options(
             **actor_options(resource_of(place)), scheduling_strategy=strategy, max_restarts=0,
             allow_out_of_order_execution=True, name=f"partitioner-llm-{run_id}-{place.name}").remote(
-            place.name, place.torch_device, held[place.name], threads)
+            place.name, place.torch_device,
+            shipped(dict(held[place.name]), [m for phase in held[place.name].values() for m in phase.modules.values()]),
+            threads)
     return workers
 
 

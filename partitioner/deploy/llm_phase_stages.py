@@ -8,7 +8,7 @@ The phase is captured with the model's weights and placed as the plan placed it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
@@ -37,6 +37,10 @@ class PhaseStages:
     positions_at: Mapping[str, int]  # flat position of each input that says where the tokens go (token_positions)
     constants: Mapping[int, Any]  # other flat inputs, the same every call (use_cache)
     logits: FromPartition
+    # Cache tensor name -> where its updated value comes from, where a partition on another place than its holder
+    # writes it (through an alias a partition handed on, such as a counter `to` leaves as it is): the holder
+    # copies it in after the phase runs, as one memory shared by both would have it.
+    write_backs: Mapping[str, FromPartition] = field(default_factory=dict)
 
     def places(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(stage.target for stage in self.graph.stages))
@@ -72,8 +76,21 @@ def phase_stages(plan: LLMPlan, model: torch.nn.Module, phase: str, size: int, c
     constants = {position: value for position, value in enumerate(flat)
                  if position not in cache and position != tokens_at and position not in positions_at.values()}
     stages = PhaseStages(key, phase, size, graph, cache, holder, sent, tokens_at, positions_at, constants,
-                         _logits_source(graph, plan.model_name))
+                         _logits_source(graph, plan.model_name), _write_backs(graph, cache, holder))
     return stages, _worker_phases(stages, module)
+
+
+def _write_backs(graph: StageGraph, cache: Mapping[int, CacheTensor], holder: Mapping[str, str]
+                 ) -> dict[str, FromPartition]:
+    """The cache tensors whose updated value (the model returns its cache after its logits, tensor for tensor as
+    it took it) comes from a partition on another place than the tensor's holder."""
+    returned = graph.outputs[1:]
+    if len(returned) != len(cache):
+        return {}
+    place = {stage.partition: stage.target for stage in graph.stages}
+    names = [tensor.name for _, tensor in sorted(cache.items())]
+    return {name: source for name, source in zip(names, returned)
+            if isinstance(source, FromPartition) and name in holder and place[source.partition] != holder[name]}
 
 
 def _context_dim(tensor: torch.Tensor, context: int) -> int | None:
@@ -113,7 +130,7 @@ def _worker_phases(stages: PhaseStages, module: Any) -> dict[str, WorkerPhase]:
     read (the logits, values between partitions; a cache tensor a partition returns stays in its actor)."""
     read: dict[int, set[int] | None] = {stage.partition: set() for stage in stages.graph.stages}
     wanted = [argument for stage in stages.graph.stages for argument in stage.arguments
-              if isinstance(argument, FromPartition)] + [stages.logits]
+              if isinstance(argument, FromPartition)] + [stages.logits, *stages.write_backs.values()]
     for source in wanted:
         items = read[source.partition]
         if source.item is None:

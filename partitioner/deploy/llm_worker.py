@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch.utils import _pytree as pytree
 
+from partitioner.deploy.shipment import Shipment
 from partitioner.deploy.stages import FromPartition, Stage
 from partitioner.deploy.worker import present_or_cpu
 
@@ -59,7 +60,8 @@ class _Inputs:
 class LLMDeviceWorker:
     """Runs the partitions of one place for every phase size it was given, over the caches it keeps."""
 
-    def __init__(self, place: str, torch_device: str, phases: Mapping[str, WorkerPhase], threads: int | None = None):
+    def __init__(self, place: str, torch_device: str, phases: Shipment, threads: int | None = None):
+        """`phases`: a shipment (partitioner/deploy/shipment.py) of phase key -> WorkerPhase."""
         if threads:
             torch.set_num_threads(threads)
         self.place = place
@@ -67,8 +69,8 @@ class LLMDeviceWorker:
         self.phases: dict[str, WorkerPhase] = {}
         self.slots: dict[tuple[str, int], dict[int, torch.Tensor]] = {}
         self.seconds: list[float] = []
-        for key, phase in phases.items():
-            self.add_phase(key, phase)
+        for key, phase in phases.opened().items():
+            self._take(key, phase)
 
     def describe(self) -> tuple[str, str]:
         """The torch device this worker runs on, and the Ray node the cluster put it on."""
@@ -76,8 +78,11 @@ class LLMDeviceWorker:
 
         return str(self.device), ray.get_runtime_context().get_node_id()
 
-    def add_phase(self, key: str, phase: WorkerPhase) -> None:
+    def add_phase(self, key: str, phase: Shipment) -> None:
         """Take the partitions of another phase size (a prompt length first served after the start)."""
+        self._take(key, phase.opened())
+
+    def _take(self, key: str, phase: WorkerPhase) -> None:
         modules = {index: module.to(self.device) for index, module in phase.modules.items()}
         self.phases[key] = replace(phase, modules=modules)
 
@@ -136,6 +141,11 @@ class LLMDeviceWorker:
                 tensor[row].copy_(part[0])
             else:
                 tensor[row].narrow(dim - 1, 0, part.shape[dim]).copy_(part[0])
+
+    def write_back(self, key: str, slot: int, name: str, result: Any, item: int | None, *_waited: Any) -> None:
+        """Copy a cache tensor's updated value, computed by a partition on another place, into the slot's own."""
+        position = next(position for position, tensor in self.phases[key].cache.items() if tensor.name == name)
+        self._slot(key, slot)[position].copy_(_item(result, item))
 
     def free(self, key: str, slot: int) -> None:
         self.slots.pop((key, slot), None)

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch.utils import _pytree as pytree
 
+from partitioner.deploy.shipment import Shipment
 from partitioner.deploy.stages import Stage
 from partitioner.plan_records import TargetRecord
 
@@ -27,14 +28,15 @@ STATISTICS = "statistics"
 class DeviceWorker:
     """Runs the partitions of one place (e.g. `npu-example.2`) on the torch device it stands for."""
 
-    def __init__(self, place: str, torch_device: str, stages: Mapping[int, Stage],
-                 modules: Mapping[int, torch.nn.Module], threads: int | None = None):
+    def __init__(self, place: str, torch_device: str, stages: Mapping[int, Stage], modules: Shipment,
+                 threads: int | None = None):
+        """`modules`: a shipment (partitioner/deploy/shipment.py) of partition index -> its module."""
         if threads:
             torch.set_num_threads(threads)
         self.place = place
         self.device = present_or_cpu(torch.device(torch_device), place)
         self.stages = dict(stages)
-        self.modules = {index: module.to(self.device) for index, module in modules.items()}
+        self.modules = {index: module.to(self.device) for index, module in modules.opened().items()}
         self.on_device: set[int] = set()
         self.seconds: dict[int, list[float]] = {index: [] for index in self.modules}
 
