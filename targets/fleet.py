@@ -130,7 +130,12 @@ def load_fleet(text: str) -> Fleet:
             f"unknown fleet {text!r}: {f'did you mean {close[0]!r}? ' if close else ''}built-in fleets are "
             f"{', '.join(builtin_fleet_names())}; or give a .toml fleet file, or name=count pairs such as "
             "npu-example=4,cuda-h100=1.")
-    return _FleetReader(path, read_toml(path, FLEET)).fleet()
+    data = read_toml(path, FLEET)
+    if "hosts" not in data and ("kind" in data or "peak_tflops" in data):
+        raise PartitionerError(f"{path} is a target spec (one device), not a fleet. Fix: give --fleet {path}=N for N "
+                               f"of them on one host, or write a fleet file whose host lists it: devices = "
+                               f'[{{ target = "{path}", count = N }}].')
+    return _FleetReader(path, data).fleet()
 
 
 def _shorthand(text: str) -> Fleet:

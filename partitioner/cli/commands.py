@@ -347,6 +347,8 @@ def _llm_plan_model(plan: LLMPlan, plan_path: str, model_spec: str | None) -> to
     return model
 
 
+# Requests of a --prompts file whose generated tokens serve prints.
+MOST_COMPLETIONS_SHOWN = 5
 # Requests in flight a plan's deployment serves by default (an LLM plan's: its decode batches, one per device).
 DEFAULT_CONCURRENCY = 8
 
@@ -401,6 +403,11 @@ def _serve_llm_plan(args: argparse.Namespace, plan: LLMPlan) -> int:
                            f"{deployment.batch_size} in flight"):
             measurement = deployment.benchmark(requests)
     print(format_llm_measurement(measurement, plan))
+    if args.prompts:  # the user's own prompts: show what they got
+        shown = min(len(requests), MOST_COMPLETIONS_SHOWN)
+        print(f"\ntokens      the first {shown} of {len(requests)} requests' generated ids (greedy):")
+        for number, (request, tokens) in enumerate(zip(requests[:shown], measurement.outputs), start=1):
+            print(f"  {number}: {request.prompt_tokens} prompt tokens -> {' '.join(map(str, tokens))}")
     return 0
 
 

@@ -95,8 +95,9 @@ def start_fault(ray: Any, error: BaseException, startup_timeout_seconds: float) 
         return PartitionerError(f"the device workers did not start within {startup_timeout_seconds:g} s. Fix: "
                                 "check the cluster (ray status), or raise the startup timeout.")
     if isinstance(error, ray.exceptions.RayActorError):
-        return PartitionerError(f"a device worker failed to start: {ray_instance.first_line(error)}. Fix: see its "
-                                "log (ray logs).")
+        return PartitionerError(f"a device worker failed to start: {ray_instance.last_line(error)}. Fix: run the plan "
+                                "in process (partitioner run --check), which gives the same error with its "
+                                "traceback.")
     if isinstance(error, ray.exceptions.RayError):
         return PartitionerError(f"the Ray engine could not start the plan: {type(error).__name__}: "
                                 f"{ray_instance.first_line(error)}. Fix: see `ray status`, then deploy again.")

@@ -16,7 +16,10 @@ cache handed from the prefill devices to its row of the slot. Then the batch's d
 back as the next step's input. Several batches are in flight at once (by default one per device decode runs on),
 so while one batch's step runs on a device, another's runs on the next: the pipeline the plan's throughput
 assumes. Actors take calls as their inputs are ready (Ray's out-of-order actor execution); each call waits for
-what it must follow on its own actor (the previous step of its batch, the hand-over of its cache).
+what it must follow on its own actor (the previous step of its batch, the hand-over of its cache). Where a
+partition on another device updates a cache tensor (it was handed on as an alias, such as a position counter a
+no-op cast passes through), its new value is copied back to the actor that keeps it, as shared memory would have
+it.
 
 Faults end it all: a dead actor, a call past the timeout, Ctrl-C: one error (or the interrupt), after every
 actor, the placement groups and a local Ray instance are removed.
@@ -148,12 +151,15 @@ class LLMRayDeployment:
                       for length in lengths}
         alone = self._serve([_Batch(batches[0].requests, batches[0].rows)], 1)[0]
         alone_tpot = _mean_step(alone)
+        in_flight = min(self.batches_in_flight, len(batches))  # no more in flight than there are batches
         before = self._busy()
         started = time.perf_counter()
-        served = self._serve(batches, self.batches_in_flight)
+        served = self._serve(batches, in_flight)
         seconds = time.perf_counter() - started
         busy = {place: self._busy()[place] - before[place] for place in self.workers}
         ttft, tpot = [], []
+        generated = {id(request): tuple(row.tolist()) for batch in served
+                     for request, row in zip(batch.requests, batch.tokens())}
         for batch in served:
             for row, request in enumerate(batch.requests):
                 ttft.append(batch.first_token_at[row] - batch.admitted)
@@ -162,10 +168,10 @@ class LLMRayDeployment:
         best = self.plan.best
         return LLMServeMeasurement(
             len(requests), sum(request.output_tokens for request in requests), seconds, self.batch_size,
-            self.batches_in_flight, tuple(ttft), tuple(tpot), alone_ttft, alone_tpot,
+            in_flight, tuple(ttft), tuple(tpot), alone_ttft, alone_tpot,
             len(requests) / sum(batch.rows for batch in served), {p: busy[p] / seconds for p in self.workers},
             self.devices, best.output_tokens_per_second, dict(best.ttft_by_prompt), best.tpot_seconds,
-            best.bottleneck)
+            best.bottleneck, tuple(generated[id(request)] for request in requests))
 
     def _batched(self, requests: Sequence[LLMRequest]) -> list[_Batch]:
         """The requests as decode batches: those of one prompt and output length together, `batch_size` rows each."""
@@ -265,8 +271,8 @@ class LLMRayDeployment:
         write a cache it reads).
         `tokens` go to positions from `start` on; `fed`: results holding tokens chosen before (and their item),
         which fill the first rows of `tokens` in the calls that read them, actor to actor."""
-        rows, count = tokens.shape
-        positions = token_positions(start, count, rows)
+        count = tokens.shape[1]
+        positions = token_positions(start, count)
         values = {**phase.constants, phase.tokens_at: tokens,
                   **{at: positions[name] for name, at in phase.positions_at.items()}}
         refs: dict[int, Any] = {}

@@ -36,6 +36,7 @@ class LLMServeMeasurement:
     predicted_ttft_seconds: Mapping[int, float]  # prompt tokens -> the plan's TTFT
     predicted_tpot_seconds: float
     bottleneck: str  # the device (or link) the plan says limits it
+    outputs: tuple[tuple[int, ...], ...] = ()  # each request's generated token ids, in the order of the requests
 
     @property
     def output_tokens_per_second(self) -> float:

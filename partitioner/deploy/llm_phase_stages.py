@@ -69,7 +69,7 @@ def phase_stages(plan: LLMPlan, model: torch.nn.Module, phase: str, size: int, c
     key = f"{phase}/{size}"
     holder = _holders(graph, cache, plan.model_name, phase)
     tokens_at = at[id(example["input_ids"])]
-    positions_at = {name: at[id(example[name])] for name in token_positions(0, 1, 1) if name in example}
+    positions_at = {name: at[id(example[name])] for name in token_positions(0, 1) if name in example}
     sent = {stage.partition: tuple(source.position for source in stage.upstream
                                    if isinstance(source, FromInput) and source.position not in cache)
             for stage in graph.stages}

@@ -56,10 +56,13 @@ def jsonl_requests(path: str | Path, vocab_size: int, default_output_tokens: int
         except json.JSONDecodeError as error:
             raise PartitionerError(f"{where} is not JSON ({error.msg}). Fix: one JSON object a line.") from None
         ids = record.get("input_ids") if isinstance(record, dict) else None
-        if not (isinstance(ids, list) and ids and all(isinstance(i, int) and 0 <= i < vocab_size for i in ids)):
-            raise PartitionerError(f"{where} has no input_ids of token ids in 0..{vocab_size - 1} (the model's "
-                                   'vocabulary). Fix: write {"input_ids": [1, 2, ...]} (prompts as token ids: '
-                                   "serve does not tokenize text).")
+        if not (isinstance(ids, list) and ids and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+            raise PartitionerError(f"{where} has no input_ids, a list of token ids. Fix: write "
+                                   '{"input_ids": [1, 2, ...]} (prompts as token ids: serve does not tokenize text).')
+        outside = next((i for i in ids if not 0 <= i < vocab_size), None)
+        if outside is not None:
+            raise PartitionerError(f"{where}: token id {outside} is outside the model's vocabulary (0..{vocab_size - 1})."
+                                   " Fix: give ids the model's tokenizer makes for it.")
         new = record.get("max_new_tokens", default_output_tokens)
         if not (isinstance(new, int) and not isinstance(new, bool) and new >= 1):
             raise PartitionerError(f"{where}: max_new_tokens must be a whole number of at least 1, got {new!r}. "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import threading
 import socket
@@ -100,8 +101,20 @@ def gcs_address(ray: Any) -> str | None:
 
 
 def first_line(error: BaseException) -> str:
-    text = str(error).strip()
+    text = _plain(str(error)).strip()
     return text.splitlines()[0].rstrip(".") if text else type(error).__name__
+
+
+def last_line(error: BaseException) -> str:
+    """The last line of a Ray error's text: where a task or an actor's creation raised, the exception itself
+    (its first line only says which actor died)."""
+    lines = [line.strip() for line in _plain(str(error)).splitlines() if line.strip()]
+    return lines[-1].rstrip(".") if lines else type(error).__name__
+
+
+def _plain(text: str) -> str:
+    """`text` without the terminal colour codes Ray puts in its errors."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def _check_reachable(address: str, seconds: float = 5.0) -> None:

@@ -105,14 +105,14 @@ def generate_as_placed(plan: LLMPlan, model: torch.nn.Module, prompts: torch.Ten
             for row in range(batch):
                 own = phase_inputs(inputs, PREFILL, prompt, context)["past_key_values"]
                 logits = prefill(input_ids=prompts[row:row + 1], past_key_values=own,
-                                 **token_positions(0, prompt, 1), use_cache=True).logits
+                                 **token_positions(0, prompt), use_cache=True).logits
                 chosen.append(logits[0, -1].argmax())
                 for into, held in zip(cache.layers, own.layers, strict=True):  # the KV cache handed to decode
                     _hand_over(held, into, row)
             tokens = [torch.stack(chosen)]
             for step in range(new_tokens - 1):
                 logits = decode(input_ids=tokens[-1][:, None], past_key_values=cache,
-                                **token_positions(prompt + step, 1, batch), use_cache=True).logits
+                                **token_positions(prompt + step, 1), use_cache=True).logits
                 tokens.append(logits[:, -1].argmax(-1))
     return torch.cat([prompts, torch.stack(tokens, dim=1)], dim=1)
 

@@ -197,13 +197,13 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
-def token_positions(start: int, count: int, rows: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Where `count` tokens from position `start` go, for each of `rows` sequences: their cache slots
-    (`cache_position`) and their positions (`position_ids`, which rotary embeddings and masks read). Both are
-    given: a model that derives positions from its cache instead reads a sliding-window layer's Python counter,
-    which a capture would keep as a constant."""
+def token_positions(start: int, count: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Where `count` tokens from position `start` go, the same for every sequence of a batch: their cache slots
+    (`cache_position`) and their positions (`position_ids`, one row that broadcasts over the batch; rotary
+    embeddings read it). Both are given: a model that derives positions from its cache instead reads a
+    sliding-window layer's Python counter, which a capture would keep as a constant."""
     positions = torch.arange(start, start + count, device=device)
-    return {"cache_position": positions, "position_ids": positions[None].repeat(rows, 1)}
+    return {"cache_position": positions, "position_ids": positions[None]}
 
 
 class TransformersInputs:
@@ -217,12 +217,12 @@ class TransformersInputs:
     def prefill_inputs(self, prompt_tokens: int, context_tokens: int) -> dict:
         return {"input_ids": torch.zeros(1, prompt_tokens, dtype=torch.long, device=self.device),
                 "past_key_values": self._static_cache(1, context_tokens),
-                **token_positions(0, prompt_tokens, 1, self.device), "use_cache": True}
+                **token_positions(0, prompt_tokens, self.device), "use_cache": True}
 
     def decode_inputs(self, batch: int, context_tokens: int) -> dict:
         return {"input_ids": torch.zeros(batch, 1, dtype=torch.long, device=self.device),
                 "past_key_values": self._static_cache(batch, context_tokens),
-                **token_positions(context_tokens - 1, 1, batch, self.device), "use_cache": True}
+                **token_positions(context_tokens - 1, 1, self.device), "use_cache": True}
 
     def _static_cache(self, batch: int, context: int):
         """A StaticCache of the model's layout, allocated now (transformers allocates it lazily, inside the first

@@ -137,3 +137,13 @@ def test_a_fleet_spec_named_like_an_installed_plug_in_target_is_refused(tmp_path
 
     with pytest.raises(PartitionerError, match="'acme-npu' is the name of a target of the installed plug-in"):
         load_fleet(f"acme-npu=1,{spec}=1,cuda-h100=1")
+
+
+def test_a_device_spec_given_as_a_fleet_says_how_to_make_a_fleet_of_it():
+    spec = Path(__file__).resolve().parents[2] / "examples" / "llm" / "cpu-small.toml"
+
+    with pytest.raises(PartitionerError, match=r"is a target spec \(one device\), not a fleet. Fix: give --fleet "):
+        load_fleet(str(spec))
+    fleet = load_fleet(f"{spec}=2")  # the fix it gives
+
+    assert fleet.target_set().names == ("cpu-small.0", "cpu-small.1")

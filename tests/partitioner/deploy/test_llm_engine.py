@@ -15,12 +15,18 @@ import textwrap
 
 import pytest
 import torch
+from transformers import Gemma2Config, Gemma2ForCausalLM
 
 from partitioner.cli import main
 from partitioner.deploy.llm_requests import jsonl_requests, workload_requests
 from partitioner.errors import PartitionerError
 from partitioner.execution.tensor_parallel import generate_as_member
 from partitioner.llm.deployment import GroupCollectives, LLMPlan
+from partitioner.llm.planning import plan_llm
+from targets.fleet import load_fleet
+from tests.partitioner.execution.test_llm_phases import WORKLOAD, small_gpt2
+from tests.partitioner.execution.test_tensor_parallel_runs import fleet_of_copies
+from tests.partitioner.llm.test_llm_serving import load_workload_text
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.filterwarnings("ignore:.*emulated on the CPU")
@@ -136,12 +142,16 @@ def test_a_prompts_file_gives_token_ids_and_lengths_and_a_bad_line_is_named(tmp_
     good.write_text('{"input_ids": [1, 2, 3], "max_new_tokens": 5}\n\n{"input_ids": [7]}\n')
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"input_ids": [1, 2]}\n{"prompt": "hello"}\n')
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text('{"input_ids": [1, 2, 300]}\n')
 
     read = jsonl_requests(good, 128, default_output_tokens=4)
 
     assert [(r.prompt.tolist(), r.output_tokens) for r in read] == [([1, 2, 3], 5), ([7], 4)]
-    with pytest.raises(PartitionerError, match=r"bad.jsonl line 2 has no input_ids .* serve does not tokenize"):
+    with pytest.raises(PartitionerError, match=r"bad.jsonl line 2 has no input_ids.* serve does not tokenize"):
         jsonl_requests(bad, 128, default_output_tokens=4)
+    with pytest.raises(PartitionerError, match=r"line 1: token id 300 is outside the model's vocabulary \(0..127\)"):
+        jsonl_requests(outside, 128, default_output_tokens=4)
 
 
 def test_serve_prints_tokens_per_second_ttft_and_tpot_beside_the_plans(saved_plan, ray_cluster, tmp_path, capsys):
@@ -160,11 +170,38 @@ def test_serve_prints_tokens_per_second_ttft_and_tpot_beside_the_plans(saved_pla
 
     code = main(["serve", str(plan_path), "--model", str(model_file), "--prompts", str(requests)])
 
-    out = capsys.readouterr().out
-    assert code == 0, out
+    out, err = capsys.readouterr()
+    assert code == 0, err
     assert "served      3 requests of GPT2LMHeadModel (9 output tokens)" in out and "decode batch 2, 2 batches in flight" in out
     assert "75% of decode rows filled" in out, "3 requests in batches of 2 leave one row empty"
     for row in ("output tokens/s", "TTFT alone, 6 tokens", "TPOT alone"):
         assert row in out
     assert "under load  TTFT p50" in out and "utilisation tiny." in out and "the plan's bottleneck" in out
+    expected, _ = generate_as_member(small_gpt2(), torch.tensor([[3, 1, 4, 1, 5, 9]]), 3)
+    assert f"  1: 6 prompt tokens -> {' '.join(map(str, expected[0, 6:].tolist()))}" in out, "the prompts' tokens"
 
+
+
+def test_a_cache_counter_updated_on_another_device_than_the_one_keeping_it_is_copied_back(ray_cluster, tmp_path):
+    """Gemma 2's sliding layers hand their position counter on through a no-op cast: placed with the masks (which
+    read it) on one device and the layer's attention (which increments it) on another, the increment lands on a
+    copy unless it is copied back to the actor that keeps the counter."""
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(Gemma2Config(vocab_size=128, hidden_size=64, intermediate_size=128,
+                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                           head_dim=16, sliding_window=64)).eval()
+    plan = plan_llm(model, load_workload_text(WORKLOAD), load_fleet(fleet_of_copies(tmp_path, "tiny", 2, {})),
+                    time_limit_seconds=5, workers=1, deterministic=True)
+    attention = "model.layers.0.self_attn"
+    placed = {f"{phase}/{op.name}": "tiny.1" if op.module.startswith(attention) else "tiny.0"
+              for phase, ops in plan.phase_ops.items() for op in ops}
+    plan = dataclasses.replace(plan, best=dataclasses.replace(
+        plan.best, assignment=placed, devices={"prefill": ("tiny.0", "tiny.1"), "decode": ("tiny.0", "tiny.1")}))
+    asked = prompts(2, seed=3)
+
+    with deploy_llm_on_ray(plan, model) as deployment:
+        assert any(phase.write_backs for phase in deployment.phases.values()), "the case this test is about"
+        got = deployment.generate(asked, 4)
+
+    expected, _ = generate_as_member(model, asked, 4)
+    assert torch.equal(got, expected)

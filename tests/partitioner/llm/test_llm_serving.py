@@ -109,7 +109,7 @@ def test_a_decode_step_captured_once_serves_every_position_of_a_sliding_window_m
     prompt = torch.randint(0, 100, (1, 9), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         eager = inputs.prefill_inputs(9, 20)
-        model(input_ids=prompt, past_key_values=eager["past_key_values"], **token_positions(0, 9, 1), use_cache=True)
+        model(input_ids=prompt, past_key_values=eager["past_key_values"], **token_positions(0, 9), use_cache=True)
         handed = inputs.decode_inputs(1, 20)["past_key_values"]  # the capture's cache, its tensors the prompt's
         for into, held in zip(handed.layers, eager["past_key_values"].layers):
             for name, value in vars(held).items():
@@ -118,8 +118,8 @@ def test_a_decode_step_captured_once_serves_every_position_of_a_sliding_window_m
         token = torch.tensor([[7]])
         for position in (9, 10, 11):
             expected = model(input_ids=token, past_key_values=eager["past_key_values"],
-                             **token_positions(position, 1, 1), use_cache=True).logits
-            got = step(input_ids=token, past_key_values=handed, **token_positions(position, 1, 1), use_cache=True)
+                             **token_positions(position, 1), use_cache=True).logits
+            got = step(input_ids=token, past_key_values=handed, **token_positions(position, 1), use_cache=True)
             torch.testing.assert_close(got.logits, expected)
 
 
