@@ -164,7 +164,6 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_atomically(out / "ray_llm_serving.json", json.dumps(report, indent=1) + "\n")
-    plan.save(out / "ray_llm_serving_plan.json")
     in_process = ", ".join(f"{label} {seconds * 1e3:.3g} ms" for label, seconds in alone.items())
     text = (f"# An LLM plan served on Ray against its own figures ({args.devices} CPU devices of "
             f"{args.memory_gib:g} GiB, one thread each)\n\nModel: Llama-style, 8 layers, hidden 512, fp32, real "

@@ -267,31 +267,38 @@ class LLMRayDeployment:
                 waits: Mapping[str, Sequence[Any]], fed: tuple[tuple[Any, ...], int | None] | None = None
                 ) -> tuple[dict[int, Any], dict[str, list[Any]]]:
         """Each stage of `phase` as a call on its actor, chained by results: per partition its result, and per place
-        its calls in order. A call follows `waits` on its actor and the phase's calls before it there (they may
-        write a cache it reads).
-        `tokens` go to positions from `start` on; `fed`: results holding tokens chosen before (and their item),
-        which fill the first rows of `tokens` in the calls that read them, actor to actor."""
+        the calls a later one there must follow (those no later call there already follows through results).
+
+        The first call on a place follows `waits` there; a later one follows the call before it there unless its
+        results already reach it (they may write a cache it reads). A call receives what it follows as arguments,
+        so following only what data does not already order saves moving those results. `tokens` go to positions
+        from `start` on; `fed`: results holding tokens chosen before (and their item), which fill the first rows
+        of `tokens` in the calls that read them, actor to actor."""
         count = tokens.shape[1]
         positions = token_positions(start, count)
         values = {**phase.constants, phase.tokens_at: tokens,
                   **{at: positions[name] for name, at in phase.positions_at.items()}}
         refs: dict[int, Any] = {}
-        calls: dict[str, list[Any]] = {}
-        before = {place: list(refs) for place, refs in waits.items()}
+        outside = {place: list(refs) for place, refs in waits.items()}
+        last: dict[str, Any] = {}  # place -> (partition, its call) or (None, a write-back)
         for stage in phase.graph.stages:
             upstream = [refs[source.partition] for source in stage.upstream if isinstance(source, FromPartition)]
             sent = {position: values[position] for position in phase.sent[stage.partition]}
             feeds, item = fed if fed and phase.tokens_at in sent else ((), None)
+            after = outside.pop(stage.target, [])
+            if stage.target in last and last[stage.target][0] not in phase.ancestors[stage.partition]:
+                after.append(last[stage.target][1])
             refs[stage.partition] = self.workers[stage.target].run.remote(
-                phase.key, slot, stage.partition, sent, (len(feeds), item), *feeds, *upstream,
-                *before.get(stage.target, ()))
-            before[stage.target] = [refs[stage.partition]]
-            calls.setdefault(stage.target, []).append(refs[stage.partition])
+                phase.key, slot, stage.partition, sent, (len(feeds), item), *feeds, *upstream, *after)
+            last[stage.target] = (stage.partition, refs[stage.partition])
+        calls = {place: [call for _, call in _unreached(phase, place, refs)] for place in last}
         for name, source in phase.write_backs.items():  # a cache tensor another place wrote, copied home
             holder = phase.holder[name]
-            before[holder] = [self.workers[holder].write_back.remote(
-                phase.key, slot, name, refs[source.partition], source.item, *before.get(holder, ()))]
-            calls.setdefault(holder, []).append(before[holder][0])
+            after = outside.pop(holder, []) + calls.get(holder, [])
+            calls[holder] = [self.workers[holder].write_back.remote(
+                phase.key, slot, name, refs[source.partition], source.item, *after)]
+        for place, left in outside.items():  # waits on a place this phase runs nothing on still hold
+            calls.setdefault(place, []).extend(left)
         return refs, calls
 
     def _prefill_alone(self, requests: Sequence[LLMRequest], length: int) -> float:
@@ -478,6 +485,14 @@ def _start_workers(ray: Any, places: Sequence[Any], slots: Mapping[str, tuple[An
             shipped(dict(held[place.name]), [m for phase in held[place.name].values() for m in phase.modules.values()]),
             threads)
     return workers
+
+
+def _unreached(phase: PhaseStages, place: str, refs: Mapping[int, Any]) -> list[tuple[int, Any]]:
+    """The calls of `phase` on `place` that no later call there depends on through results: following them, a
+    call follows every call of the phase there."""
+    mine = [stage.partition for stage in phase.graph.stages if stage.target == place]
+    reached = set().union(*(phase.ancestors[p] for p in mine))
+    return [(p, refs[p]) for p in mine if p not in reached]
 
 
 def _item(result: Any, source: FromPartition) -> Any:

@@ -41,6 +41,8 @@ class PhaseStages:
     # writes it (through an alias a partition handed on, such as a counter `to` leaves as it is): the holder
     # copies it in after the phase runs, as one memory shared by both would have it.
     write_backs: Mapping[str, FromPartition] = field(default_factory=dict)
+    # Partition -> the partitions its results depend on, through others' results: a call already runs after those.
+    ancestors: Mapping[int, frozenset[int]] = field(default_factory=dict)
 
     def places(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(stage.target for stage in self.graph.stages))
@@ -76,8 +78,18 @@ def phase_stages(plan: LLMPlan, model: torch.nn.Module, phase: str, size: int, c
     constants = {position: value for position, value in enumerate(flat)
                  if position not in cache and position != tokens_at and position not in positions_at.values()}
     stages = PhaseStages(key, phase, size, graph, cache, holder, sent, tokens_at, positions_at, constants,
-                         _logits_source(graph, plan.model_name), _write_backs(graph, cache, holder))
+                         _logits_source(graph, plan.model_name), _write_backs(graph, cache, holder),
+                         _ancestors(graph))
     return stages, _worker_phases(stages, module)
+
+
+def _ancestors(graph: StageGraph) -> dict[int, frozenset[int]]:
+    """Per partition, every partition whose results reach it (stages are in run order)."""
+    found: dict[int, frozenset[int]] = {}
+    for stage in graph.stages:
+        direct = {source.partition for source in stage.upstream if isinstance(source, FromPartition)}
+        found[stage.partition] = frozenset(direct.union(*(found[p] for p in direct)))
+    return found
 
 
 def _write_backs(graph: StageGraph, cache: Mapping[int, CacheTensor], holder: Mapping[str, str]
