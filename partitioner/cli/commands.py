@@ -322,29 +322,11 @@ def _check_llm_plan(args: argparse.Namespace, data: dict) -> int:
 
 
 def _llm_plan_model(plan: LLMPlan, plan_path: str, model_spec: str | None) -> torch.nn.Module:
-    """The model an LLM plan was compiled for, built again with its weights from where the plan says it came
-    from (or `model_spec`), in eval mode; one error where it cannot be, or is another model."""
-    from partitioner.frontend.capture import build_model_file
-    from partitioner.llm.deployment import model_fingerprint
-
-    spec = model_spec or (str(plan.source) if plan.source else None)
-    if spec is None:
+    """The model an LLM plan was compiled for (LLMPlan.built_model), or one error naming the plan file."""
+    if model_spec is None and plan.source is None:
         raise PartitionerError(f"{plan_path} does not say where its model came from (written before plans recorded "
                                "it). Fix: give the model with --model file.py[:function].")
-    if not model_spec and plan.source.kind == "python" and not Path(plan.source.path).is_file():
-        raise PartitionerError(f"the plan's model file {plan.source.path!r} is not there (moved or deleted). Fix: "
-                               "give the model with --model file.py[:function].")
-    model, _, _ = build_model_file(spec)
-    model.eval()  # generation, as served: no dropout
-    if any(parameter.is_meta for parameter in model.parameters()):
-        raise PartitionerError(f"{spec} builds its model on the meta device (planning needs no weights; running it "
-                               "does). Fix: give a build of the same model with weights, e.g. from its config "
-                               "on the CPU, with --model file.py[:function].")
-    if plan.model_fingerprint and model_fingerprint(model) != plan.model_fingerprint:
-        raise PartitionerError(f"{spec} builds {model_fingerprint(model)}, and the plan is of "
-                               f"{plan.model_fingerprint}. Fix: give the model the plan was compiled for, or "
-                               "compile this one with --workload.")
-    return model
+    return plan.built_model(model_spec)
 
 
 # Requests of a --prompts file whose generated tokens serve prints.

@@ -24,7 +24,7 @@ import os
 import threading
 import time
 import warnings
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 import torch
 
@@ -42,7 +42,11 @@ from partitioner.execution.partitioned_module import build_partitioned_module
 from partitioner.execution.split import memory_kept_whole
 from partitioner.frontend.capture import split_inputs
 from partitioner.frontend.op_graph import annotate
+from partitioner.llm.deployment import LLMPlan
 from partitioner.plan import Plan
+
+if TYPE_CHECKING:
+    from partitioner.deploy.llm_engine import LLMRayDeployment
 
 # The longest a request or the start may be given: Ray counts timeouts in milliseconds in a 64-bit integer, and a
 # request that takes longer than a day is stuck, not slow.
@@ -300,10 +304,16 @@ class RayDeployment:
                                 f"{removed}")
 
 
-def deploy_on_ray(plan: Plan, *, address: str | None = None, max_in_flight: int = 16,
+def deploy_on_ray(plan: Plan | LLMPlan, *, address: str | None = None, max_in_flight: int | None = None,
                   request_timeout_seconds: float = 60.0, startup_timeout_seconds: float = 120.0,
-                  threads_per_worker: int | None = None) -> RayDeployment:
-    """Start `plan` on Ray: one actor per device it uses, ready to take up to `max_in_flight` requests at once.
+                  threads_per_worker: int | None = None, model: torch.nn.Module | None = None
+                  ) -> RayDeployment | LLMRayDeployment:
+    """Start `plan` on Ray: one actor per device it uses, ready to take up to `max_in_flight` requests at once
+    (default 16).
+
+    An LLM plan (compile --workload) starts as tokens instead (partitioner/deploy/llm_engine.py): `model` with
+    its weights (default: built again from where the plan says it came from), `max_in_flight` decode batches
+    (default: one per device decode runs on); the deployment generates and benchmarks.
 
     Without `address`, a local Ray instance stands in for the plan's fleet: it
     declares the devices' resources, and a device this machine lacks is emulated
@@ -313,6 +323,14 @@ def deploy_on_ray(plan: Plan, *, address: str | None = None, max_in_flight: int 
     instance shares this machine's cores among its workers, and a joined
     cluster's workers keep torch's own default.
     """
+    if isinstance(plan, LLMPlan):
+        from partitioner.deploy.llm_engine import deploy_llm_on_ray
+
+        return deploy_llm_on_ray(plan, model if model is not None else plan.built_model(), address=address,
+                                 batches_in_flight=max_in_flight, timeout_seconds=request_timeout_seconds,
+                                 startup_timeout_seconds=startup_timeout_seconds,
+                                 threads_per_worker=threads_per_worker)
+    max_in_flight = 16 if max_in_flight is None else max_in_flight
     ray = require_ray()
     check_timeout(request_timeout_seconds, "a request timeout", "--timeout")
     check_timeout(startup_timeout_seconds, "a startup timeout", "startup_timeout_seconds")

@@ -276,6 +276,31 @@ class LLMPlan:
         write_json(Path(path), self.to_dict())
         return Path(path)
 
+    def built_model(self, spec: str | None = None) -> torch.nn.Module:
+        """The model the plan was compiled for, built again with its weights from where the plan says it came
+        from (or from `spec`, file.py[:function]), in eval mode; one error where it cannot be, or is another
+        model (its fingerprint differs)."""
+        from partitioner.frontend.capture import build_model_file
+
+        spec = spec or (str(self.source) if self.source else None)
+        if spec is None:
+            raise PartitionerError("the plan does not say where its model came from (written before plans recorded "
+                                   "it). Fix: give the model (--model file.py[:function]; model= from Python).")
+        if spec == str(self.source) and self.source.kind == "python" and not Path(self.source.path).is_file():
+            raise PartitionerError(f"the plan's model file {self.source.path!r} is not there (moved or deleted). "
+                                   "Fix: give the model with --model file.py[:function].")
+        model, _, _ = build_model_file(spec)
+        model.eval()  # generation, as served: no dropout
+        if any(parameter.is_meta for parameter in model.parameters()):
+            raise PartitionerError(f"{spec} builds its model on the meta device (planning needs no weights; running "
+                                   "it does). Fix: give a build of the same model with weights, e.g. from its "
+                                   "config on the CPU, with --model file.py[:function].")
+        if self.model_fingerprint and model_fingerprint(model) != self.model_fingerprint:
+            raise PartitionerError(f"{spec} builds {model_fingerprint(model)}, and the plan is of "
+                                   f"{self.model_fingerprint}. Fix: give the model the plan was compiled for, or "
+                                   "compile this one with --workload.")
+        return model
+
     @classmethod
     def load(cls, path: str | Path) -> LLMPlan:
         """The LLM plan in the file `path`, or one error naming what is wrong with it and the fix."""

@@ -17,6 +17,7 @@ import pytest
 import torch
 from transformers import Gemma2Config, Gemma2ForCausalLM
 
+import partitioner
 from partitioner.cli import main
 from partitioner.deploy.llm_requests import jsonl_requests, workload_requests
 from partitioner.errors import PartitionerError
@@ -67,7 +68,7 @@ def test_a_co_located_plan_generates_the_models_own_tokens_one_actor_per_device(
     model, plan = saved_plan
     asked = prompts(3)  # one batch of the plan's two rows, and one with a row left empty
 
-    with deploy_llm_on_ray(plan, model) as deployment:
+    with partitioner.deploy_on_ray(plan, model=model) as deployment:  # an LLM plan deploys as tokens
         assert sorted(deployment.workers) == sorted(plan.best.devices["decode"])
         assert deployment.batches_in_flight == 2, "one decode batch in flight per device decode runs on"
         got = deployment.generate(asked, 4)
