@@ -336,7 +336,8 @@ DEFAULT_CONCURRENCY = 8
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from partitioner.deploy.ray_engine import deploy_on_ray, require_ray
+    from partitioner.deploy.ray_engine import deploy_on_ray
+    from partitioner.deploy.ray_instance import require_ray
     from partitioner.deploy.summary import format_measurement
     from partitioner.files import PLAN, read_json
     from partitioner.llm.deployment import checked_llm_plan

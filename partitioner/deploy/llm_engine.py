@@ -44,8 +44,7 @@ from partitioner.deploy.llm_measurement import LLMServeMeasurement
 from partitioner.deploy.llm_phase_stages import PhaseStages, phase_stages
 from partitioner.deploy.llm_requests import LLMRequest
 from partitioner.deploy.llm_worker import LLMDeviceWorker, WorkerPhase
-from partitioner.deploy.ray_engine import check_timeout, require_ray
-from partitioner.deploy.ray_instance import StartedRay
+from partitioner.deploy.ray_instance import StartedRay, check_timeout, require_ray
 from partitioner.deploy.resources import actor_options, resource_of, resources_needed
 from partitioner.deploy.shipment import shipped
 from partitioner.deploy.stages import FromPartition

@@ -32,7 +32,7 @@ from partitioner.deploy import ray_instance
 from partitioner.deploy.cluster import check_cluster, reserve_hosts, start_fault, start_workers
 from partitioner.deploy.in_flight import channel_memory, local_store_bytes, ray_buffer_bytes, request_bytes
 from partitioner.deploy.measurement import ServeMeasurement
-from partitioner.deploy.ray_instance import StartedRay
+from partitioner.deploy.ray_instance import MAX_TIMEOUT_SECONDS, StartedRay, check_timeout, require_ray
 from partitioner.deploy.resources import resources_needed
 from partitioner.deploy.stages import FromPartition, StageGraph, stage_graph
 from partitioner.deploy.teardown import quiet_compiled_graphs, remove
@@ -48,30 +48,7 @@ from partitioner.plan import Plan
 if TYPE_CHECKING:
     from partitioner.deploy.llm_engine import LLMRayDeployment
 
-# The longest a request or the start may be given: Ray counts timeouts in milliseconds in a 64-bit integer, and a
-# request that takes longer than a day is stuck, not slow.
-MAX_TIMEOUT_SECONDS = 86_400.0
 _T = TypeVar("_T")
-
-
-def require_ray():
-    """The `ray` module, or one clear error where the optional extra is not installed."""
-    try:
-        import ray
-    except ImportError:
-        raise PartitionerError("the Ray engine needs Ray, an optional extra. Fix: pip install 'partitioner[ray]'.")
-    return ray
-
-
-def check_timeout(seconds: float, what: str, option: str) -> None:
-    """Refuse a timeout that is not a positive number of seconds up to a day."""
-    number = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
-    if number and 0 < seconds <= MAX_TIMEOUT_SECONDS:
-        return
-    problem = f"is over a day ({MAX_TIMEOUT_SECONDS:g} s), the longest the Ray engine waits" if number and (
-        seconds > MAX_TIMEOUT_SECONDS) else "is not a positive number of seconds"
-    raise PartitionerError(f"{what} of {f'{seconds:g} s' if number else repr(seconds)} {problem}. Fix: give "
-                           f"{option} a number of seconds over 0 and at most {MAX_TIMEOUT_SECONDS:g}.")
 
 
 class RayDeployment:

@@ -25,6 +25,31 @@ import torch
 from partitioner.errors import PartitionerError
 
 
+# The longest a request or the start may be given: Ray counts timeouts in milliseconds in a 64-bit integer, and a
+# request that takes longer than a day is stuck, not slow.
+MAX_TIMEOUT_SECONDS = 86_400.0
+
+
+def require_ray():
+    """The `ray` module, or one clear error where the optional extra is not installed."""
+    try:
+        import ray
+    except ImportError:
+        raise PartitionerError("the Ray engine needs Ray, an optional extra. Fix: pip install 'partitioner[ray]'.")
+    return ray
+
+
+def check_timeout(seconds: float, what: str, option: str) -> None:
+    """Refuse a timeout that is not a positive number of seconds up to a day."""
+    number = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+    if number and 0 < seconds <= MAX_TIMEOUT_SECONDS:
+        return
+    problem = f"is over a day ({MAX_TIMEOUT_SECONDS:g} s), the longest the Ray engine waits" if number and (
+        seconds > MAX_TIMEOUT_SECONDS) else "is not a positive number of seconds"
+    raise PartitionerError(f"{what} of {f'{seconds:g} s' if number else repr(seconds)} {problem}. Fix: give "
+                           f"{option} a number of seconds over 0 and at most {MAX_TIMEOUT_SECONDS:g}.")
+
+
 @dataclass(frozen=True, slots=True)
 class StartedRay:
     """Ray as this process started it: a cluster it joined (nothing of it runs here) or a local instance."""

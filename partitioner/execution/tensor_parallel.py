@@ -360,7 +360,7 @@ def _on_ray(model: torch.nn.Module, run: SplitRun, input_ids: torch.Tensor, new_
             address: str | None, timeout_seconds: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The members as Ray actors, one per device of the group: each member's result."""
     from partitioner.deploy import ray_instance, teardown
-    from partitioner.deploy.ray_engine import require_ray
+    from partitioner.deploy.ray_instance import require_ray
 
     ray = require_ray()
     started = ray_instance.start(ray, address, {}, None)

@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 import torch
-from transformers import Gemma2Config, Gemma2ForCausalLM
+from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig
 
 import partitioner
 from partitioner.cli import main
@@ -183,14 +183,20 @@ def test_serve_prints_tokens_per_second_ttft_and_tpot_beside_the_plans(saved_pla
 
 
 
-def test_a_cache_counter_updated_on_another_device_than_the_one_keeping_it_is_copied_back(ray_cluster, tmp_path):
-    """Gemma 2's sliding layers hand their position counter on through a no-op cast: placed with the masks (which
-    read it) on one device and the layer's attention (which increments it) on another, the increment lands on a
-    copy unless it is copied back to the actor that keeps the counter."""
+SMALL = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+
+
+@pytest.mark.parametrize("config", [LlamaConfig(**SMALL), Gemma2Config(**SMALL, sliding_window=64)],
+                         ids=["llama", "gemma2"])
+def test_a_layers_attention_on_another_device_than_the_rest_generates_the_models_tokens(config, ray_cluster,
+                                                                                        tmp_path):
+    """Layer 0's attention on one device, everything else on the other. A static cache layer's position counter
+    is read by the masks, before any layer, and handed on through a no-op cast to the attention, which increments
+    it: the masks sit on one device, the attention on the other, so the increment lands on a copy unless it is
+    copied back to the actor that keeps the counter."""
     torch.manual_seed(0)
-    model = Gemma2ForCausalLM(Gemma2Config(vocab_size=128, hidden_size=64, intermediate_size=128,
-                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                           head_dim=16, sliding_window=64)).eval()
+    model = AutoModelForCausalLM.from_config(config).eval()
     plan = plan_llm(model, load_workload_text(WORKLOAD), load_fleet(fleet_of_copies(tmp_path, "tiny", 2, {})),
                     time_limit_seconds=5, workers=1, deterministic=True)
     attention = "model.layers.0.self_attn"
@@ -201,8 +207,9 @@ def test_a_cache_counter_updated_on_another_device_than_the_one_keeping_it_is_co
     asked = prompts(2, seed=3)
 
     with deploy_llm_on_ray(plan, model) as deployment:
-        assert any(phase.write_backs for phase in deployment.phases.values()), "the case this test is about"
+        copied_back = any(phase.write_backs for phase in deployment.phases.values())
         got = deployment.generate(asked, 4)
 
+    assert copied_back, "the case this test is about: a counter written on another device than its holder's"
     expected, _ = generate_as_member(model, asked, 4)
     assert torch.equal(got, expected)
