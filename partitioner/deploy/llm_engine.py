@@ -58,6 +58,8 @@ from partitioner.llm.phases import DECODE, PREFILL, token_positions
 _T = TypeVar("_T")
 # Prefills timed alone per prompt length for the measurement's TTFT beside the plan's (the median is kept).
 ALONE_RUNS = 3
+# Decode steps of a batch submitted beyond the last whose token came.
+STEPS_AHEAD = 2
 
 
 @dataclass(eq=False)
@@ -73,6 +75,8 @@ class _Batch:
     steps: list[torch.Tensor] = field(default_factory=list)  # each decode step's tokens, one per row
     step_at: list[float] = field(default_factory=list)
     waits: dict[str, list[Any]] = field(default_factory=dict)  # place -> calls there the next step must follow
+    submitted: int = 0  # decode steps submitted so far
+    fed: Any = None  # what the next step's tokens come from: (results holding them, their item)
 
     @property
     def prompt_tokens(self) -> int:
@@ -120,6 +124,8 @@ class LLMRayDeployment:
         if prompts.dim() != 2 or new_tokens < 1:
             raise PartitionerError("generate takes prompts as a 2-D tensor of token ids and at least 1 new token. "
                                    "Fix: pass e.g. torch.tensor([[1, 2, 3]]) and 8.")
+        if prompts.shape[0] == 0:
+            raise PartitionerError("generate was given no prompts. Fix: pass at least one row of token ids.")
         batches = self._batched([LLMRequest(row, new_tokens) for row in prompts])
         batches = self._guarded(lambda: self._serve(batches, self.batches_in_flight))
         return torch.cat([prompts, torch.cat([batch.tokens() for batch in batches])], dim=1)
@@ -155,7 +161,8 @@ class LLMRayDeployment:
         started = time.perf_counter()
         served = self._serve(batches, in_flight)
         seconds = time.perf_counter() - started
-        busy = {place: self._busy()[place] - before[place] for place in self.workers}
+        after = self._busy()
+        busy = {place: after[place] - before[place] for place in self.workers}
         ttft, tpot = [], []
         generated = {id(request): tuple(row.tolist()) for batch in served
                      for request, row in zip(batch.requests, batch.tokens())}
@@ -175,6 +182,9 @@ class LLMRayDeployment:
     def _batched(self, requests: Sequence[LLMRequest]) -> list[_Batch]:
         """The requests as decode batches: those of one prompt and output length together, `batch_size` rows each."""
         for request in requests:
+            if request.output_tokens < 1:
+                raise PartitionerError(f"a request asks for {request.output_tokens} output tokens. Fix: ask for at "
+                                       "least 1.")
             if request.prompt_tokens + request.output_tokens > self.context + 1:
                 raise PartitionerError(
                     f"a request of {request.prompt_tokens} prompt tokens and {request.output_tokens} output tokens "
@@ -184,6 +194,8 @@ class LLMRayDeployment:
         groups: dict[tuple[int, int], list[LLMRequest]] = {}
         for request in requests:
             groups.setdefault((request.prompt_tokens, request.output_tokens), []).append(request)
+        for length in sorted({tokens for tokens, _ in groups}):  # before serving: a length it cannot serve is refused
+            self._phase(PREFILL, length)                        # with the deployment still up
         return [_Batch(group[start:start + self.batch_size], self.batch_size)
                 for group in groups.values() for start in range(0, len(group), self.batch_size)]
 
@@ -211,6 +223,8 @@ class LLMRayDeployment:
             else:
                 batch.steps[-1 - index] = tokens
                 batch.step_at[-1 - index] = arrived
+            came = sum(1 for at in batch.step_at if at)
+            pending.update(self._decode_steps(batch, came + 1 + STEPS_AHEAD))
             if len(batch.first_tokens) == len(batch.requests) and all(at for at in batch.step_at):
                 self._finish(batch)
                 free.append(batch.slot)
@@ -231,12 +245,23 @@ class LLMRayDeployment:
                 batch.waits.setdefault(place, []).append(ref)
         steps = batch.output_tokens - 1
         batch.steps, batch.step_at = [torch.empty(0)] * steps, [0.0] * steps
-        fed = (tuple(chosen), prefill.logits.item)  # the first step reads each row's first token
+        batch.fed = (tuple(chosen), prefill.logits.item)  # the first step reads each row's first token
+        return {**awaited, **self._decode_steps(batch, STEPS_AHEAD)}
+
+    def _decode_steps(self, batch: _Batch, upto: int) -> dict[Any, tuple[_Batch, int, FromPartition]]:
+        """Submit the batch's decode steps up to step `upto` (chained: each reads the token the one before chose);
+        the tokens to watch for. A few steps ahead of the tokens that came keep the actors fed without holding the
+        driver at a batch's admission for all of its steps."""
+        decode = self._phase(DECODE, self.batch_size)
         blank = torch.zeros(self.batch_size, 1, dtype=torch.long)  # rows past the requests read token 0
-        for step in range(steps):
-            refs, batch.waits = self._submit(decode, batch.slot, blank, batch.prompt_tokens + step, batch.waits, fed)
-            fed = ((refs[decode.logits.partition],), decode.logits.item)
+        awaited = {}
+        while batch.submitted < min(upto, len(batch.steps)):
+            step = batch.submitted
+            refs, batch.waits = self._submit(decode, batch.slot, blank, batch.prompt_tokens + step, batch.waits,
+                                             batch.fed)
+            batch.fed = ((refs[decode.logits.partition],), decode.logits.item)
             awaited[refs[decode.logits.partition]] = (batch, -1 - step, decode.logits)
+            batch.submitted += 1
         return awaited
 
     def _hand_over(self, prefill: PhaseStages, decode: PhaseStages, prefill_slot: int, decode_slot: int, row: int,
@@ -279,7 +304,7 @@ class LLMRayDeployment:
                   **{at: positions[name] for name, at in phase.positions_at.items()}}
         refs: dict[int, Any] = {}
         outside = {place: list(refs) for place, refs in waits.items()}
-        last: dict[str, Any] = {}  # place -> (partition, its call) or (None, a write-back)
+        last: dict[str, Any] = {}  # place -> (partition, its call): the latest call there
         for stage in phase.graph.stages:
             upstream = [refs[source.partition] for source in stage.upstream if isinstance(source, FromPartition)]
             sent = {position: values[position] for position in phase.sent[stage.partition]}
@@ -322,6 +347,7 @@ class LLMRayDeployment:
         if key not in self.phases:
             stages, held = phase_stages(self.plan, self.model, phase, size, self.context)
             _check_places(stages, self.workers)
+            _check_hand_over(stages, self.phases[f"{DECODE}/{self.batch_size}"])
             require_ray().get([self.workers[place].add_phase.remote(key, shipped(part, part.modules.values()))
                                for place, part in held.items()], timeout=self.timeout_seconds)
             self.phases[key] = stages
@@ -357,9 +383,9 @@ class LLMRayDeployment:
     def _timed_out(self) -> PartitionerError:
         emulated = emulated_places(self.devices, self.plan.targets)
         slow = f" ({', '.join(emulated)} ran on the CPU in place of their device)" if emulated else ""
-        return PartitionerError(f"no token came within {self.timeout_seconds:g} s{slow}. Everything this "
-                                "deployment started is removed. Fix: raise the timeout (--timeout), or look for a "
-                                "device that is stuck.")
+        return PartitionerError(f"a call to the device actors took over {self.timeout_seconds:g} s{slow}. Everything "
+                                "this deployment started is removed. Fix: raise the timeout (--timeout), or look "
+                                "for a device that is stuck.")
 
     def _fault(self, error: Exception) -> PartitionerError:
         ray = require_ray()
@@ -370,9 +396,9 @@ class LLMRayDeployment:
             return PartitionerError(f"a device actor died while serving ({ray_instance.first_line(error)}). "
                                     f"{removed} Fix: see its log (ray logs), then deploy again.")
         if isinstance(error, ray.exceptions.RayTaskError):
-            return PartitionerError(f"a partition failed on its actor: {ray_instance.first_line(error.cause or error)}"
-                                    f". {removed} Fix: run the plan in process (partitioner run --check) to find "
-                                    "the partition.")
+            return PartitionerError(f"a call failed on a device actor: {ray_instance.last_line(error.cause or error)}"
+                                    f". {removed} Fix: run the plan in process (partitioner run --check), which "
+                                    "gives the error with its traceback.")
         return PartitionerError(f"the Ray engine failed: {type(error).__name__}: {ray_instance.first_line(error)}. "
                                 f"{removed}")
 
@@ -397,7 +423,7 @@ def deploy_llm_on_ray(plan: LLMPlan, model: torch.nn.Module, *, address: str | N
     _check_servable(plan)
     phases, held = _phases(plan, model)
     decode = phases[f"{DECODE}/{plan.best.batch_size}"]
-    in_flight = batches_in_flight or len(decode.places())
+    in_flight = len(decode.places()) if batches_in_flight is None else batches_in_flight
     if not (isinstance(in_flight, int) and in_flight >= 1):
         raise PartitionerError(f"batches_in_flight must be a whole number of at least 1, got {in_flight!r}. Fix: "
                                "pass e.g. 2.")
@@ -456,7 +482,19 @@ def _phases(plan: LLMPlan, model: torch.nn.Module) -> tuple[dict[str, PhaseStage
         phases[stages.key] = stages
         for place, part in parts.items():
             held.setdefault(place, {})[stages.key] = part
+    for stages in phases.values():
+        if stages.phase == PREFILL:
+            _check_hand_over(stages, phases[f"{DECODE}/{plan.best.batch_size}"])
     return phases, held
+
+
+def _check_hand_over(prefill: PhaseStages, decode: PhaseStages) -> None:
+    """Refuse a decode step that reads a cache tensor no prefill writes: its rows would keep another request's."""
+    missing = sorted(set(decode.holder) - set(prefill.holder))
+    if missing:
+        raise PartitionerError(f"the decode step reads {len(missing)} KV cache tensors that a prefill of "
+                               f"{prefill.size} tokens never touches, so nothing would hand them over. Fix: run the "
+                               "plan in process (partitioner run --check), which hands the whole cache over.")
 
 
 def _check_places(stages: PhaseStages, workers: Mapping[str, Any]) -> None:

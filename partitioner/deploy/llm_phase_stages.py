@@ -53,6 +53,7 @@ def phase_stages(plan: LLMPlan, model: torch.nn.Module, phase: str, size: int, c
     """`phase` of `model` at `size` placed as `plan` places it, and what each place's actor holds of it."""
     with as_planned(plan, model) as inputs:
         example = phase_inputs(inputs, phase, size, context)
+        longer = phase_inputs(inputs, phase, size, context + 1)  # its cache shows which dimension holds positions
         _, module, _, _ = placed_phase(plan, model, phase, example)
     graph = stage_graph(module)
     flat = graph.flat_inputs((), example)
@@ -63,11 +64,11 @@ def phase_stages(plan: LLMPlan, model: torch.nn.Module, phase: str, size: int, c
                                "input_ids, past_key_values and cache_position: the Ray engine serves causal LMs "
                                "called as transformers' are. Fix: give the model prefill_inputs/decode_inputs of "
                                "that form (partitioner/llm/phases.py).")
-    cache_tensors = [value for value in pytree.tree_leaves(example["past_key_values"])
-                     if isinstance(value, torch.Tensor)]
+    cache_tensors = _tensors(example["past_key_values"])
     cache = {at[id(tensor)]: CacheTensor(f"cache{index}", tuple(tensor.shape), tensor.dtype,
-                                         _context_dim(tensor, context))
-             for index, tensor in enumerate(cache_tensors)}
+                                         _context_dim(tensor, wider))
+             for index, (tensor, wider) in enumerate(zip(cache_tensors, _tensors(longer["past_key_values"]),
+                                                         strict=True))}
     key = f"{phase}/{size}"
     holder = _holders(graph, cache, plan.model_name, phase)
     tokens_at = at[id(example["input_ids"])]
@@ -98,16 +99,37 @@ def _write_backs(graph: StageGraph, cache: Mapping[int, CacheTensor], holder: Ma
     it took it) comes from a partition on another place than the tensor's holder."""
     returned = graph.outputs[1:]
     if len(returned) != len(cache):
-        return {}
+        raise PartitionerError(f"the model returns {len(returned)} values after its logits and takes {len(cache)} "
+                               "KV cache tensors: the Ray engine cannot tell which returned value updates which "
+                               "cache tensor. Fix: run the plan in process (partitioner run --check), which does "
+                               "not need to.")
     place = {stage.partition: stage.target for stage in graph.stages}
-    names = [tensor.name for _, tensor in sorted(cache.items())]
-    return {name: source for name, source in zip(names, returned)
-            if isinstance(source, FromPartition) and name in holder and place[source.partition] != holder[name]}
+    order = {stage.partition: index for index, stage in enumerate(graph.stages)}
+    names = {tensor.name: position for position, tensor in cache.items()}
+    found = {}
+    for (name, position), source in zip(sorted(names.items(), key=lambda item: item[1]), returned):
+        if not (isinstance(source, FromPartition) and name in holder and place[source.partition] != holder[name]):
+            continue
+        later = [stage for stage in graph.stages if stage.target == holder[name]
+                 and order[stage.partition] > order[source.partition]
+                 and any(isinstance(s, FromInput) and s.position == position for s in stage.upstream)]
+        if later:
+            raise PartitionerError(f"the plan has {holder[name]} read a KV cache tensor after a partition on "
+                                   f"{place[source.partition]} updated it, and the Ray engine copies such an update "
+                                   "back only after the step. Fix: run the plan in process (partitioner run "
+                                   "--check), or compile again so that the cache's readers share a device.")
+        found[name] = source
+    return found
 
 
-def _context_dim(tensor: torch.Tensor, context: int) -> int | None:
-    """The dimension of a cache tensor that holds positions (after the batch), None for a counter."""
-    return next((dim for dim in range(1, tensor.dim()) if tensor.shape[dim] == context), None)
+def _tensors(cache: Any) -> list[torch.Tensor]:
+    return [value for value in pytree.tree_leaves(cache) if isinstance(value, torch.Tensor)]
+
+
+def _context_dim(tensor: torch.Tensor, wider: torch.Tensor) -> int | None:
+    """The dimension of a cache tensor that holds positions: the one that grows with the context (`wider` is the
+    same tensor of a cache one position longer); None for a counter, or a tensor that does not grow."""
+    return next((dim for dim in range(1, tensor.dim()) if wider.shape[dim] != tensor.shape[dim]), None)
 
 
 def _holders(graph: StageGraph, cache: Mapping[int, CacheTensor], model: str, phase: str) -> dict[str, str]:

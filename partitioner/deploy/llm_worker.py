@@ -69,6 +69,7 @@ class LLMDeviceWorker:
         self.phases: dict[str, WorkerPhase] = {}
         self.slots: dict[tuple[str, int], dict[int, torch.Tensor]] = {}
         self.seconds: list[float] = []
+        self.weights: dict[str, torch.Tensor] = {}  # by the model's own names, on this device
         for key, phase in phases.opened().items():
             self._take(key, phase)
 
@@ -83,7 +84,13 @@ class LLMDeviceWorker:
         self._take(key, phase.opened())
 
     def _take(self, key: str, phase: WorkerPhase) -> None:
+        """Hold a phase's partitions on this device; a weight an earlier phase brought (the same name, shape and
+        dtype: phases are captures of one model) is shared, not held twice."""
+        for module in phase.modules.values():
+            _share_weights(module, self.weights)
         modules = {index: module.to(self.device) for index, module in phase.modules.items()}
+        for module in modules.values():
+            self.weights.update({name: tensor for name, tensor in _named_tensors(module)})
         self.phases[key] = replace(phase, modules=modules)
 
     def run(self, key: str, slot: int, partition: int, sent: Mapping[int, Any], fed: tuple[int, int | None],
@@ -155,11 +162,31 @@ class LLMDeviceWorker:
         return list(self.seconds)
 
     def _slot(self, key: str, slot: int) -> dict[int, torch.Tensor]:
-        """The cache tensors of a slot, made (zeros: a prompt attends to none of the rest) on first use."""
+        """The cache tensors of a slot, made (zeros: a prompt attends to none of the rest) on first use; none kept
+        for a phase this actor reads no cache of."""
+        if not self.phases[key].cache:
+            return {}
         if (key, slot) not in self.slots:
             self.slots[key, slot] = {position: torch.zeros(cache.shape, dtype=cache.dtype, device=self.device)
                                      for position, cache in self.phases[key].cache.items()}
         return self.slots[key, slot]
+
+
+def _named_tensors(module: torch.nn.Module):
+    yield from module.named_parameters()
+    yield from module.named_buffers()
+
+
+def _share_weights(module: torch.nn.Module, held: dict[str, torch.Tensor]) -> None:
+    """Point `module`'s weights at the tensors `held` under the same names (and shape and dtype)."""
+    for name, tensor in list(_named_tensors(module)):
+        same = held.get(name)
+        if same is None or same.shape != tensor.shape or same.dtype != tensor.dtype:
+            continue
+        owner_path, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_path) if owner_path else module
+        table = owner._parameters if leaf in owner._parameters else owner._buffers
+        table[leaf] = same
 
 
 def _item(result: Any, item: int | None) -> Any:
