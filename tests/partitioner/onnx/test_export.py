@@ -327,10 +327,10 @@ def test_weights_of_a_large_partition_go_to_a_side_file_the_runner_loads(tmp_pat
 
 
 
-# BERT-base takes the longest (18 s on 2 cores); encoders are exported in the suite by test_beyond_the_zoo (T5,
-# Whisper). Run it with -m slow.
-@pytest.mark.parametrize("model_name", [pytest.param(name, marks=pytest.mark.slow) if name == "bert-base" else name
-                                        for name in ZOO])
+# BERT-base and ResNet-50 take the longest (18 s and 10 s on 2 cores); encoders and vision models are exported in
+# the suite by test_beyond_the_zoo (T5, Whisper, Swin). Run them with -m slow.
+@pytest.mark.parametrize("model_name", [pytest.param(name, marks=pytest.mark.slow) if name in ("bert-base", "resnet50")
+                                        else name for name in ZOO])
 def test_zoo_model_exported_in_partitions_on_two_targets_matches_torch(model_name, tmp_path):
     torch.manual_seed(0)
     model, inputs = ZOO[model_name]()
