@@ -77,16 +77,21 @@ def start_workers(ray: Any, places: Sequence[TargetRecord], slots: Mapping[str, 
     run_id = uuid.uuid4().hex[:8]
     workers = {}
     for place in places:
-        group, bundle_index = slots[place.name]
-        strategy = ray.util.scheduling_strategies.PlacementGroupSchedulingStrategy(
-            group, placement_group_bundle_index=bundle_index)
         stages = {s.partition: s for s in graph.stages if s.target == place.name}
         modules = {p: module.submodule(partitions[p]) for p in stages}
-        workers[place.name] = remote_worker.options(
-            **actor_options(resource_of(place)), scheduling_strategy=strategy, max_restarts=0,
-            name=f"partitioner-{run_id}-{place.name}").remote(
+        workers[place.name] = remote_worker.options(**placed_actor(ray, place, slots, f"partitioner-{run_id}")).remote(
             place.name, place.torch_device, stages, shipped(modules, modules.values()), threads_per_worker)
     return workers
+
+
+def placed_actor(ray: Any, place: TargetRecord, slots: Mapping[str, tuple[Any, int]], prefix: str) -> dict:
+    """Ray actor options for one place's actor: its device's resource, its bundle of its host's placement group,
+    no restarts (a dead device actor ends the deployment), and a name that says which place it is."""
+    group, bundle_index = slots[place.name]
+    strategy = ray.util.scheduling_strategies.PlacementGroupSchedulingStrategy(
+        group, placement_group_bundle_index=bundle_index)
+    return {**actor_options(resource_of(place)), "scheduling_strategy": strategy, "max_restarts": 0,
+            "name": f"{prefix}-{place.name}"}
 
 
 def start_fault(ray: Any, error: BaseException, startup_timeout_seconds: float) -> PartitionerError | None:

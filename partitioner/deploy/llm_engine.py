@@ -38,14 +38,14 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 import torch
 
 from partitioner.deploy import ray_instance
-from partitioner.deploy.cluster import check_devices, reserve_hosts, start_fault
+from partitioner.deploy.cluster import check_devices, placed_actor, reserve_hosts, start_fault
 from partitioner.deploy.in_flight import local_store_bytes
 from partitioner.deploy.llm_measurement import LLMServeMeasurement
 from partitioner.deploy.llm_phase_stages import PhaseStages, phase_stages
 from partitioner.deploy.llm_requests import LLMRequest
 from partitioner.deploy.llm_worker import LLMDeviceWorker, WorkerPhase
 from partitioner.deploy.ray_instance import StartedRay, check_timeout, require_ray
-from partitioner.deploy.resources import actor_options, resource_of, resources_needed
+from partitioner.deploy.resources import resources_needed
 from partitioner.deploy.shipment import shipped
 from partitioner.deploy.stages import FromPartition
 from partitioner.deploy.teardown import remove
@@ -512,12 +512,8 @@ def _start_workers(ray: Any, places: Sequence[Any], slots: Mapping[str, tuple[An
     run_id = uuid.uuid4().hex[:8]
     workers = {}
     for place in places:
-        group, bundle_index = slots[place.name]
-        strategy = ray.util.scheduling_strategies.PlacementGroupSchedulingStrategy(
-            group, placement_group_bundle_index=bundle_index)
         workers[place.name] = remote_worker.options(
-            **actor_options(resource_of(place)), scheduling_strategy=strategy, max_restarts=0,
-            allow_out_of_order_execution=True, name=f"partitioner-llm-{run_id}-{place.name}").remote(
+            **placed_actor(ray, place, slots, f"partitioner-llm-{run_id}"), allow_out_of_order_execution=True).remote(
             place.name, place.torch_device,
             shipped(dict(held[place.name]), [m for phase in held[place.name].values() for m in phase.modules.values()]),
             threads)
