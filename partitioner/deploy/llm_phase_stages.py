@@ -19,7 +19,7 @@ from partitioner.deploy.stages import FromInput, FromPartition, StageGraph, stag
 from partitioner.errors import PartitionerError
 from partitioner.execution.llm_phases import as_planned, phase_inputs, placed_phase
 from partitioner.llm.deployment import LLMPlan
-from partitioner.llm.phases import token_positions
+from partitioner.llm.phases import PREFILL, token_positions
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +53,9 @@ def phase_stages(plan: LLMPlan, model: torch.nn.Module, phase: str, size: int, c
     """`phase` of `model` at `size` placed as `plan` places it, and what each place's actor holds of it."""
     with as_planned(plan, model) as inputs:
         example = phase_inputs(inputs, phase, size, context)
-        longer = phase_inputs(inputs, phase, size, context + 1)  # its cache shows which dimension holds positions
+        # A cache one position longer shows which dimension holds positions (at a decode batch of one: a second
+        # cache of the whole batch would be held only for its shape).
+        longer = phase_inputs(inputs, phase, size if phase == PREFILL else 1, context + 1)
         _, module, _, _ = placed_phase(plan, model, phase, example)
     graph = stage_graph(module)
     flat = graph.flat_inputs((), example)
