@@ -232,7 +232,8 @@ class LLMRayDeployment:
 
     def _admit(self, batch: _Batch) -> dict[Any, tuple[_Batch, int, FromPartition]]:
         """Prefill each request of `batch` alone, hand its cache to its row of the batch's decode slot, and chain
-        the batch's decode steps after them; the tokens to watch for."""
+        the batch's first decode steps after them (`_decode_steps` adds the rest as tokens come); the tokens to
+        watch for."""
         batch.admitted = time.perf_counter()
         prefill, decode = self._phase(PREFILL, batch.prompt_tokens), self._phase(DECODE, self.batch_size)
         awaited, chosen = {}, []
