@@ -177,6 +177,10 @@ class Target:
     # The fixed time a partition boundary costs on this target: launching a separately compiled graph and waiting
     # for the stage before it (partitioner/placement/hops.py). Spec field `stage_launch_microseconds`.
     stage_launch_seconds: float = 0.0
+    # What each kernel adds when a step is replayed from a captured graph (CUDA graphs: no host dispatch, views
+    # cost nothing), as serving engines run an LLM's decode step; None where the target replays none, and its
+    # decode step costs as it runs eagerly (cost_models/graph_replay.py). Spec field `graph_kernel_microseconds`.
+    graph_kernel_seconds: float | None = None
     origin: str = "built-in"  # where the spec came from: "built-in", "file", or "plug-in <package> <version>"
     hooks: TargetHooks | None = None  # a plug-in's code for what the spec's data cannot say (targets/hooks.py)
     tensor_parallel: TensorParallel | None = None

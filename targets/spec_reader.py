@@ -27,7 +27,8 @@ TARGET_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _TOP_LEVEL_FIELDS = {
     "name", "kind", "description", "torch_device", "onnx_execution_provider",
     "price_per_hour", "memory_gib", "memory_bandwidth_gb_per_second",
-    "launch_overhead_microseconds", "view_overhead_microseconds", "stage_launch_microseconds", "compute_efficiency",
+    "launch_overhead_microseconds", "view_overhead_microseconds", "stage_launch_microseconds",
+    "graph_kernel_microseconds", "compute_efficiency",
     "memory_efficiency", "peak_tflops", "host_link", "links", "support", "op_classes",
 }
 # What no real device comes near, in each field's unit: a figure outside is a typo or a unit mix-up
@@ -40,6 +41,7 @@ _PLAUSIBLE = {
     "launch_overhead_microseconds": (0.0, 1e6, "microseconds"),
     "view_overhead_microseconds": (0.0, 1e6, "microseconds"),
     "stage_launch_microseconds": (0.0, 1e6, "microseconds"),
+    "graph_kernel_microseconds": (0.0, 1e6, "microseconds"),
     "compute_half_efficiency_mflop": (0.0, 1e9, "MFLOP"),
     "memory_half_efficiency_mib": (0.0, 1e7, "MiB"),
     "latency_microseconds": (0.0, 1e7, "microseconds"),
@@ -206,6 +208,8 @@ class SpecReader(TomlReader):
             view_overhead_seconds=self.number("view_overhead_microseconds", {"view_overhead_microseconds": 0.0,
                                                                              **self.data}, minimum=0.0) * _MICRO,
             stage_launch_seconds=self.stage_launch_microseconds() * _MICRO,
+            graph_kernel_seconds=(self.number("graph_kernel_microseconds", minimum=0.0) * _MICRO
+                                  if "graph_kernel_microseconds" in self.data else None),
             host_link=self.link(self.table("host_link"), "host_link"),
             links={
                 peer: self.link(value, f"links.{peer}") for peer, value in self.table("links", default={}).items()

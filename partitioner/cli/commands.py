@@ -55,6 +55,9 @@ def _compile(args: argparse.Namespace, result_stream: TextIO) -> int:
     if args.expert_shards is not None:
         raise PartitionerError("--expert-shards splits the experts of an LLM planned for a workload. Fix: add "
                                "--workload, or drop --expert-shards.")
+    if args.no_tensor_parallel:
+        raise PartitionerError("--no-tensor-parallel keeps the layers of an LLM planned for a workload whole. Fix: "
+                               "add --workload, or drop --no-tensor-parallel.")
     pins = parse_pins(args.pin, args.forbid)
     objective = objective_named(args.objective or "latency")
     options = SolverOptions(time_limit_seconds=args.time_limit, workers=args.workers, seed=args.seed,
@@ -137,7 +140,8 @@ def _compile_llm(args: argparse.Namespace, output: Path, progress: Progress, cos
         plan = plan_llm(model, workload, fleet, time_limit_seconds=args.time_limit, cost_model=cost_model,
                         source=source, name=Path(source.path).stem, fallback=args.fallback,
                         expert_shards=args.expert_shards, workers=args.workers, seed=args.seed,
-                        deterministic=args.deterministic, **_engine_hop(args))
+                        deterministic=args.deterministic, tensor_parallel=not args.no_tensor_parallel,
+                        **_engine_hop(args))
     path = plan.save(output / "llm_plan.json")
     page = write_llm_html_report(plan, output / "report.html")
     if args.json:

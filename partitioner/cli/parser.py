@@ -35,6 +35,9 @@ def command_parser() -> argparse.ArgumentParser:
                                 help="with --workload: split each mixture-of-experts layer's experts into N shards, "
                                      "each placed on its own device (default: 2 on a fleet of several devices; "
                                      "each shard adds ops to every step)")
+    compile_parser.add_argument("--no-tensor-parallel", action="store_true",
+                                help="with --workload: keep every layer whole on one device (no group of identical "
+                                     "devices splits one), as the plans serve and export run need")
     compile_parser.add_argument("--min-throughput", type=rate, metavar="RATE",
                                 help="requests per second to serve at full load, e.g. 50/s; with --objective "
                                      "serving-cost, the cheapest devices of the fleet that serve it")

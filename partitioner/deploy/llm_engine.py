@@ -466,9 +466,9 @@ def _check_servable(plan: LLMPlan) -> None:
     if plan.best.collectives:
         groups = ", ".join(plan.best.collectives)
         raise PartitionerError(f"the plan splits layers across tensor-parallel groups ({groups}), which the Ray "
-                               "engine does not serve yet (each actor runs whole ops). Fix: check the groups' "
-                               "tokens against the model with `partitioner run PLAN --check`; serving them is "
-                               "not built yet.")
+                               "engine does not serve yet (each actor runs whole ops). Fix: compile again with "
+                               "--no-tensor-parallel for a plan it serves (each layer whole on one device); the "
+                               "groups' tokens can be checked against the model with `partitioner run PLAN --check`.")
 
 
 def _phases(plan: LLMPlan, model: torch.nn.Module) -> tuple[dict[str, PhaseStages], dict[str, dict[str, WorkerPhase]]]:

@@ -217,6 +217,9 @@ class LLMPlan:
     # Per phase, per op, its compute seconds on one device of each group of identical devices that runs it (and
     # on each tensor-parallel place kind): a prefill's per request (prompt lengths by share), a decode step's.
     op_seconds: Mapping[str, Mapping[str, Mapping[str, float]]] = field(default_factory=dict)
+    # Per device kind whose decode step is priced as a captured graph's replay, the seconds each kernel adds
+    # (cost_models/graph_replay.py); kinds not named run it eagerly.
+    graph_replay: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def gap(self) -> float:
@@ -251,7 +254,8 @@ class LLMPlan:
                 "phase_ops": {phase: [op.to_list() for op in ops] for phase, ops in self.phase_ops.items()},
                 "targets": [target.to_dict() for target in self.targets],
                 "op_seconds": {phase: {node: dict(costs) for node, costs in ops.items()}
-                               for phase, ops in self.op_seconds.items()}}
+                               for phase, ops in self.op_seconds.items()},
+                "graph_replay": dict(self.graph_replay)}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LLMPlan:
@@ -269,7 +273,8 @@ class LLMPlan:
                    entries(data, "phase_ops", lambda table, name: listed(table, name, PhaseOp.from_list), {}),
                    records(data, "targets", TargetRecord.from_dict, ()),
                    entries(data, "op_seconds", lambda table, phase: entries(
-                       table, phase, lambda ops, node: entries(ops, node, number)), {}))
+                       table, phase, lambda ops, node: entries(ops, node, number)), {}),
+                   entries(data, "graph_replay", number, {}))
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as versioned JSON (partitioner/files.py writes it whole or not at all)."""

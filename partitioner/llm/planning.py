@@ -2,9 +2,10 @@
 
 Prefill is captured for the workload's prompt lengths and a decode step for the
 batch sizes worth trying (partitioner/llm/phases.py), costed (prompt buckets as
-their share-weighted mean, partitioner/llm/buckets.py), joined into one serving
-problem (partitioner/llm/joint.py): with each weight placed once (co-located) and
-with each device given to one phase (disaggregated). Batch sizes whose weights
+their share-weighted mean, partitioner/llm/buckets.py; a decode step as the replay
+of a captured graph on devices that replay them, cost_models/graph_replay.py),
+joined into one serving problem (partitioner/llm/joint.py): with each weight
+placed once (co-located) and with each device given to one phase (disaggregated). Batch sizes whose weights
 and KV cache exceed the fleet's memory are refused unsolved.
 
 What is minimised is money per output token, by one search over every
@@ -32,6 +33,7 @@ from typing import Mapping
 import torch
 
 from cost_models.base import CostModel
+from cost_models.graph_replay import GraphReplay
 from cost_models.roofline import RooflineCostModel
 from cost_models.tensor_parallel import collective_seconds
 from partitioner.errors import PartitionerError
@@ -54,7 +56,7 @@ from partitioner.placement.floors import bottleneck_relaxation, latency_floor_se
 from partitioner.placement.objectives import THROUGHPUT
 from partitioner.placement.problem import DEFAULT_ENGINE_HOP_SECONDS, PlacementProblem, build_problem
 from partitioner.placement.scoring import score
-from partitioner.placement.serving import place_kind
+from partitioner.placement.serving import device_kind, place_kind
 from partitioner.placement.solver import SolverOptions, solve
 from partitioner.placement.tagging import tag
 from partitioner.plan_records import target_records
@@ -88,7 +90,8 @@ CLOSE_ENOUGH_PER_TOKEN = 0.01
 def plan_llm(model: torch.nn.Module, workload: Workload, fleet: Fleet, *, time_limit_seconds: float = 60.0,
              cost_model: CostModel | None = None, source: ModelSource | None = None, name: str | None = None,
              fallback: str | None = None, expert_shards: int | None = None, workers: int = 0, seed: int = 0,
-             deterministic: bool = False, engine_hop_seconds: float = DEFAULT_ENGINE_HOP_SECONDS) -> LLMPlan:
+             deterministic: bool = False, engine_hop_seconds: float = DEFAULT_ENGINE_HOP_SECONDS,
+             tensor_parallel: bool = True) -> LLMPlan:
     """The cheapest way per output token to serve `workload` with `model` on `fleet`, within its limits.
 
     The model is planned through its weightless twin (partitioner/frontend/meta_twin.py): its weights and caches
@@ -99,7 +102,8 @@ def plan_llm(model: torch.nn.Module, workload: Workload, fleet: Fleet, *, time_l
     shard adds ops (and their launch overhead) to every step: more shards place finer and cost more.
     `time_limit_seconds` covers the whole planning (capture and costing too; the search gets what they leave,
     at least a tenth of it); `workers`, `seed`, `deterministic` and `engine_hop_seconds`
-    are as for `compile`.
+    are as for `compile`. `tensor_parallel=False` keeps every layer whole on one device (no group splits one),
+    as the plans `serve` and `export` run need.
     """
     name = name or type(model).__name__
     _check_context(model, workload, name)
@@ -111,7 +115,8 @@ def plan_llm(model: torch.nn.Module, workload: Workload, fleet: Fleet, *, time_l
     twin = meta_twin(model)
     with experts_sharded(twin, shards) as sharded_layers:
         return _plan(twin, workload, fleet, fallback, options, cost_model or RooflineCostModel(), source, name,
-                     min(shards, experts_per_layer(twin)) if sharded_layers else 0, engine_hop_seconds)
+                     min(shards, experts_per_layer(twin)) if sharded_layers else 0, engine_hop_seconds,
+                     tensor_parallel)
 
 
 def _check_context(model: torch.nn.Module, workload: Workload, name: str) -> None:
@@ -129,7 +134,7 @@ def _check_context(model: torch.nn.Module, workload: Workload, name: str) -> Non
 
 def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: str | None, options: SolverOptions,
           cost_model: CostModel, source: ModelSource | None, name: str, expert_shards: int,
-          engine_hop_seconds: float) -> LLMPlan:
+          engine_hop_seconds: float, tensor_parallel: bool) -> LLMPlan:
     started = time.perf_counter()
     prompts = workload.prompt.buckets
     batches = (workload.batch_size,) if workload.batch_size else tuple(
@@ -142,14 +147,15 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
     any_graph = next(iter(prefill_graphs.graphs.values()))
     splits_state = all(splits_its_state(graph, phase.state) for phase in (prefill_graphs, decode_graphs)
                        for graph in phase.graphs.values())
-    if splits_state:
+    if splits_state and tensor_parallel:
         targets = with_tensor_parallel_places(targets, sharding.degrees,
                                               replicated_weight_bytes(any_graph, prefill_graphs.state))
     alone = devices_alone(targets)
     prefill = _costed(prefill_graphs, dict(prompts), targets, cost_model, engine_hop_seconds)
     kv_per_request = prefill_graphs.state_bytes(prompts[0][0])
     runs, tried = _fitting(batches, prefill, kv_per_request)
-    decodes = {batch: _costed(decode_graphs, {batch: 1.0}, targets, cost_model, engine_hop_seconds, token_loop=True)
+    decodes = {batch: _costed(decode_graphs, {batch: 1.0}, targets, GraphReplay(cost_model), engine_hop_seconds,
+                              token_loop=True)
                for batch in {b for _, b in runs}}
     runs = _within_reach(runs, workload, prefill, decodes, tried, options.time_limit_seconds * FLOORS_BEFORE_SEARCH)
     joints = {(deployment, batch): _joint(prefill, decodes[batch], workload, batch, deployment == "disaggregated")
@@ -175,11 +181,14 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
     return LLMPlan(name, workload, fleet.describe(planned_on=len(alone), ops=ops), targets.fallback,
                    decoder_layers(model), kv_per_request, best, tuple(tried), baselines, fallback_price,
                    time.perf_counter() - started, expert_shards, min(floor, best.cost_per_million_output_tokens),
-                   source, _kept_whole(name, sharding, splits_state) if can_split(targets) else None,
+                   source, _kept_whole(name, sharding, splits_state, tensor_parallel) if can_split(targets)
+                   else None,
                    model_fingerprint(model), {phase.phase: _phase_ops(phase) for phase in (prefill_graphs,
                                                                                           decode_graphs)},
                    target_records(targets), {PREFILL: _op_seconds(prefill.problem, targets),
-                                             DECODE: _op_seconds(decode.problem, targets)})
+                                             DECODE: _op_seconds(decode.problem, targets)},
+                   {device_kind(t.name): t.graph_kernel_seconds for t in targets
+                    if t.graph_kernel_seconds is not None})
 
 
 def _fitting(batches: tuple[int, ...], prefill: CostedPhase,
@@ -283,8 +292,9 @@ def _search(joints: Mapping[tuple[str, int], PlacementProblem], prefill: CostedP
     limits = _LatencyFloors(prefill, decodes, workload)
     cheapest = math.inf
     for (deployment, batch), joint in joints.items():  # the baselines first: no plan may be worse than one
-        for outcome in _baselines(deployment, batch, joint.on_devices(alone) or joint, prefill, decodes[batch],
-                                  workload):
+        for outcome in [*_baselines(deployment, batch, joint.on_devices(alone) or joint, prefill, decodes[batch],
+                                    workload),
+                        *_whole_on_one_place(deployment, batch, joint, prefill, decodes[batch], workload)]:
             outcomes.setdefault((deployment, batch), []).append(outcome)
             if outcome.refusal is None:
                 cheapest = min(cheapest, outcome.result.cost_per_million_output_tokens)
@@ -354,8 +364,10 @@ def _phase_ops(phase: PhaseGraphs) -> tuple[PhaseOp, ...]:
     return tuple(PhaseOp(node.name, node.op, node.module_path) for node in phase.graphs[max(phase.graphs)])
 
 
-def _kept_whole(name: str, sharding: ShardingPlan, splits_state: bool) -> str | None:
+def _kept_whole(name: str, sharding: ShardingPlan, splits_state: bool, tensor_parallel: bool) -> str | None:
     """Why no layer of the model may split across a group, where none may (None where groups were offered)."""
+    if not tensor_parallel:
+        return "tensor parallelism was turned off (--no-tensor-parallel), so every layer runs whole on one device"
     if not sharding.styles:
         return f"{name} declares no tensor-parallel plan (tp_plan), so every layer runs whole on one device"
     if not sharding.degrees:
@@ -524,6 +536,29 @@ def _baselines(deployment: str, batch: int, joint: PlacementProblem, prefill: Co
         assignment = strategy(joint)
         result = score(joint, assignment)
         if result.fits_memory and not result.phase_conflicts:
+            figures = deployment_figures(deployment, batch, joint, result, prefill, decode, workload, assignment,
+                                         None)
+            outcomes.append(Tried(deployment, batch, figures, "; ".join(figures.misses(workload)) or None))
+    return outcomes
+
+
+def _whole_on_one_place(deployment: str, batch: int, joint: PlacementProblem, prefill: CostedPhase,
+                        decode: CostedPhase, workload: Workload) -> list[Tried]:
+    """Co-located, the whole model on one place of each kind (a device, or a tensor-parallel place) that runs
+    every op and holds it: scored, not searched, so that the search starts from the simplest plans and a rental
+    of many devices whose floor is lower cannot take the time that would have found them."""
+    if deployment != "co-located":
+        return []
+    outcomes = []
+    first_of_each: dict[str, str] = {}
+    for target in joint.targets:
+        first_of_each.setdefault(place_kind(target.name), target.name)
+    for place in first_of_each.values():
+        if joint.on_devices((place,)) is None:  # some op does not run there
+            continue
+        assignment = {node.name: place for node in joint.nodes}
+        result = score(joint, assignment)
+        if result.fits_memory:
             figures = deployment_figures(deployment, batch, joint, result, prefill, decode, workload, assignment,
                                          None)
             outcomes.append(Tried(deployment, batch, figures, "; ".join(figures.misses(workload)) or None))

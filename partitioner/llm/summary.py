@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Mapping
 
 from partitioner.llm.deployment import Deployment, LLMPlan
 from partitioner.placement.serving import device_kind
@@ -27,7 +28,7 @@ def format_llm_summary(plan: LLMPlan) -> str:
         f"           {best.output_tokens_per_second:.4g} output tokens/s ({best.requests_per_second:.4g} req/s) at "
         f"full load; TTFT {_ttft(best)}, TPOT {format_seconds(best.tpot_seconds)}; "
         f"bottleneck {best.bottleneck}",
-        *_placement_lines(best, fallback_kind),
+        *_placement_lines(best, fallback_kind, plan.graph_replay),
         *([f"tensor     none: {plan.kept_whole}"] if plan.kept_whole else []),
         "",
         f"{'strategy':<28}{'per 1M out':>12}{'tokens/s':>11}{'TTFT':>10}{'TPOT':>10}   vs plan",
@@ -79,12 +80,12 @@ def _ttft(deployment: Deployment) -> str:
     return ", ".join(f"{format_seconds(seconds)} at {tokens}" for tokens, seconds in by_prompt) + " prompt tokens"
 
 
-def _placement_lines(deployment: Deployment, fallback_kind: str) -> list[str]:
+def _placement_lines(deployment: Deployment, fallback_kind: str, graph_replay: Mapping[str, float]) -> list[str]:
     lines = []
     for phase in ("prefill", "decode"):
         devices = deployment.devices[phase]
         lines.append(f"{phase:<10} on {', '.join(devices)}; {100 * deployment.off_fallback_flops[phase]:.1f}% of its "
-                     f"FLOPs off {fallback_kind}")
+                     f"FLOPs off {fallback_kind}" + (_replayed(devices, graph_replay) if phase == "decode" else ""))
     kv = ", ".join(f"{device} {format_bytes(size)}" for device, size in sorted(deployment.kv_cache_bytes.items())
                    if size >= 1024)  # not the position counters a cache also keeps
     lines.append(f"KV cache   {kv or 'none'}")
@@ -98,6 +99,15 @@ def _placement_lines(deployment: Deployment, fallback_kind: str) -> list[str]:
         lines.append("experts    decode's expert shards: " + ", ".join(
             f"{device} {count}" for device, count in deployment.expert_shards_on.items()))
     return lines
+
+
+def _replayed(devices: list[str], graph_replay: Mapping[str, float]) -> str:
+    """Which of the decode step's devices it is priced on as a captured graph's replay, and what a kernel adds."""
+    kinds = {kind: graph_replay[kind] for kind in dict.fromkeys(device_kind(d) for d in devices) if kind in graph_replay}
+    if not kinds:
+        return ""
+    return "; a step replayed as a captured graph on " + ", ".join(
+        f"{kind} ({format_seconds(seconds)} a kernel)" for kind, seconds in kinds.items()) + ", no host dispatch"
 
 
 def _split_parts(modules: tuple[str, ...]) -> str:

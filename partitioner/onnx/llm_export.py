@@ -51,8 +51,9 @@ def export_llm_plan(plan: LLMPlan, model: torch.nn.Module, output_dir: str | Pat
     if plan.best.collectives:
         raise PartitionerError(f"the plan splits layers across tensor-parallel groups "
                                f"({', '.join(plan.best.collectives)}), whose shards export does not write yet (a "
-                               "file would hold the whole op). Fix: check the groups' tokens against the model "
-                               "with `partitioner run PLAN --check`; exporting them is not built yet.")
+                               "file would hold the whole op). Fix: compile again with --no-tensor-parallel for a "
+                               "plan it exports (each layer whole on one device); the groups' tokens can be "
+                               "checked against the model with `partitioner run PLAN --check`.")
     output_dir = Path(output_dir)
     check_output_folder(output_dir)
     sizes = [(PREFILL, tokens) for tokens, _ in plan.workload.prompt.buckets] + [(DECODE, plan.best.batch_size)]

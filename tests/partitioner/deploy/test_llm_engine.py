@@ -123,7 +123,8 @@ def test_a_plan_that_splits_layers_across_a_group_is_refused_before_anything_sta
     group = GroupCollectives(2, 4, 1e-4, 4, 1e-4, ("transformer.h.0.attn",))
     split = dataclasses.replace(plan, best=dataclasses.replace(plan.best, collectives={"tiny.tp2.0": group}))
 
-    with pytest.raises(PartitionerError, match=r"tensor-parallel groups \(tiny.tp2.0\).* run PLAN --check"):
+    with pytest.raises(PartitionerError,
+                       match=r"tensor-parallel groups \(tiny.tp2.0\).*--no-tensor-parallel.* run PLAN --check"):
         deploy_llm_on_ray(split, model)
 
 

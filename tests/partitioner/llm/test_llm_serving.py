@@ -21,6 +21,7 @@ from partitioner.llm.buckets import mean_problem, on_one_graph
 from partitioner.llm.experts import expert_shard, experts_sharded
 from partitioner.llm.deployment import LLMPlan
 from partitioner.llm.planning import plan_llm
+from partitioner.llm.summary import format_llm_summary
 from partitioner.llm.phases import (LayerCache, TransformersInputs, cache_layout, capture_decode, capture_prefill,
                                     sliding_windows_as_static, token_positions)
 from targets.workload import load_workload
@@ -76,6 +77,29 @@ def test_a_decode_step_is_memory_bound_and_prefill_reuses_each_weight_for_every_
     # One token per sequence: each weight byte read serves about one multiply-add (2 FLOPs per 2 bytes).
     assert intensity(decode) < 0.01 * ridge
     assert intensity(prefill) > 100 * intensity(decode)  # 512 tokens reuse each weight 512 times
+
+
+def test_a_decode_step_is_priced_as_a_replayed_graph_on_a_gpu_and_a_prefill_as_it_runs_eagerly():
+    """Serving engines replay the decode step from a captured CUDA graph: on the H100 each kernel then adds
+    1.5 us (its spec's graph_kernel_microseconds) in place of its 6 us launch, and views cost nothing."""
+    model = small_llama()
+    workload = load_workload_text('name = "short"\nprompt_tokens = 16\noutput_tokens = 8\nbatch_size = 4\n')
+    plan = plan_llm(model, workload, load_fleet("cuda-h100=1"), time_limit_seconds=5, workers=1, deterministic=True)
+    h100 = load_target("cuda-h100")
+    decode = capture_decode(model, [4], workload.context_tokens).graphs[4]
+
+    assert plan.graph_replay == {"cuda-h100": pytest.approx(1.5e-6)}
+    q_proj = next(n for n in decode if n.module_path.endswith("layers.0.self_attn.q_proj") and n.flops)
+    # 4 tokens x 64 wide by a 64 x 64 float32 weight: 18,432 bytes moved at 75% of 3.35 TB/s; its 32,768 FLOPs
+    # at 60% of 67 TFLOP/s take less.
+    assert q_proj.bytes_read + q_proj.bytes_written == 18_432
+    assert plan.op_seconds["decode"][q_proj.name]["cuda-h100"] == pytest.approx(1.5e-6 + 18_432 / (3350e9 * 0.75))
+    views = [op.name for op in plan.phase_ops["decode"] if op.op in ("aten.view.default", "aten.transpose.int")]
+    assert views and all(plan.op_seconds["decode"][name]["cuda-h100"] == 0.0 for name in views)
+    prefill_views = [op.name for op in plan.phase_ops["prefill"] if op.op == "aten.view.default"]
+    assert prefill_views and all(plan.op_seconds["prefill"][name]["cuda-h100"] == h100.view_overhead_seconds
+                                 for name in prefill_views)
+    assert "a step replayed as a captured graph on cuda-h100 (1.5 us a kernel)" in format_llm_summary(plan)
 
 
 def test_one_symbolic_capture_of_decode_gives_each_batch_what_a_capture_at_that_batch_gives():

@@ -11,7 +11,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from cost_models.graph_replay import GraphReplay
 from cost_models.roofline import RooflineCostModel
+from partitioner.cli import main
 from partitioner.errors import PartitionerError
 from partitioner.frontend.sharding import model_sharding, replicated_weight_bytes, shard_graph
 from partitioner.llm.phases import capture_decode
@@ -42,12 +44,13 @@ def workload(tpot_ms: float | None) -> str:
 
 
 def decode_step_seconds(model, fleet_text: str, place: str, batch: int = BATCH, context: int = CONTEXT) -> float:
-    """One decode step with every op on `place` of the fleet (a device, or a tensor-parallel place)."""
+    """One decode step with every op on `place` of the fleet (a device, or a tensor-parallel place), replayed as
+    a captured graph, as the planner prices decode steps."""
     phase = capture_decode(model, [batch], context)
     graph = shard_graph(phase.graphs[batch], model_sharding(model))
     targets = with_tensor_parallel_places(load_fleet(fleet_text).target_set(), (2,),
                                           replicated_weight_bytes(graph, phase.state))
-    problem = build_problem(graph, tag(graph, targets), targets, RooflineCostModel())
+    problem = build_problem(graph, tag(graph, targets), targets, GraphReplay(RooflineCostModel()))
     return score(problem, {node.name: place for node in problem.nodes}).latency_seconds
 
 
@@ -81,6 +84,20 @@ def test_a_tpot_between_one_gpus_decode_step_and_a_splitting_pairs_is_met_by_the
     assert (collectives.degree, collectives.per_decode_step) == (2, 4)
 
 
+def test_without_time_to_search_the_whole_model_on_one_tensor_parallel_place_is_still_a_plan():
+    """Each kind of place holding the whole model is scored before any search: a rental of many devices whose
+    floor is lower cannot take the time that would have found it."""
+    model = wide_llama()
+    one = decode_step_seconds(model, "cuda-h100=2", "cuda-h100.0")
+    pair = decode_step_seconds(model, "cuda-h100=2", "cuda-h100.tp2.0")
+
+    plan = plan_llm(model, load_workload_text(workload((one + pair) / 2 * 1e3)), load_fleet("cuda-h100=2"),
+                    time_limit_seconds=0.01, workers=1, deterministic=True)
+
+    assert plan.best.devices == {"prefill": ("cuda-h100.tp2.0",), "decode": ("cuda-h100.tp2.0",)}
+    assert plan.best.solver is None and plan.best.tpot_seconds <= (one + pair) / 2
+
+
 def test_over_a_link_too_slow_for_the_collectives_each_layer_stays_whole(tmp_path):
     model = wide_llama()
     fleet = slow_gpu_fleet(tmp_path)
@@ -94,6 +111,21 @@ def test_over_a_link_too_slow_for_the_collectives_each_layer_stays_whole(tmp_pat
     with pytest.raises(PartitionerError, match="tpot_ms"):
         plan_llm(model, load_workload_text(workload(one * 0.9 * 1e3)), load_fleet(fleet), time_limit_seconds=10,
                  workers=1, deterministic=True)
+
+
+def test_with_tensor_parallelism_turned_off_no_group_splits_a_layer_and_the_summary_says_so(tmp_path, capsys):
+    model = wide_llama()
+
+    plan = plan_llm(model, load_workload_text(workload(None)), load_fleet("cuda-h100=2"), time_limit_seconds=10,
+                    workers=1, deterministic=True, tensor_parallel=False)
+
+    assert not plan.best.collectives
+    assert not any(".tp" in device for devices in plan.best.devices.values() for device in devices)
+    assert "tensor     none: tensor parallelism was turned off (--no-tensor-parallel)" in format_llm_summary(plan)
+    # Only an LLM planned for a workload has layers to keep whole.
+    assert main(["compile", "model.py", "--no-tensor-parallel", "-o", str(tmp_path / "out")]) == 2
+    assert "--no-tensor-parallel keeps the layers of an LLM planned for a workload whole. Fix: add --workload" \
+        in capsys.readouterr().err
 
 
 def test_the_summary_says_what_each_group_splits_and_why_none_may_where_none_may():
