@@ -6,8 +6,8 @@ timed alone as `partitioner profile --device cuda` times it, into one profile; c
 profile (`partitioner calibrate`'s fit, size curves included); and prints predicted / measured for the built-in
 spec and the calibrated one: per op (median, p10-p90, share within 2x, rank correlation), the ops summed against
 their measured sum, and per op class, per model and dtype and over all of them. Each model's whole run is timed
-too, beside its ops' predicted sum. About 3-5 minutes on an H100; `--device cpu --target cpu-x86` runs the same
-check on a CPU. Not a test; writes Markdown and JSON.
+too, beside its ops' predicted sum. A few minutes on an H100 (estimated: not yet run on one); `--device cpu
+--target cpu-x86` runs the same check on a CPU. Not a test; writes Markdown and JSON.
 
     python benchmarks/gpu_check.py [--device cuda] [--target cuda-h100] [--models llama,bert,resnet50,vit]
                                    [--dtypes float32,bfloat16] [--batch 8] [--min-run-time 0.05] [--out DIR]

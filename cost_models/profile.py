@@ -19,7 +19,8 @@ from typing import Mapping
 import torch
 
 from partitioner.errors import PartitionerError
-from partitioner.fields import entries, number, part, text, whole
+from cost_models.kernel_shapes import AttentionShape
+from partitioner.fields import entries, exactly, number, part, text, whole, within
 from partitioner.files import PROFILE, read_json, write_json
 from targets.spec import Link
 
@@ -75,10 +76,14 @@ class OpMeasurement:
     op: str = ""
     method: str = "isolated"  # or "in_model": timed inside whole runs of a model
     kind: str = "compute"  # or "view": a view or bookkeeping op, timed for the target's view overhead
+    attention: AttentionShape | None = None  # an attention's shape, which its efficiency depends on
 
     def to_dict(self) -> dict:
-        return {"seconds": self.seconds, "flops": self.flops, "bytes": self.num_bytes, "dtype": self.dtype,
-                "op": self.op, "method": self.method, "kind": self.kind}
+        recorded = {"seconds": self.seconds, "flops": self.flops, "bytes": self.num_bytes, "dtype": self.dtype,
+                    "op": self.op, "method": self.method, "kind": self.kind}
+        if self.attention is not None:
+            recorded["attention"] = [self.attention.heads, self.attention.queries, self.attention.keys]
+        return recorded
 
     @classmethod
     def from_dict(cls, data: Mapping) -> OpMeasurement:
@@ -87,7 +92,16 @@ class OpMeasurement:
         return cls(number(data, "seconds", above=True, maximum=MOST_OP_SECONDS), whole(data, "flops"),
                    whole(data, "bytes"), text(data, "dtype"), text(data, "op", ""),
                    text(data, "method", "isolated", choices=("isolated", "in_model")),
-                   text(data, "kind", "compute", choices=("compute", "view")))
+                   text(data, "kind", "compute", choices=("compute", "view")),
+                   _attention(data))
+
+
+def _attention(data: Mapping) -> AttentionShape | None:
+    """A measurement's attention shape, written [heads, queries, keys]; None where it has none."""
+    if data.get("attention") is None:
+        return None
+    return within("attention", lambda found: AttentionShape(*exactly(
+        found, 3, lambda size: whole({"item": size}, "item", minimum=1), "[heads, queries, keys]")), data["attention"])
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,6 +99,9 @@ class RooflineConstants:
     launch_overhead_seconds: float
     compute_half_flops: float = 0.0
     memory_half_bytes: float = 0.0
+    # Attention only: the keys a block streams at which it reaches half of `compute_efficiency`
+    # (cost_models/kernel_shapes.py); zero: no curve.
+    compute_half_keys: float = 0.0
 
     def compute_seconds(self, flops: float, peak_flops_per_second: float) -> float:
         """Time to do `flops` at this class's size-dependent efficiency: (f + half) / (peak * e)."""
@@ -181,6 +184,9 @@ class Target:
     # cost nothing), as serving engines run an LLM's decode step; None where the target replays none, and its
     # decode step costs as it runs eagerly (cost_models/graph_replay.py). Spec field `graph_kernel_microseconds`.
     graph_kernel_seconds: float | None = None
+    # Its compute units (a GPU's streaming multiprocessors): a kernel's blocks run in waves of one a unit
+    # (cost_models/kernel_shapes.py); None: no waves. Spec field `compute_units`.
+    compute_units: int | None = None
     origin: str = "built-in"  # where the spec came from: "built-in", "file", or "plug-in <package> <version>"
     hooks: TargetHooks | None = None  # a plug-in's code for what the spec's data cannot say (targets/hooks.py)
     tensor_parallel: TensorParallel | None = None

@@ -28,7 +28,7 @@ _TOP_LEVEL_FIELDS = {
     "name", "kind", "description", "torch_device", "onnx_execution_provider",
     "price_per_hour", "memory_gib", "memory_bandwidth_gb_per_second",
     "launch_overhead_microseconds", "view_overhead_microseconds", "stage_launch_microseconds",
-    "graph_kernel_microseconds", "compute_efficiency",
+    "graph_kernel_microseconds", "compute_units", "compute_efficiency",
     "memory_efficiency", "peak_tflops", "host_link", "links", "support", "op_classes",
 }
 # What no real device comes near, in each field's unit: a figure outside is a typo or a unit mix-up
@@ -42,13 +42,15 @@ _PLAUSIBLE = {
     "view_overhead_microseconds": (0.0, 1e6, "microseconds"),
     "stage_launch_microseconds": (0.0, 1e6, "microseconds"),
     "graph_kernel_microseconds": (0.0, 1e6, "microseconds"),
+    "compute_units": (1, 1e6, "compute units"),
+    "compute_half_efficiency_keys": (0.0, 1e9, "keys"),
     "compute_half_efficiency_mflop": (0.0, 1e9, "MFLOP"),
     "memory_half_efficiency_mib": (0.0, 1e7, "MiB"),
     "latency_microseconds": (0.0, 1e7, "microseconds"),
 }
 _PLAUSIBLE_TFLOPS = (1e-6, 1e6, "TFLOP/s")
 _OP_CLASS_FIELDS = {"compute_efficiency", "memory_efficiency", "launch_overhead_microseconds"}
-_CURVE_FIELDS = {"compute_half_efficiency_mflop", "memory_half_efficiency_mib"}
+_CURVE_FIELDS = {"compute_half_efficiency_mflop", "memory_half_efficiency_mib", "compute_half_efficiency_keys"}
 _LINK_FIELDS = {"bandwidth_gb_per_second", "latency_microseconds"}
 _SUPPORT_FIELDS = {"ops", "dtypes", "max_rank", "static_shapes_only", "limits", "op_dtypes"}
 _LIMIT_FIELDS = {"op", "argument", "max", "min", "allowed", "dims"}
@@ -210,6 +212,7 @@ class SpecReader(TomlReader):
             stage_launch_seconds=self.stage_launch_microseconds() * _MICRO,
             graph_kernel_seconds=(self.number("graph_kernel_microseconds", minimum=0.0) * _MICRO
                                   if "graph_kernel_microseconds" in self.data else None),
+            compute_units=self.compute_units(),
             host_link=self.link(self.table("host_link"), "host_link"),
             links={
                 peer: self.link(value, f"links.{peer}") for peer, value in self.table("links", default={}).items()
@@ -218,6 +221,15 @@ class SpecReader(TomlReader):
             spec_path=str(self.path),
             op_classes=self.op_classes(),
         )
+
+    def compute_units(self) -> int | None:
+        """The spec's `compute_units`, a whole number; None where it gives none."""
+        if "compute_units" not in self.data:
+            return None
+        units = self.number("compute_units", minimum=1)
+        if units != int(units):
+            raise self.fail("compute_units", f"{units:g} is not a whole number", "count the units: e.g. 132")
+        return int(units)
 
     def stage_launch_microseconds(self) -> float:
         """The spec's `stage_launch_microseconds`, or its kind's default (DEFAULT_STAGE_LAUNCH_MICROSECONDS)."""
@@ -260,6 +272,7 @@ class SpecReader(TomlReader):
             launch_overhead_seconds=self.number("launch_overhead_microseconds", table, prefix, minimum=0.0) * _MICRO,
             compute_half_flops=self.number("compute_half_efficiency_mflop", table, prefix, minimum=0.0) * 1e6,
             memory_half_bytes=self.number("memory_half_efficiency_mib", table, prefix, minimum=0.0) * 1024**2,
+            compute_half_keys=self.number("compute_half_efficiency_keys", table, prefix, minimum=0.0),
         )
 
     def choice(self, field: str, choices: Iterable[str]) -> str:
