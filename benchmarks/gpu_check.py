@@ -137,14 +137,16 @@ def check(captured: dict[tuple[str, str], CapturedModel], device: str, target: T
     rows.append(_row("all", everything))
     for op_kind in sorted({kind for kind, *_ in everything}):
         for dtype in dict.fromkeys(dtype for _, dtype in captured):
-            members = [p for (_, d), group in pairs.items() if d == dtype for p in group if p[0] == op_kind]
-            if members:
-                rows.append(_row(f"class {op_kind} {dtype}", members))
-    return rows, described
+            rows.append(_row(f"class {op_kind} {dtype}",
+                             [p for (_, d), group in pairs.items() if d == dtype for p in group if p[0] == op_kind]))
+    return [row for row in rows if row is not None], described
 
 
 def _row(label: str, pairs: list[tuple[str, float, float | None, float]],
-         run_error: dict[str, float] | None = None) -> Row:
+         run_error: dict[str, float] | None = None) -> Row | None:
+    """The row of a group of (class, spec's, calibrated's, measured) times; None for a group with none."""
+    if not pairs:
+        return None
     measured = [m for *_, m in pairs]
     calibrated = None if any(c is None for _, _, c, _ in pairs) else Residuals.of([c for _, _, c, _ in pairs],
                                                                                  measured)
@@ -160,7 +162,8 @@ def markdown(rows: list[Row], described: str, device: str, target: str, seconds:
                 f"{100 * residuals.total_error:+.0f}%")
 
     lines = [f"# Device check: `{target}` against {device} ({seconds:.0f} s)", "",
-             "Predicted / measured per op signature, each timed alone; `sum` is the ops' predicted sum against "
+             "Predicted / measured per op of each model (an op signature timed alone, counted once per node "
+             "that has it); `sum` is the ops' predicted sum against "
              "their measured sum; `whole run` is that predicted sum (views included) against the model's measured "
              "run. Goals (issue 30): per-op median within 0.8-1.25, 75% within 2x, rank correlation above 0.6, "
              "sum within 25%.", "",

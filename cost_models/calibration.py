@@ -273,7 +273,8 @@ def _fit(ops: Sequence[OpMeasurement], target: Target, launch: float, parent: Ro
     flops = np.asarray([float(op.flops) for op in ops])
     num_bytes = np.asarray([float(op.num_bytes) for op in ops])
     # What each op's shape lets it use of the peak (an attention's keys and blocks) is the spec's, not fitted.
-    peaks = np.asarray([target.peak_for(op.dtype) * shape_efficiency(op.attention, target, parent) for op in ops])
+    peaks = np.asarray([target.peak_for(op.dtype) * shape_efficiency(
+        op.attention, target, target.constants_for(op_class(op.op), op.dtype)) for op in ops])
     log_measured = np.log([op.seconds for op in ops])
     bandwidth = target.memory_bandwidth_bytes_per_second
     parent_compute = (parent.compute_efficiency, parent.compute_half_flops if curve else 0.0)

@@ -5,7 +5,8 @@ TensorRT-LLM with CUDA graphs, vLLM on ROCm with HIP graphs): the host launches 
 views leave nothing in it. On a target whose spec gives `graph_kernel_microseconds`, an op of a replayed step
 costs its device time (the eager cost less its launch overhead) plus that figure per kernel, and a view or
 bookkeeping op nothing. Targets without the figure cost as their specs say: a compiled-graph accelerator's spec
-already gives in-graph figures, and a CPU runs eagerly.
+already gives in-graph figures, and a CPU runs eagerly. A measured op loses the spec's launch overhead, not
+whatever else eager PyTorch spent around its kernel; a plug-in's cost hook gives its own figure, replayed or not.
 """
 
 from __future__ import annotations

@@ -16,10 +16,13 @@ has no keys curve.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 from partitioner.frontend.op_graph import OpNode, TensorMeta
+from targets.op_classes import op_class
 from targets.spec import RooflineConstants, Target
 
 # FlashAttention-2's forward tile: 128 queries a block, 128 keys a step, for head dims up to 128.
@@ -42,15 +45,33 @@ class AttentionShape:
 
 
 def attention_shape(node: OpNode) -> AttentionShape | None:
-    """The shape of a scaled-dot-product attention node (query [..., heads, queries, dim], key [..., keys, dim]);
-    None for any other node, or where a size is symbolic."""
+    """The shape of an attention-class node (query [..., heads, queries, dim], key [..., keys, dim]); None for
+    any other node, or where a size is symbolic or zero."""
     query, key = node.arguments.get("query"), node.arguments.get("key")
-    if not (isinstance(query, TensorMeta) and isinstance(key, TensorMeta)) or len(query.shape) < 3:
+    if op_class(node.op) != "attention" or not (isinstance(query, TensorMeta) and isinstance(key, TensorMeta)):
         return None
-    sizes = (*query.shape[:-1], key.shape[-2])
-    if any(not isinstance(size, int) for size in sizes):
+    return _shape(query.shape, key.shape)
+
+
+def signature_attention_shape(op: str, signature: str) -> AttentionShape | None:
+    """The shape of an attention from its profile signature (cost_models/measured.py's `op_signature`: the op and
+    its arguments, tensors as [shape, dtype]), for measurements recorded before profiles held shapes."""
+    if op_class(op) != "attention":
         return None
-    return AttentionShape(math.prod(query.shape[:-2]), query.shape[-2], key.shape[-2])
+    try:
+        arguments = json.loads(signature)[1]
+        return _shape(arguments["query"][0], arguments["key"][0])
+    except (ValueError, LookupError, TypeError):
+        return None
+
+
+def _shape(query: Sequence, key: Sequence) -> AttentionShape | None:
+    if len(query) < 3 or len(key) < 2:
+        return None
+    sizes = (*query[:-1], key[-2])
+    if any(not isinstance(size, int) or size < 1 for size in sizes):
+        return None
+    return AttentionShape(math.prod(query[:-2]), query[-2], key[-2])
 
 
 def shape_efficiency(shape: AttentionShape | None, target: Target, constants: RooflineConstants) -> float:

@@ -19,7 +19,7 @@ from typing import Mapping
 import torch
 
 from partitioner.errors import PartitionerError
-from cost_models.kernel_shapes import AttentionShape
+from cost_models.kernel_shapes import AttentionShape, signature_attention_shape
 from partitioner.fields import entries, exactly, number, part, text, whole, within
 from partitioner.files import PROFILE, read_json, write_json
 from targets.spec import Link
@@ -101,7 +101,8 @@ def _attention(data: Mapping) -> AttentionShape | None:
     if data.get("attention") is None:
         return None
     return within("attention", lambda found: AttentionShape(*exactly(
-        found, 3, lambda size: whole({"item": size}, "item", minimum=1), "[heads, queries, keys]")), data["attention"])
+        found, 3, lambda size: whole({"size": size}, "size", minimum=1), "[heads, queries, keys]")),
+                  data["attention"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,10 @@ class Profile:
             text(i, "device_type", choices=("cpu", "cuda")), text(i, "name"), text(i, "torch_version"),
             whole(i, "threads", minimum=1)))
         ops = entries(data, "ops", lambda table, signature: part(table, signature, OpMeasurement.from_dict))
+        # An attention measured before profiles recorded shapes: its shape is in its signature.
+        ops = {signature: measurement if measurement.attention is not None or measurement.kind != "compute" else
+               replace(measurement, attention=signature_attention_shape(measurement.op, signature))
+               for signature, measurement in ops.items()}
         links = entries(data, "links", lambda table, name: part(table, name, Link.from_dict))
         return cls(identity, ops, links)
 

@@ -11,9 +11,10 @@ NCCL runs them). An op the plan does not split runs whole on each member, at one
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable, Mapping
 
-from partitioner.frontend.op_graph import OpNode, Sharding
+from cost_models.kernel_shapes import attention_shape
+from partitioner.frontend.op_graph import OpNode, Sharding, TensorMeta
 from targets.spec import Target
 
 
@@ -46,4 +47,19 @@ def shard_of(node: OpNode, degree: int) -> OpNode:
     written_split = 0 if node.sharding.writes_output_whole else node.bytes_written
     return dataclasses.replace(node, flops=round(node.flops * kept),
                                unread_bytes=node.unread_bytes + round(read_split * (1 - kept)),
-                               unwritten_bytes=node.unwritten_bytes + round(written_split * (1 - kept)))
+                               unwritten_bytes=node.unwritten_bytes + round(written_split * (1 - kept)),
+                               arguments=_heads_shared(node, degree))
+
+
+def _heads_shared(node: OpNode, degree: int) -> Mapping[str, Any]:
+    """`node`'s arguments as one member sees them: an attention's query, key and value with its share of the heads
+    (what its kernel's shape, and so its efficiency, depends on: cost_models/kernel_shapes.py)."""
+    if attention_shape(node) is None:
+        return node.arguments
+    shared = dict(node.arguments)
+    for name in ("query", "key", "value"):
+        tensor = shared.get(name)
+        if isinstance(tensor, TensorMeta) and len(tensor.shape) >= 3 and tensor.shape[-3] % degree == 0:
+            shape = (*tensor.shape[:-3], tensor.shape[-3] // degree, *tensor.shape[-2:])
+            shared[name] = dataclasses.replace(tensor, shape=shape)
+    return shared

@@ -254,6 +254,10 @@ class SpecReader(TomlReader):
                                 f"write it as an [op_classes.{name}] section")
             by_dtype = {key: value for key, value in table.items() if isinstance(value, dict)}
             own = {key: value for key, value in table.items() if key not in by_dtype}
+            for where, fields in [(prefix, own), *((f"{prefix}{d}.", t) for d, t in by_dtype.items())]:
+                if name != "attention" and "compute_half_efficiency_keys" in fields:
+                    raise self.fail(f"{where}compute_half_efficiency_keys", "only an attention streams keys",
+                                    "move it to [op_classes.attention], or drop it")
             self.check_known_fields(own, _OP_CLASS_FIELDS | _CURVE_FIELDS, prefix)
             defaults = {**dict.fromkeys(_CURVE_FIELDS, 0.0),
                         **{field: self.data.get(field) for field in _OP_CLASS_FIELDS}}

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from targets.fleet import Fleet
     import torch
     from partitioner.llm.deployment import LLMPlan
+    from partitioner.frontend.model_folder import FolderInputs
 
 
 def compile_command(args: argparse.Namespace) -> int:
@@ -64,7 +65,7 @@ def _compile(args: argparse.Namespace, result_stream: TextIO) -> int:
                             deterministic=args.deterministic,
                             on_progress=lambda best, bound: progress.solver_update(best, bound, objective.unit.name))
     with progress.step(f"capturing {args.model}"):
-        captured = load_model_file(args.model)
+        captured = load_model_file(args.model, _folder_inputs(args), weights=False)  # planning needs no weights
     with progress.step("planning"):
         plan = compile_captured(captured, targets, objective, max_latency_seconds=args.max_latency,
                                 min_throughput=args.min_throughput, fallback=args.fallback, solver_options=options,
@@ -134,8 +135,11 @@ def _compile_llm(args: argparse.Namespace, output: Path, progress: Progress, cos
             raise PartitionerError(f"{flag} does not apply with --workload, which minimises money per output token "
                                    "within the workload's limits. Fix: drop it and set ttft_ms, tpot_ms or "
                                    "requests_per_second in the workload file.")
+    if _folder_inputs(args) is not None:
+        raise PartitionerError("--batch, --tokens and --image-size size one pass of a model folder; with --workload "
+                               "the workload sizes prefill and decode. Fix: drop them.")
     with progress.step(f"building {args.model}"):
-        model, _, source = build_model_file(args.model)
+        model, _, source = build_model_file(args.model, weights=False)  # planning needs no weights
     with progress.step(f"planning {workload.name} (prefill, decode at several batch sizes, two deployments)"):
         plan = plan_llm(model, workload, fleet, time_limit_seconds=args.time_limit, cost_model=cost_model,
                         source=source, name=Path(source.path).stem, fallback=args.fallback,
@@ -521,7 +525,7 @@ def coverage_command(args: argparse.Namespace) -> int:
                                f"--targets {','.join(DEFAULT_TARGET_NAMES)}, or leave --targets out for every one.")
     targets = [load_target(name) for name in names] if names is not None else _every_target()
     with Progress("live").step("capturing the model"):
-        captured = load_model_file(args.model)
+        captured = load_model_file(args.model, weights=False)
     print(format_coverage(captured.name, coverage(annotate(captured.program), targets), args.top))
     return 0
 
@@ -545,6 +549,17 @@ def _every_target() -> tuple[Target, ...]:
     for problem in problems:
         print(f"partitioner: warning: {problem}", file=sys.stderr)
     return targets
+
+
+def _folder_inputs(args: argparse.Namespace) -> FolderInputs | None:
+    """The sizes of a model folder's example inputs that compile was given (None: none given)."""
+    from partitioner.frontend.model_folder import FolderInputs
+
+    given = {"batch": args.batch, "tokens": args.tokens, "image_size": args.image_size}
+    if all(value is None for value in given.values()):
+        return None
+    defaults = FolderInputs()
+    return FolderInputs(args.batch or defaults.batch, args.tokens or defaults.tokens, args.image_size)
 
 
 def _engine_hop(args: argparse.Namespace) -> dict[str, float]:

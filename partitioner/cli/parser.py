@@ -19,7 +19,15 @@ def command_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     compile_parser = subcommands.add_parser("compile", help="solve a placement for a model and write plan.json")
-    compile_parser.add_argument("model", help="file.py (with build()), file.py:function, or an ExportedProgram .pt2")
+    compile_parser.add_argument("model", help="file.py (with build()), file.py:function, an ExportedProgram .pt2, "
+                                              "or a Hugging Face model folder (config.json, weights optional)")
+    compile_parser.add_argument("--batch", type=positive_int, metavar="N",
+                                help="a model folder's example inputs: N at a time (default 1)")
+    compile_parser.add_argument("--tokens", type=positive_int, metavar="N",
+                                help="a model folder's example inputs: sequences of N tokens (audio: samples; "
+                                     "default 128)")
+    compile_parser.add_argument("--image-size", type=positive_int, metavar="PIXELS",
+                                help="a model folder's example inputs: images PIXELS a side (default: its config's)")
     compile_parser.add_argument(
         "--targets",
         help="comma-separated built-in target names or .toml spec paths, in priority order "
@@ -79,7 +87,8 @@ def command_parser() -> argparse.ArgumentParser:
     compile_parser.set_defaults(command=commands.compile_command)
 
     profile_parser = subcommands.add_parser("profile", help="time a model's ops on real devices into a profile folder")
-    profile_parser.add_argument("model", help="file.py (with build() and real weights), file.py:function, or .pt2")
+    profile_parser.add_argument("model", help="file.py (with build() and real weights), file.py:function, .pt2, or "
+                                              "a model folder with weights")
     profile_parser.add_argument("--device", action="append", default=[], metavar="DEVICE",
                                 help="a torch device to profile, e.g. cpu or cuda:0; repeat for several "
                                      "(default: cpu)")
@@ -180,7 +189,8 @@ def command_parser() -> argparse.ArgumentParser:
     targets_actions = targets_parser.add_subparsers(metavar="ACTION")
     coverage_parser = targets_actions.add_parser(
         "coverage", help="per target, the model's ops it supports (by count and by FLOPs) and the top refusals")
-    coverage_parser.add_argument("model", help="file.py (with build()), file.py:function, or an ExportedProgram .pt2")
+    coverage_parser.add_argument("model", help="file.py (with build()), file.py:function, an ExportedProgram .pt2, "
+                                               "or a Hugging Face model folder")
     coverage_parser.add_argument(
         "--targets", default=None,
         help="comma-separated built-in target names or .toml spec paths (default: every built-in target)")

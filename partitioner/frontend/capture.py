@@ -24,7 +24,8 @@ import torch
 from torch.export import ExportedProgram
 
 from partitioner.errors import PartitionerError
-from partitioner.fields import text
+from partitioner.fields import part, text
+from partitioner.frontend.model_folder import FolderInputs, build_model_folder, has_weights, is_model_folder
 from partitioner.frontend.input_containers import register_input_containers
 
 # This package's own folder, not any folder named "partitioner" (a user's project may have one).
@@ -35,32 +36,40 @@ _LIBRARY_MARKERS = ("site-packages", "dist-packages", "/torch/", str(Path(__file
 class ModelSource:
     """Where a model came from, so later commands can rebuild it.
 
-    `kind` is "python" (a file with a builder function) or "exported_program"
-    (a `.pt2` file); `function` names the builder for Python files.
+    `kind` is "python" (a file with a builder function), "exported_program"
+    (a `.pt2` file) or "folder" (a Hugging Face model folder); `function` names
+    the builder for Python files, `inputs` the example inputs made for a folder.
     """
 
     kind: str
     path: str
     function: str | None = None
+    inputs: FolderInputs | None = None
 
     def __str__(self) -> str:
         return f"{self.path}:{self.function}" if self.function else self.path
 
     @classmethod
     def parse(cls, spec: str) -> ModelSource:
-        """The source a CLI argument names: `file.py`, `file.py:function` or `file.pt2`."""
+        """The source a CLI argument names: `file.py`, `file.py:function`, `file.pt2` or a model folder."""
+        if is_model_folder(spec):
+            return cls("folder", spec)
         path, _, function = spec.partition(":")
         if path.endswith(".pt2") and not function:
             return cls("exported_program", path)
         return cls("python", path, function or None)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "path": self.path, "function": self.function}
+        recorded = {"kind": self.kind, "path": self.path, "function": self.function}
+        if self.inputs is not None:
+            recorded["inputs"] = self.inputs.to_dict()
+        return recorded
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelSource:
-        return cls(text(data, "kind", choices=("python", "exported_program")), text(data, "path"),
-                   text(data, "function", None))
+        inputs = data.get("inputs")
+        return cls(text(data, "kind", choices=("python", "exported_program", "folder")), text(data, "path"),
+                   text(data, "function", None), part(data, "inputs", FolderInputs.from_dict) if inputs else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,27 +162,71 @@ def _held_back_torch_output():
 
 
 def load_model_source(source: ModelSource) -> CapturedModel:
-    """Capture the model again from where a plan says it came from."""
-    return load_model_file(str(source) if source.kind == "python" else source.path)
+    """Capture the model again from where a plan says it came from (a folder's with its weights and inputs)."""
+    return load_model_file(str(source) if source.kind == "python" else source.path, source.inputs)
 
 
-def load_model_file(spec: str) -> CapturedModel:
+def load_model_file(spec: str, inputs: FolderInputs | None = None, weights: bool = True) -> CapturedModel:
     """Capture the model named by a CLI argument.
 
-    `spec` is `file.py` (calls `build()`), `file.py:function`, or a saved
-    ExportedProgram `file.pt2`.
+    `spec` is `file.py` (calls `build()`), `file.py:function`, a saved
+    ExportedProgram `file.pt2`, or a Hugging Face model folder (with example
+    `inputs` of those sizes; its weights loaded only with `weights`).
     """
     named = ModelSource.parse(spec)
     if named.kind == "exported_program":
         return _load_exported_program(Path(named.path))
-    model, example_inputs, source = build_model_file(spec)
+    if named.kind == "folder":
+        return _capture_folder(named.path, inputs or FolderInputs(), weights)
+    model, example_inputs, source = build_model_file(spec, inputs, weights)
     return capture(model, example_inputs, name=Path(source.path).stem, source=source)
 
 
-def build_model_file(spec: str) -> tuple[torch.nn.Module, Any, ModelSource]:
-    """Call the builder a CLI argument names (`file.py`, `file.py:function`): the model, its example inputs and
-    where they came from, before any capture."""
+def _capture_folder(folder: str, inputs: FolderInputs, weights: bool) -> CapturedModel:
+    """A model folder's model captured on the meta device, so that its graph is the same whether or not the
+    folder holds weights (a device's kernels may lay tensors out otherwise, which the graph shows); then, with
+    `weights` where it has them, the program given the folder's weights and the model built with them."""
+    source = ModelSource("folder", str(Path(folder).resolve()), inputs=inputs)
+    model, example_inputs = build_model_folder(folder, inputs, weights=False)
+    captured = capture(model, example_inputs, name=Path(folder).stem, source=source)
+    if not (weights and has_weights(folder)):
+        return captured
+    model, example_inputs = build_model_folder(folder, inputs, weights=True)
+    tensors = {**dict(model.named_parameters(remove_duplicate=False)),
+               **dict(model.named_buffers(remove_duplicate=False))}
+    program = captured.program
+    for held in (program.state_dict, program.constants):
+        for name in held:
+            held[name] = tensors[name]
+    _on_the_cpu(program)
+    return CapturedModel(program, captured.name, source, model, example_inputs)
+
+
+def _on_the_cpu(program: ExportedProgram) -> None:
+    """Make the tensors a program captured on the meta device creates (a range, a mask) on the CPU instead, where
+    its weights now are; the devices the plan places them on move them from there."""
+    def on_cpu(value: Any) -> Any:
+        return torch.device("cpu") if isinstance(value, torch.device) and value.type == "meta" else value
+
+    for node in program.graph.nodes:
+        node.args = tuple(on_cpu(arg) for arg in node.args)
+        node.kwargs = {key: on_cpu(value) for key, value in node.kwargs.items()}
+    program.graph_module.recompile()
+
+
+def build_model_file(spec: str, inputs: FolderInputs | None = None,
+                     weights: bool = True) -> tuple[torch.nn.Module, Any, ModelSource]:
+    """Call the builder a CLI argument names (`file.py`, `file.py:function`), or build a model folder's model
+    (partitioner/frontend/model_folder.py): the model, its example inputs and where they came from, before any
+    capture."""
     named = ModelSource.parse(spec)
+    if named.kind == "folder":
+        inputs = inputs or FolderInputs()
+        model, example_inputs = build_model_folder(named.path, inputs, weights)
+        return model, example_inputs, ModelSource("folder", str(Path(named.path).resolve()), inputs=inputs)
+    if inputs is not None:
+        raise PartitionerError(f"--batch, --tokens and --image-size size the inputs made for a model folder; "
+                               f"{spec} makes its own. Fix: drop them, or set the sizes in its build().")
     path = Path(named.path)
     function = named.function or "build"
     if path.suffix != ".py":

@@ -286,16 +286,23 @@ class LLMPlan:
         from (or from `spec`, file.py[:function]), in eval mode; one error where it cannot be, or is another
         model (its fingerprint differs)."""
         from partitioner.frontend.capture import build_model_file
+        from partitioner.frontend.model_folder import is_model_folder
 
         spec = spec or (str(self.source) if self.source else None)
         if spec is None:
             raise PartitionerError("the plan does not say where its model came from (written before plans recorded "
                                    "it). Fix: give the model (--model file.py[:function]; model= from Python).")
-        if spec == str(self.source) and self.source.kind == "python" and not Path(self.source.path).is_file():
-            raise PartitionerError(f"the plan's model file {self.source.path!r} is not there (moved or deleted). "
-                                   "Fix: give the model with --model file.py[:function].")
+        if spec == str(self.source) and self.source.kind in ("python", "folder") and not Path(
+                self.source.path).exists():
+            raise PartitionerError(f"the plan's model {self.source.path!r} is not there (moved or deleted). "
+                                   "Fix: give the model with --model file.py[:function] or --model FOLDER.")
         model, _, _ = build_model_file(spec)
         model.eval()  # generation, as served: no dropout
+        if any(parameter.is_meta for parameter in model.parameters()) and is_model_folder(spec):
+            raise PartitionerError(f"the model folder {spec} holds no weights (model.safetensors or its index): "
+                                   "planning needs none, running it does. Fix: save the model's weights into it "
+                                   "(model.save_pretrained), or give a build with weights with --model "
+                                   "file.py[:function].")
         if any(parameter.is_meta for parameter in model.parameters()):
             raise PartitionerError(f"{spec} builds its model on the meta device (planning needs no weights; running "
                                    "it does). Fix: give a build of the same model with weights, e.g. from its "

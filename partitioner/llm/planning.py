@@ -367,7 +367,8 @@ def _phase_ops(phase: PhaseGraphs) -> tuple[PhaseOp, ...]:
 def _kept_whole(name: str, sharding: ShardingPlan, splits_state: bool, tensor_parallel: bool) -> str | None:
     """Why no layer of the model may split across a group, where none may (None where groups were offered)."""
     if not tensor_parallel:
-        return "tensor parallelism was turned off (--no-tensor-parallel), so every layer runs whole on one device"
+        return ("tensor parallelism was turned off (--no-tensor-parallel), so every layer runs whole on one "
+                "device")
     if not sharding.styles:
         return f"{name} declares no tensor-parallel plan (tp_plan), so every layer runs whole on one device"
     if not sharding.degrees:
@@ -545,8 +546,8 @@ def _baselines(deployment: str, batch: int, joint: PlacementProblem, prefill: Co
 def _whole_on_one_place(deployment: str, batch: int, joint: PlacementProblem, prefill: CostedPhase,
                         decode: CostedPhase, workload: Workload) -> list[Tried]:
     """Co-located, the whole model on one place of each kind (a device, or a tensor-parallel place) that runs
-    every op and holds it: scored, not searched, so that the search starts from the simplest plans and a rental
-    of many devices whose floor is lower cannot take the time that would have found them."""
+    every op and holds it: scored, not searched. Each is a plan the search must beat before it starts, so a
+    rental of many devices whose floor is lower cannot take the time that would have found it."""
     if deployment != "co-located":
         return []
     outcomes = []

@@ -54,7 +54,7 @@ def test_the_device_check_compares_the_spec_and_its_calibration_per_model_dtype_
     ratios = sorted(RooflineCostModel().compute_seconds(n, target) / profile.ops[op_signature(n)].seconds
                     for n in compute)
     assert by_label["tiny float32"].spec.median == pytest.approx((ratios[1] + ratios[2]) / 2)
-    assert by_label["tiny float32"].run_error.keys() <= {"spec", "calibrated"}
+    assert "spec" in by_label["tiny float32"].run_error  # its ops' predicted sum against its measured run
     assert "whole profile" in described or "calibration refused" in described
 
     page = gpu_check.markdown(rows, described, "the CPU", target.name, 1.0)

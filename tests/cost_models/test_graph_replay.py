@@ -54,7 +54,7 @@ def test_a_target_that_replays_no_graphs_costs_as_it_runs_eagerly(replaying):
         assert REPLAYED.compute_seconds(node, eager_only) == EAGER.compute_seconds(node, eager_only)
 
 
-def test_a_measured_ops_time_loses_its_launch_overhead_and_the_measurement_still_wins_over_a_hook(replaying):
+def test_a_measured_ops_time_loses_its_launch_overhead_and_says_it_was_measured(replaying):
     class Measured:
         name = "measured"
 

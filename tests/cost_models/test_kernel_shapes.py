@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from cost_models.calibration import calibrate
+from cost_models.measured import op_signature
 from cost_models.kernel_shapes import AttentionShape, attention_shape, shape_efficiency
 from cost_models.profile import DeviceIdentity, OpMeasurement, Profile
 from cost_models.roofline import RooflineCostModel
+from cost_models.tensor_parallel import shard_of
 from partitioner.errors import PartitionerError
-from partitioner.frontend.op_graph import NodeKind, OpNode, TensorMeta
+from partitioner.frontend.op_graph import NodeKind, OpNode, Sharding, TensorMeta
 from targets.loader import BUILTIN_DIR, load_target
 
 H100 = load_target("cuda-h100")
@@ -99,4 +101,38 @@ def test_compute_units_must_be_a_whole_number(tmp_path):
     spec = (BUILTIN_DIR / "cuda-h100.toml").read_text().replace("compute_units = 132", "compute_units = 13.5")
     (tmp_path / "bad.toml").write_text(spec)
     with pytest.raises(PartitionerError, match="compute_units.*not a whole number"):
+        load_target(tmp_path / "bad.toml")
+
+
+def test_a_profile_written_before_shapes_were_recorded_reads_an_attentions_shape_from_its_signature():
+    node = attention(8, 12, 128, 128, 64)
+    measurement = OpMeasurement(50e-6, node.flops, node.bytes_read + node.bytes_written, "bfloat16", SDPA)
+    old = Profile(DeviceIdentity("cuda", "NVIDIA H100", torch.__version__, 1), {op_signature(node): measurement})
+    assert "attention" not in old.to_dict()["ops"][op_signature(node)]
+
+    read = Profile.from_dict(old.to_dict())
+
+    assert read.ops[op_signature(node)].attention == AttentionShape(96, 128, 128)
+
+
+def test_a_tensor_parallel_member_runs_its_share_of_the_heads_and_its_blocks_are_fewer():
+    node = dataclasses.replace(attention(1, 64, 512, 512, 128), sharding=Sharding.SPLIT)
+
+    member = attention_shape(shard_of(node, 4))
+
+    assert member == AttentionShape(16, 512, 512)
+    # 16 heads x 4 query tiles = 64 blocks on 132 units: two splits of the keys, 256 each.
+    assert shape_efficiency(member, H100, H100.constants_for("attention")) == pytest.approx(256 / 512 * 128 / 132)
+
+
+def test_an_attention_with_a_size_of_zero_or_an_op_of_another_class_has_no_shape():
+    assert attention_shape(attention(0, 8, 16, 16, 64)) is None
+    elementwise = dataclasses.replace(attention(1, 8, 16, 16, 64), op="aten.add.Tensor")
+    assert attention_shape(elementwise) is None
+
+
+def test_a_keys_curve_outside_the_attention_class_is_refused_naming_the_field(tmp_path):
+    spec = (BUILTIN_DIR / "cuda-h100.toml").read_text() + "\n[op_classes.matmul]\ncompute_half_efficiency_keys = 9\n"
+    (tmp_path / "bad.toml").write_text(spec)
+    with pytest.raises(PartitionerError, match=r"op_classes.matmul.compute_half_efficiency_keys.*only an attention"):
         load_target(tmp_path / "bad.toml")
