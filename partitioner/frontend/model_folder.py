@@ -10,6 +10,7 @@ sets (`FolderInputs`: batch, tokens, image size), which the plan records so late
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,11 +110,27 @@ def _with_weights(folder: Path, model_class) -> torch.nn.Module:
     logging.disable_progress_bar()
     try:
         with contextlib.redirect_stderr(io.StringIO()):
-            return model_class.from_pretrained(folder, local_files_only=True, dtype="auto")
+            model, loading = model_class.from_pretrained(folder, local_files_only=True, dtype="auto",
+                                                         output_loading_info=True, ignore_mismatched_sizes=True)
     except (RuntimeError, ValueError, OSError) as error:
-        raise PartitionerError(f"the weights in {folder} do not load into {model_class.__name__} as its "
-                               f"{CONFIG} describes it: {_first_line(error)}. Fix: give the weights saved with "
-                               "this config (save_pretrained writes both).") from None
+        raise _mismatch(folder, model_class, _first_line(error)) from None
+    # transformers fills a weight the files lack, or hold in another shape, with random values and only warns:
+    # here either is an error.
+    mismatched = [item[0] if isinstance(item, (list, tuple)) else str(item)
+                  for item in loading.get("mismatched_keys", ())]
+    if mismatched:
+        raise _mismatch(folder, model_class, f"{len(mismatched)} weights of another shape than the config's (e.g. "
+                                             f"{sorted(mismatched)[0]})")
+    missing = sorted(loading.get("missing_keys", ()))
+    if missing:
+        raise _mismatch(folder, model_class, f"{len(missing)} weights missing (e.g. {missing[0]})")
+    return model
+
+
+def _mismatch(folder: Path, model_class, problem: str) -> PartitionerError:
+    return PartitionerError(f"the weights in {folder} do not load into {model_class.__name__} as its {CONFIG} "
+                            f"describes it: {problem}. Fix: give the weights saved with this config "
+                            "(save_pretrained writes both).")
 
 
 def _example_inputs(folder: Path, model: torch.nn.Module, config, inputs: FolderInputs,
@@ -128,6 +145,8 @@ def _example_inputs(folder: Path, model: torch.nn.Module, config, inputs: Folder
         size = inputs.image_size or _image_size(config)
         made = {"pixel_values": torch.randn(inputs.batch, getattr(config, "num_channels", 3), size, size,
                                             dtype=_dtype(model), device=device)}
+        if size != _image_size(config) and "interpolate_pos_encoding" in inspect.signature(model.forward).parameters:
+            made["interpolate_pos_encoding"] = True  # position embeddings learnt at the config's size
     elif name == "input_values":
         made = {"input_values": torch.randn(inputs.batch, inputs.tokens, dtype=_dtype(model), device=device)}
     else:
@@ -151,7 +170,7 @@ def _dtype(model: torch.nn.Module) -> torch.dtype:
 
 
 def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
 
 
 def _version() -> str:

@@ -47,11 +47,14 @@ def explain_llm_node(plan: LLMPlan, name: str) -> str:
     lines += ["", f"{'device kind':<24}{'compute':>12}   note"]
     for kind in _kinds(plan):
         seconds = costs.get(kind)
-        note = "placed here" if kind == placed_kind else ""
+        notes = ["placed here"] if kind == placed_kind else []
+        if phase == DECODE and kind.split(".", 1)[0] in plan.graph_replay:
+            notes.append(f"a step replayed as a captured graph "
+                         f"({format_seconds(plan.graph_replay[kind.split('.', 1)[0]])} a kernel, no dispatch)")
         shown = format_seconds(seconds) if seconds is not None else "-"
         if seconds is None:
-            note = "does not run this op"
-        lines.append(f"{kind:<24}{shown:>12}   {note}".rstrip())
+            notes = ["does not run this op"]
+        lines.append(f"{kind:<24}{shown:>12}   {'; '.join(notes)}".rstrip())
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ from partitioner.llm.experts import expert_shard, experts_sharded
 from partitioner.llm.deployment import LLMPlan
 from partitioner.llm.planning import plan_llm
 from partitioner.llm.summary import format_llm_summary
+from partitioner.reporting.explain_llm import explain_llm_node
 from partitioner.llm.phases import (LayerCache, TransformersInputs, cache_layout, capture_decode, capture_prefill,
                                     sliding_windows_as_static, token_positions)
 from targets.workload import load_workload
@@ -100,6 +101,9 @@ def test_a_decode_step_is_priced_as_a_replayed_graph_on_a_gpu_and_a_prefill_as_i
     assert prefill_views and all(plan.op_seconds["prefill"][name]["cuda-h100"] == h100.view_overhead_seconds
                                  for name in prefill_views)
     assert "a step replayed as a captured graph on cuda-h100 (1.5 us a kernel)" in format_llm_summary(plan)
+    explained = explain_llm_node(plan, f"decode/{q_proj.name}")
+    assert "a step replayed as a captured graph (1.5 us a kernel, no dispatch)" in explained
+    assert "replayed" not in explain_llm_node(plan, f"prefill/{q_proj.name}")
 
 
 def test_one_symbolic_capture_of_decode_gives_each_batch_what_a_capture_at_that_batch_gives():
