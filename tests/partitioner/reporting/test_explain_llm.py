@@ -33,7 +33,7 @@ def test_an_op_of_a_phase_shows_its_place_its_module_and_its_cost_on_each_kind_o
     assert f"layer      {layer}: " in text
     seconds = plan.op_seconds["decode"][op.name]["tiny"]
     assert seconds > 0
-    assert any(line.startswith("tiny ") and line.endswith("placed here") for line in text.splitlines())
+    assert any(line.startswith("tiny ") and "placed here" in line for line in text.splitlines())
 
 
 def test_a_name_both_phases_have_asks_for_its_phase_and_a_wrong_name_gets_close_ones(plan):
