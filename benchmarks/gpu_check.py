@@ -7,7 +7,7 @@ profile (`partitioner calibrate`'s fit, size curves included); and prints predic
 spec and the calibrated one: per op (median, p10-p90, share within 2x, rank correlation), the ops summed against
 their measured sum, and per op class, per model and dtype and over all of them. Each model's whole run is timed
 too, beside its ops' predicted sum. A few minutes on an H100 (estimated: not yet run on one); `--device cpu
---target cpu-x86` runs the same check on a CPU. Not a test; writes Markdown and JSON.
+--target cpu-x86` runs the same check on a CPU. Not a test; writes Markdown and JSON, and keeps the profile.
 
     python benchmarks/gpu_check.py [--device cuda] [--target cuda-h100] [--models llama,bert,resnet50,vit]
                                    [--dtypes float32,bfloat16] [--batch 8] [--min-run-time 0.05] [--out DIR]
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -197,14 +198,18 @@ def main() -> None:
     target = load_target(args.target or DEFAULT_TARGET.get(device_type, "cuda-h100"))
     started = time.perf_counter()
     captured = captured_models(args.models.split(","), args.dtypes.split(","), args.batch)
-    with tempfile.TemporaryDirectory() as folder:
-        rows, described = check(captured, args.device, target, Path(folder), args.min_run_time)
-    seconds = time.perf_counter() - started
-    device = torch.cuda.get_device_name(args.device) if device_type == "cuda" else "the CPU"
-    text = markdown(rows, described, device, target.name, seconds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"gpu_check_{target.name}"
+    with tempfile.TemporaryDirectory() as folder:
+        rows, described = check(captured, args.device, target, Path(folder), args.min_run_time)
+        # The measurements themselves, for `partitioner calibrate` and `--cost-model measured:` later.
+        shutil.copytree(folder, out / f"{stem}_profile", dirs_exist_ok=True)
+    seconds = time.perf_counter() - started
+    device = torch.cuda.get_device_name(args.device) if device_type == "cuda" else "the CPU"
+    text = markdown(rows, described, device, target.name, seconds) + (
+        f"\nThe profile is in `{stem}_profile/`: `partitioner calibrate {out / f'{stem}_profile'} --target "
+        f"{target.name} -o {target.name}-calibrated.toml` writes the calibrated spec.\n")
     write_atomically(out / f"{stem}.md", text)
     write_atomically(out / f"{stem}.json", json.dumps({"device": device, "target": target.name,
                                                          "seconds": seconds, "calibration": described,

@@ -74,8 +74,12 @@ class Plan:
         return replace(self, captured=self._checked(capture(model, example_inputs, name=self.model.name)))
 
     def with_source(self, spec: str) -> Plan:
-        """This plan with its model rebuilt from `spec` (file.py[:function] or .pt2), e.g. after the file moved."""
-        return replace(self, model=replace(self.model, source=ModelSource.parse(spec)), captured=None)
+        """This plan with its model rebuilt from `spec` (file.py[:function], .pt2 or a model folder), e.g. after it
+        moved; a folder is given the input sizes the plan was compiled with."""
+        source = ModelSource.parse(spec)
+        if source.kind == "folder" and self.model.source is not None:
+            source = replace(source, inputs=self.model.source.inputs)
+        return replace(self, model=replace(self.model, source=source), captured=None)
 
     def captured_model(self) -> CapturedModel:
         """The captured model: kept from `compile`, or captured again from the recorded source."""

@@ -150,3 +150,13 @@ def test_from_python_a_folder_is_captured_without_its_weights_and_compiled(tmp_p
 
     assert all(t.is_meta for t in captured.program.state_dict.values())
     assert plan.model.source.kind == "folder" and plan.model.source.inputs == partitioner.FolderInputs(2, 8)
+
+
+def test_a_moved_folder_given_with_model_runs_with_the_sizes_the_plan_was_compiled_with(tmp_path, capsys):
+    folder = saved(llama(), tmp_path / "tiny-llama")
+    assert main(["compile", str(folder), "--batch", "2", "--tokens", "12", "--time-limit", "3",
+                 "-o", str(tmp_path / "out")]) == 0
+    moved = folder.rename(tmp_path / "moved-llama")
+
+    assert main(["run", str(tmp_path / "out" / "plan.json"), "--check", "--model", str(moved)]) == 0
+    assert capsys.readouterr().out.strip().endswith("PASS")
