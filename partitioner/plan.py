@@ -18,7 +18,8 @@ from partitioner.execution.partitioned_module import PartitionedModule, build_pa
 from partitioner.execution.split import Partition
 from partitioner.fields import FieldError, entries, number, part, records, text, texts
 from partitioner.files import PLAN, check_schema_version, read_json, write_json
-from partitioner.frontend.capture import CapturedModel, ModelSource, capture, load_model_source
+from partitioner.frontend.capture import (CapturedModel, ModelSource, capture, load_model_file, load_model_source,
+                                          planned_with_weights)
 from partitioner.frontend.op_graph import annotate
 from partitioner.llm.deployment import LLM_PLAN_KIND
 from partitioner.placement.objectives import Objective, objective_named
@@ -93,7 +94,25 @@ class Plan:
         if not Path(self.model.source.path).exists():
             raise PartitionerError(f"the plan's model source {self.model.source.path!r} does not exist. Fix: give "
                                    "the model's new place with --model (plan.with_source in Python).")
-        return self._checked(load_model_source(self.model.source))
+        captured = load_model_source(self.model.source)
+        if self.model.source.kind == "folder" and annotate(captured.program).fingerprint() != self.model.fingerprint:
+            captured = self._planned_folder_graph(captured)
+        return self._checked(captured)
+
+    def _planned_folder_graph(self, weighted: CapturedModel) -> CapturedModel:
+        """A model folder's graph as planned (on the meta device) with the weights of its capture on the CPU,
+        where those differ only in layout; one error where the model's code takes another path on each device."""
+        planned = load_model_file(self.model.source.path, self.model.source.inputs, weights=False)
+        if annotate(planned.program).fingerprint() != self.model.fingerprint:
+            return planned  # the folder changed since: _checked says so
+        joined = planned_with_weights(planned, weighted)
+        if joined is None:
+            raise PartitionerError(
+                f"{weighted.name}'s code takes another path with its weights on the CPU than on the meta device it "
+                "was planned on (its graph computes other ops here), so the plan's graph cannot run here. Fix: run "
+                "it on the devices it was planned for, or plan it from a .py whose build() makes it with weights "
+                "on this machine's device.")
+        return joined
 
     def _checked(self, captured: CapturedModel) -> CapturedModel:
         fingerprint = annotate(captured.program).fingerprint()

@@ -98,12 +98,20 @@ def run_plan(plan: Plan, device_map: Mapping[str, str] | None = None, *, check: 
     require_real_weights(captured)
     example_inputs = _example_inputs(captured)
     original = None
-    if check:
-        reference = _reference_module(captured)
-        with buffers_kept(reference):  # the partitioned run starts from the state the original run did
-            original = run_timed(reference, example_inputs)
-    module = build_partitioned_module(captured.program, plan.partitions, devices)
-    partitioned = run_timed(module, example_inputs)
+    try:
+        if check:
+            reference = _reference_module(captured)
+            with buffers_kept(reference):  # the partitioned run starts from the state the original run did
+                original = run_timed(reference, example_inputs)
+        module = build_partitioned_module(captured.program, plan.partitions, devices)
+        partitioned = run_timed(module, example_inputs)
+    except NotImplementedError as error:  # an op of the captured graph this torch has no kernel for here
+        detail = (str(error).strip().splitlines() or ["not implemented"])[0]
+        where = ", ".join(sorted({str(device) for device in devices.values()}))
+        raise PartitionerError(
+            f"{plan.model.name}'s graph holds an op torch cannot run on {where} ({detail}). Fix: run it on "
+            "other devices (--device-map TARGET=DEVICE, e.g. cuda:0), or capture the model from a build whose code "
+            "takes this device's path.") from None
     used = dict.fromkeys(p.target for p in plan.partitions)
     return PlanRun(
         model_name=plan.model.name,

@@ -25,7 +25,7 @@ from torch.export import ExportedProgram
 
 from partitioner.errors import PartitionerError
 from partitioner.fields import part, text
-from partitioner.frontend.model_folder import FolderInputs, build_model_folder, has_weights, is_model_folder
+from partitioner.frontend.model_folder import FolderInputs, build_model_folder, is_model_folder
 from partitioner.frontend.input_containers import register_input_containers
 
 # This package's own folder, not any folder named "partitioner" (a user's project may have one).
@@ -183,23 +183,42 @@ def load_model_file(spec: str, inputs: FolderInputs | None = None, weights: bool
 
 
 def _capture_folder(folder: str, inputs: FolderInputs, weights: bool) -> CapturedModel:
-    """A model folder's model captured on the meta device, so that its graph is the same whether or not the
-    folder holds weights (a device's kernels may lay tensors out otherwise, which the graph shows); then, with
-    `weights` where it has them, the program given the folder's weights and the model built with them."""
+    """A model folder's model captured with its weights on the CPU where `weights` and the folder has them (the
+    paths its code takes there, its constants' values), else on the meta device (what planning captures)."""
     source = ModelSource("folder", str(Path(folder).resolve()), inputs=inputs)
-    model, example_inputs = build_model_folder(folder, inputs, weights=False)
-    captured = capture(model, example_inputs, name=Path(folder).stem, source=source)
-    if not (weights and has_weights(folder)):
-        return captured
-    model, example_inputs = build_model_folder(folder, inputs, weights=True)
-    tensors = {**dict(model.named_parameters(remove_duplicate=False)),
-               **dict(model.named_buffers(remove_duplicate=False))}
-    program = captured.program
+    model, example_inputs = build_model_folder(folder, inputs, weights=weights)
+    return capture(model, example_inputs, name=Path(folder).stem, source=source)
+
+
+def planned_with_weights(planned: CapturedModel, weighted: CapturedModel) -> CapturedModel | None:
+    """The graph a model folder was planned with (captured on the meta device) given the weights and constants of
+    its capture on the CPU, where the two do the same work and differ only in layout (a kernel on one device lays
+    a tensor out so that a `contiguous` is a no-op the capture drops); None where the work differs (the model's
+    code takes another path on the meta device, so the planned graph may hold ops the CPU does not run)."""
+    if _work(planned.program) != _work(weighted.program):
+        return None
+    tensors = {**weighted.program.state_dict, **weighted.program.constants,
+               **dict(weighted.model.named_parameters(remove_duplicate=False)),
+               **dict(weighted.model.named_buffers(remove_duplicate=False))}
+    program = planned.program
     for held in (program.state_dict, program.constants):
         for name in held:
+            if name not in tensors:
+                return None
             held[name] = tensors[name]
     _on_the_cpu(program)
-    return CapturedModel(program, captured.name, source, model, example_inputs)
+    return CapturedModel(program, planned.name, planned.source, weighted.model, weighted.example_inputs)
+
+
+def _work(program: ExportedProgram) -> list[str]:
+    """The ops of a program that compute, in order, less copies: of a tensor into another layout, or of a
+    constant the model made (which a capture on the CPU copies and one on the meta device does not)."""
+    from partitioner.frontend.op_graph import NodeKind, annotate
+
+    return [node.op for node in annotate(program) if node.kind is NodeKind.COMPUTE and node.op not in _COPIES]
+
+
+_COPIES = frozenset({"aten.contiguous.default", "aten.clone.default", "aten.lift_fresh_copy.default"})
 
 
 def _on_the_cpu(program: ExportedProgram) -> None:
@@ -224,6 +243,8 @@ def build_model_file(spec: str, inputs: FolderInputs | None = None,
         inputs = inputs or FolderInputs()
         model, example_inputs = build_model_folder(named.path, inputs, weights)
         return model, example_inputs, ModelSource("folder", str(Path(named.path).resolve()), inputs=inputs)
+    if inputs is not None and not Path(named.path).exists():
+        raise PartitionerError(f"there is no model file or folder {named.path!r}. Fix: check the path.")
     if inputs is not None:
         raise PartitionerError(f"--batch, --tokens and --image-size size the inputs made for a model folder; "
                                f"{spec} makes its own. Fix: drop them, or set the sizes in its build().")

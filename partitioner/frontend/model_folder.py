@@ -67,8 +67,8 @@ def build_model_folder(folder: str | Path, inputs: FolderInputs = FolderInputs()
         model = _with_weights(folder, model_class)
         device = torch.device("cpu")
     else:
-        with torch.device("meta"):
-            model = model_class(config).to(dtype)
+        with torch.device("meta"):  # as from_pretrained builds it: buffers kept in float32 stay so
+            model = model_class._from_config(config, dtype=dtype)
         device = torch.device("meta")
     return model.eval(), _example_inputs(folder, model, config, inputs, device)
 
@@ -149,10 +149,21 @@ def _example_inputs(folder: Path, model: torch.nn.Module, config, inputs: Folder
             made["interpolate_pos_encoding"] = True  # position embeddings learnt at the config's size
     elif name == "input_values":
         made = {"input_values": torch.randn(inputs.batch, inputs.tokens, dtype=_dtype(model), device=device)}
+    elif name == "input_features" and hasattr(config, "num_mel_bins") and hasattr(config, "max_source_positions"):
+        # A log-mel spectrogram of the length the encoder takes (Whisper: two frames a position).
+        made = {"input_features": torch.randn(inputs.batch, config.num_mel_bins, 2 * config.max_source_positions,
+                                              dtype=_dtype(model), device=device),
+                "decoder_input_ids": torch.zeros(inputs.batch, inputs.tokens, dtype=torch.long, device=device)}
     else:
         raise PartitionerError(f"{type(model).__name__} (from {folder}) takes {name!r}, for which no example "
                                "inputs are made here. Fix: write a .py file whose build() returns the model and its "
                                "inputs.")
+    parameters = inspect.signature(model.forward).parameters
+    if name != "pixel_values" and "pixel_values" in parameters and getattr(config, "vision_config", None):
+        # A text-and-image model (CLIP, a vision-language model) takes both.
+        size = inputs.image_size or _image_size(config)
+        made["pixel_values"] = torch.randn(inputs.batch, getattr(config.vision_config, "num_channels", 3), size,
+                                           size, dtype=_dtype(model), device=device)
     if getattr(config, "use_cache", False) and not getattr(config, "is_encoder_decoder", False):
         made["use_cache"] = False  # one forward pass, no cache to return
     return made
