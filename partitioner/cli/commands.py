@@ -287,6 +287,7 @@ def _check_llm_plan(args: argparse.Namespace, data: dict) -> int:
         raise PartitionerError("an LLM plan runs as a check against the model (its phases as placed, its "
                                "tensor-parallel groups). Fix: add --check.")
     plan = checked_llm_plan(data, args.plan)
+    plan.require_kv_cache("run --check")
     if args.device_map:
         raise PartitionerError("--device-map does not apply to an LLM plan's check: each member of a group runs on "
                                "the device the model is built on. Fix: drop --device-map.")

@@ -460,6 +460,7 @@ def deploy_llm_on_ray(plan: LLMPlan, model: torch.nn.Module, *, address: str | N
 
 def _check_servable(plan: LLMPlan) -> None:
     """Refuse, before anything starts, a plan this engine cannot run."""
+    plan.require_kv_cache("serve")
     if not plan.targets:
         raise PartitionerError("the plan records no devices to run on (a plan written before LLM plans recorded "
                                "them). Fix: compile the model again with --workload.")

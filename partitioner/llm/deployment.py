@@ -29,6 +29,8 @@ from targets.workload import Workload
 
 LLM_SCHEMA_VERSION = 1
 LLM_PLAN_KIND = "llm-serving"  # what tells an LLM plan file from a plan.json (partitioner/plan.py)
+# What a model keeps between decode steps: an attention KV cache, or a state-space model's per-layer states.
+KV_CACHE, SSM_STATES = "KV cache", "convolution and SSM states"
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +222,17 @@ class LLMPlan:
     # Per device kind whose decode step is priced as a captured graph's replay, the seconds each kernel adds
     # (cost_models/graph_replay.py); kinds not named run it eagerly.
     graph_replay: Mapping[str, float] = field(default_factory=dict)
+    decode_state: str = KV_CACHE  # or SSM_STATES: the same size whatever the context
+
+    def require_kv_cache(self, doing: str) -> None:
+        """Refuse to `doing` a plan whose model keeps states other than a KV cache, which what runs plans does not
+        hand from prefill to decode yet."""
+        if self.decode_state != KV_CACHE:
+            raise PartitionerError(
+                f"{self.model_name} keeps {self.decode_state} between decode steps, not a KV cache, and {doing} "
+                "hands only KV caches from prefill to decode so far: its plan's figures are all there is yet. Fix: "
+                "read them with report and explain; to see the model run as placed, compile and run --check one "
+                "pass of it without --workload.")
 
     @property
     def gap(self) -> float:
@@ -255,7 +268,7 @@ class LLMPlan:
                 "targets": [target.to_dict() for target in self.targets],
                 "op_seconds": {phase: {node: dict(costs) for node, costs in ops.items()}
                                for phase, ops in self.op_seconds.items()},
-                "graph_replay": dict(self.graph_replay)}
+                "graph_replay": dict(self.graph_replay), "decode_state": self.decode_state}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LLMPlan:
@@ -274,7 +287,8 @@ class LLMPlan:
                    records(data, "targets", TargetRecord.from_dict, ()),
                    entries(data, "op_seconds", lambda table, phase: entries(
                        table, phase, lambda ops, node: entries(ops, node, number)), {}),
-                   entries(data, "graph_replay", number, {}))
+                   entries(data, "graph_replay", number, {}),
+                   text(data, "decode_state", KV_CACHE, choices=(KV_CACHE, SSM_STATES)))
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as versioned JSON (partitioner/files.py writes it whole or not at all)."""

@@ -79,7 +79,7 @@ def cache_layout(model: torch.nn.Module) -> CacheLayout:
         raise PartitionerError(
             f"{type(model).__name__}'s config has no num_attention_heads: what it keeps between decode steps is not "
             "an attention KV cache (a state-space model's convolution and SSM states, say), and --workload plans "
-            "KV caches only so far. Fix: plan one pass of it without --workload, or give the model "
+            "KV caches and Mamba's states only so far. Fix: plan one pass of it without --workload, or give the model "
             "prefill_inputs(prompt_tokens, context_tokens) and decode_inputs(batch, context_tokens) methods that "
             "return its inputs with the state as inputs it writes in place.")
     if text is None or heads is None or not hasattr(text, "num_hidden_layers"):
@@ -237,11 +237,53 @@ class TransformersInputs:
         return cache
 
 
+class StateSpaceInputs:
+    """The inputs of a transformers state-space causal LM (Mamba) in each phase: token ids and a cache of each
+    layer's convolution and SSM states. Those are the same size whatever the context; they are allocated up front
+    (transformers would allocate them inside the first call), so the capture sees them as state the graph updates
+    in place, and a decode step's cache says it already holds a prefill's states."""
+
+    def __init__(self, model: torch.nn.Module):
+        text = _text_config(model)
+        self.model = model
+        self.device = _device_of(model)
+        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        self.channels, self.kernel, self.states = text.intermediate_size, text.conv_kernel, text.state_size
+
+    def prefill_inputs(self, prompt_tokens: int, context_tokens: int) -> dict:
+        return {"input_ids": torch.zeros(1, prompt_tokens, dtype=torch.long, device=self.device),
+                "cache": self._cache(1, prefilled=False), "use_cache": True}
+
+    def decode_inputs(self, batch: int, context_tokens: int) -> dict:
+        return {"input_ids": torch.zeros(batch, 1, dtype=torch.long, device=self.device),
+                "cache": self._cache(batch, prefilled=True), "use_cache": True}
+
+    def _cache(self, batch: int, prefilled: bool):
+        from transformers import StaticCache
+
+        cache = StaticCache(config=self.model.config, max_cache_len=1)
+        for layer in cache.layers:
+            layer.lazy_initialization(
+                conv_states=torch.empty(batch, self.channels, self.kernel, dtype=self.dtype, device=self.device),
+                recurrent_states=torch.empty(batch, self.channels, self.states, dtype=self.dtype, device=self.device),
+                conv_kernel_size=self.kernel)
+            layer.has_previous_state[0] = prefilled
+        return cache
+
+
+def is_state_space(model: torch.nn.Module) -> bool:
+    """Whether `model` is a transformers state-space LM of Mamba's kind: convolution and SSM states, no attention."""
+    text = _text_config(model)
+    return (text is not None and getattr(text, "model_type", None) == "mamba"
+            and all(hasattr(text, field) for field in ("intermediate_size", "conv_kernel", "state_size")))
+
+
 def serving_inputs(model: torch.nn.Module) -> ServingInputs:
-    """How to call `model` in each phase: its own `prefill_inputs`/`decode_inputs`, else a transformers cache."""
+    """How to call `model` in each phase: its own `prefill_inputs`/`decode_inputs`, else a transformers cache (of
+    states for a state-space model, of keys and values for any other)."""
     if callable(getattr(model, "prefill_inputs", None)) and callable(getattr(model, "decode_inputs", None)):
         return model
-    return TransformersInputs(model)
+    return StateSpaceInputs(model) if is_state_space(model) else TransformersInputs(model)
 
 
 @dataclass(frozen=True, slots=True)

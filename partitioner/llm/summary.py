@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
-from partitioner.llm.deployment import Deployment, LLMPlan
+from partitioner.llm.deployment import KV_CACHE, Deployment, LLMPlan
 from partitioner.placement.serving import device_kind
 from partitioner.units import format_bytes, format_money, format_seconds
 from targets.workload import Workload
@@ -17,8 +17,10 @@ def format_llm_summary(plan: LLMPlan) -> str:
     layers = f"{plan.layers} layer{'s' if plan.layers > 1 else ''}, " if plan.layers else ""
     lines = [
         f"model      {plan.model_name}: {layers}"
-        f"{f'experts in {plan.expert_shards} shards a layer, ' if plan.expert_shards else ''}KV cache "
-        f"{format_bytes(plan.kv_cache_bytes_per_request)} per request at {workload.context_tokens} tokens of context",
+        f"{f'experts in {plan.expert_shards} shards a layer, ' if plan.expert_shards else ''}{plan.decode_state} "
+        f"{format_bytes(plan.kv_cache_bytes_per_request)} per request "
+        + (f"at {workload.context_tokens} tokens of context" if plan.decode_state == KV_CACHE
+           else "whatever the context"),
         f"workload   {workload.describe()}",
         f"fleet      {plan.fleet}",
         "",
@@ -28,7 +30,8 @@ def format_llm_summary(plan: LLMPlan) -> str:
         f"           {best.output_tokens_per_second:.4g} output tokens/s ({best.requests_per_second:.4g} req/s) at "
         f"full load; TTFT {_ttft(best)}, TPOT {format_seconds(best.tpot_seconds)}; "
         f"bottleneck {best.bottleneck}",
-        *_placement_lines(best, fallback_kind, plan.graph_replay),
+        *_placement_lines(best, fallback_kind, plan.graph_replay, "KV cache" if plan.decode_state == KV_CACHE
+                          else "states"),
         *([f"tensor     none: {plan.kept_whole}"] if plan.kept_whole else []),
         "",
         f"{'strategy':<28}{'per 1M out':>12}{'tokens/s':>11}{'TTFT':>10}{'TPOT':>10}   vs plan",
@@ -80,7 +83,8 @@ def _ttft(deployment: Deployment) -> str:
     return ", ".join(f"{format_seconds(seconds)} at {tokens}" for tokens, seconds in by_prompt) + " prompt tokens"
 
 
-def _placement_lines(deployment: Deployment, fallback_kind: str, graph_replay: Mapping[str, float]) -> list[str]:
+def _placement_lines(deployment: Deployment, fallback_kind: str, graph_replay: Mapping[str, float],
+                     state_label: str) -> list[str]:
     lines = []
     for phase in ("prefill", "decode"):
         devices = deployment.devices[phase]
@@ -88,7 +92,7 @@ def _placement_lines(deployment: Deployment, fallback_kind: str, graph_replay: M
                      f"FLOPs off {fallback_kind}" + (_replayed(devices, graph_replay) if phase == "decode" else ""))
     kv = ", ".join(f"{device} {format_bytes(size)}" for device, size in sorted(deployment.kv_cache_bytes.items())
                    if size >= 1024)  # not the position counters a cache also keeps
-    lines.append(f"KV cache   {kv or 'none'}")
+    lines.append(f"{state_label:<10} {kv or 'none'}")
     for place, collectives in deployment.collectives.items():
         lines.append(f"tensor     {place}: {collectives.degree} x {device_kind(place)} splitting "
                      f"{_split_parts(collectives.split_modules)}; "

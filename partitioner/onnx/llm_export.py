@@ -48,6 +48,7 @@ class PhaseExport:
 def export_llm_plan(plan: LLMPlan, model: torch.nn.Module, output_dir: str | Path, *, whole: bool = False,
                     plan_path: str | Path | None = None, opset: int = OPSET) -> tuple[PhaseExport, ...]:
     """Write each phase of `plan` (for `model`, with its weights) as ONNX files per partition into `output_dir`."""
+    plan.require_kv_cache("export")
     if plan.best.collectives:
         raise PartitionerError(f"the plan splits layers across tensor-parallel groups "
                                f"({', '.join(plan.best.collectives)}), whose shards export does not write yet (a "

@@ -121,12 +121,14 @@ def test_a_models_own_inputs_made_off_its_weights_device_are_refused_with_the_de
         plan_llm(CpuCacheLM(), workload, load_fleet("cuda-h100=1"), time_limit_seconds=2)
 
 
-def test_a_state_space_model_is_told_what_workload_planning_takes_not_that_it_is_no_transformers_model():
-    from transformers import MambaConfig, MambaForCausalLM
+def test_a_state_space_model_other_than_mamba_is_told_what_workload_planning_takes():
+    from transformers import Mamba2Config, Mamba2ForCausalLM
 
     with torch.device("meta"):
-        mamba = MambaForCausalLM(MambaConfig(hidden_size=64, num_hidden_layers=2, vocab_size=256))
+        mamba2 = Mamba2ForCausalLM(Mamba2Config(hidden_size=64, num_hidden_layers=2, vocab_size=256, num_heads=4,
+                                                head_dim=32, n_groups=1))
 
-    with pytest.raises(PartitionerError, match=r"MambaForCausalLM's config has no num_attention_heads: what it keeps "
-                                               r"between decode steps is not an attention KV cache"):
-        plan_llm(mamba, load_workload_text(SHORT), load_fleet("cuda-h100=1"), time_limit_seconds=2)
+    with pytest.raises(PartitionerError, match=r"Mamba2ForCausalLM's config has no num_attention_heads: what it "
+                                               r"keeps between decode steps is not an attention KV cache.*KV caches "
+                                               r"and Mamba's states only so far"):
+        plan_llm(mamba2, load_workload_text(SHORT), load_fleet("cuda-h100=1"), time_limit_seconds=2)
