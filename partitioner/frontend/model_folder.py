@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -82,6 +83,11 @@ def _config(folder: Path):
     if not (folder / CONFIG).is_file():
         raise PartitionerError(f"{folder} has no {CONFIG}, so it is not a Hugging Face model folder. Fix: give the "
                                "folder save_pretrained wrote (config.json and weights), or a .py file with build().")
+    try:
+        json.loads((folder / CONFIG).read_text())
+    except (ValueError, OSError) as error:
+        raise PartitionerError(f"{folder / CONFIG} is not valid JSON ({error}). Fix: repair it, or write it again "
+                               "with the model's config.save_pretrained(folder).") from None
     try:
         return AutoConfig.from_pretrained(folder, local_files_only=True)
     except (ValueError, KeyError, OSError) as error:

@@ -97,6 +97,12 @@ def test_a_vision_folder_gets_images_of_the_size_asked_for(tmp_path):
     assert main(["compile", str(folder), "--image-size", "16", "--time-limit", "3", "-o", str(tmp_path / "out")]) == 0
 
 
+def _truncated_config(folder: Path) -> Path:
+    text = (folder / "config.json").read_text()
+    (folder / "config.json").write_text(text[: len(text) // 2])
+    return folder
+
+
 def bad_folders(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     good = saved(llama(), tmp_path / "good")
     return {
@@ -109,6 +115,8 @@ def bad_folders(tmp_path: Path) -> dict[str, tuple[Path, str]]:
                                "cannot be read by transformers"),
         "no architectures": (edited_config(saved(llama(), tmp_path / "none", weights=False), architectures=None),
                              "names no architectures"),
+        "config not JSON": (_truncated_config(saved(llama(), tmp_path / "cut", weights=False)),
+                            "config.json is not valid JSON ("),
         "weights of another shape": (edited_config(saved(llama(), tmp_path / "shape"), intermediate_size=96),
                                      "weights of another shape than the config's (e.g. model.layers.0.mlp"),
         "weights missing": (edited_config(saved(llama(), tmp_path / "deeper"), num_hidden_layers=3),
@@ -116,11 +124,12 @@ def bad_folders(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     } | {"good": (good, "")}
 
 
-@pytest.mark.parametrize("case", ["no config", "unknown architecture", "unknown model type", "no architectures",
-                                  "weights of another shape", "weights missing"])
+@pytest.mark.parametrize("case", ["no config", "config not JSON", "unknown architecture", "unknown model type",
+                                  "no architectures", "weights of another shape", "weights missing"])
 def test_a_bad_folder_is_one_line_naming_the_problem_and_exit_2(tmp_path, capsys, case):
     (tmp_path / "empty").mkdir()
     folder, message = bad_folders(tmp_path)[case]
+    capsys.readouterr()  # what saving the folders printed
 
     # profile loads the weights; compile reads only the config.
     command = "profile" if case.startswith("weights") else "compile"
