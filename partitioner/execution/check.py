@@ -210,17 +210,17 @@ def require_real_weights(captured: CapturedModel) -> None:
     """Refuse a model whose weights or example inputs live on the meta device: it can be planned, not run."""
     tensors = [*captured.program.state_dict.values(), *captured.program.constants.values(),
                *pytree.tree_leaves(captured.example_inputs)]
-    if any(isinstance(t, torch.Tensor) and t.is_meta for t in tensors) and captured.source is not None \
-            and captured.source.kind == "folder":
+    if not any(isinstance(t, torch.Tensor) and t.is_meta for t in tensors):
+        return
+    if captured.source is not None and captured.source.kind == "folder":
         raise PartitionerError(
             f"the model folder {captured.source.path} holds no weights (model.safetensors or its index): it can "
             "be planned but not run. Fix: save the model's weights into it (model.save_pretrained(folder)).")
-    if any(isinstance(t, torch.Tensor) and t.is_meta for t in tensors):
-        raise PartitionerError(
-            f"the model {captured.name} has its weights on the meta device: it can be planned but not run. "
-            "Fix: build it with real weights (e.g. without `with torch.device('meta')` in build()) "
-            "and pass that file with --model."
-        )
+    raise PartitionerError(
+        f"the model {captured.name} has its weights on the meta device: it can be planned but not run. "
+        "Fix: build it with real weights (e.g. without `with torch.device('meta')` in build()) "
+        "and pass that file with --model."
+    )
 
 
 def _compare_tensor(name: str, want: torch.Tensor, got: Any, tolerance: Tolerance) -> tuple[float, float, str | None]:

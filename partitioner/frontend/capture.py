@@ -171,30 +171,22 @@ def load_model_file(spec: str, inputs: FolderInputs | None = None, weights: bool
 
     `spec` is `file.py` (calls `build()`), `file.py:function`, a saved
     ExportedProgram `file.pt2`, or a Hugging Face model folder (with example
-    `inputs` of those sizes; its weights loaded only with `weights`).
+    `inputs` of those sizes; with `weights` where it has them, captured on the
+    CPU, else on the meta device as planning captures it).
     """
     named = ModelSource.parse(spec)
     if named.kind == "exported_program":
         return _load_exported_program(Path(named.path))
-    if named.kind == "folder":
-        return _capture_folder(named.path, inputs or FolderInputs(), weights)
     model, example_inputs, source = build_model_file(spec, inputs, weights)
     return capture(model, example_inputs, name=Path(source.path).stem, source=source)
 
 
-def _capture_folder(folder: str, inputs: FolderInputs, weights: bool) -> CapturedModel:
-    """A model folder's model captured with its weights on the CPU where `weights` and the folder has them (the
-    paths its code takes there, its constants' values), else on the meta device (what planning captures)."""
-    source = ModelSource("folder", str(Path(folder).resolve()), inputs=inputs)
-    model, example_inputs = build_model_folder(folder, inputs, weights=weights)
-    return capture(model, example_inputs, name=Path(folder).stem, source=source)
-
-
 def planned_with_weights(planned: CapturedModel, weighted: CapturedModel) -> CapturedModel | None:
     """The graph a model folder was planned with (captured on the meta device) given the weights and constants of
-    its capture on the CPU, where the two do the same work and differ only in layout (a kernel on one device lays
-    a tensor out so that a `contiguous` is a no-op the capture drops); None where the work differs (the model's
-    code takes another path on the meta device, so the planned graph may hold ops the CPU does not run)."""
+    its capture on the CPU, where the two do the same work and differ only by copies (a kernel on one device lays
+    a tensor out so that a `contiguous` is a no-op the capture drops; a CPU capture copies the constants a model
+    makes); None where the work differs (the model's code takes another path on the meta device, so the planned
+    graph may hold ops the CPU does not run)."""
     if _work(planned.program) != _work(weighted.program):
         return None
     tensors = {**weighted.program.state_dict, **weighted.program.constants,

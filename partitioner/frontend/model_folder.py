@@ -143,33 +143,34 @@ def _example_inputs(folder: Path, model: torch.nn.Module, config, inputs: Folder
                     device: torch.device) -> dict:
     name = getattr(model, "main_input_name", "input_ids")
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    parameters = inspect.signature(model.forward).parameters
+    dtype = _dtype(model)
+    size = inputs.image_size or _image_size(config)
+
+    def images(channels: int) -> torch.Tensor:
+        return torch.randn(inputs.batch, channels, size, size, dtype=dtype, device=device)
+
     if name == "input_ids":
         made = {"input_ids": torch.randint(0, text.vocab_size, (inputs.batch, inputs.tokens), device=device)}
         if getattr(config, "is_encoder_decoder", False):
             made["decoder_input_ids"] = made["input_ids"].clone()
     elif name == "pixel_values":
-        size = inputs.image_size or _image_size(config)
-        made = {"pixel_values": torch.randn(inputs.batch, getattr(config, "num_channels", 3), size, size,
-                                            dtype=_dtype(model), device=device)}
-        if size != _image_size(config) and "interpolate_pos_encoding" in inspect.signature(model.forward).parameters:
+        made = {"pixel_values": images(getattr(config, "num_channels", 3))}
+        if size != _image_size(config) and "interpolate_pos_encoding" in parameters:
             made["interpolate_pos_encoding"] = True  # position embeddings learnt at the config's size
     elif name == "input_values":
-        made = {"input_values": torch.randn(inputs.batch, inputs.tokens, dtype=_dtype(model), device=device)}
+        made = {"input_values": torch.randn(inputs.batch, inputs.tokens, dtype=dtype, device=device)}
     elif name == "input_features" and hasattr(config, "num_mel_bins") and hasattr(config, "max_source_positions"):
         # A log-mel spectrogram of the length the encoder takes (Whisper: two frames a position).
         made = {"input_features": torch.randn(inputs.batch, config.num_mel_bins, 2 * config.max_source_positions,
-                                              dtype=_dtype(model), device=device),
+                                              dtype=dtype, device=device),
                 "decoder_input_ids": torch.zeros(inputs.batch, inputs.tokens, dtype=torch.long, device=device)}
     else:
         raise PartitionerError(f"{type(model).__name__} (from {folder}) takes {name!r}, for which no example "
                                "inputs are made here. Fix: write a .py file whose build() returns the model and its "
                                "inputs.")
-    parameters = inspect.signature(model.forward).parameters
     if name != "pixel_values" and "pixel_values" in parameters and getattr(config, "vision_config", None):
-        # A text-and-image model (CLIP, a vision-language model) takes both.
-        size = inputs.image_size or _image_size(config)
-        made["pixel_values"] = torch.randn(inputs.batch, getattr(config.vision_config, "num_channels", 3), size,
-                                           size, dtype=_dtype(model), device=device)
+        made["pixel_values"] = images(getattr(config.vision_config, "num_channels", 3))  # text and images (CLIP)
     if getattr(config, "use_cache", False) and not getattr(config, "is_encoder_decoder", False):
         made["use_cache"] = False  # one forward pass, no cache to return
     return made

@@ -89,7 +89,7 @@ def cache_layout(model: torch.nn.Module) -> CacheLayout:
             "*ForCausalLM model, or give your model prefill_inputs(prompt_tokens, context_tokens) and "
             "decode_inputs(batch, context_tokens) methods returning its example inputs, with the past keys and "
             "values as inputs it writes in place.")
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    dtype = _dtype_of(model)
     measured = _measured_layout(model, dtype)
     if measured is not None:
         return measured
@@ -193,6 +193,11 @@ def _text_config(model: torch.nn.Module):
     return config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
 
 
+def _dtype_of(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the model's floating-point weights (float32 where it has none)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 def _device_of(model: torch.nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
@@ -247,7 +252,7 @@ class StateSpaceInputs:
         text = _text_config(model)
         self.model = model
         self.device = _device_of(model)
-        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        self.dtype = _dtype_of(model)
         self.channels, self.kernel, self.states = text.intermediate_size, text.conv_kernel, text.state_size
 
     def prefill_inputs(self, prompt_tokens: int, context_tokens: int) -> dict:

@@ -534,15 +534,20 @@ def _baselines(deployment: str, batch: int, joint: PlacementProblem, prefill: Co
                workload: Workload) -> list[Tried]:
     """The one-request baselines on the whole fleet that fit and keep the phases apart where they must be, each
     as an outcome (with the limits it misses): scored, not searched."""
-    outcomes = []
-    for label, strategy in BASELINES.items():
-        assignment = strategy(joint)
-        result = score(joint, assignment)
-        if result.fits_memory and not result.phase_conflicts:
-            figures = deployment_figures(deployment, batch, joint, result, prefill, decode, workload, assignment,
-                                         None)
-            outcomes.append(Tried(deployment, batch, figures, "; ".join(figures.misses(workload)) or None))
-    return outcomes
+    outcomes = (_scored(deployment, batch, joint, strategy(joint), prefill, decode, workload)
+                for strategy in BASELINES.values())
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _scored(deployment: str, batch: int, joint: PlacementProblem, assignment: Mapping[str, str],
+            prefill: CostedPhase, decode: CostedPhase, workload: Workload) -> Tried | None:
+    """A placement scored, not searched, as an outcome (with the limits it misses); None where it does not fit or
+    puts both phases on a device a disaggregated deployment keeps apart."""
+    result = score(joint, assignment)
+    if not result.fits_memory or result.phase_conflicts:
+        return None
+    figures = deployment_figures(deployment, batch, joint, result, prefill, decode, workload, assignment, None)
+    return Tried(deployment, batch, figures, "; ".join(figures.misses(workload)) or None)
 
 
 def _whole_on_one_place(deployment: str, batch: int, joint: PlacementProblem, prefill: CostedPhase,
@@ -552,20 +557,13 @@ def _whole_on_one_place(deployment: str, batch: int, joint: PlacementProblem, pr
     rental of many devices whose floor is lower cannot take the time that would have found it."""
     if deployment != "co-located":
         return []
-    outcomes = []
     first_of_each: dict[str, str] = {}
     for target in joint.targets:
         first_of_each.setdefault(place_kind(target.name), target.name)
-    for place in first_of_each.values():
-        if joint.on_devices((place,)) is None:  # some op does not run there
-            continue
-        assignment = {node.name: place for node in joint.nodes}
-        result = score(joint, assignment)
-        if result.fits_memory:
-            figures = deployment_figures(deployment, batch, joint, result, prefill, decode, workload, assignment,
-                                         None)
-            outcomes.append(Tried(deployment, batch, figures, "; ".join(figures.misses(workload)) or None))
-    return outcomes
+    outcomes = (_scored(deployment, batch, joint, {node.name: place for node in joint.nodes}, prefill, decode,
+                        workload)
+                for place in first_of_each.values() if joint.on_devices((place,)) is not None)  # it runs every op
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 def _nothing_meets(workload: Workload, tried: list[Tried]) -> str:

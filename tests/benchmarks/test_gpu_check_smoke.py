@@ -3,10 +3,6 @@ there is none. Each row's ratios are the spec's roofline over the profile's own 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -16,18 +12,13 @@ from cost_models.roofline import RooflineCostModel
 from partitioner.frontend.capture import capture
 from partitioner.frontend.op_graph import NodeKind, annotate
 from targets.loader import load_target
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
+from tests.benchmarks import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with benchmark_script("gpu_check") as module:
+        yield module
 
 
 def tiny(dtype: torch.dtype):

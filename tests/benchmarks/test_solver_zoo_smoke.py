@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from partitioner.placement.objectives import registered_objectives
+from tests.benchmarks import benchmark_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "solver_zoo.py"
 MODELS = ("resnet50", "llama-70b")
 
 
 @pytest.fixture(scope="module")
 def solver_zoo():
-    spec = importlib.util.spec_from_file_location("solver_zoo", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with benchmark_script("solver_zoo") as module:
+        yield module
 
 
 # The serving objectives have a benchmark of their own (benchmarks/serving.py).
