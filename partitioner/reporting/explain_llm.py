@@ -15,7 +15,7 @@ from partitioner.errors import PartitionerError
 from partitioner.llm.deployment import LLMPlan, PhaseOp
 from partitioner.llm.phases import DECODE, PREFILL
 from partitioner.placement.blocks import numbered_block
-from partitioner.placement.serving import place_kind
+from partitioner.placement.serving import device_kind, place_kind
 from partitioner.units import format_seconds
 
 PHASES = (PREFILL, DECODE)
@@ -48,9 +48,9 @@ def explain_llm_node(plan: LLMPlan, name: str) -> str:
     for kind in _kinds(plan):
         seconds = costs.get(kind)
         notes = ["placed here"] if kind == placed_kind else []
-        if phase == DECODE and kind.split(".", 1)[0] in plan.graph_replay:
+        if phase == DECODE and device_kind(kind) in plan.graph_replay:
             notes.append(f"a step replayed as a captured graph "
-                         f"({format_seconds(plan.graph_replay[kind.split('.', 1)[0]])} a kernel, no dispatch)")
+                         f"({format_seconds(plan.graph_replay[device_kind(kind)])} a kernel, no dispatch)")
         shown = format_seconds(seconds) if seconds is not None else "-"
         if seconds is None:
             notes = ["does not run this op"]
