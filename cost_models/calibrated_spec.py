@@ -69,8 +69,8 @@ def write_calibrated_spec(target: Target, calibration: Calibration, profile: Pro
                  f"launch_overhead_microseconds = {constants.launch_overhead_seconds * 1e6:.4g}\n"
                  f"compute_half_efficiency_mflop = {constants.compute_half_flops / 1e6:.4g}\n"
                  f"memory_half_efficiency_mib = {constants.memory_half_bytes / 2**20:.4g}\n"
-                 + (f"compute_half_efficiency_keys = {constants.compute_half_keys:.4g}\n"
-                    if constants.compute_half_keys else ""))
+                 + (f"compute_half_efficiency_depth = {constants.compute_half_depth:.4g}\n"
+                    if constants.compute_half_depth else ""))
     header = (f"# Calibrated from a profile of {profile.identity.describe()}: launch overhead, compute and\n"
               f"# memory efficiency fitted to {whole.ops} measured compute ops "
               f"({calibration.compute_bound_ops} compute-bound, {calibration.memory_bound_ops} memory-bound)\n"

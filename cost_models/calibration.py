@@ -242,7 +242,7 @@ def _predict(ops: Sequence[OpMeasurement], target: Target) -> np.ndarray:
     for op in ops:
         own = target.constants_for(op_class(op.op), op.dtype)
         times.append(own.launch_overhead_seconds + max(
-            own.compute_seconds(op.flops, target.peak_for(op.dtype) * shape_efficiency(op.attention, target, own)),
+            own.compute_seconds(op.flops, target.peak_for(op.dtype) * shape_efficiency(op.shape, target, own)),
             own.memory_seconds(op.num_bytes, target.memory_bandwidth_bytes_per_second)))
     return np.asarray(times)
 
@@ -274,7 +274,7 @@ def _fit(ops: Sequence[OpMeasurement], target: Target, launch: float, parent: Ro
     num_bytes = np.asarray([float(op.num_bytes) for op in ops])
     # What each op's shape lets it use of the peak (an attention's keys and blocks) is the spec's, not fitted.
     peaks = np.asarray([target.peak_for(op.dtype) * shape_efficiency(
-        op.attention, target, target.constants_for(op_class(op.op), op.dtype)) for op in ops])
+        op.shape, target, target.constants_for(op_class(op.op), op.dtype)) for op in ops])
     log_measured = np.log([op.seconds for op in ops])
     bandwidth = target.memory_bandwidth_bytes_per_second
     parent_compute = (parent.compute_efficiency, parent.compute_half_flops if curve else 0.0)
@@ -319,7 +319,7 @@ def _fit(ops: Sequence[OpMeasurement], target: Target, launch: float, parent: Ro
     if not candidates:
         return None
     (compute, memory), _ = candidates[0]
-    return RooflineConstants(compute[0], memory[0], launch, compute[1], memory[1], parent.compute_half_keys)
+    return RooflineConstants(compute[0], memory[0], launch, compute[1], memory[1], parent.compute_half_depth)
 
 
 def _span(efficiency: float) -> tuple[float, float]:

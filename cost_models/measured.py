@@ -21,7 +21,7 @@ from torch.export import ExportedProgram
 from torch.utils import benchmark
 
 from cost_models.base import CostModel
-from cost_models.kernel_shapes import attention_shape
+from cost_models.kernel_shapes import kernel_shape
 from cost_models.profile import OpMeasurement, Profile
 from cost_models.roofline import RooflineCostModel
 from partitioner.errors import PartitionerError
@@ -105,7 +105,7 @@ def measure_ops_in_model(program: ExportedProgram, graph: OpGraph, example_input
 def _measurement(node: OpNode, seconds: float, method: str) -> OpMeasurement:
     """A time for `node`'s signature, with the work the roofline sees in it (for calibration)."""
     return OpMeasurement(seconds, node.flops, node.bytes_read + node.bytes_written, node.compute_dtype, node.op,
-                         method, "compute" if node.kind is NodeKind.COMPUTE else "view", attention_shape(node))
+                         method, "compute" if node.kind is NodeKind.COMPUTE else "view", kernel_shape(node))
 
 
 class _NodeTimer(torch.fx.Interpreter):

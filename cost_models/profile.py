@@ -19,7 +19,7 @@ from typing import Mapping
 import torch
 
 from partitioner.errors import PartitionerError
-from cost_models.kernel_shapes import AttentionShape, signature_attention_shape
+from cost_models.kernel_shapes import KernelShape, attention_shape, signature_kernel_shape
 from partitioner.fields import entries, exactly, number, part, text, whole, within
 from partitioner.files import PROFILE, read_json, write_json
 from targets.spec import Link
@@ -76,13 +76,13 @@ class OpMeasurement:
     op: str = ""
     method: str = "isolated"  # or "in_model": timed inside whole runs of a model
     kind: str = "compute"  # or "view": a view or bookkeeping op, timed for the target's view overhead
-    attention: AttentionShape | None = None  # an attention's shape, which its efficiency depends on
+    shape: KernelShape | None = None  # a tiled kernel's shape, which its efficiency depends on
 
     def to_dict(self) -> dict:
         recorded = {"seconds": self.seconds, "flops": self.flops, "bytes": self.num_bytes, "dtype": self.dtype,
                     "op": self.op, "method": self.method, "kind": self.kind}
-        if self.attention is not None:
-            recorded["attention"] = [self.attention.heads, self.attention.queries, self.attention.keys]
+        if self.shape is not None:
+            recorded["kernel_shape"] = [self.shape.tiles, self.shape.depth, self.shape.filled]
         return recorded
 
     @classmethod
@@ -93,16 +93,25 @@ class OpMeasurement:
                    whole(data, "bytes"), text(data, "dtype"), text(data, "op", ""),
                    text(data, "method", "isolated", choices=("isolated", "in_model")),
                    text(data, "kind", "compute", choices=("compute", "view")),
-                   _attention(data))
+                   _kernel_shape(data))
 
 
-def _attention(data: Mapping) -> AttentionShape | None:
-    """A measurement's attention shape, written [heads, queries, keys]; None where it has none."""
-    if data.get("attention") is None:
-        return None
-    return within("attention", lambda found: AttentionShape(*exactly(
-        found, 3, lambda size: whole({"size": size}, "size", minimum=1), "[heads, queries, keys]")),
-                  data["attention"])
+def _kernel_shape(data: Mapping) -> KernelShape | None:
+    """A measurement's kernel shape, written [tiles, depth, filled] (or, by profiles of an earlier version, an
+    attention's [heads, queries, keys]); None where it has none."""
+    def size(found) -> int:
+        return whole({"size": found}, "size", minimum=1)
+
+    if data.get("kernel_shape") is not None:
+        def shape(found) -> KernelShape:
+            tiles, depth, filled = exactly(found, 3, lambda value: value, "[tiles, depth, filled]")
+            return KernelShape(size(tiles), size(depth), number({"filled": filled}, "filled", above=True,
+                                                                maximum=1.0))
+        return within("kernel_shape", shape, data["kernel_shape"])
+    if data.get("attention") is not None:
+        return within("attention", lambda found: attention_shape(*exactly(found, 3, size, "[heads, queries, keys]")),
+                      data["attention"])
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +148,9 @@ class Profile:
             text(i, "device_type", choices=("cpu", "cuda")), text(i, "name"), text(i, "torch_version"),
             whole(i, "threads", minimum=1)))
         ops = entries(data, "ops", lambda table, signature: part(table, signature, OpMeasurement.from_dict))
-        # An attention measured before profiles recorded shapes: its shape is in its signature.
-        ops = {signature: measurement if measurement.attention is not None or measurement.kind != "compute" else
-               replace(measurement, attention=signature_attention_shape(measurement.op, signature))
+        # An op measured before profiles recorded shapes: its shape is in its signature.
+        ops = {signature: measurement if measurement.shape is not None or measurement.kind != "compute" else
+               replace(measurement, shape=signature_kernel_shape(measurement.op, signature))
                for signature, measurement in ops.items()}
         links = entries(data, "links", lambda table, name: part(table, name, Link.from_dict))
         return cls(identity, ops, links)

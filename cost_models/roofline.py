@@ -3,8 +3,9 @@
 An op takes its launch overhead plus the longer of its compute time (FLOPs over
 derated peak for its dtype) and its memory time (bytes over derated bandwidth),
 with the efficiencies, size curve and overhead of its op class and dtype where
-the spec gives them; an attention's compute efficiency also depends on its keys
-and on its blocks against the device's units (cost_models/kernel_shapes.py). A
+the spec gives them; a matmul's, convolution's or attention's compute efficiency
+also depends on its tiles, their depth and their waves over the device's units
+(cost_models/kernel_shapes.py). A
 view, or any other non-compute node that dispatches a torch op returning a
 tensor, takes the target's view overhead (eager dispatch, no device work);
 runtime asserts and Python-level bookkeeping (a getitem) cost nothing, so they
@@ -13,7 +14,7 @@ go wherever saves a transfer. Transfers use the links in the specs.
 
 from __future__ import annotations
 
-from cost_models.kernel_shapes import attention_shape, shape_efficiency
+from cost_models.kernel_shapes import kernel_shape, shape_efficiency
 from partitioner.frontend.op_graph import NodeKind, OpNode
 from targets.op_classes import op_class
 from targets.spec import Link, Target, TargetSet
@@ -28,7 +29,7 @@ class RooflineCostModel:
         if node.kind is not NodeKind.COMPUTE:
             return target.view_overhead_seconds if node.costs_dispatch else 0.0
         constants = target.constants_for(op_class(node.op), node.compute_dtype)
-        usable = shape_efficiency(attention_shape(node), target, constants)
+        usable = shape_efficiency(kernel_shape(node), target, constants)
         compute = constants.compute_seconds(node.flops, target.peak_for(node.compute_dtype) * usable)
         bandwidth = target.memory_bandwidth_bytes_per_second
         memory = constants.memory_seconds(node.bytes_read + node.bytes_written, bandwidth)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping
 
-from cost_models.kernel_shapes import attention_shape
 from partitioner.frontend.op_graph import OpNode, Sharding, TensorMeta
+from targets.op_classes import op_class
 from targets.spec import Target
 
 
@@ -48,18 +48,32 @@ def shard_of(node: OpNode, degree: int) -> OpNode:
     return dataclasses.replace(node, flops=round(node.flops * kept),
                                unread_bytes=node.unread_bytes + round(read_split * (1 - kept)),
                                unwritten_bytes=node.unwritten_bytes + round(written_split * (1 - kept)),
-                               arguments=_heads_shared(node, degree))
+                               arguments=_member_arguments(node, degree))
 
 
-def _heads_shared(node: OpNode, degree: int) -> Mapping[str, Any]:
-    """`node`'s arguments as one member sees them: an attention's query, key and value with its share of the heads
-    (what its kernel's shape, and so its efficiency, depends on: cost_models/kernel_shapes.py)."""
-    if attention_shape(node) is None:
-        return node.arguments
-    shared = dict(node.arguments)
-    for name in ("query", "key", "value"):
+def _member_arguments(node: OpNode, degree: int) -> Mapping[str, Any]:
+    """`node`'s arguments as one member sees them, where its kernel's shape (and so its efficiency:
+    cost_models/kernel_shapes.py) depends on them: an attention's query, key and value with its share of the heads;
+    a column-parallel linear's weight with its share of the output features, a row-parallel one's weight and
+    input with their share of the input features."""
+    kind = op_class(node.op)
+    if kind == "attention":
+        return _divided(node.arguments, {"query": -3, "key": -3, "value": -3}, degree)
+    if node.op == "aten.linear.default" and node.sharding is Sharding.ROWS:
+        return _divided(node.arguments, {"weight": -1, "input": -1}, degree)
+    if node.op == "aten.linear.default" and node.sharding.reads_input_whole:
+        return _divided(node.arguments, {"weight": 0}, degree)
+    return node.arguments
+
+
+def _divided(arguments: Mapping[str, Any], dims: Mapping[str, int], degree: int) -> Mapping[str, Any]:
+    """`arguments` with each named tensor's given dimension divided by `degree` where it divides evenly."""
+    shared = dict(arguments)
+    for name, dim in dims.items():
         tensor = shared.get(name)
-        if isinstance(tensor, TensorMeta) and len(tensor.shape) >= 3 and tensor.shape[-3] % degree == 0:
-            shape = (*tensor.shape[:-3], tensor.shape[-3] // degree, *tensor.shape[-2:])
-            shared[name] = dataclasses.replace(tensor, shape=shape)
+        if isinstance(tensor, TensorMeta) and len(tensor.shape) > max(dim, -dim - 1) and \
+                isinstance(tensor.shape[dim], int) and tensor.shape[dim] % degree == 0:
+            shape = list(tensor.shape)
+            shape[dim] //= degree
+            shared[name] = dataclasses.replace(tensor, shape=tuple(shape))
     return shared

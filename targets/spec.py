@@ -99,9 +99,9 @@ class RooflineConstants:
     launch_overhead_seconds: float
     compute_half_flops: float = 0.0
     memory_half_bytes: float = 0.0
-    # Attention only: the keys a block streams at which it reaches half of `compute_efficiency`
-    # (cost_models/kernel_shapes.py); zero: no curve.
-    compute_half_keys: float = 0.0
+    # Tiled kernels (matmul, convolution, attention): the depth a tile's loop runs (a matmul's K, an attention's
+    # keys) at which it reaches half of `compute_efficiency` (cost_models/kernel_shapes.py); zero: no curve.
+    compute_half_depth: float = 0.0
 
     def compute_seconds(self, flops: float, peak_flops_per_second: float) -> float:
         """Time to do `flops` at this class's size-dependent efficiency: (f + half) / (peak * e)."""

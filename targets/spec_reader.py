@@ -43,6 +43,7 @@ _PLAUSIBLE = {
     "stage_launch_microseconds": (0.0, 1e6, "microseconds"),
     "graph_kernel_microseconds": (0.0, 1e6, "microseconds"),
     "compute_units": (1, 1e6, "compute units"),
+    "compute_half_efficiency_depth": (0.0, 1e9, "elements of depth"),
     "compute_half_efficiency_keys": (0.0, 1e9, "keys"),
     "compute_half_efficiency_mflop": (0.0, 1e9, "MFLOP"),
     "memory_half_efficiency_mib": (0.0, 1e7, "MiB"),
@@ -50,7 +51,9 @@ _PLAUSIBLE = {
 }
 _PLAUSIBLE_TFLOPS = (1e-6, 1e6, "TFLOP/s")
 _OP_CLASS_FIELDS = {"compute_efficiency", "memory_efficiency", "launch_overhead_microseconds"}
-_CURVE_FIELDS = {"compute_half_efficiency_mflop", "memory_half_efficiency_mib", "compute_half_efficiency_keys"}
+_CURVE_FIELDS = {"compute_half_efficiency_mflop", "memory_half_efficiency_mib", "compute_half_efficiency_depth",
+                 "compute_half_efficiency_keys"}
+_TILED_CLASSES = ("matmul", "convolution", "attention")  # kernels with a depth curve (cost_models/kernel_shapes.py)
 _LINK_FIELDS = {"bandwidth_gb_per_second", "latency_microseconds"}
 _SUPPORT_FIELDS = {"ops", "dtypes", "max_rank", "static_shapes_only", "limits", "op_dtypes"}
 _LIMIT_FIELDS = {"op", "argument", "max", "min", "allowed", "dims"}
@@ -258,6 +261,13 @@ class SpecReader(TomlReader):
                 if name != "attention" and "compute_half_efficiency_keys" in fields:
                     raise self.fail(f"{where}compute_half_efficiency_keys", "only an attention streams keys",
                                     "move it to [op_classes.attention], or drop it")
+                if name not in _TILED_CLASSES and "compute_half_efficiency_depth" in fields:
+                    raise self.fail(f"{where}compute_half_efficiency_depth", f"only a tiled kernel "
+                                    f"({', '.join(_TILED_CLASSES)}) loops over a depth",
+                                    "move it to one of those classes' tables, or drop it")
+                if {"compute_half_efficiency_keys", "compute_half_efficiency_depth"} <= set(fields):
+                    raise self.fail(f"{where}compute_half_efficiency_keys", "an attention's keys are its depth",
+                                    "give compute_half_efficiency_depth alone")
             self.check_known_fields(own, _OP_CLASS_FIELDS | _CURVE_FIELDS, prefix)
             defaults = {**dict.fromkeys(_CURVE_FIELDS, 0.0),
                         **{field: self.data.get(field) for field in _OP_CLASS_FIELDS}}
@@ -276,7 +286,9 @@ class SpecReader(TomlReader):
             launch_overhead_seconds=self.number("launch_overhead_microseconds", table, prefix, minimum=0.0) * _MICRO,
             compute_half_flops=self.number("compute_half_efficiency_mflop", table, prefix, minimum=0.0) * 1e6,
             memory_half_bytes=self.number("memory_half_efficiency_mib", table, prefix, minimum=0.0) * 1024**2,
-            compute_half_keys=self.number("compute_half_efficiency_keys", table, prefix, minimum=0.0),
+            # An attention's keys are its depth: compute_half_efficiency_keys is the older name of its curve.
+            compute_half_depth=self.number("compute_half_efficiency_depth", table, prefix, minimum=0.0) or
+            self.number("compute_half_efficiency_keys", table, prefix, minimum=0.0),
         )
 
     def choice(self, field: str, choices: Iterable[str]) -> str:

@@ -12,7 +12,7 @@ import torch
 
 from cost_models.calibration import calibrate
 from cost_models.measured import op_signature
-from cost_models.kernel_shapes import AttentionShape, attention_shape, shape_efficiency
+from cost_models.kernel_shapes import KernelShape, kernel_shape, shape_efficiency
 from cost_models.profile import DeviceIdentity, OpMeasurement, Profile
 from cost_models.roofline import RooflineCostModel
 from cost_models.tensor_parallel import shard_of
@@ -36,7 +36,7 @@ def test_a_short_attention_with_fewer_blocks_than_units_reaches_a_quarter_of_its
     node = attention(8, 12, 128, 128, 64)  # BERT-base at 8 x 128
     # 96 blocks on 132 units, one tile of keys each (nothing to split): 128 / (128 + 256) x 96 / 132.
     share = 128 / 384 * 96 / 132
-    assert shape_efficiency(attention_shape(node), H100, H100.constants_for("attention", "bfloat16")) == \
+    assert shape_efficiency(kernel_shape(node), H100, H100.constants_for("attention", "bfloat16")) == \
         pytest.approx(share)
     flops = 4 * 8 * 12 * 128 * 128 * 64  # 403 MFLOP
     assert RooflineCostModel().compute_seconds(node, H100) == pytest.approx(6e-6 + flops / (989e12 * 0.35 * share))
@@ -46,33 +46,33 @@ def test_a_long_attention_reaches_most_of_its_efficiency_less_its_last_waves_emp
     node = attention(1, 32, 2048, 2048, 128)  # a 7B model's prefill of 2,048 tokens
     # 32 heads x 16 query tiles = 512 blocks: four waves of 132 hold 528. Keys 2048 / (2048 + 256).
     share = 2048 / 2304 * 512 / 528
-    assert shape_efficiency(attention_shape(node), H100, H100.constants_for("attention", "bfloat16")) == \
+    assert shape_efficiency(kernel_shape(node), H100, H100.constants_for("attention", "bfloat16")) == \
         pytest.approx(share)
     flops = 4 * 32 * 2048 * 2048 * 128
     assert RooflineCostModel().compute_seconds(node, H100) == pytest.approx(6e-6 + flops / (989e12 * 0.35 * share))
 
 
 def test_a_decode_steps_attention_splits_its_keys_until_the_units_are_full():
-    shape = attention_shape(attention(2, 8, 1, 4096, 128))
+    shape = kernel_shape(attention(2, 8, 1, 4096, 128))
     # 16 blocks on 132 units: 8 splits (132 // 16) of 512 keys each, 128 blocks.
-    assert (shape.blocks, shape.keys) == (16, 4096)
+    assert (shape.tiles, shape.depth) == (16, 4096)
     assert shape_efficiency(shape, H100, H100.constants_for("attention")) == pytest.approx(512 / 768 * 128 / 132)
 
 
 def test_without_compute_units_or_a_keys_curve_an_attention_costs_as_its_flops_say():
-    shape = AttentionShape(heads=96, queries=128, keys=128)
+    shape = KernelShape(tiles=96, depth=128)
     cpu = load_target("cpu-x86")
     assert shape_efficiency(shape, cpu, cpu.constants_for("attention")) == 1.0
-    flat = dataclasses.replace(H100.constants_for("attention"), compute_half_keys=0.0)
+    flat = dataclasses.replace(H100.constants_for("attention"), compute_half_depth=0.0)
     assert shape_efficiency(shape, H100, flat) == pytest.approx(96 / 132)
     assert shape_efficiency(None, H100, H100.constants_for("attention")) == 1.0
 
 
 def test_only_an_attention_with_known_sizes_has_a_shape():
     matmul = dataclasses.replace(attention(1, 1, 4, 4, 8), op="aten.mm.default", arguments={})
-    assert attention_shape(matmul) is None
+    assert kernel_shape(matmul) is None
     symbolic = TensorMeta((None, 8, 16, 64), "bfloat16")
-    assert attention_shape(dataclasses.replace(attention(1, 8, 16, 16, 64),
+    assert kernel_shape(dataclasses.replace(attention(1, 8, 16, 16, 64),
                                                arguments={"query": symbolic, "key": symbolic})) is None
 
 
@@ -86,7 +86,7 @@ def test_calibration_fits_attentions_efficiency_through_their_shapes_and_keeps_t
         node = attention(*shape)
         measurements[f"sdpa{index}"] = OpMeasurement(
             RooflineCostModel().compute_seconds(node, truth), node.flops, node.bytes_read + node.bytes_written,
-            "bfloat16", SDPA, attention=attention_shape(node))
+            "bfloat16", SDPA, shape=kernel_shape(node))
     profile = Profile(DeviceIdentity("cuda", "NVIDIA H100", torch.__version__, 1), measurements)
 
     fitted = calibrate(profile, H100).applied_to(H100).constants_for("attention", "bfloat16")
@@ -94,7 +94,7 @@ def test_calibration_fits_attentions_efficiency_through_their_shapes_and_keeps_t
     # Times made by the structure at 0.2 are explained by it at 0.2 (a flat fit could not have matched both 128
     # and 4,096 keys), and the curve stays the spec's.
     assert fitted.compute_efficiency == pytest.approx(0.2, rel=0.03)
-    assert fitted.compute_half_keys == 256
+    assert fitted.compute_half_depth == 256
 
 
 def test_compute_units_must_be_a_whole_number(tmp_path):
@@ -108,31 +108,43 @@ def test_a_profile_written_before_shapes_were_recorded_reads_an_attentions_shape
     node = attention(8, 12, 128, 128, 64)
     measurement = OpMeasurement(50e-6, node.flops, node.bytes_read + node.bytes_written, "bfloat16", SDPA)
     old = Profile(DeviceIdentity("cuda", "NVIDIA H100", torch.__version__, 1), {op_signature(node): measurement})
-    assert "attention" not in old.to_dict()["ops"][op_signature(node)]
+    assert "kernel_shape" not in old.to_dict()["ops"][op_signature(node)]
 
     read = Profile.from_dict(old.to_dict())
 
-    assert read.ops[op_signature(node)].attention == AttentionShape(96, 128, 128)
+    assert read.ops[op_signature(node)].shape == KernelShape(96, 128)
 
 
 def test_a_tensor_parallel_member_runs_its_share_of_the_heads_and_its_blocks_are_fewer():
     node = dataclasses.replace(attention(1, 64, 512, 512, 128), sharding=Sharding.SPLIT)
 
-    member = attention_shape(shard_of(node, 4))
+    member = kernel_shape(shard_of(node, 4))
 
-    assert member == AttentionShape(16, 512, 512)
+    assert member == KernelShape(16 * 4, 512)  # 16 heads x 4 query tiles
     # 16 heads x 4 query tiles = 64 blocks on 132 units: two splits of the keys, 256 each.
     assert shape_efficiency(member, H100, H100.constants_for("attention")) == pytest.approx(256 / 512 * 128 / 132)
 
 
 def test_an_attention_with_a_size_of_zero_or_an_op_of_another_class_has_no_shape():
-    assert attention_shape(attention(0, 8, 16, 16, 64)) is None
+    assert kernel_shape(attention(0, 8, 16, 16, 64)) is None
     elementwise = dataclasses.replace(attention(1, 8, 16, 16, 64), op="aten.add.Tensor")
-    assert attention_shape(elementwise) is None
+    assert kernel_shape(elementwise) is None
 
 
-def test_a_keys_curve_outside_the_attention_class_is_refused_naming_the_field(tmp_path):
-    spec = (BUILTIN_DIR / "cuda-h100.toml").read_text() + "\n[op_classes.matmul]\ncompute_half_efficiency_keys = 9\n"
+@pytest.mark.parametrize("table, field, problem", [
+    ("reduction", "compute_half_efficiency_keys", "only an attention streams keys"),
+    ("reduction", "compute_half_efficiency_depth", r"only a tiled kernel \(matmul, convolution, attention\)"),
+])
+def test_a_depth_curve_outside_the_tiled_classes_is_refused_naming_the_field(tmp_path, table, field, problem):
+    spec = (BUILTIN_DIR / "cuda-h100.toml").read_text() + f"\n[op_classes.{table}]\n{field} = 9\n"
     (tmp_path / "bad.toml").write_text(spec)
-    with pytest.raises(PartitionerError, match=r"op_classes.matmul.compute_half_efficiency_keys.*only an attention"):
+    with pytest.raises(PartitionerError, match=rf"op_classes.{table}.{field}.*{problem}"):
         load_target(tmp_path / "bad.toml")
+
+
+def test_an_attentions_keys_curve_may_still_be_written_under_its_older_name(tmp_path):
+    spec = (BUILTIN_DIR / "cuda-h100.toml").read_text().replace(
+        "[op_classes.attention]\n", "[op_classes.attention]\ncompute_half_efficiency_keys = 300\n").replace(
+        "compute_half_efficiency_depth = 256\n", "").replace('name = "cuda-h100"', 'name = "old-h100"')
+    (tmp_path / "old.toml").write_text(spec)
+    assert load_target(tmp_path / "old.toml").constants_for("attention", "bfloat16").compute_half_depth == 300

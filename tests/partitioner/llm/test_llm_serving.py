@@ -91,10 +91,12 @@ def test_a_decode_step_is_priced_as_a_replayed_graph_on_a_gpu_and_a_prefill_as_i
 
     assert plan.graph_replay == {"cuda-h100": pytest.approx(1.5e-6)}
     q_proj = next(n for n in decode if n.module_path.endswith("layers.0.self_attn.q_proj") and n.flops)
-    # 4 tokens x 64 wide by a 64 x 64 float32 weight: 18,432 bytes moved at 75% of 3.35 TB/s; its 32,768 FLOPs
-    # at 60% of 67 TFLOP/s take less.
+    # 4 tokens x 64 wide by a 64 x 64 float32 weight: its 18,432 bytes take 7 ns at 75% of 3.35 TB/s; its 32,768
+    # FLOPs run as one tile of 16 x 64 (a quarter of it real) on one of the 132 SMs, at 75% of 67 TFLOP/s: longer.
     assert q_proj.bytes_read + q_proj.bytes_written == 18_432
-    assert plan.op_seconds["decode"][q_proj.name]["cuda-h100"] == pytest.approx(1.5e-6 + 18_432 / (3350e9 * 0.75))
+    assert q_proj.flops == 32_768
+    assert plan.op_seconds["decode"][q_proj.name]["cuda-h100"] == pytest.approx(
+        1.5e-6 + 32_768 / (67e12 * 0.75 * 0.25 / 132))
     views = [op.name for op in plan.phase_ops["decode"] if op.op in ("aten.view.default", "aten.transpose.int")]
     assert views and all(plan.op_seconds["decode"][name]["cuda-h100"] == 0.0 for name in views)
     prefill_views = [op.name for op in plan.phase_ops["prefill"] if op.op == "aten.view.default"]
