@@ -54,8 +54,9 @@ def shift_table(before: Predictions, after: Predictions) -> str:
                 by_class["all"].append((before[group][node][1], seconds))
         for kind in sorted(by_class, key=lambda k: (k == "all", k)):
             pairs = by_class[kind]
-            median = statistics.median(new / old for old, new in pairs if old > 0)
-            lines.append(f"| {group} | {kind} | {len(pairs)} | {median:.2f} | "
+            ratios = [new / old for old, new in pairs if old > 0]
+            median = f"{statistics.median(ratios):.2f}" if ratios else "-"
+            lines.append(f"| {group} | {kind} | {len(pairs)} | {median} | "
                          f"{sum(old for old, _ in pairs) * 1e3:.3g} ms | {sum(new for _, new in pairs) * 1e3:.3g} ms |")
     return "\n".join(lines) + "\n"
 
@@ -72,7 +73,11 @@ def main() -> None:
     found = predictions(args.target, args.models.split(","), args.dtypes.split(","), args.batch)
     write_atomically(args.out, json.dumps({"target": args.target, "predictions": found}, indent=1))
     if args.before:
-        before = json.loads(args.before.read_text())["predictions"]
+        recorded = json.loads(args.before.read_text())
+        if recorded.get("target") != args.target:
+            raise SystemExit(f"{args.before} priced the ops on {recorded.get('target')}, not {args.target}: give "
+                             f"--target {recorded.get('target')}, or predictions made for {args.target}")
+        before = recorded["predictions"]
         print(shift_table({g: {n: tuple(v) for n, v in ops.items()} for g, ops in before.items()}, found))
 
 

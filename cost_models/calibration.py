@@ -168,6 +168,13 @@ def calibrate(profile: Profile, target: Target, size_curves: bool = True) -> Cal
                                         curve=size_curves)
             if fitted_groups[group] is not None:
                 classes[group] = fitted_groups[group]
+        # Each dtype keeps the spec's depth curve (which the fits priced its ops through): a class's one fit
+        # would otherwise give a dtype the class's curve.
+        for dtype in float_dtypes:
+            spec_depth = target.constants_for(name, dtype).compute_half_depth
+            calibrated = replace(staged, op_classes=classes).constants_for(name, dtype)
+            if calibrated.compute_half_depth != spec_depth:
+                classes[f"{name}.{dtype}"] = replace(calibrated, compute_half_depth=spec_depth)
     calibration = Calibration(launch, top_constants.compute_efficiency, top_constants.memory_efficiency,
                               *_bound_counts(floats, staged, launch), classes, view_overhead)
     calibrated = calibration.applied_to(target)

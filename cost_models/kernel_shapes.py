@@ -16,8 +16,9 @@ keys). Three things of the shape, not of its FLOPs, set how close such a kernel 
   depth among more blocks (cuBLAS's split-K, FlashAttention's split-KV as in a decode step) until the units are
   full or each block has one step of depth.
 A target without `compute_units` (CPUs, compiled-graph accelerators) has no waves and no tile grid; a class
-without a half depth has no depth curve. A grouped or transposed convolution, and matrix-vector products, are
-priced by their FLOPs and bytes alone.
+without a half depth has no depth curve. A grouped or transposed convolution, and an op whose operand is a vector
+(`mv`, `dot`, `matmul` with a 1-D operand), are priced by their FLOPs and bytes alone; a matmul of one row (a
+decode step of one sequence) is a tile of 16 rows, one of them real.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def arguments_shape(op: str, arguments: Mapping[str, Any]) -> KernelShape | None
             return _attention(_sizes(arguments.get("query")), _sizes(arguments.get("key")))
         if kind == "matmul":
             return _matmul(op.split(".")[1], arguments)
-        if kind == "convolution":
+        if kind == "convolution" and not op.split(".")[1].startswith("conv_transpose"):
             return _convolution(arguments)
     except (TypeError, ValueError, IndexError):
         return None

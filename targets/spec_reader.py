@@ -268,6 +268,9 @@ class SpecReader(TomlReader):
                 if {"compute_half_efficiency_keys", "compute_half_efficiency_depth"} <= set(fields):
                     raise self.fail(f"{where}compute_half_efficiency_keys", "an attention's keys are its depth",
                                     "give compute_half_efficiency_depth alone")
+                if "compute_half_efficiency_keys" in fields:  # the older name of an attention's depth curve
+                    self.number("compute_half_efficiency_keys", fields, where, minimum=0.0)
+                    fields["compute_half_efficiency_depth"] = fields.pop("compute_half_efficiency_keys")
             self.check_known_fields(own, _OP_CLASS_FIELDS | _CURVE_FIELDS, prefix)
             defaults = {**dict.fromkeys(_CURVE_FIELDS, 0.0),
                         **{field: self.data.get(field) for field in _OP_CLASS_FIELDS}}
@@ -286,9 +289,7 @@ class SpecReader(TomlReader):
             launch_overhead_seconds=self.number("launch_overhead_microseconds", table, prefix, minimum=0.0) * _MICRO,
             compute_half_flops=self.number("compute_half_efficiency_mflop", table, prefix, minimum=0.0) * 1e6,
             memory_half_bytes=self.number("memory_half_efficiency_mib", table, prefix, minimum=0.0) * 1024**2,
-            # An attention's keys are its depth: compute_half_efficiency_keys is the older name of its curve.
-            compute_half_depth=self.number("compute_half_efficiency_depth", table, prefix, minimum=0.0) or
-            self.number("compute_half_efficiency_keys", table, prefix, minimum=0.0),
+            compute_half_depth=self.number("compute_half_efficiency_depth", table, prefix, minimum=0.0),
         )
 
     def choice(self, field: str, choices: Iterable[str]) -> str:

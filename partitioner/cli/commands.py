@@ -281,13 +281,13 @@ def _check_llm_plan(args: argparse.Namespace, data: dict) -> int:
     greedy `generate`."""
     from partitioner.execution.llm_phases import check_generation, check_phases
     from partitioner.execution.tensor_parallel import NEW_TOKENS, check_split, example_prompts, split_runs
-    from partitioner.llm.deployment import checked_llm_plan
+    from partitioner.llm.deployment import KV_CACHE, checked_llm_plan
 
     if not args.check:
         raise PartitionerError("an LLM plan runs as a check against the model (its phases as placed, its "
                                "tensor-parallel groups). Fix: add --check.")
     plan = checked_llm_plan(data, args.plan)
-    plan.require_kv_cache("run --check")
+    held = "KV cache" if plan.decode_state is KV_CACHE else "states"
     if args.device_map:
         raise PartitionerError("--device-map does not apply to an LLM plan's check: each member of a group runs on "
                                "the device the model is built on. Fix: drop --device-map.")
@@ -301,19 +301,24 @@ def _check_llm_plan(args: argparse.Namespace, data: dict) -> int:
         verdict = "OK" if phase.check.passed else "MISMATCH"
         partitions = f"{phase.partitions} partition{'s' if phase.partitions != 1 else ''}"
         print(f"{phase.phase} {size} as placed ({partitions} on {', '.join(phase.places)}): "
-              f"logits and KV cache at most {phase.check.max_abs_error:.3g} from the model's -> {verdict}")
+              f"logits and {held} at most {phase.check.max_abs_error:.3g} from the model's -> {verdict}")
         for line in (*phase.check.mismatches, *phase.check.notes):
             print(f"  {line}")
         failed += not phase.check.passed
     prompts = example_prompts(model)
     with Progress("live").step("generating through the placed phases, and with the model"):
         generation = check_generation(plan, model, prompts, NEW_TOKENS)
-    agreed = "the model's tokens" if generation.same_steps == generation.new_tokens else (
-        f"the model's tokens for {generation.same_steps} of {generation.new_tokens} steps, then others"
-        + (" (reduced precision: judged by the phases' logits above)" if generation.reduced_precision else ""))
-    print(f"generation as placed, {generation.prompts} prompts of {prompts.shape[1]} tokens each prefilled alone, "
-          f"their KV caches handed to one decode batch: {agreed} -> {'OK' if generation.passed else 'MISMATCH'}")
-    failed += not generation.passed
+    if generation is None:
+        print(f"generation as placed: not run ({plan.model_name} says how to call it, not how to hand a prefilled "
+              "cache to a decode batch)")
+    else:
+        agreed = "the model's tokens" if generation.same_steps == generation.new_tokens else (
+            f"the model's tokens for {generation.same_steps} of {generation.new_tokens} steps, then others"
+            + (" (reduced precision: judged by the phases' logits above)" if generation.reduced_precision else ""))
+        print(f"generation as placed, {generation.prompts} prompts of {prompts.shape[1]} tokens each prefilled "
+              f"alone, their {'KV caches' if held == 'KV cache' else held} handed to one decode batch: {agreed} -> "
+              f"{'OK' if generation.passed else 'MISMATCH'}")
+        failed += not generation.passed
     for run in runs:
         with Progress("live").step(f"generating with {run.degree} members splitting {len(run.modules)} modules, "
                                    "and with the model"):

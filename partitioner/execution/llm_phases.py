@@ -32,7 +32,7 @@ from partitioner.llm.deployment import LLMPlan, PhaseOp
 from partitioner.llm.experts import experts_sharded
 from partitioner.llm.joint import phase_assignment
 from partitioner.llm.phases import (DECODE, PREFILL, rolling_windows, serving_inputs, sliding_windows_as_static,
-                                    token_positions, vocabulary_size)
+                                    vocabulary_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +65,11 @@ class GenerationCheck:
 
 
 def check_generation(plan: LLMPlan, model: torch.nn.Module, prompts: torch.Tensor, new_tokens: int
-                     ) -> GenerationCheck:
-    """`generate_as_placed` beside `model.generate` (greedy, the same prompts and length)."""
+                     ) -> GenerationCheck | None:
+    """`generate_as_placed` beside `model.generate` (greedy, the same prompts and length); None for a model that
+    says how to call it (prefill_inputs, decode_inputs) but not how to hand a prefilled cache to a decode batch."""
+    if serving_inputs(model) is model:
+        return None
     got = generate_as_placed(plan, model, prompts, new_tokens)
     expected, _ = generate_as_member(model, prompts, new_tokens)
     start = prompts.shape[1]
@@ -93,37 +96,60 @@ def generate_as_placed(plan: LLMPlan, model: torch.nn.Module, prompts: torch.Ten
                        ) -> torch.Tensor:
     """Greedy generation through the placed phases, as a co-located deployment serves: each prompt prefilled
     alone into its own KV cache, the caches handed to one decode batch, then decode steps of the whole batch
-    reading and writing that cache. The token ids, prompts included (`generate`'s layout)."""
+    reading and writing that cache; an end-of-sequence token is never chosen, as `generate` with
+    `min_new_tokens` does. The token ids, prompts included (`generate`'s layout)."""
     batch, prompt = prompts.shape
     context = prompt + new_tokens
     with as_planned(plan, model) as inputs:
+        if inputs is model:
+            raise PartitionerError(f"{plan.model_name} says how to call it (prefill_inputs, decode_inputs), but not "
+                                   "how to hand a prefilled cache to a decode batch, so generation as placed runs "
+                                   "transformers causal LMs only. Fix: check its phases as placed (check_phases).")
         _, prefill, _, _ = placed_phase(plan, model, PREFILL, phase_inputs(inputs, PREFILL, prompt, context))
         _, decode, _, _ = placed_phase(plan, model, DECODE, phase_inputs(inputs, DECODE, batch, context))
-        cache = phase_inputs(inputs, DECODE, batch, context)["past_key_values"]
-        chosen = []
+        cache = phase_inputs(inputs, DECODE, batch, context)[inputs.cache_argument]
+        chosen, ends = [], _end_tokens(model)
         with torch.inference_mode():
             for row in range(batch):
-                own = phase_inputs(inputs, PREFILL, prompt, context)["past_key_values"]
-                logits = prefill(input_ids=prompts[row:row + 1], past_key_values=own,
-                                 **token_positions(0, prompt), use_cache=True).logits
-                chosen.append(logits[0, -1].argmax())
-                for into, held in zip(cache.layers, own.layers, strict=True):  # the KV cache handed to decode
+                own = phase_inputs(inputs, PREFILL, prompt, context)[inputs.cache_argument]
+                logits = prefill(input_ids=prompts[row:row + 1], **{inputs.cache_argument: own},
+                                 **inputs.positions(0, prompt), use_cache=True).logits
+                chosen.append(_greedy(logits[0, -1], ends))
+                for into, held in zip(cache.layers, own.layers, strict=True):  # the cache handed to decode
                     _hand_over(held, into, row)
             tokens = [torch.stack(chosen)]
             for step in range(new_tokens - 1):
-                logits = decode(input_ids=tokens[-1][:, None], past_key_values=cache,
-                                **token_positions(prompt + step, 1), use_cache=True).logits
-                tokens.append(logits[:, -1].argmax(-1))
+                logits = decode(input_ids=tokens[-1][:, None], **{inputs.cache_argument: cache},
+                                **inputs.positions(prompt + step, 1), use_cache=True).logits
+                tokens.append(_greedy(logits[:, -1], ends))
     return torch.cat([prompts, torch.stack(tokens, dim=1)], dim=1)
 
 
+def _end_tokens(model: torch.nn.Module) -> list[int]:
+    """The token ids that end a sequence in `model`'s generation config (none where it has none)."""
+    ends = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return [] if ends is None else [ends] if isinstance(ends, int) else list(ends)
+
+
+def _greedy(logits: torch.Tensor, ends: list[int]) -> torch.Tensor:
+    """The most likely token of each row of `logits`, an end-of-sequence token left out (an id past the
+    vocabulary, a config's default a small model kept, ends nothing)."""
+    ends = [end for end in ends if 0 <= end < logits.shape[-1]]
+    if ends:
+        logits = logits.clone()
+        logits[..., ends] = float("-inf")
+    return logits.argmax(-1)
+
+
 def _hand_over(held: Any, into: Any, row: int) -> None:
-    """One layer's cache of one prefilled prompt handed to row `row` of a decode batch's: its keys and values, and
-    the position counters the cache keeps beside them (the prompts of a batch are of one length here)."""
+    """One layer's cache of one prefilled prompt handed to row `row` of a decode batch's: its keys and values (or a
+    state-space layer's convolution and SSM states), and the position counters the cache keeps beside them (the
+    prompts of a batch are of one length here)."""
     for name, value in vars(held).items():
-        if isinstance(value, torch.Tensor):
-            target = getattr(into, name)
-            (target if value.dim() == 0 else target[row]).copy_(value if value.dim() == 0 else value[0])
+        for key, tensor in (value.items() if isinstance(value, dict) else [(None, value)]):
+            if isinstance(tensor, torch.Tensor):
+                target = getattr(into, name) if key is None else getattr(into, name)[key]
+                (target if tensor.dim() == 0 else target[row]).copy_(tensor if tensor.dim() == 0 else tensor[0])
 
 
 @contextlib.contextmanager
@@ -183,16 +209,18 @@ def placed_like(graph: OpGraph, planned: Sequence[PhaseOp], places: Mapping[str,
 
 
 def _filled(example: Any, model: torch.nn.Module, phase: str, seed: int) -> Any:
-    """The phase's example inputs with token ids from the vocabulary and, for a decode step, a KV cache of
-    values (zeros would hide a cache read from the wrong place), the same for a seed."""
+    """The phase's example inputs with token ids from the vocabulary and, for a decode step, a KV cache (or
+    state-space states) of values (zeros would hide a read from the wrong place), the same for a seed."""
     generator = torch.Generator().manual_seed(seed)
     if isinstance(example, dict) and isinstance(example.get("input_ids"), torch.Tensor):
         ids = example["input_ids"]
         example["input_ids"] = torch.randint(0, vocabulary_size(model), ids.shape, generator=generator).to(ids.device)
-    cache = example.get("past_key_values") if isinstance(example, dict) else None
+    cache = next((example.get(name) for name in ("past_key_values", "cache", "cache_params")
+                  if isinstance(example, dict) and example.get(name) is not None), None)
     if phase == DECODE and cache is not None:
         for layer in getattr(cache, "layers", ()):
-            for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-                if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-                    tensor.copy_(torch.randn(tensor.shape, generator=generator).to(tensor.dtype))
+            for held in (getattr(layer, name, None) for name in ("keys", "values", "conv_states", "recurrent_states")):
+                for tensor in (held.values() if isinstance(held, dict) else [held]):
+                    if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                        tensor.copy_(torch.randn(tensor.shape, generator=generator).to(tensor.dtype))
     return example

@@ -9,6 +9,7 @@ they deliver; time to first token (TTFT) is one prefill through its placement
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,8 +30,22 @@ from targets.workload import Workload
 
 LLM_SCHEMA_VERSION = 1
 LLM_PLAN_KIND = "llm-serving"  # what tells an LLM plan file from a plan.json (partitioner/plan.py)
-# What a model keeps between decode steps: an attention KV cache, or a state-space model's per-layer states.
-KV_CACHE, SSM_STATES = "KV cache", "convolution and SSM states"
+
+
+class DecodeState(str, enum.Enum):
+    """What a causal LM keeps between decode steps, per request: what sizes its memory beside the weights."""
+
+    KV_CACHE = "KV cache"                                                # keys and values of every token so far
+    SSM_STATES = "convolution and SSM states"                            # the same size whatever the context
+    HYBRID = "convolution and SSM states and a KV cache"                 # state-space layers and attention layers
+
+    @property
+    def grows_with_context(self) -> bool:
+        """Whether a request's state grows with its context (an attention layer's keys and values)."""
+        return self is not DecodeState.SSM_STATES
+
+
+KV_CACHE, SSM_STATES, HYBRID_STATES = DecodeState.KV_CACHE, DecodeState.SSM_STATES, DecodeState.HYBRID
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,17 +237,17 @@ class LLMPlan:
     # Per device kind whose decode step is priced as a captured graph's replay, the seconds each kernel adds
     # (cost_models/graph_replay.py); kinds not named run it eagerly.
     graph_replay: Mapping[str, float] = field(default_factory=dict)
-    decode_state: str = KV_CACHE  # or SSM_STATES: the same size whatever the context
+    decode_state: DecodeState = KV_CACHE
 
     def require_kv_cache(self, doing: str) -> None:
-        """Refuse to `doing` a plan whose model keeps states other than a KV cache, which what runs plans does not
-        hand from prefill to decode yet."""
-        if self.decode_state != KV_CACHE:
+        """Refuse to `doing` a plan whose model keeps states other than a KV cache, which serving and export do not
+        hand from prefill to decode yet (run --check does)."""
+        if self.decode_state is not KV_CACHE:
             raise PartitionerError(
-                f"{self.model_name} keeps {self.decode_state} between decode steps, not a KV cache, and {doing} "
-                "hands only KV caches from prefill to decode so far: its plan's figures are all there is yet. Fix: "
-                "read them with report and explain; to see the model run as placed, compile and run --check one "
-                "pass of it without --workload.")
+                f"{self.model_name} keeps {self.decode_state.value} between decode steps, not only a KV cache, and "
+                f"{doing} hands only KV caches from prefill to decode so far. Fix: run --check on this plan runs it "
+                "as placed (prefill, a decode step and generation beside the model); read its figures with report "
+                "and explain.")
 
     @property
     def gap(self) -> float:
@@ -268,7 +283,7 @@ class LLMPlan:
                 "targets": [target.to_dict() for target in self.targets],
                 "op_seconds": {phase: {node: dict(costs) for node, costs in ops.items()}
                                for phase, ops in self.op_seconds.items()},
-                "graph_replay": dict(self.graph_replay), "decode_state": self.decode_state}
+                "graph_replay": dict(self.graph_replay), "decode_state": self.decode_state.value}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LLMPlan:
@@ -288,7 +303,8 @@ class LLMPlan:
                    entries(data, "op_seconds", lambda table, phase: entries(
                        table, phase, lambda ops, node: entries(ops, node, number)), {}),
                    entries(data, "graph_replay", number, {}),
-                   text(data, "decode_state", KV_CACHE, choices=(KV_CACHE, SSM_STATES)))
+                   DecodeState(text(data, "decode_state", KV_CACHE.value,
+                                    choices=tuple(state.value for state in DecodeState))))
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as versioned JSON (partitioner/files.py writes it whole or not at all)."""

@@ -32,6 +32,8 @@ from partitioner.frontend.input_containers import register_input_containers
 from partitioner.frontend.mutation import written_inputs
 from partitioner.frontend.op_graph import OpGraph, annotate
 from partitioner.llm.layer_stack import LayerStack, grown, shallow_twin
+from partitioner.llm.model_calls import LayerCache, model_device, model_dtype, one_token_cache, token_positions
+from partitioner.llm.recurrent_states import RecurrentStateInputs, keeps_recurrent_state
 
 PREFILL, DECODE = "prefill", "decode"
 LARGEST_BATCH = 1 << 16
@@ -46,16 +48,6 @@ class ServingInputs(Protocol):
     def prefill_inputs(self, prompt_tokens: int, context_tokens: int) -> Any: ...
 
     def decode_inputs(self, batch: int, context_tokens: int) -> Any: ...
-
-
-@dataclass(frozen=True, slots=True)
-class LayerCache:
-    """What one layer keeps per token of one sequence: `heads` keys of `key_width` and values of `value_width`
-    (an MLA layer keeps one compressed latent and one rotary key instead: one head of each width)."""
-
-    heads: int
-    key_width: int
-    value_width: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +70,8 @@ def cache_layout(model: torch.nn.Module) -> CacheLayout:
     if text is not None and hasattr(text, "num_hidden_layers") and heads is None:
         raise PartitionerError(
             f"{type(model).__name__}'s config has no num_attention_heads: what it keeps between decode steps is not "
-            "an attention KV cache (a state-space model's convolution and SSM states, say), and --workload plans "
-            "KV caches and Mamba's states only so far. Fix: plan one pass of it without --workload, or give the model "
+            "an attention KV cache, nor a cache of state-space layers transformers makes from its config, which is "
+            "what --workload plans. Fix: plan one pass of it without --workload, or give the model "
             "prefill_inputs(prompt_tokens, context_tokens) and decode_inputs(batch, context_tokens) methods that "
             "return its inputs with the state as inputs it writes in place.")
     if text is None or heads is None or not hasattr(text, "num_hidden_layers"):
@@ -89,7 +81,7 @@ def cache_layout(model: torch.nn.Module) -> CacheLayout:
             "*ForCausalLM model, or give your model prefill_inputs(prompt_tokens, context_tokens) and "
             "decode_inputs(batch, context_tokens) methods returning its example inputs, with the past keys and "
             "values as inputs it writes in place.")
-    dtype = _dtype_of(model)
+    dtype = model_dtype(model)
     measured = _measured_layout(model, dtype)
     if measured is not None:
         return measured
@@ -101,14 +93,8 @@ def cache_layout(model: torch.nn.Module) -> CacheLayout:
 def _measured_layout(model: torch.nn.Module, dtype: torch.dtype) -> CacheLayout | None:
     """The layout the model writes when one token is run through it (on its own device: on the meta device, only
     shapes are computed), or None where it cannot run eagerly there (a data-dependent op on the meta device)."""
-    from transformers import StaticCache
-
-    device = _device_of(model)
-    cache = StaticCache(config=model.config, max_cache_len=2)
     try:
-        with torch.no_grad(), _as_exporting():
-            model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), past_key_values=cache,
-                  cache_position=torch.arange(1, device=device), use_cache=True)
+        cache = one_token_cache(model)
     except Exception:  # noqa: BLE001 - any failure only means the config must be read instead
         return None
     layers = []
@@ -118,19 +104,6 @@ def _measured_layout(model: torch.nn.Module, dtype: torch.dtype) -> CacheLayout 
             return None  # a layer the token did not write (not an attention cache)
         layers.append(LayerCache(keys.shape[1], keys.shape[-1], values.shape[-1]))
     return CacheLayout(tuple(layers), dtype)
-
-
-@contextlib.contextmanager
-def _as_exporting() -> Iterator[None]:
-    """Run eagerly as torch.export traces: transformers takes its export paths (e.g. MoE's grouped matmul that
-    runs in every dtype), so a model measured here behaves as it will when captured."""
-    try:
-        from torch._export.utils import _compiling_state_context
-    except ImportError:  # another torch: the eager paths are measured instead
-        yield
-        return
-    with _compiling_state_context():
-        yield
 
 
 @contextlib.contextmanager
@@ -193,41 +166,29 @@ def _text_config(model: torch.nn.Module):
     return config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
 
 
-def _dtype_of(model: torch.nn.Module) -> torch.dtype:
-    """The dtype of the model's floating-point weights (float32 where it has none)."""
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
-def token_positions(start: int, count: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Where `count` tokens from position `start` go, the same for every sequence of a batch: their cache slots
-    (`cache_position`) and their positions (`position_ids`, one row that broadcasts over the batch; rotary
-    embeddings read it). Both are given: a model that derives positions from its cache instead reads a
-    sliding-window layer's Python counter, which a capture would keep as a constant."""
-    positions = torch.arange(start, start + count, device=device)
-    return {"cache_position": positions, "position_ids": positions[None]}
-
-
 class TransformersInputs:
     """The inputs of a transformers causal LM in each phase: token ids and a `StaticCache` for the context."""
+
+    cache_argument = "past_key_values"  # what the forward takes its cache by
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
         self.layout = cache_layout(model)
-        self.device = _device_of(model)
+        self.device = model_device(model)
 
     def prefill_inputs(self, prompt_tokens: int, context_tokens: int) -> dict:
         return {"input_ids": torch.zeros(1, prompt_tokens, dtype=torch.long, device=self.device),
                 "past_key_values": self._static_cache(1, context_tokens),
-                **token_positions(0, prompt_tokens, self.device), "use_cache": True}
+                **self.positions(0, prompt_tokens), "use_cache": True}
 
     def decode_inputs(self, batch: int, context_tokens: int) -> dict:
         return {"input_ids": torch.zeros(batch, 1, dtype=torch.long, device=self.device),
                 "past_key_values": self._static_cache(batch, context_tokens),
-                **token_positions(context_tokens - 1, 1, self.device), "use_cache": True}
+                **self.positions(context_tokens - 1, 1), "use_cache": True}
+
+    def positions(self, start: int, count: int) -> dict[str, torch.Tensor]:
+        """Where `count` tokens from position `start` go, as the forward takes them."""
+        return token_positions(start, count, self.device)
 
     def _static_cache(self, batch: int, context: int):
         """A StaticCache of the model's layout, allocated now (transformers allocates it lazily, inside the first
@@ -242,53 +203,12 @@ class TransformersInputs:
         return cache
 
 
-class StateSpaceInputs:
-    """The inputs of a transformers state-space causal LM (Mamba) in each phase: token ids and a cache of each
-    layer's convolution and SSM states. Those are the same size whatever the context; they are allocated up front
-    (transformers would allocate them inside the first call), so the capture sees them as state the graph updates
-    in place, and a decode step's cache says it already holds a prefill's states."""
-
-    def __init__(self, model: torch.nn.Module):
-        text = _text_config(model)
-        self.model = model
-        self.device = _device_of(model)
-        self.dtype = _dtype_of(model)
-        self.channels, self.kernel, self.states = text.intermediate_size, text.conv_kernel, text.state_size
-
-    def prefill_inputs(self, prompt_tokens: int, context_tokens: int) -> dict:
-        return {"input_ids": torch.zeros(1, prompt_tokens, dtype=torch.long, device=self.device),
-                "cache": self._cache(1, prefilled=False), "use_cache": True}
-
-    def decode_inputs(self, batch: int, context_tokens: int) -> dict:
-        return {"input_ids": torch.zeros(batch, 1, dtype=torch.long, device=self.device),
-                "cache": self._cache(batch, prefilled=True), "use_cache": True}
-
-    def _cache(self, batch: int, prefilled: bool):
-        from transformers import StaticCache
-
-        cache = StaticCache(config=self.model.config, max_cache_len=1)
-        for layer in cache.layers:
-            layer.lazy_initialization(
-                conv_states=torch.empty(batch, self.channels, self.kernel, dtype=self.dtype, device=self.device),
-                recurrent_states=torch.empty(batch, self.channels, self.states, dtype=self.dtype, device=self.device),
-                conv_kernel_size=self.kernel)
-            layer.has_previous_state[0] = prefilled
-        return cache
-
-
-def is_state_space(model: torch.nn.Module) -> bool:
-    """Whether `model` is a transformers state-space LM of Mamba's kind: convolution and SSM states, no attention."""
-    text = _text_config(model)
-    return (text is not None and getattr(text, "model_type", None) == "mamba"
-            and all(hasattr(text, field) for field in ("intermediate_size", "conv_kernel", "state_size")))
-
-
 def serving_inputs(model: torch.nn.Module) -> ServingInputs:
     """How to call `model` in each phase: its own `prefill_inputs`/`decode_inputs`, else a transformers cache (of
     states for a state-space model, of keys and values for any other)."""
     if callable(getattr(model, "prefill_inputs", None)) and callable(getattr(model, "decode_inputs", None)):
         return model
-    return StateSpaceInputs(model) if is_state_space(model) else TransformersInputs(model)
+    return RecurrentStateInputs(model) if keeps_recurrent_state(model) else TransformersInputs(model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,7 +333,7 @@ def _on_the_models_device(model: torch.nn.Module, phase: str, inputs_at: Callabl
                           ) -> Callable[[int], Any]:
     """`inputs_at`, refusing inputs on another device than the model's weights: planning captures a weightless
     (meta) copy of the model, and a model's own `prefill_inputs`/`decode_inputs` must make their tensors there."""
-    device = _device_of(model)
+    device = model_device(model)
 
     def checked(size: int) -> Any:
         with device:  # tensors made without naming a device land on the model's

@@ -44,12 +44,12 @@ from partitioner.frontend.op_graph import OpGraph
 from partitioner.frontend.sharding import (ShardingPlan, model_sharding, replicated_weight_bytes, shard_graph,
                                           splits_its_state)
 from partitioner.llm.buckets import mean_problem, on_one_graph
-from partitioner.llm.deployment import (KV_CACHE, SSM_STATES, CostedPhase, LLMPlan, PhaseOp, Tried,
-                                        deployment_figures, model_fingerprint)
+from partitioner.llm.deployment import (CostedPhase, LLMPlan, PhaseOp, Tried, deployment_figures,
+                                        model_fingerprint)
 from partitioner.llm.experts import expert_shard, experts_per_layer, experts_sharded
 from partitioner.llm.joint import describe_devices, joint_problem, phase_split_placements
-from partitioner.llm.phases import (DECODE, PREFILL, PhaseGraphs, capture_phases, context_limit, decoder_layers,
-                                    is_state_space)
+from partitioner.llm.phases import DECODE, PREFILL, PhaseGraphs, capture_phases, context_limit, decoder_layers
+from partitioner.llm.recurrent_states import decode_state
 from partitioner.llm.rentals import Rental, per_million_output_tokens, rentals
 from partitioner.placement.baselines import BASELINES, SERVING_BASELINES
 from partitioner.placement.infeasibility import phases_sharing_a_device
@@ -190,7 +190,7 @@ def _plan(model: torch.nn.Module, workload: Workload, fleet: Fleet, fallback: st
                                              DECODE: _op_seconds(decode.problem, targets)},
                    {device_kind(t.name): t.graph_kernel_seconds for t in targets
                     if t.graph_kernel_seconds is not None},
-                   SSM_STATES if is_state_space(model) else KV_CACHE)
+                   decode_state(model))
 
 
 def _fitting(batches: tuple[int, ...], prefill: CostedPhase,

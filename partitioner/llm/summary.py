@@ -17,9 +17,9 @@ def format_llm_summary(plan: LLMPlan) -> str:
     layers = f"{plan.layers} layer{'s' if plan.layers > 1 else ''}, " if plan.layers else ""
     lines = [
         f"model      {plan.model_name}: {layers}"
-        f"{f'experts in {plan.expert_shards} shards a layer, ' if plan.expert_shards else ''}{plan.decode_state} "
-        f"{format_bytes(plan.kv_cache_bytes_per_request)} per request "
-        + (f"at {workload.context_tokens} tokens of context" if plan.decode_state == KV_CACHE
+        f"{f'experts in {plan.expert_shards} shards a layer, ' if plan.expert_shards else ''}"
+        f"{plan.decode_state.value} {format_bytes(plan.kv_cache_bytes_per_request)} per request "
+        + (f"at {workload.context_tokens} tokens of context" if plan.decode_state.grows_with_context
            else "whatever the context"),
         f"workload   {workload.describe()}",
         f"fleet      {plan.fleet}",
@@ -30,7 +30,7 @@ def format_llm_summary(plan: LLMPlan) -> str:
         f"           {best.output_tokens_per_second:.4g} output tokens/s ({best.requests_per_second:.4g} req/s) at "
         f"full load; TTFT {_ttft(best)}, TPOT {format_seconds(best.tpot_seconds)}; "
         f"bottleneck {best.bottleneck}",
-        *_placement_lines(best, fallback_kind, plan.graph_replay, "KV cache" if plan.decode_state == KV_CACHE
+        *_placement_lines(best, fallback_kind, plan.graph_replay, "KV cache" if plan.decode_state is KV_CACHE
                           else "states"),
         *([f"tensor     none: {plan.kept_whole}"] if plan.kept_whole else []),
         "",

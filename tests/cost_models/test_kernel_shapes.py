@@ -68,7 +68,7 @@ def test_without_compute_units_or_a_keys_curve_an_attention_costs_as_its_flops_s
     assert shape_efficiency(None, H100, H100.constants_for("attention")) == 1.0
 
 
-def test_only_an_attention_with_known_sizes_has_a_shape():
+def test_an_attention_with_a_symbolic_size_or_a_matmul_without_its_operands_has_no_shape():
     matmul = dataclasses.replace(attention(1, 1, 4, 4, 8), op="aten.mm.default", arguments={})
     assert kernel_shape(matmul) is None
     symbolic = TensorMeta((None, 8, 16, 64), "bfloat16")
@@ -148,3 +148,11 @@ def test_an_attentions_keys_curve_may_still_be_written_under_its_older_name(tmp_
         "compute_half_efficiency_depth = 256\n", "").replace('name = "cuda-h100"', 'name = "old-h100"')
     (tmp_path / "old.toml").write_text(spec)
     assert load_target(tmp_path / "old.toml").constants_for("attention", "bfloat16").compute_half_depth == 300
+
+
+def test_a_profile_of_an_earlier_version_gives_an_attentions_shape_as_heads_queries_and_keys():
+    node = attention(8, 12, 128, 128, 64)
+    recorded = OpMeasurement(50e-6, node.flops, node.bytes_read + node.bytes_written, "bfloat16", SDPA).to_dict()
+    old = {**recorded, "attention": [96, 128, 128]}  # what profiles wrote before kernel shapes
+
+    assert OpMeasurement.from_dict(old).shape == KernelShape(96, 128)

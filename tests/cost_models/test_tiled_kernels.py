@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 import torch
 
+from cost_models.calibration import calibrate
 from cost_models.kernel_shapes import KernelShape, kernel_shape, shape_efficiency, signature_kernel_shape
 from cost_models.measured import op_signature
 from cost_models.profile import DeviceIdentity, OpMeasurement, Profile
@@ -91,10 +92,16 @@ def test_a_strided_convolutions_output_positions_follow_its_stride_and_padding()
     assert kernel_shape(stem) == KernelShape(98, 3 * 49)  # 12,544 rows / 128
     same = dataclasses.replace(stem, arguments={**stem.arguments, "stride": [1, 1], "padding": "same"})
     assert kernel_shape(same) == KernelShape(224 * 224 // 128, 3 * 49)
+    valid = dataclasses.replace(stem, arguments={**stem.arguments, "stride": [1, 1], "padding": "valid"})
+    assert kernel_shape(valid) == KernelShape(372, 3 * 49, filled=218 * 218 / (372 * 128))  # 47,524 rows
 
 
-def test_grouped_convolutions_and_matrix_vector_products_are_priced_by_their_flops_and_bytes():
+def test_grouped_and_transposed_convolutions_and_matrix_vector_products_are_priced_by_their_flops_and_bytes():
     assert kernel_shape(conv2d(8, 64, 56, 64, kernel=3, stride=1, padding=1, groups=64)) is None
+    transposed = op("aten.conv_transpose2d.input", {"input": TensorMeta((2, 16, 8, 8), "bfloat16"),
+                                                      "weight": TensorMeta((16, 32, 3, 3), "bfloat16"),
+                                                      "stride": [2, 2], "padding": [0, 0]}, (2, 32, 17, 17), 1)
+    assert kernel_shape(transposed) is None
     mv = op("aten.mv.default", {"self": TensorMeta((64, 64), "bfloat16"), "vec": TensorMeta((64,), "bfloat16")},
             (64,), 2 * 64 * 64)
     assert kernel_shape(mv) is None
@@ -146,3 +153,23 @@ def test_a_profile_records_a_matmuls_shape_and_reads_an_older_ones_from_its_sign
     older = Profile(identity, {signature: dataclasses.replace(recorded, shape=None)}).to_dict()
     assert "kernel_shape" not in older["ops"][signature]
     assert Profile.from_dict(older).ops[signature].shape == kernel_shape(node)
+
+
+def test_calibration_fits_a_matmuls_efficiency_through_its_tiles_and_keeps_each_dtypes_depth_curve():
+    truth = dataclasses.replace(H100, op_classes={**H100.op_classes, "matmul.bfloat16": dataclasses.replace(
+        H100.op_classes["matmul.bfloat16"], compute_efficiency=0.5)})
+    measurements = {}
+    for index, (tokens, features, out) in enumerate([(1024, 768, 768), (1024, 768, 3072), (512, 4096, 11008),
+                                                     (512, 4096, 4096), (8, 4096, 4096), (2048, 1024, 1024),
+                                                     (256, 2048, 512), (4096, 4096, 4096)]):
+        node = linear(tokens, features, out)
+        measurements[f"mm{index}"] = OpMeasurement(
+            RooflineCostModel().compute_seconds(node, truth), node.flops, node.bytes_read + node.bytes_written,
+            "bfloat16", node.op, shape=kernel_shape(node))
+    profile = Profile(DeviceIdentity("cuda", "NVIDIA H100", torch.__version__, 1), measurements)
+
+    fitted = calibrate(profile, H100).applied_to(H100)
+
+    assert fitted.constants_for("matmul", "bfloat16").compute_efficiency == pytest.approx(0.5, rel=1e-3)
+    assert fitted.constants_for("matmul", "bfloat16").compute_half_depth == HALF  # the spec's, not fitted
+    assert fitted.constants_for("matmul", "float32").compute_half_depth == 0  # float32 keeps none

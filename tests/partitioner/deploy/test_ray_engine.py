@@ -99,6 +99,7 @@ def test_a_deployed_plan_returns_the_models_outputs_from_one_actor_per_device(tw
         assert sum(name.startswith("partitioner-") for name in named) == 2
 
 
+@pytest.mark.slow  # a timing figure (13-60 s, and a loaded machine can miss it): benchmarks/ray_serving.py
 def test_requests_in_flight_overlap_the_stages_and_serve_more_per_second(two_stage_plan):
     """Two stages, four requests in flight: each device works on a different request at once. (Best of three
     short runs each way, interleaved, so a moment of noise on a small machine decides nothing.)"""

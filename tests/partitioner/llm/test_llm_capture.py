@@ -7,6 +7,7 @@ cache is sized as each layer writes it (an MLA latent too); a workload longer th
 from __future__ import annotations
 
 import os
+import types
 
 import pytest
 import torch
@@ -121,14 +122,17 @@ def test_a_models_own_inputs_made_off_its_weights_device_are_refused_with_the_de
         plan_llm(CpuCacheLM(), workload, load_fleet("cuda-h100=1"), time_limit_seconds=2)
 
 
-def test_a_state_space_model_other_than_mamba_is_told_what_workload_planning_takes():
-    from transformers import Mamba2Config, Mamba2ForCausalLM
+def test_a_transformers_model_that_keeps_neither_keys_nor_state_space_states_is_told_what_workload_takes():
+    class RecurrentLM(torch.nn.Module):  # layers and a vocabulary, but no attention heads nor SSM states
+        config = types.SimpleNamespace(num_hidden_layers=2, vocab_size=16)
 
-    with torch.device("meta"):
-        mamba2 = Mamba2ForCausalLM(Mamba2Config(hidden_size=64, num_hidden_layers=2, vocab_size=256, num_heads=4,
-                                                head_dim=32, n_groups=1))
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(16, 8)
 
-    with pytest.raises(PartitionerError, match=r"Mamba2ForCausalLM's config has no num_attention_heads: what it "
-                                               r"keeps between decode steps is not an attention KV cache.*KV caches "
-                                               r"and Mamba's states only so far"):
-        plan_llm(mamba2, load_workload_text(SHORT), load_fleet("cuda-h100=1"), time_limit_seconds=2)
+    model = RecurrentLM()
+
+    with pytest.raises(PartitionerError, match=r"RecurrentLM's config has no num_attention_heads: what it keeps "
+                                               r"between decode steps is not an attention KV cache, nor a cache of "
+                                               r"state-space layers .*Fix: plan one pass of it without --workload"):
+        plan_llm(model, load_workload_text(SHORT), load_fleet("cuda-h100=1"), time_limit_seconds=2)
