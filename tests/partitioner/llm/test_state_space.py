@@ -145,7 +145,7 @@ def test_a_hybrid_split_across_devices_runs_as_placed_and_generates_the_models_o
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     fleet = fleet_of_copies(tmp_path, "tiny", 4, {"memory_gib": f"{0.7 * weights / 2**30:.6f}"})
     workload = load_workload_text('name = "short"\nprompt_tokens = 6\noutput_tokens = 4\nbatch_size = 2\n')
-    plan = plan_llm(model, workload, load_fleet(fleet), time_limit_seconds=10, workers=1, deterministic=True)
+    plan = plan_llm(model, workload, load_fleet(fleet), time_limit_seconds=4, workers=1, deterministic=True)
 
     for check in check_phases(plan, model):
         assert len(check.places) >= 2 and check.check.passed, check.check.mismatches
