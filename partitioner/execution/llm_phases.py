@@ -31,8 +31,9 @@ from partitioner.frontend.op_graph import OpGraph, annotate
 from partitioner.llm.deployment import LLMPlan, PhaseOp
 from partitioner.llm.experts import experts_sharded
 from partitioner.llm.joint import phase_assignment
-from partitioner.llm.phases import (DECODE, PREFILL, rolling_windows, serving_inputs, sliding_windows_as_static,
-                                    vocabulary_size)
+from partitioner.llm.model_calls import cache_argument
+from partitioner.llm.phases import (DECODE, PREFILL, rolling_windows, says_how_to_call_it, serving_inputs,
+                                    sliding_windows_as_static, vocabulary_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,7 @@ def check_generation(plan: LLMPlan, model: torch.nn.Module, prompts: torch.Tenso
                      ) -> GenerationCheck | None:
     """`generate_as_placed` beside `model.generate` (greedy, the same prompts and length); None for a model that
     says how to call it (prefill_inputs, decode_inputs) but not how to hand a prefilled cache to a decode batch."""
-    if serving_inputs(model) is model:
+    if says_how_to_call_it(model):
         return None
     got = generate_as_placed(plan, model, prompts, new_tokens)
     expected, _ = generate_as_member(model, prompts, new_tokens)
@@ -215,8 +216,7 @@ def _filled(example: Any, model: torch.nn.Module, phase: str, seed: int) -> Any:
     if isinstance(example, dict) and isinstance(example.get("input_ids"), torch.Tensor):
         ids = example["input_ids"]
         example["input_ids"] = torch.randint(0, vocabulary_size(model), ids.shape, generator=generator).to(ids.device)
-    cache = next((example.get(name) for name in ("past_key_values", "cache", "cache_params")
-                  if isinstance(example, dict) and example.get(name) is not None), None)
+    cache = example.get(cache_argument(model)) if isinstance(example, dict) else None
     if phase == DECODE and cache is not None:
         for layer in getattr(cache, "layers", ()):
             for held in (getattr(layer, name, None) for name in ("keys", "values", "conv_states", "recurrent_states")):

@@ -25,6 +25,15 @@ class LayerCache:
 
 
 
+def written_keys(layer: Any) -> LayerCache | None:
+    """What a cache layer holds per token after a token was written into it: its keys' heads and width and its
+    values' width (None where it holds no keys and values)."""
+    keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+    if isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor):
+        return LayerCache(keys.shape[1], keys.shape[-1], values.shape[-1])
+    return None
+
+
 def model_dtype(model: torch.nn.Module) -> torch.dtype:
     """The dtype of the model's floating-point weights (float32 where it has none)."""
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)

@@ -32,7 +32,8 @@ from partitioner.frontend.input_containers import register_input_containers
 from partitioner.frontend.mutation import written_inputs
 from partitioner.frontend.op_graph import OpGraph, annotate
 from partitioner.llm.layer_stack import LayerStack, grown, shallow_twin
-from partitioner.llm.model_calls import LayerCache, model_device, model_dtype, one_token_cache, token_positions
+from partitioner.llm.model_calls import (LayerCache, model_device, model_dtype, one_token_cache, token_positions,
+                                         written_keys)
 from partitioner.llm.recurrent_states import RecurrentStateInputs, keeps_recurrent_state
 
 PREFILL, DECODE = "prefill", "decode"
@@ -97,13 +98,10 @@ def _measured_layout(model: torch.nn.Module, dtype: torch.dtype) -> CacheLayout 
         cache = one_token_cache(model)
     except Exception:  # noqa: BLE001 - any failure only means the config must be read instead
         return None
-    layers = []
-    for layer in cache.layers:
-        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
-        if not (isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor)):
-            return None  # a layer the token did not write (not an attention cache)
-        layers.append(LayerCache(keys.shape[1], keys.shape[-1], values.shape[-1]))
-    return CacheLayout(tuple(layers), dtype)
+    layers = tuple(written_keys(layer) for layer in cache.layers)
+    if None in layers:
+        return None  # a layer the token did not write (not an attention cache)
+    return CacheLayout(layers, dtype)
 
 
 @contextlib.contextmanager
@@ -203,10 +201,15 @@ class TransformersInputs:
         return cache
 
 
+def says_how_to_call_it(model: torch.nn.Module) -> bool:
+    """Whether `model` defines its own `prefill_inputs` and `decode_inputs` (and so is its own `ServingInputs`)."""
+    return callable(getattr(model, "prefill_inputs", None)) and callable(getattr(model, "decode_inputs", None))
+
+
 def serving_inputs(model: torch.nn.Module) -> ServingInputs:
     """How to call `model` in each phase: its own `prefill_inputs`/`decode_inputs`, else a transformers cache (of
     states for a state-space model, of keys and values for any other)."""
-    if callable(getattr(model, "prefill_inputs", None)) and callable(getattr(model, "decode_inputs", None)):
+    if says_how_to_call_it(model):
         return model
     return RecurrentStateInputs(model) if keeps_recurrent_state(model) else TransformersInputs(model)
 
@@ -232,7 +235,7 @@ def capture_phases(model: torch.nn.Module, prompt_lengths: Sequence[int], batche
     `context_tokens`, one after the other in this process: a process forked after torch has run deadlocks in
     torch's thread pool, and a spawned one would have to build the model again. A transformers model whose
     layers are copies of one another is captured with a few of them and its graphs grown (layer_stack.py)."""
-    own_inputs = serving_inputs(model) is model
+    own_inputs = says_how_to_call_it(model)
     with contextlib.nullcontext() if own_inputs else shallow_twin(model) as stack:
         inputs = serving_inputs(model)
         phases = (capture_prefill(model, prompt_lengths, context_tokens, source, name, inputs),

@@ -18,7 +18,7 @@ import torch
 from partitioner.errors import PartitionerError
 from partitioner.llm.deployment import DecodeState
 from partitioner.llm.model_calls import (LayerCache, cache_argument, model_device, model_dtype, one_token_cache,
-                                         token_positions)
+                                         token_positions, written_keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +111,9 @@ def state_layout(model: torch.nn.Module) -> tuple[LayerCache | RecurrentLayer | 
 
 def _layer_kept(model: torch.nn.Module, layer: Any) -> LayerCache | RecurrentLayer | None:
     """What one cache layer holds after a token: keys and values, state-space states, or nothing."""
-    keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
     if _is_recurrent(layer):
         held = [layer.conv_states, layer.recurrent_states]
-        both = isinstance(keys, torch.Tensor)
+        both = isinstance(getattr(layer, "keys", None), torch.Tensor)
         if both or any(isinstance(h, dict) and len(h) > 1 for h in held):
             kept = "keys and values beside state-space states" if both else "several state-space states"
             raise PartitionerError(
@@ -123,9 +122,7 @@ def _layer_kept(model: torch.nn.Module, layer: Any) -> LayerCache | RecurrentLay
         convolution, recurrent = (next(iter(h.values()), None) if isinstance(h, dict) else h for h in held)
         shapes = [None if state is None else tuple(state.shape[1:]) for state in (convolution, recurrent)]
         return RecurrentLayer(*shapes) if any(shape is not None for shape in shapes) else None
-    if isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor):
-        return LayerCache(keys.shape[1], keys.shape[-1], values.shape[-1])
-    return None
+    return written_keys(layer)
 
 
 def _is_recurrent(layer: Any) -> bool:

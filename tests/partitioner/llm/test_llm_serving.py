@@ -272,9 +272,7 @@ def test_a_workload_file_names_the_field_and_the_fix(tmp_path):
 
 
 def test_compile_with_a_workload_plans_both_phases_per_token_and_writes_the_plan(tmp_path, capsys):
-    model = tmp_path / "tiny_llm.py"
-    model.write_text("from tests.partitioner.llm.test_llm_serving import small_llama\n\n"
-                     "def build():\n    return small_llama(), None\n")
+    model = model_file(tmp_path, "tests.partitioner.llm.test_llm_serving:small_llama")
     workload = tmp_path / "short.toml"
     workload.write_text('name = "short"\nprompt_tokens = 16\noutput_tokens = 8\nmax_batch_size = 4\n')
 
@@ -454,6 +452,14 @@ ops = "all"
 """
 
 
+def model_file(folder, builder: str):
+    """A model file in `folder` whose build() returns `builder()` (a "module:function" the tests define)."""
+    module, function = builder.split(":")
+    path = folder / f"{function}.py"
+    path.write_text(f"from {module} import {function}\n\ndef build():\n    return {function}(), None\n")
+    return path
+
+
 def load_workload_text(text: str):
     import tempfile
     from pathlib import Path
@@ -476,9 +482,7 @@ def test_limits_no_placement_can_meet_are_refused_before_any_search_with_the_lea
 
 def test_compile_with_a_workload_takes_the_solver_options_and_refuses_targets_beside_a_fleet(tmp_path, capsys,
                                                                                              monkeypatch):
-    model = tmp_path / "tiny_llm.py"
-    model.write_text("from tests.partitioner.llm.test_llm_serving import small_llama\n\n"
-                     "def build():\n    return small_llama(), None\n")
+    model = model_file(tmp_path, "tests.partitioner.llm.test_llm_serving:small_llama")
     workload = tmp_path / "short.toml"
     workload.write_text('name = "short"\nprompt_tokens = 16\noutput_tokens = 8\nbatch_size = 1\n')
     given = {}

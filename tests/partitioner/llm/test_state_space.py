@@ -20,7 +20,7 @@ from partitioner.llm.planning import plan_llm
 from partitioner.llm.summary import format_llm_summary
 from targets.fleet import load_fleet
 from tests.partitioner.execution.test_tensor_parallel_runs import fleet_of_copies
-from tests.partitioner.llm.test_llm_serving import load_workload_text
+from tests.partitioner.llm.test_llm_serving import load_workload_text, model_file
 
 # Per layer and sequence, float32: convolution states of 128 channels x 4 taps (2,048 bytes) and SSM states of
 # 128 channels x 8 (4,096 bytes); and one 8-byte counter of tokens seen per layer.
@@ -59,9 +59,7 @@ def test_a_mamba_workload_plan_holds_the_batchs_states_and_a_prefills_where_its_
 
 
 def test_a_mamba_plan_runs_as_placed_but_serving_or_exporting_it_is_refused_with_what_to_do_instead(tmp_path, capsys):
-    model = tmp_path / "mamba.py"
-    model.write_text("from tests.partitioner.llm.test_state_space import small_mamba\n\n"
-                     "def build():\n    return small_mamba(), None\n")
+    model = model_file(tmp_path, "tests.partitioner.llm.test_state_space:small_mamba")
     workload = tmp_path / "short.toml"
     workload.write_text('name = "short"\nprompt_tokens = 16\noutput_tokens = 8\nbatch_size = 4\n')
     assert main(["compile", str(model), "--workload", str(workload), "--fleet", "cpu-x86=2", "--time-limit", "5",
